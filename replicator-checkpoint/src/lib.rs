@@ -1,0 +1,2 @@
+//! File and MongoDB checkpoint stores and chaser.chk seeding for replicator.
+#![warn(missing_docs)]

@@ -1,0 +1,138 @@
+//! Errors of the traits and the pipeline.
+
+use std::error::Error as StdError;
+use std::fmt;
+
+use crate::model::Position;
+
+/// A boxed error, the `source()` of the errors below.
+pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
+
+/// Whether retrying the same operation can succeed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The server is restarting, unreachable, overloaded, or a timeout: retrying
+    /// the same operation later can succeed.
+    Transient,
+    /// Bad credentials, access denied, a rejected or malformed request: retrying
+    /// cannot help; the operator must act.
+    Permanent,
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ErrorKind::Transient => "transient",
+            ErrorKind::Permanent => "permanent",
+        })
+    }
+}
+
+macro_rules! component_error {
+    ($(#[$doc:meta])* $name:ident, $what:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, thiserror::Error)]
+        #[error("{kind} {} error: {message}", $what)]
+        pub struct $name {
+            kind: ErrorKind,
+            message: String,
+            #[source]
+            source: Option<BoxError>,
+        }
+
+        impl $name {
+            /// An error that retrying may cure.
+            pub fn transient(message: impl Into<String>) -> Self {
+                Self { kind: ErrorKind::Transient, message: message.into(), source: None }
+            }
+
+            /// An error that retrying cannot cure.
+            pub fn permanent(message: impl Into<String>) -> Self {
+                Self { kind: ErrorKind::Permanent, message: message.into(), source: None }
+            }
+
+            /// Attaches the underlying error.
+            pub fn with_source(mut self, source: impl Into<BoxError>) -> Self {
+                self.source = Some(source.into());
+                self
+            }
+
+            /// Whether retrying may cure it.
+            pub fn kind(&self) -> ErrorKind {
+                self.kind
+            }
+
+            /// Whether retrying may cure it.
+            pub fn is_transient(&self) -> bool {
+                self.kind == ErrorKind::Transient
+            }
+
+            /// What went wrong, without the source chain.
+            pub fn message(&self) -> &str {
+                &self.message
+            }
+        }
+    };
+}
+
+component_error!(
+    /// An error of a [`crate::Reader`].
+    ReaderError,
+    "reader"
+);
+component_error!(
+    /// An error of a [`crate::Sink`]. The message names the stream and event
+    /// that failed where it can.
+    SinkError,
+    "sink"
+);
+component_error!(
+    /// An error of a [`crate::CheckpointStore`]. The message names the file,
+    /// database or document involved.
+    CheckpointError,
+    "checkpoint store"
+);
+
+/// Why a pipeline run ended with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// The checkpoint store could not be read at start-up: nothing was replicated.
+    #[error("cannot load the checkpoint")]
+    LoadCheckpoint(#[source] CheckpointError),
+    /// The reader failed permanently.
+    #[error("reading the source failed after position {last_processed:?}")]
+    Reader {
+        /// The last source position that was processed and checkpointed.
+        last_processed: Option<Position>,
+        /// The reader's error.
+        #[source]
+        source: ReaderError,
+    },
+    /// The sink failed permanently.
+    #[error("writing to the sink failed; the checkpoint is at {last_processed:?}")]
+    Sink {
+        /// The last source position that was processed and checkpointed.
+        last_processed: Option<Position>,
+        /// The sink's error.
+        #[source]
+        source: SinkError,
+    },
+    /// The checkpoint store failed permanently.
+    #[error("storing the checkpoint failed")]
+    StoreCheckpoint(#[source] CheckpointError),
+    /// The reader handed on an event at or before one it had already handed on.
+    #[error("the reader went backwards: {position} after {previous}")]
+    OutOfOrder {
+        /// The previous event's position.
+        previous: Position,
+        /// The offending event's position.
+        position: Position,
+    },
+    /// Shutdown did not finish draining within the deadline. The stored
+    /// checkpoint covers what was acknowledged; the rest is replayed next run.
+    #[error("shutdown deadline passed with {in_flight} events still in flight")]
+    ShutdownTimeout {
+        /// Events read but not acknowledged when the deadline passed.
+        in_flight: usize,
+    },
+}

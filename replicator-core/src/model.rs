@@ -1,0 +1,252 @@
+//! The data the pipeline carries: positions, events and checkpoints.
+
+use std::fmt;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// A position in a cluster's `$all` stream.
+///
+/// Positions are ordered first by `commit`, then by `prepare`, like the server
+/// orders them. They are byte offsets in the transaction log: they increase but
+/// have gaps, so never compute a "next" position by adding one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Position {
+    /// Commit position of the transaction that holds the event.
+    pub commit: u64,
+    /// Prepare position of the event's own record.
+    pub prepare: u64,
+}
+
+impl Position {
+    /// The start of `$all`.
+    pub const START: Position = Position {
+        commit: 0,
+        prepare: 0,
+    };
+
+    /// A position whose commit and prepare parts are equal, as they are for every
+    /// event written outside an explicit transaction (and as the C# replicator
+    /// stored them).
+    pub const fn at(log_position: u64) -> Self {
+        Position {
+            commit: log_position,
+            prepare: log_position,
+        }
+    }
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "C:{}/P:{}", self.commit, self.prepare)
+    }
+}
+
+/// How an event's data is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ContentType {
+    /// `application/json`.
+    Json,
+    /// `application/octet-stream`: anything else.
+    Binary,
+}
+
+/// Why a record read from the source is not written to the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SkipReason {
+    /// The record belongs to a `$`-prefixed system stream (other than a `$$`
+    /// metadata stream).
+    SystemStream,
+    /// The record has a `$`-prefixed system event type.
+    SystemEvent,
+    /// A link event (`$>`): it points at an event that is replicated on its own.
+    Link,
+    /// A user-configured filter rejected it.
+    Filtered,
+}
+
+/// What a record read from the source means for the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ChangeKind {
+    /// Append the event to its stream.
+    Append,
+    /// Set the metadata of [`Event::target_stream`]; the event's `data` is the
+    /// metadata document (JSON). The record itself lives in the `$$stream`.
+    StreamMetadata,
+    /// Soft-delete [`Event::target_stream`]: reads then say "not found" and a
+    /// later append revives the stream.
+    SoftDelete,
+    /// Tombstone (hard-delete) [`Event::target_stream`]: it can never be written
+    /// again.
+    Tombstone,
+    /// Nothing to write, but the record still advances the checkpoint.
+    Skip(SkipReason),
+}
+
+impl ChangeKind {
+    /// Whether a sink has anything to do for this change.
+    pub fn is_write(self) -> bool {
+        !matches!(self, ChangeKind::Skip(_))
+    }
+}
+
+/// One record read from the source `$all`, with what it means for the target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// The event id, preserved on the target (it is what makes replays idempotent).
+    pub id: Uuid,
+    /// The stream the record was read from (`$$orders-1` for a metadata record).
+    pub stream: String,
+    /// The record's revision in `stream`.
+    pub revision: u64,
+    /// The event type.
+    pub event_type: String,
+    /// The event's data. May be empty.
+    pub data: Bytes,
+    /// The user's metadata. May be empty.
+    pub metadata: Bytes,
+    /// How `data` is encoded.
+    pub content_type: ContentType,
+    /// When the source created it. Target servers set their own time on append.
+    pub created: SystemTime,
+    /// The record's position in the source `$all`.
+    pub position: Position,
+    /// What to do with it on the target.
+    pub kind: ChangeKind,
+}
+
+impl Event {
+    /// The target stream this change affects: the stream itself, or for a
+    /// `$$stream` metadata record the stream whose metadata it is.
+    ///
+    /// The pipeline keeps every change of one target stream in source order, so a
+    /// stream's metadata, deletes and events never overtake each other.
+    pub fn target_stream(&self) -> &str {
+        match self.kind {
+            ChangeKind::StreamMetadata | ChangeKind::SoftDelete => {
+                self.stream.strip_prefix("$$").unwrap_or(&self.stream)
+            }
+            _ => &self.stream,
+        }
+    }
+
+    /// Size of the payload in bytes (data plus metadata), used to cap batches.
+    pub fn payload_len(&self) -> usize {
+        self.data.len() + self.metadata.len()
+    }
+}
+
+/// Where a reader starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartFrom {
+    /// The beginning of `$all`.
+    Beginning,
+    /// Strictly after this position: it is the last one already replicated.
+    After(Position),
+    /// At this position, inclusive: the event there is the first to replicate
+    /// (a seed such as a backup's `chaser.chk`).
+    At(Position),
+}
+
+/// The replication progress a [`crate::CheckpointStore`] keeps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// The source `$all` position replication resumes from. Normally the last
+    /// source record fully processed (resume strictly after it); for a seed, the
+    /// first record still to replicate (see [`Checkpoint::seed`]).
+    pub source: Position,
+    /// The target `$all` position of the last event written, when known: the
+    /// position consumers of the target use at cutover in place of `source`.
+    pub target: Option<Position>,
+    /// When the checkpoint was taken.
+    pub taken_at: SystemTime,
+    /// `true` when `source` is a seed that is itself still to be replicated,
+    /// written by seeding (`chaser.chk`) before any event was processed.
+    pub seed: bool,
+}
+
+impl Checkpoint {
+    /// A checkpoint after `source` was processed.
+    pub fn processed(source: Position, target: Option<Position>) -> Self {
+        Checkpoint {
+            source,
+            target,
+            taken_at: SystemTime::now(),
+            seed: false,
+        }
+    }
+
+    /// A seed: replication starts at `source`, inclusive.
+    pub fn seeded(source: Position) -> Self {
+        Checkpoint {
+            source,
+            target: None,
+            taken_at: SystemTime::now(),
+            seed: true,
+        }
+    }
+
+    /// Where a reader resumes from this checkpoint.
+    pub fn start_from(&self) -> StartFrom {
+        if self.seed {
+            StartFrom::At(self.source)
+        } else {
+            StartFrom::After(self.source)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_order_by_commit_then_prepare() {
+        let a = Position {
+            commit: 10,
+            prepare: 90,
+        };
+        let b = Position {
+            commit: 11,
+            prepare: 5,
+        };
+        let c = Position {
+            commit: 11,
+            prepare: 6,
+        };
+        assert!(a < b && b < c);
+    }
+
+    #[test]
+    fn metadata_and_soft_delete_target_the_stream_not_its_metadata_stream() {
+        let mut e = Event {
+            id: Uuid::nil(),
+            stream: "$$orders-1".into(),
+            revision: 0,
+            event_type: "$metadata".into(),
+            data: Bytes::new(),
+            metadata: Bytes::new(),
+            content_type: ContentType::Json,
+            created: SystemTime::UNIX_EPOCH,
+            position: Position::START,
+            kind: ChangeKind::StreamMetadata,
+        };
+        assert_eq!(e.target_stream(), "orders-1");
+        e.kind = ChangeKind::SoftDelete;
+        assert_eq!(e.target_stream(), "orders-1");
+        e.kind = ChangeKind::Skip(SkipReason::SystemStream);
+        assert_eq!(e.target_stream(), "$$orders-1");
+    }
+
+    #[test]
+    fn a_seed_resumes_inclusively_a_processed_checkpoint_exclusively() {
+        let p = Position::at(42);
+        assert_eq!(Checkpoint::seeded(p).start_from(), StartFrom::At(p));
+        assert_eq!(
+            Checkpoint::processed(p, None).start_from(),
+            StartFrom::After(p)
+        );
+    }
+}

@@ -1,0 +1,144 @@
+//! The three extension points: where events come from, where they go, and where
+//! progress is kept.
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+
+use crate::error::{CheckpointError, ReaderError, SinkError};
+use crate::model::{Checkpoint, Event, Position, StartFrom};
+
+/// The events a [`Reader`] hands on, in source order.
+pub type EventStream = BoxStream<'static, Result<Event, ReaderError>>;
+
+/// Reads the source's `$all` in order.
+///
+/// # Contract
+/// - [`Reader::read`] returns the source's records in `$all` order: strictly
+///   after the position for [`StartFrom::After`], at and after it for
+///   [`StartFrom::At`]. Positions must strictly increase; the pipeline stops
+///   with [`crate::PipelineError::OutOfOrder`] otherwise.
+/// - Catch-up then live: the stream stays open and yields new records as the
+///   source writes them. It ends (`None`) only when the reader is configured to
+///   stop once caught up.
+/// - Every record is handed on, including those that need no write (their
+///   [`crate::ChangeKind::Skip`] kind): they still advance the checkpoint.
+/// - Transient failures (the source restarting, a dropped connection) are the
+///   reader's to handle: reconnect and resume after the last record handed on,
+///   with neither gap nor repeat. A yielded `Err` is final: the pipeline drains
+///   what it has, stores its checkpoint and stops with that error.
+/// - Dropping the stream stops reading; it is how the pipeline cancels.
+/// - Backpressure: the pipeline polls the stream only when it has room.
+#[async_trait]
+pub trait Reader: Send {
+    /// Starts reading from `from`.
+    ///
+    /// # Errors
+    /// When the source cannot be read at all (bad address, bad credentials).
+    async fn read(&mut self, from: StartFrom) -> Result<EventStream, ReaderError>;
+}
+
+/// What a sink reports for a written batch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteAck {
+    /// The highest target `$all` position the batch produced, when the target
+    /// has such positions. Stored in the checkpoint for the cutover.
+    pub target_position: Option<Position>,
+}
+
+/// Writes events to the target.
+///
+/// # Contract
+/// - The pipeline hashes each event's [`Event::target_stream`] onto one of
+///   [`Sink::max_in_flight`] partitions and calls [`Sink::write`] at most once at
+///   a time per partition, so there may be that many calls in flight at once,
+///   each with a batch of whole events in source order. Every change of one
+///   target stream goes through the same partition, in source order.
+/// - A sink must apply a batch's changes of any one stream in the order given.
+///   Changes of different streams in a batch may be applied in any order or
+///   concurrently.
+/// - `Ok` means every change of the batch is durably written. The pipeline then
+///   counts the batch as done and may store a checkpoint past it.
+/// - `Err` with [`SinkError::is_transient`] makes the pipeline retry the same
+///   batch, with backoff, until it succeeds or the pipeline is cancelled. A
+///   permanent error stops the pipeline after the checkpoint of everything
+///   already acknowledged is stored.
+/// - **Replays**: after a transient error, a crash or a restart from an older
+///   checkpoint, a sink receives changes it has already written (part of a batch,
+///   or whole batches). A sink that makes a replay a no-op (for EventStoreDB:
+///   expected revisions and event ids) gives exactly-once results; one that does
+///   not duplicates at most what lies after the stored checkpoint.
+/// - Cancellation: the pipeline may drop a `write` future at shutdown once its
+///   deadline passes; what it wrote by then is replayed on the next run.
+#[async_trait]
+pub trait Sink: Send + Sync + 'static {
+    /// Writes one batch. `batch` is never empty.
+    ///
+    /// # Errors
+    /// A [`SinkError`] whose kind says whether retrying can help; its message
+    /// names the stream and event that failed.
+    async fn write(&self, batch: &[Event]) -> Result<WriteAck, SinkError>;
+
+    /// How many [`Sink::write`] calls may be in flight at once (at least 1).
+    fn max_in_flight(&self) -> usize {
+        1
+    }
+}
+
+/// Keeps the replication progress between runs.
+///
+/// # Contract
+/// - [`CheckpointStore::load`] returns what the last successful
+///   [`CheckpointStore::store`] stored, or `None` when nothing is stored (or after
+///   [`CheckpointStore::delete`]). An unreadable or corrupt checkpoint is an
+///   error naming where it is, never `None`: that would restart the replication
+///   from the beginning and duplicate everything.
+/// - `store` is atomic: after a crash, `load` gives either the old or the new
+///   checkpoint, never a mix. The pipeline never stores a position behind one it
+///   stored before in the same run.
+/// - Transient failures may be retried inside the store; a transient error
+///   returned by `store` makes the pipeline keep the position and try again at
+///   the next opportunity; a permanent one stops the pipeline.
+#[async_trait]
+pub trait CheckpointStore: Send + Sync {
+    /// The stored checkpoint, if any.
+    ///
+    /// # Errors
+    /// When the store cannot be read or holds something that is not a checkpoint.
+    async fn load(&self) -> Result<Option<Checkpoint>, CheckpointError>;
+
+    /// Replaces the stored checkpoint.
+    ///
+    /// # Errors
+    /// When the checkpoint could not be made durable.
+    async fn store(&self, checkpoint: &Checkpoint) -> Result<(), CheckpointError>;
+
+    /// Removes the stored checkpoint, so the next run starts from scratch (or
+    /// from a seed).
+    ///
+    /// # Errors
+    /// When the store cannot be changed.
+    async fn delete(&self) -> Result<(), CheckpointError>;
+}
+
+#[async_trait]
+impl<T: CheckpointStore + ?Sized> CheckpointStore for std::sync::Arc<T> {
+    async fn load(&self) -> Result<Option<Checkpoint>, CheckpointError> {
+        (**self).load().await
+    }
+    async fn store(&self, checkpoint: &Checkpoint) -> Result<(), CheckpointError> {
+        (**self).store(checkpoint).await
+    }
+    async fn delete(&self) -> Result<(), CheckpointError> {
+        (**self).delete().await
+    }
+}
+
+#[async_trait]
+impl<T: Sink + ?Sized> Sink for std::sync::Arc<T> {
+    async fn write(&self, batch: &[Event]) -> Result<WriteAck, SinkError> {
+        (**self).write(batch).await
+    }
+    fn max_in_flight(&self) -> usize {
+        (**self).max_in_flight()
+    }
+}

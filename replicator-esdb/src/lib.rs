@@ -1,0 +1,2 @@
+//! EventStoreDB / KurrentDB reader and sink for replicator.
+#![warn(missing_docs)]

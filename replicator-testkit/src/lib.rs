@@ -1,0 +1,2 @@
+//! In-process EventStoreDB-protocol server, workload generator and conformance suites.
+#![warn(missing_docs)]
