@@ -1,11 +1,20 @@
 //! The heart of replicator: the event model, the [`Reader`], [`Sink`] and
-//! [`CheckpointStore`] traits, and the pipeline that joins them.
+//! [`CheckpointStore`] traits, and the [`Pipeline`] that joins them.
+//!
+//! A replication is a [`Pipeline`] built from a reader of the source, a sink
+//! for the target and a checkpoint store; see [`Pipeline`] for a runnable
+//! example with the in-memory parts of [`memory`].
 #![warn(missing_docs)]
 
 pub mod error;
+pub mod memory;
 pub mod model;
+pub mod pipeline;
 pub mod traits;
 
 pub use error::{BoxError, CheckpointError, ErrorKind, PipelineError, ReaderError, SinkError};
 pub use model::{ChangeKind, Checkpoint, ContentType, Event, Position, SkipReason, StartFrom};
+pub use pipeline::{
+    Pipeline, PipelineBuilder, PipelineConfig, PipelineState, Progress, RunSummary,
+};
 pub use traits::{CheckpointStore, EventStream, Reader, Sink, WriteAck};

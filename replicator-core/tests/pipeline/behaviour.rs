@@ -1,0 +1,493 @@
+//! What a user of the pipeline sees: checkpoints, retries, failures, shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use replicator_core::memory::{MemoryCheckpointStore, MemoryReader, MemorySink, MemorySource};
+use replicator_core::{
+    ChangeKind, Checkpoint, CheckpointStore, Event, Pipeline, PipelineConfig, PipelineError,
+    PipelineState, Position, Sink, SinkError, SkipReason, WriteAck,
+};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::support::event;
+
+fn source_with(n: u64, streams: u64) -> MemorySource {
+    let source = MemorySource::new();
+    for i in 0..n {
+        source.push(event(
+            &format!("s-{}", i % streams),
+            i / streams,
+            100 + i * 37,
+            ChangeKind::Append,
+        ));
+    }
+    source
+}
+
+fn last_position(source: &MemorySource) -> Position {
+    source.events().last().unwrap().position
+}
+
+fn fast() -> PipelineConfig {
+    PipelineConfig {
+        retry_initial: Duration::from_millis(5),
+        retry_max: Duration::from_millis(20),
+        shutdown_deadline: Duration::from_secs(2),
+        ..PipelineConfig::default()
+    }
+}
+
+#[tokio::test]
+async fn replicates_everything_and_stores_the_last_position() {
+    let source = source_with(2_500, 7);
+    let sink = MemorySink::new().with_partitions(3);
+    let store = MemoryCheckpointStore::new();
+    let summary = Pipeline::builder(
+        MemoryReader::new(source.clone(), false),
+        sink.clone(),
+        store.clone(),
+    )
+    .config(fast())
+    .build()
+    .run(CancellationToken::new())
+    .await
+    .unwrap();
+    assert_eq!(
+        (summary.read, summary.written, summary.skipped),
+        (2_500, 2_500, 0)
+    );
+    assert!(summary.completed);
+    let stored = store.current().unwrap();
+    assert_eq!(stored.source, last_position(&source));
+    assert!(
+        stored.target.is_some(),
+        "the target position is recorded for the cutover"
+    );
+    // checkpointAfter 1000: stores at 1000 and 2000 (or later, when a batch
+    // crosses the threshold), then the rest at the end.
+    assert_eq!(store.history().len(), 3, "{:?}", store.history());
+    for s in 0..7 {
+        let ids: Vec<_> = sink
+            .stream(&format!("s-{s}"))
+            .iter()
+            .map(|e| e.revision)
+            .collect();
+        assert_eq!(
+            ids,
+            (0..ids.len() as u64).collect::<Vec<_>>(),
+            "stream s-{s} in order"
+        );
+    }
+}
+
+#[tokio::test]
+async fn resumes_strictly_after_the_stored_checkpoint() {
+    let source = source_with(10, 2);
+    let events = source.events();
+    let store = MemoryCheckpointStore::new();
+    store
+        .store(&Checkpoint::processed(events[5].position, None))
+        .await
+        .unwrap();
+    let sink = MemorySink::new();
+    Pipeline::builder(MemoryReader::new(source, false), sink.clone(), store)
+        .build()
+        .run(CancellationToken::new())
+        .await
+        .unwrap();
+    let written: Vec<_> = sink.log().iter().map(|e| e.position).collect();
+    assert_eq!(
+        written,
+        events[6..].iter().map(|e| e.position).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn a_seed_starts_at_its_position_inclusive() {
+    let source = source_with(10, 2);
+    let events = source.events();
+    let store = MemoryCheckpointStore::new();
+    store
+        .store(&Checkpoint::seeded(events[4].position))
+        .await
+        .unwrap();
+    let sink = MemorySink::new();
+    Pipeline::builder(
+        MemoryReader::new(source, false),
+        sink.clone(),
+        store.clone(),
+    )
+    .build()
+    .run(CancellationToken::new())
+    .await
+    .unwrap();
+    let first = sink.log()[0].position;
+    assert_eq!(
+        first, events[4].position,
+        "the event at the seed is replicated"
+    );
+    assert_eq!(sink.log().len(), 6, "nothing before the seed is");
+    assert!(!store.current().unwrap().seed);
+}
+
+#[tokio::test]
+async fn skipped_records_advance_the_checkpoint_without_a_write() {
+    let source = MemorySource::new();
+    source.push(event("orders", 0, 100, ChangeKind::Append));
+    source.push(event(
+        "$stats",
+        0,
+        200,
+        ChangeKind::Skip(SkipReason::SystemStream),
+    ));
+    source.push(event("$et-x", 0, 300, ChangeKind::Skip(SkipReason::Link)));
+    let sink = MemorySink::new();
+    let store = MemoryCheckpointStore::new();
+    let summary = Pipeline::builder(
+        MemoryReader::new(source, false),
+        sink.clone(),
+        store.clone(),
+    )
+    .build()
+    .run(CancellationToken::new())
+    .await
+    .unwrap();
+    assert_eq!((summary.written, summary.skipped), (1, 2));
+    assert_eq!(sink.log().len(), 1);
+    assert_eq!(store.current().unwrap().source, Position::at(300));
+}
+
+/// A sink whose writes to one stream wait for a permit.
+#[derive(Clone)]
+struct GatedSink {
+    inner: MemorySink,
+    gated_stream: &'static str,
+    gate: Arc<Semaphore>,
+}
+
+#[async_trait]
+impl Sink for GatedSink {
+    async fn write(&self, batch: &[Event]) -> Result<WriteAck, SinkError> {
+        if batch.iter().any(|e| e.stream == self.gated_stream) {
+            self.gate.acquire().await.unwrap().forget();
+        }
+        self.inner.write(batch).await
+    }
+    fn max_in_flight(&self) -> usize {
+        4
+    }
+}
+
+#[tokio::test]
+async fn the_checkpoint_never_passes_an_event_still_in_flight() {
+    let source = MemorySource::new();
+    // Find a stream name on another partition than "slow" by trying a few.
+    source.push(event("slow", 0, 100, ChangeKind::Append));
+    for i in 0..300u64 {
+        source.push(event(
+            &format!("fast-{}", i % 16),
+            i,
+            200 + i * 10,
+            ChangeKind::Append,
+        ));
+    }
+    let sink = GatedSink {
+        inner: MemorySink::new(),
+        gated_stream: "slow",
+        gate: Arc::new(Semaphore::new(0)),
+    };
+    let store = MemoryCheckpointStore::new();
+    let pipeline = Pipeline::builder(
+        MemoryReader::new(source.clone(), false),
+        sink.clone(),
+        store.clone(),
+    )
+    .config(PipelineConfig {
+        checkpoint_after: 1,
+        checkpoint_interval: Duration::from_millis(10),
+        ..fast()
+    })
+    .build();
+    let mut progress = pipeline.progress();
+    let run = tokio::spawn(pipeline.run(CancellationToken::new()));
+    // Wait until the other partitions wrote what they could.
+    progress.wait_for(|p| p.written >= 150).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        store.current().is_none(),
+        "nothing may be stored while the first event is unwritten: {:?}",
+        store.current()
+    );
+    sink.gate.add_permits(1);
+    run.await.unwrap().unwrap();
+    assert_eq!(store.current().unwrap().source, last_position(&source));
+    let history = store.history();
+    assert!(
+        history.windows(2).all(|w| w[0].source < w[1].source),
+        "monotonic: {history:?}"
+    );
+}
+
+/// Fails every write `failures` times with the given error, then writes.
+#[derive(Clone)]
+struct FlakySink {
+    inner: MemorySink,
+    failures: Arc<std::sync::Mutex<usize>>,
+    permanent: bool,
+}
+
+#[async_trait]
+impl Sink for FlakySink {
+    async fn write(&self, batch: &[Event]) -> Result<WriteAck, SinkError> {
+        {
+            let mut left = self.failures.lock().unwrap();
+            if *left > 0 {
+                *left -= 1;
+                return Err(if self.permanent {
+                    SinkError::permanent(format!("access denied writing to {}", batch[0].stream))
+                } else {
+                    SinkError::transient("target unavailable")
+                });
+            }
+        }
+        self.inner.write(batch).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn transient_sink_errors_are_retried_and_reported_unhealthy_meanwhile() {
+    let source = source_with(50, 3);
+    let sink = FlakySink {
+        inner: MemorySink::new(),
+        failures: Arc::new(std::sync::Mutex::new(6)),
+        permanent: false,
+    };
+    let store = MemoryCheckpointStore::new();
+    let pipeline = Pipeline::builder(
+        MemoryReader::new(source.clone(), false),
+        sink.clone(),
+        store.clone(),
+    )
+    .config(fast())
+    .build();
+    let mut progress = pipeline.progress();
+    let run = tokio::spawn(pipeline.run(CancellationToken::new()));
+    let seen = progress
+        .wait_for(|p| matches!(p.state, PipelineState::Retrying { .. }))
+        .await
+        .unwrap()
+        .clone();
+    assert!(!seen.is_healthy(), "a retrying pipeline is not healthy");
+    let summary = run.await.unwrap().unwrap();
+    assert_eq!(summary.written, 50);
+    assert_eq!(sink.inner.log().len(), 50);
+    assert!(progress.borrow().sink_retries >= 6);
+    assert_eq!(store.current().unwrap().source, last_position(&source));
+}
+
+#[tokio::test]
+async fn a_permanent_sink_error_stops_after_storing_what_was_written() {
+    let source = source_with(30, 1);
+    let inner = MemorySink::new();
+    // Write 10 events first, then fail permanently.
+    let prefix = MemorySource::new();
+    for e in source.events().into_iter().take(10) {
+        prefix.push(e);
+    }
+    let store = MemoryCheckpointStore::new();
+    Pipeline::builder(
+        MemoryReader::new(prefix, false),
+        inner.clone(),
+        store.clone(),
+    )
+    .build()
+    .run(CancellationToken::new())
+    .await
+    .unwrap();
+    let sink = FlakySink {
+        inner: inner.clone(),
+        failures: Arc::new(std::sync::Mutex::new(usize::MAX)),
+        permanent: true,
+    };
+    let err = Pipeline::builder(
+        MemoryReader::new(source.clone(), false),
+        sink,
+        store.clone(),
+    )
+    .config(fast())
+    .build()
+    .run(CancellationToken::new())
+    .await
+    .unwrap_err();
+    match &err {
+        PipelineError::Sink {
+            last_processed,
+            source: e,
+        } => {
+            assert_eq!(*last_processed, Some(source.events()[9].position));
+            assert!(
+                e.to_string().contains("access denied writing to s-0"),
+                "{e}"
+            );
+        }
+        other => panic!("expected a sink error, got {other}"),
+    }
+    assert_eq!(inner.log().len(), 10, "nothing written after the failure");
+    assert_eq!(store.current().unwrap().source, source.events()[9].position);
+}
+
+#[tokio::test]
+async fn cancellation_drains_and_stores_a_final_checkpoint_then_resumes() {
+    let source = source_with(100, 4);
+    let sink = MemorySink::new().with_partitions(2);
+    let store = MemoryCheckpointStore::new();
+    let pipeline = Pipeline::builder(
+        MemoryReader::new(source.clone(), true),
+        sink.clone(),
+        store.clone(),
+    )
+    .config(fast())
+    .build();
+    let mut progress = pipeline.progress();
+    let cancel = CancellationToken::new();
+    let run = tokio::spawn(pipeline.run(cancel.clone()));
+    progress.wait_for(|p| p.written == 100).await.unwrap();
+    // Live: an event appended while running is replicated too.
+    source.append_user_event("late", b"{}".to_vec());
+    progress.wait_for(|p| p.written == 101).await.unwrap();
+    cancel.cancel();
+    let summary = run.await.unwrap().unwrap();
+    assert!(!summary.completed);
+    assert_eq!(store.current().unwrap().source, last_position(&source));
+    assert_eq!(progress.borrow().state, PipelineState::Stopped);
+
+    source.append_user_event("later", b"{}".to_vec());
+    let summary = Pipeline::builder(
+        MemoryReader::new(source.clone(), false),
+        sink.clone(),
+        store.clone(),
+    )
+    .build()
+    .run(CancellationToken::new())
+    .await
+    .unwrap();
+    assert_eq!(summary.written, 1, "only the new event");
+    assert_eq!(sink.log().len(), 102);
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_progress_is_stored_without_waiting_for_checkpoint_after() {
+    let source = source_with(5, 1);
+    let store = MemoryCheckpointStore::new();
+    let pipeline = Pipeline::builder(
+        MemoryReader::new(source.clone(), true),
+        MemorySink::new(),
+        store.clone(),
+    )
+    .config(PipelineConfig {
+        checkpoint_after: 1000,
+        ..fast()
+    })
+    .build();
+    let cancel = CancellationToken::new();
+    let run = tokio::spawn(pipeline.run(cancel.clone()));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        store.current().map(|c| c.source),
+        Some(last_position(&source))
+    );
+    cancel.cancel();
+    run.await.unwrap().unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_transient_store_failure_loses_no_progress() {
+    let source = source_with(40, 2);
+    let store = MemoryCheckpointStore::new();
+    store.fail_next_stores(3);
+    let summary = Pipeline::builder(
+        MemoryReader::new(source.clone(), false),
+        MemorySink::new(),
+        store.clone(),
+    )
+    .config(PipelineConfig {
+        checkpoint_after: 10,
+        ..fast()
+    })
+    .build()
+    .run(CancellationToken::new())
+    .await
+    .unwrap();
+    assert_eq!(summary.written, 40);
+    assert_eq!(store.current().unwrap().source, last_position(&source));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stuck_sink_hits_the_shutdown_deadline_and_keeps_acknowledged_progress() {
+    let source = source_with(20, 1);
+    let sink = GatedSink {
+        inner: MemorySink::new(),
+        gated_stream: "s-0",
+        gate: Arc::new(Semaphore::new(1)),
+    };
+    let store = MemoryCheckpointStore::new();
+    let pipeline = Pipeline::builder(
+        MemoryReader::new(source.clone(), true),
+        sink.clone(),
+        store.clone(),
+    )
+    .config(PipelineConfig {
+        max_batch_events: 5,
+        ..fast()
+    })
+    .build();
+    let mut progress = pipeline.progress();
+    let cancel = CancellationToken::new();
+    let run = tokio::spawn(pipeline.run(cancel.clone()));
+    progress.wait_for(|p| p.written >= 1).await.unwrap();
+    let written = progress.borrow().written as usize;
+    cancel.cancel();
+    match run.await.unwrap() {
+        Err(PipelineError::ShutdownTimeout { in_flight }) => assert!(in_flight > 0),
+        other => panic!("expected a shutdown timeout, got {other:?}"),
+    }
+    assert_eq!(
+        store.current().unwrap().source,
+        source.events()[written - 1].position,
+        "the acknowledged events are checkpointed"
+    );
+}
+
+/// A reader that hands on a position twice.
+struct BackwardsReader;
+
+#[async_trait]
+impl replicator_core::Reader for BackwardsReader {
+    async fn read(
+        &mut self,
+        _: replicator_core::StartFrom,
+    ) -> Result<replicator_core::EventStream, replicator_core::ReaderError> {
+        let events = vec![
+            Ok(event("a", 0, 500, ChangeKind::Append)),
+            Ok(event("a", 1, 400, ChangeKind::Append)),
+        ];
+        Ok(Box::pin(futures::stream::iter(events)))
+    }
+}
+
+#[tokio::test]
+async fn a_reader_going_backwards_is_an_error() {
+    let err = Pipeline::builder(
+        BackwardsReader,
+        MemorySink::new(),
+        MemoryCheckpointStore::new(),
+    )
+    .build()
+    .run(CancellationToken::new())
+    .await
+    .unwrap_err();
+    assert!(matches!(err, PipelineError::OutOfOrder { .. }), "{err}");
+}

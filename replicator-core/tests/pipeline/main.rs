@@ -1,0 +1,5 @@
+//! Integration tests of the pipeline with the in-memory parts.
+
+mod behaviour;
+mod properties;
+mod support;

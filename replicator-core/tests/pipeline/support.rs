@@ -1,0 +1,138 @@
+//! Test parts: a sink with scripted faults and an event builder.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use replicator_core::memory::{MemoryCheckpointStore, MemorySink};
+use replicator_core::{
+    ChangeKind, ContentType, Event, Position, Sink, SinkError, SkipReason, WriteAck,
+};
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+/// Builds a record of `stream` at `position`.
+pub fn event(stream: &str, revision: u64, position: u64, kind: ChangeKind) -> Event {
+    Event {
+        id: Uuid::new_v4(),
+        stream: stream.to_owned(),
+        revision,
+        event_type: match kind {
+            ChangeKind::StreamMetadata => "$metadata".into(),
+            ChangeKind::Skip(SkipReason::SystemEvent) => "$statsCollected".into(),
+            _ => "OrderPlaced".into(),
+        },
+        data: Bytes::from(format!("{{\"n\":{position}}}")),
+        metadata: Bytes::new(),
+        content_type: ContentType::Json,
+        created: SystemTime::now(),
+        position: Position::at(position),
+        kind,
+    }
+}
+
+/// What a scripted write does before and instead of succeeding.
+#[derive(Debug, Clone, Copy)]
+pub struct Fault {
+    /// Wait before writing anything.
+    pub delay_ms: u64,
+    /// Apply only this many events of the batch, then fail transiently.
+    pub fail_after: Option<usize>,
+}
+
+/// Wraps a [`MemorySink`]: follows a script of faults, can signal a "crash"
+/// after a number of writes, and checks that every replayed event lies after
+/// the checkpoint stored at the time of the replay.
+#[derive(Clone)]
+pub struct ScriptedSink {
+    pub inner: MemorySink,
+    script: Arc<Vec<Fault>>,
+    calls: Arc<AtomicUsize>,
+    crash_at: Arc<AtomicUsize>,
+    pub crash: Arc<Notify>,
+    store: MemoryCheckpointStore,
+    pub replays_outside_window: Arc<Mutex<Vec<String>>>,
+    pub replays: Arc<AtomicUsize>,
+}
+
+impl ScriptedSink {
+    pub fn new(inner: MemorySink, script: Vec<Fault>, store: MemoryCheckpointStore) -> Self {
+        ScriptedSink {
+            inner,
+            script: Arc::new(script),
+            calls: Arc::default(),
+            crash_at: Arc::new(AtomicUsize::new(usize::MAX)),
+            crash: Arc::new(Notify::new()),
+            store,
+            replays_outside_window: Arc::default(),
+            replays: Arc::default(),
+        }
+    }
+
+    /// Signals [`ScriptedSink::crash`] once `writes` more events are applied.
+    pub fn crash_after(&self, writes: usize) {
+        let applied = self.inner.log().len();
+        self.crash_at
+            .store(applied.saturating_add(writes), Ordering::SeqCst);
+    }
+
+    fn apply(&self, event: &Event) -> Option<Position> {
+        let seen = self.inner.log().iter().any(|e| e.id == event.id);
+        if seen {
+            self.replays.fetch_add(1, Ordering::SeqCst);
+            let stored = self.store.current().map(|c| c.source);
+            if stored.is_some_and(|s| event.position <= s) {
+                self.replays_outside_window.lock().unwrap().push(format!(
+                    "{} at {} replayed behind the stored checkpoint {:?}",
+                    event.stream, event.position, stored
+                ));
+            }
+        }
+        let position = self.inner.apply(event);
+        if self.inner.log().len() >= self.crash_at.load(Ordering::SeqCst) {
+            self.crash_at.store(usize::MAX, Ordering::SeqCst);
+            self.crash.notify_one();
+        }
+        position
+    }
+}
+
+#[async_trait]
+impl Sink for ScriptedSink {
+    async fn write(&self, batch: &[Event]) -> Result<WriteAck, SinkError> {
+        let call = self.calls.fetch_add(1, Ordering::SeqCst);
+        let fault = if self.script.is_empty() {
+            Fault {
+                delay_ms: 0,
+                fail_after: None,
+            }
+        } else {
+            self.script[call % self.script.len()]
+        };
+        if fault.delay_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(fault.delay_ms)).await;
+        }
+        let mut target_position = None;
+        for (i, event) in batch.iter().enumerate() {
+            if fault.fail_after == Some(i) {
+                return Err(SinkError::transient(format!(
+                    "injected failure at {}",
+                    event.position
+                )));
+            }
+            target_position = target_position.max(self.apply(event));
+            // Let other partitions and a crash interleave inside a batch.
+            tokio::task::yield_now().await;
+        }
+        if fault.fail_after.is_some_and(|n| n >= batch.len()) {
+            return Err(SinkError::transient("injected failure after the batch"));
+        }
+        Ok(WriteAck { target_position })
+    }
+
+    fn max_in_flight(&self) -> usize {
+        self.inner.max_in_flight()
+    }
+}
