@@ -1,1 +1,4 @@
+//! The `replicator` binary.
+mod config;
+
 fn main() {}
