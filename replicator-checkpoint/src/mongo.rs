@@ -1,0 +1,533 @@
+//! The checkpoint kept in a MongoDB document.
+
+use std::fmt;
+use std::future::{Future, IntoFuture};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use mongodb::bson::{doc, Bson, DateTime, Document};
+use mongodb::error::{Error as MongoError, ErrorKind as MongoErrorKind, WriteFailure};
+use mongodb::options::{Acknowledgment, ClientOptions, CollectionOptions, WriteConcern};
+use mongodb::{Client, Collection};
+use replicator_core::{Checkpoint, CheckpointError, CheckpointStore, Position};
+use tokio::time::Instant;
+
+/// The collection every instance keeps its document in, as the C# replicator did.
+pub const COLLECTION: &str = "checkpoint";
+
+/// The document format version this replicator writes.
+const FORMAT_VERSION: i64 = 1;
+
+/// How long `load`, `store` and `delete` retry transient failures by default.
+const DEFAULT_RETRY_BUDGET: Duration = Duration::from_secs(60);
+
+/// How long one attempt waits for a usable server, unless the connection string
+/// says otherwise. Short, so that the retry loop (which logs) does the waiting.
+const DEFAULT_SERVER_SELECTION_TIMEOUT: Duration = Duration::from_secs(5);
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Server error codes that mean "the server is restarting, stepping down or
+/// unreachable for now": retrying the same operation later can succeed.
+const TRANSIENT_CODES: &[i32] = &[
+    6,     // HostUnreachable
+    7,     // HostNotFound
+    89,    // NetworkTimeout
+    91,    // ShutdownInProgress
+    189,   // PrimarySteppedDown
+    262,   // ExceededTimeLimit
+    9001,  // SocketException
+    10107, // NotWritablePrimary
+    11600, // InterruptedAtShutdown
+    11602, // InterruptedDueToReplStateChange
+    13435, // NotPrimaryNoSecondaryOk
+    13436, // NotPrimaryOrSecondary
+    64,    // WriteConcernFailed (timeout waiting for replication)
+];
+
+/// A checkpoint kept in MongoDB: one document per instance id in the
+/// `checkpoint` collection of a database (`replicator` by default), so several
+/// replicator instances can share a database without touching each other's
+/// checkpoints.
+///
+/// The document this replicator writes carries a format version:
+///
+/// ```text
+/// { _id: "<instance id>", version: 1,
+///   source: { commit: <long>, prepare: <long> },
+///   target: null | { commit: <long>, prepare: <long> },
+///   taken_at: <date>, seed: <bool> }
+/// ```
+///
+/// It also reads the document the C# replicator wrote,
+/// `{ _id: "<instance id>", LogPosition: { EventNumber: <long>, EventPosition: <long> } }`,
+/// as a checkpoint after `EventPosition`, so its users keep their place (the
+/// C# format has no time: `taken_at` is then the Unix epoch).
+///
+/// Writes ask for a majority, journaled acknowledgement unless the connection
+/// string sets a write concern. Transient failures (server restarting, network,
+/// a primary stepping down) are retried with backoff for up to a minute (see
+/// [`MongoCheckpointStore::with_retry_budget`]) before a transient error is
+/// returned; the checkpoint being stored is kept for every attempt. The password
+/// of the connection string never appears in errors, logs or `Debug` output.
+pub struct MongoCheckpointStore {
+    collection: Collection<Document>,
+    instance_id: String,
+    /// Where the document lives, for messages: database, collection, id and
+    /// the connection string without its password.
+    location: String,
+    /// The password, so that it can be scrubbed from the driver's messages.
+    secrets: Vec<String>,
+    retry_budget: Duration,
+}
+
+impl fmt::Debug for MongoCheckpointStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MongoCheckpointStore")
+            .field("location", &self.location)
+            .field("retry_budget", &self.retry_budget)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MongoCheckpointStore {
+    /// Connects to the MongoDB server of the connection string `url` and checks
+    /// that the checkpoint of `instance_id` in `database` can be read.
+    ///
+    /// Start-up is where mistakes in the configuration should surface, so this
+    /// reads the document once: a bad connection string, bad credentials or a
+    /// missing permission is reported now rather than at the first checkpoint.
+    ///
+    /// # Errors
+    /// - Permanent: the connection string is malformed, the database or instance
+    ///   id is empty, authentication fails or reading is not allowed.
+    /// - Transient: the server stays unreachable for the whole retry budget.
+    ///
+    /// The messages never contain the password.
+    pub async fn connect(
+        url: &str,
+        database: &str,
+        instance_id: &str,
+    ) -> Result<Self, CheckpointError> {
+        let redacted = redact_url(url);
+        let secrets = url_password(url).into_iter().collect::<Vec<_>>();
+        if database.is_empty() {
+            return Err(CheckpointError::permanent(
+                "the MongoDB checkpoint database name is empty",
+            ));
+        }
+        if instance_id.is_empty() {
+            return Err(CheckpointError::permanent(
+                "the MongoDB checkpoint instance id is empty",
+            ));
+        }
+        let mut options = ClientOptions::parse(url).await.map_err(|error| {
+            let detail = scrub(&error.to_string(), &secrets);
+            let message = format!("invalid MongoDB connection string {redacted}: {detail}");
+            if is_transient(&error) {
+                CheckpointError::transient(message)
+            } else {
+                CheckpointError::permanent(message)
+            }
+        })?;
+        let mut secrets = secrets;
+        if let Some(password) = options.credential.as_ref().and_then(|c| c.password.clone()) {
+            if !password.is_empty() && !secrets.contains(&password) {
+                secrets.push(password);
+            }
+        }
+        options.app_name.get_or_insert_with(|| "replicator".to_owned());
+        options
+            .server_selection_timeout
+            .get_or_insert(DEFAULT_SERVER_SELECTION_TIMEOUT);
+        options
+            .connect_timeout
+            .get_or_insert(DEFAULT_SERVER_SELECTION_TIMEOUT);
+        let client = Client::with_options(options.clone()).map_err(|error| {
+            CheckpointError::permanent(format!(
+                "cannot create a MongoDB client for {redacted}: {}",
+                scrub(&error.to_string(), &secrets)
+            ))
+        })?;
+        // A checkpoint must survive a crash of the server too.
+        let write_concern = options.write_concern.clone().unwrap_or_else(|| {
+            WriteConcern::builder()
+                .w(Acknowledgment::Majority)
+                .journal(true)
+                .build()
+        });
+        let collection = client.database(database).collection_with_options(
+            COLLECTION,
+            CollectionOptions::builder()
+                .write_concern(write_concern)
+                .build(),
+        );
+        let store = MongoCheckpointStore {
+            collection,
+            instance_id: instance_id.to_owned(),
+            location: format!(
+                "document {instance_id:?} of {database}.{COLLECTION} at {redacted}"
+            ),
+            secrets,
+            retry_budget: DEFAULT_RETRY_BUDGET,
+        };
+        store.load().await?;
+        Ok(store)
+    }
+
+    /// Sets how long `load`, `store` and `delete` keep retrying transient
+    /// failures before they return a transient error (a minute by default).
+    pub fn with_retry_budget(mut self, budget: Duration) -> Self {
+        self.retry_budget = budget;
+        self
+    }
+
+    /// The instance id: the `_id` of this store's document.
+    pub fn instance_id(&self) -> &str {
+        &self.instance_id
+    }
+
+    fn error(&self, doing: &str, error: &MongoError) -> CheckpointError {
+        let message = format!(
+            "cannot {doing} the checkpoint ({}): {}",
+            self.location,
+            scrub(&error.to_string(), &self.secrets)
+        );
+        if is_transient(error) {
+            CheckpointError::transient(message)
+        } else {
+            CheckpointError::permanent(message)
+        }
+    }
+
+    /// Runs `attempt` until it succeeds, fails permanently, or transient
+    /// failures have lasted the retry budget.
+    async fn retry<T, Fut>(
+        &self,
+        doing: &str,
+        mut attempt: impl FnMut() -> Fut,
+    ) -> Result<T, CheckpointError>
+    where
+        Fut: Future<Output = mongodb::error::Result<T>>,
+    {
+        let deadline = Instant::now() + self.retry_budget;
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            let error = match attempt().await {
+                Ok(value) => return Ok(value),
+                Err(error) => self.error(doing, &error),
+            };
+            if !error.is_transient() || Instant::now() + backoff > deadline {
+                return Err(error);
+            }
+            tracing::warn!(%error, retry_in = ?backoff, "MongoDB checkpoint store failed; retrying");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    fn corrupt(&self, problem: impl fmt::Display) -> CheckpointError {
+        CheckpointError::permanent(format!(
+            "the checkpoint {} {problem}; fix or delete the document to replicate from the \
+             start (or from a seed) again",
+            self.location
+        ))
+    }
+
+    fn decode(&self, document: &Document) -> Result<Checkpoint, CheckpointError> {
+        match document.get("version") {
+            Some(Bson::Int32(1) | Bson::Int64(1)) => self.decode_v1(document),
+            Some(version) => Err(self.corrupt(format_args!(
+                "has format version {version}, but this replicator reads only version \
+                 {FORMAT_VERSION} (was it written by a newer replicator?)"
+            ))),
+            None if document.contains_key("LogPosition") => self.decode_csharp(document),
+            None => Err(self.corrupt("has neither a format version nor a C# LogPosition")),
+        }
+    }
+
+    fn decode_v1(&self, document: &Document) -> Result<Checkpoint, CheckpointError> {
+        let field = |name: &str| {
+            document
+                .get(name)
+                .ok_or_else(|| self.corrupt(format_args!("has no {name:?} field")))
+        };
+        let source = decode_position(field("source")?)
+            .map_err(|problem| self.corrupt(format_args!("has a bad \"source\": {problem}")))?;
+        let target = match field("target")? {
+            Bson::Null => None,
+            other => Some(
+                decode_position(other).map_err(|problem| {
+                    self.corrupt(format_args!("has a bad \"target\": {problem}"))
+                })?,
+            ),
+        };
+        let taken_at = match field("taken_at")? {
+            Bson::DateTime(time) => time.to_system_time(),
+            other => {
+                return Err(self.corrupt(format_args!("has a bad \"taken_at\": {other}")));
+            }
+        };
+        let seed = match field("seed")? {
+            Bson::Boolean(seed) => *seed,
+            other => return Err(self.corrupt(format_args!("has a bad \"seed\": {other}"))),
+        };
+        Ok(Checkpoint {
+            source,
+            target,
+            taken_at,
+            seed,
+        })
+    }
+
+    /// The C# replicator's `LogPosition`: `EventPosition` is the commit position
+    /// of the last event it processed; `EventNumber` is that event's number in
+    /// its own stream and of no use here.
+    fn decode_csharp(&self, document: &Document) -> Result<Checkpoint, CheckpointError> {
+        let log_position = match document.get("LogPosition") {
+            Some(Bson::Document(log_position)) => log_position,
+            other => {
+                return Err(self.corrupt(format_args!(
+                    "has a C# LogPosition that is not a document: {other:?}"
+                )))
+            }
+        };
+        let commit = log_position
+            .get("EventPosition")
+            .ok_or_else(|| self.corrupt("has a C# LogPosition without EventPosition"))
+            .and_then(|value| {
+                to_u64(value).map_err(|problem| {
+                    self.corrupt(format_args!(
+                        "has a bad C# LogPosition.EventPosition: {problem}"
+                    ))
+                })
+            })?;
+        let mut checkpoint = Checkpoint::processed(Position::at(commit), None);
+        checkpoint.taken_at = SystemTime::UNIX_EPOCH;
+        Ok(checkpoint)
+    }
+
+    fn encode(&self, checkpoint: &Checkpoint) -> Result<Document, CheckpointError> {
+        let position = |p: Position| -> Result<Document, CheckpointError> {
+            let part = |value: u64| {
+                i64::try_from(value).map_err(|_| {
+                    CheckpointError::permanent(format!(
+                        "cannot store position {p} in the checkpoint {}: MongoDB integers \
+                         stop at {}",
+                        self.location,
+                        i64::MAX
+                    ))
+                })
+            };
+            Ok(doc! { "commit": part(p.commit)?, "prepare": part(p.prepare)? })
+        };
+        let target = match checkpoint.target {
+            Some(target) => Bson::Document(position(target)?),
+            None => Bson::Null,
+        };
+        Ok(doc! {
+            "_id": &self.instance_id,
+            "version": FORMAT_VERSION,
+            "source": position(checkpoint.source)?,
+            "target": target,
+            "taken_at": DateTime::from_system_time(checkpoint.taken_at),
+            "seed": checkpoint.seed,
+        })
+    }
+}
+
+#[async_trait]
+impl CheckpointStore for MongoCheckpointStore {
+    async fn load(&self) -> Result<Option<Checkpoint>, CheckpointError> {
+        let filter = doc! { "_id": &self.instance_id };
+        let document = self
+            .retry("load", || self.collection.find_one(filter.clone()).into_future())
+            .await?;
+        document.map(|document| self.decode(&document)).transpose()
+    }
+
+    async fn store(&self, checkpoint: &Checkpoint) -> Result<(), CheckpointError> {
+        let filter = doc! { "_id": &self.instance_id };
+        let document = self.encode(checkpoint)?;
+        self.retry("store", || {
+            self.collection
+                .replace_one(filter.clone(), document.clone())
+                .upsert(true)
+                .into_future()
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn delete(&self) -> Result<(), CheckpointError> {
+        let filter = doc! { "_id": &self.instance_id };
+        self.retry("delete", || {
+            self.collection.delete_one(filter.clone()).into_future()
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+fn decode_position(value: &Bson) -> Result<Position, String> {
+    let Bson::Document(document) = value else {
+        return Err(format!("{value} is not a document"));
+    };
+    let part = |name: &str| {
+        document
+            .get(name)
+            .ok_or_else(|| format!("no {name:?}"))
+            .and_then(|value| to_u64(value).map_err(|problem| format!("{name:?}: {problem}")))
+    };
+    Ok(Position {
+        commit: part("commit")?,
+        prepare: part("prepare")?,
+    })
+}
+
+/// A non-negative integer, however the writer's driver typed it.
+fn to_u64(value: &Bson) -> Result<u64, String> {
+    let out_of_range = || format!("{value} is not a non-negative integer");
+    match value {
+        Bson::Int32(n) => u64::try_from(*n).map_err(|_| out_of_range()),
+        Bson::Int64(n) => u64::try_from(*n).map_err(|_| out_of_range()),
+        // Exactly representable whole numbers only.
+        Bson::Double(n) if *n >= 0.0 && n.fract() == 0.0 && *n < 9_007_199_254_740_992.0 => {
+            Ok(*n as u64)
+        }
+        _ => Err(out_of_range()),
+    }
+}
+
+/// Whether retrying the same operation later can succeed.
+fn is_transient(error: &MongoError) -> bool {
+    if error.contains_label("RetryableWriteError")
+        || error.contains_label("TransientTransactionError")
+    {
+        return true;
+    }
+    match &*error.kind {
+        MongoErrorKind::Io(_)
+        | MongoErrorKind::ConnectionPoolCleared { .. }
+        | MongoErrorKind::ServerSelection { .. }
+        | MongoErrorKind::DnsResolve { .. } => true,
+        MongoErrorKind::Command(command) => TRANSIENT_CODES.contains(&command.code),
+        MongoErrorKind::Write(WriteFailure::WriteConcernError(concern)) => {
+            TRANSIENT_CODES.contains(&concern.code)
+        }
+        _ => false,
+    }
+}
+
+/// The connection string with its password replaced by `***`, for messages.
+pub(crate) fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        // Not a URL at all: it may be anything, the password included.
+        return "(unparseable connection string)".to_owned();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, hosts)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+            let password = if userinfo.contains(':') { ":***" } else { "" };
+            format!("{scheme}://{user}{password}@{hosts}{tail}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// The password in the connection string, as written and percent-decoded.
+fn url_password(url: &str) -> Vec<String> {
+    let Some((_, rest)) = url.split_once("://") else {
+        return Vec::new();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let Some((userinfo, _)) = rest[..authority_end].rsplit_once('@') else {
+        return Vec::new();
+    };
+    let Some((_, password)) = userinfo.split_once(':') else {
+        return Vec::new();
+    };
+    let mut secrets = Vec::new();
+    if !password.is_empty() {
+        secrets.push(password.to_owned());
+        let decoded = percent_decode(password);
+        if decoded != password {
+            secrets.push(decoded);
+        }
+    }
+    secrets
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(high), Some(low)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push((high * 16 + low) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `text` with every secret replaced by `***`.
+fn scrub(text: &str, secrets: &[String]) -> String {
+    secrets
+        .iter()
+        .filter(|secret| !secret.is_empty())
+        .fold(text.to_owned(), |text, secret| text.replace(secret.as_str(), "***"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_the_password_of_a_connection_string() {
+        assert_eq!(
+            redact_url("mongodb://admin:s3cret@db1:27017,db2/?authSource=admin"),
+            "mongodb://admin:***@db1:27017,db2/?authSource=admin"
+        );
+        assert_eq!(
+            redact_url("mongodb+srv://u:p%40ss@cluster.example/db"),
+            "mongodb+srv://u:***@cluster.example/db"
+        );
+        assert_eq!(redact_url("mongodb://db1:27017"), "mongodb://db1:27017");
+        assert_eq!(redact_url("mongodb://user@db1"), "mongodb://user@db1");
+        assert!(!redact_url("garbage:hunter2").contains("hunter2"));
+    }
+
+    #[test]
+    fn finds_the_password_as_written_and_decoded() {
+        assert_eq!(url_password("mongodb://u:p%40ss@h/"), vec!["p%40ss", "p@ss"]);
+        assert_eq!(url_password("mongodb://u:pass@h"), vec!["pass"]);
+        assert!(url_password("mongodb://u@h").is_empty());
+        assert!(url_password("mongodb://h:27017").is_empty());
+    }
+
+    #[test]
+    fn scrubs_secrets() {
+        let secrets = vec!["hunter2".to_owned()];
+        assert_eq!(scrub("bad hunter2 here", &secrets), "bad *** here");
+    }
+
+    #[test]
+    fn reads_integers_however_they_were_typed() {
+        assert_eq!(to_u64(&Bson::Int32(7)), Ok(7));
+        assert_eq!(to_u64(&Bson::Int64(1 << 40)), Ok(1 << 40));
+        assert_eq!(to_u64(&Bson::Double(12.0)), Ok(12));
+        assert!(to_u64(&Bson::Double(1.5)).is_err());
+        assert!(to_u64(&Bson::Int64(-1)).is_err());
+        assert!(to_u64(&Bson::String("1".into())).is_err());
+    }
+}
