@@ -1,2 +1,28 @@
-//! In-process EventStoreDB-protocol server, workload generator and conformance suites.
+//! Test kit for the replicator: an in-process EventStoreDB-protocol gRPC server that
+//! the real `eventstore` client talks to ([`EsdbServer`]), fault injection
+//! ([`FaultHandle`]), a seeded workload generator ([`workload`]) and a comparison of
+//! two servers' contents ([`compare`]).
+//!
+//! ```ignore
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use replicator_testkit::{workload, EsdbServer};
+//!
+//! let server = EsdbServer::start().await?;
+//! let client = eventstore::Client::new(server.connection_string().parse()?)?;
+//! let summary = workload::generate(&client, &workload::WorkloadSpec::new(7, 1_000)).await?;
+//! println!("{} events in {} streams", summary.events_written, summary.streams);
+//! # Ok(()) }
+//! ```
 #![warn(missing_docs)]
+
+pub mod compare;
+mod error;
+#[allow(missing_docs)]
+pub mod proto;
+mod server;
+mod service;
+mod store;
+pub mod workload;
+
+pub use error::TestkitError;
+pub use server::{EsdbServer, FaultHandle, ServerOptions};

@@ -1,0 +1,23 @@
+//! Compiles the protocol definitions in `proto/` with protox (pure Rust, no `protoc`)
+//! and generates the tonic servers the in-process EventStoreDB server implements.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let files = [
+        "proto/shared.proto",
+        "proto/status.proto",
+        "proto/streams.proto",
+        "proto/serverfeatures.proto",
+        "proto/gossip.proto",
+    ];
+    for file in files {
+        println!("cargo:rerun-if-changed={file}");
+    }
+    let descriptors = protox::compile(files, ["proto"])?;
+    tonic_build::configure()
+        .build_server(true)
+        .build_client(false)
+        .bytes(["."])
+        .extern_path(".event_store.client.Empty", "()")
+        .compile_fds(descriptors)?;
+    Ok(())
+}

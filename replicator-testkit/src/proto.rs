@@ -1,0 +1,28 @@
+//! Code generated from `proto/` by `build.rs`; module nesting mirrors the protobuf
+//! packages because the generated code refers to other packages by relative path.
+#![allow(missing_docs, clippy::all, clippy::pedantic)]
+
+pub mod event_store {
+    pub mod client {
+        tonic::include_proto!("event_store.client");
+
+        pub mod streams {
+            tonic::include_proto!("event_store.client.streams");
+        }
+        pub mod server_features {
+            tonic::include_proto!("event_store.client.server_features");
+        }
+        pub mod gossip {
+            tonic::include_proto!("event_store.client.gossip");
+        }
+    }
+}
+
+pub mod google {
+    pub mod rpc {
+        tonic::include_proto!("google.rpc");
+    }
+}
+
+pub use event_store::client as shared;
+pub use event_store::client::{gossip, server_features, streams};

@@ -1,0 +1,401 @@
+//! [`EsdbServer`]: the in-process server, its lifecycle (start, stop, restart on the
+//! same port with the same data) and its fault injection handle.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::watch;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_util::sync::CancellationToken;
+use tonic::codegen::Service as _;
+use tonic::service::Routes;
+use tracing::{debug, warn};
+
+use crate::proto::gossip::gossip_server::GossipServer;
+use crate::proto::server_features::server_features_server::ServerFeaturesServer;
+use crate::proto::streams::streams_server::StreamsServer;
+use crate::service::{FeaturesService, GossipService, StreamsService};
+use crate::store::Store;
+
+/// Largest gRPC message the server accepts or sends: events over 1 MiB must pass, and
+/// a batch of them too.
+const DEFAULT_MAX_MESSAGE_SIZE: usize = 256 * 1024 * 1024;
+/// How long a closing connection may take to flush its last replies (the
+/// `Unavailable` that ends each subscription) before it is cut.
+const CLOSE_GRACE: Duration = Duration::from_millis(500);
+
+/// How an [`EsdbServer`] listens and behaves.
+#[derive(Clone, Debug, Default)]
+pub struct ServerOptions {
+    /// Port to listen on; `None` picks a free one.
+    pub port: Option<u16>,
+    /// Address to listen on and to advertise through gossip; default `127.0.0.1`.
+    pub host: Option<String>,
+    /// Delay added before every write (append, batch append, delete, tombstone) is
+    /// answered, to simulate a remote cluster.
+    pub append_latency: Duration,
+    /// Delay added before every read or subscription starts answering.
+    pub read_latency: Duration,
+    /// Largest gRPC message accepted or sent; default 256 MiB.
+    pub max_message_size: Option<usize>,
+    /// Version reported by `ServerFeatures`; default `24.10.0`. Must be semver.
+    pub server_version: Option<String>,
+}
+
+/// State shared by the services, the listener and the fault handle.
+pub(crate) struct Shared {
+    pub(crate) store: Mutex<Store>,
+    /// Length of the log, bumped after every write so subscriptions wake up.
+    pub(crate) appended: watch::Sender<usize>,
+    pub(crate) faults: Arc<FaultState>,
+    pub(crate) options: ServerOptions,
+    pub(crate) host: String,
+    pub(crate) port: std::sync::atomic::AtomicU16,
+    pub(crate) instance_id: uuid::Uuid,
+}
+
+impl Shared {
+    /// Runs `f` on the store and wakes subscriptions if the log grew.
+    pub(crate) fn write<T>(&self, f: impl FnOnce(&mut Store) -> T) -> T {
+        let (result, len) = {
+            let mut store = self.store.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let result = f(&mut store);
+            (result, store.len())
+        };
+        self.appended.send_if_modified(|current| {
+            let grew = *current != len;
+            *current = len;
+            grew
+        });
+        result
+    }
+
+    /// Runs `f` on the store without writing.
+    pub(crate) fn read<T>(&self, f: impl FnOnce(&Store) -> T) -> T {
+        let store = self.store.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&store)
+    }
+}
+
+/// Fault state: which connections are alive, pending injected failures, pause.
+pub(crate) struct FaultState {
+    generation: Mutex<CancellationToken>,
+    fail_appends: AtomicUsize,
+    paused: watch::Sender<bool>,
+}
+
+impl FaultState {
+    fn new() -> Self {
+        FaultState {
+            generation: Mutex::new(CancellationToken::new()),
+            fail_appends: AtomicUsize::new(0),
+            paused: watch::Sender::new(false),
+        }
+    }
+
+    /// Token cancelled when the connections open now must be dropped.
+    pub(crate) fn token(&self) -> CancellationToken {
+        self.generation
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn drop_all(&self) {
+        let old = std::mem::replace(
+            &mut *self.generation.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
+            CancellationToken::new(),
+        );
+        old.cancel();
+    }
+
+    /// Consumes one injected append failure, if any is pending.
+    pub(crate) fn take_append_failure(&self) -> bool {
+        self.fail_appends
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    }
+
+    /// Waits while replies are paused.
+    pub(crate) async fn wait_unpaused(&self) {
+        let mut paused = self.paused.subscribe();
+        // The sender lives as long as `self`, so this cannot fail.
+        let _ = paused.wait_for(|p| !*p).await;
+    }
+}
+
+/// Injects faults into a running [`EsdbServer`]. Cheap to clone; usable from any task.
+#[derive(Clone)]
+pub struct FaultHandle {
+    state: Arc<FaultState>,
+}
+
+impl std::fmt::Debug for FaultHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FaultHandle")
+            .field("pending_append_failures", &self.state.fail_appends.load(Ordering::SeqCst))
+            .field("paused", &*self.state.paused.borrow())
+            .finish()
+    }
+}
+
+impl FaultHandle {
+    /// Closes every open connection; open subscriptions end with `Unavailable` first.
+    /// The server keeps accepting new connections.
+    pub fn drop_connections(&self) {
+        self.state.drop_all();
+    }
+
+    /// Makes the next `n` appends (plain or batch) fail with `Unavailable` without
+    /// writing anything.
+    pub fn fail_next_appends(&self, n: usize) {
+        self.state.fail_appends.store(n, Ordering::SeqCst);
+    }
+
+    /// Holds every reply (including subscription events) until [`FaultHandle::resume`].
+    pub fn pause(&self) {
+        self.state.paused.send_replace(true);
+    }
+
+    /// Releases replies held by [`FaultHandle::pause`].
+    pub fn resume(&self) {
+        self.state.paused.send_replace(false);
+    }
+}
+
+struct Running {
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+/// An EventStoreDB-protocol gRPC server running inside this process.
+///
+/// It keeps its data in memory across [`EsdbServer::stop`] and
+/// [`EsdbServer::restart`]; dropping it stops it and discards the data.
+///
+/// ```no_run
+/// # async fn demo() -> std::io::Result<()> {
+/// let server = replicator_testkit::EsdbServer::start().await?;
+/// let settings = server.connection_string().parse::<eventstore::ClientSettings>().unwrap();
+/// let client = eventstore::Client::new(settings).unwrap();
+/// # Ok(()) }
+/// ```
+pub struct EsdbServer {
+    shared: Arc<Shared>,
+    running: Mutex<Option<Running>>,
+}
+
+impl std::fmt::Debug for EsdbServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EsdbServer")
+            .field("host", &self.shared.host)
+            .field("port", &self.port())
+            .finish_non_exhaustive()
+    }
+}
+
+impl EsdbServer {
+    /// Starts a server on `127.0.0.1` and a free port.
+    ///
+    /// # Errors
+    /// When the listening socket cannot be opened.
+    pub async fn start() -> std::io::Result<EsdbServer> {
+        Self::start_with(ServerOptions::default()).await
+    }
+
+    /// Starts a server with `options`.
+    ///
+    /// # Errors
+    /// When the listening socket cannot be opened (address in use, bad host…).
+    pub async fn start_with(options: ServerOptions) -> std::io::Result<EsdbServer> {
+        let host = options.host.clone().unwrap_or_else(|| "127.0.0.1".to_owned());
+        let listener = bind(&host, options.port.unwrap_or(0)).await?;
+        let port = listener.local_addr()?.port();
+        let shared = Arc::new(Shared {
+            store: Mutex::new(Store::default()),
+            appended: watch::Sender::new(0),
+            faults: Arc::new(FaultState::new()),
+            options,
+            host,
+            port: port.into(),
+            instance_id: uuid::Uuid::new_v4(),
+        });
+        let server = EsdbServer {
+            shared,
+            running: Mutex::new(None),
+        };
+        server.spawn(listener);
+        Ok(server)
+    }
+
+    /// `esdb://HOST:PORT?tls=false&discoveryInterval=0`, for `ClientSettings`.
+    pub fn connection_string(&self) -> String {
+        format!(
+            "esdb://{}:{}?tls=false&discoveryInterval=0",
+            self.shared.host,
+            self.port()
+        )
+    }
+
+    /// The port the server listens on (kept across restarts).
+    pub fn port(&self) -> u16 {
+        self.shared.port.load(Ordering::SeqCst)
+    }
+
+    /// A handle to inject faults.
+    pub fn faults(&self) -> FaultHandle {
+        FaultHandle {
+            state: Arc::clone(&self.shared.faults),
+        }
+    }
+
+    /// Stops serving: open subscriptions end with `Unavailable`, connections close and
+    /// the port is released. The data is kept for [`EsdbServer::restart`]. Does nothing
+    /// if already stopped.
+    pub async fn stop(&self) {
+        let running = self.lock_running().take();
+        if let Some(running) = running {
+            self.shared.faults.drop_all();
+            running.stop.cancel();
+            if let Err(error) = running.task.await {
+                warn!(%error, "Listener task failed");
+            }
+        }
+    }
+
+    /// Stops (if running) and serves again on the same port with the same data.
+    ///
+    /// # Errors
+    /// When the port cannot be bound again (for example, another process took it).
+    pub async fn restart(&self) -> std::io::Result<()> {
+        self.stop().await;
+        let mut attempts = 0;
+        let listener = loop {
+            match bind(&self.shared.host, self.port()).await {
+                Ok(listener) => break listener,
+                // The old socket can linger for a moment after close.
+                Err(error) if error.kind() == std::io::ErrorKind::AddrInUse && attempts < 50 => {
+                    attempts += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(error) => return Err(error),
+            }
+        };
+        self.spawn(listener);
+        Ok(())
+    }
+
+    fn lock_running(&self) -> std::sync::MutexGuard<'_, Option<Running>> {
+        self.running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn spawn(&self, listener: TcpListener) {
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(accept_loop(listener, Arc::clone(&self.shared), stop.clone()));
+        *self.lock_running() = Some(Running { stop, task });
+    }
+}
+
+impl Drop for EsdbServer {
+    fn drop(&mut self) {
+        if let Some(running) = self.lock_running().take() {
+            self.shared.faults.drop_all();
+            running.stop.cancel();
+        }
+    }
+}
+
+async fn bind(host: &str, port: u16) -> std::io::Result<TcpListener> {
+    let addr: SocketAddr = match tokio::net::lookup_host((host, port)).await?.next() {
+        Some(addr) => addr,
+        None => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("host {host:?} resolves to no address"),
+            ))
+        }
+    };
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    // Restarting on the same port must not wait for TIME_WAIT sockets to expire.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+fn routes(shared: &Arc<Shared>) -> Routes {
+    let max = shared
+        .options
+        .max_message_size
+        .unwrap_or(DEFAULT_MAX_MESSAGE_SIZE);
+    let streams = StreamsServer::new(StreamsService::new(Arc::clone(shared)))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    Routes::new(streams)
+        .add_service(ServerFeaturesServer::new(FeaturesService::new(Arc::clone(shared))))
+        .add_service(GossipServer::new(GossipService::new(Arc::clone(shared))))
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
+    let routes = routes(&shared);
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, peer)) => {
+                    debug!(%peer, "Connection accepted");
+                    connections.spawn(serve_connection(tcp, routes.clone(), shared.faults.token()));
+                }
+                Err(error) => {
+                    warn!(%error, "Accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    drop(listener);
+    let drain = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(CLOSE_GRACE * 4, drain).await.is_err() {
+        connections.abort_all();
+    }
+}
+
+async fn serve_connection(tcp: TcpStream, routes: Routes, token: CancellationToken) {
+    // Latency of small replies matters more than packet count here.
+    let _ = tcp.set_nodelay(true);
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder
+        .initial_stream_window_size(Some(4 * 1024 * 1024))
+        .initial_connection_window_size(Some(16 * 1024 * 1024))
+        .max_frame_size(Some(1024 * 1024))
+        .max_send_buf_size(4 * 1024 * 1024);
+    // tonic's router takes tonic bodies; hyper hands over its own.
+    let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+        let mut routes = routes.clone();
+        routes.call(request.map(tonic::body::boxed))
+    });
+    let connection = builder.serve_connection(TokioIo::new(tcp), service);
+    tokio::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => {
+            if let Err(error) = result {
+                debug!(%error, "Connection ended with an error");
+            }
+        }
+        () = token.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(CLOSE_GRACE, connection.as_mut()).await;
+        }
+    }
+}

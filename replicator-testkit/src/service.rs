@@ -1,0 +1,1061 @@
+//! The gRPC services: Streams (read, subscribe, append, batch append, delete,
+//! tombstone), ServerFeatures and Gossip, translating between the wire messages and
+//! [`crate::store::Store`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use regex::Regex;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::{Code, Request, Response, Status, Streaming};
+use uuid::Uuid;
+
+use crate::proto::google::rpc::Status as RpcStatus;
+use crate::proto::gossip::{self, gossip_server::Gossip};
+use crate::proto::server_features::{
+    server_features_server::ServerFeatures, SupportedMethod, SupportedMethods,
+};
+use crate::proto::shared::{self, StreamIdentifier};
+use crate::proto::streams::{
+    append_req, append_resp, batch_append_req, batch_append_resp, delete_req,
+    delete_resp, read_req, read_resp, streams_server::Streams, tombstone_req, tombstone_resp,
+    AppendReq, AppendResp, BatchAppendReq, BatchAppendResp, DeleteReq, DeleteResp, ReadReq,
+    ReadResp, TombstoneReq, TombstoneResp,
+};
+use crate::server::Shared;
+use crate::store::{Expected, Proposed, ReadFailure, Record, Store, WriteOutcome};
+
+/// Records taken from the store per lock: large enough to stream fast, small enough
+/// that writers never wait long.
+const CHUNK: usize = 256;
+/// Replies buffered per call before the sender waits for the client.
+const CHANNEL: usize = 64;
+/// Filtered subscriptions send a checkpoint every `window × multiplier` events
+/// considered; the window when the client asks for `count` (the server default).
+const DEFAULT_FILTER_WINDOW: u32 = 32;
+/// Version reported when none is configured.
+const DEFAULT_VERSION: &str = "24.10.0";
+
+type ReplySender<T> = mpsc::Sender<Result<T, Status>>;
+
+// ---------------------------------------------------------------- conversions
+
+fn uuid_from_wire(uuid: Option<shared::Uuid>) -> Result<Uuid, Status> {
+    use shared::uuid::Value;
+    match uuid.and_then(|u| u.value) {
+        Some(Value::Structured(s)) => {
+            let high = u128::from(s.most_significant_bits as u64);
+            let low = u128::from(s.least_significant_bits as u64);
+            Ok(Uuid::from_u128((high << 64) | low))
+        }
+        Some(Value::String(s)) => s
+            .parse()
+            .map_err(|_| Status::invalid_argument(format!("event id {s:?} is not a UUID"))),
+        None => Err(Status::invalid_argument("event id is missing")),
+    }
+}
+
+fn uuid_to_wire(uuid: Uuid, structured: bool) -> shared::Uuid {
+    use shared::uuid::{Structured, Value};
+    let value = if structured {
+        let bits = uuid.as_u128();
+        Value::Structured(Structured {
+            most_significant_bits: (bits >> 64) as u64 as i64,
+            least_significant_bits: bits as u64 as i64,
+        })
+    } else {
+        Value::String(uuid.hyphenated().to_string())
+    };
+    shared::Uuid { value: Some(value) }
+}
+
+fn stream_name(identifier: Option<StreamIdentifier>) -> Result<String, Status> {
+    let identifier =
+        identifier.ok_or_else(|| Status::invalid_argument("stream identifier is missing"))?;
+    String::from_utf8(identifier.stream_name.to_vec())
+        .map_err(|_| Status::invalid_argument("stream name is not UTF-8"))
+}
+
+fn identifier(stream: &str) -> StreamIdentifier {
+    StreamIdentifier {
+        stream_name: Bytes::copy_from_slice(stream.as_bytes()),
+    }
+}
+
+fn proposed(
+    id: Option<shared::Uuid>,
+    metadata: HashMap<String, String>,
+    custom_metadata: Bytes,
+    data: Bytes,
+) -> Result<Proposed, Status> {
+    let id = uuid_from_wire(id)?;
+    let required = |key: &str| {
+        metadata.get(key).cloned().ok_or_else(|| {
+            Status::invalid_argument(format!("required metadata property {key:?} is missing"))
+        })
+    };
+    Ok(Proposed {
+        id,
+        event_type: required("type")?,
+        content_type: required("content-type")?,
+        data,
+        custom_metadata,
+    })
+}
+
+fn recorded(record: &Record, structured: bool) -> read_resp::read_event::RecordedEvent {
+    let metadata = HashMap::from([
+        ("type".to_owned(), record.event_type.clone()),
+        ("content-type".to_owned(), record.content_type.clone()),
+        ("created".to_owned(), record.created_ticks.to_string()),
+    ]);
+    read_resp::read_event::RecordedEvent {
+        id: Some(uuid_to_wire(record.id, structured)),
+        stream_identifier: Some(identifier(&record.stream)),
+        stream_revision: record.revision,
+        prepare_position: record.position,
+        commit_position: record.position,
+        metadata,
+        custom_metadata: record.custom_metadata.clone(),
+        data: record.data.clone(),
+    }
+}
+
+/// One event of a read: the record read, and what it resolves to when it is a link
+/// and links are resolved.
+struct Item {
+    original: Arc<Record>,
+    resolved: Option<Arc<Record>>,
+    resolve: bool,
+}
+
+impl Item {
+    fn new(store: &Store, original: Arc<Record>, resolve_links: bool) -> Item {
+        let resolve = resolve_links && original.is_link();
+        let resolved = if resolve {
+            store.resolve_link(&original)
+        } else {
+            None
+        };
+        Item {
+            original,
+            resolved,
+            resolve,
+        }
+    }
+
+    fn to_reply(&self, structured: bool) -> ReadResp {
+        let (event, link) = if self.resolve {
+            (
+                self.resolved.as_ref().map(|r| recorded(r, structured)),
+                Some(recorded(&self.original, structured)),
+            )
+        } else {
+            (Some(recorded(&self.original, structured)), None)
+        };
+        ReadResp {
+            content: Some(read_resp::Content::Event(read_resp::ReadEvent {
+                event,
+                link,
+                position: Some(read_resp::read_event::Position::CommitPosition(
+                    self.original.position,
+                )),
+            })),
+        }
+    }
+}
+
+fn status_with(code: Code, message: String, pairs: &[(&'static str, String)]) -> Status {
+    let mut metadata = MetadataMap::new();
+    for (key, value) in pairs {
+        // Values that are not visible ASCII (unicode stream names) cannot travel as
+        // headers; the client never needs them.
+        if let Ok(value) = MetadataValue::try_from(value.as_str()) {
+            metadata.insert(*key, value);
+        }
+    }
+    Status::with_metadata(code, message, metadata)
+}
+
+fn stream_deleted(stream: &str) -> Status {
+    status_with(
+        Code::FailedPrecondition,
+        format!("Event stream '{stream}' is deleted."),
+        &[
+            ("exception", "stream-deleted".to_owned()),
+            ("stream-name", stream.to_owned()),
+        ],
+    )
+}
+
+fn wrong_expected_status(stream: &str, current: Option<u64>, expected: Expected) -> Status {
+    let current_text = current.map_or_else(|| "-1".to_owned(), |c| c.to_string());
+    let expected_text = match expected {
+        Expected::Any => "-2".to_owned(),
+        Expected::NoStream => "-1".to_owned(),
+        Expected::StreamExists => "-4".to_owned(),
+        Expected::Exact(r) => r.to_string(),
+    };
+    status_with(
+        Code::FailedPrecondition,
+        format!(
+            "Append failed due to WrongExpectedVersion. Stream: {stream}, Expected version: {expected_text}, Actual version: {current_text}"
+        ),
+        &[
+            ("exception", "wrong-expected-version".to_owned()),
+            ("stream-name", stream.to_owned()),
+            ("expected-version", expected_text),
+            ("actual-version", current_text),
+        ],
+    )
+}
+
+fn injected_unavailable() -> Status {
+    Status::unavailable("Server unavailable (injected fault)")
+}
+
+fn shutting_down() -> Status {
+    Status::unavailable("Server is shutting down or dropped the connection")
+}
+
+// ---------------------------------------------------------------- filters
+
+struct Filter {
+    on_stream: bool,
+    regex: Option<Regex>,
+    prefixes: Vec<String>,
+    checkpoint_interval: u64,
+}
+
+impl Filter {
+    fn from_wire(options: read_req::options::FilterOptions) -> Result<Filter, Status> {
+        use read_req::options::filter_options::{Filter as Kind, Window};
+        let (on_stream, expression) = match options.filter {
+            Some(Kind::StreamIdentifier(e)) => (true, e),
+            Some(Kind::EventType(e)) => (false, e),
+            None => return Err(Status::invalid_argument("filter has no expression")),
+        };
+        let regex = if expression.regex.is_empty() {
+            None
+        } else {
+            Some(Regex::new(&expression.regex).map_err(|error| {
+                Status::invalid_argument(format!("invalid filter regex: {error}"))
+            })?)
+        };
+        let window = match options.window {
+            Some(Window::Max(max)) if max > 0 => max,
+            _ => DEFAULT_FILTER_WINDOW,
+        };
+        let multiplier = options.checkpoint_interval_multiplier.max(1);
+        Ok(Filter {
+            on_stream,
+            regex,
+            prefixes: expression.prefix,
+            checkpoint_interval: u64::from(window) * u64::from(multiplier),
+        })
+    }
+
+    fn matches(&self, record: &Record) -> bool {
+        let subject: &str = if self.on_stream {
+            &record.stream
+        } else {
+            &record.event_type
+        };
+        if let Some(regex) = &self.regex {
+            return regex.is_match(subject);
+        }
+        self.prefixes.is_empty() || self.prefixes.iter().any(|p| subject.starts_with(p.as_str()))
+    }
+}
+
+// ---------------------------------------------------------------- streams service
+
+/// The `event_store.client.streams.Streams` service.
+#[derive(Clone)]
+pub(crate) struct StreamsService {
+    shared: Arc<Shared>,
+}
+
+impl StreamsService {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        StreamsService { shared }
+    }
+}
+
+/// Sends one reply unless the client went away or the connection is being dropped
+/// (then the reply is an `Unavailable`, best effort). Returns whether to go on.
+async fn send<T>(tx: &ReplySender<T>, token: &CancellationToken, reply: T) -> bool {
+    tokio::select! {
+        sent = tx.send(Ok(reply)) => sent.is_ok(),
+        () = token.cancelled() => {
+            let _ = tx.try_send(Err(shutting_down()));
+            false
+        }
+    }
+}
+
+/// Waits until replies are not paused; false if the connection is dropped meanwhile.
+async fn unpaused(shared: &Shared, token: &CancellationToken) -> bool {
+    tokio::select! {
+        () = shared.faults.wait_unpaused() => true,
+        () = token.cancelled() => false,
+    }
+}
+
+enum Source {
+    All(Option<read_req::options::all_options::AllOption>),
+    Stream(String, Option<read_req::options::stream_options::RevisionOption>),
+}
+
+struct ReadPlan {
+    source: Source,
+    backwards: bool,
+    resolve_links: bool,
+    structured: bool,
+    filter: Option<Filter>,
+    /// `None` for a subscription.
+    count: Option<u64>,
+}
+
+impl ReadPlan {
+    fn from_wire(request: ReadReq) -> Result<ReadPlan, Status> {
+        use read_req::options::{uuid_option, CountOption, FilterOption, StreamOption};
+        let options = request
+            .options
+            .ok_or_else(|| Status::invalid_argument("read options are missing"))?;
+        let backwards = options.read_direction == read_req::options::ReadDirection::Backwards as i32;
+        let structured = matches!(
+            options.uuid_option.and_then(|u| u.content),
+            Some(uuid_option::Content::Structured(()))
+        );
+        let source = match options.stream_option {
+            Some(StreamOption::All(all)) => Source::All(all.all_option),
+            Some(StreamOption::Stream(stream)) => Source::Stream(
+                stream_name(stream.stream_identifier)?,
+                stream.revision_option,
+            ),
+            None => return Err(Status::invalid_argument("read has no stream option")),
+        };
+        let count = match options.count_option {
+            Some(CountOption::Count(count)) => Some(count),
+            Some(CountOption::Subscription(_)) => None,
+            None => return Err(Status::invalid_argument("read has no count option")),
+        };
+        let filter = match options.filter_option {
+            Some(FilterOption::Filter(filter)) => Some(Filter::from_wire(filter)?),
+            _ => None,
+        };
+        if filter.is_some() && matches!(source, Source::Stream(..)) {
+            return Err(Status::invalid_argument("filters apply to $all only"));
+        }
+        if count.is_none() && backwards {
+            return Err(Status::invalid_argument("subscriptions read forwards only"));
+        }
+        Ok(ReadPlan {
+            source,
+            backwards,
+            resolve_links: options.resolve_links,
+            structured,
+            filter,
+            count,
+        })
+    }
+}
+
+impl StreamsService {
+    async fn count_read(&self, plan: ReadPlan, tx: ReplySender<ReadResp>, token: CancellationToken) {
+        use read_req::options::all_options::AllOption;
+        use read_req::options::stream_options::RevisionOption;
+        let mut remaining = plan.count.unwrap_or(0);
+        match &plan.source {
+            Source::All(option) => {
+                let len = self.shared.read(Store::len);
+                // Forwards from a position is inclusive; backwards from one is not.
+                let mut cursor = self.shared.read(|s| match option {
+                    Some(AllOption::Position(p)) => s.index_at_or_after(p.commit_position),
+                    Some(AllOption::End(())) => len,
+                    Some(AllOption::Start(())) => 0,
+                    None if plan.backwards => len,
+                    None => 0,
+                });
+                while remaining > 0 {
+                    let items: Vec<Item> = self.shared.read(|store| {
+                        let records = if plan.backwards {
+                            let from = cursor.saturating_sub(CHUNK);
+                            let mut slice = store.log_slice(from, cursor - from);
+                            slice.reverse();
+                            cursor = from;
+                            slice
+                        } else {
+                            let slice = store.log_slice(cursor, CHUNK.min(len.saturating_sub(cursor)));
+                            cursor += slice.len();
+                            slice
+                        };
+                        records
+                            .into_iter()
+                            .filter(|r| plan.filter.as_ref().is_none_or(|f| f.matches(r)))
+                            .map(|r| Item::new(store, r, plan.resolve_links))
+                            .collect()
+                    });
+                    let exhausted = if plan.backwards { cursor == 0 } else { cursor >= len };
+                    for item in items {
+                        if remaining == 0 {
+                            break;
+                        }
+                        remaining -= 1;
+                        if !send(&tx, &token, item.to_reply(plan.structured)).await {
+                            return;
+                        }
+                    }
+                    if exhausted {
+                        break;
+                    }
+                }
+            }
+            Source::Stream(stream, option) => {
+                let range = match self.shared.read(|s| s.readable(stream)) {
+                    Ok(range) => range,
+                    Err(ReadFailure::NotFound) => {
+                        let reply = ReadResp {
+                            content: Some(read_resp::Content::StreamNotFound(
+                                read_resp::StreamNotFound {
+                                    stream_identifier: Some(identifier(stream)),
+                                },
+                            )),
+                        };
+                        send(&tx, &token, reply).await;
+                        return;
+                    }
+                    Err(ReadFailure::Deleted) => {
+                        let _ = tx.send(Err(stream_deleted(stream))).await;
+                        return;
+                    }
+                };
+                // `next` is the next revision to send; backwards it counts down.
+                let (mut next, end) = if plan.backwards {
+                    let top = match option {
+                        Some(RevisionOption::Revision(r)) => (*r).min(range.end - 1),
+                        Some(RevisionOption::Start(())) => range.start,
+                        _ => range.end - 1,
+                    };
+                    (top.checked_add(1).unwrap_or(u64::MAX), range.start)
+                } else {
+                    let from = match option {
+                        Some(RevisionOption::Revision(r)) => (*r).max(range.start),
+                        Some(RevisionOption::End(())) => range.end,
+                        _ => range.start,
+                    };
+                    (from, range.end)
+                };
+                while remaining > 0 {
+                    let batch = remaining.min(CHUNK as u64);
+                    let items: Vec<Item> = self.shared.read(|store| {
+                        let records = if plan.backwards {
+                            if next <= end || (next < range.start) {
+                                return Vec::new();
+                            }
+                            let from = next.saturating_sub(batch).max(end);
+                            let mut records = store.stream_records(stream, from..next);
+                            records.reverse();
+                            next = from;
+                            records
+                        } else {
+                            if next >= end {
+                                return Vec::new();
+                            }
+                            let to = next.saturating_add(batch).min(end);
+                            let records = store.stream_records(stream, next..to);
+                            next = to;
+                            records
+                        };
+                        records
+                            .into_iter()
+                            .map(|r| Item::new(store, r, plan.resolve_links))
+                            .collect()
+                    });
+                    if items.is_empty() {
+                        break;
+                    }
+                    for item in items {
+                        remaining = remaining.saturating_sub(1);
+                        if !send(&tx, &token, item.to_reply(plan.structured)).await {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn subscription(&self, plan: ReadPlan, tx: ReplySender<ReadResp>, token: CancellationToken) {
+        use read_req::options::all_options::AllOption;
+        use read_req::options::stream_options::RevisionOption;
+        let confirmation = ReadResp {
+            content: Some(read_resp::Content::Confirmation(
+                read_resp::SubscriptionConfirmation {
+                    subscription_id: Uuid::new_v4().to_string(),
+                },
+            )),
+        };
+        // A stream subscription's cursor is a revision, an `$all` one a log index.
+        let mut cursor: u64 = match &plan.source {
+            Source::All(option) => self.shared.read(|s| match option {
+                Some(AllOption::Position(p)) => s.index_after(p.commit_position),
+                Some(AllOption::End(())) => s.len(),
+                _ => 0,
+            }) as u64,
+            Source::Stream(stream, option) => {
+                let start = self.shared.read(|s| match s.readable(stream) {
+                    Err(ReadFailure::Deleted) => Err(()),
+                    _ => Ok(match option {
+                        Some(RevisionOption::Revision(r)) => r.saturating_add(1),
+                        Some(RevisionOption::End(())) => s.last_revision(stream).map_or(0, |r| r + 1),
+                        _ => 0,
+                    }),
+                });
+                match start {
+                    Ok(start) => start,
+                    Err(()) => {
+                        let _ = tx.send(Err(stream_deleted(stream))).await;
+                        return;
+                    }
+                }
+            }
+        };
+        if !send(&tx, &token, confirmation).await {
+            return;
+        }
+        let mut appended = self.shared.appended.subscribe();
+        let mut caught_up = false;
+        let mut considered: u64 = 0;
+        loop {
+            if !unpaused(&self.shared, &token).await {
+                let _ = tx.try_send(Err(shutting_down()));
+                return;
+            }
+            appended.borrow_and_update();
+            let chunk: Result<Vec<Item>, ()> = self.shared.read(|store| match &plan.source {
+                Source::All(_) => {
+                    let records = store.log_slice(cursor as usize, CHUNK);
+                    cursor += records.len() as u64;
+                    Ok(records
+                        .into_iter()
+                        .map(|r| Item::new(store, r, plan.resolve_links))
+                        .collect())
+                }
+                Source::Stream(stream, _) => match store.readable(stream) {
+                    Err(ReadFailure::Deleted) => Err(()),
+                    Err(ReadFailure::NotFound) => Ok(Vec::new()),
+                    Ok(range) => {
+                        cursor = cursor.max(range.start);
+                        let records = store.stream_records(stream, cursor..cursor + CHUNK as u64);
+                        cursor += records.len() as u64;
+                        Ok(records
+                            .into_iter()
+                            .map(|r| Item::new(store, r, plan.resolve_links))
+                            .collect())
+                    }
+                },
+            });
+            let Ok(items) = chunk else {
+                if let Source::Stream(stream, _) = &plan.source {
+                    let _ = tx.send(Err(stream_deleted(stream))).await;
+                }
+                return;
+            };
+            if items.is_empty() {
+                if !caught_up {
+                    caught_up = true;
+                    let reply = ReadResp {
+                        content: Some(read_resp::Content::CaughtUp(read_resp::CaughtUp {})),
+                    };
+                    if !send(&tx, &token, reply).await {
+                        return;
+                    }
+                }
+                tokio::select! {
+                    changed = appended.changed() => if changed.is_err() { return },
+                    () = token.cancelled() => {
+                        let _ = tx.try_send(Err(shutting_down()));
+                        return;
+                    }
+                    () = tx.closed() => return,
+                }
+                continue;
+            }
+            for item in items {
+                let wanted = plan.filter.as_ref().is_none_or(|f| f.matches(&item.original));
+                if wanted && !send(&tx, &token, item.to_reply(plan.structured)).await {
+                    return;
+                }
+                if let Some(filter) = &plan.filter {
+                    considered += 1;
+                    if considered % filter.checkpoint_interval == 0 {
+                        let position = item.original.position;
+                        let reply = ReadResp {
+                            content: Some(read_resp::Content::Checkpoint(read_resp::Checkpoint {
+                                commit_position: position,
+                                prepare_position: position,
+                            })),
+                        };
+                        if !send(&tx, &token, reply).await {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn write_delay(&self) {
+        let latency = self.shared.options.append_latency;
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
+    }
+
+    async fn gate(&self) -> Result<CancellationToken, Status> {
+        let token = self.shared.faults.token();
+        if unpaused(&self.shared, &token).await {
+            Ok(token)
+        } else {
+            Err(shutting_down())
+        }
+    }
+}
+
+fn expected_from_append(option: Option<append_req::options::ExpectedStreamRevision>) -> Expected {
+    use append_req::options::ExpectedStreamRevision as E;
+    match option {
+        Some(E::Revision(r)) => Expected::Exact(r),
+        Some(E::NoStream(())) => Expected::NoStream,
+        Some(E::StreamExists(())) => Expected::StreamExists,
+        Some(E::Any(())) | None => Expected::Any,
+    }
+}
+
+fn append_reply(outcome: WriteOutcome, stream: &str) -> Result<AppendResp, Status> {
+    use append_resp::wrong_expected_version as wev;
+    let result = match outcome {
+        WriteOutcome::Success { current, position } => {
+            append_resp::Result::Success(append_resp::Success {
+                current_revision_option: Some(match current {
+                    Some(r) => append_resp::success::CurrentRevisionOption::CurrentRevision(r),
+                    None => append_resp::success::CurrentRevisionOption::NoStream(()),
+                }),
+                position_option: Some(match position {
+                    Some(p) => append_resp::success::PositionOption::Position(append_resp::Position {
+                        commit_position: p,
+                        prepare_position: p,
+                    }),
+                    None => append_resp::success::PositionOption::NoPosition(()),
+                }),
+            })
+        }
+        WriteOutcome::WrongExpected { current, expected } => {
+            append_resp::Result::WrongExpectedVersion(append_resp::WrongExpectedVersion {
+                current_revision_option_20_6_0: Some(match current {
+                    Some(r) => wev::CurrentRevisionOption2060::CurrentRevision2060(r),
+                    None => wev::CurrentRevisionOption2060::NoStream2060(()),
+                }),
+                expected_revision_option_20_6_0: Some(match expected {
+                    Expected::Exact(r) => wev::ExpectedRevisionOption2060::ExpectedRevision2060(r),
+                    Expected::StreamExists => wev::ExpectedRevisionOption2060::StreamExists2060(()),
+                    Expected::Any | Expected::NoStream => wev::ExpectedRevisionOption2060::Any2060(()),
+                }),
+                current_revision_option: Some(match current {
+                    Some(r) => wev::CurrentRevisionOption::CurrentRevision(r),
+                    None => wev::CurrentRevisionOption::CurrentNoStream(()),
+                }),
+                expected_revision_option: Some(match expected {
+                    Expected::Exact(r) => wev::ExpectedRevisionOption::ExpectedRevision(r),
+                    Expected::Any => wev::ExpectedRevisionOption::ExpectedAny(()),
+                    Expected::StreamExists => wev::ExpectedRevisionOption::ExpectedStreamExists(()),
+                    Expected::NoStream => wev::ExpectedRevisionOption::ExpectedNoStream(()),
+                }),
+            })
+        }
+        WriteOutcome::StreamDeleted => return Err(stream_deleted(stream)),
+    };
+    Ok(AppendResp {
+        result: Some(result),
+    })
+}
+
+/// Delete and tombstone replies share a shape; this is the part they have in common.
+fn deletion_position(outcome: WriteOutcome, stream: &str) -> Result<Option<u64>, Status> {
+    match outcome {
+        WriteOutcome::Success { position, .. } => Ok(position),
+        WriteOutcome::WrongExpected { current, expected } => {
+            Err(wrong_expected_status(stream, current, expected))
+        }
+        WriteOutcome::StreamDeleted => Err(stream_deleted(stream)),
+    }
+}
+
+macro_rules! deletion_expected {
+    ($module:ident, $option:expr) => {{
+        use $module::options::ExpectedStreamRevision as E;
+        match $option {
+            Some(E::Revision(r)) => Expected::Exact(r),
+            Some(E::NoStream(())) => Expected::NoStream,
+            Some(E::StreamExists(())) => Expected::StreamExists,
+            Some(E::Any(())) | None => Expected::Any,
+        }
+    }};
+}
+
+#[tonic::async_trait]
+impl Streams for StreamsService {
+    type ReadStream = ReceiverStream<Result<ReadResp, Status>>;
+    type BatchAppendStream = ReceiverStream<Result<BatchAppendResp, Status>>;
+
+    async fn read(&self, request: Request<ReadReq>) -> Result<Response<Self::ReadStream>, Status> {
+        let token = self.gate().await?;
+        let plan = ReadPlan::from_wire(request.into_inner())?;
+        let latency = self.shared.options.read_latency;
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
+        let (tx, rx) = mpsc::channel(CHANNEL);
+        let service = self.clone();
+        tokio::spawn(async move {
+            if plan.count.is_some() {
+                service.count_read(plan, tx, token).await;
+            } else {
+                service.subscription(plan, tx, token).await;
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn append(
+        &self,
+        request: Request<Streaming<AppendReq>>,
+    ) -> Result<Response<AppendResp>, Status> {
+        let token = self.gate().await?;
+        let mut messages = request.into_inner();
+        let Some(first) = messages.message().await? else {
+            return Err(Status::invalid_argument("append without options"));
+        };
+        let Some(append_req::Content::Options(options)) = first.content else {
+            return Err(Status::invalid_argument("append must start with options"));
+        };
+        let stream = stream_name(options.stream_identifier)?;
+        let expected = expected_from_append(options.expected_stream_revision);
+        let mut events = Vec::new();
+        while let Some(message) = messages.message().await? {
+            match message.content {
+                Some(append_req::Content::ProposedMessage(m)) => {
+                    events.push(proposed(m.id, m.metadata, m.custom_metadata, m.data)?);
+                }
+                _ => return Err(Status::invalid_argument("options sent twice in one append")),
+            }
+        }
+        self.write_delay().await;
+        if !unpaused(&self.shared, &token).await {
+            return Err(shutting_down());
+        }
+        if self.shared.faults.take_append_failure() {
+            return Err(injected_unavailable());
+        }
+        let outcome = self.shared.write(|store| store.append(&stream, expected, events));
+        append_reply(outcome, &stream).map(Response::new)
+    }
+
+    async fn delete(&self, request: Request<DeleteReq>) -> Result<Response<DeleteResp>, Status> {
+        let token = self.gate().await?;
+        let options = request
+            .into_inner()
+            .options
+            .ok_or_else(|| Status::invalid_argument("delete options are missing"))?;
+        let stream = stream_name(options.stream_identifier)?;
+        let expected = deletion_expected!(delete_req, options.expected_stream_revision);
+        self.write_delay().await;
+        if !unpaused(&self.shared, &token).await {
+            return Err(shutting_down());
+        }
+        let outcome = self.shared.write(|store| store.soft_delete(&stream, expected));
+        let position = deletion_position(outcome, &stream)?;
+        Ok(Response::new(DeleteResp {
+            position_option: Some(match position {
+                Some(p) => delete_resp::PositionOption::Position(delete_resp::Position {
+                    commit_position: p,
+                    prepare_position: p,
+                }),
+                None => delete_resp::PositionOption::NoPosition(()),
+            }),
+        }))
+    }
+
+    async fn tombstone(
+        &self,
+        request: Request<TombstoneReq>,
+    ) -> Result<Response<TombstoneResp>, Status> {
+        let token = self.gate().await?;
+        let options = request
+            .into_inner()
+            .options
+            .ok_or_else(|| Status::invalid_argument("tombstone options are missing"))?;
+        let stream = stream_name(options.stream_identifier)?;
+        let expected = deletion_expected!(tombstone_req, options.expected_stream_revision);
+        self.write_delay().await;
+        if !unpaused(&self.shared, &token).await {
+            return Err(shutting_down());
+        }
+        let outcome = self.shared.write(|store| store.tombstone(&stream, expected));
+        let position = deletion_position(outcome, &stream)?;
+        Ok(Response::new(TombstoneResp {
+            position_option: Some(match position {
+                Some(p) => tombstone_resp::PositionOption::Position(tombstone_resp::Position {
+                    commit_position: p,
+                    prepare_position: p,
+                }),
+                None => tombstone_resp::PositionOption::NoPosition(()),
+            }),
+        }))
+    }
+
+    async fn batch_append(
+        &self,
+        request: Request<Streaming<BatchAppendReq>>,
+    ) -> Result<Response<Self::BatchAppendStream>, Status> {
+        let token = self.gate().await?;
+        let mut requests = request.into_inner();
+        let (tx, rx) = mpsc::channel(CHANNEL);
+        let service = self.clone();
+        tokio::spawn(async move {
+            let mut pending: HashMap<Uuid, PendingBatch> = HashMap::new();
+            loop {
+                let next = tokio::select! {
+                    next = requests.message() => next,
+                    () = token.cancelled() => {
+                        let _ = tx.try_send(Err(shutting_down()));
+                        return;
+                    }
+                };
+                let request = match next {
+                    Ok(Some(request)) => request,
+                    Ok(None) => return,
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                };
+                let reply = match service.batch_step(&mut pending, request, &token).await {
+                    Ok(Some(reply)) => reply,
+                    Ok(None) => continue,
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                };
+                if !send(&tx, &token, reply).await {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+struct PendingBatch {
+    wire_id: shared::Uuid,
+    stream: String,
+    expected: Expected,
+    wire_expected: Option<batch_append_resp::ExpectedStreamPosition>,
+    events: Vec<Proposed>,
+}
+
+impl StreamsService {
+    /// Takes one batch-append request; answers when its batch is final.
+    async fn batch_step(
+        &self,
+        pending: &mut HashMap<Uuid, PendingBatch>,
+        request: BatchAppendReq,
+        token: &CancellationToken,
+    ) -> Result<Option<BatchAppendResp>, Status> {
+        use batch_append_req::options::ExpectedStreamPosition as E;
+        use batch_append_resp::ExpectedStreamPosition as R;
+        let wire_id = request
+            .correlation_id
+            .ok_or_else(|| Status::invalid_argument("batch append without correlation id"))?;
+        let id = uuid_from_wire(Some(wire_id.clone()))?;
+        if !pending.contains_key(&id) {
+            let options = request.options.ok_or_else(|| {
+                Status::invalid_argument("the first batch-append request of a batch needs options")
+            })?;
+            let (expected, wire_expected) = match options.expected_stream_position {
+                Some(E::StreamPosition(r)) => (Expected::Exact(r), R::StreamPosition(r)),
+                Some(E::NoStream(())) => (Expected::NoStream, R::NoStream(())),
+                Some(E::StreamExists(())) => (Expected::StreamExists, R::StreamExists(())),
+                Some(E::Any(())) | None => (Expected::Any, R::Any(())),
+            };
+            pending.insert(
+                id,
+                PendingBatch {
+                    wire_id,
+                    stream: stream_name(options.stream_identifier)?,
+                    expected,
+                    wire_expected: Some(wire_expected),
+                    events: Vec::new(),
+                },
+            );
+        }
+        let batch = pending.get_mut(&id).ok_or_else(|| Status::internal("batch vanished"))?;
+        for m in request.proposed_messages {
+            batch
+                .events
+                .push(proposed(m.id, m.metadata, m.custom_metadata, m.data)?);
+        }
+        if !request.is_final {
+            return Ok(None);
+        }
+        let batch = pending.remove(&id).ok_or_else(|| Status::internal("batch vanished"))?;
+        self.write_delay().await;
+        if !unpaused(&self.shared, token).await {
+            return Err(shutting_down());
+        }
+        let result = if self.shared.faults.take_append_failure() {
+            batch_append_resp::Result::Error(RpcStatus {
+                code: Code::Unavailable as i32,
+                message: "Server unavailable (injected fault)".to_owned(),
+                details: None,
+            })
+        } else {
+            let stream = batch.stream.clone();
+            let outcome = self
+                .shared
+                .write(|store| store.append(&stream, batch.expected, batch.events));
+            batch_result(outcome, &batch.stream)
+        };
+        Ok(Some(BatchAppendResp {
+            correlation_id: Some(batch.wire_id),
+            result: Some(result),
+            stream_identifier: Some(identifier(&batch.stream)),
+            expected_stream_position: batch.wire_expected,
+        }))
+    }
+}
+
+fn batch_result(outcome: WriteOutcome, stream: &str) -> batch_append_resp::Result {
+    use batch_append_resp::success::{CurrentRevisionOption, PositionOption};
+    match outcome {
+        WriteOutcome::Success { current, position } => {
+            batch_append_resp::Result::Success(batch_append_resp::Success {
+                current_revision_option: Some(match current {
+                    Some(r) => CurrentRevisionOption::CurrentRevision(r),
+                    None => CurrentRevisionOption::NoStream(()),
+                }),
+                position_option: Some(match position {
+                    Some(p) => PositionOption::Position(shared::AllStreamPosition {
+                        commit_position: p,
+                        prepare_position: p,
+                    }),
+                    None => PositionOption::NoPosition(()),
+                }),
+            })
+        }
+        WriteOutcome::WrongExpected { current, expected } => {
+            let status = wrong_expected_status(stream, current, expected);
+            batch_append_resp::Result::Error(RpcStatus {
+                code: Code::FailedPrecondition as i32,
+                message: status.message().to_owned(),
+                details: None,
+            })
+        }
+        WriteOutcome::StreamDeleted => batch_append_resp::Result::Error(RpcStatus {
+            code: Code::FailedPrecondition as i32,
+            message: format!("Event stream '{stream}' is deleted."),
+            details: None,
+        }),
+    }
+}
+
+// ---------------------------------------------------------------- features and gossip
+
+/// `event_store.client.server_features.ServerFeatures`.
+pub(crate) struct FeaturesService {
+    shared: Arc<Shared>,
+}
+
+impl FeaturesService {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        FeaturesService { shared }
+    }
+}
+
+#[tonic::async_trait]
+impl ServerFeatures for FeaturesService {
+    async fn get_supported_methods(
+        &self,
+        _request: Request<()>,
+    ) -> Result<Response<SupportedMethods>, Status> {
+        let method = |service: &str, name: &str| SupportedMethod {
+            method_name: name.to_owned(),
+            service_name: service.to_owned(),
+            features: Vec::new(),
+        };
+        let streams = "event_store.client.streams.streams";
+        let methods = vec![
+            method(streams, "read"),
+            method(streams, "append"),
+            method(streams, "delete"),
+            method(streams, "tombstone"),
+            method(streams, "batchappend"),
+            method("event_store.client.gossip.gossip", "read"),
+            method(
+                "event_store.client.server_features.serverfeatures",
+                "getsupportedmethods",
+            ),
+        ];
+        let version = self
+            .shared
+            .options
+            .server_version
+            .clone()
+            .unwrap_or_else(|| DEFAULT_VERSION.to_owned());
+        Ok(Response::new(SupportedMethods {
+            methods,
+            event_store_server_version: version,
+        }))
+    }
+}
+
+/// `event_store.client.gossip.Gossip`: a one-member cluster whose only node, the
+/// leader, is this server.
+pub(crate) struct GossipService {
+    shared: Arc<Shared>,
+}
+
+impl GossipService {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        GossipService { shared }
+    }
+}
+
+#[tonic::async_trait]
+impl Gossip for GossipService {
+    async fn read(&self, _request: Request<()>) -> Result<Response<gossip::ClusterInfo>, Status> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let member = gossip::MemberInfo {
+            instance_id: Some(uuid_to_wire(self.shared.instance_id, true)),
+            time_stamp: i64::try_from(now.as_nanos() / 100).unwrap_or(i64::MAX),
+            state: gossip::member_info::VNodeState::Leader as i32,
+            is_alive: true,
+            http_end_point: Some(gossip::EndPoint {
+                address: self.shared.host.clone(),
+                port: u32::from(self.shared.port.load(std::sync::atomic::Ordering::SeqCst)),
+            }),
+        };
+        Ok(Response::new(gossip::ClusterInfo {
+            members: vec![member],
+        }))
+    }
+}

@@ -1,0 +1,571 @@
+//! The in-memory database behind [`crate::EsdbServer`]: one transaction log (`$all`),
+//! an index per stream, and the write rules of the real server (expected revisions,
+//! idempotent appends, soft delete and revival, tombstones, stream metadata).
+//!
+//! Kept free of gRPC so the rules can be read (and tested) on their own.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use uuid::Uuid;
+
+/// `$tb` value the server writes on a soft delete (the .NET `long.MaxValue`).
+pub(crate) const SOFT_DELETED_TB: u64 = i64::MAX as u64;
+/// Revision of a tombstone (`$streamDeleted`) record.
+pub(crate) const TOMBSTONE_REVISION: u64 = i64::MAX as u64;
+/// Log position of the first record: real logs never start user data at 0, and a
+/// subscription "after position 0" must still see the first event.
+const FIRST_POSITION: u64 = 4_096;
+/// Bytes of fixed per-record overhead, so positions advance like a real log's byte
+/// offsets (by the record size), never by one.
+const RECORD_OVERHEAD: u64 = 96;
+
+/// Content type of JSON events.
+pub(crate) const JSON: &str = "application/json";
+/// Content type of everything else.
+pub(crate) const BINARY: &str = "application/octet-stream";
+
+/// One record of the log.
+#[derive(Debug)]
+pub(crate) struct Record {
+    pub stream: Arc<str>,
+    pub revision: u64,
+    pub id: Uuid,
+    pub event_type: String,
+    pub content_type: String,
+    pub data: Bytes,
+    pub custom_metadata: Bytes,
+    /// 100 ns ticks since the Unix epoch, as the real server sends `created`.
+    pub created_ticks: i64,
+    /// Commit and prepare position (equal for ordinary appends).
+    pub position: u64,
+}
+
+impl Record {
+    pub(crate) fn is_link(&self) -> bool {
+        self.event_type == "$>"
+    }
+}
+
+/// An event proposed by a client.
+#[derive(Debug, Clone)]
+pub(crate) struct Proposed {
+    pub id: Uuid,
+    pub event_type: String,
+    pub content_type: String,
+    pub data: Bytes,
+    pub custom_metadata: Bytes,
+}
+
+/// The expected revision of a write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Expected {
+    Any,
+    NoStream,
+    StreamExists,
+    Exact(u64),
+}
+
+/// Outcome of an append, delete or tombstone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum WriteOutcome {
+    /// Written (or recognised as an idempotent repeat).
+    Success {
+        /// Revision of the stream's last event after the write.
+        current: Option<u64>,
+        /// Position of the last record written; `None` when nothing was written.
+        position: Option<u64>,
+    },
+    /// The expected revision did not hold.
+    WrongExpected {
+        current: Option<u64>,
+        expected: Expected,
+    },
+    /// The stream is tombstoned.
+    StreamDeleted,
+}
+
+/// Why a stream cannot be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReadFailure {
+    /// Never written, or soft-deleted.
+    NotFound,
+    /// Tombstoned.
+    Deleted,
+}
+
+/// The parts of a stream's metadata that change what the server does.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct StreamMeta {
+    pub json: serde_json::Map<String, serde_json::Value>,
+    pub truncate_before: Option<u64>,
+    pub max_count: Option<u64>,
+    pub max_age_secs: Option<u64>,
+}
+
+impl StreamMeta {
+    fn parse(data: &[u8]) -> Option<StreamMeta> {
+        let serde_json::Value::Object(json) = serde_json::from_slice(data).ok()? else {
+            return None;
+        };
+        let number = |key: &str| json.get(key).and_then(serde_json::Value::as_u64);
+        Some(StreamMeta {
+            truncate_before: number("$tb"),
+            max_count: number("$maxCount"),
+            max_age_secs: number("$maxAge"),
+            json,
+        })
+    }
+
+    fn is_soft_deleted(&self) -> bool {
+        self.truncate_before == Some(SOFT_DELETED_TB)
+    }
+}
+
+#[derive(Debug, Default)]
+struct StreamState {
+    /// Log indices of this stream's events; index `i` holds revision `i` (a tombstone,
+    /// when present, is the last entry).
+    entries: Vec<usize>,
+    tombstoned: bool,
+    /// Latest parsed `$metadata` of this stream (written to `$$name`).
+    meta: Option<StreamMeta>,
+}
+
+impl StreamState {
+    fn last_revision(&self) -> Option<u64> {
+        let live = self.entries.len() - usize::from(self.tombstoned);
+        (live > 0).then(|| live as u64 - 1)
+    }
+}
+
+/// The database.
+#[derive(Debug)]
+pub(crate) struct Store {
+    log: Vec<Arc<Record>>,
+    streams: HashMap<Arc<str>, StreamState>,
+    /// First log index of every event id, for idempotency checks with `Any`.
+    ids: HashMap<Uuid, usize>,
+    next_position: u64,
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Store {
+            log: Vec::new(),
+            streams: HashMap::new(),
+            ids: HashMap::new(),
+            next_position: FIRST_POSITION,
+        }
+    }
+}
+
+/// `$$name` → `name`.
+pub(crate) fn metastream_of(stream: &str) -> Option<&str> {
+    stream.strip_prefix("$$")
+}
+
+fn now_ticks() -> i64 {
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(since.as_nanos() / 100).unwrap_or(i64::MAX)
+}
+
+impl Store {
+    /// Number of records in the log.
+    pub(crate) fn len(&self) -> usize {
+        self.log.len()
+    }
+
+    /// Records `from..from+max` of the log.
+    pub(crate) fn log_slice(&self, from: usize, max: usize) -> Vec<Arc<Record>> {
+        let end = from.saturating_add(max).min(self.log.len());
+        self.log.get(from..end).map(<[_]>::to_vec).unwrap_or_default()
+    }
+
+    /// First log index whose position is `>= position`.
+    pub(crate) fn index_at_or_after(&self, position: u64) -> usize {
+        self.log.partition_point(|r| r.position < position)
+    }
+
+    /// First log index whose position is `> position`.
+    pub(crate) fn index_after(&self, position: u64) -> usize {
+        self.log.partition_point(|r| r.position <= position)
+    }
+
+    fn tombstoned(&self, stream: &str) -> bool {
+        let base = metastream_of(stream).unwrap_or(stream);
+        self.streams.get(base).is_some_and(|s| s.tombstoned)
+    }
+
+    fn meta(&self, stream: &str) -> Option<&StreamMeta> {
+        self.streams.get(stream).and_then(|s| s.meta.as_ref())
+    }
+
+    fn soft_deleted(&self, stream: &str) -> bool {
+        metastream_of(stream).is_none() && self.meta(stream).is_some_and(StreamMeta::is_soft_deleted)
+    }
+
+    /// Revision of the stream's last event (ignoring deletion and truncation).
+    pub(crate) fn last_revision(&self, stream: &str) -> Option<u64> {
+        self.streams.get(stream).and_then(StreamState::last_revision)
+    }
+
+    /// The range of revisions a read of `stream` may return, or why it cannot be read.
+    pub(crate) fn readable(&self, stream: &str) -> Result<std::ops::Range<u64>, ReadFailure> {
+        if self.tombstoned(stream) {
+            return Err(ReadFailure::Deleted);
+        }
+        let Some(state) = self.streams.get(stream) else {
+            return Err(ReadFailure::NotFound);
+        };
+        let Some(last) = state.last_revision() else {
+            return Err(ReadFailure::NotFound);
+        };
+        let end = last + 1;
+        let Some(meta) = state.meta.as_ref().filter(|_| metastream_of(stream).is_none()) else {
+            return Ok(0..end);
+        };
+        if meta.is_soft_deleted() {
+            return Err(ReadFailure::NotFound);
+        }
+        let mut start = meta.truncate_before.unwrap_or(0).min(end);
+        if let Some(max_count) = meta.max_count {
+            start = start.max(end.saturating_sub(max_count));
+        }
+        if let Some(max_age) = meta.max_age_secs {
+            let oldest = now_ticks().saturating_sub(i64::try_from(max_age).unwrap_or(i64::MAX / 20_000_000) * 10_000_000);
+            while start < end && self.log[state.entries[start as usize]].created_ticks < oldest {
+                start += 1;
+            }
+        }
+        Ok(start..end)
+    }
+
+    /// Records of `stream` with revisions in `revisions` (clamped to what exists).
+    pub(crate) fn stream_records(&self, stream: &str, revisions: std::ops::Range<u64>) -> Vec<Arc<Record>> {
+        let Some(state) = self.streams.get(stream) else {
+            return Vec::new();
+        };
+        let live = state.entries.len() - usize::from(state.tombstoned);
+        let start = usize::try_from(revisions.start).unwrap_or(usize::MAX).min(live);
+        let end = usize::try_from(revisions.end).unwrap_or(usize::MAX).min(live);
+        state.entries[start..end.max(start)]
+            .iter()
+            .map(|&i| Arc::clone(&self.log[i]))
+            .collect()
+    }
+
+    /// The event a link (`$>`, data `"N@stream"`) points to, if it can be read.
+    pub(crate) fn resolve_link(&self, link: &Record) -> Option<Arc<Record>> {
+        let text = std::str::from_utf8(&link.data).ok()?;
+        let (revision, stream) = text.split_once('@')?;
+        let revision: u64 = revision.trim().parse().ok()?;
+        let range = self.readable(stream).ok()?;
+        if !range.contains(&revision) {
+            return None;
+        }
+        self.stream_records(stream, revision..revision + 1).pop()
+    }
+
+    fn check_expected(&self, stream: &str, expected: Expected) -> Result<(), WriteOutcome> {
+        let current = self.last_revision(stream);
+        let soft_deleted = self.soft_deleted(stream);
+        let ok = match expected {
+            Expected::Any => true,
+            // A soft-deleted stream may be recreated as if it did not exist.
+            Expected::NoStream => current.is_none() || soft_deleted,
+            Expected::StreamExists => current.is_some() && !soft_deleted,
+            Expected::Exact(revision) => current == Some(revision),
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(WriteOutcome::WrongExpected { current, expected })
+        }
+    }
+
+    /// If `events` repeat a write already in `stream` (same ids at the same place),
+    /// the outcome the original write had.
+    fn idempotent_repeat(&self, stream: &str, expected: Expected, events: &[Proposed]) -> Option<WriteOutcome> {
+        let first = events.first()?;
+        let state = self.streams.get(stream)?;
+        let start_revision = match expected {
+            Expected::Exact(revision) => revision.checked_add(1)?,
+            Expected::NoStream => 0,
+            Expected::Any | Expected::StreamExists => {
+                let &index = self.ids.get(&first.id)?;
+                let record = &self.log[index];
+                if &*record.stream != stream || record.revision == TOMBSTONE_REVISION {
+                    return None;
+                }
+                record.revision
+            }
+        };
+        let start = usize::try_from(start_revision).ok()?;
+        let live = state.entries.len() - usize::from(state.tombstoned);
+        if start.checked_add(events.len())? > live {
+            return None;
+        }
+        let all_match = events
+            .iter()
+            .zip(&state.entries[start..])
+            .all(|(event, &index)| self.log[index].id == event.id);
+        if !all_match {
+            return None;
+        }
+        let last_index = state.entries[start + events.len() - 1];
+        Some(WriteOutcome::Success {
+            current: Some(self.log[last_index].revision),
+            position: Some(self.log[last_index].position),
+        })
+    }
+
+    /// Appends `events` to `stream` if `expected` holds, following the real server's
+    /// rules. Returns the outcome and whether anything was written.
+    pub(crate) fn append(&mut self, stream: &str, expected: Expected, events: Vec<Proposed>) -> WriteOutcome {
+        if self.tombstoned(stream) {
+            return WriteOutcome::StreamDeleted;
+        }
+        if let Some(repeat) = self.idempotent_repeat(stream, expected, &events) {
+            return repeat;
+        }
+        if let Err(outcome) = self.check_expected(stream, expected) {
+            return outcome;
+        }
+        if events.is_empty() {
+            return WriteOutcome::Success {
+                current: self.last_revision(stream),
+                position: None,
+            };
+        }
+        if self.soft_deleted(stream) {
+            // The first write after a soft delete revives the stream: the server keeps
+            // the metadata but moves `$tb` to the first new revision.
+            let recreate_from = self.last_revision(stream).map_or(0, |r| r + 1);
+            self.rewrite_truncate_before(stream, recreate_from);
+        }
+        let mut position = 0;
+        for event in events {
+            position = self.push(stream, event);
+        }
+        WriteOutcome::Success {
+            current: self.last_revision(stream),
+            position: Some(position),
+        }
+    }
+
+    /// Soft delete: checks `expected`, then writes `{"$tb": i64::MAX}` to `$$stream`.
+    pub(crate) fn soft_delete(&mut self, stream: &str, expected: Expected) -> WriteOutcome {
+        if self.tombstoned(stream) {
+            return WriteOutcome::StreamDeleted;
+        }
+        if let Err(outcome) = self.check_expected(stream, expected) {
+            return outcome;
+        }
+        let body = serde_json::json!({ "$tb": SOFT_DELETED_TB });
+        let position = self.push(&format!("$${stream}"), metadata_event(&body));
+        WriteOutcome::Success {
+            current: self.last_revision(stream),
+            position: Some(position),
+        }
+    }
+
+    /// Hard delete: checks `expected`, then writes a `$streamDeleted` record.
+    pub(crate) fn tombstone(&mut self, stream: &str, expected: Expected) -> WriteOutcome {
+        if self.tombstoned(stream) {
+            return WriteOutcome::StreamDeleted;
+        }
+        if let Err(outcome) = self.check_expected(stream, expected) {
+            return outcome;
+        }
+        let current = self.last_revision(stream);
+        let position = self.push(
+            stream,
+            Proposed {
+                id: Uuid::new_v4(),
+                event_type: "$streamDeleted".to_owned(),
+                content_type: BINARY.to_owned(),
+                data: Bytes::new(),
+                custom_metadata: Bytes::new(),
+            },
+        );
+        WriteOutcome::Success {
+            current,
+            position: Some(position),
+        }
+    }
+
+    fn rewrite_truncate_before(&mut self, stream: &str, truncate_before: u64) {
+        let mut json = self.meta(stream).map(|m| m.json.clone()).unwrap_or_default();
+        json.insert("$tb".to_owned(), truncate_before.into());
+        self.push(&format!("$${stream}"), metadata_event(&serde_json::Value::Object(json)));
+    }
+
+    /// Writes one record at the end of the log and maintains the indexes.
+    fn push(&mut self, stream: &str, event: Proposed) -> u64 {
+        let key: Arc<str> = match self.streams.get_key_value(stream) {
+            Some((key, _)) => Arc::clone(key),
+            None => Arc::from(stream),
+        };
+        let tombstone = event.event_type == "$streamDeleted" && metastream_of(stream).is_none();
+        let state = self.streams.entry(Arc::clone(&key)).or_default();
+        let revision = if tombstone {
+            TOMBSTONE_REVISION
+        } else {
+            state.entries.len() as u64
+        };
+        let position = self.next_position;
+        let size = RECORD_OVERHEAD
+            + (stream.len() + event.event_type.len() + event.data.len() + event.custom_metadata.len()) as u64;
+        self.next_position += size;
+        let index = self.log.len();
+        state.entries.push(index);
+        state.tombstoned |= tombstone;
+        self.ids.entry(event.id).or_insert(index);
+        let record = Record {
+            stream: key,
+            revision,
+            id: event.id,
+            event_type: event.event_type,
+            content_type: event.content_type,
+            data: event.data,
+            custom_metadata: event.custom_metadata,
+            created_ticks: now_ticks(),
+            position,
+        };
+        let metadata_of = (record.event_type == "$metadata")
+            .then(|| metastream_of(stream))
+            .flatten()
+            .map(str::to_owned);
+        let parsed = metadata_of.as_ref().and_then(|_| StreamMeta::parse(&record.data));
+        self.log.push(Arc::new(record));
+        if let Some(base) = metadata_of {
+            self.apply_metadata(&base, parsed);
+        }
+        position
+    }
+
+    fn apply_metadata(&mut self, stream: &str, parsed: Option<StreamMeta>) {
+        let was_soft_deleted = self.soft_deleted(stream);
+        let state = self.streams.entry(Arc::from(stream)).or_default();
+        let recreate_from = state.last_revision().map_or(0, |r| r + 1);
+        // Metadata that is not a JSON object counts as no metadata (as on the server).
+        let Some(meta) = parsed else {
+            state.meta = None;
+            return;
+        };
+        let needs_tb = was_soft_deleted && meta.truncate_before.is_none();
+        state.meta = Some(meta);
+        if needs_tb {
+            // New metadata on a soft-deleted stream recreates it without resurrecting
+            // the deleted events: the server adds `$tb` in a further metadata event.
+            self.rewrite_truncate_before(stream, recreate_from);
+        }
+    }
+}
+
+fn metadata_event(body: &serde_json::Value) -> Proposed {
+    Proposed {
+        id: Uuid::new_v4(),
+        event_type: "$metadata".to_owned(),
+        content_type: JSON.to_owned(),
+        data: Bytes::from(body.to_string()),
+        custom_metadata: Bytes::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(id: u128) -> Proposed {
+        Proposed {
+            id: Uuid::from_u128(id),
+            event_type: "t".to_owned(),
+            content_type: JSON.to_owned(),
+            data: Bytes::from_static(b"{}"),
+            custom_metadata: Bytes::new(),
+        }
+    }
+
+    fn success(outcome: &WriteOutcome) -> Option<u64> {
+        match outcome {
+            WriteOutcome::Success { current, .. } => *current,
+            other => panic!("expected success, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn positions_increase_with_gaps() {
+        let mut store = Store::default();
+        store.append("s", Expected::Any, vec![event(1), event(2)]);
+        let a = store.log_slice(0, 1)[0].position;
+        let b = store.log_slice(1, 1)[0].position;
+        assert!(a > 0 && b > a + 1);
+    }
+
+    #[test]
+    fn repeated_append_is_idempotent() {
+        let mut store = Store::default();
+        let first = store.append("s", Expected::NoStream, vec![event(1), event(2)]);
+        let again = store.append("s", Expected::NoStream, vec![event(1), event(2)]);
+        assert_eq!(first, again);
+        assert_eq!(store.len(), 2);
+        let any = store.append("s", Expected::Any, vec![event(1), event(2)]);
+        assert_eq!(success(&any), Some(1));
+        assert_eq!(store.len(), 2);
+    }
+
+    #[test]
+    fn wrong_expected_revision_reports_current() {
+        let mut store = Store::default();
+        store.append("s", Expected::Any, vec![event(1)]);
+        let outcome = store.append("s", Expected::Exact(5), vec![event(2)]);
+        assert_eq!(
+            outcome,
+            WriteOutcome::WrongExpected {
+                current: Some(0),
+                expected: Expected::Exact(5)
+            }
+        );
+    }
+
+    #[test]
+    fn soft_delete_then_append_revives_with_continuing_revisions() {
+        let mut store = Store::default();
+        store.append("s", Expected::NoStream, vec![event(1), event(2)]);
+        success(&store.soft_delete("s", Expected::Exact(1)));
+        assert_eq!(store.readable("s"), Err(ReadFailure::NotFound));
+        let revived = store.append("s", Expected::NoStream, vec![event(3)]);
+        assert_eq!(success(&revived), Some(2));
+        assert_eq!(store.readable("s"), Ok(2..3));
+        assert_eq!(store.meta("s").unwrap().truncate_before, Some(2));
+    }
+
+    #[test]
+    fn tombstone_blocks_reads_and_writes() {
+        let mut store = Store::default();
+        store.append("s", Expected::Any, vec![event(1)]);
+        success(&store.tombstone("s", Expected::Any));
+        assert_eq!(store.readable("s"), Err(ReadFailure::Deleted));
+        assert_eq!(store.append("s", Expected::Any, vec![event(2)]), WriteOutcome::StreamDeleted);
+        assert_eq!(store.log_slice(0, 10).last().unwrap().event_type, "$streamDeleted");
+    }
+
+    #[test]
+    fn max_count_hides_old_events_from_stream_reads() {
+        let mut store = Store::default();
+        store.append("s", Expected::Any, vec![event(1), event(2), event(3)]);
+        let meta = Proposed {
+            data: Bytes::from_static(br#"{"$maxCount":2}"#),
+            event_type: "$metadata".to_owned(),
+            ..event(9)
+        };
+        store.append("$$s", Expected::Any, vec![meta]);
+        assert_eq!(store.readable("s"), Ok(1..3));
+    }
+}

@@ -1,0 +1,5 @@
+//! The real `eventstore` client against the in-process server, over real gRPC.
+
+mod common;
+mod reads_and_writes;
+mod subscriptions;
