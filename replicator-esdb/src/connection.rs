@@ -1,0 +1,192 @@
+//! Connection strings, client (re)building and error classification shared by
+//! the reader and the sink.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use eventstore::{Client, ClientSettings};
+use replicator_core::ErrorKind;
+
+/// Parses a connection string, naming the problem without echoing credentials.
+pub(crate) fn parse_settings(connection_string: &str) -> Result<ClientSettings, String> {
+    if connection_string.trim().is_empty() {
+        return Err("the connection string is empty".to_owned());
+    }
+    connection_string.parse::<ClientSettings>().map_err(|e| {
+        format!(
+            "invalid connection string `{}`: {e}",
+            redact(connection_string)
+        )
+    })
+}
+
+/// A connection string with any password replaced by `***`, fit for logs.
+pub fn redact(connection_string: &str) -> String {
+    let Some(scheme_end) = connection_string.find("://") else {
+        return connection_string.to_owned();
+    };
+    let rest = &connection_string[scheme_end + 3..];
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return connection_string.to_owned();
+    };
+    let user_info = &rest[..at];
+    let user = user_info.split(':').next().unwrap_or("");
+    format!(
+        "{}{}:***{}",
+        &connection_string[..scheme_end + 3],
+        user,
+        &rest[at..]
+    )
+}
+
+/// Whether retrying an operation that failed with `error` can succeed.
+///
+/// Transient: the server unreachable, restarting, not the leader, a timeout,
+/// a closed connection. Permanent: access denied or bad credentials, a request
+/// the server rejects as malformed, a feature it lacks.
+pub(crate) fn error_kind(error: &eventstore::Error) -> ErrorKind {
+    use eventstore::Error as E;
+    match error {
+        E::ServerError(_)
+        | E::NotLeaderException(_)
+        | E::ConnectionClosed
+        | E::GrpcConnectionError(_)
+        | E::DeadlineExceeded
+        | E::InternalClientError
+        | E::IllegalStateError(_) => ErrorKind::Transient,
+        E::Grpc { code, .. } if is_transient_code((*code).into()) => ErrorKind::Transient,
+        E::AccessDenied
+        | E::Grpc { .. }
+        | E::InternalParsingError(_)
+        | E::ResourceAlreadyExists
+        | E::ResourceNotFound
+        | E::ResourceDeleted
+        | E::UnsupportedFeature
+        | E::InitializationError(_)
+        | E::WrongExpectedVersion { .. } => ErrorKind::Permanent,
+        // The enum is not exhaustive across client versions: an error we do
+        // not know is more likely a passing condition than a misconfiguration,
+        // and the caller logs every retry.
+        #[allow(unreachable_patterns)]
+        _ => ErrorKind::Transient,
+    }
+}
+
+/// Whether the client should be thrown away and built again after `error`.
+///
+/// A client whose first connection attempt failed answers `ConnectionClosed`
+/// forever, so a fresh one is the only way to recover from that.
+pub(crate) fn needs_new_client(error: &eventstore::Error) -> bool {
+    matches!(
+        error,
+        eventstore::Error::ConnectionClosed | eventstore::Error::GrpcConnectionError(_)
+    )
+}
+
+/// Whether a raw gRPC status code means "try again later": cancelled (1),
+/// unknown (2), deadline exceeded (4), resource exhausted (8), aborted (10),
+/// internal (13), unavailable (14). Compared by number because the client does
+/// not re-export tonic's `Code` type.
+fn is_transient_code(code: i32) -> bool {
+    matches!(code, 1 | 2 | 4 | 8 | 10 | 13 | 14)
+}
+
+/// A client built lazily (it needs a running tokio runtime) and rebuilt when it
+/// cannot recover by itself.
+pub(crate) struct ClientCell {
+    settings: ClientSettings,
+    current: Mutex<Option<(u64, Client)>>,
+}
+
+impl ClientCell {
+    pub(crate) fn new(settings: ClientSettings) -> Self {
+        ClientCell {
+            settings,
+            current: Mutex::new(None),
+        }
+    }
+
+    /// The current client and its generation, building one if needed.
+    pub(crate) fn get(&self) -> Result<(u64, Client), eventstore::Error> {
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((generation, client)) = current.as_ref() {
+            return Ok((*generation, client.clone()));
+        }
+        let client = Client::new(self.settings.clone())?;
+        let generation = next_generation();
+        *current = Some((generation, client.clone()));
+        Ok((generation, client))
+    }
+
+    /// Drops the client of `generation` so the next [`ClientCell::get`] builds
+    /// a new one. A newer client built meanwhile by another task is kept.
+    pub(crate) fn discard(&self, generation: u64) {
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        if matches!(current.as_ref(), Some((g, _)) if *g == generation) {
+            *current = None;
+        }
+    }
+}
+
+fn next_generation() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Exponential backoff: 100 ms doubling up to 5 s.
+pub(crate) fn backoff(attempt: u32) -> Duration {
+    let millis = 100u64.saturating_mul(1 << attempt.min(6));
+    Duration::from_millis(millis.min(5_000))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted_and_nothing_else_changes() {
+        assert_eq!(
+            redact("esdb://admin:changeit@localhost:2113?tls=false"),
+            "esdb://admin:***@localhost:2113?tls=false"
+        );
+        assert_eq!(
+            redact("esdb://localhost:2113?tls=false"),
+            "esdb://localhost:2113?tls=false"
+        );
+        assert_eq!(
+            redact("esdb+discover://u:p@a:1,b:2/?x=y"),
+            "esdb+discover://u:***@a:1,b:2/?x=y"
+        );
+    }
+
+    #[test]
+    fn bad_connection_strings_are_named_without_their_password() {
+        let err = parse_settings("http://admin:secret@host").unwrap_err();
+        assert!(err.contains("admin:***@host"), "{err}");
+        assert!(!err.contains("secret"), "{err}");
+        assert!(parse_settings("  ").unwrap_err().contains("empty"));
+        assert!(parse_settings("esdb://localhost:2113?tls=false").is_ok());
+    }
+
+    #[test]
+    fn outages_are_transient_and_access_problems_permanent() {
+        use eventstore::Error as E;
+        assert_eq!(error_kind(&E::ConnectionClosed), ErrorKind::Transient);
+        assert_eq!(
+            error_kind(&E::ServerError("unavailable".into())),
+            ErrorKind::Transient
+        );
+        assert_eq!(error_kind(&E::DeadlineExceeded), ErrorKind::Transient);
+        assert_eq!(error_kind(&E::AccessDenied), ErrorKind::Permanent);
+        assert_eq!(error_kind(&E::UnsupportedFeature), ErrorKind::Permanent);
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        assert_eq!(backoff(0), Duration::from_millis(100));
+        assert_eq!(backoff(1), Duration::from_millis(200));
+        assert_eq!(backoff(30), Duration::from_secs(5));
+    }
+}

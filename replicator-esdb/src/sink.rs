@@ -1,0 +1,579 @@
+//! The EventStoreDB [`Sink`]: batched, concurrent, idempotent appends.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use eventstore::{
+    AppendToStreamOptions, Client, CurrentRevision, EventData, ExpectedRevision, ReadStreamOptions,
+    StreamPosition, TombstoneStreamOptions,
+};
+use futures::{FutureExt, StreamExt};
+use replicator_core::{ContentType, ErrorKind, Event, Position, Sink, SinkError, WriteAck};
+use serde::ser::{Serialize, SerializeStruct, Serializer};
+use tracing::{debug, warn};
+
+use crate::connection::{error_kind, needs_new_client, parse_settings, redact, ClientCell};
+use crate::plan::{match_replay, plan, Replay, Step, TargetRecord};
+
+/// Default cap on the payload of one append request.
+pub const DEFAULT_MAX_APPEND_BYTES: usize = 1024 * 1024;
+
+/// How many stream plans of one batch run at once.
+const STREAMS_IN_FLIGHT: usize = 32;
+
+/// How far back in a target stream to look for a record when revisions do not
+/// line up (streams renumbered because the source lost their first events).
+const RENUMBERED_SEARCH_DEPTH: usize = 4096;
+
+/// Reads done to recognise a replay carry no server deadline: cap them.
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Renumbered streams remembered at most (the map holds only those).
+const MAX_REMEMBERED_OFFSETS: usize = 100_000;
+
+/// Configuration of an [`EsdbSink`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct EsdbSinkConfig {
+    /// Connection string of the target, e.g.
+    /// `esdb://admin:changeit@target:2113?tls=false`.
+    pub connection_string: String,
+    /// How many batches may be written at once (at least 1). Streams are
+    /// hashed onto this many partitions; each stream keeps its order. With
+    /// write latencies of a few milliseconds, 8 to 32 keep a target busy.
+    pub partition_count: usize,
+}
+
+impl EsdbSinkConfig {
+    /// A configuration with the recommended 8 partitions.
+    pub fn new(connection_string: impl Into<String>) -> Self {
+        EsdbSinkConfig {
+            connection_string: connection_string.into(),
+            partition_count: 8,
+        }
+    }
+}
+
+impl fmt::Debug for EsdbSinkConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EsdbSinkConfig")
+            .field("connection_string", &redact(&self.connection_string))
+            .field("partition_count", &self.partition_count)
+            .finish()
+    }
+}
+
+/// Writes events to an EventStoreDB / KurrentDB target.
+///
+/// # What is preserved
+/// Per event: id, type, data, user metadata and content type, byte for byte,
+/// and each stream's revisions (target revision = source revision for every
+/// stream the source still holds from its first event). JSON data is sent as
+/// is, never parsed and re-encoded. Stream metadata and soft deletes are
+/// replicated as the `$metadata` records the source holds (a soft delete *is*
+/// such a record, `$tb` = `i64::MAX`), so their ids and bytes match too.
+///
+/// Not preserved: the created time (the server stamps its own; the source's
+/// is on [`Event::created`] for anyone who needs it), the ids of tombstone
+/// records (the target server writes its own), and `$all` positions (the
+/// target has its own log; [`WriteAck::target_position`] reports them).
+///
+/// JSON-marked data that is not UTF-8 cannot be sent as JSON by the client:
+/// it is written as binary, with a warning.
+///
+/// # Speed
+/// Consecutive records of one stream in a batch go in one append (up to
+/// [`DEFAULT_MAX_APPEND_BYTES`]); the streams of a batch are written
+/// concurrently, and the pipeline keeps [`EsdbSinkConfig::partition_count`]
+/// batches in flight.
+///
+/// # Replays
+/// Every append states the expected revision (the source revision before the
+/// first record). When the target is further along, the sink reads the
+/// target's records at those revisions and skips those with the same event
+/// ids, so replaying after a crash or from an old checkpoint leaves the target
+/// as it was. Appending to a tombstoned target stream counts as written: a
+/// tombstone on the target can only come from the source.
+///
+/// A target stream holding other records where the source's belong is a
+/// permanent error naming the stream and event: the target is not a replica
+/// of this source.
+pub struct EsdbSink {
+    client: ClientCell,
+    partition_count: usize,
+    max_append_bytes: usize,
+    /// `target revision - source revision` of streams that do not line up
+    /// (the source lost their first events to scavenging or truncation).
+    offsets: Mutex<HashMap<String, i64>>,
+}
+
+impl fmt::Debug for EsdbSink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EsdbSink")
+            .field("partition_count", &self.partition_count)
+            .field("max_append_bytes", &self.max_append_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EsdbSink {
+    /// Creates the sink. Nothing connects until the first write.
+    ///
+    /// # Errors
+    /// A permanent [`SinkError`] when the connection string does not parse or
+    /// `partition_count` is 0.
+    pub fn new(config: EsdbSinkConfig) -> Result<Self, SinkError> {
+        let settings = parse_settings(&config.connection_string)
+            .map_err(|e| SinkError::permanent(format!("sink: {e}")))?;
+        if config.partition_count == 0 {
+            return Err(SinkError::permanent(
+                "sink: partitionCount must be at least 1",
+            ));
+        }
+        Ok(EsdbSink {
+            client: ClientCell::new(settings),
+            partition_count: config.partition_count,
+            max_append_bytes: DEFAULT_MAX_APPEND_BYTES,
+            offsets: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Changes the cap on one append's payload (at least one event is always
+    /// sent, whatever its size).
+    pub fn with_max_append_bytes(mut self, bytes: usize) -> Self {
+        self.max_append_bytes = bytes.max(1);
+        self
+    }
+
+    async fn write_stream_plan(&self, steps: &[Step<'_>]) -> Result<Option<Position>, SinkError> {
+        let mut highest = None;
+        for step in steps {
+            let position = match step {
+                Step::Append { stream, events } => self.append_run(stream, events).await?,
+                Step::Tombstone(event) => self.tombstone(event).await?,
+            };
+            highest = highest.max(position);
+        }
+        Ok(highest)
+    }
+
+    fn offset(&self, stream: &str) -> i64 {
+        let offsets = self.offsets.lock().unwrap_or_else(|e| e.into_inner());
+        offsets.get(stream).copied().unwrap_or(0)
+    }
+
+    fn remember_offset(&self, stream: &str, offset: i64) {
+        let mut offsets = self.offsets.lock().unwrap_or_else(|e| e.into_inner());
+        if offset == 0 {
+            offsets.remove(stream);
+            return;
+        }
+        if offsets.len() >= MAX_REMEMBERED_OFFSETS {
+            // Only a cache: forgetting costs a lookup on the next write.
+            offsets.clear();
+        }
+        offsets.insert(stream.to_owned(), offset);
+    }
+
+    /// Appends records of one stream, recognising a replay.
+    async fn append_run(
+        &self,
+        stream: &str,
+        events: &[&Event],
+    ) -> Result<Option<Position>, SinkError> {
+        let (generation, client) = self.client()?;
+        match self.append_run_with(&client, stream, events).await {
+            Ok(position) => Ok(position),
+            Err(RunError::Client(error, event)) => {
+                if needs_new_client(&error) {
+                    self.client.discard(generation);
+                }
+                Err(sink_error(
+                    error,
+                    &format!("appending to `{stream}`"),
+                    event,
+                ))
+            }
+            Err(RunError::Diverged(message)) => Err(SinkError::permanent(format!(
+                "appending to `{stream}`: {message}"
+            ))),
+        }
+    }
+
+    async fn append_run_with<'e>(
+        &self,
+        client: &Client,
+        stream: &str,
+        events: &[&'e Event],
+    ) -> Result<Option<Position>, RunError<'e>> {
+        let mut offset = self.offset(stream);
+        let mut searched = false;
+        let mut pending = events;
+        let mut position = None;
+        loop {
+            let Some(first_target) = shift(pending[0].revision, offset) else {
+                // Cannot happen with offsets we computed; start over without.
+                self.remember_offset(stream, 0);
+                offset = 0;
+                continue;
+            };
+            let expected = match first_target {
+                0 => ExpectedRevision::NoStream,
+                n => ExpectedRevision::Exact(n - 1),
+            };
+            match append(client, stream, expected, pending).await {
+                Ok(written) => return Ok(Some(written).max(position)),
+                Err(eventstore::Error::ResourceDeleted) => {
+                    debug!(
+                        stream,
+                        "Target stream is tombstoned: records already written"
+                    );
+                    return Ok(position);
+                }
+                Err(eventstore::Error::WrongExpectedVersion { current, .. }) => {
+                    let last = match current {
+                        CurrentRevision::Current(n) => Some(n),
+                        CurrentRevision::NoStream => None,
+                    };
+                    let target =
+                        match read_target(client, stream, first_target, pending.len()).await {
+                            Ok(records) => records,
+                            Err(eventstore::Error::ResourceDeleted) => return Ok(position),
+                            Err(e) => return Err(RunError::Client(e, pending[0])),
+                        };
+                    match match_replay(
+                        pending,
+                        first_target,
+                        &target,
+                        last,
+                        stream.starts_with("$$"),
+                    ) {
+                        Replay::Written {
+                            written,
+                            position: seen,
+                        } => {
+                            position = position.max(seen);
+                            if written == pending.len() {
+                                debug!(stream, records = written, "Replay: already on the target");
+                                return Ok(position);
+                            }
+                            if written == 0 && last.is_none_or(|l| l + 1 < first_target) {
+                                // The target is behind this stream's source
+                                // revisions: the source no longer holds the
+                                // stream's first records. Renumber.
+                                let new_first = last.map_or(0, |l| l + 1);
+                                offset = new_first as i64 - pending[0].revision as i64;
+                                warn!(
+                                    stream,
+                                    source_revision = pending[0].revision,
+                                    target_revision = new_first,
+                                    "Source revisions do not start where the target stream ends \
+                                     (events removed by scavenging on the source?): \
+                                     appending after the target's last revision"
+                                );
+                                self.remember_offset(stream, offset);
+                                continue;
+                            }
+                            debug!(stream, written, "Replay: appending the rest");
+                            pending = &pending[written..];
+                        }
+                        Replay::Diverged { index, found } => {
+                            if !searched {
+                                searched = true;
+                                if let Some(revision) = find_in_tail(client, stream, pending[0].id)
+                                    .await
+                                    .map_err(|e| RunError::Client(e, pending[0]))?
+                                {
+                                    offset = revision as i64 - pending[0].revision as i64;
+                                    self.remember_offset(stream, offset);
+                                    continue;
+                                }
+                            }
+                            let event = pending[index];
+                            return Err(RunError::Diverged(format!(
+                                "the target holds event {found} at revision {} where source \
+                                 event {} (source revision {}, position {}) belongs: the target \
+                                 stream is not a replica of the source",
+                                first_target + index as u64,
+                                event.id,
+                                event.revision,
+                                event.position,
+                            )));
+                        }
+                    }
+                }
+                Err(e) => return Err(RunError::Client(e, pending[0])),
+            }
+        }
+    }
+
+    async fn tombstone(&self, event: &Event) -> Result<Option<Position>, SinkError> {
+        let stream = event.target_stream();
+        let (generation, client) = self.client()?;
+        let options = TombstoneStreamOptions::default().expected_revision(ExpectedRevision::Any);
+        match client.tombstone_stream(stream, &options).await {
+            Ok(position) => Ok(position.map(convert_position)),
+            Err(eventstore::Error::ResourceDeleted) => Ok(None),
+            Err(error) => {
+                if needs_new_client(&error) {
+                    self.client.discard(generation);
+                }
+                Err(sink_error(error, &format!("tombstoning `{stream}`"), event))
+            }
+        }
+    }
+
+    fn client(&self) -> Result<(u64, Client), SinkError> {
+        self.client.get().map_err(|e| {
+            let kind = error_kind(&e);
+            let message = format!("cannot create the target client: {e}");
+            match kind {
+                ErrorKind::Transient => SinkError::transient(message),
+                ErrorKind::Permanent => SinkError::permanent(message),
+            }
+            .with_source(e)
+        })
+    }
+}
+
+/// Why an append run failed.
+enum RunError<'e> {
+    /// The client failed on this event's run.
+    Client(eventstore::Error, &'e Event),
+    /// The target holds other records where the source's belong.
+    Diverged(String),
+}
+
+fn shift(revision: u64, offset: i64) -> Option<u64> {
+    u64::try_from(revision as i64 + offset).ok()
+}
+
+#[async_trait]
+impl Sink for EsdbSink {
+    async fn write(&self, batch: &[Event]) -> Result<WriteAck, SinkError> {
+        let plans = plan(batch, self.max_append_bytes);
+        // Boxed up front: a closure inside the stream combinators trips the
+        // compiler's `Send` inference for the trait's boxed future.
+        let writes: Vec<_> = plans
+            .iter()
+            .map(|p| self.write_stream_plan(&p.steps).boxed())
+            .collect();
+        let results: Vec<Result<Option<Position>, SinkError>> = futures::stream::iter(writes)
+            .buffer_unordered(STREAMS_IN_FLIGHT)
+            .collect()
+            .await;
+        // Let every stream finish before reporting, so a retry replays as
+        // little as possible; a permanent error wins over a transient one.
+        let mut target_position = None;
+        let mut failure: Option<SinkError> = None;
+        for result in results {
+            match result {
+                Ok(position) => target_position = target_position.max(position),
+                Err(error) => {
+                    let replace = match &failure {
+                        None => true,
+                        Some(previous) => previous.is_transient() && !error.is_transient(),
+                    };
+                    if replace {
+                        failure = Some(error);
+                    }
+                }
+            }
+        }
+        match failure {
+            Some(error) => Err(error),
+            None => Ok(WriteAck { target_position }),
+        }
+    }
+
+    fn max_in_flight(&self) -> usize {
+        self.partition_count
+    }
+}
+
+async fn append(
+    client: &Client,
+    stream: &str,
+    expected: ExpectedRevision,
+    events: &[&Event],
+) -> Result<Position, eventstore::Error> {
+    let data: Vec<EventData> = events.iter().map(|e| to_event_data(e)).collect();
+    let options = AppendToStreamOptions::default().expected_revision(expected);
+    let result = client.append_to_stream(stream, &options, data).await?;
+    Ok(convert_position(result.position))
+}
+
+/// Reads up to `count` records of `stream` from `revision` on. A missing or
+/// soft-deleted stream reads as empty.
+async fn read_target(
+    client: &Client,
+    stream: &str,
+    revision: u64,
+    count: usize,
+) -> Result<Vec<TargetRecord>, eventstore::Error> {
+    let options = ReadStreamOptions::default()
+        .forwards()
+        .position(StreamPosition::Position(revision))
+        .max_count(count);
+    read_records(client, stream, &options).await
+}
+
+/// Looks for event `id` among the last records of `stream`.
+async fn find_in_tail(
+    client: &Client,
+    stream: &str,
+    id: uuid::Uuid,
+) -> Result<Option<u64>, eventstore::Error> {
+    let options = ReadStreamOptions::default()
+        .backwards()
+        .position(StreamPosition::End)
+        .max_count(RENUMBERED_SEARCH_DEPTH);
+    let records = read_records(client, stream, &options).await?;
+    Ok(records.iter().find(|r| r.id == id).map(|r| r.revision))
+}
+
+async fn read_records(
+    client: &Client,
+    stream: &str,
+    options: &ReadStreamOptions,
+) -> Result<Vec<TargetRecord>, eventstore::Error> {
+    let read = async {
+        let mut records = Vec::new();
+        let mut reader = match client.read_stream(stream, options).await {
+            Ok(reader) => reader,
+            Err(eventstore::Error::ResourceNotFound) => return Ok(records),
+            Err(e) => return Err(e),
+        };
+        loop {
+            match reader.next().await {
+                Ok(Some(resolved)) => {
+                    if let Some(record) = resolved.event {
+                        records.push(TargetRecord {
+                            revision: record.revision,
+                            id: record.id,
+                            event_type: record.event_type,
+                            data: record.data,
+                            position: convert_position(record.position),
+                        });
+                    }
+                }
+                Ok(None) => return Ok(records),
+                Err(eventstore::Error::ResourceNotFound) => return Ok(records),
+                Err(e) => return Err(e),
+            }
+        }
+    };
+    tokio::time::timeout(READ_TIMEOUT, read)
+        .await
+        .unwrap_or(Err(eventstore::Error::DeadlineExceeded))
+}
+
+fn convert_position(position: eventstore::Position) -> Position {
+    Position {
+        commit: position.commit,
+        prepare: position.prepare,
+    }
+}
+
+/// Builds what the client sends for `event`, keeping every byte.
+pub(crate) fn to_event_data(event: &Event) -> EventData {
+    let data = match event.content_type {
+        ContentType::Json => match std::str::from_utf8(&event.data) {
+            Ok(json) => EventData::json(&event.event_type, &VerbatimJson(json))
+                .expect("verbatim JSON serialisation cannot fail"),
+            Err(_) => {
+                warn!(
+                    stream = %event.stream,
+                    id = %event.id,
+                    "Event marked JSON holds bytes that are not UTF-8: written as binary"
+                );
+                EventData::binary(&event.event_type, event.data.clone())
+            }
+        },
+        ContentType::Binary => EventData::binary(&event.event_type, event.data.clone()),
+    };
+    data.id(event.id).metadata(event.metadata.clone())
+}
+
+/// Serialises to exactly the wrapped text, whether or not it is valid JSON.
+///
+/// The client only sends JSON content through `serde_json::to_vec`. A
+/// `RawValue` would keep valid JSON as is, but it cannot hold empty data
+/// (common: events "without data") or text with surrounding whitespace, and
+/// it refuses invalid JSON that the source server accepted. So this emits the
+/// text through the same path `RawValue` uses; the unit test
+/// `json_data_is_sent_verbatim` proves the bytes survive.
+struct VerbatimJson<'a>(&'a str);
+
+/// serde_json's marker for "write this string unchanged" (its `RawValue`).
+const RAW_VALUE_TOKEN: &str = "$serde_json::private::RawValue";
+
+impl Serialize for VerbatimJson<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut raw = serializer.serialize_struct(RAW_VALUE_TOKEN, 1)?;
+        raw.serialize_field(RAW_VALUE_TOKEN, self.0)?;
+        raw.end()
+    }
+}
+
+/// A [`SinkError`] naming what was done, the stream and the event.
+fn sink_error(error: eventstore::Error, doing: &str, event: &Event) -> SinkError {
+    let hint = match error {
+        eventstore::Error::AccessDenied => {
+            ": check the sink's credentials and the target's access control"
+        }
+        _ => "",
+    };
+    let message = format!(
+        "{doing} (event {}, source position {}) failed: {error}{hint}",
+        event.id, event.position
+    );
+    match error_kind(&error) {
+        ErrorKind::Transient => SinkError::transient(message),
+        ErrorKind::Permanent => SinkError::permanent(message),
+    }
+    .with_source(error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_data_is_sent_verbatim() {
+        for text in [
+            r#"{"b":1,  "a":[1,2] }"#,
+            "",
+            "  {\"padded\":true}\n",
+            "not json at all",
+            "{\"unicode\":\"\u{e9}\u{1F600}\\u00e9\"}",
+            "1.000000000000000000001",
+        ] {
+            let bytes = serde_json::to_vec(&VerbatimJson(text)).unwrap();
+            assert_eq!(bytes, text.as_bytes(), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn bad_configuration_is_named() {
+        let err = EsdbSink::new(EsdbSinkConfig {
+            connection_string: "esdb://localhost:2113?tls=false".into(),
+            partition_count: 0,
+        })
+        .unwrap_err();
+        assert!(err.message().contains("partitionCount"), "{err}");
+        assert!(!err.is_transient());
+
+        let err = EsdbSink::new(EsdbSinkConfig::new("nonsense://x:secret@y")).unwrap_err();
+        assert!(err.message().contains("invalid connection string"), "{err}");
+        assert!(!err.message().contains("secret"), "{err}");
+    }
+
+    #[test]
+    fn the_config_debug_output_hides_the_password() {
+        let config = EsdbSinkConfig::new("esdb://admin:changeit@h:2113?tls=false");
+        assert!(!format!("{config:?}").contains("changeit"));
+    }
+}
