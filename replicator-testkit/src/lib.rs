@@ -16,6 +16,7 @@
 #![warn(missing_docs)]
 
 pub mod compare;
+pub mod conformance;
 mod error;
 #[allow(missing_docs)]
 pub mod proto;

@@ -3,3 +3,4 @@
 mod common;
 mod reads_and_writes;
 mod subscriptions;
+mod workload_and_compare;
