@@ -4,3 +4,5 @@ mod common;
 mod reads_and_writes;
 mod subscriptions;
 mod workload_and_compare;
+mod errors_and_deletes;
+mod faults_and_connections;
