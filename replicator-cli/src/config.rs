@@ -434,7 +434,14 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        Config::from_yaml(&text, path, std::env::vars())
+        // `vars_os`: one non-UTF-8 variable elsewhere must not stop the program.
+        let env = std::env::vars_os().map(|(k, v)| {
+            (
+                k.to_string_lossy().into_owned(),
+                v.to_string_lossy().into_owned(),
+            )
+        });
+        Config::from_yaml(&text, path, env)
     }
 
     /// Parses `yaml` (read from `path`, named in errors), applies the
@@ -455,11 +462,12 @@ impl Config {
                 message: e.to_string(),
             })?
         };
-        let mut tree = normalize(parsed, SCHEMA, "").map_err(|(key, message)| ConfigError::Key {
-            key,
-            message,
-            origin: None,
-        })?;
+        let mut tree =
+            normalize(parsed, SCHEMA, "").map_err(|(key, message)| ConfigError::Key {
+                key,
+                message,
+                origin: None,
+            })?;
         let origins = apply_env(&mut tree, env)?;
         build(tree).map_err(|e| match e {
             ConfigError::Key {
@@ -691,7 +699,11 @@ fn positive(value: Option<u64>, default: u64, key: &str) -> Result<u64, ConfigEr
     }
 }
 
-fn positive_usize(value: Option<u64>, default: u64, key: &str) -> Result<NonZeroUsize, ConfigError> {
+fn positive_usize(
+    value: Option<u64>,
+    default: u64,
+    key: &str,
+) -> Result<NonZeroUsize, ConfigError> {
     let v = positive(value, default, key)?;
     usize::try_from(v)
         .ok()
@@ -727,7 +739,10 @@ fn validate(r: raw::Replicator) -> Result<Config, ConfigError> {
         ));
     }
     let reader = ReaderConfig {
-        connection_string: required(reader.connection_string, "replicator.reader.connectionString")?,
+        connection_string: required(
+            reader.connection_string,
+            "replicator.reader.connectionString",
+        )?,
         page_size: positive_usize(reader.page_size, 1024, "replicator.reader.pageSize")?,
     };
 
@@ -844,13 +859,12 @@ fn validate_checkpoint(c: raw::Checkpoint) -> Result<CheckpointConfig, ConfigErr
             ),
         }
     } else if kind.eq_ignore_ascii_case("mongo") {
-        let connection_string = required(c.path, "replicator.checkpoint.path")
-            .map_err(|_| {
-                ConfigError::key(
-                    "replicator.checkpoint.path",
-                    "required for checkpoint.type mongo: the MongoDB connection string",
-                )
-            })?;
+        let connection_string = required(c.path, "replicator.checkpoint.path").map_err(|_| {
+            ConfigError::key(
+                "replicator.checkpoint.path",
+                "required for checkpoint.type mongo: the MongoDB connection string",
+            )
+        })?;
         if !connection_string.starts_with("mongodb://")
             && !connection_string.starts_with("mongodb+srv://")
         {
@@ -906,7 +920,11 @@ fn validate_checkpoint(c: raw::Checkpoint) -> Result<CheckpointConfig, ConfigErr
 
     Ok(CheckpointConfig {
         store,
-        checkpoint_after: positive(c.checkpoint_after, 1000, "replicator.checkpoint.checkpointAfter")?,
+        checkpoint_after: positive(
+            c.checkpoint_after,
+            1000,
+            "replicator.checkpoint.checkpointAfter",
+        )?,
         seeder,
     })
 }
@@ -1154,18 +1172,18 @@ replicator:
             "  scavenge: false\n  filters: []\n  transform:\n    type: default\n",
         ));
         assert!(c.is_ok(), "{c:?}");
-        let c = load(&format!(
-            "replicator:\n  reader:\n    connectionString: esdb://a\n  sink:\n    connectionString: esdb://b\n    partitioner:\n  transform: null\n"
-        ));
+        let c = load(
+            "replicator:\n  reader:\n    connectionString: esdb://a\n  sink:\n    connectionString: esdb://b\n    partitioner:\n  transform: null\n",
+        );
         assert!(c.is_ok(), "{c:?}");
     }
 
     #[test]
     fn unknown_keys_are_errors_naming_the_full_path() {
-        let (key, msg) = key_err(&with("  sink:\n    connectionString: esdb://b\n    foo: 1\n").replace(
-            "  sink:\n    connectionString: esdb://target:2113\n",
-            "",
-        ));
+        let (key, msg) = key_err(
+            &with("  sink:\n    connectionString: esdb://b\n    foo: 1\n")
+                .replace("  sink:\n    connectionString: esdb://target:2113\n", ""),
+        );
         assert_eq!(key, "replicator.sink.foo");
         assert!(msg.contains("foo"), "{msg}");
 
@@ -1214,7 +1232,10 @@ replicator:
         let msg = err.to_string();
         assert!(matches!(err, ConfigError::Yaml { .. }), "{err:?}");
         assert!(msg.contains("test.yaml"), "{msg}");
-        assert!(msg.contains("line 2") || msg.contains(":2:") || msg.contains("2:"), "{msg}");
+        assert!(
+            msg.contains("line 2") || msg.contains(":2:") || msg.contains("2:"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -1297,7 +1318,10 @@ replicator:
             redact("esdb://admin:changeit@host:2113?tls=false"),
             "esdb://admin:***@host:2113?tls=false"
         );
-        assert_eq!(redact("mongodb://u:p@m/x?a=b@c"), "mongodb://u:***@m/x?a=b@c");
+        assert_eq!(
+            redact("mongodb://u:p@m/x?a=b@c"),
+            "mongodb://u:***@m/x?a=b@c"
+        );
         assert_eq!(redact("esdb://host:2113"), "esdb://host:2113");
         let c = load(GOOD).unwrap();
         assert!(!format!("{c:?}").contains("changeit"));
@@ -1323,6 +1347,10 @@ replicator:
         }
         let tree = fill(SCHEMA);
         let root: Result<raw::Root, _> = serde_path_to_error::deserialize(tree);
-        assert!(root.is_ok(), "{:?}", root.err().map(|e| e.path().to_string()));
+        assert!(
+            root.is_ok(),
+            "{:?}",
+            root.err().map(|e| e.path().to_string())
+        );
     }
 }

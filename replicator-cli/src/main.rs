@@ -1,4 +1,142 @@
-//! The `replicator` binary.
-mod config;
+//! `replicator`: copies every event from one EventStoreDB/KurrentDB cluster to
+//! another, configured by the C# Replicator's `appsettings.yaml`.
+//!
+//! This binary only turns configuration into components ([`app`]) and commands
+//! into calls; the replication itself lives in the library crates.
 
-fn main() {}
+mod app;
+mod checkpoint_cmd;
+mod config;
+mod time;
+
+use std::io::IsTerminal as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tracing_subscriber::EnvFilter;
+
+/// Replicates an EventStoreDB / KurrentDB cluster's `$all` into another cluster.
+#[derive(Debug, Parser)]
+#[command(name = "replicator", version)]
+struct Cli {
+    /// Log format on stderr. The level comes from RUST_LOG (default: info).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The configuration file option shared by the commands.
+#[derive(Debug, Args)]
+struct ConfigArg {
+    /// The C# Replicator's YAML configuration (root key `replicator`).
+    /// REPLICATOR_* environment variables override its keys.
+    #[arg(long, short = 'c', value_name = "FILE", default_value = config::DEFAULT_CONFIG_PATH)]
+    config: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Replicate as configured until caught up (runContinuously: false) or
+    /// stopped (SIGINT/SIGTERM drains in-flight writes and stores a final
+    /// checkpoint).
+    Run(ConfigArg),
+    /// Inspect or change the stored checkpoint.
+    #[command(subcommand)]
+    Checkpoint(CheckpointCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum CheckpointCommand {
+    /// Print the stored checkpoint: source and target positions, when it was
+    /// taken, whether it is a seed, and where it is stored.
+    Show(ConfigArg),
+    /// Delete the stored checkpoint, so the next run starts from the beginning
+    /// of $all (or from the configured seed).
+    Delete(ConfigArg),
+    /// Seed the store from a backup's chaser.chk: the next run starts AT that
+    /// position. Refuses (exit code 1) when a checkpoint is already stored,
+    /// unless --force replaces it.
+    Seed {
+        /// The backup's chaser.chk (8 bytes, a little-endian log position).
+        #[arg(long, value_name = "FILE")]
+        chaser: PathBuf,
+        /// Replace a stored checkpoint with the seed.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match run(cli) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error}");
+            for cause in error.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The log filter when RUST_LOG is not set. The `eventstore` client logs an
+/// ERROR line for every failed connection attempt, which our reader and sink
+/// already report (with what they do about it) as warnings.
+const DEFAULT_LOG_FILTER: &str = "info,eventstore=off";
+
+fn init_logging(format: LogFormat) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Run(args) => {
+                let config = app::load_config(&args.config)?;
+                app::replicate(&config, app::shutdown_on_signals()?).await?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Checkpoint(CheckpointCommand::Show(args)) => {
+                let config = app::load_config(&args.config)?;
+                checkpoint_cmd::show(&config).await
+            }
+            Command::Checkpoint(CheckpointCommand::Delete(args)) => {
+                let config = app::load_config(&args.config)?;
+                checkpoint_cmd::delete(&config).await
+            }
+            Command::Checkpoint(CheckpointCommand::Seed {
+                chaser,
+                force,
+                config,
+            }) => {
+                let config = app::load_config(&config.config)?;
+                checkpoint_cmd::seed(&config, &chaser, force).await
+            }
+        }
+    })
+}

@@ -1,0 +1,262 @@
+//! Configuration → components → pipeline: everything `replicator run` does.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use replicator_checkpoint::{chaser, seed_if_empty, FileCheckpointStore, MongoCheckpointStore};
+use replicator_core::{CheckpointStore, Pipeline, PipelineConfig, PipelineState, Progress};
+use replicator_esdb::{EsdbReader, EsdbReaderConfig, EsdbSink, EsdbSinkConfig};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::config::{redact, CheckpointConfig, Config, SeederConfig, StoreConfig};
+use crate::time;
+
+/// Loads the configuration file, naming it in the error.
+///
+/// # Errors
+/// When the file cannot be read or the configuration is invalid.
+pub fn load_config(path: &Path) -> anyhow::Result<Config> {
+    Config::load(path).with_context(|| format!("cannot load the configuration {}", path.display()))
+}
+
+/// Opens the configured checkpoint store. The MongoDB store connects and reads
+/// its document now, so bad credentials surface at start-up.
+///
+/// # Errors
+/// When the MongoDB store cannot be reached or used.
+pub async fn open_store(config: &CheckpointConfig) -> anyhow::Result<Arc<dyn CheckpointStore>> {
+    Ok(match &config.store {
+        StoreConfig::File { path } => Arc::new(FileCheckpointStore::new(path)),
+        StoreConfig::Mongo {
+            connection_string,
+            database,
+            instance_id,
+        } => Arc::new(
+            MongoCheckpointStore::connect(connection_string, database, instance_id)
+                .await
+                .with_context(|| format!("cannot open the checkpoint store ({})", config.store))?,
+        ),
+    })
+}
+
+/// Seeds the store from the configured seeder when it holds no checkpoint.
+///
+/// # Errors
+/// When the chaser file is missing or malformed, or the store fails.
+async fn seed(store: &dyn CheckpointStore, seeder: Option<&SeederConfig>) -> anyhow::Result<()> {
+    let Some(SeederConfig::Chaser { path }) = seeder else {
+        return Ok(());
+    };
+    // Read the chaser even when a checkpoint is stored: a configured seed that
+    // cannot be read is a mistake worth stopping for either way.
+    let position = chaser::read_chaser(path)
+        .with_context(|| format!("cannot seed from checkpoint.seeder.path {}", path.display()))?;
+    if seed_if_empty(store, position).await? {
+        info!(seed = %position, chaser = %path.display(), "Seeded the checkpoint from the chaser file");
+    }
+    Ok(())
+}
+
+/// Builds the pipeline's parts from the configuration.
+///
+/// # Errors
+/// When a connection string cannot be parsed.
+fn build_pipeline(config: &Config, store: Arc<dyn CheckpointStore>) -> anyhow::Result<Pipeline> {
+    let reader = EsdbReader::new(EsdbReaderConfig {
+        connection_string: config.reader.connection_string.clone(),
+        page_size: config.reader.page_size.get(),
+        run_continuously: config.run_continuously,
+    })
+    .context("cannot create the reader (replicator.reader)")?;
+    let sink = EsdbSink::new(EsdbSinkConfig {
+        connection_string: config.sink.connection_string.clone(),
+        partition_count: config.sink.partition_count(),
+    })
+    .context("cannot create the sink (replicator.sink)")?;
+    Ok(Pipeline::builder(reader, sink, store)
+        .config(PipelineConfig {
+            checkpoint_after: config.checkpoint.checkpoint_after,
+            buffer_size: config.sink.buffer_size.get(),
+            ..PipelineConfig::default()
+        })
+        .build())
+}
+
+/// `replicator run`: replicates until the source is caught up (with
+/// `runContinuously: false`) or `cancel` fires. With `restartOnFailure` a
+/// failed pipeline is rebuilt and resumed from the stored checkpoint after
+/// `restartDelayInSeconds`.
+///
+/// # Errors
+/// When the store cannot be opened or seeded, a component cannot be built, or
+/// the pipeline fails and `restartOnFailure` is off.
+pub async fn replicate(config: &Config, cancel: CancellationToken) -> anyhow::Result<()> {
+    info!(
+        source = %redact(&config.reader.connection_string),
+        target = %redact(&config.sink.connection_string),
+        checkpoint = %config.checkpoint.store,
+        checkpoint_after = config.checkpoint.checkpoint_after,
+        partitions = config.sink.partition_count(),
+        buffer = config.sink.buffer_size.get(),
+        run_continuously = config.run_continuously,
+        "Starting replicator"
+    );
+    let store = open_store(&config.checkpoint).await?;
+    seed(&*store, config.checkpoint.seeder.as_ref()).await?;
+    loop {
+        let pipeline = build_pipeline(config, store.clone())?;
+        let reporter = tokio::spawn(report_progress(pipeline.progress(), config.report_every));
+        let result = pipeline.run(cancel.clone()).await;
+        // The pipeline is gone, so its progress channel is closed: the reporter
+        // prints a last line and ends.
+        let _ = reporter.await;
+        match result {
+            Ok(summary) => {
+                info!(
+                    read = summary.read,
+                    written = summary.written,
+                    skipped = summary.skipped,
+                    checkpoint = %summary.checkpoint.as_ref().map_or("none stored".into(), |c| c.source.to_string()),
+                    caught_up = summary.completed,
+                    "Replicator stopped"
+                );
+                return Ok(());
+            }
+            Err(e) if config.restart_on_failure && !cancel.is_cancelled() => {
+                let e = anyhow::Error::new(e);
+                error!(error = format!("{e:#}"), delay = %time::short(config.restart_delay),
+                    "Replication failed; restarting from the stored checkpoint (restartOnFailure)");
+                tokio::select! {
+                    () = tokio::time::sleep(config.restart_delay) => {}
+                    () = cancel.cancelled() => return Err(e.context("replication failed")),
+                }
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context("replication failed")),
+        }
+    }
+}
+
+/// Logs progress every `every` until the pipeline ends, then once more.
+async fn report_progress(mut progress: watch::Receiver<Progress>, every: Duration) {
+    let mut last_count = 0u64;
+    let mut last_time = Instant::now();
+    let mut ticker = tokio::time::interval(every);
+    ticker.tick().await;
+    loop {
+        let ended = tokio::select! {
+            _ = ticker.tick() => false,
+            // Wait for the channel to close; the values are read on ticks.
+            changed = progress.changed() => {
+                if changed.is_ok() {
+                    continue;
+                }
+                true
+            }
+        };
+        let p = progress.borrow_and_update().clone();
+        let count = p.written + p.skipped;
+        let elapsed = last_time.elapsed().as_secs_f64();
+        let rate = if elapsed > 0.0 {
+            (count.saturating_sub(last_count)) as f64 / elapsed
+        } else {
+            0.0
+        };
+        last_count = count;
+        last_time = Instant::now();
+        log_progress(&p, rate);
+        if ended {
+            return;
+        }
+    }
+}
+
+fn log_progress(p: &Progress, rate: f64) {
+    let show =
+        |pos: Option<replicator_core::Position>| pos.map_or("-".to_owned(), |p| p.to_string());
+    let state = match &p.state {
+        PipelineState::Starting => "starting".to_owned(),
+        PipelineState::Running => "running".to_owned(),
+        PipelineState::Retrying { attempts, error } => {
+            format!("retrying a write ({attempts} attempts): {error}")
+        }
+        PipelineState::Draining => "draining".to_owned(),
+        PipelineState::Stopped => "stopped".to_owned(),
+        PipelineState::Failed(error) => format!("failed: {error}"),
+    };
+    let lag = p.lag().map_or("-".to_owned(), time::short);
+    if p.is_healthy() {
+        info!(
+            state,
+            events_per_sec = format!("{rate:.0}"),
+            read = p.read,
+            written = p.written,
+            skipped = p.skipped,
+            last_read = %show(p.last_read),
+            processed = %show(p.processed),
+            target = %show(p.target),
+            lag,
+            in_flight = p.in_flight,
+            checkpoints = p.checkpoints_stored,
+            "Progress"
+        );
+    } else {
+        warn!(
+            state,
+            events_per_sec = format!("{rate:.0}"),
+            read = p.read,
+            written = p.written,
+            skipped = p.skipped,
+            last_read = %show(p.last_read),
+            processed = %show(p.processed),
+            target = %show(p.target),
+            lag,
+            in_flight = p.in_flight,
+            sink_retries = p.sink_retries,
+            "Progress"
+        );
+    }
+}
+
+/// A token cancelled by the first SIGINT or SIGTERM. A second one exits at
+/// once (code 130) without waiting for the drain.
+///
+/// # Errors
+/// When the signal handlers cannot be installed.
+pub fn shutdown_on_signals() -> anyhow::Result<CancellationToken> {
+    let cancel = CancellationToken::new();
+    let token = cancel.clone();
+    #[cfg(unix)]
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot install the SIGTERM handler")?;
+    tokio::spawn(async move {
+        for first in [true, false] {
+            #[cfg(unix)]
+            let name = tokio::select! {
+                r = tokio::signal::ctrl_c() => { if r.is_err() { return; } "SIGINT" }
+                r = term.recv() => { if r.is_none() { return; } "SIGTERM" }
+            };
+            #[cfg(not(unix))]
+            let name = {
+                if tokio::signal::ctrl_c().await.is_err() {
+                    return;
+                }
+                "Ctrl-C"
+            };
+            if first {
+                info!(signal = name, "Stopping: draining in-flight writes and storing the checkpoint (signal again to stop at once)");
+                token.cancel();
+            } else {
+                warn!(
+                    signal = name,
+                    "Stopping at once; the next run replays from the last stored checkpoint"
+                );
+                std::process::exit(130);
+            }
+        }
+    });
+    Ok(cancel)
+}

@@ -1,0 +1,341 @@
+//! The `replicator` binary as a user runs it: configuration errors, and the
+//! `checkpoint show|delete|seed` commands on the file and MongoDB stores.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use tempfile::TempDir;
+
+const BIN: &str = env!("CARGO_BIN_EXE_replicator");
+
+/// A directory holding a config file, as a user's working directory would.
+struct Workdir {
+    dir: TempDir,
+}
+
+impl Workdir {
+    /// A directory with `config/appsettings.yaml` holding `replicator:` plus
+    /// `extra` (indented YAML lines under `replicator`).
+    fn with_config(extra: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("config")).unwrap();
+        let yaml = format!(
+            "replicator:\n  reader:\n    connectionString: \"esdb://admin:changeit@source:2113?tls=false\"\n    protocol: grpc\n  sink:\n    connectionString: \"esdb://target:2113?tls=false\"\n{extra}"
+        );
+        std::fs::write(dir.path().join("config/appsettings.yaml"), yaml).unwrap();
+        Workdir { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Runs the binary in this directory (so the default `--config` and the
+    /// default `./checkpoint` apply), without inherited REPLICATOR_* variables.
+    fn run(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args).current_dir(self.dir.path());
+        for (key, _) in std::env::vars_os() {
+            if key
+                .to_string_lossy()
+                .to_ascii_uppercase()
+                .starts_with("REPLICATOR_")
+            {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.env("RUST_LOG", "warn");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    }
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[track_caller]
+fn assert_ok(o: &Output) {
+    assert!(
+        o.status.success(),
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        stdout(o),
+        stderr(o)
+    );
+}
+
+#[track_caller]
+fn assert_fails_naming(o: &Output, words: &[&str]) {
+    assert!(
+        !o.status.success(),
+        "expected failure, got success\nstdout:\n{}",
+        stdout(o)
+    );
+    let err = stderr(o);
+    for w in words {
+        assert!(err.contains(w), "stderr should name {w:?}:\n{err}");
+    }
+}
+
+fn write_chaser(path: &Path, position: i64) {
+    std::fs::write(path, position.to_le_bytes()).unwrap();
+}
+
+#[test]
+fn run_rejects_each_unsupported_key_by_name() {
+    for (extra, key) in [
+        ("  scavenge: true\n", "replicator.scavenge"),
+        ("  transform:\n    type: js\n", "replicator.transform.type"),
+        (
+            "  filters:\n    - type: streamName\n      include: '^orders'\n",
+            "replicator.filters",
+        ),
+    ] {
+        let w = Workdir::with_config(extra);
+        let o = w.run(&["run"], &[]);
+        assert_fails_naming(&o, &[key, "not supported"]);
+    }
+    // A protocol we do not speak, in the file given with --config.
+    let w = Workdir::with_config("");
+    let yaml = std::fs::read_to_string(w.path("config/appsettings.yaml"))
+        .unwrap()
+        .replace("protocol: grpc", "protocol: tcp");
+    std::fs::write(w.path("mine.yaml"), yaml).unwrap();
+    let o = w.run(&["run", "--config", "mine.yaml"], &[]);
+    assert_fails_naming(&o, &["replicator.reader.protocol", "tcp", "mine.yaml"]);
+}
+
+#[test]
+fn run_rejects_an_unknown_key_by_its_full_path() {
+    let w = Workdir::with_config("  checkpoint:\n    checkpointEvery: 10\n");
+    let o = w.run(&["run"], &[]);
+    assert_fails_naming(&o, &["replicator.checkpoint.checkpointEvery", "unknown"]);
+}
+
+#[test]
+fn an_unsupported_value_from_the_environment_names_the_variable() {
+    let w = Workdir::with_config("");
+    let o = w.run(&["run"], &[("REPLICATOR_SINK_PROTOCOL", "kafka")]);
+    assert_fails_naming(
+        &o,
+        &["replicator.sink.protocol", "REPLICATOR_SINK_PROTOCOL"],
+    );
+    let o = w.run(&["run"], &[("REPLICATOR_SINK_PARTITIONS", "4")]);
+    assert_fails_naming(&o, &["REPLICATOR_SINK_PARTITIONS"]);
+}
+
+#[test]
+fn a_missing_or_broken_config_file_is_named() {
+    let w = Workdir::with_config("");
+    let o = w.run(&["run", "--config", "nowhere.yaml"], &[]);
+    assert_fails_naming(&o, &["nowhere.yaml"]);
+    std::fs::write(w.path("broken.yaml"), "replicator:\n  reader: [x\n").unwrap();
+    let o = w.run(&["checkpoint", "show", "--config", "broken.yaml"], &[]);
+    assert_fails_naming(&o, &["broken.yaml", "line 2"]);
+}
+
+#[test]
+fn show_prints_a_csharp_checkpoint_file() {
+    let w = Workdir::with_config("");
+    std::fs::write(w.path("checkpoint"), "4321,987654").unwrap();
+    let o = w.run(&["checkpoint", "show"], &[]);
+    assert_ok(&o);
+    let out = stdout(&o);
+    assert!(out.contains("file ./checkpoint"), "{out}");
+    assert!(out.contains("C# replicator"), "{out}");
+    assert!(
+        out.contains("source:   C:987654/P:987654 (commit 987654, prepare 987654)"),
+        "{out}"
+    );
+    assert!(out.contains("resumes:  after"), "{out}");
+    assert!(out.contains("seed:     no"), "{out}");
+    assert!(out.contains("target:   unknown"), "{out}");
+}
+
+#[test]
+fn show_reads_the_configured_path_and_says_when_nothing_is_stored() {
+    let w = Workdir::with_config("  checkpoint:\n    path: ./state/pos\n");
+    let o = w.run(&["checkpoint", "show"], &[]);
+    assert_ok(&o);
+    assert!(
+        stdout(&o).contains("no checkpoint stored"),
+        "{}",
+        stdout(&o)
+    );
+
+    std::fs::create_dir(w.path("state")).unwrap();
+    std::fs::write(w.path("state/pos"), "1,555").unwrap();
+    let o = w.run(&["checkpoint", "show"], &[]);
+    assert_ok(&o);
+    assert!(stdout(&o).contains("C:555/P:555"), "{}", stdout(&o));
+
+    // An environment override moves the store.
+    std::fs::write(w.path("elsewhere"), "1,777").unwrap();
+    let o = w.run(
+        &["checkpoint", "show"],
+        &[("REPLICATOR_CHECKPOINT_PATH", "./elsewhere")],
+    );
+    assert_ok(&o);
+    assert!(stdout(&o).contains("C:777/P:777"), "{}", stdout(&o));
+}
+
+#[test]
+fn show_fails_on_a_corrupt_checkpoint_naming_the_file() {
+    let w = Workdir::with_config("");
+    std::fs::write(w.path("checkpoint"), "garbage").unwrap();
+    let o = w.run(&["checkpoint", "show"], &[]);
+    assert_fails_naming(&o, &["checkpoint"]);
+    assert!(stderr(&o).contains("garbage"), "{}", stderr(&o));
+}
+
+#[test]
+fn delete_removes_the_checkpoint() {
+    let w = Workdir::with_config("");
+    std::fs::write(w.path("checkpoint"), "4321,987654").unwrap();
+    let o = w.run(&["checkpoint", "delete"], &[]);
+    assert_ok(&o);
+    assert!(stdout(&o).contains("C:987654/P:987654"), "{}", stdout(&o));
+    assert!(!w.path("checkpoint").exists());
+    let o = w.run(&["checkpoint", "show"], &[]);
+    assert_ok(&o);
+    assert!(
+        stdout(&o).contains("no checkpoint stored"),
+        "{}",
+        stdout(&o)
+    );
+    // Deleting again is not an error.
+    let o = w.run(&["checkpoint", "delete"], &[]);
+    assert_ok(&o);
+    assert!(
+        stdout(&o).contains("no checkpoint was stored"),
+        "{}",
+        stdout(&o)
+    );
+}
+
+#[test]
+fn seed_then_show_shows_the_seed() {
+    let w = Workdir::with_config("");
+    write_chaser(&w.path("chaser.chk"), 123_456);
+    let o = w.run(&["checkpoint", "seed", "--chaser", "chaser.chk"], &[]);
+    assert_ok(&o);
+    let o = w.run(&["checkpoint", "show"], &[]);
+    assert_ok(&o);
+    let out = stdout(&o);
+    assert!(out.contains("source:   C:123456/P:123456"), "{out}");
+    assert!(out.contains("resumes:  AT (inclusive)"), "{out}");
+    assert!(out.contains("seed:     yes"), "{out}");
+    assert!(!out.contains("C# replicator"), "{out}");
+}
+
+#[test]
+fn seed_refuses_to_replace_a_stored_checkpoint_unless_forced() {
+    let w = Workdir::with_config("");
+    std::fs::write(w.path("checkpoint"), "7,9000").unwrap();
+    write_chaser(&w.path("chaser.chk"), 500);
+    let o = w.run(&["checkpoint", "seed", "--chaser", "chaser.chk"], &[]);
+    assert_fails_naming(&o, &["already stored", "C:9000/P:9000"]);
+    let o = w.run(&["checkpoint", "show"], &[]);
+    assert!(stdout(&o).contains("C:9000/P:9000"), "{}", stdout(&o));
+
+    let o = w.run(
+        &["checkpoint", "seed", "--chaser", "chaser.chk", "--force"],
+        &[],
+    );
+    assert_ok(&o);
+    let o = w.run(&["checkpoint", "show"], &[]);
+    let out = stdout(&o);
+    assert!(out.contains("source:   C:500/P:500"), "{out}");
+    assert!(out.contains("seed:     yes"), "{out}");
+}
+
+#[test]
+fn a_bad_chaser_file_is_an_error_naming_it() {
+    let w = Workdir::with_config("");
+    let o = w.run(&["checkpoint", "seed", "--chaser", "missing.chk"], &[]);
+    assert_fails_naming(&o, &["missing.chk"]);
+
+    std::fs::write(w.path("short.chk"), [1, 2, 3]).unwrap();
+    let o = w.run(&["checkpoint", "seed", "--chaser", "short.chk"], &[]);
+    assert_fails_naming(&o, &["short.chk", "8 bytes"]);
+
+    write_chaser(&w.path("negative.chk"), -1);
+    let o = w.run(&["checkpoint", "seed", "--chaser", "negative.chk"], &[]);
+    assert_fails_naming(&o, &["negative.chk", "negative"]);
+
+    // Nothing was seeded by any of them.
+    assert!(!w.path("checkpoint").exists());
+}
+
+#[test]
+fn run_with_a_bad_configured_chaser_fails_before_replicating() {
+    let w = Workdir::with_config(
+        "  checkpoint:\n    seeder:\n      type: chaser\n      path: ./backup/chaser.chk\n",
+    );
+    let o = w.run(&["run"], &[]);
+    assert_fails_naming(&o, &["backup/chaser.chk", "does not exist"]);
+    assert!(!w.path("checkpoint").exists());
+}
+
+/// The MongoDB store through the CLI. `scripts/test` starts a server and sets
+/// MONGODB_URL; without it this test fails rather than skips.
+#[test]
+fn mongo_store_seed_show_delete() {
+    let url = std::env::var("MONGODB_URL").expect(
+        "MONGODB_URL is not set: run scripts/test, or start a MongoDB-compatible server \
+         (scripts/start-mongo) and export MONGODB_URL",
+    );
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let database = format!("cli_test_{}_{nanos}", std::process::id());
+    let w = Workdir::with_config(&format!(
+        "  checkpoint:\n    type: mongo\n    path: \"{url}\"\n    database: {database}\n    instanceId: cli-a\n"
+    ));
+    write_chaser(&w.path("chaser.chk"), 4242);
+
+    let o = w.run(&["checkpoint", "show"], &[]);
+    assert_ok(&o);
+    let out = stdout(&o);
+    assert!(out.contains("no checkpoint stored"), "{out}");
+    assert!(out.contains(&database) && out.contains("cli-a"), "{out}");
+
+    assert_ok(&w.run(&["checkpoint", "seed", "--chaser", "chaser.chk"], &[]));
+    let o = w.run(&["checkpoint", "show"], &[]);
+    assert_ok(&o);
+    let out = stdout(&o);
+    assert!(out.contains("source:   C:4242/P:4242"), "{out}");
+    assert!(out.contains("seed:     yes"), "{out}");
+
+    // Another instance id in the same database sees nothing.
+    let o = w.run(
+        &["checkpoint", "show"],
+        &[("REPLICATOR_CHECKPOINT_INSTANCEID", "cli-b")],
+    );
+    assert_ok(&o);
+    assert!(
+        stdout(&o).contains("no checkpoint stored"),
+        "{}",
+        stdout(&o)
+    );
+
+    let o = w.run(&["checkpoint", "seed", "--chaser", "chaser.chk"], &[]);
+    assert_fails_naming(&o, &["already stored"]);
+
+    assert_ok(&w.run(&["checkpoint", "delete"], &[]));
+    let o = w.run(&["checkpoint", "show"], &[]);
+    assert_ok(&o);
+    assert!(
+        stdout(&o).contains("no checkpoint stored"),
+        "{}",
+        stdout(&o)
+    );
+}
