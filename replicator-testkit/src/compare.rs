@@ -72,7 +72,11 @@ impl fmt::Display for Difference {
         if let Some(revision) = self.revision {
             write!(f, " revision {revision}")?;
         }
-        write!(f, ": {} differs: source {} / target {}", self.field, self.source, self.target)
+        write!(
+            f,
+            ": {} differs: source {} / target {}",
+            self.field, self.source, self.target
+        )
     }
 }
 
@@ -116,7 +120,11 @@ impl fmt::Display for CompareReport {
             writeln!(f, "  {difference}")?;
         }
         if self.difference_count > self.differences.len() {
-            writeln!(f, "  … and {} more", self.difference_count - self.differences.len())?;
+            writeln!(
+                f,
+                "  … and {} more",
+                self.difference_count - self.differences.len()
+            )?;
         }
         Ok(())
     }
@@ -196,66 +204,143 @@ pub async fn compare_with(
     Ok(report)
 }
 
-fn diff_stream(report: &mut CompareReport, options: &CompareOptions, name: &str, a: &StreamView, b: &StreamView) {
+fn diff_stream(
+    report: &mut CompareReport,
+    options: &CompareOptions,
+    name: &str,
+    a: &StreamView,
+    b: &StreamView,
+) {
     let max = options.max_differences;
-    let difference = |revision: Option<u64>, field: &str, source: String, target: String| Difference {
-        stream: name.to_owned(),
-        revision,
-        field: field.to_owned(),
-        source,
-        target,
-    };
+    let difference =
+        |revision: Option<u64>, field: &str, source: String, target: String| Difference {
+            stream: name.to_owned(),
+            revision,
+            field: field.to_owned(),
+            source,
+            target,
+        };
     if a.tombstoned != b.tombstoned {
         let state = |t: bool| if t { "tombstoned" } else { "not tombstoned" }.to_owned();
-        report.push(max, difference(None, "deleted", state(a.tombstoned), state(b.tombstoned)));
+        report.push(
+            max,
+            difference(None, "deleted", state(a.tombstoned), state(b.tombstoned)),
+        );
         return;
     }
     if a.tombstoned {
         return;
     }
     if a.metadata != b.metadata {
-        let show = |m: &Option<MetadataBody>| m.as_ref().map_or_else(|| "none".to_owned(), ToString::to_string);
-        report.push(max, difference(None, "stream metadata", show(&a.metadata), show(&b.metadata)));
+        let show = |m: &Option<MetadataBody>| {
+            m.as_ref()
+                .map_or_else(|| "none".to_owned(), ToString::to_string)
+        };
+        report.push(
+            max,
+            difference(
+                None,
+                "stream metadata",
+                show(&a.metadata),
+                show(&b.metadata),
+            ),
+        );
     }
     if a.events.len() != b.events.len() {
         report.push(
             max,
-            difference(None, "event count", a.events.len().to_string(), b.events.len().to_string()),
+            difference(
+                None,
+                "event count",
+                a.events.len().to_string(),
+                b.events.len().to_string(),
+            ),
         );
     }
     for (x, y) in a.events.iter().zip(&b.events) {
         let revision = Some(x.revision);
         if x.id != y.id {
-            report.push(max, difference(revision, "event id", x.id.to_string(), y.id.to_string()));
+            report.push(
+                max,
+                difference(revision, "event id", x.id.to_string(), y.id.to_string()),
+            );
             // Misaligned streams would report every later field too; ids say enough.
             continue;
         }
         if options.compare_revisions && x.revision != y.revision {
-            report.push(max, difference(revision, "revision", x.revision.to_string(), y.revision.to_string()));
+            report.push(
+                max,
+                difference(
+                    revision,
+                    "revision",
+                    x.revision.to_string(),
+                    y.revision.to_string(),
+                ),
+            );
         }
         if x.event_type != y.event_type {
-            report.push(max, difference(revision, "event type", x.event_type.clone(), y.event_type.clone()));
+            report.push(
+                max,
+                difference(
+                    revision,
+                    "event type",
+                    x.event_type.clone(),
+                    y.event_type.clone(),
+                ),
+            );
         }
         if x.is_json != y.is_json {
-            let kind = |json: bool| if json { "application/json" } else { "application/octet-stream" }.to_owned();
-            report.push(max, difference(revision, "content type", kind(x.is_json), kind(y.is_json)));
+            let kind = |json: bool| {
+                if json {
+                    "application/json"
+                } else {
+                    "application/octet-stream"
+                }
+                .to_owned()
+            };
+            report.push(
+                max,
+                difference(revision, "content type", kind(x.is_json), kind(y.is_json)),
+            );
         }
         if x.data != y.data {
-            report.push(max, difference(revision, "data", describe(&x.data), describe(&y.data)));
+            report.push(
+                max,
+                difference(revision, "data", describe(&x.data), describe(&y.data)),
+            );
         }
         if x.metadata != y.metadata {
-            report.push(max, difference(revision, "metadata", describe(&x.metadata), describe(&y.metadata)));
+            report.push(
+                max,
+                difference(
+                    revision,
+                    "metadata",
+                    describe(&x.metadata),
+                    describe(&y.metadata),
+                ),
+            );
         }
     }
-    let longer = if a.events.len() > b.events.len() { &a.events } else { &b.events };
-    let side = if a.events.len() > b.events.len() { "source" } else { "target" };
+    let longer = if a.events.len() > b.events.len() {
+        &a.events
+    } else {
+        &b.events
+    };
+    let side = if a.events.len() > b.events.len() {
+        "source"
+    } else {
+        "target"
+    };
     for extra in longer.iter().skip(a.events.len().min(b.events.len())) {
         let (source, target) = if side == "source" {
             (extra.id.to_string(), "missing".to_owned())
         } else {
             ("missing".to_owned(), extra.id.to_string())
         };
-        report.push(max, difference(Some(extra.revision), "event id", source, target));
+        report.push(
+            max,
+            difference(Some(extra.revision), "event id", source, target),
+        );
     }
 }
 
@@ -264,7 +349,10 @@ fn describe(bytes: &[u8]) -> String {
     match std::str::from_utf8(bytes) {
         Ok(text) if text.len() <= SHOWN => format!("{text:?}"),
         Ok(text) => {
-            let cut = (0..=SHOWN).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+            let cut = (0..=SHOWN)
+                .rev()
+                .find(|&i| text.is_char_boundary(i))
+                .unwrap_or(0);
             format!("{:?}… ({} bytes)", &text[..cut], bytes.len())
         }
         Err(_) => format!("{} binary bytes", bytes.len()),
@@ -339,7 +427,10 @@ async fn view(client: &Client, stream: &str) -> Result<StreamView, TestkitError>
     })
 }
 
-async fn latest_metadata(client: &Client, stream: &str) -> Result<Option<MetadataBody>, TestkitError> {
+async fn latest_metadata(
+    client: &Client,
+    stream: &str,
+) -> Result<Option<MetadataBody>, TestkitError> {
     let metastream = format!("$${stream}");
     let options = ReadStreamOptions::default()
         .backwards()
@@ -357,7 +448,8 @@ async fn latest_metadata(client: &Client, stream: &str) -> Result<Option<Metadat
                 Err(_) => MetadataBody::Raw(data),
             }))
         }
-        Ok(None) | Err(eventstore::Error::ResourceNotFound | eventstore::Error::ResourceDeleted) => Ok(None),
+        Ok(None)
+        | Err(eventstore::Error::ResourceNotFound | eventstore::Error::ResourceDeleted) => Ok(None),
         Err(source) => Err(TestkitError::Client {
             operation: format!("reading metadata of {stream:?}"),
             source,

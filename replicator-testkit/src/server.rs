@@ -62,7 +62,10 @@ impl Shared {
     /// Runs `f` on the store and wakes subscriptions if the log grew.
     pub(crate) fn write<T>(&self, f: impl FnOnce(&mut Store) -> T) -> T {
         let (result, len) = {
-            let mut store = self.store.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut store = self
+                .store
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let result = f(&mut store);
             (result, store.len())
         };
@@ -76,7 +79,10 @@ impl Shared {
 
     /// Runs `f` on the store without writing.
     pub(crate) fn read<T>(&self, f: impl FnOnce(&Store) -> T) -> T {
-        let store = self.store.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let store = self
+            .store
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         f(&store)
     }
 }
@@ -107,7 +113,10 @@ impl FaultState {
 
     fn drop_all(&self) {
         let old = std::mem::replace(
-            &mut *self.generation.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
+            &mut *self
+                .generation
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
             CancellationToken::new(),
         );
         old.cancel();
@@ -137,7 +146,10 @@ pub struct FaultHandle {
 impl std::fmt::Debug for FaultHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FaultHandle")
-            .field("pending_append_failures", &self.state.fail_appends.load(Ordering::SeqCst))
+            .field(
+                "pending_append_failures",
+                &self.state.fail_appends.load(Ordering::SeqCst),
+            )
             .field("paused", &*self.state.paused.borrow())
             .finish()
     }
@@ -212,7 +224,10 @@ impl EsdbServer {
     /// # Errors
     /// When the listening socket cannot be opened (address in use, bad host…).
     pub async fn start_with(options: ServerOptions) -> std::io::Result<EsdbServer> {
-        let host = options.host.clone().unwrap_or_else(|| "127.0.0.1".to_owned());
+        let host = options
+            .host
+            .clone()
+            .unwrap_or_else(|| "127.0.0.1".to_owned());
         let listener = bind(&host, options.port.unwrap_or(0)).await?;
         let port = listener.local_addr()?.port();
         let shared = Arc::new(Shared {
@@ -297,7 +312,11 @@ impl EsdbServer {
 
     fn spawn(&self, listener: TcpListener) {
         let stop = CancellationToken::new();
-        let task = tokio::spawn(accept_loop(listener, Arc::clone(&self.shared), stop.clone()));
+        let task = tokio::spawn(accept_loop(
+            listener,
+            Arc::clone(&self.shared),
+            stop.clone(),
+        ));
         *self.lock_running() = Some(Running { stop, task });
     }
 }
@@ -341,7 +360,9 @@ fn routes(shared: &Arc<Shared>) -> Routes {
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
     Routes::new(streams)
-        .add_service(ServerFeaturesServer::new(FeaturesService::new(Arc::clone(shared))))
+        .add_service(ServerFeaturesServer::new(FeaturesService::new(Arc::clone(
+            shared,
+        ))))
         .add_service(GossipServer::new(GossipService::new(Arc::clone(shared))))
 }
 
@@ -381,10 +402,11 @@ async fn serve_connection(tcp: TcpStream, routes: Routes, token: CancellationTok
         .max_frame_size(Some(1024 * 1024))
         .max_send_buf_size(4 * 1024 * 1024);
     // tonic's router takes tonic bodies; hyper hands over its own.
-    let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-        let mut routes = routes.clone();
-        routes.call(request.map(tonic::body::boxed))
-    });
+    let service =
+        hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+            let mut routes = routes.clone();
+            routes.call(request.map(tonic::body::boxed))
+        });
     let connection = builder.serve_connection(TokioIo::new(tcp), service);
     tokio::pin!(connection);
     tokio::select! {

@@ -2,6 +2,10 @@
 //! tombstone), ServerFeatures and Gossip, translating between the wire messages and
 //! [`crate::store::Store`].
 
+// `tonic::Status` is the error type the generated service traits require; boxing it
+// in the helpers would only add conversions at every call site.
+#![allow(clippy::result_large_err)]
+
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -21,10 +25,10 @@ use crate::proto::server_features::{
 };
 use crate::proto::shared::{self, StreamIdentifier};
 use crate::proto::streams::{
-    append_req, append_resp, batch_append_req, batch_append_resp, delete_req,
-    delete_resp, read_req, read_resp, streams_server::Streams, tombstone_req, tombstone_resp,
-    AppendReq, AppendResp, BatchAppendReq, BatchAppendResp, DeleteReq, DeleteResp, ReadReq,
-    ReadResp, TombstoneReq, TombstoneResp,
+    append_req, append_resp, batch_append_req, batch_append_resp, delete_req, delete_resp,
+    read_req, read_resp, streams_server::Streams, tombstone_req, tombstone_resp, AppendReq,
+    AppendResp, BatchAppendReq, BatchAppendResp, DeleteReq, DeleteResp, ReadReq, ReadResp,
+    TombstoneReq, TombstoneResp,
 };
 use crate::server::Shared;
 use crate::store::{Expected, Proposed, ReadFailure, Record, Store, WriteOutcome};
@@ -268,7 +272,11 @@ impl Filter {
         if let Some(regex) = &self.regex {
             return regex.is_match(subject);
         }
-        self.prefixes.is_empty() || self.prefixes.iter().any(|p| subject.starts_with(p.as_str()))
+        self.prefixes.is_empty()
+            || self
+                .prefixes
+                .iter()
+                .any(|p| subject.starts_with(p.as_str()))
     }
 }
 
@@ -308,7 +316,10 @@ async fn unpaused(shared: &Shared, token: &CancellationToken) -> bool {
 
 enum Source {
     All(Option<read_req::options::all_options::AllOption>),
-    Stream(String, Option<read_req::options::stream_options::RevisionOption>),
+    Stream(
+        String,
+        Option<read_req::options::stream_options::RevisionOption>,
+    ),
 }
 
 struct ReadPlan {
@@ -327,7 +338,8 @@ impl ReadPlan {
         let options = request
             .options
             .ok_or_else(|| Status::invalid_argument("read options are missing"))?;
-        let backwards = options.read_direction == read_req::options::ReadDirection::Backwards as i32;
+        let backwards =
+            options.read_direction == read_req::options::ReadDirection::Backwards as i32;
         let structured = matches!(
             options.uuid_option.and_then(|u| u.content),
             Some(uuid_option::Content::Structured(()))
@@ -367,7 +379,12 @@ impl ReadPlan {
 }
 
 impl StreamsService {
-    async fn count_read(&self, plan: ReadPlan, tx: ReplySender<ReadResp>, token: CancellationToken) {
+    async fn count_read(
+        &self,
+        plan: ReadPlan,
+        tx: ReplySender<ReadResp>,
+        token: CancellationToken,
+    ) {
         use read_req::options::all_options::AllOption;
         use read_req::options::stream_options::RevisionOption;
         let mut remaining = plan.count.unwrap_or(0);
@@ -391,7 +408,8 @@ impl StreamsService {
                             cursor = from;
                             slice
                         } else {
-                            let slice = store.log_slice(cursor, CHUNK.min(len.saturating_sub(cursor)));
+                            let slice =
+                                store.log_slice(cursor, CHUNK.min(len.saturating_sub(cursor)));
                             cursor += slice.len();
                             slice
                         };
@@ -401,7 +419,11 @@ impl StreamsService {
                             .map(|r| Item::new(store, r, plan.resolve_links))
                             .collect()
                     });
-                    let exhausted = if plan.backwards { cursor == 0 } else { cursor >= len };
+                    let exhausted = if plan.backwards {
+                        cursor == 0
+                    } else {
+                        cursor >= len
+                    };
                     for item in items {
                         if remaining == 0 {
                             break;
@@ -442,7 +464,7 @@ impl StreamsService {
                         Some(RevisionOption::Start(())) => range.start,
                         _ => range.end - 1,
                     };
-                    (top.checked_add(1).unwrap_or(u64::MAX), range.start)
+                    (top.saturating_add(1), range.start)
                 } else {
                     let from = match option {
                         Some(RevisionOption::Revision(r)) => (*r).max(range.start),
@@ -491,7 +513,12 @@ impl StreamsService {
         }
     }
 
-    async fn subscription(&self, plan: ReadPlan, tx: ReplySender<ReadResp>, token: CancellationToken) {
+    async fn subscription(
+        &self,
+        plan: ReadPlan,
+        tx: ReplySender<ReadResp>,
+        token: CancellationToken,
+    ) {
         use read_req::options::all_options::AllOption;
         use read_req::options::stream_options::RevisionOption;
         let confirmation = ReadResp {
@@ -513,7 +540,9 @@ impl StreamsService {
                     Err(ReadFailure::Deleted) => Err(()),
                     _ => Ok(match option {
                         Some(RevisionOption::Revision(r)) => r.saturating_add(1),
-                        Some(RevisionOption::End(())) => s.last_revision(stream).map_or(0, |r| r + 1),
+                        Some(RevisionOption::End(())) => {
+                            s.last_revision(stream).map_or(0, |r| r + 1)
+                        }
                         _ => 0,
                     }),
                 });
@@ -588,7 +617,10 @@ impl StreamsService {
                 continue;
             }
             for item in items {
-                let wanted = plan.filter.as_ref().is_none_or(|f| f.matches(&item.original));
+                let wanted = plan
+                    .filter
+                    .as_ref()
+                    .is_none_or(|f| f.matches(&item.original));
                 if wanted && !send(&tx, &token, item.to_reply(plan.structured)).await {
                     return;
                 }
@@ -648,10 +680,12 @@ fn append_reply(outcome: WriteOutcome, stream: &str) -> Result<AppendResp, Statu
                     None => append_resp::success::CurrentRevisionOption::NoStream(()),
                 }),
                 position_option: Some(match position {
-                    Some(p) => append_resp::success::PositionOption::Position(append_resp::Position {
-                        commit_position: p,
-                        prepare_position: p,
-                    }),
+                    Some(p) => {
+                        append_resp::success::PositionOption::Position(append_resp::Position {
+                            commit_position: p,
+                            prepare_position: p,
+                        })
+                    }
                     None => append_resp::success::PositionOption::NoPosition(()),
                 }),
             })
@@ -665,7 +699,9 @@ fn append_reply(outcome: WriteOutcome, stream: &str) -> Result<AppendResp, Statu
                 expected_revision_option_20_6_0: Some(match expected {
                     Expected::Exact(r) => wev::ExpectedRevisionOption2060::ExpectedRevision2060(r),
                     Expected::StreamExists => wev::ExpectedRevisionOption2060::StreamExists2060(()),
-                    Expected::Any | Expected::NoStream => wev::ExpectedRevisionOption2060::Any2060(()),
+                    Expected::Any | Expected::NoStream => {
+                        wev::ExpectedRevisionOption2060::Any2060(())
+                    }
                 }),
                 current_revision_option: Some(match current {
                     Some(r) => wev::CurrentRevisionOption::CurrentRevision(r),
@@ -763,7 +799,9 @@ impl Streams for StreamsService {
         if self.shared.faults.take_append_failure() {
             return Err(injected_unavailable());
         }
-        let outcome = self.shared.write(|store| store.append(&stream, expected, events));
+        let outcome = self
+            .shared
+            .write(|store| store.append(&stream, expected, events));
         append_reply(outcome, &stream).map(Response::new)
     }
 
@@ -779,7 +817,9 @@ impl Streams for StreamsService {
         if !unpaused(&self.shared, &token).await {
             return Err(shutting_down());
         }
-        let outcome = self.shared.write(|store| store.soft_delete(&stream, expected));
+        let outcome = self
+            .shared
+            .write(|store| store.soft_delete(&stream, expected));
         let position = deletion_position(outcome, &stream)?;
         Ok(Response::new(DeleteResp {
             position_option: Some(match position {
@@ -807,7 +847,9 @@ impl Streams for StreamsService {
         if !unpaused(&self.shared, &token).await {
             return Err(shutting_down());
         }
-        let outcome = self.shared.write(|store| store.tombstone(&stream, expected));
+        let outcome = self
+            .shared
+            .write(|store| store.tombstone(&stream, expected));
         let position = deletion_position(outcome, &stream)?;
         Ok(Response::new(TombstoneResp {
             position_option: Some(match position {
@@ -885,28 +927,29 @@ impl StreamsService {
             .correlation_id
             .ok_or_else(|| Status::invalid_argument("batch append without correlation id"))?;
         let id = uuid_from_wire(Some(wire_id.clone()))?;
-        if !pending.contains_key(&id) {
-            let options = request.options.ok_or_else(|| {
-                Status::invalid_argument("the first batch-append request of a batch needs options")
-            })?;
-            let (expected, wire_expected) = match options.expected_stream_position {
-                Some(E::StreamPosition(r)) => (Expected::Exact(r), R::StreamPosition(r)),
-                Some(E::NoStream(())) => (Expected::NoStream, R::NoStream(())),
-                Some(E::StreamExists(())) => (Expected::StreamExists, R::StreamExists(())),
-                Some(E::Any(())) | None => (Expected::Any, R::Any(())),
-            };
-            pending.insert(
-                id,
-                PendingBatch {
+        let batch = match pending.entry(id) {
+            std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+            std::collections::hash_map::Entry::Vacant(entry) => {
+                let options = request.options.ok_or_else(|| {
+                    Status::invalid_argument(
+                        "the first batch-append request of a batch needs options",
+                    )
+                })?;
+                let (expected, wire_expected) = match options.expected_stream_position {
+                    Some(E::StreamPosition(r)) => (Expected::Exact(r), R::StreamPosition(r)),
+                    Some(E::NoStream(())) => (Expected::NoStream, R::NoStream(())),
+                    Some(E::StreamExists(())) => (Expected::StreamExists, R::StreamExists(())),
+                    Some(E::Any(())) | None => (Expected::Any, R::Any(())),
+                };
+                entry.insert(PendingBatch {
                     wire_id,
                     stream: stream_name(options.stream_identifier)?,
                     expected,
                     wire_expected: Some(wire_expected),
                     events: Vec::new(),
-                },
-            );
-        }
-        let batch = pending.get_mut(&id).ok_or_else(|| Status::internal("batch vanished"))?;
+                })
+            }
+        };
         for m in request.proposed_messages {
             batch
                 .events
@@ -915,7 +958,9 @@ impl StreamsService {
         if !request.is_final {
             return Ok(None);
         }
-        let batch = pending.remove(&id).ok_or_else(|| Status::internal("batch vanished"))?;
+        let batch = pending
+            .remove(&id)
+            .ok_or_else(|| Status::internal("batch vanished"))?;
         self.write_delay().await;
         if !unpaused(&self.shared, token).await {
             return Err(shutting_down());

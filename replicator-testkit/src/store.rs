@@ -183,7 +183,10 @@ impl Store {
     /// Records `from..from+max` of the log.
     pub(crate) fn log_slice(&self, from: usize, max: usize) -> Vec<Arc<Record>> {
         let end = from.saturating_add(max).min(self.log.len());
-        self.log.get(from..end).map(<[_]>::to_vec).unwrap_or_default()
+        self.log
+            .get(from..end)
+            .map(<[_]>::to_vec)
+            .unwrap_or_default()
     }
 
     /// First log index whose position is `>= position`.
@@ -206,12 +209,15 @@ impl Store {
     }
 
     fn soft_deleted(&self, stream: &str) -> bool {
-        metastream_of(stream).is_none() && self.meta(stream).is_some_and(StreamMeta::is_soft_deleted)
+        metastream_of(stream).is_none()
+            && self.meta(stream).is_some_and(StreamMeta::is_soft_deleted)
     }
 
     /// Revision of the stream's last event (ignoring deletion and truncation).
     pub(crate) fn last_revision(&self, stream: &str) -> Option<u64> {
-        self.streams.get(stream).and_then(StreamState::last_revision)
+        self.streams
+            .get(stream)
+            .and_then(StreamState::last_revision)
     }
 
     /// The range of revisions a read of `stream` may return, or why it cannot be read.
@@ -226,7 +232,11 @@ impl Store {
             return Err(ReadFailure::NotFound);
         };
         let end = last + 1;
-        let Some(meta) = state.meta.as_ref().filter(|_| metastream_of(stream).is_none()) else {
+        let Some(meta) = state
+            .meta
+            .as_ref()
+            .filter(|_| metastream_of(stream).is_none())
+        else {
             return Ok(0..end);
         };
         if meta.is_soft_deleted() {
@@ -237,7 +247,9 @@ impl Store {
             start = start.max(end.saturating_sub(max_count));
         }
         if let Some(max_age) = meta.max_age_secs {
-            let oldest = now_ticks().saturating_sub(i64::try_from(max_age).unwrap_or(i64::MAX / 20_000_000) * 10_000_000);
+            let oldest = now_ticks().saturating_sub(
+                i64::try_from(max_age).unwrap_or(i64::MAX / 20_000_000) * 10_000_000,
+            );
             while start < end && self.log[state.entries[start as usize]].created_ticks < oldest {
                 start += 1;
             }
@@ -246,13 +258,21 @@ impl Store {
     }
 
     /// Records of `stream` with revisions in `revisions` (clamped to what exists).
-    pub(crate) fn stream_records(&self, stream: &str, revisions: std::ops::Range<u64>) -> Vec<Arc<Record>> {
+    pub(crate) fn stream_records(
+        &self,
+        stream: &str,
+        revisions: std::ops::Range<u64>,
+    ) -> Vec<Arc<Record>> {
         let Some(state) = self.streams.get(stream) else {
             return Vec::new();
         };
         let live = state.entries.len() - usize::from(state.tombstoned);
-        let start = usize::try_from(revisions.start).unwrap_or(usize::MAX).min(live);
-        let end = usize::try_from(revisions.end).unwrap_or(usize::MAX).min(live);
+        let start = usize::try_from(revisions.start)
+            .unwrap_or(usize::MAX)
+            .min(live);
+        let end = usize::try_from(revisions.end)
+            .unwrap_or(usize::MAX)
+            .min(live);
         state.entries[start..end.max(start)]
             .iter()
             .map(|&i| Arc::clone(&self.log[i]))
@@ -290,7 +310,12 @@ impl Store {
 
     /// If `events` repeat a write already in `stream` (same ids at the same place),
     /// the outcome the original write had.
-    fn idempotent_repeat(&self, stream: &str, expected: Expected, events: &[Proposed]) -> Option<WriteOutcome> {
+    fn idempotent_repeat(
+        &self,
+        stream: &str,
+        expected: Expected,
+        events: &[Proposed],
+    ) -> Option<WriteOutcome> {
         let first = events.first()?;
         let state = self.streams.get(stream)?;
         let start_revision = match expected {
@@ -326,7 +351,12 @@ impl Store {
 
     /// Appends `events` to `stream` if `expected` holds, following the real server's
     /// rules. Returns the outcome and whether anything was written.
-    pub(crate) fn append(&mut self, stream: &str, expected: Expected, events: Vec<Proposed>) -> WriteOutcome {
+    pub(crate) fn append(
+        &mut self,
+        stream: &str,
+        expected: Expected,
+        events: Vec<Proposed>,
+    ) -> WriteOutcome {
         if self.tombstoned(stream) {
             return WriteOutcome::StreamDeleted;
         }
@@ -400,9 +430,15 @@ impl Store {
     }
 
     fn rewrite_truncate_before(&mut self, stream: &str, truncate_before: u64) {
-        let mut json = self.meta(stream).map(|m| m.json.clone()).unwrap_or_default();
+        let mut json = self
+            .meta(stream)
+            .map(|m| m.json.clone())
+            .unwrap_or_default();
         json.insert("$tb".to_owned(), truncate_before.into());
-        self.push(&format!("$${stream}"), metadata_event(&serde_json::Value::Object(json)));
+        self.push(
+            &format!("$${stream}"),
+            metadata_event(&serde_json::Value::Object(json)),
+        );
     }
 
     /// Writes one record at the end of the log and maintains the indexes.
@@ -420,7 +456,10 @@ impl Store {
         };
         let position = self.next_position;
         let size = RECORD_OVERHEAD
-            + (stream.len() + event.event_type.len() + event.data.len() + event.custom_metadata.len()) as u64;
+            + (stream.len()
+                + event.event_type.len()
+                + event.data.len()
+                + event.custom_metadata.len()) as u64;
         self.next_position += size;
         let index = self.log.len();
         state.entries.push(index);
@@ -441,7 +480,9 @@ impl Store {
             .then(|| metastream_of(stream))
             .flatten()
             .map(str::to_owned);
-        let parsed = metadata_of.as_ref().and_then(|_| StreamMeta::parse(&record.data));
+        let parsed = metadata_of
+            .as_ref()
+            .and_then(|_| StreamMeta::parse(&record.data));
         self.log.push(Arc::new(record));
         if let Some(base) = metadata_of {
             self.apply_metadata(&base, parsed);
@@ -552,8 +593,14 @@ mod tests {
         store.append("s", Expected::Any, vec![event(1)]);
         success(&store.tombstone("s", Expected::Any));
         assert_eq!(store.readable("s"), Err(ReadFailure::Deleted));
-        assert_eq!(store.append("s", Expected::Any, vec![event(2)]), WriteOutcome::StreamDeleted);
-        assert_eq!(store.log_slice(0, 10).last().unwrap().event_type, "$streamDeleted");
+        assert_eq!(
+            store.append("s", Expected::Any, vec![event(2)]),
+            WriteOutcome::StreamDeleted
+        );
+        assert_eq!(
+            store.log_slice(0, 10).last().unwrap().event_type,
+            "$streamDeleted"
+        );
     }
 
     #[test]

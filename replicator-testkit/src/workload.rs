@@ -149,7 +149,8 @@ impl Rng {
     }
 
     fn text(&mut self, len: usize) -> String {
-        const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 -_";
+        const ALPHABET: &[u8] =
+            b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 -_";
         (0..len)
             .map(|_| char::from(ALPHABET[self.below(ALPHABET.len())]))
             .collect()
@@ -225,7 +226,8 @@ impl Planner {
                 "nested": { "flag": self.rng.chance(500), "tags": ["a", "β", "🙂"] },
             });
             // Serialising a `Value` cannot fail.
-            EventData::json(event_type, &body).unwrap_or_else(|_| EventData::binary(event_type, Bytes::new()))
+            EventData::json(event_type, &body)
+                .unwrap_or_else(|_| EventData::binary(event_type, Bytes::new()))
         } else if roll < 85 {
             let len = self.rng.below(2048);
             EventData::binary(event_type, Bytes::from(self.rng.bytes(len)))
@@ -286,7 +288,8 @@ impl Planner {
         } else {
             "$et-linked".to_owned()
         };
-        let link = EventData::binary("$>", Bytes::from(format!("{revision}@{name}"))).id(self.rng.uuid());
+        let link =
+            EventData::binary("$>", Bytes::from(format!("{revision}@{name}"))).id(self.rng.uuid());
         self.summary.links += 1;
         Some(Op::Append {
             stream: link_stream,
@@ -315,7 +318,9 @@ impl Planner {
         if done >= target {
             return None;
         }
-        let live: Vec<usize> = (0..self.streams.len()).filter(|&i| !self.streams[i].tombstoned).collect();
+        let live: Vec<usize> = (0..self.streams.len())
+            .filter(|&i| !self.streams[i].tombstoned)
+            .collect();
         if live.is_empty() {
             // Everything tombstoned (tiny workloads): open a fresh stream.
             self.names.push(stream_name(self.names.len()));
@@ -327,21 +332,27 @@ impl Planner {
         let special = target >= 20;
         // Deterministic milestones make sure every feature appears at least once.
         let milestone = |fraction: usize| special && done >= target * fraction / 100;
-        if self.spec.soft_deletes && has_events && !self.streams[stream].soft_deleted
+        if self.spec.soft_deletes
+            && has_events
+            && !self.streams[stream].soft_deleted
             && (self.rng.chance(5) || (milestone(30) && self.summary.soft_deletes == 0))
         {
             self.streams[stream].soft_deleted = true;
             self.summary.soft_deletes += 1;
             return Some(Op::SoftDelete(self.names[stream].clone()));
         }
-        if self.spec.tombstones && has_events && live.len() > 1
+        if self.spec.tombstones
+            && has_events
+            && live.len() > 1
             && (self.rng.chance(2) || (milestone(60) && self.summary.tombstones == 0))
         {
             self.streams[stream].tombstoned = true;
             self.summary.tombstones += 1;
             return Some(Op::Tombstone(self.names[stream].clone()));
         }
-        if self.spec.stream_metadata && (self.rng.chance(20) || (milestone(10) && self.summary.metadata_writes == 0)) {
+        if self.spec.stream_metadata
+            && (self.rng.chance(20) || (milestone(10) && self.summary.metadata_writes == 0))
+        {
             let body = self.metadata_body(stream);
             let event = EventData::json("$metadata", &body)
                 .unwrap_or_else(|_| EventData::binary("$metadata", Bytes::new()))
@@ -358,7 +369,9 @@ impl Planner {
                 return Some(op);
             }
         }
-        if self.spec.system_events && (self.rng.chance(10) || (milestone(40) && self.summary.system_events == 0)) {
+        if self.spec.system_events
+            && (self.rng.chance(10) || (milestone(40) && self.summary.system_events == 0))
+        {
             return Some(self.system_op());
         }
         // Large events spread evenly through the history, one per append.
@@ -406,7 +419,10 @@ type Pending = futures::future::BoxFuture<'static, eventstore::Result<BatchWrite
 /// # Errors
 /// [`TestkitError::InvalidSpec`] for a spec that cannot be generated (zero
 /// `max_batch` or `pipeline`), [`TestkitError::Client`] when a write fails.
-pub async fn generate(client: &Client, spec: &WorkloadSpec) -> Result<WorkloadSummary, TestkitError> {
+pub async fn generate(
+    client: &Client,
+    spec: &WorkloadSpec,
+) -> Result<WorkloadSummary, TestkitError> {
     if spec.max_batch == 0 || spec.pipeline == 0 {
         return Err(TestkitError::InvalidSpec(
             "max_batch and pipeline must be at least 1".to_owned(),
@@ -441,7 +457,8 @@ pub async fn generate(client: &Client, spec: &WorkloadSpec) -> Result<WorkloadSu
                     touched.insert(stream.clone(), ());
                 }
                 let batch: std::sync::Arc<BatchAppendClient> = std::sync::Arc::clone(&batch);
-                let mut write: Pending = async move { batch.append_to_stream(stream, expected, events).await }.boxed();
+                let mut write: Pending =
+                    async move { batch.append_to_stream(stream, expected, events).await }.boxed();
                 // Poll once now so the request is queued in plan order before the
                 // next one; the reply is awaited later.
                 if let std::task::Poll::Ready(result) = futures::poll!(&mut write) {
@@ -515,7 +532,11 @@ mod tests {
         let mut out = Vec::new();
         while let Some(op) = planner.next_op() {
             out.push(match op {
-                Op::Append { stream, events, expected } => format!("{stream} {expected:?} {}", events.len()),
+                Op::Append {
+                    stream,
+                    events,
+                    expected,
+                } => format!("{stream} {expected:?} {}", events.len()),
                 Op::SoftDelete(s) => format!("delete {s}"),
                 Op::Tombstone(s) => format!("tombstone {s}"),
             });
@@ -537,7 +558,9 @@ mod tests {
         assert!(ops.iter().any(|o| o.starts_with("delete ")));
         assert!(ops.iter().any(|o| o.starts_with("tombstone ")));
         assert!(ops.iter().any(|o| o.starts_with("$$")));
-        assert!(ops.iter().any(|o| o.starts_with("$ce-") || o.starts_with("$et-")));
+        assert!(ops
+            .iter()
+            .any(|o| o.starts_with("$ce-") || o.starts_with("$et-")));
         assert!(ops.iter().any(|o| o.starts_with("$stats-")));
     }
 }

@@ -55,7 +55,9 @@ fn run() -> anyhow::Result<ExitCode> {
         let mut stdout = std::io::stdout();
         writeln!(stdout, "{}", server.connection_string()).context("writing to stdout")?;
         stdout.flush().context("writing to stdout")?;
-        tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+        tokio::signal::ctrl_c()
+            .await
+            .context("waiting for Ctrl-C")?;
         server.stop().await;
         Ok(ExitCode::SUCCESS)
     })

@@ -16,11 +16,19 @@ fn expect(revision: ExpectedRevision) -> AppendToStreamOptions {
 async fn wrong_expected_version_reports_current_and_expected() {
     let (_server, client) = server_and_client().await;
     client
-        .append_to_stream("s", &expect(ExpectedRevision::NoStream), vec![json_event("E", 0)])
+        .append_to_stream(
+            "s",
+            &expect(ExpectedRevision::NoStream),
+            vec![json_event("E", 0)],
+        )
         .await
         .expect("first append");
     let error = client
-        .append_to_stream("s", &expect(ExpectedRevision::Exact(7)), vec![json_event("E", 1)])
+        .append_to_stream(
+            "s",
+            &expect(ExpectedRevision::Exact(7)),
+            vec![json_event("E", 1)],
+        )
         .await
         .expect_err("stale revision must fail");
     match error {
@@ -31,12 +39,19 @@ async fn wrong_expected_version_reports_current_and_expected() {
         other => panic!("expected WrongExpectedVersion, got {other:?}"),
     }
     let error = client
-        .append_to_stream("missing", &expect(ExpectedRevision::StreamExists), vec![json_event("E", 1)])
+        .append_to_stream(
+            "missing",
+            &expect(ExpectedRevision::StreamExists),
+            vec![json_event("E", 1)],
+        )
         .await
         .expect_err("stream does not exist");
     assert!(matches!(
         error,
-        Error::WrongExpectedVersion { current: CurrentRevision::NoStream, .. }
+        Error::WrongExpectedVersion {
+            current: CurrentRevision::NoStream,
+            ..
+        }
     ));
 }
 
@@ -68,7 +83,9 @@ async fn repeating_an_append_with_the_same_ids_is_idempotent() {
 #[tokio::test]
 async fn missing_stream_is_not_found() {
     let (_server, client) = server_and_client().await;
-    let error = read_stream(&client, "nothing-here").await.expect_err("not found");
+    let error = read_stream(&client, "nothing-here")
+        .await
+        .expect_err("not found");
     assert!(matches!(error, Error::ResourceNotFound), "{error:?}");
 }
 
@@ -76,31 +93,61 @@ async fn missing_stream_is_not_found() {
 async fn soft_delete_hides_the_stream_until_an_append_revives_it() {
     let (_server, client) = server_and_client().await;
     client
-        .append_to_stream("s", &expect(ExpectedRevision::NoStream), vec![json_event("E", 0), json_event("E", 1)])
+        .append_to_stream(
+            "s",
+            &expect(ExpectedRevision::NoStream),
+            vec![json_event("E", 0), json_event("E", 1)],
+        )
         .await
         .expect("append");
     let error = client
-        .delete_stream("s", &DeleteStreamOptions::default().expected_revision(ExpectedRevision::Exact(5)))
+        .delete_stream(
+            "s",
+            &DeleteStreamOptions::default().expected_revision(ExpectedRevision::Exact(5)),
+        )
         .await
         .expect_err("wrong revision on delete");
-    assert!(matches!(error, Error::Grpc { code: tonic::Code::FailedPrecondition, .. }), "{error:?}");
+    assert!(
+        matches!(
+            error,
+            Error::Grpc {
+                code: tonic::Code::FailedPrecondition,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
     client
-        .delete_stream("s", &DeleteStreamOptions::default().expected_revision(ExpectedRevision::Exact(1)))
+        .delete_stream(
+            "s",
+            &DeleteStreamOptions::default().expected_revision(ExpectedRevision::Exact(1)),
+        )
         .await
         .expect("delete");
-    assert!(matches!(read_stream(&client, "s").await, Err(Error::ResourceNotFound)));
+    assert!(matches!(
+        read_stream(&client, "s").await,
+        Err(Error::ResourceNotFound)
+    ));
     // The metadata stream says `$tb` = i64::MAX.
     let meta = read_stream(&client, "$$s").await.expect("metastream");
-    let body: serde_json::Value = serde_json::from_slice(&meta[0].get_original_event().data).expect("json");
+    let body: serde_json::Value =
+        serde_json::from_slice(&meta[0].get_original_event().data).expect("json");
     assert_eq!(body, serde_json::json!({ "$tb": i64::MAX }));
 
     let revived = client
-        .append_to_stream("s", &expect(ExpectedRevision::NoStream), vec![json_event("E", 2)])
+        .append_to_stream(
+            "s",
+            &expect(ExpectedRevision::NoStream),
+            vec![json_event("E", 2)],
+        )
         .await
         .expect("append revives");
     assert_eq!(revived.next_expected_version, 2, "revisions continue");
     let events = read_stream(&client, "s").await.expect("read revived");
-    let revisions: Vec<_> = events.iter().map(|e| e.get_original_event().revision).collect();
+    let revisions: Vec<_> = events
+        .iter()
+        .map(|e| e.get_original_event().revision)
+        .collect();
     assert_eq!(revisions, [2]);
 }
 
@@ -108,7 +155,11 @@ async fn soft_delete_hides_the_stream_until_an_append_revives_it() {
 async fn tombstone_is_visible_in_all_and_blocks_the_stream() {
     let (_server, client) = server_and_client().await;
     client
-        .append_to_stream("s", &AppendToStreamOptions::default(), vec![json_event("E", 0)])
+        .append_to_stream(
+            "s",
+            &AppendToStreamOptions::default(),
+            vec![json_event("E", 0)],
+        )
         .await
         .expect("append");
     client
@@ -117,11 +168,21 @@ async fn tombstone_is_visible_in_all_and_blocks_the_stream() {
         .expect("tombstone");
     let all = read_all(&client).await;
     let last = all.last().expect("events").get_original_event();
-    assert_eq!((last.stream_id.as_str(), last.event_type.as_str()), ("s", "$streamDeleted"));
+    assert_eq!(
+        (last.stream_id.as_str(), last.event_type.as_str()),
+        ("s", "$streamDeleted")
+    );
     assert_eq!(last.revision, i64::MAX as u64);
-    assert!(matches!(read_stream(&client, "s").await, Err(Error::ResourceDeleted)));
+    assert!(matches!(
+        read_stream(&client, "s").await,
+        Err(Error::ResourceDeleted)
+    ));
     let error = client
-        .append_to_stream("s", &AppendToStreamOptions::default(), vec![json_event("E", 1)])
+        .append_to_stream(
+            "s",
+            &AppendToStreamOptions::default(),
+            vec![json_event("E", 1)],
+        )
         .await
         .expect_err("append to tombstoned");
     assert!(matches!(error, Error::ResourceDeleted), "{error:?}");
@@ -165,10 +226,15 @@ async fn stream_metadata_round_trips_and_max_count_truncates_reads() {
     assert_eq!(revisions, [3, 4]);
     // Backwards from the end, one event: the newest.
     let mut reader = client
-        .read_stream("s", &ReadStreamOptions::default().backwards().position(StreamPosition::End).max_count(1))
+        .read_stream(
+            "s",
+            &ReadStreamOptions::default()
+                .backwards()
+                .position(StreamPosition::End)
+                .max_count(1),
+        )
         .await
         .expect("read");
     let newest = reader.next().await.expect("next").expect("an event");
     assert_eq!(newest.get_original_event().revision, 4);
 }
-

@@ -18,12 +18,20 @@ async fn subscription_survives_a_restart_and_data_is_kept() {
     let (server, client) = server_and_client().await;
     let port = server.port();
     client
-        .append_to_stream("s", &AppendToStreamOptions::default(), vec![json_event("E", 0)])
+        .append_to_stream(
+            "s",
+            &AppendToStreamOptions::default(),
+            vec![json_event("E", 0)],
+        )
         .await
         .expect("append");
     let options = SubscribeToAllOptions::default()
         .position(StreamPosition::Start)
-        .retry_options(RetryOptions::default().retry_forever().retry_delay(Duration::from_millis(100)));
+        .retry_options(
+            RetryOptions::default()
+                .retry_forever()
+                .retry_delay(Duration::from_millis(100)),
+        );
     let mut sub = client.subscribe_to_all(&options).await;
     assert_eq!(next_event(&mut sub).await.get_original_event().revision, 0);
 
@@ -35,7 +43,11 @@ async fn subscription_survives_a_restart_and_data_is_kept() {
     server.restart().await.expect("restart");
     assert_eq!(server.port(), port);
     client
-        .append_to_stream("s", &AppendToStreamOptions::default(), vec![json_event("E", 1)])
+        .append_to_stream(
+            "s",
+            &AppendToStreamOptions::default(),
+            vec![json_event("E", 1)],
+        )
         .await
         .expect("append after restart");
     // The client resubscribes after the last event it saw: no repeat of revision 0.
@@ -46,17 +58,29 @@ async fn subscription_survives_a_restart_and_data_is_kept() {
 #[tokio::test]
 async fn stopping_ends_subscriptions_with_an_error_not_ok() {
     let (server, client) = server_and_client().await;
-    let mut sub = client.subscribe_to_all(&SubscribeToAllOptions::default()).await;
-    assert!(matches!(next(&mut sub).await, SubscriptionEvent::Confirmed(_)));
+    let mut sub = client
+        .subscribe_to_all(&SubscribeToAllOptions::default())
+        .await;
+    assert!(matches!(
+        next(&mut sub).await,
+        SubscriptionEvent::Confirmed(_)
+    ));
     assert!(matches!(next(&mut sub).await, SubscriptionEvent::CaughtUp));
     server.faults().drop_connections();
     let outcome = tokio::time::timeout(Duration::from_secs(10), sub.next_subscription_event())
         .await
         .expect("the subscription ends promptly");
-    assert!(outcome.is_err(), "subscription must end with an error, got {outcome:?}");
+    assert!(
+        outcome.is_err(),
+        "subscription must end with an error, got {outcome:?}"
+    );
     // The server still serves new calls.
     client
-        .append_to_stream("s", &AppendToStreamOptions::default(), vec![json_event("E", 0)])
+        .append_to_stream(
+            "s",
+            &AppendToStreamOptions::default(),
+            vec![json_event("E", 0)],
+        )
         .await
         .expect("append after dropped connections");
 }
@@ -68,26 +92,44 @@ async fn injected_append_failures_and_pause() {
     faults.fail_next_appends(2);
     for _ in 0..2 {
         let error = client
-            .append_to_stream("s", &AppendToStreamOptions::default(), vec![json_event("E", 0)])
+            .append_to_stream(
+                "s",
+                &AppendToStreamOptions::default(),
+                vec![json_event("E", 0)],
+            )
             .await
             .expect_err("injected failure");
         assert!(matches!(error, Error::ServerError(_)), "{error:?}");
     }
     client
-        .append_to_stream("s", &AppendToStreamOptions::default(), vec![json_event("E", 0)])
+        .append_to_stream(
+            "s",
+            &AppendToStreamOptions::default(),
+            vec![json_event("E", 0)],
+        )
         .await
         .expect("third append succeeds");
-    assert_eq!(read_stream(&client, "s").await.expect("read").len(), 1, "failed appends wrote nothing");
+    assert_eq!(
+        read_stream(&client, "s").await.expect("read").len(),
+        1,
+        "failed appends wrote nothing"
+    );
 
     faults.pause();
     let paused_client = client.clone();
     let mut append = tokio::spawn(async move {
         paused_client
-            .append_to_stream("s", &AppendToStreamOptions::default(), vec![json_event("E", 1)])
+            .append_to_stream(
+                "s",
+                &AppendToStreamOptions::default(),
+                vec![json_event("E", 1)],
+            )
             .await
     });
     assert!(
-        tokio::time::timeout(Duration::from_millis(300), &mut append).await.is_err(),
+        tokio::time::timeout(Duration::from_millis(300), &mut append)
+            .await
+            .is_err(),
         "no reply while paused"
     );
     faults.resume();
@@ -97,9 +139,16 @@ async fn injected_append_failures_and_pause() {
 #[tokio::test]
 async fn batch_append_writes_and_reports_errors() {
     let (_server, client) = server_and_client().await;
-    let batch = client.batch_append(&BatchAppendOptions::default()).await.expect("batch client");
+    let batch = client
+        .batch_append(&BatchAppendOptions::default())
+        .await
+        .expect("batch client");
     let written = batch
-        .append_to_stream("b", ExpectedRevision::NoStream, vec![json_event("E", 0), json_event("E", 1)])
+        .append_to_stream(
+            "b",
+            ExpectedRevision::NoStream,
+            vec![json_event("E", 0), json_event("E", 1)],
+        )
         .await
         .expect("batch append");
     assert_eq!(written.current_revision(), Some(1));
@@ -108,7 +157,16 @@ async fn batch_append_writes_and_reports_errors() {
         .append_to_stream("b", ExpectedRevision::NoStream, vec![json_event("E", 2)])
         .await
         .expect_err("stream exists");
-    assert!(matches!(error, Error::Grpc { code: tonic::Code::FailedPrecondition, .. }), "{error:?}");
+    assert!(
+        matches!(
+            error,
+            Error::Grpc {
+                code: tonic::Code::FailedPrecondition,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
     assert_eq!(read_stream(&client, "b").await.expect("read").len(), 2);
 }
 
@@ -123,20 +181,31 @@ async fn cluster_connection_string_discovers_through_gossip() {
     );
     let client = client_for(&seeds);
     client
-        .append_to_stream("c", &AppendToStreamOptions::default(), vec![json_event("E", 0)])
+        .append_to_stream(
+            "c",
+            &AppendToStreamOptions::default(),
+            vec![json_event("E", 0)],
+        )
         .await
         .expect("append through a cluster connection string");
     assert_eq!(read_stream(&client, "c").await.expect("read").len(), 1);
     // The other server saw nothing: gossip pointed the client at the first one.
     let direct = client_for(&other.connection_string());
-    assert!(matches!(read_stream(&direct, "c").await, Err(Error::ResourceNotFound)));
+    assert!(matches!(
+        read_stream(&direct, "c").await,
+        Err(Error::ResourceNotFound)
+    ));
 }
 
 #[tokio::test]
 async fn links_resolve_on_request() {
     let (_server, client) = server_and_client().await;
     client
-        .append_to_stream("target", &AppendToStreamOptions::default(), vec![json_event("E", 0)])
+        .append_to_stream(
+            "target",
+            &AppendToStreamOptions::default(),
+            vec![json_event("E", 0)],
+        )
         .await
         .expect("append");
     let link = eventstore::EventData::binary("$>", bytes::Bytes::from_static(b"0@target"));
@@ -144,14 +213,22 @@ async fn links_resolve_on_request() {
         .append_to_stream("$ce-links", &AppendToStreamOptions::default(), vec![link])
         .await
         .expect("append link");
-    let options = eventstore::ReadStreamOptions::default().resolve_link_tos().max_count(10);
-    let mut reader = client.read_stream("$ce-links", &options).await.expect("read");
+    let options = eventstore::ReadStreamOptions::default()
+        .resolve_link_tos()
+        .max_count(10);
+    let mut reader = client
+        .read_stream("$ce-links", &options)
+        .await
+        .expect("read");
     let resolved = reader.next().await.expect("next").expect("one event");
     assert_eq!(resolved.get_original_event().event_type, "$>");
     let event = resolved.event.as_ref().expect("resolved target");
     assert_eq!((event.stream_id.as_str(), event.revision), ("target", 0));
     let all = read_all(&client).await;
-    assert!(all.iter().all(|e| e.link.is_none()), "$all without resolve_links returns the links themselves");
+    assert!(
+        all.iter().all(|e| e.link.is_none()),
+        "$all without resolve_links returns the links themselves"
+    );
 }
 
 #[tokio::test]
@@ -181,10 +258,17 @@ async fn latency_options_delay_replies() {
     let client = client_for(&server.connection_string());
     let started = std::time::Instant::now();
     client
-        .append_to_stream("s", &AppendToStreamOptions::default(), vec![json_event("E", 0)])
+        .append_to_stream(
+            "s",
+            &AppendToStreamOptions::default(),
+            vec![json_event("E", 0)],
+        )
         .await
         .expect("append");
-    assert!(started.elapsed() >= Duration::from_millis(200), "the configured latency applies");
+    assert!(
+        started.elapsed() >= Duration::from_millis(200),
+        "the configured latency applies"
+    );
 }
 
 #[tokio::test]
@@ -197,17 +281,26 @@ async fn binary_serves_a_client_from_another_process() {
     let stdout = child.stdout.take().expect("stdout");
     let line = tokio::task::spawn_blocking(move || {
         let mut line = String::new();
-        std::io::BufReader::new(stdout).read_line(&mut line).map(|_| line)
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .map(|_| line)
     })
     .await
     .expect("reader task")
     .expect("connection string line");
     let result = async {
         let connection_string = line.trim();
-        assert!(connection_string.starts_with("esdb://127.0.0.1:"), "{connection_string}");
+        assert!(
+            connection_string.starts_with("esdb://127.0.0.1:"),
+            "{connection_string}"
+        );
         let client = client_for(connection_string);
         client
-            .append_to_stream("remote", &AppendToStreamOptions::default(), vec![json_event("E", 0)])
+            .append_to_stream(
+                "remote",
+                &AppendToStreamOptions::default(),
+                vec![json_event("E", 0)],
+            )
             .await
             .expect("append to the child");
         let all = read_all(&client).await;

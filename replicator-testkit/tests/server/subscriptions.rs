@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use eventstore::{
-    AppendToStreamOptions, Client, StreamPosition, SubscribeToAllOptions,
-    SubscribeToStreamOptions, Subscription, SubscriptionEvent, SubscriptionFilter,
+    AppendToStreamOptions, Client, StreamPosition, SubscribeToAllOptions, SubscribeToStreamOptions,
+    Subscription, SubscriptionEvent, SubscriptionFilter,
 };
 
 use crate::common::{json_event, read_all, server_and_client};
@@ -29,7 +29,11 @@ pub async fn next_event(sub: &mut Subscription) -> eventstore::ResolvedEvent {
 
 async fn append(client: &Client, stream: &str, n: u64) {
     client
-        .append_to_stream(stream, &AppendToStreamOptions::default(), vec![json_event("E", n)])
+        .append_to_stream(
+            stream,
+            &AppendToStreamOptions::default(),
+            vec![json_event("E", n)],
+        )
         .await
         .expect("append");
 }
@@ -45,7 +49,10 @@ async fn all_subscription_from_position_catches_up_then_goes_live() {
 
     let options = SubscribeToAllOptions::default().position(StreamPosition::Position(first));
     let mut sub = client.subscribe_to_all(&options).await;
-    assert!(matches!(next(&mut sub).await, SubscriptionEvent::Confirmed(_)));
+    assert!(matches!(
+        next(&mut sub).await,
+        SubscriptionEvent::Confirmed(_)
+    ));
     // Strictly after the start position: revisions 1 and 2, not 0.
     let mut seen = Vec::new();
     loop {
@@ -66,7 +73,10 @@ async fn stream_subscription_sees_only_its_stream() {
     append(&client, "x", 0).await;
     append(&client, "y", 0).await;
     let mut sub = client
-        .subscribe_to_stream("x", &SubscribeToStreamOptions::default().start_from(StreamPosition::Start))
+        .subscribe_to_stream(
+            "x",
+            &SubscribeToStreamOptions::default().start_from(StreamPosition::Start),
+        )
         .await;
     let first = next_event(&mut sub).await;
     let first = first.get_original_event();
@@ -85,7 +95,9 @@ async fn filtered_subscription_sends_matches_and_checkpoints() {
         let stream = if n % 10 == 0 { "keep-1" } else { "drop-1" };
         append(&client, stream, n).await;
     }
-    let filter = SubscriptionFilter::on_stream_name().add_prefix("keep-").max(8);
+    let filter = SubscriptionFilter::on_stream_name()
+        .add_prefix("keep-")
+        .max(8);
     let mut sub = client
         .subscribe_to_all(&SubscribeToAllOptions::default().filter(filter))
         .await;
@@ -93,7 +105,9 @@ async fn filtered_subscription_sends_matches_and_checkpoints() {
     let mut checkpoints = 0;
     loop {
         match next(&mut sub).await {
-            SubscriptionEvent::EventAppeared(e) => events.push(e.get_original_event().stream_id.clone()),
+            SubscriptionEvent::EventAppeared(e) => {
+                events.push(e.get_original_event().stream_id.clone())
+            }
             SubscriptionEvent::Checkpoint(_) => checkpoints += 1,
             SubscriptionEvent::CaughtUp => break,
             _ => {}
@@ -104,9 +118,16 @@ async fn filtered_subscription_sends_matches_and_checkpoints() {
 
     let by_type = SubscriptionFilter::on_event_type().regex("^Sp[a-z]+$");
     let mut sub = client
-        .subscribe_to_all(&SubscribeToAllOptions::default().position(StreamPosition::End).filter(by_type))
+        .subscribe_to_all(
+            &SubscribeToAllOptions::default()
+                .position(StreamPosition::End)
+                .filter(by_type),
+        )
         .await;
-    assert!(matches!(next(&mut sub).await, SubscriptionEvent::Confirmed(_)));
+    assert!(matches!(
+        next(&mut sub).await,
+        SubscriptionEvent::Confirmed(_)
+    ));
     client
         .append_to_stream(
             "z",
