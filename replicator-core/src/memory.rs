@@ -25,6 +25,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[derive(Clone)]
 pub struct MemorySource {
     events: Arc<Mutex<Vec<Event>>>,
+    revisions: Arc<Mutex<HashMap<String, u64>>>,
     len: Arc<watch::Sender<usize>>,
 }
 
@@ -39,6 +40,7 @@ impl MemorySource {
     pub fn new() -> Self {
         MemorySource {
             events: Arc::default(),
+            revisions: Arc::default(),
             len: Arc::new(watch::channel(0).0),
         }
     }
@@ -57,6 +59,9 @@ impl MemorySource {
                 last.position
             );
         }
+        let mut revisions = lock(&self.revisions);
+        let next = revisions.entry(event.stream.clone()).or_default();
+        *next = (*next).max(event.revision + 1);
         events.push(event);
         self.len.send_replace(events.len());
     }
@@ -64,14 +69,10 @@ impl MemorySource {
     /// Appends a JSON user event to `stream`, at the next revision and a
     /// position a gap after the last one. Returns the event.
     pub fn append_user_event(&self, stream: &str, data: Vec<u8>) -> Event {
-        let (revision, position) = {
-            let events = lock(&self.events);
-            let revision = events.iter().filter(|e| e.stream == stream).count() as u64;
-            let position = events
-                .last()
-                .map_or(128, |e| e.position.commit + 64 + e.payload_len() as u64);
-            (revision, position)
-        };
+        let revision = lock(&self.revisions).get(stream).copied().unwrap_or(0);
+        let position = lock(&self.events)
+            .last()
+            .map_or(128, |e| e.position.commit + 64 + e.payload_len() as u64);
         let event = Event {
             id: Uuid::new_v4(),
             stream: stream.to_owned(),
