@@ -3,7 +3,7 @@
 //! ([`FaultHandle`]), a seeded workload generator ([`workload`]) and a comparison of
 //! two servers' contents ([`compare`]).
 //!
-//! ```ignore
+//! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use replicator_testkit::{workload, EsdbServer};
 //!

@@ -226,6 +226,44 @@ fn shutting_down() -> Status {
     Status::unavailable("Server is shutting down or dropped the connection")
 }
 
+/// The reply stream of a read. A subscription must never end with OK (the client
+/// then spins forever), so when its sender goes away without a final error, this
+/// stream ends it with `Unavailable` itself.
+pub(crate) struct ReplyStream<T> {
+    rx: mpsc::Receiver<Result<T, Status>>,
+    never_ok: bool,
+    finished: bool,
+}
+
+impl<T> tokio_stream::Stream for ReplyStream<T> {
+    type Item = Result<T, Status>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        if self.finished {
+            return Poll::Ready(None);
+        }
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(item)) => {
+                self.finished = item.is_err();
+                Poll::Ready(Some(item))
+            }
+            Poll::Ready(None) => {
+                self.finished = true;
+                if self.never_ok {
+                    Poll::Ready(Some(Err(shutting_down())))
+                } else {
+                    Poll::Ready(None)
+                }
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
 // ---------------------------------------------------------------- filters
 
 struct Filter {
@@ -747,7 +785,7 @@ macro_rules! deletion_expected {
 
 #[tonic::async_trait]
 impl Streams for StreamsService {
-    type ReadStream = ReceiverStream<Result<ReadResp, Status>>;
+    type ReadStream = ReplyStream<ReadResp>;
     type BatchAppendStream = ReceiverStream<Result<BatchAppendResp, Status>>;
 
     async fn read(&self, request: Request<ReadReq>) -> Result<Response<Self::ReadStream>, Status> {
@@ -759,6 +797,7 @@ impl Streams for StreamsService {
         }
         let (tx, rx) = mpsc::channel(CHANNEL);
         let service = self.clone();
+        let subscription = plan.count.is_none();
         tokio::spawn(async move {
             if plan.count.is_some() {
                 service.count_read(plan, tx, token).await;
@@ -766,7 +805,11 @@ impl Streams for StreamsService {
                 service.subscription(plan, tx, token).await;
             }
         });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(ReplyStream {
+            rx,
+            never_ok: subscription,
+            finished: false,
+        }))
     }
 
     async fn append(

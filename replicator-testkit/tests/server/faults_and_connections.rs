@@ -174,9 +174,19 @@ async fn batch_append_writes_and_reports_errors() {
 async fn cluster_connection_string_discovers_through_gossip() {
     let server = EsdbServer::start().await.expect("server");
     let other = EsdbServer::start().await.expect("second server");
+    // A seed that hangs up on every connection: discovery must move on to the live
+    // one. (Kept bound so no other test's server can take its port meanwhile.)
+    let dead = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let dead_port = dead.local_addr().expect("address").port();
+    let hang_up = tokio::spawn(async move {
+        while let Ok((connection, _)) = dead.accept().await {
+            drop(connection);
+        }
+    });
     let seeds = format!(
-        "esdb://127.0.0.1:{},127.0.0.1:{}?tls=false&discoveryInterval=0",
-        server.port(),
+        "esdb://127.0.0.1:{dead_port},127.0.0.1:{}?tls=false&discoveryInterval=0",
         server.port()
     );
     let client = client_for(&seeds);
@@ -195,6 +205,7 @@ async fn cluster_connection_string_discovers_through_gossip() {
         read_stream(&direct, "c").await,
         Err(Error::ResourceNotFound)
     ));
+    hang_up.abort();
 }
 
 #[tokio::test]
