@@ -82,7 +82,10 @@ mod tests {
         let path = dir.path().join("nope.chk");
         let error = read_chaser(&path).unwrap_err();
         assert!(!error.is_transient());
-        assert!(error.message().contains(&path.display().to_string()), "{error}");
+        assert!(
+            error.message().contains(&path.display().to_string()),
+            "{error}"
+        );
         assert!(error.message().contains("does not exist"), "{error}");
     }
 
@@ -93,8 +96,14 @@ mod tests {
             let path = write(&dir, &vec![1; len]);
             let error = read_chaser(&path).unwrap_err();
             assert!(!error.is_transient());
-            assert!(error.message().contains(&path.display().to_string()), "{error}");
-            assert!(error.message().contains(&format!("is {len} bytes")), "{error}");
+            assert!(
+                error.message().contains(&path.display().to_string()),
+                "{error}"
+            );
+            assert!(
+                error.message().contains(&format!("is {len} bytes")),
+                "{error}"
+            );
         }
     }
 
@@ -104,7 +113,10 @@ mod tests {
         let path = write(&dir, &(-1i64).to_le_bytes());
         let error = read_chaser(&path).unwrap_err();
         assert!(!error.is_transient());
-        assert!(error.message().contains(&path.display().to_string()), "{error}");
+        assert!(
+            error.message().contains(&path.display().to_string()),
+            "{error}"
+        );
         assert!(error.message().contains("negative"), "{error}");
     }
 
@@ -112,6 +124,9 @@ mod tests {
     fn a_directory_is_an_error_naming_it() {
         let dir = tempfile::tempdir().unwrap();
         let error = read_chaser(dir.path()).unwrap_err();
-        assert!(error.message().contains(&dir.path().display().to_string()), "{error}");
+        assert!(
+            error.message().contains(&dir.path().display().to_string()),
+            "{error}"
+        );
     }
 }

@@ -123,7 +123,7 @@ impl MongoCheckpointStore {
             ));
         }
         let mut options = ClientOptions::parse(url).await.map_err(|error| {
-            let detail = scrub(&error.to_string(), &secrets);
+            let detail = scrub(&describe(&error), &secrets);
             let message = format!("invalid MongoDB connection string {redacted}: {detail}");
             if is_transient(&error) {
                 CheckpointError::transient(message)
@@ -137,7 +137,9 @@ impl MongoCheckpointStore {
                 secrets.push(password);
             }
         }
-        options.app_name.get_or_insert_with(|| "replicator".to_owned());
+        options
+            .app_name
+            .get_or_insert_with(|| "replicator".to_owned());
         options
             .server_selection_timeout
             .get_or_insert(DEFAULT_SERVER_SELECTION_TIMEOUT);
@@ -147,7 +149,7 @@ impl MongoCheckpointStore {
         let client = Client::with_options(options.clone()).map_err(|error| {
             CheckpointError::permanent(format!(
                 "cannot create a MongoDB client for {redacted}: {}",
-                scrub(&error.to_string(), &secrets)
+                scrub(&describe(&error), &secrets)
             ))
         })?;
         // A checkpoint must survive a crash of the server too.
@@ -166,9 +168,7 @@ impl MongoCheckpointStore {
         let store = MongoCheckpointStore {
             collection,
             instance_id: instance_id.to_owned(),
-            location: format!(
-                "document {instance_id:?} of {database}.{COLLECTION} at {redacted}"
-            ),
+            location: format!("document {instance_id:?} of {database}.{COLLECTION} at {redacted}"),
             secrets,
             retry_budget: DEFAULT_RETRY_BUDGET,
         };
@@ -192,7 +192,7 @@ impl MongoCheckpointStore {
         let message = format!(
             "cannot {doing} the checkpoint ({}): {}",
             self.location,
-            scrub(&error.to_string(), &self.secrets)
+            scrub(&describe(error), &self.secrets)
         );
         if is_transient(error) {
             CheckpointError::transient(message)
@@ -257,11 +257,9 @@ impl MongoCheckpointStore {
             .map_err(|problem| self.corrupt(format_args!("has a bad \"source\": {problem}")))?;
         let target = match field("target")? {
             Bson::Null => None,
-            other => Some(
-                decode_position(other).map_err(|problem| {
-                    self.corrupt(format_args!("has a bad \"target\": {problem}"))
-                })?,
-            ),
+            other => Some(decode_position(other).map_err(|problem| {
+                self.corrupt(format_args!("has a bad \"target\": {problem}"))
+            })?),
         };
         let taken_at = match field("taken_at")? {
             Bson::DateTime(time) => time.to_system_time(),
@@ -342,7 +340,9 @@ impl CheckpointStore for MongoCheckpointStore {
     async fn load(&self) -> Result<Option<Checkpoint>, CheckpointError> {
         let filter = doc! { "_id": &self.instance_id };
         let document = self
-            .retry("load", || self.collection.find_one(filter.clone()).into_future())
+            .retry("load", || {
+                self.collection.find_one(filter.clone()).into_future()
+            })
             .await?;
         document.map(|document| self.decode(&document)).transpose()
     }
@@ -398,6 +398,12 @@ fn to_u64(value: &Bson) -> Result<u64, String> {
         }
         _ => Err(out_of_range()),
     }
+}
+
+/// The driver's description of what went wrong, without its debug dump of
+/// labels and raw server responses.
+fn describe(error: &MongoError) -> String {
+    error.kind.to_string()
 }
 
 /// Whether retrying the same operation later can succeed.
@@ -485,7 +491,9 @@ fn scrub(text: &str, secrets: &[String]) -> String {
     secrets
         .iter()
         .filter(|secret| !secret.is_empty())
-        .fold(text.to_owned(), |text, secret| text.replace(secret.as_str(), "***"))
+        .fold(text.to_owned(), |text, secret| {
+            text.replace(secret.as_str(), "***")
+        })
 }
 
 #[cfg(test)]
@@ -509,7 +517,10 @@ mod tests {
 
     #[test]
     fn finds_the_password_as_written_and_decoded() {
-        assert_eq!(url_password("mongodb://u:p%40ss@h/"), vec!["p%40ss", "p@ss"]);
+        assert_eq!(
+            url_password("mongodb://u:p%40ss@h/"),
+            vec!["p%40ss", "p@ss"]
+        );
         assert_eq!(url_password("mongodb://u:pass@h"), vec!["pass"]);
         assert!(url_password("mongodb://u@h").is_empty());
         assert!(url_password("mongodb://h:27017").is_empty());

@@ -191,7 +191,11 @@ async fn overwrite_and_monotonic<S: CheckpointStore>(store_: S) {
         // Positions grow by uneven steps with prepare at or below commit, as in
         // a transaction log.
         commit += 1 + step * step * 4_099;
-        let current = checkpoint(pos(commit, commit - step), Some(pos(step * 10, step * 10)), false);
+        let current = checkpoint(
+            pos(commit, commit - step),
+            Some(pos(step * 10, step * 10)),
+            false,
+        );
         store(&store_, &current, "in a run of increasing positions").await;
         let loaded = load(&store_, "in a run of increasing positions").await;
         if let (Some(previous), Some(loaded)) = (&previous, &loaded) {
@@ -282,7 +286,10 @@ async fn instances_apart<S: CheckpointStore>(a: S, b: S) {
         "instance b after storing its own",
     );
     delete_ok(&a, "of instance a").await;
-    assert_empty(load(&a, "of instance a after its delete").await, "instance a after its delete");
+    assert_empty(
+        load(&a, "of instance a after its delete").await,
+        "instance a after its delete",
+    );
     assert_loads(
         load(&b, "of instance b after instance a's delete").await,
         &for_b,
@@ -349,5 +356,115 @@ async fn concurrent_instances<S: CheckpointStore + 'static>(a: S, b: S, c: S) {
             &last,
             &format!("instance {n} after several instances stored concurrently"),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use async_trait::async_trait;
+    use replicator_core::memory::MemoryCheckpointStore;
+    use replicator_core::CheckpointError;
+
+    use super::*;
+
+    /// Memory stores by instance name; the same name gives the same data.
+    fn memory_stores() -> impl FnMut(String) -> std::future::Ready<MemoryCheckpointStore> {
+        let mut stores: HashMap<String, MemoryCheckpointStore> = HashMap::new();
+        move |name| std::future::ready(stores.entry(name).or_default().clone())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_memory_store_keeps_the_contract() {
+        check_store(memory_stores()).await;
+    }
+
+    /// A store breaking one rule on purpose.
+    struct Broken {
+        inner: MemoryCheckpointStore,
+        flaw: Flaw,
+    }
+
+    #[derive(Clone, Copy)]
+    enum Flaw {
+        ForgetsTheSeed,
+        IgnoresDelete,
+        KeepsSeconds,
+        KeepsTheFirst,
+    }
+
+    #[async_trait]
+    impl CheckpointStore for Broken {
+        async fn load(&self) -> Result<Option<Checkpoint>, CheckpointError> {
+            let loaded = self.inner.load().await?;
+            Ok(loaded.map(|mut checkpoint| {
+                match self.flaw {
+                    Flaw::ForgetsTheSeed => checkpoint.seed = false,
+                    Flaw::KeepsSeconds => {
+                        let secs = checkpoint
+                            .taken_at
+                            .duration_since(SystemTime::UNIX_EPOCH)
+                            .unwrap()
+                            .as_secs();
+                        checkpoint.taken_at = SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+                    }
+                    Flaw::IgnoresDelete | Flaw::KeepsTheFirst => {}
+                }
+                checkpoint
+            }))
+        }
+        async fn store(&self, checkpoint: &Checkpoint) -> Result<(), CheckpointError> {
+            if matches!(self.flaw, Flaw::KeepsTheFirst) && self.inner.current().is_some() {
+                return Ok(());
+            }
+            self.inner.store(checkpoint).await
+        }
+        async fn delete(&self) -> Result<(), CheckpointError> {
+            match self.flaw {
+                Flaw::IgnoresDelete => Ok(()),
+                _ => self.inner.delete().await,
+            }
+        }
+    }
+
+    async fn check_broken(flaw: Flaw) {
+        let mut stores = memory_stores();
+        check_store(move |name| {
+            let inner = stores(name).into_inner();
+            async move { Broken { inner, flaw } }
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "after storing a seed, load() returned")]
+    async fn catches_a_lost_seed_flag() {
+        check_broken(Flaw::ForgetsTheSeed).await;
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "after delete()")]
+    async fn catches_a_delete_that_keeps_the_checkpoint() {
+        check_broken(Flaw::IgnoresDelete).await;
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "the time to the millisecond")]
+    async fn catches_a_coarse_time() {
+        check_broken(Flaw::KeepsSeconds).await;
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "instead of the stored")]
+    async fn catches_a_store_that_does_not_replace() {
+        check_broken(Flaw::KeepsTheFirst).await;
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "instances must not share a checkpoint")]
+    async fn catches_instances_sharing_one_checkpoint() {
+        let shared = MemoryCheckpointStore::new();
+        check_store(move |_name| std::future::ready(shared.clone())).await;
     }
 }
