@@ -30,26 +30,33 @@ impl Workdir {
         self.dir.path().join(name)
     }
 
-    /// Runs the binary in this directory (so the default `--config` and the
-    /// default `./checkpoint` apply), without inherited REPLICATOR_* variables.
+    /// Runs the binary in this directory; see [`command`].
     fn run(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
-        let mut cmd = Command::new(BIN);
-        cmd.args(args).current_dir(self.dir.path());
-        for (key, _) in std::env::vars_os() {
-            if key
-                .to_string_lossy()
-                .to_ascii_uppercase()
-                .starts_with("REPLICATOR_")
-            {
-                cmd.env_remove(key);
-            }
-        }
-        cmd.env("RUST_LOG", "warn");
+        let mut cmd = command(self.dir.path());
+        cmd.args(args);
         for (k, v) in env {
             cmd.env(k, v);
         }
         cmd.output().unwrap()
     }
+}
+
+/// The binary, run in `dir` (so the default `--config` and the default
+/// `./checkpoint` apply), without inherited REPLICATOR_* variables.
+fn command(dir: &Path) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.current_dir(dir);
+    for (key, _) in std::env::vars_os() {
+        if key
+            .to_string_lossy()
+            .to_ascii_uppercase()
+            .starts_with("REPLICATOR_")
+        {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.env("RUST_LOG", "warn");
+    cmd
 }
 
 fn stdout(o: &Output) -> String {
@@ -337,5 +344,150 @@ fn mongo_store_seed_show_delete() {
         stdout(&o).contains("no checkpoint stored"),
         "{}",
         stdout(&o)
+    );
+}
+
+/// Two in-process EventStoreDB-protocol servers and a working directory whose
+/// config replicates from the first to the second.
+struct Clusters {
+    source: replicator_testkit::EsdbServer,
+    target: replicator_testkit::EsdbServer,
+    source_client: eventstore::Client,
+    target_client: eventstore::Client,
+}
+
+impl Clusters {
+    async fn start() -> Self {
+        let source = replicator_testkit::EsdbServer::start().await.unwrap();
+        let target = replicator_testkit::EsdbServer::start().await.unwrap();
+        let client = |s: &replicator_testkit::EsdbServer| {
+            eventstore::Client::new(s.connection_string().parse().unwrap()).unwrap()
+        };
+        Clusters {
+            source_client: client(&source),
+            target_client: client(&target),
+            source,
+            target,
+        }
+    }
+
+    fn workdir(&self, extra: &str) -> Workdir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("config")).unwrap();
+        let yaml = format!(
+            "replicator:\n  reader:\n    connectionString: \"{}\"\n  sink:\n    connectionString: \"{}\"\n    partitionCount: 4\n{extra}",
+            self.source.connection_string(),
+            self.target.connection_string()
+        );
+        std::fs::write(dir.path().join("config/appsettings.yaml"), yaml).unwrap();
+        Workdir { dir }
+    }
+
+    async fn compare(&self) -> replicator_testkit::compare::CompareReport {
+        replicator_testkit::compare::compare(&self.source_client, &self.target_client)
+            .await
+            .unwrap()
+    }
+
+    /// The last position in the source's `$all`, as `show` prints it.
+    async fn source_end(&self) -> String {
+        let options = eventstore::ReadAllOptions::default()
+            .position(eventstore::StreamPosition::End)
+            .backwards()
+            .max_count(1);
+        let mut stream = self.source_client.read_all(&options).await.unwrap();
+        let last = stream.next().await.unwrap().expect("the source is empty");
+        let p = last.get_original_event().position;
+        format!("C:{}/P:{}", p.commit, p.prepare)
+    }
+}
+
+/// Runs the binary without blocking the runtime that serves the clusters.
+async fn run_async(w: &Workdir, args: &[&str]) -> Output {
+    let mut cmd = command(w.dir.path());
+    cmd.args(args);
+    tokio::process::Command::from(cmd).output().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_replicates_a_workload_and_a_second_run_adds_nothing() {
+    let c = Clusters::start().await;
+    let spec = replicator_testkit::workload::WorkloadSpec::new(11, 1_500);
+    replicator_testkit::workload::generate(&c.source_client, &spec)
+        .await
+        .unwrap();
+    let w = c.workdir("  runContinuously: false\n  checkpoint:\n    checkpointAfter: 100\n");
+
+    let o = run_async(&w, &["run"]).await;
+    assert_ok(&o);
+    let report = c.compare().await;
+    assert!(report.is_identical(), "{:#?}", report.differences);
+    // Deleted and tombstoned streams are not comparable; most events are.
+    assert!(report.source_events > 1_000, "{report:?}");
+
+    let o = run_async(&w, &["checkpoint", "show"]).await;
+    assert_ok(&o);
+    let out = stdout(&o);
+    assert!(
+        out.contains(&format!("source:   {} ", c.source_end().await)),
+        "the checkpoint should be at the source's last record:\n{out}"
+    );
+    assert!(!out.contains("target:   unknown"), "{out}");
+
+    // Resuming from the checkpoint finds nothing new and duplicates nothing.
+    let o = run_async(&w, &["run"]).await;
+    assert_ok(&o);
+    let again = c.compare().await;
+    assert!(again.is_identical(), "{:#?}", again.differences);
+    assert_eq!(again.target_events, report.target_events);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_a_continuous_run_with_a_final_checkpoint() {
+    let c = Clusters::start().await;
+    let spec = replicator_testkit::workload::WorkloadSpec::new(5, 300);
+    replicator_testkit::workload::generate(&c.source_client, &spec)
+        .await
+        .unwrap();
+    // A checkpoint interval far beyond the workload: only the final (or idle)
+    // checkpoint can cover the last record.
+    let w = c.workdir("  checkpoint:\n    checkpointAfter: 1000000\n");
+    let mut cmd = command(w.dir.path());
+    cmd.arg("run").stderr(std::process::Stdio::piped());
+    let mut child = tokio::process::Command::from(cmd).spawn().unwrap();
+
+    // Wait (bounded, so a hang fails instead of blocking) until replicated.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        if c.compare().await.is_identical() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not replicated: {:#?}",
+            c.compare().await.differences
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "a continuous run must keep running once caught up"
+    );
+
+    let pid = child.id().unwrap().to_string();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let o = child.wait_with_output().await.unwrap();
+    assert_ok(&o);
+
+    let o = run_async(&w, &["checkpoint", "show"]).await;
+    assert_ok(&o);
+    let out = stdout(&o);
+    assert!(
+        out.contains(&format!("source:   {} ", c.source_end().await)),
+        "the final checkpoint should be at the source's last record:\n{out}"
     );
 }
