@@ -98,6 +98,8 @@ impl MongoCheckpointStore {
     /// Start-up is where mistakes in the configuration should surface, so this
     /// reads the document once: a bad connection string, bad credentials or a
     /// missing permission is reported now rather than at the first checkpoint.
+    /// What the document holds is checked by [`CheckpointStore::load`], so that
+    /// a corrupt one can still be deleted.
     ///
     /// # Errors
     /// - Permanent: the connection string is malformed, the database or instance
@@ -172,7 +174,18 @@ impl MongoCheckpointStore {
             secrets,
             retry_budget: DEFAULT_RETRY_BUDGET,
         };
-        store.load().await?;
+        // Only whether it can be read: a corrupt document is `load`'s error, and
+        // must not stop `delete` from clearing it.
+        let filter = doc! { "_id": &store.instance_id };
+        store
+            .retry("read", || {
+                store
+                    .collection
+                    .find_one(filter.clone())
+                    .projection(doc! { "_id": 1 })
+                    .into_future()
+            })
+            .await?;
         Ok(store)
     }
 
