@@ -4,21 +4,25 @@
 //! saying which rule was broken. It needs a Tokio runtime (it spawns tasks to
 //! store concurrently), so call it from `#[tokio::test]`:
 //!
-//! ```ignore
+//! ```
+//! use std::collections::HashMap;
+//!
+//! use replicator_core::memory::MemoryCheckpointStore;
 //! use replicator_testkit::conformance::check_store;
 //!
-//! #[tokio::test(flavor = "multi_thread")]
-//! async fn my_store_keeps_the_checkpoint_contract() {
-//!     let dir = tempfile::tempdir().unwrap();
-//!     let root = dir.path().to_owned();
-//!     // One store per instance name; the same name again means the same data,
-//!     // as after a restart of the process.
-//!     check_store(move |instance: String| {
-//!         let path = root.join(instance);
-//!         async move { MyStore::open(path) }
-//!     })
-//!     .await;
-//! }
+//! # #[tokio::main]
+//! # async fn main() {
+//! // In a test of your own: `#[tokio::test(flavor = "multi_thread")]`.
+//! // One store per instance name; the same name again gives a store over the
+//! // same data, as after a restart of the process. A file store would map the
+//! // name to a file in a temporary directory, a database store to a document id.
+//! let mut stores: HashMap<String, MemoryCheckpointStore> = HashMap::new();
+//! check_store(move |instance: String| {
+//!     let store = stores.entry(instance).or_default().clone();
+//!     async move { store }
+//! })
+//! .await;
+//! # }
 //! ```
 //!
 //! What it checks, each with instance names of its own (so every check starts
