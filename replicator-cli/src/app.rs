@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use replicator_checkpoint::{chaser, seed_if_empty, FileCheckpointStore, MongoCheckpointStore};
-use replicator_core::{CheckpointStore, Pipeline, PipelineConfig, PipelineState, Progress};
+use replicator_core::{
+    CheckpointStore, Pipeline, PipelineConfig, PipelineError, PipelineState, Progress,
+};
 use replicator_esdb::{EsdbReader, EsdbReaderConfig, EsdbSink, EsdbSinkConfig};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -107,6 +109,17 @@ pub async fn replicate(config: &Config, cancel: CancellationToken) -> anyhow::Re
     );
     let store = open_store(&config.checkpoint).await?;
     seed(&*store, config.checkpoint.seeder.as_ref()).await?;
+    // Read the checkpoint once before the restart loop: a corrupt or unreadable
+    // one is an operator's problem that restarting would only repeat.
+    match store
+        .load()
+        .await
+        .with_context(|| format!("cannot read the checkpoint ({})", config.checkpoint.store))?
+    {
+        None => info!("No checkpoint stored: replicating from the beginning of $all"),
+        Some(c) if c.seed => info!(position = %c.source, "Replicating from the seed, inclusive"),
+        Some(c) => info!(position = %c.source, "Resuming after the stored checkpoint"),
+    }
     loop {
         let pipeline = build_pipeline(config, store.clone())?;
         let reporter = tokio::spawn(report_progress(pipeline.progress(), config.report_every));
@@ -126,7 +139,7 @@ pub async fn replicate(config: &Config, cancel: CancellationToken) -> anyhow::Re
                 );
                 return Ok(());
             }
-            Err(e) if config.restart_on_failure && !cancel.is_cancelled() => {
+            Err(e) if config.restart_on_failure && !cancel.is_cancelled() && may_heal(&e) => {
                 let e = anyhow::Error::new(e);
                 error!(error = format!("{e:#}"), delay = %time::short(config.restart_delay),
                     "Replication failed; restarting from the stored checkpoint (restartOnFailure)");
@@ -137,6 +150,20 @@ pub async fn replicate(config: &Config, cancel: CancellationToken) -> anyhow::Re
             }
             Err(e) => return Err(anyhow::Error::new(e).context("replication failed")),
         }
+    }
+}
+
+/// Whether running the pipeline again may get past `error` (`restartOnFailure`).
+///
+/// The reader and sink retry transient errors themselves, so what reaches here
+/// is mostly permanent; a restart still helps when the operator fixes the cause
+/// (permissions, a full disk) while we wait. A checkpoint that cannot be parsed
+/// or a reader that goes backwards cannot heal that way.
+fn may_heal(error: &PipelineError) -> bool {
+    match error {
+        PipelineError::LoadCheckpoint(e) => e.is_transient(),
+        PipelineError::OutOfOrder { .. } => false,
+        _ => true,
     }
 }
 

@@ -491,3 +491,13 @@ async fn sigterm_stops_a_continuous_run_with_a_final_checkpoint() {
         "the final checkpoint should be at the source's last record:\n{out}"
     );
 }
+
+#[test]
+fn run_stops_on_a_corrupt_checkpoint_instead_of_restarting() {
+    // restartOnFailure is on by default; a corrupt checkpoint must still stop
+    // the program (restarting cannot fix it, and starting over would duplicate).
+    let w = Workdir::with_config("");
+    std::fs::write(w.path("checkpoint"), "not a checkpoint").unwrap();
+    let o = w.run(&["run"], &[]);
+    assert_fails_naming(&o, &["checkpoint", "not a checkpoint"]);
+}
