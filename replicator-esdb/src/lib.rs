@@ -35,4 +35,4 @@ pub use classify::{
 };
 pub use connection::redact;
 pub use reader::{EsdbReader, EsdbReaderConfig};
-pub use sink::{EsdbSink, EsdbSinkConfig, DEFAULT_MAX_APPEND_BYTES};
+pub use sink::{to_event_data, EsdbSink, EsdbSinkConfig, DEFAULT_MAX_APPEND_BYTES};

@@ -38,8 +38,8 @@ pub(crate) struct StreamPlan<'a> {
 /// Plans of different target streams are independent and may run
 /// concurrently. Within one plan, consecutive records of the same stream are
 /// merged into one append of at most `max_append_bytes` (but always at least
-/// one record); a metadata record, a tombstone or a record of the other stream
-/// (`s` vs `$$s`) starts a new step. Skipped records produce nothing.
+/// one record); metadata records and tombstones are steps of their own.
+/// Skipped records produce nothing.
 pub(crate) fn plan(batch: &[Event], max_append_bytes: usize) -> Vec<StreamPlan<'_>> {
     let mut plans: Vec<StreamPlan<'_>> = Vec::new();
     // Batches are a few thousand events at most and touch few streams, so a
@@ -62,9 +62,18 @@ pub(crate) fn plan(batch: &[Event], max_append_bytes: usize) -> Vec<StreamPlan<'
         match event.kind {
             ChangeKind::Tombstone => plan.steps.push(Step::Tombstone(event)),
             ChangeKind::Append | ChangeKind::StreamMetadata | ChangeKind::SoftDelete => {
+                // A metadata record goes alone: writing one can make the
+                // server write a record of its own right after it (the `$tb`
+                // that revives a soft-deleted stream), which would land in
+                // the middle of a longer append.
+                let alone = event.kind != ChangeKind::Append;
                 if let Some(Step::Append { stream, events }) = plan.steps.last_mut() {
                     let bytes: usize = events.iter().map(|e| append_size(e)).sum();
-                    if *stream == event.stream && bytes + append_size(event) <= max_append_bytes {
+                    if !alone
+                        && events[0].kind == ChangeKind::Append
+                        && *stream == event.stream
+                        && bytes + append_size(event) <= max_append_bytes
+                    {
                         events.push(event);
                         continue;
                     }
@@ -254,8 +263,8 @@ mod tests {
                 Step::Tombstone(_) => "tombstone",
             })
             .collect();
-        assert_eq!(streams, ["a", "$$a", "a", "$$a", "a", "tombstone"]);
-        assert_eq!(ids(&steps[3]), vec![batch[3].id, batch[4].id]);
+        assert_eq!(streams, ["a", "$$a", "a", "$$a", "$$a", "a", "tombstone"]);
+        assert!(steps[..6].iter().all(|s| ids(s).len() == 1));
     }
 
     #[test]

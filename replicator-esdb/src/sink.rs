@@ -477,8 +477,9 @@ fn convert_position(position: eventstore::Position) -> Position {
     }
 }
 
-/// Builds what the client sends for `event`, keeping every byte.
-pub(crate) fn to_event_data(event: &Event) -> EventData {
+/// Builds what the client sends for `event`: id, type, data, user metadata and
+/// content type, every byte kept (see [`EsdbSink`] for the one exception).
+pub fn to_event_data(event: &Event) -> EventData {
     let data = match event.content_type {
         ContentType::Json => match std::str::from_utf8(&event.data) {
             Ok(json) => EventData::json(&event.event_type, &VerbatimJson(json))

@@ -1,0 +1,409 @@
+//! Helpers shared by the integration tests: servers, a seeded workload written
+//! through the real client, a comparison of two servers, pipeline runs.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use eventstore::{
+    AppendToStreamOptions, Client, ClientSettings, DeleteStreamOptions, EventData,
+    ExpectedRevision, ReadAllOptions, ReadStreamOptions, TombstoneStreamOptions,
+};
+use replicator_core::memory::MemoryCheckpointStore;
+use replicator_core::{ContentType, Event, Pipeline, PipelineConfig, Position, RunSummary};
+use replicator_esdb::{to_event_data, EsdbReader, EsdbReaderConfig, EsdbSink, EsdbSinkConfig};
+use replicator_testkit::EsdbServer;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// Longest a test waits for replication to finish before failing.
+pub const PATIENCE: Duration = Duration::from_secs(120);
+
+pub async fn server() -> EsdbServer {
+    EsdbServer::start()
+        .await
+        .expect("the in-process test server must start")
+}
+
+pub fn client(server: &EsdbServer) -> Client {
+    let settings: ClientSettings = server.connection_string().parse().expect("settings");
+    Client::new(settings).expect("client")
+}
+
+pub fn reader(server: &EsdbServer, page_size: usize, run_continuously: bool) -> EsdbReader {
+    EsdbReader::new(EsdbReaderConfig {
+        connection_string: server.connection_string(),
+        page_size,
+        run_continuously,
+    })
+    .expect("reader")
+}
+
+pub fn sink(server: &EsdbServer, partition_count: usize) -> EsdbSink {
+    EsdbSink::new(EsdbSinkConfig {
+        connection_string: server.connection_string(),
+        partition_count,
+    })
+    .expect("sink")
+}
+
+pub fn pipeline_config(checkpoint_after: u64) -> PipelineConfig {
+    PipelineConfig {
+        checkpoint_after,
+        retry_initial: Duration::from_millis(20),
+        retry_max: Duration::from_millis(500),
+        ..PipelineConfig::default()
+    }
+}
+
+/// Replicates everything once (not continuously) with the real pipeline.
+pub async fn replicate(
+    source: &EsdbServer,
+    target: &EsdbServer,
+    store: &MemoryCheckpointStore,
+    checkpoint_after: u64,
+) -> RunSummary {
+    let pipeline = Pipeline::builder(reader(source, 97, false), sink(target, 8), store.clone())
+        .config(pipeline_config(checkpoint_after))
+        .build();
+    tokio::time::timeout(PATIENCE, pipeline.run(CancellationToken::new()))
+        .await
+        .expect("replication did not finish in time")
+        .expect("replication failed")
+}
+
+/// A tiny deterministic generator (no dependency, stable across versions).
+pub struct Lcg(u64);
+
+impl Lcg {
+    pub fn new(seed: u64) -> Self {
+        Lcg(seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407))
+    }
+    pub fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// A user event whose payload kind depends on `pick`: JSON (compact, padded,
+/// unicode, invalid but marked JSON, empty), binary (with bytes that are not
+/// UTF-8, or empty), with or without user metadata.
+pub fn user_event(stream: &str, pick: u64, n: u64) -> Event {
+    let (content_type, data): (ContentType, Bytes) = match pick % 8 {
+        0 | 1 => (
+            ContentType::Json,
+            format!(r#"{{"n":{n},"s":"{stream}"}}"#).into(),
+        ),
+        2 => (ContentType::Json, format!("  {{ \"n\" : {n} }}\n").into()),
+        3 => (ContentType::Json, "{\"é\":\"😀\\u00e9\"}".into()),
+        4 => (ContentType::Json, Bytes::new()),
+        5 => (ContentType::Json, "not json {".into()),
+        6 => (
+            ContentType::Binary,
+            Bytes::from(vec![0xff, 0x00, n as u8, 0xfe]),
+        ),
+        _ => (ContentType::Binary, Bytes::new()),
+    };
+    let metadata: Bytes = match pick % 3 {
+        0 => Bytes::new(),
+        1 => format!(r#"{{"correlation":"{n}"}}"#).into(),
+        _ => Bytes::from_static(b"\x01raw"),
+    };
+    Event {
+        id: Uuid::new_v4(),
+        stream: stream.to_owned(),
+        revision: 0,
+        event_type: format!("Type{}", pick % 5),
+        data,
+        metadata,
+        content_type,
+        created: std::time::SystemTime::now(),
+        position: Position::START,
+        kind: replicator_core::ChangeKind::Append,
+    }
+}
+
+/// What a workload wrote.
+#[derive(Debug, Default)]
+pub struct Written {
+    pub user_events: usize,
+    pub soft_deletes: usize,
+    pub revivals: usize,
+    pub tombstones: usize,
+    pub metadata: usize,
+}
+
+/// Writes a seeded mix to `client`: user events in batches (every payload
+/// kind), stream metadata, soft deletes then revivals, tombstones, link
+/// events and system-stream events (the last two must not be replicated).
+pub async fn populate(client: &Client, seed: u64, operations: usize) -> Written {
+    let mut rng = Lcg::new(seed);
+    let streams = (operations / 8).max(4) as u64;
+    let mut tombstoned = std::collections::HashSet::new();
+    let mut soft_deleted = std::collections::HashSet::new();
+    let mut existing = std::collections::HashSet::new();
+    let mut written = Written::default();
+    let any = AppendToStreamOptions::default().expected_revision(ExpectedRevision::Any);
+    for op in 0..operations as u64 {
+        let stream = format!("wl{seed}-{}", rng.below(streams));
+        if tombstoned.contains(&stream) {
+            continue;
+        }
+        match rng.below(100) {
+            0..=79 => {
+                let count = 1 + rng.below(4);
+                let events: Vec<EventData> = (0..count)
+                    .map(|i| to_event_data(&user_event(&stream, rng.next(), op * 10 + i)))
+                    .collect();
+                client
+                    .append_to_stream(stream.as_str(), &any, events)
+                    .await
+                    .expect("workload append");
+                written.user_events += count as usize;
+                if soft_deleted.remove(&stream) {
+                    written.revivals += 1;
+                }
+                existing.insert(stream);
+            }
+            80..=87 => {
+                let body = match rng.below(3) {
+                    0 => format!(r#"{{"$maxCount":{}}}"#, 100 + rng.below(50)),
+                    1 => format!(r#"{{"owner":"team-{op}","nested":{{"a":[1,2]}}}}"#),
+                    _ => "{}".to_owned(),
+                };
+                let event = to_event_data(&Event {
+                    event_type: "$metadata".into(),
+                    data: body.into(),
+                    metadata: Bytes::new(),
+                    content_type: ContentType::Json,
+                    ..user_event(&stream, 0, op)
+                });
+                client
+                    .append_to_stream(format!("$${stream}"), &any, event)
+                    .await
+                    .expect("workload metadata");
+                written.metadata += 1;
+            }
+            88..=93 if existing.contains(&stream) && !soft_deleted.contains(&stream) => {
+                client
+                    .delete_stream(stream.as_str(), &DeleteStreamOptions::default())
+                    .await
+                    .expect("workload soft delete");
+                soft_deleted.insert(stream);
+                written.soft_deletes += 1;
+            }
+            94..=95 => {
+                client
+                    .tombstone_stream(stream.as_str(), &TombstoneStreamOptions::default())
+                    .await
+                    .expect("workload tombstone");
+                tombstoned.insert(stream);
+                written.tombstones += 1;
+            }
+            96..=97 => {
+                // Links live in their own stream so the user streams keep
+                // their revisions.
+                let link = EventData::binary("$>", format!("0@{stream}").into());
+                client
+                    .append_to_stream(format!("links{seed}"), &any, link)
+                    .await
+                    .expect("workload link");
+            }
+            _ => {
+                let event = to_event_data(&user_event("$system", rng.next(), op));
+                client
+                    .append_to_stream(format!("$sys{seed}"), &any, event)
+                    .await
+                    .expect("workload system event");
+            }
+        }
+    }
+    written
+}
+
+/// One record as replication must reproduce it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub revision: u64,
+    /// `None` for tombstone records: the target writes its own.
+    pub id: Option<Uuid>,
+    pub event_type: String,
+    pub data: Bytes,
+    pub metadata: Bytes,
+    pub is_json: bool,
+}
+
+/// How a stream reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readable {
+    Events(Vec<(u64, Uuid)>),
+    NotFound,
+    Deleted,
+}
+
+/// Everything replication must reproduce: per user stream (and its `$$`
+/// metadata stream), the records in order, and how the stream reads.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    pub streams: BTreeMap<String, Vec<Record>>,
+    pub readable: BTreeMap<String, Readable>,
+    pub last_position: Option<Position>,
+    pub total_records: usize,
+}
+
+pub fn replicated_stream(stream: &str) -> bool {
+    match stream.strip_prefix("$$") {
+        Some(inner) => !inner.starts_with('$'),
+        None => !stream.starts_with('$'),
+    }
+}
+
+pub async fn snapshot(client: &Client) -> Snapshot {
+    let mut reader = client
+        .read_all(&ReadAllOptions::default())
+        .await
+        .expect("read $all");
+    let mut streams: BTreeMap<String, Vec<Record>> = BTreeMap::new();
+    let mut last_position = None;
+    let mut total_records = 0;
+    while let Some(resolved) = reader.next().await.expect("read $all") {
+        let record = resolved.event.expect("a recorded event");
+        total_records += 1;
+        last_position = Some(Position {
+            commit: record.position.commit,
+            prepare: record.position.prepare,
+        });
+        if !replicated_stream(&record.stream_id) || record.event_type == "$>" {
+            continue;
+        }
+        let tombstone = record.event_type == "$streamDeleted";
+        streams
+            .entry(record.stream_id.clone())
+            .or_default()
+            .push(Record {
+                revision: record.revision,
+                id: (!tombstone).then_some(record.id),
+                event_type: record.event_type,
+                data: record.data,
+                metadata: record.custom_metadata,
+                is_json: record.is_json,
+            });
+    }
+    let mut readable = BTreeMap::new();
+    for stream in streams.keys().filter(|s| !s.starts_with("$$")) {
+        readable.insert(stream.clone(), read_stream(client, stream).await);
+    }
+    Snapshot {
+        streams,
+        readable,
+        last_position,
+        total_records,
+    }
+}
+
+pub async fn read_stream(client: &Client, stream: &str) -> Readable {
+    let options = ReadStreamOptions::default().max_count(usize::MAX);
+    let mut reader = match client.read_stream(stream, &options).await {
+        Ok(reader) => reader,
+        Err(eventstore::Error::ResourceNotFound) => return Readable::NotFound,
+        Err(eventstore::Error::ResourceDeleted) => return Readable::Deleted,
+        Err(e) => panic!("reading {stream}: {e}"),
+    };
+    let mut events = Vec::new();
+    loop {
+        match reader.next().await {
+            Ok(Some(resolved)) => {
+                let record = resolved.event.expect("event");
+                events.push((record.revision, record.id));
+            }
+            Ok(None) => return Readable::Events(events),
+            Err(eventstore::Error::ResourceNotFound) => return Readable::NotFound,
+            Err(eventstore::Error::ResourceDeleted) => return Readable::Deleted,
+            Err(e) => panic!("reading {stream}: {e}"),
+        }
+    }
+}
+
+/// Asserts that `target` holds exactly what `source` holds, naming the first
+/// difference.
+pub fn assert_replica(source: &Snapshot, target: &Snapshot) {
+    for (stream, records) in &source.streams {
+        let Some(copied) = target.streams.get(stream) else {
+            panic!("stream {stream} is missing on the target");
+        };
+        for (i, (want, got)) in records.iter().zip(copied).enumerate() {
+            if server_written(want) && want.id != got.id {
+                // The target server writes this record itself (the `$tb` it
+                // adds when metadata is set on a soft-deleted stream), under
+                // its own id; everything else must match.
+                let got = Record {
+                    id: want.id,
+                    ..got.clone()
+                };
+                assert_eq!(want, &got, "stream {stream}, record {i} differs");
+                continue;
+            }
+            assert_eq!(want, got, "stream {stream}, record {i} differs");
+        }
+        assert_eq!(
+            records.len(),
+            copied.len(),
+            "stream {stream}: {} records on the source, {} on the target",
+            records.len(),
+            copied.len()
+        );
+    }
+    for stream in target.streams.keys() {
+        assert!(
+            source.streams.contains_key(stream),
+            "stream {stream} exists only on the target"
+        );
+    }
+    assert_eq!(source.readable, target.readable, "streams read differently");
+}
+
+/// A metadata record a server may write on its own: one setting `$tb`.
+fn server_written(record: &Record) -> bool {
+    record.event_type == "$metadata"
+        && serde_json::from_slice::<serde_json::Value>(&record.data)
+            .is_ok_and(|v| v.get("$tb").is_some())
+}
+
+/// Appends one event, retrying through injected outages (the same event id
+/// makes a repeat after a lost reply a no-op).
+pub async fn append_retrying(client: &Client, stream: &str, event: &Event) {
+    for _ in 0..100 {
+        match client
+            .append_to_stream(stream, &Default::default(), to_event_data(event))
+            .await
+        {
+            Ok(_) => return,
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    panic!("could not append to {stream} in 100 attempts");
+}
+
+/// Waits until `check` holds, polling; panics with `what` after [`PATIENCE`].
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

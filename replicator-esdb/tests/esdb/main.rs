@@ -1,0 +1,8 @@
+//! Integration tests of the EventStoreDB reader and sink against the
+//! in-process test server, through the real `eventstore` client.
+
+mod common;
+mod fidelity;
+mod outages;
+mod reader;
+mod replay;

@@ -1,0 +1,76 @@
+//! Source and target outages mid-run: replication resumes by itself and the
+//! target ends up an exact copy.
+
+use std::time::Duration;
+
+use replicator_core::memory::MemoryCheckpointStore;
+use replicator_core::Pipeline;
+use tokio_util::sync::CancellationToken;
+
+use crate::common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn source_then_target_outages_heal_by_themselves() {
+    let source = server().await;
+    let target = server().await;
+    let source_client = client(&source);
+    populate(&source_client, 7, 3_000).await;
+
+    let pipeline = Pipeline::builder(
+        reader(&source, 50, true),
+        sink(&target, 4),
+        MemoryCheckpointStore::new(),
+    )
+    .config(pipeline_config(20))
+    .build();
+    let progress = pipeline.progress();
+    let cancel = CancellationToken::new();
+    let run = tokio::spawn(pipeline.run(cancel.clone()));
+
+    let written_now = || progress.borrow().written;
+    eventually("some progress", || async { written_now() > 200 }).await;
+    source.stop().await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    source.restart().await.expect("source restarts");
+    let before = written_now();
+    eventually("progress after the source came back", || async {
+        written_now() > before + 200
+    })
+    .await;
+
+    target.stop().await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    target.restart().await.expect("target restarts");
+
+    populate(&source_client, 8, 300).await;
+    // Both sides drop every connection while new events keep coming.
+    let more = async {
+        for i in 0..60 {
+            let stream = format!("during-drops-{}", i % 7);
+            append_retrying(&source_client, &stream, &user_event(&stream, i, i)).await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let drops = async {
+        for _ in 0..3 {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            source.faults().drop_connections();
+            target.faults().drop_connections();
+        }
+    };
+    tokio::join!(more, drops);
+
+    let target_client = client(&target);
+    eventually("the target to catch up", || async {
+        snapshot(&source_client).await.streams == snapshot(&target_client).await.streams
+    })
+    .await;
+    cancel.cancel();
+    run.await
+        .unwrap()
+        .expect("the run ends cleanly after the outages");
+    assert_replica(
+        &snapshot(&source_client).await,
+        &snapshot(&target_client).await,
+    );
+}
