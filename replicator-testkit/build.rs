@@ -1,5 +1,6 @@
 //! Compiles the protocol definitions in `proto/` with protox (pure Rust, no `protoc`)
-//! and generates the tonic servers the in-process EventStoreDB server implements.
+//! and generates the tonic servers the in-process EventStoreDB server implements,
+//! and clients (the benchmarks use one as a baseline writer with TCP_NODELAY set).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
@@ -15,7 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let descriptors = protox::compile(files, ["proto"])?;
     tonic_build::configure()
         .build_server(true)
-        .build_client(false)
+        .build_client(true)
         .bytes(["."])
         .extern_path(".event_store.client.Empty", "()")
         .compile_fds(descriptors)?;
