@@ -76,9 +76,12 @@ impl fmt::Debug for EsdbSinkConfig {
 /// such a record, `$tb` = `i64::MAX`), so their ids and bytes match too.
 ///
 /// Not preserved: the created time (the server stamps its own; the source's
-/// is on [`Event::created`] for anyone who needs it), the ids of tombstone
-/// records (the target server writes its own), and `$all` positions (the
-/// target has its own log; [`WriteAck::target_position`] reports them).
+/// is on [`Event::created`] for anyone who needs it), `$all` positions (the
+/// target has its own log; [`WriteAck::target_position`] reports them), and
+/// the ids of records a server writes by itself: tombstones, and the `$tb`
+/// metadata record it adds when metadata is set on a soft-deleted stream. The
+/// target writes those too, with the same content; the sink recognises them
+/// (same type and data at the same revision) instead of writing them twice.
 ///
 /// JSON-marked data that is not UTF-8 cannot be sent as JSON by the client:
 /// it is written as binary, with a warning.

@@ -19,7 +19,16 @@ use uuid::Uuid;
 /// Longest a test waits for replication to finish before failing.
 pub const PATIENCE: Duration = Duration::from_secs(120);
 
+/// Shows the replicator's logs with `RUST_LOG` (e.g. `RUST_LOG=replicator_esdb=debug`).
+pub fn logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
 pub async fn server() -> EsdbServer {
+    logs();
     EsdbServer::start()
         .await
         .expect("the in-process test server must start")
@@ -335,39 +344,64 @@ pub async fn read_stream(client: &Client, stream: &str) -> Readable {
 /// Asserts that `target` holds exactly what `source` holds, naming the first
 /// difference.
 pub fn assert_replica(source: &Snapshot, target: &Snapshot) {
+    if let Some(difference) = difference(source, target) {
+        panic!("the target is not a replica of the source: {difference}");
+    }
+}
+
+/// The first difference between what `source` and `target` hold, if any.
+pub fn difference(source: &Snapshot, target: &Snapshot) -> Option<String> {
     for (stream, records) in &source.streams {
         let Some(copied) = target.streams.get(stream) else {
-            panic!("stream {stream} is missing on the target");
+            return Some(format!("stream {stream} is missing on the target"));
         };
         for (i, (want, got)) in records.iter().zip(copied).enumerate() {
-            if server_written(want) && want.id != got.id {
-                // The target server writes this record itself (the `$tb` it
-                // adds when metadata is set on a soft-deleted stream), under
-                // its own id; everything else must match.
-                let got = Record {
+            // The target server writes a `$tb` record itself when metadata is
+            // set on a soft-deleted stream, under its own id; everything else
+            // about it must match.
+            let got = if server_written(want) {
+                Record {
                     id: want.id,
                     ..got.clone()
-                };
-                assert_eq!(want, &got, "stream {stream}, record {i} differs");
-                continue;
+                }
+            } else {
+                got.clone()
+            };
+            if *want != got {
+                return Some(format!(
+                    "stream {stream}, record {i}: source {want:?}, target {got:?}"
+                ));
             }
-            assert_eq!(want, got, "stream {stream}, record {i} differs");
         }
-        assert_eq!(
-            records.len(),
-            copied.len(),
-            "stream {stream}: {} records on the source, {} on the target",
-            records.len(),
-            copied.len()
-        );
+        if records.len() != copied.len() {
+            return Some(format!(
+                "stream {stream}: {} records on the source, {} on the target",
+                records.len(),
+                copied.len()
+            ));
+        }
     }
-    for stream in target.streams.keys() {
-        assert!(
-            source.streams.contains_key(stream),
-            "stream {stream} exists only on the target"
-        );
+    if let Some(stream) = target
+        .streams
+        .keys()
+        .find(|s| !source.streams.contains_key(*s))
+    {
+        return Some(format!("stream {stream} exists only on the target"));
     }
-    assert_eq!(source.readable, target.readable, "streams read differently");
+    if source.readable != target.readable {
+        let stream = source
+            .readable
+            .iter()
+            .find(|(s, r)| target.readable.get(*s) != Some(r))
+            .map(|(s, _)| s.clone());
+        return Some(format!("stream {stream:?} reads differently"));
+    }
+    None
+}
+
+/// Whether `target` has become a replica of `source`.
+pub async fn in_sync(source: &Client, target: &Client) -> bool {
+    difference(&snapshot(source).await, &snapshot(target).await).is_none()
 }
 
 /// A metadata record a server may write on its own: one setting `$tb`.
@@ -404,6 +438,6 @@ where
             tokio::time::Instant::now() < deadline,
             "timed out waiting for: {what}"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

@@ -14,7 +14,7 @@ async fn source_then_target_outages_heal_by_themselves() {
     let source = server().await;
     let target = server().await;
     let source_client = client(&source);
-    populate(&source_client, 7, 3_000).await;
+    populate(&source_client, 7, 1_500).await;
 
     let pipeline = Pipeline::builder(
         reader(&source, 50, true),
@@ -62,7 +62,7 @@ async fn source_then_target_outages_heal_by_themselves() {
 
     let target_client = client(&target);
     eventually("the target to catch up", || async {
-        snapshot(&source_client).await.streams == snapshot(&target_client).await.streams
+        in_sync(&source_client, &target_client).await
     })
     .await;
     cancel.cancel();

@@ -81,7 +81,7 @@ async fn events_written_while_running_appear_on_the_target() {
     let run = tokio::spawn(pipeline.run(cancel.clone()));
     let target_client = client(&target);
     eventually("the initial catch-up", || async {
-        snapshot(&source_client).await.streams == snapshot(&target_client).await.streams
+        in_sync(&source_client, &target_client).await
     })
     .await;
 
