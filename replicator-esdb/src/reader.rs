@@ -168,13 +168,26 @@ impl ReadState {
                 Phase::CatchUp => match self.read_page(&client).await {
                     Ok(caught_up) => {
                         self.failures = 0;
-                        if caught_up {
+                        if caught_up && !self.run_continuously {
                             info!(position = ?self.last, "Caught up with the source");
-                            self.phase = if self.run_continuously {
-                                Phase::Live(Box::new(self.subscribe(&client).await))
-                            } else {
-                                Phase::Done
-                            };
+                            self.phase = Phase::Done;
+                        } else if caught_up {
+                            match Self::live_start(self.last, self.floor, &client).await {
+                                Ok(Some(from)) => {
+                                    info!(position = ?self.last, "Caught up; following the source live");
+                                    let options = SubscribeToAllOptions::default().position(from);
+                                    let subscription = client.subscribe_to_all(&options).await;
+                                    self.phase = Phase::Live(Box::new(subscription));
+                                }
+                                // Records arrived at or after the inclusive
+                                // start meanwhile: read them first.
+                                Ok(None) => {}
+                                Err(error) => {
+                                    if let Some(error) = self.failed(generation, error).await {
+                                        return Some(Err(error));
+                                    }
+                                }
+                            }
                         }
                     }
                     Err(error) => {
@@ -226,18 +239,43 @@ impl ReadState {
         Ok(received < requested)
     }
 
-    /// Starts the live subscription strictly after `last`.
-    async fn subscribe(&mut self, client: &eventstore::Client) -> Subscription {
-        let from = match (self.last, self.floor) {
-            (Some(last), _) => StreamPosition::Position(to_client(last)),
+    /// Where the live subscription starts, strictly after `last`; `None` when
+    /// records exist at or after the inclusive start and catching up must
+    /// read them first.
+    ///
+    /// Takes no `&self`: the state holds a subscription, which is not `Sync`.
+    async fn live_start(
+        last: Option<Position>,
+        floor: Option<Position>,
+        client: &eventstore::Client,
+    ) -> Result<Option<StreamPosition<eventstore::Position>>, eventstore::Error> {
+        match (last, floor) {
+            (Some(last), _) => Ok(Some(StreamPosition::Position(to_client(last)))),
+            (None, None) => Ok(Some(StreamPosition::Start)),
             // Nothing at or after an inclusive start yet. A subscription from
             // a position is exclusive and would miss a record written exactly
-            // there, so start from the beginning and let `floor` drop what
-            // lies before it. Rare: a seed at the very end of the source.
-            (None, Some(_)) | (None, None) => StreamPosition::Start,
-        };
-        let options = SubscribeToAllOptions::default().position(from);
-        client.subscribe_to_all(&options).await
+            // there: start after the last record before it instead.
+            (None, Some(floor)) => {
+                let options = ReadAllOptions::default()
+                    .backwards()
+                    .position(StreamPosition::End)
+                    .max_count(1);
+                let mut read = client.read_all(&options).await?;
+                let Some(resolved) = read.next().await? else {
+                    return Ok(Some(StreamPosition::Start));
+                };
+                let Some(record) = resolved.link.or(resolved.event) else {
+                    return Ok(Some(StreamPosition::Start));
+                };
+                if record.position.commit > floor.commit
+                    || (record.position.commit == floor.commit
+                        && record.position.prepare >= floor.prepare)
+                {
+                    return Ok(None);
+                }
+                Ok(Some(StreamPosition::Position(record.position)))
+            }
+        }
     }
 
     /// Queues a record unless it is at or before the last one handed on (a

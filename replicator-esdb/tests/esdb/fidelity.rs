@@ -76,7 +76,10 @@ async fn the_testkit_workload_passes_the_testkit_comparison() {
     let summary = generate(&client(&source), &WorkloadSpec::new(11, 2_000))
         .await
         .expect("workload");
-    assert!(summary.large_events > 0 && summary.revived_streams > 0, "{summary:?}");
+    assert!(
+        summary.large_events > 0 && summary.revived_streams > 0,
+        "{summary:?}"
+    );
 
     replicate(&source, &target, &MemoryCheckpointStore::new(), 100).await;
 

@@ -64,6 +64,33 @@ async fn a_seed_is_inclusive_and_a_checkpoint_exclusive() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seed_past_the_end_hands_on_the_next_records_written() {
+    let source = server().await;
+    let source_client = client(&source);
+    populate(&source_client, 9, 40).await;
+    let all = read_to_end(&source, 100, StartFrom::Beginning).await;
+    let end = all.last().expect("records").position;
+    let seed = Position {
+        commit: end.commit + 1,
+        prepare: end.prepare + 1,
+    };
+
+    let mut reader = reader(&source, 100, true);
+    let mut stream = reader.read(StartFrom::At(seed)).await.expect("read");
+    // Give the reader time to catch up (nothing to read) and go live.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let event = user_event("after-seed", 0, 0);
+    append_retrying(&source_client, "after-seed", &event).await;
+    let first = tokio::time::timeout(PATIENCE, stream.next())
+        .await
+        .expect("the new record is handed on")
+        .expect("the stream is open")
+        .expect("no error");
+    assert_eq!(first.id, event.id, "nothing before the seed is handed on");
+    assert!(first.position >= seed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_written_while_running_appear_on_the_target() {
     let source = server().await;
     let target = server().await;
