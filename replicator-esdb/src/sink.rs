@@ -31,6 +31,9 @@ const RENUMBERED_SEARCH_DEPTH: usize = 4096;
 /// Reads done to recognise a replay carry no server deadline: cap them.
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Failed operations in a row after which the client is rebuilt anyway.
+const CLIENT_REBUILD_AFTER: u32 = 8;
+
 /// Renumbered streams remembered at most (the map holds only those).
 const MAX_REMEMBERED_OFFSETS: usize = 100_000;
 
@@ -107,6 +110,9 @@ pub struct EsdbSink {
     client: ClientCell,
     partition_count: usize,
     max_append_bytes: usize,
+    /// Consecutive failed operations; every few, the client is rebuilt in
+    /// case it is stuck in a state it cannot leave by itself.
+    failures: std::sync::atomic::AtomicU32,
     /// `target revision - source revision` of streams that do not line up
     /// (the source lost their first events to scavenging or truncation).
     offsets: Mutex<HashMap<String, i64>>,
@@ -139,6 +145,7 @@ impl EsdbSink {
             client: ClientCell::new(settings),
             partition_count: config.partition_count,
             max_append_bytes: DEFAULT_MAX_APPEND_BYTES,
+            failures: std::sync::atomic::AtomicU32::new(0),
             offsets: Mutex::new(HashMap::new()),
         })
     }
@@ -160,6 +167,21 @@ impl EsdbSink {
             highest = highest.max(position);
         }
         Ok(highest)
+    }
+
+    /// Counts a failed operation and drops the client when it cannot recover
+    /// by itself, or after several failures in a row.
+    fn failed(&self, generation: u64, error: &eventstore::Error) {
+        use std::sync::atomic::Ordering;
+        let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if needs_new_client(error) || failures % CLIENT_REBUILD_AFTER == 0 {
+            debug!(failures, "Rebuilding the target client");
+            self.client.discard(generation);
+        }
+    }
+
+    fn succeeded(&self) {
+        self.failures.store(0, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn offset(&self, stream: &str) -> i64 {
@@ -188,11 +210,12 @@ impl EsdbSink {
     ) -> Result<Option<Position>, SinkError> {
         let (generation, client) = self.client()?;
         match self.append_run_with(&client, stream, events).await {
-            Ok(position) => Ok(position),
+            Ok(position) => {
+                self.succeeded();
+                Ok(position)
+            }
             Err(RunError::Client(error, event)) => {
-                if needs_new_client(&error) {
-                    self.client.discard(generation);
-                }
+                self.failed(generation, &error);
                 Err(sink_error(
                     error,
                     &format!("appending to `{stream}`"),
@@ -317,12 +340,13 @@ impl EsdbSink {
         let (generation, client) = self.client()?;
         let options = TombstoneStreamOptions::default().expected_revision(ExpectedRevision::Any);
         match client.tombstone_stream(stream, &options).await {
-            Ok(position) => Ok(position.map(convert_position)),
+            Ok(position) => {
+                self.succeeded();
+                Ok(position.map(convert_position))
+            }
             Err(eventstore::Error::ResourceDeleted) => Ok(None),
             Err(error) => {
-                if needs_new_client(&error) {
-                    self.client.discard(generation);
-                }
+                self.failed(generation, &error);
                 Err(sink_error(error, &format!("tombstoning `{stream}`"), event))
             }
         }

@@ -74,3 +74,39 @@ async fn source_then_target_outages_heal_by_themselves() {
         &snapshot(&target_client).await,
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starting_while_both_servers_are_down_recovers_once_they_are_up() {
+    let source = server().await;
+    let target = server().await;
+    let source_client = client(&source);
+    populate(&source_client, 10, 100).await;
+    // A client whose first connection fails never connects again: the reader
+    // and sink must build new ones.
+    source.stop().await;
+    target.stop().await;
+
+    let pipeline = Pipeline::builder(
+        reader(&source, 50, false),
+        sink(&target, 2),
+        MemoryCheckpointStore::new(),
+    )
+    .config(pipeline_config(10))
+    .build();
+    let run = tokio::spawn(pipeline.run(CancellationToken::new()));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    source.restart().await.expect("source restarts");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    target.restart().await.expect("target restarts");
+
+    let summary = tokio::time::timeout(PATIENCE, run)
+        .await
+        .expect("the run finishes once both servers are up")
+        .unwrap()
+        .expect("no error");
+    assert!(summary.completed);
+    assert_replica(
+        &snapshot(&source_client).await,
+        &snapshot(&client(&target)).await,
+    );
+}
