@@ -220,7 +220,7 @@ impl ReadState {
             // comes back and is dropped.
             (Some(last), _) => (
                 StreamPosition::Position(to_client(last)),
-                self.page_size + 1,
+                self.page_size.saturating_add(1),
             ),
             (None, Some(floor)) => (StreamPosition::Position(to_client(floor)), self.page_size),
             (None, None) => (StreamPosition::Start, self.page_size),

@@ -31,6 +31,10 @@ const RENUMBERED_SEARCH_DEPTH: usize = 4096;
 /// Reads done to recognise a replay carry no server deadline: cap them.
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Append attempts for one run (each after learning more about the target)
+/// before giving up with a transient error.
+const MAX_ROUNDS: usize = 8;
+
 /// Failed operations in a row after which the client is rebuilt anyway.
 const CLIENT_REBUILD_AFTER: u32 = 8;
 
@@ -225,6 +229,12 @@ impl EsdbSink {
             Err(RunError::Diverged(message)) => Err(SinkError::permanent(format!(
                 "appending to `{stream}`: {message}"
             ))),
+            Err(RunError::Unsettled(event)) => Err(SinkError::transient(format!(
+                "appending to `{stream}` (event {}, source position {}): the target stream \
+                 kept changing while its replayed records were checked; is something else \
+                 writing to it?",
+                event.id, event.position
+            ))),
         }
     }
 
@@ -238,7 +248,7 @@ impl EsdbSink {
         let mut searched = false;
         let mut pending = events;
         let mut position = None;
-        loop {
+        for _ in 0..MAX_ROUNDS {
             let Some(first_target) = shift(pending[0].revision, offset) else {
                 // Cannot happen with offsets we computed; start over without.
                 self.remember_offset(stream, 0);
@@ -333,6 +343,7 @@ impl EsdbSink {
                 Err(e) => return Err(RunError::Client(e, pending[0])),
             }
         }
+        Err(RunError::Unsettled(pending[0]))
     }
 
     async fn tombstone(&self, event: &Event) -> Result<Option<Position>, SinkError> {
@@ -371,6 +382,9 @@ enum RunError<'e> {
     Client(eventstore::Error, &'e Event),
     /// The target holds other records where the source's belong.
     Diverged(String),
+    /// The target stream kept changing while the sink worked out what it
+    /// already holds (someone else writes to it): worth a retry.
+    Unsettled(&'e Event),
 }
 
 fn shift(revision: u64, offset: i64) -> Option<u64> {
