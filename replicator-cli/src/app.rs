@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use replicator_checkpoint::{chaser, seed_if_empty, FileCheckpointStore, MongoCheckpointStore};
 use replicator_core::{
-    CheckpointStore, Pipeline, PipelineConfig, PipelineError, PipelineState, Progress,
+    CheckpointStore, Pipeline, PipelineConfig, PipelineError, PipelineState, Progress, RunSummary,
 };
 use replicator_esdb::{EsdbReader, EsdbReaderConfig, EsdbSink, EsdbSinkConfig};
 use tokio::sync::watch;
@@ -91,12 +91,12 @@ fn build_pipeline(config: &Config, store: Arc<dyn CheckpointStore>) -> anyhow::R
 /// `replicator run`: replicates until the source is caught up (with
 /// `runContinuously: false`) or `cancel` fires. With `restartOnFailure` a
 /// failed pipeline is rebuilt and resumed from the stored checkpoint after
-/// `restartDelayInSeconds`.
+/// `restartDelayInSeconds`. Returns what the last pipeline run did.
 ///
 /// # Errors
 /// When the store cannot be opened or seeded, a component cannot be built, or
 /// the pipeline fails and `restartOnFailure` is off.
-pub async fn replicate(config: &Config, cancel: CancellationToken) -> anyhow::Result<()> {
+pub async fn replicate(config: &Config, cancel: CancellationToken) -> anyhow::Result<RunSummary> {
     info!(
         source = %redact(&config.reader.connection_string),
         target = %redact(&config.sink.connection_string),
@@ -137,7 +137,7 @@ pub async fn replicate(config: &Config, cancel: CancellationToken) -> anyhow::Re
                     caught_up = summary.completed,
                     "Replicator stopped"
                 );
-                return Ok(());
+                return Ok(summary);
             }
             Err(e) if config.restart_on_failure && !cancel.is_cancelled() && may_heal(&e) => {
                 let e = anyhow::Error::new(e);

@@ -7,6 +7,7 @@
 mod app;
 mod checkpoint_cmd;
 mod config;
+mod demo;
 mod time;
 
 use std::io::IsTerminal as _;
@@ -51,6 +52,9 @@ enum Command {
     /// stopped (SIGINT/SIGTERM drains in-flight writes and stores a final
     /// checkpoint).
     Run(ConfigArg),
+    /// Replicate a generated workload between two in-process servers and
+    /// prove the target equal to the source: the whole job, nothing to install.
+    Demo(demo::Args),
     /// Inspect or change the stored checkpoint.
     #[command(subcommand)]
     Checkpoint(CheckpointCommand),
@@ -121,6 +125,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 app::replicate(&config, app::shutdown_on_signals()?).await?;
                 Ok(ExitCode::SUCCESS)
             }
+            Command::Demo(args) => demo::run(args, app::shutdown_on_signals()?).await,
             Command::Checkpoint(CheckpointCommand::Show(args)) => {
                 let config = app::load_config(&args.config)?;
                 checkpoint_cmd::show(&config).await

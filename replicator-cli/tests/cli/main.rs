@@ -1,5 +1,11 @@
-//! The `replicator` binary as a user runs it: configuration errors, and the
-//! `checkpoint show|delete|seed` commands on the file and MongoDB stores.
+//! The `replicator` binary as a user runs it: configuration errors, the
+//! `checkpoint show|delete|seed` commands on the file and MongoDB stores,
+//! `run` against in-process servers (here, and killed at random moments in
+//! [`restart`], following the source live in [`live`]), and `demo`.
+
+mod demo;
+mod live;
+mod restart;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -372,10 +378,16 @@ impl Clusters {
     }
 
     fn workdir(&self, extra: &str) -> Workdir {
+        self.workdir_with("", "", extra)
+    }
+
+    /// Like [`Clusters::workdir`], with `reader` and `sink` lines (indented
+    /// under those sections) added.
+    fn workdir_with(&self, reader: &str, sink: &str, extra: &str) -> Workdir {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("config")).unwrap();
         let yaml = format!(
-            "replicator:\n  reader:\n    connectionString: \"{}\"\n  sink:\n    connectionString: \"{}\"\n    partitionCount: 4\n{extra}",
+            "replicator:\n  reader:\n    connectionString: \"{}\"\n{reader}  sink:\n    connectionString: \"{}\"\n    partitionCount: 4\n{sink}{extra}",
             self.source.connection_string(),
             self.target.connection_string()
         );
@@ -391,15 +403,30 @@ impl Clusters {
 
     /// The last position in the source's `$all`, as `show` prints it.
     async fn source_end(&self) -> String {
-        let options = eventstore::ReadAllOptions::default()
-            .position(eventstore::StreamPosition::End)
-            .backwards()
-            .max_count(1);
-        let mut stream = self.source_client.read_all(&options).await.unwrap();
-        let last = stream.next().await.unwrap().expect("the source is empty");
-        let p = last.get_original_event().position;
-        format!("C:{}/P:{}", p.commit, p.prepare)
+        self.source_end_position().await.to_string()
     }
+
+    /// The last position in the source's `$all`.
+    async fn source_end_position(&self) -> replicator_core::Position {
+        end_position(&self.source_client)
+            .await
+            .expect("the source is empty")
+    }
+}
+
+/// The last position in a server's `$all`, `None` while it is empty.
+async fn end_position(client: &eventstore::Client) -> Option<replicator_core::Position> {
+    let options = eventstore::ReadAllOptions::default()
+        .position(eventstore::StreamPosition::End)
+        .backwards()
+        .max_count(1);
+    let mut stream = client.read_all(&options).await.unwrap();
+    let last = stream.next().await.unwrap()?;
+    let p = last.get_original_event().position;
+    Some(replicator_core::Position {
+        commit: p.commit,
+        prepare: p.prepare,
+    })
 }
 
 /// Runs the binary without blocking the runtime that serves the clusters.
