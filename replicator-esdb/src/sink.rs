@@ -107,6 +107,11 @@ impl fmt::Debug for EsdbSinkConfig {
 /// as it was. Appending to a tombstoned target stream counts as written: a
 /// tombstone on the target can only come from the source.
 ///
+/// A stream whose first records the source no longer holds (scavenged,
+/// truncated) cannot keep its revisions: it is renumbered on the target from
+/// where the target stream ends, with a warning. Replays of such a stream are
+/// recognised by event id among its last 4096 target records.
+///
 /// A target stream holding other records where the source's belong is a
 /// permanent error naming the stream and event: the target is not a replica
 /// of this source.
@@ -296,19 +301,44 @@ impl EsdbSink {
                                 return Ok(position);
                             }
                             if written == 0 && last.is_none_or(|l| l + 1 < first_target) {
+                                // Already renumbered by an earlier run? Then the
+                                // records sit at lower revisions: find them by id.
+                                if !searched && last.is_some() {
+                                    searched = true;
+                                    if let Some(revision) =
+                                        find_in_tail(client, stream, pending[0].id)
+                                            .await
+                                            .map_err(|e| RunError::Client(e, pending[0]))?
+                                    {
+                                        offset = revision as i64 - pending[0].revision as i64;
+                                        self.remember_offset(stream, offset);
+                                        continue;
+                                    }
+                                }
                                 // The target is behind this stream's source
                                 // revisions: the source no longer holds the
                                 // stream's first records. Renumber.
                                 let new_first = last.map_or(0, |l| l + 1);
                                 offset = new_first as i64 - pending[0].revision as i64;
-                                warn!(
-                                    stream,
-                                    source_revision = pending[0].revision,
-                                    target_revision = new_first,
-                                    "Source revisions do not start where the target stream ends \
-                                     (events removed by scavenging on the source?): \
-                                     appending after the target's last revision"
-                                );
+                                if stream.starts_with("$$") {
+                                    // Metadata streams keep one record by default,
+                                    // so on a scavenged source this is routine.
+                                    debug!(
+                                        stream,
+                                        source_revision = pending[0].revision,
+                                        target_revision = new_first,
+                                        "Renumbering a metadata stream"
+                                    );
+                                } else {
+                                    warn!(
+                                        stream,
+                                        source_revision = pending[0].revision,
+                                        target_revision = new_first,
+                                        "Source revisions do not start where the target stream \
+                                         ends (events removed by scavenging on the source?): \
+                                         appending after the target's last revision"
+                                    );
+                                }
                                 self.remember_offset(stream, offset);
                                 continue;
                             }

@@ -139,3 +139,27 @@ async fn injected_append_failures_are_transient_and_retried_to_an_exact_copy() {
     got.readable.remove("probe");
     assert_replica(&want, &got);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_whose_first_events_the_source_lost_is_renumbered_and_replays_stay_exact() {
+    let target = server().await;
+    // The source scavenged revisions 0..5 of this stream: $all starts at 5.
+    let events = numbered("scavenged", 5..11);
+    let first = sink(&target, 1);
+    first.write(&events[..4]).await.expect("renumbered write");
+    first.write(&events[..4]).await.expect("replay, same sink");
+    // A restarted replicator (no memory of the renumbering) replays and
+    // continues.
+    let restarted = sink(&target, 1);
+    restarted
+        .write(&events[2..4])
+        .await
+        .expect("replay after restart");
+    restarted.write(&events).await.expect("replay and continue");
+
+    let records = snapshot(&client(&target)).await.streams["scavenged"].clone();
+    let ids: Vec<_> = records.iter().map(|r| r.id.unwrap()).collect();
+    assert_eq!(ids, events.iter().map(|e| e.id).collect::<Vec<_>>());
+    let revisions: Vec<_> = records.iter().map(|r| r.revision).collect();
+    assert_eq!(revisions, (0..6).collect::<Vec<_>>());
+}
