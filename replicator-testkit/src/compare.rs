@@ -5,7 +5,8 @@
 //! Exactly what a replicator is supposed to copy: **user streams** (names not starting
 //! with `$`) with their readable events, their stream metadata and their deletion
 //! state. In detail, for every user stream found in either server's `$all` (by its
-//! events or by a `$$stream` metadata event):
+//! events or by a `$$stream` metadata event; only those starting with
+//! [`CompareOptions::stream_prefix`] when it is set):
 //! - **deletion state**: tombstoned (reads fail with stream-deleted) or not;
 //! - **events**: a forward read of the stream as the server answers it, so events
 //!   hidden by `$tb`, `$maxCount`, `$maxAge` or a soft delete are not compared, and
@@ -38,6 +39,10 @@ pub struct CompareOptions {
     pub max_differences: usize,
     /// Streams read at once per server.
     pub concurrency: usize,
+    /// Compare only the user streams whose names start with this (empty, the default:
+    /// all of them). With the same [`crate::workload::WorkloadSpec::stream_prefix`],
+    /// compares one workload on clusters that also hold other data.
+    pub stream_prefix: String,
 }
 
 impl Default for CompareOptions {
@@ -46,6 +51,7 @@ impl Default for CompareOptions {
             compare_revisions: false,
             max_differences: 1_000,
             concurrency: 16,
+            stream_prefix: String::new(),
         }
     }
 }
@@ -184,6 +190,7 @@ pub async fn compare_with(
 ) -> Result<CompareReport, TestkitError> {
     let mut names = user_streams(source).await?;
     names.extend(user_streams(target).await?);
+    names.retain(|name| name.starts_with(&options.stream_prefix));
     let concurrency = options.concurrency.max(1);
     let views: Vec<Result<(String, StreamView, StreamView), TestkitError>> = stream::iter(names)
         .map(|name| async move {

@@ -1,6 +1,7 @@
-//! Errors of the workload generator and the comparison.
+//! Errors of the workload generator, the comparison and the test cluster set-up.
 
-/// What can go wrong while generating a workload or comparing servers.
+/// What can go wrong while generating a workload, comparing servers or setting up a
+/// [`crate::cluster::TestCluster`].
 #[derive(Debug, thiserror::Error)]
 pub enum TestkitError {
     /// The workload specification cannot be generated.
@@ -14,6 +15,30 @@ pub enum TestkitError {
         /// The client's error.
         #[source]
         source: eventstore::Error,
+    },
+    /// An environment variable meant to name a test cluster does not hold a usable
+    /// connection string.
+    #[error("{var} does not hold a usable EventStoreDB connection string: {reason}")]
+    BadClusterUrl {
+        /// The variable.
+        var: String,
+        /// What is wrong with its value.
+        reason: String,
+    },
+    /// The in-process test server could not start.
+    #[error("the in-process test server did not start")]
+    ServerStart(#[source] std::io::Error),
+    /// A test that compares whole clusters found user data in one.
+    #[error(
+        "the cluster in {var} already holds user data (stream {stream:?}); this test compares \
+         whole clusters and needs an empty, throwaway one (for example a server restarted \
+         with EVENTSTORE_MEM_DB=true)"
+    )]
+    ClusterNotEmpty {
+        /// The variable naming the cluster.
+        var: String,
+        /// The first user stream found.
+        stream: String,
     },
 }
 

@@ -1,7 +1,8 @@
 //! Test kit for the replicator: an in-process EventStoreDB-protocol gRPC server that
 //! the real `eventstore` client talks to ([`EsdbServer`]), fault injection
 //! ([`FaultHandle`]), a seeded workload generator ([`workload`]) and a comparison of
-//! two servers' contents ([`compare`]).
+//! two servers' contents ([`compare`]), and [`cluster::TestCluster`], which lets every
+//! test run against a real cluster instead when an environment variable names one.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -15,6 +16,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod cluster;
 pub mod compare;
 pub mod conformance;
 mod error;

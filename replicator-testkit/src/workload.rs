@@ -60,6 +60,11 @@ pub struct WorkloadSpec {
     pub system_events: bool,
     /// Batch appends in flight at once.
     pub pipeline: usize,
+    /// Put in front of every user stream name (empty by default), so that several
+    /// workloads can share a cluster: a test against a real, persistent cluster uses
+    /// a fresh prefix per run and compares with the same
+    /// [`crate::compare::CompareOptions::stream_prefix`].
+    pub stream_prefix: String,
 }
 
 impl WorkloadSpec {
@@ -88,6 +93,7 @@ impl Default for WorkloadSpec {
             links: true,
             system_events: true,
             pipeline: 32,
+            stream_prefix: String::new(),
         }
     }
 }
@@ -323,7 +329,12 @@ impl Planner {
             .collect();
         if live.is_empty() {
             // Everything tombstoned (tiny workloads): open a fresh stream.
-            self.names.push(stream_name(self.names.len()));
+            let name = format!(
+                "{}{}",
+                self.spec.stream_prefix,
+                stream_name(self.names.len())
+            );
+            self.names.push(name);
             self.streams.push(StreamPlan::default());
             return self.next_op();
         }
@@ -432,7 +443,9 @@ pub async fn generate(
     let mut planner = Planner {
         rng: Rng(spec.seed),
         spec: spec.clone(),
-        names: (0..stream_count).map(stream_name).collect(),
+        names: (0..stream_count)
+            .map(|i| format!("{}{}", spec.stream_prefix, stream_name(i)))
+            .collect(),
         streams: (0..stream_count).map(|_| StreamPlan::default()).collect(),
         written: Vec::new(),
         summary: WorkloadSummary::default(),

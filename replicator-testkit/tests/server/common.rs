@@ -1,7 +1,19 @@
 //! Helpers shared by the test modules.
+//!
+//! Every test runs against [`Fixture::new`]'s cluster: a fresh in-process server, or
+//! the real cluster in `ESDB_URL` (see `replicator_testkit::cluster`). So that the
+//! tests can run again and again against one persistent cluster, each names its
+//! streams with [`Fixture::stream`] (a prefix unique to the run) and looks at `$all`
+//! only from where it ended when the test began ([`Fixture::all`]). On a fresh
+//! in-process server both change nothing: `$all` starts empty.
 
-use eventstore::{Client, ClientSettings, EventData, ResolvedEvent};
-use replicator_testkit::EsdbServer;
+use eventstore::{
+    Client, ClientSettings, EventData, Position, ReadAllOptions, ResolvedEvent, StreamPosition,
+};
+use replicator_testkit::cluster::TestCluster;
+
+/// The variable that points these tests at a real cluster.
+pub const VAR: &str = "ESDB_URL";
 
 pub fn client_for(connection_string: &str) -> Client {
     let settings: ClientSettings = connection_string
@@ -10,10 +22,77 @@ pub fn client_for(connection_string: &str) -> Client {
     Client::new(settings).expect("client")
 }
 
-pub async fn server_and_client() -> (EsdbServer, Client) {
-    let server = EsdbServer::start().await.expect("server starts");
-    let client = client_for(&server.connection_string());
-    (server, client)
+/// One test's cluster, its client, and where `$all` ended when the test began.
+pub struct Fixture {
+    pub cluster: TestCluster,
+    pub client: Client,
+    /// The last record of `$all` before the test wrote anything; `None` while empty.
+    start: Option<Position>,
+    prefix: String,
+}
+
+impl Fixture {
+    pub async fn new() -> Fixture {
+        let cluster = TestCluster::from_env(VAR)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let client = cluster.client();
+        let start = last_position(&client).await;
+        Fixture {
+            cluster,
+            client,
+            start,
+            prefix: format!("t{}-", &uuid::Uuid::new_v4().simple().to_string()[..8]),
+        }
+    }
+
+    /// The prefix of every stream this test writes (`t1a2b3c4d-`).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// `name` made unique to this run.
+    pub fn stream(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    /// Where a subscription to everything written since the test began starts.
+    pub fn start(&self) -> StreamPosition<Position> {
+        self.start
+            .map_or(StreamPosition::Start, StreamPosition::Position)
+    }
+
+    /// Everything `$all` received since the test began, forwards.
+    pub async fn all(&self) -> Vec<ResolvedEvent> {
+        let options = ReadAllOptions::default()
+            .position(self.start())
+            .max_count(usize::MAX);
+        let mut reader = self.client.read_all(&options).await.expect("read_all");
+        let mut events = Vec::new();
+        while let Some(event) = reader.next().await.expect("read_all next") {
+            let position = event.get_original_event().position;
+            // Reads from a position include the record there: it is not the test's.
+            if self.start.is_some_and(|start| position <= start) {
+                continue;
+            }
+            events.push(event);
+        }
+        events
+    }
+}
+
+/// The position of the last record in `$all`, `None` while it is empty.
+pub async fn last_position(client: &Client) -> Option<Position> {
+    let options = ReadAllOptions::default()
+        .position(StreamPosition::End)
+        .backwards()
+        .max_count(1);
+    let mut reader = client
+        .read_all(&options)
+        .await
+        .expect("read $all backwards");
+    let last = reader.next().await.expect("read $all backwards")?;
+    Some(last.get_original_event().position)
 }
 
 pub fn json_event(event_type: &str, n: u64) -> EventData {
@@ -29,15 +108,4 @@ pub async fn read_stream(client: &Client, stream: &str) -> eventstore::Result<Ve
         events.push(event);
     }
     Ok(events)
-}
-
-/// Reads all of `$all` forwards.
-pub async fn read_all(client: &Client) -> Vec<ResolvedEvent> {
-    let options = eventstore::ReadAllOptions::default().max_count(usize::MAX);
-    let mut reader = client.read_all(&options).await.expect("read_all");
-    let mut events = Vec::new();
-    while let Some(event) = reader.next().await.expect("read_all next") {
-        events.push(event);
-    }
-    events
 }

@@ -6,7 +6,7 @@ use eventstore::{
     ReadStreamOptions, StreamPosition, TombstoneStreamOptions,
 };
 
-use crate::common::{json_event, read_all, read_stream, server_and_client};
+use crate::common::{json_event, read_stream, Fixture};
 
 fn expect(revision: ExpectedRevision) -> AppendToStreamOptions {
     AppendToStreamOptions::default().expected_revision(revision)
@@ -14,10 +14,12 @@ fn expect(revision: ExpectedRevision) -> AppendToStreamOptions {
 
 #[tokio::test]
 async fn wrong_expected_version_reports_current_and_expected() {
-    let (_server, client) = server_and_client().await;
+    let f = Fixture::new().await;
+    let client = &f.client;
+    let s = f.stream("s");
     client
         .append_to_stream(
-            "s",
+            s.as_str(),
             &expect(ExpectedRevision::NoStream),
             vec![json_event("E", 0)],
         )
@@ -25,7 +27,7 @@ async fn wrong_expected_version_reports_current_and_expected() {
         .expect("first append");
     let error = client
         .append_to_stream(
-            "s",
+            s.as_str(),
             &expect(ExpectedRevision::Exact(7)),
             vec![json_event("E", 1)],
         )
@@ -40,7 +42,7 @@ async fn wrong_expected_version_reports_current_and_expected() {
     }
     let error = client
         .append_to_stream(
-            "missing",
+            f.stream("missing"),
             &expect(ExpectedRevision::StreamExists),
             vec![json_event("E", 1)],
         )
@@ -57,33 +59,44 @@ async fn wrong_expected_version_reports_current_and_expected() {
 
 #[tokio::test]
 async fn repeating_an_append_with_the_same_ids_is_idempotent() {
-    let (_server, client) = server_and_client().await;
+    let f = Fixture::new().await;
+    let client = &f.client;
+    let s = f.stream("s");
     let events = vec![
-        json_event("E", 0).id(uuid::Uuid::from_u128(1)),
-        json_event("E", 1).id(uuid::Uuid::from_u128(2)),
+        json_event("E", 0).id(uuid::Uuid::new_v4()),
+        json_event("E", 1).id(uuid::Uuid::new_v4()),
     ];
     let first = client
-        .append_to_stream("s", &expect(ExpectedRevision::NoStream), events.clone())
+        .append_to_stream(
+            s.as_str(),
+            &expect(ExpectedRevision::NoStream),
+            events.clone(),
+        )
         .await
         .expect("append");
     let again = client
-        .append_to_stream("s", &expect(ExpectedRevision::NoStream), events.clone())
+        .append_to_stream(
+            s.as_str(),
+            &expect(ExpectedRevision::NoStream),
+            events.clone(),
+        )
         .await
         .expect("idempotent repeat succeeds");
     assert_eq!(first.next_expected_version, again.next_expected_version);
     assert_eq!(first.position, again.position);
     let any = client
-        .append_to_stream("s", &expect(ExpectedRevision::Any), events)
+        .append_to_stream(s.as_str(), &expect(ExpectedRevision::Any), events)
         .await
         .expect("repeat with Any");
     assert_eq!(any.next_expected_version, 1);
-    assert_eq!(read_stream(&client, "s").await.expect("read").len(), 2);
+    assert_eq!(read_stream(client, &s).await.expect("read").len(), 2);
 }
 
 #[tokio::test]
 async fn missing_stream_is_not_found() {
-    let (_server, client) = server_and_client().await;
-    let error = read_stream(&client, "nothing-here")
+    let f = Fixture::new().await;
+    let client = &f.client;
+    let error = read_stream(client, &f.stream("nothing-here"))
         .await
         .expect_err("not found");
     assert!(matches!(error, Error::ResourceNotFound), "{error:?}");
@@ -91,10 +104,12 @@ async fn missing_stream_is_not_found() {
 
 #[tokio::test]
 async fn soft_delete_hides_the_stream_until_an_append_revives_it() {
-    let (_server, client) = server_and_client().await;
+    let f = Fixture::new().await;
+    let client = &f.client;
+    let s = f.stream("s");
     client
         .append_to_stream(
-            "s",
+            s.as_str(),
             &expect(ExpectedRevision::NoStream),
             vec![json_event("E", 0), json_event("E", 1)],
         )
@@ -102,7 +117,7 @@ async fn soft_delete_hides_the_stream_until_an_append_revives_it() {
         .expect("append");
     let error = client
         .delete_stream(
-            "s",
+            s.as_str(),
             &DeleteStreamOptions::default().expected_revision(ExpectedRevision::Exact(5)),
         )
         .await
@@ -119,31 +134,33 @@ async fn soft_delete_hides_the_stream_until_an_append_revives_it() {
     );
     client
         .delete_stream(
-            "s",
+            s.as_str(),
             &DeleteStreamOptions::default().expected_revision(ExpectedRevision::Exact(1)),
         )
         .await
         .expect("delete");
     assert!(matches!(
-        read_stream(&client, "s").await,
+        read_stream(client, &s).await,
         Err(Error::ResourceNotFound)
     ));
     // The metadata stream says `$tb` = i64::MAX.
-    let meta = read_stream(&client, "$$s").await.expect("metastream");
+    let meta = read_stream(client, &format!("$${s}"))
+        .await
+        .expect("metastream");
     let body: serde_json::Value =
         serde_json::from_slice(&meta[0].get_original_event().data).expect("json");
     assert_eq!(body, serde_json::json!({ "$tb": i64::MAX }));
 
     let revived = client
         .append_to_stream(
-            "s",
+            s.as_str(),
             &expect(ExpectedRevision::NoStream),
             vec![json_event("E", 2)],
         )
         .await
         .expect("append revives");
     assert_eq!(revived.next_expected_version, 2, "revisions continue");
-    let events = read_stream(&client, "s").await.expect("read revived");
+    let events = read_stream(client, &s).await.expect("read revived");
     let revisions: Vec<_> = events
         .iter()
         .map(|e| e.get_original_event().revision)
@@ -153,33 +170,35 @@ async fn soft_delete_hides_the_stream_until_an_append_revives_it() {
 
 #[tokio::test]
 async fn tombstone_is_visible_in_all_and_blocks_the_stream() {
-    let (_server, client) = server_and_client().await;
+    let f = Fixture::new().await;
+    let client = &f.client;
+    let s = f.stream("s");
     client
         .append_to_stream(
-            "s",
+            s.as_str(),
             &AppendToStreamOptions::default(),
             vec![json_event("E", 0)],
         )
         .await
         .expect("append");
     client
-        .tombstone_stream("s", &TombstoneStreamOptions::default())
+        .tombstone_stream(s.as_str(), &TombstoneStreamOptions::default())
         .await
         .expect("tombstone");
-    let all = read_all(&client).await;
+    let all = f.all().await;
     let last = all.last().expect("events").get_original_event();
     assert_eq!(
         (last.stream_id.as_str(), last.event_type.as_str()),
-        ("s", "$streamDeleted")
+        (s.as_str(), "$streamDeleted")
     );
     assert_eq!(last.revision, i64::MAX as u64);
     assert!(matches!(
-        read_stream(&client, "s").await,
+        read_stream(client, &s).await,
         Err(Error::ResourceDeleted)
     ));
     let error = client
         .append_to_stream(
-            "s",
+            s.as_str(),
             &AppendToStreamOptions::default(),
             vec![json_event("E", 1)],
         )
@@ -187,7 +206,7 @@ async fn tombstone_is_visible_in_all_and_blocks_the_stream() {
         .expect_err("append to tombstoned");
     assert!(matches!(error, Error::ResourceDeleted), "{error:?}");
     let error = client
-        .tombstone_stream("s", &TombstoneStreamOptions::default())
+        .tombstone_stream(s.as_str(), &TombstoneStreamOptions::default())
         .await
         .expect_err("second tombstone");
     assert!(matches!(error, Error::ResourceDeleted), "{error:?}");
@@ -195,10 +214,12 @@ async fn tombstone_is_visible_in_all_and_blocks_the_stream() {
 
 #[tokio::test]
 async fn stream_metadata_round_trips_and_max_count_truncates_reads() {
-    let (_server, client) = server_and_client().await;
+    let f = Fixture::new().await;
+    let client = &f.client;
+    let s = f.stream("s");
     let events: Vec<_> = (0..5).map(|n| json_event("E", n)).collect();
     client
-        .append_to_stream("s", &AppendToStreamOptions::default(), events)
+        .append_to_stream(s.as_str(), &AppendToStreamOptions::default(), events)
         .await
         .expect("append");
     let metadata = eventstore::StreamMetadata::builder()
@@ -206,18 +227,18 @@ async fn stream_metadata_round_trips_and_max_count_truncates_reads() {
         .insert_custom_property("owner", "team-a")
         .build();
     client
-        .set_stream_metadata("s", &Default::default(), &metadata)
+        .set_stream_metadata(s.as_str(), &Default::default(), &metadata)
         .await
         .expect("set metadata");
     let read = client
-        .get_stream_metadata("s", &Default::default())
+        .get_stream_metadata(s.as_str(), &Default::default())
         .await
         .expect("get metadata");
     let eventstore::StreamMetadataResult::Success(found) = read else {
         panic!("metadata expected, got {read:?}");
     };
     assert_eq!(found.metadata().max_count, Some(2));
-    let revisions: Vec<_> = read_stream(&client, "s")
+    let revisions: Vec<_> = read_stream(client, &s)
         .await
         .expect("read")
         .iter()
@@ -227,7 +248,7 @@ async fn stream_metadata_round_trips_and_max_count_truncates_reads() {
     // Backwards from the end, one event: the newest.
     let mut reader = client
         .read_stream(
-            "s",
+            s.as_str(),
             &ReadStreamOptions::default()
                 .backwards()
                 .position(StreamPosition::End)

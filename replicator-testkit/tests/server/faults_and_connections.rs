@@ -1,21 +1,27 @@
-//! Restart, dropped connections, injected append failures, pause; batch append; gossip
-//! and cluster connection strings; links; the `esdb-testkit` binary.
+//! What only the in-process server can do: stop and restart, dropped connections,
+//! injected append failures, pause, latency options, gossip between in-process
+//! servers, the `esdb-testkit` binary. Each test fails with a clear message when
+//! `ESDB_URL` names a real cluster (skip this module then:
+//! `--skip faults_and_connections`).
 
 use std::io::BufRead as _;
 use std::time::Duration;
 
 use eventstore::{
-    AppendToStreamOptions, BatchAppendOptions, Error, ExpectedRevision, RetryOptions,
-    StreamPosition, SubscribeToAllOptions, SubscriptionEvent,
+    AppendToStreamOptions, Error, RetryOptions, StreamPosition, SubscribeToAllOptions,
+    SubscriptionEvent,
 };
+use replicator_testkit::cluster::require_in_process;
 use replicator_testkit::{EsdbServer, ServerOptions};
 
-use crate::common::{client_for, json_event, read_all, read_stream, server_and_client};
+use crate::common::{client_for, json_event, read_stream, Fixture, VAR};
 use crate::subscriptions::{next, next_event};
 
 #[tokio::test]
 async fn subscription_survives_a_restart_and_data_is_kept() {
-    let (server, client) = server_and_client().await;
+    let f = Fixture::new().await;
+    let server = f.cluster.server();
+    let client = &f.client;
     let port = server.port();
     client
         .append_to_stream(
@@ -52,12 +58,14 @@ async fn subscription_survives_a_restart_and_data_is_kept() {
         .expect("append after restart");
     // The client resubscribes after the last event it saw: no repeat of revision 0.
     assert_eq!(next_event(&mut sub).await.get_original_event().revision, 1);
-    assert_eq!(read_stream(&client, "s").await.expect("read").len(), 2);
+    assert_eq!(read_stream(client, "s").await.expect("read").len(), 2);
 }
 
 #[tokio::test]
 async fn stopping_ends_subscriptions_with_an_error_not_ok() {
-    let (server, client) = server_and_client().await;
+    let f = Fixture::new().await;
+    let server = f.cluster.server();
+    let client = &f.client;
     let mut sub = client
         .subscribe_to_all(&SubscribeToAllOptions::default())
         .await;
@@ -87,7 +95,9 @@ async fn stopping_ends_subscriptions_with_an_error_not_ok() {
 
 #[tokio::test]
 async fn injected_append_failures_and_pause() {
-    let (server, client) = server_and_client().await;
+    let f = Fixture::new().await;
+    let server = f.cluster.server();
+    let client = &f.client;
     let faults = server.faults();
     faults.fail_next_appends(2);
     for _ in 0..2 {
@@ -110,7 +120,7 @@ async fn injected_append_failures_and_pause() {
         .await
         .expect("third append succeeds");
     assert_eq!(
-        read_stream(&client, "s").await.expect("read").len(),
+        read_stream(client, "s").await.expect("read").len(),
         1,
         "failed appends wrote nothing"
     );
@@ -137,41 +147,8 @@ async fn injected_append_failures_and_pause() {
 }
 
 #[tokio::test]
-async fn batch_append_writes_and_reports_errors() {
-    let (_server, client) = server_and_client().await;
-    let batch = client
-        .batch_append(&BatchAppendOptions::default())
-        .await
-        .expect("batch client");
-    let written = batch
-        .append_to_stream(
-            "b",
-            ExpectedRevision::NoStream,
-            vec![json_event("E", 0), json_event("E", 1)],
-        )
-        .await
-        .expect("batch append");
-    assert_eq!(written.current_revision(), Some(1));
-    assert!(written.current_position().is_some());
-    let error = batch
-        .append_to_stream("b", ExpectedRevision::NoStream, vec![json_event("E", 2)])
-        .await
-        .expect_err("stream exists");
-    assert!(
-        matches!(
-            error,
-            Error::Grpc {
-                code: tonic::Code::FailedPrecondition,
-                ..
-            }
-        ),
-        "{error:?}"
-    );
-    assert_eq!(read_stream(&client, "b").await.expect("read").len(), 2);
-}
-
-#[tokio::test]
 async fn cluster_connection_string_discovers_through_gossip() {
+    require_in_process(VAR);
     let server = EsdbServer::start().await.expect("server");
     let other = EsdbServer::start().await.expect("second server");
     // A seed that hangs up on every connection: discovery must move on to the live
@@ -209,57 +186,8 @@ async fn cluster_connection_string_discovers_through_gossip() {
 }
 
 #[tokio::test]
-async fn links_resolve_on_request() {
-    let (_server, client) = server_and_client().await;
-    client
-        .append_to_stream(
-            "target",
-            &AppendToStreamOptions::default(),
-            vec![json_event("E", 0)],
-        )
-        .await
-        .expect("append");
-    let link = eventstore::EventData::binary("$>", bytes::Bytes::from_static(b"0@target"));
-    client
-        .append_to_stream("$ce-links", &AppendToStreamOptions::default(), vec![link])
-        .await
-        .expect("append link");
-    let options = eventstore::ReadStreamOptions::default()
-        .resolve_link_tos()
-        .max_count(10);
-    let mut reader = client
-        .read_stream("$ce-links", &options)
-        .await
-        .expect("read");
-    let resolved = reader.next().await.expect("next").expect("one event");
-    assert_eq!(resolved.get_original_event().event_type, "$>");
-    let event = resolved.event.as_ref().expect("resolved target");
-    assert_eq!((event.stream_id.as_str(), event.revision), ("target", 0));
-    let all = read_all(&client).await;
-    assert!(
-        all.iter().all(|e| e.link.is_none()),
-        "$all without resolve_links returns the links themselves"
-    );
-}
-
-#[tokio::test]
-async fn large_events_round_trip() {
-    let (_server, client) = server_and_client().await;
-    let data = bytes::Bytes::from(vec![7u8; 3 * 1024 * 1024 / 2]);
-    client
-        .append_to_stream(
-            "big",
-            &AppendToStreamOptions::default(),
-            vec![eventstore::EventData::binary("Big", data.clone())],
-        )
-        .await
-        .expect("append 1.5 MiB");
-    let events = read_stream(&client, "big").await.expect("read");
-    assert_eq!(events[0].get_original_event().data, data);
-}
-
-#[tokio::test]
 async fn latency_options_delay_replies() {
+    require_in_process(VAR);
     let server = EsdbServer::start_with(ServerOptions {
         append_latency: Duration::from_millis(200),
         ..ServerOptions::default()
@@ -284,6 +212,7 @@ async fn latency_options_delay_replies() {
 
 #[tokio::test]
 async fn binary_serves_a_client_from_another_process() {
+    require_in_process(VAR);
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_esdb-testkit"))
         .args(["--port", "0"])
         .stdout(std::process::Stdio::piped())
@@ -314,7 +243,12 @@ async fn binary_serves_a_client_from_another_process() {
             )
             .await
             .expect("append to the child");
-        let all = read_all(&client).await;
+        let options = eventstore::ReadAllOptions::default().max_count(usize::MAX);
+        let mut reader = client.read_all(&options).await.expect("read $all");
+        let mut all = Vec::new();
+        while let Some(event) = reader.next().await.expect("read $all") {
+            all.push(event);
+        }
         assert_eq!(all.len(), 1);
     };
     let outcome = tokio::time::timeout(Duration::from_secs(30), result).await;

@@ -1,4 +1,10 @@
 //! The real `eventstore` client against the in-process server, over real gRPC.
+//!
+//! With `ESDB_URL` set to a connection string, the same tests and assertions run
+//! against that (real) cluster instead: that checks the in-process server behaves
+//! like the real one on everything asserted here. Run them one at a time
+//! (`-- --test-threads=1`) and leave out `faults_and_connections`, which needs the
+//! in-process server; see `replicator_testkit::cluster` and the README.
 
 mod common;
 mod errors_and_deletes;

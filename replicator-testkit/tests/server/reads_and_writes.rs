@@ -1,16 +1,21 @@
-//! Appends, reads of streams and `$all`, positions.
+//! Appends, batch appends, reads of streams and `$all`, positions, links, large events.
 
-use eventstore::{AppendToStreamOptions, ExpectedRevision, ReadAllOptions, StreamPosition};
+use eventstore::{
+    AppendToStreamOptions, BatchAppendOptions, Error, ExpectedRevision, ReadAllOptions,
+    StreamPosition,
+};
 
-use crate::common::{json_event, read_all, read_stream, server_and_client};
+use crate::common::{json_event, read_stream, Fixture};
 
 #[tokio::test]
 async fn append_then_read_stream_and_all() {
-    let (_server, client) = server_and_client().await;
+    let f = Fixture::new().await;
+    let client = &f.client;
+    let stream = f.stream("orders-1");
     let options = AppendToStreamOptions::default().expected_revision(ExpectedRevision::NoStream);
     let result = client
         .append_to_stream(
-            "orders-1",
+            stream.as_str(),
             &options,
             vec![json_event("Placed", 1), json_event("Paid", 2)],
         )
@@ -18,7 +23,7 @@ async fn append_then_read_stream_and_all() {
         .expect("append");
     assert_eq!(result.next_expected_version, 1);
 
-    let events = read_stream(&client, "orders-1").await.expect("read");
+    let events = read_stream(client, &stream).await.expect("read");
     let types: Vec<_> = events
         .iter()
         .map(|e| e.get_original_event().event_type.clone())
@@ -31,8 +36,11 @@ async fn append_then_read_stream_and_all() {
     assert_eq!(revisions, [0, 1]);
     assert!(events[0].get_original_event().is_json);
 
-    let all = read_all(&client).await;
+    let all = f.all().await;
     assert_eq!(all.len(), 2);
+    assert!(all
+        .iter()
+        .all(|e| e.get_original_event().stream_id == stream));
     let p0 = all[0].get_original_event().position;
     let p1 = all[1].get_original_event().position;
     assert_eq!(p0.commit, p0.prepare);
@@ -45,18 +53,20 @@ async fn append_then_read_stream_and_all() {
 
 #[tokio::test]
 async fn read_all_from_position_is_inclusive_and_backwards_works() {
-    let (_server, client) = server_and_client().await;
+    let f = Fixture::new().await;
+    let client = &f.client;
+    let stream = f.stream("s");
     for n in 0..5 {
         client
             .append_to_stream(
-                "s",
+                stream.as_str(),
                 &AppendToStreamOptions::default(),
                 vec![json_event("E", n)],
             )
             .await
             .expect("append");
     }
-    let all = read_all(&client).await;
+    let all = f.all().await;
     let third = all[2].get_original_event().position;
     let mut reader = client
         .read_all(
@@ -66,11 +76,15 @@ async fn read_all_from_position_is_inclusive_and_backwards_works() {
         )
         .await
         .expect("read");
-    let mut revisions = Vec::new();
+    let mut read = Vec::new();
     while let Some(e) = reader.next().await.expect("next") {
-        revisions.push(e.get_original_event().revision);
+        let e = e.get_original_event();
+        read.push((e.stream_id.clone(), e.revision));
     }
-    assert_eq!(revisions, [2, 3, 4]);
+    let ours = |revisions: &[u64]| -> Vec<(String, u64)> {
+        revisions.iter().map(|&r| (stream.clone(), r)).collect()
+    };
+    assert_eq!(read, ours(&[2, 3, 4]));
 
     let mut reader = client
         .read_all(
@@ -81,9 +95,115 @@ async fn read_all_from_position_is_inclusive_and_backwards_works() {
         )
         .await
         .expect("read");
-    let mut revisions = Vec::new();
+    let mut read = Vec::new();
     while let Some(e) = reader.next().await.expect("next") {
-        revisions.push(e.get_original_event().revision);
+        let e = e.get_original_event();
+        read.push((e.stream_id.clone(), e.revision));
     }
-    assert_eq!(revisions, [4, 3]);
+    assert_eq!(read, ours(&[4, 3]));
+}
+
+#[tokio::test]
+async fn batch_append_writes_and_reports_errors() {
+    let f = Fixture::new().await;
+    let stream = f.stream("b");
+    let batch = f
+        .client
+        .batch_append(&BatchAppendOptions::default())
+        .await
+        .expect("batch client");
+    let written = batch
+        .append_to_stream(
+            stream.as_str(),
+            ExpectedRevision::NoStream,
+            vec![json_event("E", 0), json_event("E", 1)],
+        )
+        .await
+        .expect("batch append");
+    assert_eq!(written.current_revision(), Some(1));
+    assert!(written.current_position().is_some());
+    let error = batch
+        .append_to_stream(
+            stream.as_str(),
+            ExpectedRevision::NoStream,
+            vec![json_event("E", 2)],
+        )
+        .await
+        .expect_err("stream exists");
+    assert!(
+        matches!(
+            error,
+            Error::Grpc {
+                code: tonic::Code::FailedPrecondition,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    assert_eq!(
+        read_stream(&f.client, &stream).await.expect("read").len(),
+        2
+    );
+}
+
+#[tokio::test]
+async fn links_resolve_on_request() {
+    let f = Fixture::new().await;
+    let client = &f.client;
+    let target = f.stream("target");
+    let links = format!("$ce-{}", f.stream("links"));
+    client
+        .append_to_stream(
+            target.as_str(),
+            &AppendToStreamOptions::default(),
+            vec![json_event("E", 0)],
+        )
+        .await
+        .expect("append");
+    let link = eventstore::EventData::binary("$>", format!("0@{target}").into());
+    client
+        .append_to_stream(
+            links.as_str(),
+            &AppendToStreamOptions::default(),
+            vec![link],
+        )
+        .await
+        .expect("append link");
+    let options = eventstore::ReadStreamOptions::default()
+        .resolve_link_tos()
+        .max_count(10);
+    let mut reader = client
+        .read_stream(links.as_str(), &options)
+        .await
+        .expect("read");
+    let resolved = reader.next().await.expect("next").expect("one event");
+    assert_eq!(resolved.get_original_event().event_type, "$>");
+    let event = resolved.event.as_ref().expect("resolved target");
+    assert_eq!(
+        (event.stream_id.as_str(), event.revision),
+        (target.as_str(), 0)
+    );
+    let all = f.all().await;
+    assert_eq!(all.len(), 2);
+    assert!(
+        all.iter().all(|e| e.link.is_none()),
+        "$all without resolve_links returns the links themselves"
+    );
+}
+
+#[tokio::test]
+async fn large_events_round_trip() {
+    let f = Fixture::new().await;
+    let stream = f.stream("big");
+    let data = bytes::Bytes::from(vec![7u8; 3 * 1024 * 1024 / 2]);
+    f.client
+        .append_to_stream(
+            stream.as_str(),
+            &AppendToStreamOptions::default(),
+            vec![eventstore::EventData::binary("Big", data.clone())],
+        )
+        .await
+        .expect("append 1.5 MiB");
+    let events = read_stream(&f.client, &stream).await.expect("read");
+    assert_eq!(events[0].get_original_event().data, data);
 }

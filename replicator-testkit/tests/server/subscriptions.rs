@@ -8,7 +8,7 @@ use eventstore::{
     Subscription, SubscriptionEvent, SubscriptionFilter,
 };
 
-use crate::common::{json_event, read_all, server_and_client};
+use crate::common::{json_event, Fixture};
 
 /// Next subscription message, failing the test instead of hanging.
 pub async fn next(sub: &mut Subscription) -> SubscriptionEvent {
@@ -40,11 +40,13 @@ async fn append(client: &Client, stream: &str, n: u64) {
 
 #[tokio::test]
 async fn all_subscription_from_position_catches_up_then_goes_live() {
-    let (_server, client) = server_and_client().await;
+    let f = Fixture::new().await;
+    let client = &f.client;
+    let a = f.stream("a");
     for n in 0..3 {
-        append(&client, "a", n).await;
+        append(client, &a, n).await;
     }
-    let all = read_all(&client).await;
+    let all = f.all().await;
     let first = all[0].get_original_event().position;
 
     let options = SubscribeToAllOptions::default().position(StreamPosition::Position(first));
@@ -63,43 +65,55 @@ async fn all_subscription_from_position_catches_up_then_goes_live() {
         }
     }
     assert_eq!(seen, [1, 2]);
-    append(&client, "a", 3).await;
+    append(client, &a, 3).await;
     assert_eq!(next_event(&mut sub).await.get_original_event().revision, 3);
 }
 
 #[tokio::test]
 async fn stream_subscription_sees_only_its_stream() {
-    let (_server, client) = server_and_client().await;
-    append(&client, "x", 0).await;
-    append(&client, "y", 0).await;
+    let f = Fixture::new().await;
+    let client = &f.client;
+    let (x, y) = (f.stream("x"), f.stream("y"));
+    append(client, &x, 0).await;
+    append(client, &y, 0).await;
     let mut sub = client
         .subscribe_to_stream(
-            "x",
+            x.as_str(),
             &SubscribeToStreamOptions::default().start_from(StreamPosition::Start),
         )
         .await;
     let first = next_event(&mut sub).await;
     let first = first.get_original_event();
-    assert_eq!((first.stream_id.as_str(), first.revision), ("x", 0));
-    append(&client, "y", 1).await;
-    append(&client, "x", 1).await;
+    assert_eq!((first.stream_id.as_str(), first.revision), (x.as_str(), 0));
+    append(client, &y, 1).await;
+    append(client, &x, 1).await;
     let second = next_event(&mut sub).await;
     let second = second.get_original_event();
-    assert_eq!((second.stream_id.as_str(), second.revision), ("x", 1));
+    assert_eq!(
+        (second.stream_id.as_str(), second.revision),
+        (x.as_str(), 1)
+    );
 }
 
 #[tokio::test]
 async fn filtered_subscription_sends_matches_and_checkpoints() {
-    let (_server, client) = server_and_client().await;
+    let f = Fixture::new().await;
+    let client = &f.client;
+    let (keep, drop) = (f.stream("keep-1"), f.stream("drop-1"));
     for n in 0..40 {
-        let stream = if n % 10 == 0 { "keep-1" } else { "drop-1" };
-        append(&client, stream, n).await;
+        let stream = if n % 10 == 0 { &keep } else { &drop };
+        append(client, stream, n).await;
     }
     let filter = SubscriptionFilter::on_stream_name()
-        .add_prefix("keep-")
+        .add_prefix(f.stream("keep-"))
         .max(8);
+    // From where the test began: on a fresh server, the start of $all.
     let mut sub = client
-        .subscribe_to_all(&SubscribeToAllOptions::default().filter(filter))
+        .subscribe_to_all(
+            &SubscribeToAllOptions::default()
+                .position(f.start())
+                .filter(filter),
+        )
         .await;
     let mut events = Vec::new();
     let mut checkpoints = 0;
@@ -113,7 +127,7 @@ async fn filtered_subscription_sends_matches_and_checkpoints() {
             _ => {}
         }
     }
-    assert_eq!(events, ["keep-1"; 4]);
+    assert_eq!(events, [keep.as_str(); 4]);
     assert_eq!(checkpoints, 5, "one checkpoint per 8 events considered");
 
     let by_type = SubscriptionFilter::on_event_type().regex("^Sp[a-z]+$");
@@ -130,7 +144,7 @@ async fn filtered_subscription_sends_matches_and_checkpoints() {
     ));
     client
         .append_to_stream(
-            "z",
+            f.stream("z"),
             &AppendToStreamOptions::default(),
             vec![json_event("Other", 1), json_event("Special", 2)],
         )

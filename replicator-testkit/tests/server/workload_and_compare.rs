@@ -1,18 +1,52 @@
 //! The seeded generator writing through the client, and `compare` over two servers.
+//!
+//! The workload goes to the cluster under test (in-process, or `ESDB_URL`) and to a
+//! fresh in-process server: against a real cluster, comparing the two checks that
+//! the in-process server stores the same workload the way the real one does. The
+//! streams carry the fixture's prefix and only those are compared, so a cluster
+//! holding other data (earlier runs) does not disturb the comparison.
 
-use eventstore::{AppendToStreamOptions, DeleteStreamOptions};
-use replicator_testkit::compare::compare;
+use eventstore::{AppendToStreamOptions, Client, DeleteStreamOptions};
+use replicator_testkit::compare::{compare_with, CompareOptions, CompareReport};
 use replicator_testkit::workload::{generate, WorkloadSpec};
+use replicator_testkit::EsdbServer;
 
-use crate::common::{json_event, read_all, server_and_client};
+use crate::common::{client_for, json_event, Fixture};
+
+/// A fresh in-process server and its client.
+async fn in_process() -> (EsdbServer, Client) {
+    let server = EsdbServer::start().await.expect("server starts");
+    let client = client_for(&server.connection_string());
+    (server, client)
+}
+
+/// `compare`, over the streams of `f`'s run.
+async fn compare(f: &Fixture, source: &Client, target: &Client) -> CompareReport {
+    let options = CompareOptions {
+        stream_prefix: f.prefix().to_owned(),
+        ..CompareOptions::default()
+    };
+    compare_with(source, target, &options)
+        .await
+        .expect("compare")
+}
+
+/// `WorkloadSpec::new`, writing streams with `f`'s prefix.
+fn spec(f: &Fixture, seed: u64, events: usize) -> WorkloadSpec {
+    WorkloadSpec {
+        stream_prefix: f.prefix().to_owned(),
+        ..WorkloadSpec::new(seed, events)
+    }
+}
 
 #[tokio::test]
 async fn same_seed_gives_identical_servers_and_changes_are_reported() {
-    let (_a, source) = server_and_client().await;
-    let (_b, target) = server_and_client().await;
+    let f = Fixture::new().await;
+    let source = f.client.clone();
+    let (_b, target) = in_process().await;
     let spec = WorkloadSpec {
         large_events: 1,
-        ..WorkloadSpec::new(42, 600)
+        ..spec(&f, 42, 600)
     };
     let summary_a = generate(&source, &spec).await.expect("workload on source");
     let summary_b = generate(&target, &spec).await.expect("workload on target");
@@ -34,12 +68,12 @@ async fn same_seed_gives_identical_servers_and_changes_are_reported() {
         )
     );
 
-    let report = compare(&source, &target).await.expect("compare");
+    let report = compare(&f, &source, &target).await;
     assert!(report.is_identical(), "{report}");
     assert!(report.source_events > 0 && report.streams_compared > 10);
 
     // $all holds links, system events, metadata and a >1 MiB event.
-    let all = read_all(&source).await;
+    let all = f.all().await;
     assert!(all
         .iter()
         .any(|e| e.get_original_event().event_type == "$>"));
@@ -51,11 +85,12 @@ async fn same_seed_gives_identical_servers_and_changes_are_reported() {
     let streams: Vec<String> = all
         .iter()
         .map(|e| e.get_original_event().stream_id.clone())
-        .filter(|s| s.starts_with("order-"))
+        .filter(|s| s.starts_with(&f.stream("order-")))
         .collect();
+    let brand_new = f.stream("brand-new");
     target
         .append_to_stream(
-            "brand-new",
+            brand_new.as_str(),
             &AppendToStreamOptions::default(),
             vec![json_event("X", 1)],
         )
@@ -65,10 +100,10 @@ async fn same_seed_gives_identical_servers_and_changes_are_reported() {
     let _ = target
         .delete_stream(victim.as_str(), &DeleteStreamOptions::default())
         .await;
-    let report = compare(&source, &target).await.expect("compare");
+    let report = compare(&f, &source, &target).await;
     assert!(!report.is_identical());
     assert!(
-        report.differences.iter().any(|d| d.stream == "brand-new"),
+        report.differences.iter().any(|d| d.stream == brand_new),
         "{report}"
     );
     assert!(
@@ -79,15 +114,13 @@ async fn same_seed_gives_identical_servers_and_changes_are_reported() {
 
 #[tokio::test]
 async fn different_seeds_differ() {
-    let (_a, source) = server_and_client().await;
-    let (_b, target) = server_and_client().await;
-    generate(&source, &WorkloadSpec::new(1, 50))
+    let f = Fixture::new().await;
+    let (_b, target) = in_process().await;
+    generate(&f.client, &spec(&f, 1, 50))
         .await
         .expect("workload");
-    generate(&target, &WorkloadSpec::new(2, 50))
-        .await
-        .expect("workload");
-    let report = compare(&source, &target).await.expect("compare");
+    generate(&target, &spec(&f, 2, 50)).await.expect("workload");
+    let report = compare(&f, &f.client, &target).await;
     assert!(!report.is_identical());
     let fields = ["event id", "event count", "deleted"];
     assert!(
@@ -101,13 +134,13 @@ async fn different_seeds_differ() {
 
 #[tokio::test]
 async fn generator_writes_a_large_workload_exactly() {
-    let (_server, client) = server_and_client().await;
+    let f = Fixture::new().await;
     let events = std::env::var("TESTKIT_BIG_WORKLOAD")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20_000);
     let started = std::time::Instant::now();
-    let summary = generate(&client, &WorkloadSpec::new(9, events))
+    let summary = generate(&f.client, &spec(&f, 9, events))
         .await
         .expect("workload");
     eprintln!(
@@ -115,7 +148,8 @@ async fn generator_writes_a_large_workload_exactly() {
         started.elapsed()
     );
     assert_eq!(summary.events_written, events);
-    let user_events = read_all(&client)
+    let user_events = f
+        .all()
         .await
         .iter()
         .filter(|e| {
