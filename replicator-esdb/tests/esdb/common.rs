@@ -59,6 +59,9 @@ pub fn sink(server: &EsdbServer, partition_count: usize) -> EsdbSink {
 pub fn pipeline_config(checkpoint_after: u64) -> PipelineConfig {
     PipelineConfig {
         checkpoint_after,
+        // Small batches: many write calls and many checkpoints per run, so
+        // restarts and outages land at many different points.
+        max_batch_events: 50,
         retry_initial: Duration::from_millis(20),
         retry_max: Duration::from_millis(500),
         ..PipelineConfig::default()

@@ -32,7 +32,10 @@ async fn source_then_target_outages_heal_by_themselves() {
     source.stop().await;
     tokio::time::sleep(Duration::from_millis(700)).await;
     source.restart().await.expect("source restarts");
+    // Catch-up may have finished before the outage: new events prove that the
+    // reader reconnected by itself.
     let before = written_now();
+    populate(&source_client, 9, 300).await;
     eventually("progress after the source came back", || async {
         written_now() > before + 200
     })
