@@ -11,11 +11,14 @@
 //! assert; pointing the replication tests at real clusters checks the replicator
 //! end to end.
 //!
-//! # Variables
+//! # Variables, and the tests that read them
 //! - `ESDB_URL`: the testkit's server tests (`cargo test -p replicator-testkit --test
-//!   server`).
-//! - `ESDB_SOURCE_URL` and `ESDB_TARGET_URL`: the replication tests (the source and
-//!   the target cluster). Either may be set alone; the other side stays in-process.
+//!   server`), all but `faults_and_connections`, which needs the in-process server.
+//! - `ESDB_SOURCE_URL` and `ESDB_TARGET_URL`: the source and the target cluster of
+//!   the CLI's `replicator run` tests (`cargo test -p replicator-cli --test cli`: the
+//!   full run, SIGTERM, `restart::` SIGKILL and `live::` tests; `demo::` is
+//!   in-process by design). Either may be set alone; the other side stays
+//!   in-process.
 //!
 //! The value is a connection string as the `eventstore` client takes it, with TLS
 //! settings and credentials in it, for example

@@ -2,6 +2,11 @@
 //! `checkpoint show|delete|seed` commands on the file and MongoDB stores,
 //! `run` against in-process servers (here, and killed at random moments in
 //! [`restart`], following the source live in [`live`]), and `demo`.
+//!
+//! The `run` tests replicate between real clusters instead when
+//! `ESDB_SOURCE_URL` and/or `ESDB_TARGET_URL` hold connection strings (see
+//! [`Clusters`] and the README): each such test needs fresh, empty clusters.
+//! `demo` always uses its own in-process servers, by design.
 
 mod demo;
 mod live;
@@ -10,6 +15,7 @@ mod restart;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use replicator_testkit::cluster::TestCluster;
 use tempfile::TempDir;
 
 const BIN: &str = env!("CARGO_BIN_EXE_replicator");
@@ -353,25 +359,36 @@ fn mongo_store_seed_show_delete() {
     );
 }
 
-/// Two in-process EventStoreDB-protocol servers and a working directory whose
-/// config replicates from the first to the second.
+/// The source and target clusters and a working directory whose config
+/// replicates from the first to the second: fresh in-process servers, or the
+/// real clusters in `ESDB_SOURCE_URL` and `ESDB_TARGET_URL` (each may be set
+/// alone; see `replicator_testkit::cluster`). Real clusters must be empty and
+/// throwaway: the tests copy the whole source and compare every user stream.
 struct Clusters {
-    source: replicator_testkit::EsdbServer,
-    target: replicator_testkit::EsdbServer,
+    source: TestCluster,
+    target: TestCluster,
     source_client: eventstore::Client,
     target_client: eventstore::Client,
 }
 
 impl Clusters {
     async fn start() -> Self {
-        let source = replicator_testkit::EsdbServer::start().await.unwrap();
-        let target = replicator_testkit::EsdbServer::start().await.unwrap();
-        let client = |s: &replicator_testkit::EsdbServer| {
-            eventstore::Client::new(s.connection_string().parse().unwrap()).unwrap()
-        };
+        let mut clusters = Vec::new();
+        for var in ["ESDB_SOURCE_URL", "ESDB_TARGET_URL"] {
+            let cluster = TestCluster::from_env(var)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            cluster
+                .check_empty()
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            clusters.push(cluster);
+        }
+        let target = clusters.pop().expect("two clusters");
+        let source = clusters.pop().expect("two clusters");
         Clusters {
-            source_client: client(&source),
-            target_client: client(&target),
+            source_client: source.client(),
+            target_client: target.client(),
             source,
             target,
         }
