@@ -122,7 +122,9 @@ async fn injected_append_failures_are_transient_and_retried_to_an_exact_copy() {
     populate(&client(&source), 3, 400).await;
 
     let direct = sink(&target, 1);
-    target.faults().fail_next_appends(1);
+    // Two: the sink appends through its batch-append session and, when that
+    // fails, once more as a plain append.
+    target.faults().fail_next_appends(2);
     let error = direct
         .write(&numbered("probe", 0..1))
         .await
