@@ -63,7 +63,7 @@
 
 use eventstore::{Client, ClientSettings, ReadAllOptions};
 
-use crate::{EsdbServer, FaultHandle, TestkitError};
+use crate::{EsdbServer, FaultHandle, ServerOptions, TestkitError};
 
 /// The cluster a test runs against: a fresh in-process [`EsdbServer`], or a real
 /// cluster whose connection string an environment variable holds.
@@ -101,13 +101,26 @@ impl TestCluster {
     /// a connection string the client accepts; [`TestkitError::ServerStart`] when the
     /// in-process server cannot open its socket.
     pub async fn from_env(var: &str) -> Result<TestCluster, TestkitError> {
+        Self::from_env_with(var, ServerOptions::default()).await
+    }
+
+    /// Like [`TestCluster::from_env`], starting the in-process server (when
+    /// `var` is unset) with `options`, e.g. a simulated append latency. A real
+    /// cluster is used as it is.
+    ///
+    /// # Errors
+    /// As [`TestCluster::from_env`].
+    pub async fn from_env_with(
+        var: &str,
+        options: ServerOptions,
+    ) -> Result<TestCluster, TestkitError> {
         let bad = |reason: String| TestkitError::BadClusterUrl {
             var: var.to_owned(),
             reason,
         };
         let (connection_string, server) = match std::env::var(var) {
             Err(std::env::VarError::NotPresent) => {
-                let server = EsdbServer::start()
+                let server = EsdbServer::start_with(options)
                     .await
                     .map_err(TestkitError::ServerStart)?;
                 (server.connection_string(), Some(server))

@@ -939,8 +939,21 @@ impl Streams for StreamsService {
                         return;
                     }
                 };
-                if !send(&tx, &token, reply).await {
-                    return;
+                // Requests on one batch-append stream are pipelined, as on a
+                // real server: each is applied in arrival order at once and
+                // answered `append_latency` later, without holding up the
+                // requests behind it.
+                let latency = service.shared.options.append_latency;
+                if latency.is_zero() {
+                    if !send(&tx, &token, reply).await {
+                        return;
+                    }
+                } else {
+                    let (tx, token) = (tx.clone(), token.clone());
+                    tokio::spawn(async move {
+                        tokio::time::sleep(latency).await;
+                        send(&tx, &token, reply).await;
+                    });
                 }
             }
         });
@@ -1004,7 +1017,7 @@ impl StreamsService {
         let batch = pending
             .remove(&id)
             .ok_or_else(|| Status::internal("batch vanished"))?;
-        self.write_delay().await;
+        // The append latency is applied to the reply (see `batch_append`).
         if !unpaused(&self.shared, token).await {
             return Err(shutting_down());
         }

@@ -14,6 +14,7 @@ mod restart;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::Duration;
 
 use replicator_testkit::cluster::TestCluster;
 use tempfile::TempDir;
@@ -373,9 +374,22 @@ struct Clusters {
 
 impl Clusters {
     async fn start() -> Self {
+        Self::start_with(Duration::ZERO).await
+    }
+
+    /// With an in-process target, make each of its appends take
+    /// `target_append_latency` (a real target is used as it is).
+    async fn start_with(target_append_latency: Duration) -> Self {
         let mut clusters = Vec::new();
-        for var in ["ESDB_SOURCE_URL", "ESDB_TARGET_URL"] {
-            let cluster = TestCluster::from_env(var)
+        for (var, append_latency) in [
+            ("ESDB_SOURCE_URL", Duration::ZERO),
+            ("ESDB_TARGET_URL", target_append_latency),
+        ] {
+            let options = replicator_testkit::ServerOptions {
+                append_latency,
+                ..Default::default()
+            };
+            let cluster = TestCluster::from_env_with(var, options)
                 .await
                 .unwrap_or_else(|e| panic!("{e}"));
             cluster
