@@ -559,3 +559,58 @@ fn run_stops_on_a_corrupt_checkpoint_instead_of_restarting() {
     let o = w.run(&["run"], &[]);
     assert_fails_naming(&o, &["checkpoint", "not a checkpoint"]);
 }
+
+/// A backup restored on the target holds everything before the chaser
+/// position; `run` with a chaser seeder must start AT that position: the event
+/// there is the first not in the backup and arrives, the one before it does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chaser_seed_replicates_the_event_at_its_position_and_nothing_before() {
+    let c = Clusters::start().await;
+    let mut written = Vec::new();
+    for i in 0..12u32 {
+        let id = uuid::Uuid::new_v4();
+        let event =
+            eventstore::EventData::binary("Numbered", i.to_le_bytes().to_vec().into()).id(id);
+        let result = c
+            .source_client
+            .append_to_stream("chaser-orders", &Default::default(), event)
+            .await
+            .unwrap();
+        written.push((id, result.position.commit));
+    }
+    let seed_at = 7;
+    let w = c.workdir("");
+    let chaser = w.path("chaser.chk");
+    write_chaser(&chaser, written[seed_at].1 as i64);
+    let yaml = std::fs::read_to_string(w.path("config/appsettings.yaml")).unwrap();
+    std::fs::write(
+        w.path("config/appsettings.yaml"),
+        format!(
+            "{yaml}  runContinuously: false\n  checkpoint:\n    seeder:\n      type: chaser\n      path: \"{}\"\n",
+            chaser.display()
+        ),
+    )
+    .unwrap();
+
+    let o = run_async(&w, &["run"]).await;
+    assert_ok(&o);
+    let options = eventstore::ReadStreamOptions::default().max_count(100);
+    let mut read = c
+        .target_client
+        .read_stream("chaser-orders", &options)
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    while let Some(event) = read.next().await.unwrap() {
+        ids.push(event.get_original_event().id);
+    }
+    let want: Vec<uuid::Uuid> = written[seed_at..].iter().map(|w| w.0).collect();
+    assert_eq!(
+        ids, want,
+        "from the event at the chaser position on, each once"
+    );
+    assert!(
+        !ids.contains(&written[seed_at - 1].0),
+        "the event before the chaser position is in the backup"
+    );
+}
