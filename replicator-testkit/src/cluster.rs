@@ -146,6 +146,20 @@ impl TestCluster {
         })
     }
 
+    /// [`TestCluster::from_env_with`], then [`TestCluster::check_empty`]: for
+    /// tests that copy or compare a whole cluster.
+    ///
+    /// # Errors
+    /// As those two.
+    pub async fn empty_from_env_with(
+        var: &str,
+        options: ServerOptions,
+    ) -> Result<TestCluster, TestkitError> {
+        let cluster = Self::from_env_with(var, options).await?;
+        cluster.check_empty().await?;
+        Ok(cluster)
+    }
+
     /// Whether this is a real cluster named by the environment variable.
     pub fn is_external(&self) -> bool {
         self.server.is_none()

@@ -123,16 +123,24 @@ pub struct WorkloadSummary {
     pub last_position: Option<Position>,
 }
 
-/// SplitMix64: tiny, fast, and identical everywhere, which is all determinism needs.
-struct Rng(u64);
+/// SplitMix64: tiny, fast, and identical everywhere, which is all determinism
+/// needs. Public so tests that draw random moments stay reproducible from a seed.
+#[derive(Debug, Clone)]
+pub struct Rng(pub u64);
 
 impl Rng {
-    fn next_u64(&mut self) -> u64 {
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
+    }
+
+    /// A number in `low..=high`.
+    pub fn between(&mut self, low: u64, high: u64) -> u64 {
+        low + self.next_u64() % (high - low + 1)
     }
 
     /// Uniform in `0..n` (n > 0).

@@ -19,28 +19,10 @@ use std::time::{Duration, Instant};
 
 use replicator_checkpoint::FileCheckpointStore;
 use replicator_core::{Checkpoint, CheckpointStore as _, Position};
-use replicator_testkit::workload;
+use replicator_testkit::workload::{self, Rng};
 use tokio::sync::watch;
 
 use crate::{command, end_position, Clusters, Workdir};
-
-/// SplitMix64: the same draws for a seed on every machine.
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// A number in `low..=high`.
-    fn between(&mut self, low: u64, high: u64) -> u64 {
-        low + self.next_u64() % (high - low + 1)
-    }
-}
 
 /// Runs killed per test; the run after them is left to finish.
 const KILLS: u64 = 6;

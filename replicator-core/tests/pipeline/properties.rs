@@ -235,6 +235,16 @@ fn check(
     Ok(())
 }
 
+/// A single-threaded runtime on virtual time: sleeps and backoffs take no
+/// real time, and the scheduling of a case is reproducible.
+fn paused_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap()
+}
+
 proptest! {
     #![proptest_config(ProptestConfig {
         cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(384),
@@ -243,11 +253,7 @@ proptest! {
 
     #[test]
     fn no_loss_order_kept_duplicates_only_inside_the_window(case in case()) {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .start_paused(true)
-            .build()
-            .unwrap();
+        let runtime = paused_runtime();
         let (source, sink, store) = runtime.block_on(replicate(&case));
         check(&case, &source, &sink, &store)?;
     }
@@ -272,11 +278,7 @@ fn checkpoint_after_one_is_exactly_once_whatever_the_crash_point() {
             store_failures: 0,
             idempotent: true,
         };
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .start_paused(true)
-            .build()
-            .unwrap();
+        let runtime = paused_runtime();
         let (source, sink, store) = runtime.block_on(replicate(&case));
         check(&case, &source, &sink, &store).unwrap();
         assert_eq!(

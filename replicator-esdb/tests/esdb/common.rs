@@ -12,7 +12,7 @@ use eventstore::{
 use replicator_core::memory::MemoryCheckpointStore;
 use replicator_core::{ContentType, Event, Pipeline, PipelineConfig, Position, RunSummary};
 use replicator_esdb::{to_event_data, EsdbReader, EsdbReaderConfig, EsdbSink, EsdbSinkConfig};
-use replicator_testkit::EsdbServer;
+use replicator_testkit::cluster::TestCluster;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -27,19 +27,32 @@ pub fn logs() {
         .try_init();
 }
 
-pub async fn server() -> EsdbServer {
-    logs();
-    EsdbServer::start()
-        .await
-        .expect("the in-process test server must start")
+/// The source cluster: `ESDB_SOURCE_URL` when set (an empty, throwaway
+/// cluster), otherwise a fresh in-process server. See
+/// `replicator_testkit::cluster` and the README.
+pub async fn source() -> TestCluster {
+    cluster("ESDB_SOURCE_URL").await
 }
 
-pub fn client(server: &EsdbServer) -> Client {
+/// The target cluster: `ESDB_TARGET_URL` when set, otherwise a fresh
+/// in-process server.
+pub async fn target() -> TestCluster {
+    cluster("ESDB_TARGET_URL").await
+}
+
+async fn cluster(var: &str) -> TestCluster {
+    logs();
+    TestCluster::empty_from_env_with(var, Default::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+pub fn client(server: &TestCluster) -> Client {
     let settings: ClientSettings = server.connection_string().parse().expect("settings");
     Client::new(settings).expect("client")
 }
 
-pub fn reader(server: &EsdbServer, page_size: usize, run_continuously: bool) -> EsdbReader {
+pub fn reader(server: &TestCluster, page_size: usize, run_continuously: bool) -> EsdbReader {
     EsdbReader::new(EsdbReaderConfig {
         connection_string: server.connection_string(),
         page_size,
@@ -48,7 +61,7 @@ pub fn reader(server: &EsdbServer, page_size: usize, run_continuously: bool) -> 
     .expect("reader")
 }
 
-pub fn sink(server: &EsdbServer, partition_count: usize) -> EsdbSink {
+pub fn sink(server: &TestCluster, partition_count: usize) -> EsdbSink {
     EsdbSink::new(EsdbSinkConfig {
         connection_string: server.connection_string(),
         partition_count,
@@ -70,8 +83,8 @@ pub fn pipeline_config(checkpoint_after: u64) -> PipelineConfig {
 
 /// Replicates everything once (not continuously) with the real pipeline.
 pub async fn replicate(
-    source: &EsdbServer,
-    target: &EsdbServer,
+    source: &TestCluster,
+    target: &TestCluster,
     store: &MemoryCheckpointStore,
     checkpoint_after: u64,
 ) -> RunSummary {

@@ -6,8 +6,8 @@ use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_generated_workload_is_replicated_exactly() {
-    let source = server().await;
-    let target = server().await;
+    let source = source().await;
+    let target = target().await;
     let written = populate(&client(&source), 1, 1_500).await;
     assert!(
         written.soft_deletes > 0
@@ -36,8 +36,8 @@ async fn a_generated_workload_is_replicated_exactly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn payloads_are_preserved_byte_for_byte() {
-    let source = server().await;
-    let target = server().await;
+    let source = source().await;
+    let target = target().await;
     let source_client = client(&source);
     // Every payload kind `user_event` makes, in one stream, twice over.
     let events: Vec<_> = (0..48)
@@ -69,8 +69,8 @@ async fn the_testkit_workload_passes_the_testkit_comparison() {
     use replicator_testkit::compare::{compare_with, CompareOptions};
     use replicator_testkit::workload::{generate, WorkloadSpec};
 
-    let source = server().await;
-    let target = server().await;
+    let source = source().await;
+    let target = target().await;
     // Every feature on, including events over 1 MiB (larger than one append's
     // byte cap) and links and system events that must not be copied.
     let summary = generate(&client(&source), &WorkloadSpec::new(11, 2_000))

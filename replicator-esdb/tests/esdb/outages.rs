@@ -11,8 +11,8 @@ use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn source_then_target_outages_heal_by_themselves() {
-    let source = server().await;
-    let target = server().await;
+    let source = source().await;
+    let target = target().await;
     let source_client = client(&source);
     populate(&source_client, 7, 1_500).await;
 
@@ -80,8 +80,8 @@ async fn source_then_target_outages_heal_by_themselves() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn starting_while_both_servers_are_down_recovers_once_they_are_up() {
-    let source = server().await;
-    let target = server().await;
+    let source = source().await;
+    let target = target().await;
     let source_client = client(&source);
     populate(&source_client, 10, 100).await;
     // A client whose first connection fails never connects again: the reader

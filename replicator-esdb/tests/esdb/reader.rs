@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::common::*;
 
 async fn read_to_end(
-    server: &replicator_testkit::EsdbServer,
+    server: &replicator_testkit::cluster::TestCluster,
     page_size: usize,
     from: StartFrom,
 ) -> Vec<Event> {
@@ -24,7 +24,7 @@ async fn read_to_end(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_record_is_handed_on_once_in_strictly_increasing_order() {
-    let source = server().await;
+    let source = source().await;
     populate(&client(&source), 4, 300).await;
     let want = snapshot(&client(&source)).await;
     for page_size in [1, 7, 1000] {
@@ -42,7 +42,7 @@ async fn every_record_is_handed_on_once_in_strictly_increasing_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_seed_is_inclusive_and_a_checkpoint_exclusive() {
-    let source = server().await;
+    let source = source().await;
     populate(&client(&source), 5, 120).await;
     let all = read_to_end(&source, 50, StartFrom::Beginning).await;
     let positions: Vec<Position> = all.iter().map(|e| e.position).collect();
@@ -65,7 +65,7 @@ async fn a_seed_is_inclusive_and_a_checkpoint_exclusive() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_seed_past_the_end_hands_on_the_next_records_written() {
-    let source = server().await;
+    let source = source().await;
     let source_client = client(&source);
     populate(&source_client, 9, 40).await;
     let all = read_to_end(&source, 100, StartFrom::Beginning).await;
@@ -92,8 +92,8 @@ async fn a_seed_past_the_end_hands_on_the_next_records_written() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_written_while_running_appear_on_the_target() {
-    let source = server().await;
-    let target = server().await;
+    let source = source().await;
+    let target = target().await;
     let source_client = client(&source);
     populate(&source_client, 6, 200).await;
 

@@ -8,8 +8,8 @@ use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarting_from_old_checkpoints_changes_nothing_on_the_target() {
-    let source = server().await;
-    let target = server().await;
+    let source = source().await;
+    let target = target().await;
     populate(&client(&source), 2, 800).await;
     let store = MemoryCheckpointStore::new();
     replicate(&source, &target, &store, 25).await;
@@ -58,7 +58,7 @@ fn numbered(stream: &str, revisions: std::ops::Range<u64>) -> Vec<Event> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partly_written_batch_is_completed_without_duplicates() {
-    let target = server().await;
+    let target = target().await;
     let sink = sink(&target, 4);
     let events = numbered("orders", 0..10);
     let first_ack = sink.write(&events[..4]).await.expect("first part");
@@ -81,7 +81,7 @@ async fn a_partly_written_batch_is_completed_without_duplicates() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replayed_tombstones_and_writes_to_tombstoned_streams_succeed() {
-    let target = server().await;
+    let target = target().await;
     let sink = sink(&target, 1);
     let mut events = numbered("gone", 0..3);
     events.push(Event {
@@ -103,7 +103,7 @@ async fn replayed_tombstones_and_writes_to_tombstoned_streams_succeed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_target_that_is_not_a_replica_is_a_permanent_error_naming_stream_and_event() {
-    let target = server().await;
+    let target = target().await;
     let sink = sink(&target, 1);
     sink.write(&numbered("clash", 0..2)).await.unwrap();
     // Other events claiming the same revisions: not a replay.
@@ -117,8 +117,8 @@ async fn a_target_that_is_not_a_replica_is_a_permanent_error_naming_stream_and_e
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn injected_append_failures_are_transient_and_retried_to_an_exact_copy() {
-    let source = server().await;
-    let target = server().await;
+    let source = source().await;
+    let target = target().await;
     populate(&client(&source), 3, 400).await;
 
     let direct = sink(&target, 1);
@@ -144,7 +144,7 @@ async fn injected_append_failures_are_transient_and_retried_to_an_exact_copy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_whose_first_events_the_source_lost_is_renumbered_and_replays_stay_exact() {
-    let target = server().await;
+    let target = target().await;
     // The source scavenged revisions 0..5 of this stream: $all starts at 5.
     let events = numbered("scavenged", 5..11);
     let first = sink(&target, 1);
