@@ -286,7 +286,8 @@ pub struct Config {
 pub struct ReaderConfig {
     /// `reader.connectionString`.
     pub connection_string: String,
-    /// `reader.pageSize`: events per read request.
+    /// `reader.pageSize`: records of the first read at a seed (catch-up
+    /// itself streams through one subscription).
     pub page_size: NonZeroUsize,
 }
 

@@ -21,7 +21,9 @@ pub struct EsdbReaderConfig {
     /// Connection string of the source, e.g.
     /// `esdb://admin:changeit@source:2113?tls=false`.
     pub connection_string: String,
-    /// How many records one catch-up read asks for (at least 1).
+    /// How many records the first read asks for when starting at a seed
+    /// (inclusive; at least 1). Catch-up itself streams through one
+    /// subscription.
     pub page_size: usize,
     /// `true`: follow the source live once caught up. `false`: end the stream
     /// once caught up.
