@@ -95,6 +95,17 @@ pub async fn last_position(client: &Client) -> Option<Position> {
     Some(last.get_original_event().position)
 }
 
+/// Appends one event to `stream` with the default options (any revision).
+pub async fn append_one(
+    client: &Client,
+    stream: &str,
+    event: EventData,
+) -> eventstore::Result<eventstore::WriteResult> {
+    client
+        .append_to_stream(stream, &eventstore::AppendToStreamOptions::default(), event)
+        .await
+}
+
 pub fn json_event(event_type: &str, n: u64) -> EventData {
     EventData::json(event_type, &serde_json::json!({ "n": n })).expect("json")
 }

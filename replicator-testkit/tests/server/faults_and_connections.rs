@@ -7,14 +7,11 @@
 use std::io::BufRead as _;
 use std::time::Duration;
 
-use eventstore::{
-    AppendToStreamOptions, Error, RetryOptions, StreamPosition, SubscribeToAllOptions,
-    SubscriptionEvent,
-};
+use eventstore::{Error, RetryOptions, StreamPosition, SubscribeToAllOptions, SubscriptionEvent};
 use replicator_testkit::cluster::require_in_process;
 use replicator_testkit::{EsdbServer, ServerOptions};
 
-use crate::common::{client_for, json_event, read_stream, Fixture, VAR};
+use crate::common::{append_one, client_for, json_event, read_stream, Fixture, VAR};
 use crate::subscriptions::{next, next_event};
 
 #[tokio::test]
@@ -23,12 +20,7 @@ async fn subscription_survives_a_restart_and_data_is_kept() {
     let server = f.cluster.server();
     let client = &f.client;
     let port = server.port();
-    client
-        .append_to_stream(
-            "s",
-            &AppendToStreamOptions::default(),
-            vec![json_event("E", 0)],
-        )
+    append_one(client, "s", json_event("E", 0))
         .await
         .expect("append");
     let options = SubscribeToAllOptions::default()
@@ -48,12 +40,7 @@ async fn subscription_survives_a_restart_and_data_is_kept() {
     );
     server.restart().await.expect("restart");
     assert_eq!(server.port(), port);
-    client
-        .append_to_stream(
-            "s",
-            &AppendToStreamOptions::default(),
-            vec![json_event("E", 1)],
-        )
+    append_one(client, "s", json_event("E", 1))
         .await
         .expect("append after restart");
     // The client resubscribes after the last event it saw: no repeat of revision 0.
@@ -83,12 +70,7 @@ async fn stopping_ends_subscriptions_with_an_error_not_ok() {
         "subscription must end with an error, got {outcome:?}"
     );
     // The server still serves new calls.
-    client
-        .append_to_stream(
-            "s",
-            &AppendToStreamOptions::default(),
-            vec![json_event("E", 0)],
-        )
+    append_one(client, "s", json_event("E", 0))
         .await
         .expect("append after dropped connections");
 }
@@ -101,22 +83,12 @@ async fn injected_append_failures_and_pause() {
     let faults = server.faults();
     faults.fail_next_appends(2);
     for _ in 0..2 {
-        let error = client
-            .append_to_stream(
-                "s",
-                &AppendToStreamOptions::default(),
-                vec![json_event("E", 0)],
-            )
+        let error = append_one(client, "s", json_event("E", 0))
             .await
             .expect_err("injected failure");
         assert!(matches!(error, Error::ServerError(_)), "{error:?}");
     }
-    client
-        .append_to_stream(
-            "s",
-            &AppendToStreamOptions::default(),
-            vec![json_event("E", 0)],
-        )
+    append_one(client, "s", json_event("E", 0))
         .await
         .expect("third append succeeds");
     assert_eq!(
@@ -127,15 +99,8 @@ async fn injected_append_failures_and_pause() {
 
     faults.pause();
     let paused_client = client.clone();
-    let mut append = tokio::spawn(async move {
-        paused_client
-            .append_to_stream(
-                "s",
-                &AppendToStreamOptions::default(),
-                vec![json_event("E", 1)],
-            )
-            .await
-    });
+    let mut append =
+        tokio::spawn(async move { append_one(&paused_client, "s", json_event("E", 1)).await });
     assert!(
         tokio::time::timeout(Duration::from_millis(300), &mut append)
             .await
@@ -167,12 +132,7 @@ async fn cluster_connection_string_discovers_through_gossip() {
         server.port()
     );
     let client = client_for(&seeds);
-    client
-        .append_to_stream(
-            "c",
-            &AppendToStreamOptions::default(),
-            vec![json_event("E", 0)],
-        )
+    append_one(&client, "c", json_event("E", 0))
         .await
         .expect("append through a cluster connection string");
     assert_eq!(read_stream(&client, "c").await.expect("read").len(), 1);
@@ -196,12 +156,7 @@ async fn latency_options_delay_replies() {
     .expect("server");
     let client = client_for(&server.connection_string());
     let started = std::time::Instant::now();
-    client
-        .append_to_stream(
-            "s",
-            &AppendToStreamOptions::default(),
-            vec![json_event("E", 0)],
-        )
+    append_one(&client, "s", json_event("E", 0))
         .await
         .expect("append");
     assert!(
@@ -235,12 +190,7 @@ async fn binary_serves_a_client_from_another_process() {
             "{connection_string}"
         );
         let client = client_for(connection_string);
-        client
-            .append_to_stream(
-                "remote",
-                &AppendToStreamOptions::default(),
-                vec![json_event("E", 0)],
-            )
+        append_one(&client, "remote", json_event("E", 0))
             .await
             .expect("append to the child");
         let options = eventstore::ReadAllOptions::default().max_count(usize::MAX);

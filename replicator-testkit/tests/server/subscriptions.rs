@@ -8,7 +8,7 @@ use eventstore::{
     Subscription, SubscriptionEvent, SubscriptionFilter,
 };
 
-use crate::common::{json_event, Fixture};
+use crate::common::{append_one, json_event, Fixture};
 
 /// Next subscription message, failing the test instead of hanging.
 pub async fn next(sub: &mut Subscription) -> SubscriptionEvent {
@@ -28,12 +28,7 @@ pub async fn next_event(sub: &mut Subscription) -> eventstore::ResolvedEvent {
 }
 
 async fn append(client: &Client, stream: &str, n: u64) {
-    client
-        .append_to_stream(
-            stream,
-            &AppendToStreamOptions::default(),
-            vec![json_event("E", n)],
-        )
+    append_one(client, stream, json_event("E", n))
         .await
         .expect("append");
 }
