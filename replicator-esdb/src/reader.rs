@@ -191,12 +191,12 @@ impl ReadState {
                         self.failures = 0;
                         self.accept(resolved);
                         if self.reached_end() {
-                            info!(position = ?self.last, "Caught up with the source");
+                            info!(position = %shown(self.last), "Caught up with the source");
                             self.phase = Phase::Done;
                         }
                     }
                     Ok(SubscriptionEvent::CaughtUp) => {
-                        info!(position = ?self.last, "Caught up; following the source live");
+                        info!(position = %shown(self.last), "Caught up; following the source live");
                     }
                     Ok(other) => debug!(?other, "Subscription notice"),
                     Err(error) => {
@@ -221,13 +221,13 @@ impl ReadState {
                 self.end = Some(head(client).await?);
             }
             if self.reached_end() {
-                info!(position = ?self.last, "Caught up with the source");
+                info!(position = %shown(self.last), "Caught up with the source");
                 self.phase = Phase::Done;
                 return Ok(());
             }
         }
         if let Some(from) = Self::live_start(self.last, self.floor, client).await? {
-            debug!(position = ?self.last, "Subscribing to $all");
+            debug!(position = %shown(self.last), "Subscribing to $all");
             let options = SubscribeToAllOptions::default().position(from);
             let subscription = client.subscribe_to_all(&options).await;
             self.phase = Phase::Live(Box::new(subscription));
@@ -269,7 +269,7 @@ impl ReadState {
             received += 1;
             self.accept(resolved);
         }
-        debug!(received, requested, last = ?self.last, "Read a page of $all");
+        debug!(received, requested, last = %shown(self.last), "Read a page of $all");
         Ok(())
     }
 
@@ -336,8 +336,8 @@ impl ReadState {
             self.phase = Phase::Done;
             return Some(
                 ReaderError::permanent(format!(
-                    "reading the source $all after {:?} failed: {error}",
-                    self.last
+                    "reading the source $all after {} failed: {error}",
+                    shown(self.last)
                 ))
                 .with_source(error),
             );
@@ -348,7 +348,7 @@ impl ReadState {
             %error,
             attempt = self.failures,
             retry_in = ?delay,
-            last = ?self.last,
+            last = %shown(self.last),
             "Source unavailable; reconnecting"
         );
         // Dropping the subscription before the client ends the stream cleanly.
@@ -359,6 +359,11 @@ impl ReadState {
         tokio::time::sleep(delay).await;
         None
     }
+}
+
+/// A position for the logs: `C:…/P:…`, or `none`.
+fn shown(position: Option<Position>) -> String {
+    position.map_or_else(|| "none".to_owned(), |p| p.to_string())
 }
 
 /// The position of the last record in `$all`, if any.
