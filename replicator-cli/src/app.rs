@@ -14,7 +14,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::config::{redact, CheckpointConfig, Config, SeederConfig, StoreConfig};
+use replicator_esdb::redact;
+
+use crate::config::{CheckpointConfig, Config, SeederConfig, StoreConfig};
 use crate::time;
 
 /// Loads the configuration file, naming it in the error.
@@ -122,10 +124,15 @@ pub async fn replicate(config: &Config, cancel: CancellationToken) -> anyhow::Re
     }
     loop {
         let pipeline = build_pipeline(config, store.clone())?;
-        let reporter = tokio::spawn(report_progress(pipeline.progress(), config.report_every));
+        let ended = CancellationToken::new();
+        let reporter = tokio::spawn(report_progress(
+            pipeline.progress(),
+            config.report_every,
+            ended.clone(),
+        ));
         let result = pipeline.run(cancel.clone()).await;
-        // The pipeline is gone, so its progress channel is closed: the reporter
-        // prints a last line and ends.
+        // The reporter prints a last line and ends.
+        ended.cancel();
         let _ = reporter.await;
         match result {
             Ok(summary) => {
@@ -167,8 +174,14 @@ fn may_heal(error: &PipelineError) -> bool {
     }
 }
 
-/// Logs progress every `every` until the pipeline ends, then once more.
-async fn report_progress(mut progress: watch::Receiver<Progress>, every: Duration) {
+/// Logs progress every `every` until `ended` fires, then once more. It reads
+/// the latest progress on each tick only: the pipeline publishes on every
+/// event, and waking up for each would cost a task switch per event.
+async fn report_progress(
+    mut progress: watch::Receiver<Progress>,
+    every: Duration,
+    ended: CancellationToken,
+) {
     let mut last_count = 0u64;
     let mut last_time = Instant::now();
     let mut ticker = tokio::time::interval(every);
@@ -176,13 +189,7 @@ async fn report_progress(mut progress: watch::Receiver<Progress>, every: Duratio
     loop {
         let ended = tokio::select! {
             _ = ticker.tick() => false,
-            // Wait for the channel to close; the values are read on ticks.
-            changed = progress.changed() => {
-                if changed.is_ok() {
-                    continue;
-                }
-                true
-            }
+            () = ended.cancelled() => true,
         };
         let p = progress.borrow_and_update().clone();
         let count = p.written + p.skipped;

@@ -21,23 +21,27 @@ pub(crate) fn parse_settings(connection_string: &str) -> Result<ClientSettings, 
 }
 
 /// A connection string with any password replaced by `***`, fit for logs.
+///
+/// Errs on the side of hiding: a password holding an unescaped `/`, `?` or
+/// `@`, or a string without a `scheme://`, still has everything between the
+/// first `:` of its user info and the `@` masked.
 pub fn redact(connection_string: &str) -> String {
-    let Some(scheme_end) = connection_string.find("://") else {
-        return connection_string.to_owned();
-    };
-    let rest = &connection_string[scheme_end + 3..];
+    let (scheme, rest) = connection_string
+        .find("://")
+        .map_or(("", connection_string), |i| {
+            connection_string.split_at(i + 3)
+        });
     let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else {
+    // The user info normally ends at the authority's last '@'; when the
+    // authority has none, a '/' or '?' inside the password cut it short, so
+    // take the first '@' anywhere rather than print the password.
+    let Some(at) = rest[..authority_end].rfind('@').or_else(|| rest.find('@')) else {
         return connection_string.to_owned();
     };
-    let user_info = &rest[..at];
-    let user = user_info.split(':').next().unwrap_or("");
-    format!(
-        "{}{}:***{}",
-        &connection_string[..scheme_end + 3],
-        user,
-        &rest[at..]
-    )
+    match rest[..at].split_once(':') {
+        Some((user, _password)) => format!("{scheme}{user}:***{}", &rest[at..]),
+        None => connection_string.to_owned(),
+    }
 }
 
 /// Whether retrying an operation that failed with `error` can succeed.
@@ -159,6 +163,25 @@ mod tests {
             redact("esdb+discover://u:p@a:1,b:2/?x=y"),
             "esdb+discover://u:***@a:1,b:2/?x=y"
         );
+        assert_eq!(
+            redact("mongodb://u:p@m/x?a=b@c"),
+            "mongodb://u:***@m/x?a=b@c"
+        );
+    }
+
+    #[test]
+    fn odd_passwords_and_missing_schemes_are_still_hidden() {
+        for (raw, secret) in [
+            ("esdb://admin:p?ss@host:2113?tls=false", "p?ss"),
+            ("esdb://admin:pa/ss@host:2113", "pa/ss"),
+            ("esdb://admin:p@ss@host:2113", "p@ss"),
+            ("admin:secret@host:2113", "secret"),
+            ("esdb:/admin:secret@host", "secret"),
+        ] {
+            let shown = redact(raw);
+            assert!(!shown.contains(secret), "{raw} → {shown}");
+            assert!(shown.contains("***"), "{raw} → {shown}");
+        }
     }
 
     #[test]

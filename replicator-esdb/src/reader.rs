@@ -289,26 +289,11 @@ impl ReadState {
             // Nothing at or after an inclusive start yet. A subscription from
             // a position is exclusive and would miss a record written exactly
             // there: start after the last record before it instead.
-            (None, Some(floor)) => {
-                let options = ReadAllOptions::default()
-                    .backwards()
-                    .position(StreamPosition::End)
-                    .max_count(1);
-                let mut read = client.read_all(&options).await?;
-                let Some(resolved) = read.next().await? else {
-                    return Ok(Some(StreamPosition::Start));
-                };
-                let Some(record) = resolved.link.or(resolved.event) else {
-                    return Ok(Some(StreamPosition::Start));
-                };
-                if record.position.commit > floor.commit
-                    || (record.position.commit == floor.commit
-                        && record.position.prepare >= floor.prepare)
-                {
-                    return Ok(None);
-                }
-                Ok(Some(StreamPosition::Position(record.position)))
-            }
+            (None, Some(floor)) => Ok(match head(client).await? {
+                None => Some(StreamPosition::Start),
+                Some(last) if last >= floor => None,
+                Some(last) => Some(StreamPosition::Position(to_client(last))),
+            }),
         }
     }
 
@@ -377,7 +362,10 @@ async fn head(client: &eventstore::Client) -> Result<Option<Position>, eventstor
         .next()
         .await?
         .and_then(|resolved| resolved.link.or(resolved.event))
-        .map(|record| to_event(record).position))
+        .map(|record| Position {
+            commit: record.position.commit,
+            prepare: record.position.prepare,
+        }))
 }
 
 fn to_client(position: Position) -> eventstore::Position {
