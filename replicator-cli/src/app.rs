@@ -222,36 +222,30 @@ fn log_progress(p: &Progress, rate: f64) {
         PipelineState::Failed(error) => format!("failed: {error}"),
     };
     let lag = p.lag().map_or("-".to_owned(), time::short);
+    // tracing needs the level at compile time: one field list, two levels.
+    macro_rules! progress_line {
+        ($level:ident) => {
+            $level!(
+                state,
+                events_per_sec = format!("{rate:.0}"),
+                read = p.read,
+                written = p.written,
+                skipped = p.skipped,
+                last_read = %show(p.last_read),
+                processed = %show(p.processed),
+                target = %show(p.target),
+                lag,
+                in_flight = p.in_flight,
+                checkpoints = p.checkpoints_stored,
+                sink_retries = p.sink_retries,
+                "Progress"
+            )
+        };
+    }
     if p.is_healthy() {
-        info!(
-            state,
-            events_per_sec = format!("{rate:.0}"),
-            read = p.read,
-            written = p.written,
-            skipped = p.skipped,
-            last_read = %show(p.last_read),
-            processed = %show(p.processed),
-            target = %show(p.target),
-            lag,
-            in_flight = p.in_flight,
-            checkpoints = p.checkpoints_stored,
-            "Progress"
-        );
+        progress_line!(info);
     } else {
-        warn!(
-            state,
-            events_per_sec = format!("{rate:.0}"),
-            read = p.read,
-            written = p.written,
-            skipped = p.skipped,
-            last_read = %show(p.last_read),
-            processed = %show(p.processed),
-            target = %show(p.target),
-            lag,
-            in_flight = p.in_flight,
-            sink_retries = p.sink_retries,
-            "Progress"
-        );
+        progress_line!(warn);
     }
 }
 
