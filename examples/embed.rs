@@ -58,7 +58,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     while progress.borrow().processed != last {
         progress.changed().await?;
         let p = progress.borrow();
-        if p.written % 250 == 0 {
+        if p.written.is_multiple_of(250) {
             println!(
                 "written={} processed={:?} in_flight={} healthy={}",
                 p.written,

@@ -191,7 +191,7 @@ impl EsdbSink {
     fn failed(&self, generation: u64, error: &eventstore::Error) {
         use std::sync::atomic::Ordering;
         let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
-        if needs_new_client(error) || failures % CLIENT_REBUILD_AFTER == 0 {
+        if needs_new_client(error) || failures.is_multiple_of(CLIENT_REBUILD_AFTER) {
             debug!(failures, "Rebuilding the target client");
             self.client.discard(generation);
         }

@@ -664,7 +664,7 @@ impl StreamsService {
                 }
                 if let Some(filter) = &plan.filter {
                     considered += 1;
-                    if considered % filter.checkpoint_interval == 0 {
+                    if considered.is_multiple_of(filter.checkpoint_interval) {
                         let position = item.original.position;
                         let reply = ReadResp {
                             content: Some(read_resp::Content::Checkpoint(read_resp::Checkpoint {
