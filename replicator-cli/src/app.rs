@@ -111,17 +111,6 @@ pub async fn replicate(config: &Config, cancel: CancellationToken) -> anyhow::Re
     );
     let store = open_store(&config.checkpoint).await?;
     seed(&*store, config.checkpoint.seeder.as_ref()).await?;
-    // Read the checkpoint once before the restart loop: a corrupt or unreadable
-    // one is an operator's problem that restarting would only repeat.
-    match store
-        .load()
-        .await
-        .with_context(|| format!("cannot read the checkpoint ({})", config.checkpoint.store))?
-    {
-        None => info!("No checkpoint stored: replicating from the beginning of $all"),
-        Some(c) if c.seed => info!(position = %c.source, "Replicating from the seed, inclusive"),
-        Some(c) => info!(position = %c.source, "Resuming after the stored checkpoint"),
-    }
     loop {
         let pipeline = build_pipeline(config, store.clone())?;
         let ended = CancellationToken::new();

@@ -150,6 +150,16 @@ pub enum StartFrom {
     At(Position),
 }
 
+impl fmt::Display for StartFrom {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartFrom::Beginning => f.write_str("the beginning of $all"),
+            StartFrom::After(p) => write!(f, "after {p} (the stored checkpoint)"),
+            StartFrom::At(p) => write!(f, "at {p} (a seed, inclusive)"),
+        }
+    }
+}
+
 /// The replication progress a [`crate::CheckpointStore`] keeps.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checkpoint {

@@ -285,7 +285,7 @@ impl Pipeline {
         let from = loaded
             .as_ref()
             .map_or(StartFrom::Beginning, Checkpoint::start_from);
-        info!(?from, "Starting replication");
+        info!(%from, "Starting replication");
         let stream = match reader.read(from).await {
             Ok(stream) => stream,
             Err(source) => {

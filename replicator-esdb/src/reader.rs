@@ -109,7 +109,7 @@ impl Reader for EsdbReader {
             StartFrom::After(position) => (Some(position), None),
             StartFrom::At(position) => (None, Some(position)),
         };
-        info!(?from, "Reading the source $all");
+        debug!(%from, "Reading the source $all");
         let state = ReadState {
             client: ClientCell::new(self.settings.clone()),
             page_size: self.config.page_size,
