@@ -128,6 +128,16 @@ pub enum PipelineError {
         /// The offending event's position.
         position: Position,
     },
+    /// A task of the pipeline (the reader, a writer, the checkpointer, the head
+    /// poller) panicked or ended when nobody asked it to. What was
+    /// acknowledged is checkpointed.
+    #[error("the pipeline's {task} {reason}")]
+    TaskEnded {
+        /// Which task: `reader`, `writer 3`, `checkpointer`, ….
+        task: String,
+        /// `panicked: …` or what else ended it.
+        reason: String,
+    },
     /// Shutdown did not finish draining within the deadline. The stored
     /// checkpoint covers what was acknowledged; the rest is replayed next run.
     #[error("shutdown deadline passed with {in_flight} events still in flight")]

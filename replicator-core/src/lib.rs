@@ -7,14 +7,17 @@
 #![warn(missing_docs)]
 
 pub mod error;
+pub mod health;
 pub mod memory;
 pub mod model;
 pub mod pipeline;
+pub mod retry;
 pub mod traits;
 
 pub use error::{BoxError, CheckpointError, ErrorKind, PipelineError, ReaderError, SinkError};
+pub use health::{Component, ComponentHealth, ComponentsHealth, Health, HealthReporter};
 pub use model::{ChangeKind, Checkpoint, ContentType, Event, Position, SkipReason, StartFrom};
 pub use pipeline::{
     Pipeline, PipelineBuilder, PipelineConfig, PipelineState, Progress, RunSummary,
 };
-pub use traits::{CheckpointStore, EventStream, Reader, Sink, WriteAck};
+pub use traits::{CheckpointStore, EventStream, HeadProbe, Reader, Sink, WriteAck};

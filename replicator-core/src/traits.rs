@@ -4,7 +4,10 @@
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 
+use std::sync::Arc;
+
 use crate::error::{CheckpointError, ReaderError, SinkError};
+use crate::health::HealthReporter;
 use crate::model::{Checkpoint, Event, Position, StartFrom};
 
 /// The events a [`Reader`] hands on, in source order.
@@ -28,6 +31,18 @@ pub type EventStream = BoxStream<'static, Result<Event, ReaderError>>;
 ///   what it has, stores its checkpoint and stops with that error.
 /// - Dropping the stream stops reading; it is how the pipeline cancels.
 /// - Backpressure: the pipeline polls the stream only when it has room.
+/// - Health (optional): a reader that retries transient failures itself should
+///   tell the pipeline, or the pipeline cannot tell "the source is down" from
+///   "the source is idle". [`Reader::report_health_to`] hands it the source's
+///   [`HealthReporter`]: call [`HealthReporter::failure`] on each failed attempt
+///   and [`HealthReporter::success`] once reading works again. The reporter
+///   does the logging of a lasting failure (the first at WARN, then one line a
+///   minute), so the reader need not log each retry.
+/// - Head (optional): [`Reader::head_probe`] lets the pipeline ask where the
+///   source's `$all` ends, independently of the stream, every few seconds. With
+///   it the pipeline reports the gap, percent, ETA and lag, and notices a
+///   stream that stopped delivering while the source has more (a hung
+///   subscription): the source turns unhealthy.
 #[async_trait]
 pub trait Reader: Send {
     /// Starts reading from `from`.
@@ -35,6 +50,35 @@ pub trait Reader: Send {
     /// # Errors
     /// When the source cannot be read at all (bad address, bad credentials).
     async fn read(&mut self, from: StartFrom) -> Result<EventStream, ReaderError>;
+
+    /// Receives the reporter of the source's health, before [`Reader::read`].
+    /// The default ignores it.
+    fn report_health_to(&mut self, health: HealthReporter) {
+        let _ = health;
+    }
+
+    /// A probe of the source's `$all` head, usable while the stream runs. The
+    /// default has none.
+    fn head_probe(&self) -> Option<Arc<dyn HeadProbe>> {
+        None
+    }
+}
+
+/// Asks the source where its `$all` ends. See [`Reader::head_probe`].
+///
+/// # Contract
+/// - Returns the position of the last record of `$all`, or `None` when `$all`
+///   is empty. It must not disturb the reader's stream (use its own request).
+/// - The pipeline calls it every [`crate::PipelineConfig::head_interval`] with
+///   a deadline of [`crate::PipelineConfig::call_timeout`]; an error or a
+///   timeout marks the source unhealthy until a probe succeeds.
+#[async_trait]
+pub trait HeadProbe: Send + Sync {
+    /// The position of the last record of the source's `$all`.
+    ///
+    /// # Errors
+    /// When the source cannot be asked.
+    async fn head(&self) -> Result<Option<Position>, ReaderError>;
 }
 
 /// What a sink reports for a written batch.
@@ -67,8 +111,16 @@ pub struct WriteAck {
 ///   or whole batches). A sink that makes a replay a no-op (for EventStoreDB:
 ///   expected revisions and event ids) gives exactly-once results; one that does
 ///   not duplicates at most what lies after the stored checkpoint.
-/// - Cancellation: the pipeline may drop a `write` future at shutdown once its
-///   deadline passes; what it wrote by then is replayed on the next run.
+/// - Deadlines and cancellation: a `write` that takes longer than
+///   [`crate::PipelineConfig::call_timeout`] is dropped and retried as after a
+///   transient error (a hung target is never waited on forever), and the
+///   pipeline may drop a `write` future at shutdown once its deadline passes.
+///   Either way what the dropped call wrote is replayed.
+/// - Health: the pipeline reports the target's health from the outcome of
+///   each `write`; a sink need do nothing for it.
+/// - Start-up: [`Sink::check`] is called once before anything is read, so a
+///   target that cannot work (bad credentials, no such host) stops the run in
+///   seconds instead of after the first read.
 #[async_trait]
 pub trait Sink: Send + Sync + 'static {
     /// Writes one batch. `batch` is never empty.
@@ -81,6 +133,16 @@ pub trait Sink: Send + Sync + 'static {
     /// How many [`Sink::write`] calls may be in flight at once (at least 1).
     fn max_in_flight(&self) -> usize {
         1
+    }
+
+    /// Checks that the target can be reached and written, before replication
+    /// starts. A permanent error stops the run; a transient one is retried
+    /// (the target reported unhealthy meanwhile). The default does nothing.
+    ///
+    /// # Errors
+    /// When the target cannot be used.
+    async fn check(&self) -> Result<(), SinkError> {
+        Ok(())
     }
 }
 
@@ -95,9 +157,15 @@ pub trait Sink: Send + Sync + 'static {
 /// - `store` is atomic: after a crash, `load` gives either the old or the new
 ///   checkpoint, never a mix. The pipeline never stores a position behind one it
 ///   stored before in the same run.
-/// - Transient failures may be retried inside the store; a transient error
-///   returned by `store` makes the pipeline keep the position and try again at
-///   the next opportunity; a permanent one stops the pipeline.
+/// - Transient failures may be retried inside the store, briefly; a transient
+///   error returned by `store` makes the pipeline keep the position and try
+///   again with backoff; a permanent one stops the pipeline. Replication does
+///   not wait for the store: it goes on while the store is retried, which only
+///   widens what a crash would replay. The pipeline reports the store's health
+///   from each call's outcome and gives each call
+///   [`crate::PipelineConfig::call_timeout`].
+/// - Start-up: [`CheckpointStore::check`] is called before anything is read,
+///   so a store that cannot be written fails the run before it replicates.
 #[async_trait]
 pub trait CheckpointStore: Send + Sync {
     /// The stored checkpoint, if any.
@@ -118,6 +186,16 @@ pub trait CheckpointStore: Send + Sync {
     /// # Errors
     /// When the store cannot be changed.
     async fn delete(&self) -> Result<(), CheckpointError>;
+
+    /// Checks that `store` can work (the file's directory exists and is
+    /// writable, the database accepts writes) without changing what is
+    /// stored. The default does nothing.
+    ///
+    /// # Errors
+    /// A permanent error when the store cannot work as configured.
+    async fn check(&self) -> Result<(), CheckpointError> {
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -131,6 +209,9 @@ impl<T: CheckpointStore + ?Sized> CheckpointStore for std::sync::Arc<T> {
     async fn delete(&self) -> Result<(), CheckpointError> {
         (**self).delete().await
     }
+    async fn check(&self) -> Result<(), CheckpointError> {
+        (**self).check().await
+    }
 }
 
 #[async_trait]
@@ -140,5 +221,8 @@ impl<T: Sink + ?Sized> Sink for std::sync::Arc<T> {
     }
     fn max_in_flight(&self) -> usize {
         (**self).max_in_flight()
+    }
+    async fn check(&self) -> Result<(), SinkError> {
+        (**self).check().await
     }
 }

@@ -1,0 +1,381 @@
+//! Health of the three parts of a replication: the source, the target and the
+//! checkpoint store.
+//!
+//! Each part has a [`HealthReporter`]. Whoever sees an attempt fail calls
+//! [`HealthReporter::failure`]; whoever sees one succeed calls
+//! [`HealthReporter::success`]. The reporter keeps since when the part has been
+//! failing and the last error, and does the logging of a failure that lasts
+//! for everyone: the first failure at WARN, then one summary line a minute
+//! while it lasts, and one INFO line on recovery saying how long it lasted. So
+//! an hour-long outage logs about sixty lines, not one per retry.
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
+
+use serde::Serialize;
+use tracing::{info, warn};
+
+/// How often a lasting failure is summarised in the log.
+pub const SUMMARY_EVERY: Duration = Duration::from_secs(60);
+
+/// One of the parts whose health is reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Component {
+    /// The source cluster, through the [`crate::Reader`].
+    Source,
+    /// The target cluster, through the [`crate::Sink`].
+    Target,
+    /// The [`crate::CheckpointStore`].
+    Checkpoint,
+}
+
+impl Component {
+    /// Every component, in the order they are reported.
+    pub const ALL: [Component; 3] = [Component::Source, Component::Target, Component::Checkpoint];
+
+    /// The lower-case name used in logs, metrics labels and JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Component::Source => "source",
+            Component::Target => "target",
+            Component::Checkpoint => "checkpoint",
+        }
+    }
+}
+
+impl fmt::Display for Component {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A snapshot of one component's health.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ComponentHealth {
+    /// Whether its last attempt succeeded (or none failed yet).
+    pub healthy: bool,
+    /// Since when it has been healthy, or failing.
+    pub since: SystemTime,
+    /// How long it has been in its current state, at the snapshot.
+    pub for_how_long: Duration,
+    /// The last error, kept after recovery until the next failure.
+    pub last_error: Option<String>,
+    /// Failed attempts in the current failure (0 while healthy).
+    pub attempts: u64,
+    /// Failed attempts since the start.
+    pub failures_total: u64,
+}
+
+impl ComponentHealth {
+    /// Failing for at least `threshold`: what makes a readiness check fail.
+    pub fn failing_longer_than(&self, threshold: Duration) -> bool {
+        !self.healthy && self.for_how_long >= threshold
+    }
+}
+
+#[derive(Debug)]
+struct State {
+    healthy: bool,
+    since: SystemTime,
+    since_instant: Instant,
+    last_error: Option<String>,
+    attempts: u64,
+    failures_total: u64,
+    last_log: Instant,
+    attempts_at_last_log: u64,
+}
+
+/// Reports the health of one component; cheap to clone, shared by everyone
+/// who talks to that component.
+#[derive(Debug, Clone)]
+pub struct HealthReporter {
+    component: Component,
+    state: Arc<Mutex<State>>,
+}
+
+impl HealthReporter {
+    /// A reporter for `component`, healthy from now on.
+    pub fn new(component: Component) -> Self {
+        let now = Instant::now();
+        HealthReporter {
+            component,
+            state: Arc::new(Mutex::new(State {
+                healthy: true,
+                since: SystemTime::now(),
+                since_instant: now,
+                last_error: None,
+                attempts: 0,
+                failures_total: 0,
+                last_log: now,
+                attempts_at_last_log: 0,
+            })),
+        }
+    }
+
+    /// The component reported on.
+    pub fn component(&self) -> Component {
+        self.component
+    }
+
+    /// An attempt failed with `error` (a transient one, being retried). The
+    /// first failure logs a warning; while the failure lasts, one summary a
+    /// minute.
+    pub fn failure(&self, error: &dyn fmt::Display) {
+        let message = error.to_string();
+        let mut s = self.lock();
+        let now = Instant::now();
+        s.failures_total += 1;
+        s.attempts += 1;
+        if s.healthy {
+            s.healthy = false;
+            s.since = SystemTime::now();
+            s.since_instant = now;
+            s.last_log = now;
+            s.attempts_at_last_log = s.attempts;
+            warn!(component = %self.component, error = %message, "{} failing; retrying", title(self.component));
+        } else if now.duration_since(s.last_log) >= SUMMARY_EVERY {
+            let attempts_since = s.attempts - s.attempts_at_last_log;
+            s.last_log = now;
+            s.attempts_at_last_log = s.attempts;
+            warn!(
+                component = %self.component,
+                failing_for = %short(now.duration_since(s.since_instant)),
+                attempts = s.attempts,
+                attempts_in_last_minute = attempts_since,
+                last_error = %message,
+                "{} still failing; retrying",
+                title(self.component)
+            );
+        }
+        s.last_error = Some(message);
+    }
+
+    /// An attempt succeeded. After a failure, logs at INFO how long it lasted.
+    pub fn success(&self) {
+        let mut s = self.lock();
+        if s.healthy {
+            return;
+        }
+        let lasted = s.since_instant.elapsed();
+        info!(
+            component = %self.component,
+            lasted = %short(lasted),
+            attempts = s.attempts,
+            "{} recovered",
+            title(self.component)
+        );
+        s.healthy = true;
+        s.since = SystemTime::now();
+        s.since_instant = Instant::now();
+        s.attempts = 0;
+    }
+
+    /// The component's health now.
+    pub fn snapshot(&self) -> ComponentHealth {
+        let s = self.lock();
+        ComponentHealth {
+            healthy: s.healthy,
+            since: s.since,
+            for_how_long: s.since_instant.elapsed(),
+            last_error: s.last_error.clone(),
+            attempts: s.attempts,
+            failures_total: s.failures_total,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave the state half-written
+        // in a way that matters (plain fields): keep reporting.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The reporters of a replication's three components.
+#[derive(Debug, Clone)]
+pub struct Health {
+    /// The source (reader, head probe).
+    pub source: HealthReporter,
+    /// The target (sink writes).
+    pub target: HealthReporter,
+    /// The checkpoint store.
+    pub checkpoint: HealthReporter,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            source: HealthReporter::new(Component::Source),
+            target: HealthReporter::new(Component::Target),
+            checkpoint: HealthReporter::new(Component::Checkpoint),
+        }
+    }
+}
+
+impl Health {
+    /// The reporter of `component`.
+    pub fn of(&self, component: Component) -> &HealthReporter {
+        match component {
+            Component::Source => &self.source,
+            Component::Target => &self.target,
+            Component::Checkpoint => &self.checkpoint,
+        }
+    }
+
+    /// Snapshots of all three.
+    pub fn snapshot(&self) -> ComponentsHealth {
+        ComponentsHealth {
+            source: self.source.snapshot(),
+            target: self.target.snapshot(),
+            checkpoint: self.checkpoint.snapshot(),
+        }
+    }
+}
+
+/// Snapshots of the three components' health.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ComponentsHealth {
+    /// The source.
+    pub source: ComponentHealth,
+    /// The target.
+    pub target: ComponentHealth,
+    /// The checkpoint store.
+    pub checkpoint: ComponentHealth,
+}
+
+impl Default for ComponentsHealth {
+    fn default() -> Self {
+        Health::default().snapshot()
+    }
+}
+
+impl ComponentsHealth {
+    /// The snapshot of `component`.
+    pub fn of(&self, component: Component) -> &ComponentHealth {
+        match component {
+            Component::Source => &self.source,
+            Component::Target => &self.target,
+            Component::Checkpoint => &self.checkpoint,
+        }
+    }
+
+    /// The snapshot of `component`, to replace.
+    pub fn of_mut(&mut self, component: Component) -> &mut ComponentHealth {
+        match component {
+            Component::Source => &mut self.source,
+            Component::Target => &mut self.target,
+            Component::Checkpoint => &mut self.checkpoint,
+        }
+    }
+
+    /// Components failing for at least `threshold`, in [`Component::ALL`] order.
+    pub fn failing_longer_than(&self, threshold: Duration) -> Vec<Component> {
+        Component::ALL
+            .into_iter()
+            .filter(|c| self.of(*c).failing_longer_than(threshold))
+            .collect()
+    }
+
+    /// Components failing right now, however briefly.
+    pub fn failing(&self) -> Vec<Component> {
+        Component::ALL
+            .into_iter()
+            .filter(|c| !self.of(*c).healthy)
+            .collect()
+    }
+}
+
+/// One health out of several reporters of the same component: failing when
+/// any of them fails (since the earliest failure, with the error of the
+/// latest), healthy otherwise (since the latest recovery).
+pub fn merge(parts: &[ComponentHealth]) -> ComponentHealth {
+    let failing: Vec<&ComponentHealth> = parts.iter().filter(|p| !p.healthy).collect();
+    let mut merged = if failing.is_empty() {
+        parts
+            .iter()
+            .min_by_key(|p| p.for_how_long)
+            .cloned()
+            .expect("at least one part")
+    } else {
+        let oldest = failing
+            .iter()
+            .max_by_key(|p| p.for_how_long)
+            .expect("non-empty");
+        let newest = failing
+            .iter()
+            .min_by_key(|p| p.for_how_long)
+            .expect("non-empty");
+        ComponentHealth {
+            last_error: newest.last_error.clone(),
+            attempts: failing.iter().map(|p| p.attempts).sum(),
+            ..(*oldest).clone()
+        }
+    };
+    merged.failures_total = parts.iter().map(|p| p.failures_total).sum();
+    merged
+}
+
+fn title(component: Component) -> &'static str {
+    match component {
+        Component::Source => "Source",
+        Component::Target => "Target",
+        Component::Checkpoint => "Checkpoint store",
+    }
+}
+
+/// `1h2m`, `3m4s`, `5.2s`, `120ms`: durations for log lines.
+pub fn short(d: Duration) -> String {
+    let secs = d.as_secs();
+    if secs >= 3600 {
+        format!("{}h{}m", secs / 3600, secs % 3600 / 60)
+    } else if secs >= 60 {
+        format!("{}m{}s", secs / 60, secs % 60)
+    } else if secs >= 1 {
+        format!("{:.1}s", d.as_secs_f64())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failure_lasts_until_a_success_and_keeps_the_last_error() {
+        let r = HealthReporter::new(Component::Target);
+        assert!(r.snapshot().healthy);
+        r.failure(&"connection refused");
+        r.failure(&"connection reset");
+        let s = r.snapshot();
+        assert!(!s.healthy);
+        assert_eq!(s.attempts, 2);
+        assert_eq!(s.last_error.as_deref(), Some("connection reset"));
+        assert!(!s.failing_longer_than(Duration::from_secs(10)));
+        assert!(s.failing_longer_than(Duration::ZERO));
+        r.success();
+        let s = r.snapshot();
+        assert!(s.healthy);
+        assert_eq!((s.attempts, s.failures_total), (0, 2));
+        assert_eq!(s.last_error.as_deref(), Some("connection reset"));
+    }
+
+    #[test]
+    fn clones_share_one_state() {
+        let health = Health::default();
+        let reader_side = health.source.clone();
+        reader_side.failure(&"down");
+        assert_eq!(health.snapshot().failing(), vec![Component::Source]);
+    }
+
+    #[test]
+    fn short_durations_read_well() {
+        assert_eq!(short(Duration::from_millis(120)), "120ms");
+        assert_eq!(short(Duration::from_millis(5200)), "5.2s");
+        assert_eq!(short(Duration::from_secs(184)), "3m4s");
+        assert_eq!(short(Duration::from_secs(3720)), "1h2m");
+    }
+}

@@ -1,0 +1,625 @@
+//! One [`super::Pipeline::run`]: the dispatcher loop and the tasks it
+//! watches over (reader, writers, checkpointer, head poller).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures::StreamExt;
+use tokio::sync::{mpsc, watch};
+use tokio::task::{Id, JoinError, JoinSet};
+use tokio::time::{interval, sleep_until, timeout, Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::checkpointer::{Checkpointer, Frontier, Stored};
+use super::head::{poll_head, HeadSample};
+use super::progress::{HeadTracker, RateWindow};
+use super::tracker::Tracker;
+use super::writer::{partition_of, Writer, WriterMsg};
+use super::{PipelineConfig, PipelineState, Progress, RunSummary};
+use crate::error::{CheckpointError, PipelineError, ReaderError};
+use crate::health::{merge, short, Component, Health, HealthReporter};
+use crate::model::{ChangeKind, Checkpoint, Event, Position, StartFrom};
+use crate::traits::{CheckpointStore, EventStream, HeadProbe, Sink};
+
+/// What [`Run::new`] is built from.
+pub(super) struct Parts {
+    pub(super) sink: Arc<dyn Sink>,
+    pub(super) store: Arc<dyn CheckpointStore>,
+    pub(super) config: PipelineConfig,
+    pub(super) progress: watch::Sender<Progress>,
+    pub(super) health: Health,
+    pub(super) probe: Option<Arc<dyn HeadProbe>>,
+    pub(super) probe_health: HealthReporter,
+    pub(super) loaded: Option<Checkpoint>,
+    pub(super) from: StartFrom,
+}
+
+/// How a spawned task ended.
+enum TaskEnd {
+    Reader(ReaderEnd),
+    Writer,
+    Head,
+    Checkpointer(Result<(), CheckpointError>),
+}
+
+/// How the reader task ended.
+#[derive(Debug, PartialEq, Eq)]
+enum ReaderEnd {
+    /// The stream ended: caught up, not running continuously.
+    Ended,
+    /// The stream yielded its final error, or the pipeline stopped reading.
+    Stopped,
+}
+
+/// The state of one [`super::Pipeline::run`].
+pub(super) struct Run {
+    sink: Arc<dyn Sink>,
+    store: Arc<dyn CheckpointStore>,
+    config: PipelineConfig,
+    progress: watch::Sender<Progress>,
+    health: Health,
+    probe: Option<Arc<dyn HeadProbe>>,
+    probe_health: HealthReporter,
+    /// Reports a reader that delivers nothing while the source has more.
+    stall_health: HealthReporter,
+    tracker: Tracker,
+    /// Frontier of processed records and the target position that goes with it.
+    frontier: Option<Position>,
+    target: Option<Position>,
+    /// Records processed in this run.
+    processed: u64,
+    /// [`Run::processed`] when the frontier was last handed to the checkpointer.
+    frontier_sent: u64,
+    last_read: Option<Position>,
+    last_read_at: Instant,
+    /// The first position the reader may hand on, and whether it is inclusive.
+    lower_bound: Option<(Position, bool)>,
+    retrying: Vec<Option<(u32, String)>>,
+    stats: Progress,
+    rates: RateWindow,
+    heads: HeadTracker,
+    loaded: Option<Checkpoint>,
+}
+
+impl Run {
+    pub(super) fn new(parts: Parts) -> Self {
+        let lower_bound = match parts.from {
+            StartFrom::Beginning => None,
+            StartFrom::After(p) => Some((p, false)),
+            StartFrom::At(p) => Some((p, true)),
+        };
+        let stored = parts.loaded.as_ref().filter(|c| !c.seed).map(|c| c.source);
+        let partitions = parts.sink.max_in_flight().max(1);
+        let mut stats = Progress {
+            state: PipelineState::Running,
+            stored: parts.loaded.clone(),
+            ..Progress::default()
+        };
+        stats.processed = stored;
+        Run {
+            sink: parts.sink,
+            store: parts.store,
+            config: parts.config,
+            progress: parts.progress,
+            health: parts.health,
+            probe: parts.probe,
+            probe_health: parts.probe_health,
+            stall_health: HealthReporter::new(Component::Source),
+            tracker: Tracker::default(),
+            frontier: stored,
+            target: parts.loaded.as_ref().and_then(|c| c.target),
+            processed: 0,
+            frontier_sent: 0,
+            last_read: None,
+            last_read_at: Instant::now(),
+            lower_bound,
+            retrying: vec![None; partitions],
+            stats,
+            rates: RateWindow::default(),
+            heads: HeadTracker::default(),
+            loaded: parts.loaded,
+        }
+    }
+
+    pub(super) async fn drive(
+        &mut self,
+        stream: EventStream,
+        cancel: CancellationToken,
+    ) -> Result<RunSummary, PipelineError> {
+        let config = self.config.clone();
+        let partitions = self.retrying.len();
+        // Dropping `tasks` (a crash, or the caller dropping `run`) aborts them all.
+        let mut tasks: JoinSet<TaskEnd> = JoinSet::new();
+        let mut names: HashMap<Id, String> = HashMap::new();
+
+        let (frontier_tx, frontier_rx) = watch::channel(None::<Frontier>);
+        let (stored_tx, stored_rx) = watch::channel(Stored {
+            checkpoint: self.loaded.clone(),
+            ..Stored::default()
+        });
+        let checkpointer = Checkpointer {
+            store: self.store.clone(),
+            config: config.clone(),
+            health: self.health.checkpoint.clone(),
+            stored: stored_tx,
+        };
+        let handle =
+            tasks.spawn(async move { TaskEnd::Checkpointer(checkpointer.run(frontier_rx).await) });
+        names.insert(handle.id(), "checkpointer".into());
+        let mut frontier_tx = Some(frontier_tx);
+
+        let (head_tx, mut head_rx) = watch::channel::<HeadSample>(None);
+        let head_task = self.probe.clone().map(|probe| {
+            let task = poll_head(probe, config.clone(), self.probe_health.clone(), head_tx);
+            let handle = tasks.spawn(async move {
+                task.await;
+                TaskEnd::Head
+            });
+            names.insert(handle.id(), "source head poller".into());
+            handle
+        });
+
+        let stop_reading = cancel.child_token();
+        let (read_tx, mut read_rx) = mpsc::channel(config.buffer_size);
+        let handle = tasks.spawn({
+            let stop = stop_reading.clone();
+            async move { TaskEnd::Reader(read_loop(stream, read_tx, stop).await) }
+        });
+        names.insert(handle.id(), "reader".into());
+
+        let (ack_tx, mut ack_rx) = mpsc::unbounded_channel();
+        let stop_writing = CancellationToken::new();
+        let mut queues = Vec::with_capacity(partitions);
+        for partition in 0..partitions {
+            let (tx, rx) = mpsc::channel(config.max_batch_events);
+            queues.push(tx);
+            let writer = Writer {
+                partition,
+                sink: self.sink.clone(),
+                acks: ack_tx.clone(),
+                config: config.clone(),
+                stop: stop_writing.clone(),
+                health: self.health.target.clone(),
+            };
+            let handle = tasks.spawn(async move {
+                writer.run(rx).await;
+                TaskEnd::Writer
+            });
+            names.insert(handle.id(), format!("writer {partition}"));
+        }
+        // Only writers hold senders now: `ack_rx` ends when the last writer exits.
+        drop(ack_tx);
+
+        let mut ticker = interval(config.publish_interval);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut pending: Option<(usize, u64, Event)> = None;
+        let mut reader_ended = false;
+        let mut read_open = true;
+        let mut completed = false;
+        let mut failure: Option<PipelineError> = None;
+        let mut deadline: Option<Instant> = None;
+        self.publish(&stored_rx);
+
+        loop {
+            if reader_ended && !read_open {
+                completed = true;
+            }
+            let closing = deadline.is_some() || completed;
+            if closing && !queues.is_empty() {
+                // Stop dispatching: drop what was read but not handed to a writer
+                // (it is re-read next run) and let the writers empty their queues.
+                if let Some((_, _, event)) = pending.take() {
+                    debug!(position = %event.position, "Dropping undispatched event");
+                    self.tracker.forget_last();
+                }
+                queues.clear();
+                stop_reading.cancel();
+            }
+
+            tokio::select! {
+                biased;
+                msg = ack_rx.recv() => match msg {
+                    Some(WriterMsg::Written { seqs, target, partition, bytes, latency }) => {
+                        self.retrying[partition] = None;
+                        self.stats.batch_size.observe(seqs.len() as f64);
+                        self.stats.append_latency.observe(latency.as_secs_f64());
+                        self.stats.bytes_written += bytes;
+                        self.on_written(&seqs, target);
+                        self.send_frontier(frontier_tx.as_ref(), false);
+                    }
+                    Some(WriterMsg::Retrying { partition, attempts, error }) => {
+                        self.stats.sink_retries += 1;
+                        self.retrying[partition] = Some((attempts, error));
+                        self.publish(&stored_rx);
+                    }
+                    Some(WriterMsg::Failed(error)) => {
+                        warn!(%error, "Sink failed permanently; draining");
+                        failure.get_or_insert(PipelineError::Sink { last_processed: None, source: error });
+                        stop_writing.cancel();
+                        deadline.get_or_insert_with(|| Instant::now() + config.shutdown_deadline);
+                    }
+                    // Every writer has exited: everything dispatched is settled.
+                    None => break,
+                },
+                Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
+                    match self.on_task_end(joined, &names) {
+                        Ok(Some(ReaderEnd::Ended)) => reader_ended = true,
+                        Ok(_) => {}
+                        Err(error) => {
+                            warn!(%error, "Stopping; draining what is in flight");
+                            failure.get_or_insert(error);
+                            stop_writing.cancel();
+                            deadline.get_or_insert_with(|| Instant::now() + config.shutdown_deadline);
+                        }
+                    }
+                }
+                _ = cancel.cancelled(), if deadline.is_none() => {
+                    info!("Cancellation requested; draining in-flight writes");
+                    deadline = Some(Instant::now() + config.shutdown_deadline);
+                    self.stats.state = PipelineState::Draining;
+                    self.publish(&stored_rx);
+                }
+                _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                    stop_writing.cancel();
+                    stop_reading.cancel();
+                    let in_flight = self.tracker.in_flight();
+                    warn!(in_flight, "Shutdown deadline passed; abandoning in-flight writes");
+                    // Keep only the checkpointer: it gets one call deadline to
+                    // store what was acknowledged.
+                    self.send_frontier(frontier_tx.as_ref(), true);
+                    drop(frontier_tx.take());
+                    let stored = self.settle(&mut tasks, &names, Instant::now() + config.call_timeout, &stored_rx).await;
+                    self.publish(&stored_rx);
+                    return Err(failure.or(stored.err()).unwrap_or(PipelineError::ShutdownTimeout { in_flight }));
+                }
+                permit = async { queues[pending.as_ref().map_or(0, |p| p.0)].reserve().await }, if pending.is_some() && !closing => {
+                    match permit {
+                        Ok(permit) => {
+                            let (_, seq, event) = pending.take().expect("guarded by pending.is_some()");
+                            permit.send((seq, event));
+                        }
+                        Err(_) => {
+                            // The writer is gone without a word: its task end
+                            // says why (a panic); never spin on its queue.
+                            let partition = pending.as_ref().map_or(0, |p| p.0);
+                            failure.get_or_insert(PipelineError::TaskEnded {
+                                task: format!("writer {partition}"),
+                                reason: "its queue closed while replicating".into(),
+                            });
+                            stop_writing.cancel();
+                            deadline.get_or_insert_with(|| Instant::now() + config.shutdown_deadline);
+                        }
+                    }
+                }
+                item = read_rx.recv(), if read_open && pending.is_none() && !closing => match item {
+                    None => read_open = false,
+                    Some(Err(error)) => {
+                        warn!(%error, "Reader failed; draining");
+                        failure.get_or_insert(PipelineError::Reader { last_processed: None, source: error });
+                        deadline.get_or_insert_with(|| Instant::now() + config.shutdown_deadline);
+                    }
+                    Some(Ok(event)) => {
+                        self.check_order(&event)?;
+                        let seq = self.tracker.push(event.position, event.created);
+                        self.stats.read += 1;
+                        match event.kind {
+                            ChangeKind::Skip(reason) => {
+                                self.stats.skipped += 1;
+                                self.stats.skipped_by_reason.add(reason);
+                                self.tracker.complete(seq);
+                                self.on_processed();
+                                self.send_frontier(frontier_tx.as_ref(), false);
+                            }
+                            _ => pending = Some((partition_of(event.target_stream(), partitions), seq, event)),
+                        }
+                    }
+                },
+                _ = ticker.tick() => {
+                    if head_rx.has_changed().unwrap_or(false) {
+                        if let Some((at, head)) = *head_rx.borrow_and_update() {
+                            self.heads.head(at, head);
+                            self.stats.source_head = head;
+                            self.stats.source_head_at = Some(SystemTime::now() - at.elapsed());
+                        }
+                    }
+                    self.check_stall(read_open && pending.is_none() && !closing && read_rx.is_empty());
+                    self.send_frontier(frontier_tx.as_ref(), true);
+                    self.publish(&stored_rx);
+                }
+            }
+        }
+
+        // Every writer has exited. Stop the reader and the head poller, hand
+        // the checkpointer the final frontier and let it store it.
+        stop_reading.cancel();
+        if let Some(handle) = head_task {
+            handle.abort();
+        }
+        self.send_frontier(frontier_tx.as_ref(), true);
+        drop(frontier_tx.take());
+        let until = deadline.unwrap_or_else(|| Instant::now() + config.shutdown_deadline);
+        let settled = self.settle(&mut tasks, &names, until, &stored_rx).await;
+        self.publish(&stored_rx);
+        let stored = stored_rx.borrow().checkpoint.clone();
+        let last_processed = stored.as_ref().filter(|c| !c.seed).map(|c| c.source);
+        match failure.or(settled.err()) {
+            Some(PipelineError::Reader { source, .. }) => Err(PipelineError::Reader {
+                last_processed,
+                source,
+            }),
+            Some(PipelineError::Sink { source, .. }) => Err(PipelineError::Sink {
+                last_processed,
+                source,
+            }),
+            Some(other) => Err(other),
+            None => Ok(RunSummary {
+                read: self.stats.read,
+                written: self.stats.written,
+                skipped: self.stats.skipped,
+                checkpoint: if self.stats.checkpoints_stored > 0 {
+                    stored
+                } else {
+                    self.stats.stored.clone()
+                },
+                completed,
+            }),
+        }
+    }
+
+    /// Waits for the remaining tasks (the checkpointer's final store above
+    /// all) until `until`; the first failure among them is returned.
+    async fn settle(
+        &mut self,
+        tasks: &mut JoinSet<TaskEnd>,
+        names: &HashMap<Id, String>,
+        until: Instant,
+        stored: &watch::Receiver<Stored>,
+    ) -> Result<(), PipelineError> {
+        let mut first_error = None;
+        loop {
+            match timeout(
+                until.saturating_duration_since(Instant::now()),
+                tasks.join_next(),
+            )
+            .await
+            {
+                Ok(None) => break,
+                Ok(Some(joined)) => {
+                    if let Err(error) = self.on_task_end(joined, names) {
+                        first_error.get_or_insert(error);
+                    }
+                }
+                Err(_) => {
+                    let unstored = self.processed - stored.borrow().processed;
+                    warn!(unstored, "The final checkpoint could not be stored in time");
+                    tasks.abort_all();
+                    first_error.get_or_insert(PipelineError::ShutdownTimeout {
+                        in_flight: self.tracker.in_flight(),
+                    });
+                    break;
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// What a task's end means: `Ok(Some(end))` for the reader, an error for
+    /// a panic, a permanent store failure or an end nobody asked for.
+    fn on_task_end(
+        &mut self,
+        joined: Result<TaskEnd, JoinError>,
+        names: &HashMap<Id, String>,
+    ) -> Result<Option<ReaderEnd>, PipelineError> {
+        match joined {
+            Ok(TaskEnd::Reader(end)) => Ok(Some(end)),
+            Ok(TaskEnd::Writer) => Ok(None),
+            Ok(TaskEnd::Head) => Ok(None),
+            Ok(TaskEnd::Checkpointer(Ok(()))) => Ok(None),
+            Ok(TaskEnd::Checkpointer(Err(error))) => Err(PipelineError::StoreCheckpoint(error)),
+            Err(error) if error.is_cancelled() => Ok(None),
+            Err(error) => {
+                let task = names
+                    .get(&error.id())
+                    .cloned()
+                    .unwrap_or_else(|| "a task".into());
+                let reason = match error.try_into_panic() {
+                    Ok(payload) => format!("panicked: {}", panic_message(&*payload)),
+                    Err(error) => error.to_string(),
+                };
+                Err(PipelineError::TaskEnded { task, reason })
+            }
+        }
+    }
+
+    /// Hands the frontier to the checkpointer when `checkpoint_after` records
+    /// passed since the last hand-over, or when `now` and it moved at all.
+    fn send_frontier(&mut self, tx: Option<&watch::Sender<Option<Frontier>>>, now: bool) {
+        let Some(tx) = tx else { return };
+        let moved = self.processed - self.frontier_sent;
+        if moved == 0 || !(now || moved >= self.config.checkpoint_after) {
+            return;
+        }
+        if let Some(source) = self.frontier {
+            tx.send_replace(Some(Frontier {
+                source,
+                target: self.target,
+                processed: self.processed,
+            }));
+            self.frontier_sent = self.processed;
+        }
+    }
+
+    /// Reports the source unhealthy when it has records after the last one
+    /// read but the reader delivered nothing for a call deadline while the
+    /// pipeline was waiting for it.
+    fn check_stall(&mut self, waiting_for_reader: bool) {
+        let Some(head) = self.stats.source_head else {
+            self.stall_health.success();
+            return;
+        };
+        let behind = match self.last_read.or(self.lower_bound.map(|(p, _)| p)) {
+            None => true,
+            Some(last) => head > last,
+        };
+        let quiet = self.last_read_at.elapsed();
+        if behind && waiting_for_reader && quiet >= self.config.call_timeout {
+            let after = self
+                .last_read
+                .map_or("the start".to_owned(), |p| p.to_string());
+            self.stall_health.failure(&format!(
+                "the source's $all goes on to {head}, but the reader has delivered nothing after {after} for {}",
+                short(quiet)
+            ));
+        } else if !behind || quiet < self.config.call_timeout {
+            self.stall_health.success();
+        }
+    }
+
+    fn check_order(&mut self, event: &Event) -> Result<(), PipelineError> {
+        let previous = self.last_read.or(self.lower_bound.map(|(p, _)| p));
+        let inclusive = self.last_read.is_none() && self.lower_bound.is_some_and(|(_, i)| i);
+        if let Some(previous) = previous {
+            let in_order = if inclusive {
+                event.position >= previous
+            } else {
+                event.position > previous
+            };
+            if !in_order {
+                return Err(PipelineError::OutOfOrder {
+                    previous,
+                    position: event.position,
+                });
+            }
+        }
+        self.last_read = Some(event.position);
+        self.last_read_at = Instant::now();
+        self.stats.last_read = Some(event.position);
+        Ok(())
+    }
+
+    fn on_written(&mut self, seqs: &[u64], target: Option<Position>) {
+        for &seq in seqs {
+            self.tracker.complete(seq);
+        }
+        self.stats.written += seqs.len() as u64;
+        if target > self.target {
+            self.target = target;
+        }
+        self.on_processed();
+    }
+
+    fn on_processed(&mut self) {
+        let (count, last) = self.tracker.advance();
+        if let Some(slot) = last {
+            self.frontier = Some(slot.position);
+            self.stats.processed_created = Some(slot.created);
+            self.processed += count;
+        }
+    }
+
+    fn publish(&mut self, stored: &watch::Receiver<Stored>) {
+        let now = Instant::now();
+        let stats = &mut self.stats;
+        stats.heartbeat = now;
+        stats.in_flight = self.tracker.in_flight();
+        stats.processed = self.frontier;
+        stats.target = self.target;
+        {
+            let stored = stored.borrow();
+            if stored.stores > 0 {
+                stats.stored.clone_from(&stored.checkpoint);
+            }
+            stats.checkpoints_stored = stored.stores;
+            stats.unstored = self.processed - stored.processed;
+        }
+        self.heads.processed(self.frontier);
+        let (rate, bytes_rate) =
+            self.rates
+                .sample(now, self.processed, self.frontier.map_or(0, |p| p.commit));
+        stats.events_per_second = rate;
+        stats.caught_up = self.heads.caught_up();
+        stats.lag = self.heads.lag(now, stats.processed_created);
+        match (stats.source_head, stats.source_head_at) {
+            (Some(head), _) => {
+                let done = self.frontier.map_or(0, |p| p.commit);
+                let gap = head.commit.saturating_sub(done);
+                stats.gap_bytes = Some(gap);
+                stats.percent = Some(if stats.caught_up || head.commit == 0 {
+                    100.0
+                } else {
+                    (done as f64 / head.commit as f64 * 100.0).min(100.0)
+                });
+                stats.eta = if stats.caught_up || gap == 0 {
+                    Some(Duration::ZERO)
+                } else if bytes_rate > 0.0 {
+                    Some(Duration::from_secs_f64(gap as f64 / bytes_rate))
+                } else {
+                    None
+                };
+            }
+            (None, Some(_)) => {
+                // The source is empty.
+                stats.gap_bytes = Some(0);
+                stats.percent = Some(100.0);
+                stats.eta = Some(Duration::ZERO);
+            }
+            (None, None) => {}
+        }
+        if matches!(
+            stats.state,
+            PipelineState::Running | PipelineState::Retrying { .. }
+        ) {
+            stats.state = match self.retrying.iter().flatten().max_by_key(|r| r.0) {
+                Some((attempts, error)) => PipelineState::Retrying {
+                    attempts: *attempts,
+                    error: error.clone(),
+                },
+                None => PipelineState::Running,
+            };
+        }
+        stats.components = self.health.snapshot();
+        stats.components.source = merge(&[
+            stats.components.source.clone(),
+            self.probe_health.snapshot(),
+            self.stall_health.snapshot(),
+        ]);
+        let stats = &self.stats;
+        self.progress.send_modify(|p| p.clone_from(stats));
+    }
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
+}
+
+async fn read_loop(
+    mut stream: EventStream,
+    tx: mpsc::Sender<Result<Event, ReaderError>>,
+    stop: CancellationToken,
+) -> ReaderEnd {
+    loop {
+        let item = tokio::select! {
+            biased;
+            _ = stop.cancelled() => return ReaderEnd::Stopped,
+            item = stream.next() => item,
+        };
+        let Some(item) = item else {
+            return ReaderEnd::Ended;
+        };
+        let last = item.is_err();
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => return ReaderEnd::Stopped,
+            sent = tx.send(item) => if sent.is_err() { return ReaderEnd::Stopped },
+        }
+        if last {
+            return ReaderEnd::Stopped;
+        }
+    }
+}
