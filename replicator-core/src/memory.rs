@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use crate::error::{CheckpointError, ReaderError, SinkError};
 use crate::model::{ChangeKind, Checkpoint, ContentType, Event, Position, StartFrom};
-use crate::traits::{CheckpointStore, EventStream, Reader, Sink, WriteAck};
+use crate::traits::{CheckpointStore, EventStream, HeadProbe, Reader, Sink, WriteAck};
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding the lock cannot leave these simple structures
@@ -93,6 +93,18 @@ impl MemorySource {
     pub fn events(&self) -> Vec<Event> {
         lock(&self.events).clone()
     }
+
+    /// The position of the last record, `None` when empty.
+    pub fn head(&self) -> Option<Position> {
+        lock(&self.events).last().map(|e| e.position)
+    }
+}
+
+#[async_trait]
+impl HeadProbe for MemorySource {
+    async fn head(&self) -> Result<Option<Position>, ReaderError> {
+        Ok(MemorySource::head(self))
+    }
 }
 
 /// Reads a [`MemorySource`]: catch-up, then live when `continuous`.
@@ -139,6 +151,10 @@ impl Reader for MemoryReader {
                 }
             },
         )))
+    }
+
+    fn head_probe(&self) -> Option<Arc<dyn HeadProbe>> {
+        Some(Arc::new(self.source.clone()))
     }
 }
 

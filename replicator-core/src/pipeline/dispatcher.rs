@@ -196,6 +196,7 @@ impl Run {
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut pending: Option<(usize, u64, Event)> = None;
         let mut reader_ended = false;
+        let mut reader_broke: Option<PipelineError> = None;
         let mut read_open = true;
         let mut completed = false;
         let mut failure: Option<PipelineError> = None;
@@ -247,6 +248,9 @@ impl Run {
                     match self.on_task_end(joined, &names) {
                         Ok(Some(ReaderEnd::Ended)) => reader_ended = true,
                         Ok(_) => {}
+                        // Like a final `Err` from the stream: first replicate
+                        // what the reader delivered before it broke.
+                        Err(error) if read_open && is_reader(&error) => reader_broke = Some(error),
                         Err(error) => {
                             warn!(%error, "Stopping; draining what is in flight");
                             failure.get_or_insert(error);
@@ -294,7 +298,14 @@ impl Run {
                     }
                 }
                 item = read_rx.recv(), if read_open && pending.is_none() && !closing => match item {
-                    None => read_open = false,
+                    None => {
+                        read_open = false;
+                        if let Some(error) = reader_broke.take() {
+                            warn!(%error, "Stopping; draining what is in flight");
+                            failure.get_or_insert(error);
+                            deadline.get_or_insert_with(|| Instant::now() + config.shutdown_deadline);
+                        }
+                    }
                     Some(Err(error)) => {
                         warn!(%error, "Reader failed; draining");
                         failure.get_or_insert(PipelineError::Reader { last_processed: None, source: error });
@@ -588,6 +599,10 @@ impl Run {
         let stats = &self.stats;
         self.progress.send_modify(|p| p.clone_from(stats));
     }
+}
+
+fn is_reader(error: &PipelineError) -> bool {
+    matches!(error, PipelineError::TaskEnded { task, .. } if task == "reader")
 }
 
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {

@@ -1,5 +1,6 @@
 //! Integration tests of the pipeline with the in-memory parts.
 
 mod behaviour;
+mod health;
 mod properties;
 mod support;
