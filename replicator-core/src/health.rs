@@ -326,17 +326,19 @@ fn title(component: Component) -> &'static str {
     }
 }
 
-/// `1h2m`, `3m4s`, `5.2s`, `120ms`: durations for log lines.
+/// A short human duration for log lines: `850ms`, `12.3s`, `4m05s`, `3h07m`.
 pub fn short(d: Duration) -> String {
-    let secs = d.as_secs();
-    if secs >= 3600 {
-        format!("{}h{}m", secs / 3600, secs % 3600 / 60)
-    } else if secs >= 60 {
-        format!("{}m{}s", secs / 60, secs % 60)
-    } else if secs >= 1 {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms < 60_000 {
         format!("{:.1}s", d.as_secs_f64())
+    } else if ms < 3_600_000 {
+        let s = d.as_secs();
+        format!("{}m{:02}s", s / 60, s % 60)
     } else {
-        format!("{}ms", d.as_millis())
+        let s = d.as_secs();
+        format!("{}h{:02}m", s / 3600, s / 60 % 60)
     }
 }
 
@@ -375,7 +377,7 @@ mod tests {
     fn short_durations_read_well() {
         assert_eq!(short(Duration::from_millis(120)), "120ms");
         assert_eq!(short(Duration::from_millis(5200)), "5.2s");
-        assert_eq!(short(Duration::from_secs(184)), "3m4s");
-        assert_eq!(short(Duration::from_secs(3720)), "1h2m");
+        assert_eq!(short(Duration::from_secs(184)), "3m04s");
+        assert_eq!(short(Duration::from_secs(3720)), "1h02m");
     }
 }
