@@ -128,6 +128,17 @@ pub enum PipelineError {
         /// The offending event's position.
         position: Position,
     },
+    /// A part failed its start-up check permanently (a checkpoint file that
+    /// cannot be written, a target refusing the credentials, …): nothing was
+    /// replicated. Retrying the same configuration cannot help.
+    #[error("the {component} cannot work as configured")]
+    Check {
+        /// Which part.
+        component: crate::health::Component,
+        /// Its error.
+        #[source]
+        source: BoxError,
+    },
     /// A task of the pipeline (the reader, a writer, the checkpointer, the head
     /// poller) panicked or ended when nobody asked it to. What was
     /// acknowledged is checkpointed.

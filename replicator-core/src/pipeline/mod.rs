@@ -45,7 +45,7 @@ pub use progress::{
 };
 
 use crate::error::{ErrorKind, PipelineError};
-use crate::health::{short, Health, HealthReporter};
+use crate::health::{short, Component, Health, HealthReporter};
 use crate::model::{Checkpoint, StartFrom};
 use crate::traits::{CheckpointStore, Reader, Sink};
 
@@ -177,7 +177,13 @@ async fn start_and_drive(
 ) -> Result<RunSummary, PipelineError> {
     reader.report_health_to(health.source.clone());
     let probe = reader.head_probe();
-    let probe_health = HealthReporter::new(crate::health::Component::Source);
+    let probe_health = HealthReporter::new(Component::Source);
+    let refused = |component: Component| {
+        move |error: Box<dyn std::error::Error + Send + Sync>| PipelineError::Check {
+            component,
+            source: error,
+        }
+    };
     let checks = async {
         check(
             &config,
@@ -187,7 +193,7 @@ async fn start_and_drive(
             || store.check(),
         )
         .await
-        .map_err(PipelineError::StoreCheckpoint)?;
+        .map_err(|e| refused(Component::Checkpoint)(e.into()))?;
         let loaded = check(
             &config,
             &health.checkpoint,
@@ -199,17 +205,11 @@ async fn start_and_drive(
         .map_err(PipelineError::LoadCheckpoint)?;
         check(&config, &health.target, progress, "target", || sink.check())
             .await
-            .map_err(|source| PipelineError::Sink {
-                last_processed: loaded.as_ref().map(|c| c.source),
-                source,
-            })?;
+            .map_err(|e| refused(Component::Target)(e.into()))?;
         if let Some(probe) = &probe {
             check(&config, &probe_health, progress, "source", || probe.head())
                 .await
-                .map_err(|source| PipelineError::Reader {
-                    last_processed: loaded.as_ref().map(|c| c.source),
-                    source,
-                })?;
+                .map_err(|e| refused(Component::Source)(e.into()))?;
         }
         Ok::<_, PipelineError>(loaded)
     };

@@ -439,7 +439,13 @@ async fn a_store_that_cannot_work_stops_the_run_before_anything_is_replicated() 
     .unwrap();
     let error = result.unwrap_err();
     assert!(
-        matches!(error, PipelineError::StoreCheckpoint(_)),
+        matches!(
+            error,
+            PipelineError::Check {
+                component: Component::Checkpoint,
+                ..
+            }
+        ),
         "{error:?}"
     );
     assert!(format!("{:?}", error).contains("/data/sub/checkpoint"));
