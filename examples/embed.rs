@@ -52,21 +52,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     writer.await?;
 
-    // A health endpoint would serve `is_healthy()`; here we print progress until
+    // A readiness check would fail on `unhealthy_components(threshold)`; here
+    // we print progress (published every 100 ms, not per event) until
     // everything written so far is replicated.
     let last = source.events().last().map(|e| e.position);
     while progress.borrow().processed != last {
         progress.changed().await?;
         let p = progress.borrow();
-        if p.written.is_multiple_of(250) {
-            println!(
-                "written={} processed={:?} in_flight={} healthy={}",
-                p.written,
-                p.processed,
-                p.in_flight,
-                p.is_healthy()
-            );
-        }
+        println!(
+            "written={} percent={:?} caught_up={} in_flight={} unhealthy={:?}",
+            p.written,
+            p.percent.map(|x| x.round()),
+            p.caught_up,
+            p.in_flight,
+            p.unhealthy_components(Duration::from_secs(10)),
+        );
     }
 
     // Graceful shutdown: drain in-flight writes, store a final checkpoint.
