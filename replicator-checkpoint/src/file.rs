@@ -23,7 +23,14 @@ const FORMAT_VERSION: u64 = 1;
 ///
 /// - `store` replaces it atomically: it writes a temporary file beside it,
 ///   flushes it to disk, renames it over the old one and flushes the directory,
-///   so after a crash the file holds either the old or the new checkpoint.
+///   so after a crash the file holds either the old or the new checkpoint. A
+///   missing directory is created first.
+/// - `check` (called by the pipeline before it replicates) creates a missing
+///   directory and proves that a file can be written beside the checkpoint
+///   (it writes, flushes and removes a hidden `.{name}.*.check` file), without
+///   touching the checkpoint itself. A directory that cannot be created or
+///   written, or a checkpoint path that is a directory, is a permanent error
+///   naming the path and the system's reason, before anything is replicated.
 /// - `load` also reads the C# replicator's file (`"{eventNumber},{commitPosition}"`)
 ///   as a checkpoint after that commit position, so its users keep their place.
 /// - A file that is empty, corrupt, unreadable or of an unknown version is an
@@ -73,6 +80,12 @@ impl CheckpointStore for FileCheckpointStore {
         let _guard = self.write_lock.lock().await;
         let path = self.path.clone();
         run_blocking(move || delete_file(&path)).await
+    }
+
+    async fn check(&self) -> Result<(), CheckpointError> {
+        let _guard = self.write_lock.lock().await;
+        let path = self.path.clone();
+        run_blocking(move || check_file(&path)).await
     }
 }
 
@@ -244,17 +257,70 @@ fn replace_file(path: &Path, contents: &[u8]) -> Result<(), CheckpointError> {
         .ok_or_else(|| corrupt(path, "is not a file name"))?;
     // A hidden name derived from the checkpoint's, so a leftover from a crash
     // is recognisable; dropping `temp` on any error below removes it.
-    let mut temp = tempfile::Builder::new()
-        .prefix(&format!(".{}.", name.to_string_lossy()))
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .map_err(|error| io_error(path, "cannot create a temporary file beside it", error))?;
+    let prefix = format!(".{}.", name.to_string_lossy());
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(&prefix).suffix(".tmp");
+    // Creating the directory only when it is missing keeps a store to the
+    // usual few system calls.
+    let temp = match builder.tempfile_in(dir) {
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {
+            create_dir(path, dir)?;
+            builder.tempfile_in(dir)
+        }
+        other => other,
+    };
+    let mut temp =
+        temp.map_err(|error| io_error(path, "cannot create a temporary file beside it", error))?;
     temp.write_all(contents)
         .and_then(|()| temp.as_file().sync_all())
         .map_err(|error| io_error(path, "cannot write a temporary file beside it", error))?;
     temp.persist(path)
         .map_err(|error| io_error(path, "cannot replace it", error.error))?;
     sync_dir(path, dir)
+}
+
+/// Creates `dir`, the directory of the checkpoint file `path`, and any
+/// missing parent.
+fn create_dir(path: &Path, dir: &Path) -> Result<(), CheckpointError> {
+    std::fs::create_dir_all(dir).map_err(|error| {
+        io_error(
+            path,
+            &format!("cannot create its directory {}", dir.display()),
+            error,
+        )
+    })
+}
+
+/// What [`CheckpointStore::check`] does for a file: the directory exists (or
+/// is created) and a file can be written and removed in it. The checkpoint
+/// itself is left as it is.
+fn check_file(path: &Path) -> Result<(), CheckpointError> {
+    let dir = parent_dir(path);
+    let name = path.file_name().ok_or_else(|| {
+        CheckpointError::permanent(format!(
+            "checkpoint file {}: the path does not end in a file name",
+            path.display()
+        ))
+    })?;
+    create_dir(path, dir)?;
+    if path.is_dir() {
+        return Err(CheckpointError::permanent(format!(
+            "checkpoint file {}: is a directory",
+            path.display()
+        )));
+    }
+    let mut probe = tempfile::Builder::new()
+        .prefix(&format!(".{}.", name.to_string_lossy()))
+        .suffix(".check")
+        .tempfile_in(dir)
+        .map_err(|error| io_error(path, "cannot create a file beside it", error))?;
+    probe
+        .write_all(b"replicator write check\n")
+        .and_then(|()| probe.as_file().sync_all())
+        .map_err(|error| io_error(path, "cannot write a file beside it", error))?;
+    probe
+        .close()
+        .map_err(|error| io_error(path, "cannot remove a file beside it", error))
 }
 
 fn delete_file(path: &Path) -> Result<(), CheckpointError> {

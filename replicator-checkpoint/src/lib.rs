@@ -5,9 +5,11 @@
 //! target position, when it was taken and whether it is a seed. Both also read
 //! what the C# replicator left behind, so its users keep their position.
 //!
-//! - [`FileCheckpointStore`]: a versioned JSON file, replaced atomically.
+//! - [`FileCheckpointStore`]: a versioned JSON file, replaced atomically; its
+//!   directory is created when missing.
 //! - [`MongoCheckpointStore`]: one document per instance id in the `checkpoint`
-//!   collection, with retries of transient failures.
+//!   collection; each call is one attempt with a deadline of a few seconds
+//!   (the pipeline retries).
 //! - [`chaser::read_chaser`] and [`seed_if_empty`]: start a replication at a
 //!   backup's `chaser.chk` position.
 //!

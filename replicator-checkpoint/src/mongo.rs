@@ -9,6 +9,8 @@ use mongodb::bson::{doc, Bson, DateTime, Document};
 use mongodb::error::{Error as MongoError, ErrorKind as MongoErrorKind, WriteFailure};
 use mongodb::options::{Acknowledgment, ClientOptions, CollectionOptions, WriteConcern};
 use mongodb::{Client, Collection};
+use replicator_core::health::short;
+use replicator_core::retry::Backoff;
 use replicator_core::{Checkpoint, CheckpointError, CheckpointStore, Position};
 use tokio::time::Instant;
 
@@ -18,15 +20,29 @@ pub const COLLECTION: &str = "checkpoint";
 /// The document format version this replicator writes.
 const FORMAT_VERSION: i64 = 1;
 
-/// How long `load`, `store` and `delete` retry transient failures by default.
-const DEFAULT_RETRY_BUDGET: Duration = Duration::from_secs(60);
+/// How long `load`, `store`, `delete` and `check` retry transient failures by
+/// default: not at all. The pipeline retries with backoff and reports the
+/// store's health; a store that retried inside would only hide the outage.
+const DEFAULT_RETRY_BUDGET: Duration = Duration::ZERO;
+
+/// How long [`MongoCheckpointStore::connect`] keeps trying to reach the
+/// server: at start-up, and before `checkpoint show` or `delete`, a server
+/// that is still starting is worth waiting for.
+const CONNECT_RETRY_BUDGET: Duration = Duration::from_secs(60);
 
 /// How long one attempt waits for a usable server, unless the connection string
-/// says otherwise. Short, so that the retry loop (which logs) does the waiting.
+/// says otherwise.
 const DEFAULT_SERVER_SELECTION_TIMEOUT: Duration = Duration::from_secs(5);
 
-const FIRST_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// What one attempt may take beyond server selection before it is abandoned.
+/// The driver has no socket timeout: without this, an operation on a server
+/// that stopped answering (frozen, or behind a partition without a reset)
+/// would wait for ever on its pooled connection.
+const ATTEMPT_MARGIN: Duration = Duration::from_secs(1);
+
+/// The field [`CheckpointStore::check`] looks for; it never exists, so the
+/// check's update matches nothing and changes nothing.
+const WRITE_CHECK_FIELD: &str = "_replicator_write_check";
 
 /// Server error codes that mean "the server is restarting, stepping down or
 /// unreachable for now": retrying the same operation later can succeed.
@@ -66,11 +82,29 @@ const TRANSIENT_CODES: &[i32] = &[
 /// C# format has no time: `taken_at` is then the Unix epoch).
 ///
 /// Writes ask for a majority, journaled acknowledgement unless the connection
-/// string sets a write concern. Transient failures (server restarting, network,
-/// a primary stepping down) are retried with backoff for up to a minute (see
-/// [`MongoCheckpointStore::with_retry_budget`]) before a transient error is
-/// returned; the checkpoint being stored is kept for every attempt. The password
-/// of the connection string never appears in errors, logs or `Debug` output.
+/// string sets a write concern. The password of the connection string never
+/// appears in errors, logs or `Debug` output.
+///
+/// # Failures and deadlines
+/// `load`, `store`, `delete` and `check` make **one attempt** by default,
+/// bounded by the server selection timeout (5 s unless the connection string
+/// sets `serverSelectionTimeoutMS`) plus a second: a server that is down,
+/// frozen or partitioned away gives a transient error within a few seconds.
+/// The pipeline retries those with backoff, reports the checkpoint store
+/// unhealthy meanwhile and goes on replicating; retrying inside the store
+/// would only stall it. [`MongoCheckpointStore::with_retry_budget`] makes the
+/// calls retry transient failures with the workspace's
+/// [`Backoff`] for a while, for callers without a retry loop of their own.
+/// [`MongoCheckpointStore::connect`] keeps trying for up to a minute, so
+/// start-up and one-shot commands wait for a server that is still starting.
+///
+/// # Start-up check
+/// `check` proves that the store may write, without changing anything: an
+/// update of this instance's document filtered on a field that never exists
+/// (`_replicator_write_check`), with the store's write concern. The server
+/// authorises it as a write and waits for the write concern, but it matches
+/// nothing. A user without write permission gets a permanent error before
+/// anything is replicated.
 pub struct MongoCheckpointStore {
     collection: Collection<Document>,
     instance_id: String,
@@ -80,6 +114,8 @@ pub struct MongoCheckpointStore {
     /// The password, so that it can be scrubbed from the driver's messages.
     secrets: Vec<String>,
     retry_budget: Duration,
+    /// The longest one attempt may take.
+    attempt_timeout: Duration,
 }
 
 impl fmt::Debug for MongoCheckpointStore {
@@ -87,6 +123,7 @@ impl fmt::Debug for MongoCheckpointStore {
         f.debug_struct("MongoCheckpointStore")
             .field("location", &self.location)
             .field("retry_budget", &self.retry_budget)
+            .field("attempt_timeout", &self.attempt_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -101,10 +138,13 @@ impl MongoCheckpointStore {
     /// What the document holds is checked by [`CheckpointStore::load`], so that
     /// a corrupt one can still be deleted.
     ///
+    /// Transient failures are retried with backoff for up to a minute, with a
+    /// warning on the first one.
+    ///
     /// # Errors
     /// - Permanent: the connection string is malformed, the database or instance
     ///   id is empty, authentication fails or reading is not allowed.
-    /// - Transient: the server stays unreachable for the whole retry budget.
+    /// - Transient: the server stays unreachable for a minute.
     ///
     /// The messages never contain the password.
     pub async fn connect(
@@ -142,7 +182,7 @@ impl MongoCheckpointStore {
         options
             .app_name
             .get_or_insert_with(|| "replicator".to_owned());
-        options
+        let server_selection_timeout = *options
             .server_selection_timeout
             .get_or_insert(DEFAULT_SERVER_SELECTION_TIMEOUT);
         options
@@ -173,12 +213,13 @@ impl MongoCheckpointStore {
             location: format!("document {instance_id:?} of {database}.{COLLECTION} at {redacted}"),
             secrets,
             retry_budget: DEFAULT_RETRY_BUDGET,
+            attempt_timeout: server_selection_timeout.saturating_add(ATTEMPT_MARGIN),
         };
         // Only whether it can be read: a corrupt document is `load`'s error, and
         // must not stop `delete` from clearing it.
         let filter = doc! { "_id": &store.instance_id };
         store
-            .retry("read", || {
+            .retry_for(CONNECT_RETRY_BUDGET, "read the checkpoint", true, || {
                 store
                     .collection
                     .find_one(filter.clone())
@@ -189,8 +230,11 @@ impl MongoCheckpointStore {
         Ok(store)
     }
 
-    /// Sets how long `load`, `store` and `delete` keep retrying transient
-    /// failures before they return a transient error (a minute by default).
+    /// Sets how long `load`, `store`, `delete` and `check` keep retrying
+    /// transient failures before they return a transient error. The default,
+    /// zero, makes one attempt: right under the pipeline, which retries
+    /// itself. A caller without a retry loop (a one-shot command) may want
+    /// half a minute or so.
     pub fn with_retry_budget(mut self, budget: Duration) -> Self {
         self.retry_budget = budget;
         self
@@ -203,7 +247,7 @@ impl MongoCheckpointStore {
 
     fn error(&self, doing: &str, error: &MongoError) -> CheckpointError {
         let message = format!(
-            "cannot {doing} the checkpoint ({}): {}",
+            "cannot {doing} ({}): {}",
             self.location,
             scrub(&describe(error), &self.secrets)
         );
@@ -214,29 +258,56 @@ impl MongoCheckpointStore {
         }
     }
 
-    /// Runs `attempt` until it succeeds, fails permanently, or transient
-    /// failures have lasted the retry budget.
+    /// Runs `attempt` under the store's retry budget; see [`Self::retry_for`].
     async fn retry<T, Fut>(
         &self,
         doing: &str,
+        attempt: impl FnMut() -> Fut,
+    ) -> Result<T, CheckpointError>
+    where
+        Fut: Future<Output = mongodb::error::Result<T>>,
+    {
+        self.retry_for(self.retry_budget, doing, false, attempt)
+            .await
+    }
+
+    /// Runs `attempt`, each try bounded by the attempt timeout, until it
+    /// succeeds, fails permanently, or transient failures have lasted
+    /// `budget` (zero: one try). With `warn`, the first retry is logged as a
+    /// warning (the others at debug); otherwise every retry is at debug, the
+    /// caller reporting the failure.
+    async fn retry_for<T, Fut>(
+        &self,
+        budget: Duration,
+        doing: &str,
+        warn: bool,
         mut attempt: impl FnMut() -> Fut,
     ) -> Result<T, CheckpointError>
     where
         Fut: Future<Output = mongodb::error::Result<T>>,
     {
-        let deadline = Instant::now() + self.retry_budget;
-        let mut backoff = FIRST_BACKOFF;
+        let deadline = Instant::now() + budget;
+        let mut backoff = Backoff::default();
         loop {
-            let error = match attempt().await {
-                Ok(value) => return Ok(value),
-                Err(error) => self.error(doing, &error),
+            let error = match tokio::time::timeout(self.attempt_timeout, attempt()).await {
+                Ok(Ok(value)) => return Ok(value),
+                Ok(Err(error)) => self.error(doing, &error),
+                Err(_) => CheckpointError::transient(format!(
+                    "cannot {doing} ({}): the server did not answer within {}",
+                    self.location,
+                    short(self.attempt_timeout)
+                )),
             };
-            if !error.is_transient() || Instant::now() + backoff > deadline {
+            let delay = backoff.next_delay();
+            if !error.is_transient() || Instant::now() + delay > deadline {
                 return Err(error);
             }
-            tracing::warn!(%error, retry_in = ?backoff, "MongoDB checkpoint store failed; retrying");
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
+            if warn && backoff.attempts() == 1 {
+                tracing::warn!(%error, "MongoDB checkpoint store unavailable; retrying for up to {}", short(budget));
+            } else {
+                tracing::debug!(%error, retry_in = ?delay, "MongoDB checkpoint store failed; retrying");
+            }
+            tokio::time::sleep(delay).await;
         }
     }
 
@@ -353,7 +424,7 @@ impl CheckpointStore for MongoCheckpointStore {
     async fn load(&self) -> Result<Option<Checkpoint>, CheckpointError> {
         let filter = doc! { "_id": &self.instance_id };
         let document = self
-            .retry("load", || {
+            .retry("load the checkpoint", || {
                 self.collection.find_one(filter.clone()).into_future()
             })
             .await?;
@@ -363,7 +434,7 @@ impl CheckpointStore for MongoCheckpointStore {
     async fn store(&self, checkpoint: &Checkpoint) -> Result<(), CheckpointError> {
         let filter = doc! { "_id": &self.instance_id };
         let document = self.encode(checkpoint)?;
-        self.retry("store", || {
+        self.retry("store the checkpoint", || {
             self.collection
                 .replace_one(filter.clone(), document.clone())
                 .upsert(true)
@@ -375,9 +446,27 @@ impl CheckpointStore for MongoCheckpointStore {
 
     async fn delete(&self) -> Result<(), CheckpointError> {
         let filter = doc! { "_id": &self.instance_id };
-        self.retry("delete", || {
+        self.retry("delete the checkpoint", || {
             self.collection.delete_one(filter.clone()).into_future()
         })
+        .await?;
+        Ok(())
+    }
+
+    /// An update that matches nothing: authorised and acknowledged as a write,
+    /// with the store's write concern, but changing nothing (see
+    /// [`MongoCheckpointStore`]).
+    async fn check(&self) -> Result<(), CheckpointError> {
+        let filter = doc! { "_id": &self.instance_id, WRITE_CHECK_FIELD: { "$exists": true } };
+        let update = doc! { "$unset": { WRITE_CHECK_FIELD: "" } };
+        self.retry(
+            "write to the checkpoint collection (a check that changes nothing)",
+            || {
+                self.collection
+                    .update_one(filter.clone(), update.clone())
+                    .into_future()
+            },
+        )
         .await?;
         Ok(())
     }

@@ -128,20 +128,87 @@ async fn a_corrupt_checkpoint_file_is_an_error_naming_it_never_a_fresh_start() {
 }
 
 #[tokio::test]
-async fn file_store_errors_name_the_file_when_it_cannot_be_used() {
+async fn file_store_check_creates_a_missing_directory_and_leaves_the_checkpoint_alone() {
     let dir = tempfile::tempdir().unwrap();
-    let missing_dir = dir.path().join("no-such-dir").join("checkpoint");
-    let error = FileCheckpointStore::new(&missing_dir)
-        .store(&checkpoint(1, None, false))
+    let sub = dir.path().join("data").join("sub");
+    let path = sub.join("checkpoint");
+    let store = FileCheckpointStore::new(&path);
+    store
+        .check()
         .await
-        .unwrap_err();
-    assert!(!error.is_transient());
+        .expect("check creates the missing directories");
+    assert!(sub.is_dir());
+    assert!(file_names(&sub).is_empty(), "the check left files behind");
+    assert_eq!(store.load().await.unwrap(), None);
+
+    let stored = checkpoint(4_200, Some(7), false);
+    store.store(&stored).await.unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    store.check().await.unwrap();
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        bytes,
+        "the check changed the checkpoint"
+    );
+    assert_eq!(file_names(&sub), ["checkpoint"]);
+    assert_eq!(store.load().await.unwrap(), Some(stored));
+}
+
+#[tokio::test]
+async fn file_store_creates_a_missing_directory_when_storing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir
+        .path()
+        .join("no-such-dir")
+        .join("deeper")
+        .join("checkpoint");
+    let store = FileCheckpointStore::new(&path);
+    let stored = checkpoint(1, None, false);
+    store.store(&stored).await.unwrap();
+    assert_eq!(store.load().await.unwrap(), Some(stored));
+    assert_eq!(file_names(path.parent().unwrap()), ["checkpoint"]);
+}
+
+#[tokio::test]
+async fn an_unusable_checkpoint_path_fails_the_check_naming_it_and_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    // A regular file where a directory should be: no permission bits involved,
+    // so this fails for root too.
+    let blocker = dir.path().join("blocker");
+    std::fs::write(&blocker, "not a directory").unwrap();
+    let path = blocker.join("sub").join("checkpoint");
+    let store = FileCheckpointStore::new(&path);
+    let error = store.check().await.unwrap_err();
+    eprintln!("under a file -> {error}");
+    assert!(!error.is_transient(), "{error}");
     assert!(
-        error.message().contains(&missing_dir.display().to_string()),
+        error.message().contains(&path.display().to_string()),
         "{error}"
+    );
+    let os_reason = std::io::Error::from_raw_os_error(20).to_string(); // ENOTDIR
+    assert!(error.message().contains(&os_reason), "{error}");
+    // Storing fails the same way, naming the file.
+    let error = store.store(&checkpoint(1, None, false)).await.unwrap_err();
+    assert!(!error.is_transient(), "{error}");
+    assert!(
+        error.message().contains(&path.display().to_string()),
+        "{error}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&blocker).unwrap(),
+        "not a directory"
     );
 
     // A directory where the file should be.
+    let error = FileCheckpointStore::new(dir.path())
+        .check()
+        .await
+        .unwrap_err();
+    assert!(!error.is_transient(), "{error}");
+    assert!(
+        error.message().contains(&dir.path().display().to_string()),
+        "{error}"
+    );
     let error = FileCheckpointStore::new(dir.path())
         .load()
         .await
@@ -415,13 +482,14 @@ async fn an_authentication_failure_is_a_permanent_start_up_error_without_the_pas
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_store_during_a_server_restart_completes_once_the_server_is_back() {
+async fn with_a_retry_budget_a_store_during_a_server_restart_completes_once_the_server_is_back() {
     let server = SecantusServer::start().await;
     let url = server.url();
     let store = std::sync::Arc::new(
         MongoCheckpointStore::connect(&url, "replicator", "restart")
             .await
-            .unwrap(),
+            .unwrap()
+            .with_retry_budget(Duration::from_secs(60)),
     );
     let before = checkpoint(10_000, Some(100), false);
     store.store(&before).await.unwrap();
@@ -457,6 +525,111 @@ async fn a_store_during_a_server_restart_completes_once_the_server_is_back() {
         .await
         .unwrap();
     assert_eq!(reopened.load().await.unwrap(), Some(during));
+}
+
+#[tokio::test]
+async fn by_default_a_store_on_a_stopped_server_is_one_attempt_and_a_transient_error() {
+    let server = SecantusServer::start().await;
+    let store = MongoCheckpointStore::connect(&server.url(), "replicator", "stopped")
+        .await
+        .unwrap();
+    let _stopped = server.stop().await;
+    let started = std::time::Instant::now();
+    let error = store.store(&checkpoint(1, None, false)).await.unwrap_err();
+    let took = started.elapsed();
+    eprintln!("stopped, after {took:?} -> {error}");
+    assert!(error.is_transient(), "{error}");
+    assert!(error.message().contains("\"stopped\""), "{error}");
+    // One attempt: server selection (5 s) and no more.
+    assert!(took < Duration::from_secs(10), "store took {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_server_makes_store_and_check_fail_fast_and_recover_after_it_resumes() {
+    let server = SecantusServer::start().await;
+    let store = MongoCheckpointStore::connect(&server.url(), "replicator", "frozen")
+        .await
+        .unwrap();
+    let before = checkpoint(10_000, Some(100), false);
+    store.store(&before).await.unwrap();
+
+    server.freeze();
+    // The pooled connection stays open and the kernel still accepts new
+    // ones: only a deadline ends the wait.
+    let started = std::time::Instant::now();
+    let error = store
+        .store(&checkpoint(20_000, Some(200), false))
+        .await
+        .unwrap_err();
+    let took = started.elapsed();
+    eprintln!("frozen, after {took:?} -> {error}");
+    assert!(error.is_transient(), "{error}");
+    assert!(error.message().contains("\"frozen\""), "{error}");
+    assert!(took < Duration::from_secs(10), "store took {took:?}");
+    let started = std::time::Instant::now();
+    let error = store.check().await.unwrap_err();
+    assert!(error.is_transient(), "{error}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    server.thaw();
+    let after = checkpoint(30_000, Some(300), false);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match store.store(&after).await {
+            Ok(()) => break,
+            Err(error) => {
+                assert!(error.is_transient(), "{error}");
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "no store succeeded within 30 s of the server resuming: {error}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    assert_eq!(store.load().await.unwrap(), Some(after));
+    store.check().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_mongo_check_proves_writes_work_and_changes_nothing() {
+    let database = unique_name("check");
+    let raw = raw_collection(&mongo_url(), &database).await;
+    let empty = mongo_store(&database, "empty").await;
+    empty.check().await.unwrap();
+    assert_eq!(raw.count_documents(doc! {}).await.unwrap(), 0);
+    assert_eq!(empty.load().await.unwrap(), None);
+
+    let store = mongo_store(&database, "stored").await;
+    let stored = checkpoint(9_000, Some(90), true);
+    store.store(&stored).await.unwrap();
+    let document = raw.find_one(doc! { "_id": "stored" }).await.unwrap();
+    store.check().await.unwrap();
+    assert_eq!(
+        raw.find_one(doc! { "_id": "stored" }).await.unwrap(),
+        document
+    );
+    assert_eq!(store.load().await.unwrap(), Some(stored));
+}
+
+#[tokio::test]
+async fn a_user_who_may_only_read_fails_the_check_permanently() {
+    let server = SecantusServer::start().await;
+    server.create_user("reader", "R3ad-0nly").await;
+    server
+        .create_user_with_role("viewer", "V1ew-0nly", "read")
+        .await;
+    let server = server.restart_with_auth().await;
+    let port = server.port();
+    let url = format!("mongodb://viewer:V1ew-0nly@127.0.0.1:{port}/?authSource=admin");
+    let store = MongoCheckpointStore::connect(&url, "replicator", "default")
+        .await
+        .expect("a read-only user may connect: connect only reads");
+    let error = store.check().await.unwrap_err();
+    eprintln!("read-only -> {error}");
+    assert!(!error.is_transient(), "{error}");
+    assert!(!format!("{error:?}").contains("V1ew-0nly"));
+    assert_eq!(store.load().await.unwrap(), None);
 }
 
 #[tokio::test]

@@ -118,16 +118,44 @@ impl SecantusServer {
 
     /// Creates a user who may read and write the `replicator` database.
     pub async fn create_user(&self, name: &str, password: &str) {
+        self.create_user_with_role(name, password, "readWrite")
+            .await;
+    }
+
+    /// Creates a user with `role` (`read`, `readWrite`…) on the `replicator`
+    /// database.
+    pub async fn create_user_with_role(&self, name: &str, password: &str, role: &str) {
         let client = mongodb::Client::with_uri_str(self.url()).await.unwrap();
         client
             .database("admin")
             .run_command(doc! {
                 "createUser": name,
                 "pwd": password,
-                "roles": [{ "role": "readWrite", "db": "replicator" }],
+                "roles": [{ "role": role, "db": "replicator" }],
             })
             .await
             .unwrap();
+    }
+
+    /// Freezes the server (SIGSTOP): its port stays open and the kernel keeps
+    /// accepting connections, but nothing answers, as with a hung host or a
+    /// partition that drops packets without a reset.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a frozen server run again (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill").args([signal, &pid]).status().unwrap();
+        assert!(
+            status.success(),
+            "cannot send {signal} to secantusd-py {pid}"
+        );
     }
 
     /// Restarts the server requiring authentication.
