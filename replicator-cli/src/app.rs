@@ -17,7 +17,9 @@ use tracing::{error, info, warn};
 use replicator_esdb::redact;
 
 use crate::config::{CheckpointConfig, Config, SeederConfig, StoreConfig};
+use crate::status::{Status, StatusServer};
 use crate::time;
+use replicator_core::Health;
 
 /// Loads the configuration file, naming it in the error.
 ///
@@ -65,11 +67,18 @@ async fn seed(store: &dyn CheckpointStore, seeder: Option<&SeederConfig>) -> any
     Ok(())
 }
 
-/// Builds the pipeline's parts from the configuration.
+/// Builds the pipeline's parts from the configuration. Every pipeline of a
+/// run reports through the same `health` and `progress`, so the status
+/// server follows one of each across restarts.
 ///
 /// # Errors
 /// When a connection string cannot be parsed.
-fn build_pipeline(config: &Config, store: Arc<dyn CheckpointStore>) -> anyhow::Result<Pipeline> {
+fn build_pipeline(
+    config: &Config,
+    store: Arc<dyn CheckpointStore>,
+    health: &Health,
+    progress: &watch::Sender<replicator_core::Progress>,
+) -> anyhow::Result<Pipeline> {
     let reader = EsdbReader::new(EsdbReaderConfig {
         connection_string: config.reader.connection_string.clone(),
         page_size: config.reader.page_size.get(),
@@ -85,8 +94,11 @@ fn build_pipeline(config: &Config, store: Arc<dyn CheckpointStore>) -> anyhow::R
         .config(PipelineConfig {
             checkpoint_after: config.checkpoint.checkpoint_after,
             buffer_size: config.sink.buffer_size.get(),
+            call_timeout: config.call_timeout,
             ..PipelineConfig::default()
         })
+        .health(health.clone())
+        .progress_sender(progress.clone())
         .build())
 }
 
@@ -109,10 +121,35 @@ pub async fn replicate(config: &Config, cancel: CancellationToken) -> anyhow::Re
         run_continuously = config.run_continuously,
         "Starting replicator"
     );
+    // One health and one progress channel for every pipeline of this run:
+    // the status server serves them from before the first pipeline on.
+    let health = Health::default();
+    let (progress, progress_rx) = watch::channel(replicator_core::Progress::default());
+    let status = Status::new(progress_rx, config);
+    let server = match &config.http.listen {
+        Some(listen) => Some(StatusServer::start(listen, status.clone()).await?),
+        None => None,
+    };
+    let result = run_pipelines(config, cancel, &health, &progress, &status).await;
+    if let Some(server) = server {
+        server.stop().await;
+    }
+    result
+}
+
+/// Opens the store, seeds it, and runs pipelines until one ends for good.
+async fn run_pipelines(
+    config: &Config,
+    cancel: CancellationToken,
+    health: &Health,
+    progress: &watch::Sender<replicator_core::Progress>,
+    status: &Status,
+) -> anyhow::Result<RunSummary> {
     let store = open_store(&config.checkpoint).await?;
     seed(&*store, config.checkpoint.seeder.as_ref()).await?;
     loop {
-        let pipeline = build_pipeline(config, store.clone())?;
+        let pipeline = build_pipeline(config, store.clone(), health, progress)?;
+        status.started();
         let ended = CancellationToken::new();
         let reporter = tokio::spawn(report_progress(
             pipeline.progress(),
@@ -139,6 +176,7 @@ pub async fn replicate(config: &Config, cancel: CancellationToken) -> anyhow::Re
                 let e = anyhow::Error::new(e);
                 error!(error = format!("{e:#}"), delay = %time::short(config.restart_delay),
                     "Replication failed; restarting from the stored checkpoint (restartOnFailure)");
+                status.restarting();
                 tokio::select! {
                     () = tokio::time::sleep(config.restart_delay) => {}
                     () = cancel.cancelled() => return Err(e.context("replication failed")),

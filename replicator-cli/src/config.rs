@@ -129,6 +129,7 @@ const CHECKPOINT: &[(&str, Node)] = &[
     ("instanceId", Node::Str),
     ("seeder", Node::Map(SEEDER)),
 ];
+const HTTP: &[(&str, Node)] = &[("listen", Node::Str), ("unhealthyAfterSeconds", Node::Int)];
 const REPLICATOR: &[(&str, Node)] = &[
     ("reader", Node::Map(READER)),
     ("sink", Node::Map(SINK)),
@@ -140,9 +141,13 @@ const REPLICATOR: &[(&str, Node)] = &[
     ("restartOnFailure", Node::Bool),
     ("restartDelayInSeconds", Node::Int),
     ("reportMetricsFrequencyInSeconds", Node::Int),
+    // Ours, not the C# tool's: the status server and the call deadline.
+    ("http", Node::Map(HTTP)),
+    ("callTimeoutInSeconds", Node::Int),
 ];
 
-/// Every key of the C# tool's configuration, supported or not.
+/// Every key of the C# tool's configuration, supported or not, and our own
+/// (`http`, `callTimeoutInSeconds`).
 pub const SCHEMA: Node = Node::Map(&[("replicator", Node::Map(REPLICATOR))]);
 
 /// The serde view of the file: every key the C# tool knows, spelled as in its
@@ -183,6 +188,20 @@ mod raw {
         pub restart_delay_in_seconds: Option<u64>,
         /// Seconds between progress log lines.
         pub report_metrics_frequency_in_seconds: Option<u64>,
+        /// The status server.
+        pub http: Option<Http>,
+        /// Deadline of every remote call, in seconds.
+        pub call_timeout_in_seconds: Option<u64>,
+    }
+
+    /// `replicator.http`.
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    pub(super) struct Http {
+        /// `host:port` to listen on; empty turns the server off.
+        pub listen: Option<String>,
+        /// Seconds a component may fail before readiness turns 503.
+        pub unhealthy_after_seconds: Option<u64>,
     }
 
     /// `replicator.reader`.
@@ -280,6 +299,27 @@ pub struct Config {
     pub restart_delay: Duration,
     /// `reportMetricsFrequencyInSeconds`: the interval of the progress log.
     pub report_every: Duration,
+    /// `http`: the status server.
+    pub http: HttpConfig,
+    /// `callTimeoutInSeconds`: the deadline of every remote call (append,
+    /// read, checkpoint store, probes); a call that takes longer is a
+    /// transient failure, reported and retried.
+    pub call_timeout: Duration,
+}
+
+/// Where the status server listens when `http.listen` is not set: the port
+/// of the C# tool's chart, compose files and docs.
+pub const DEFAULT_HTTP_LISTEN: &str = "0.0.0.0:5000";
+
+/// `replicator.http`: the status server (health, metrics, status page).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpConfig {
+    /// `http.listen`: `host:port`, or `None` when set to an empty string
+    /// (no server). Port 0 picks a free port (logged at start-up).
+    pub listen: Option<String>,
+    /// `http.unhealthyAfterSeconds`: how long a component may fail before
+    /// readiness reports 503.
+    pub unhealthy_after: Duration,
 }
 
 /// The source cluster.
@@ -804,6 +844,7 @@ fn validate(r: raw::Replicator) -> Result<Config, ConfigError> {
     }
 
     let checkpoint = validate_checkpoint(r.checkpoint.unwrap_or_default())?;
+    let http = validate_http(r.http.unwrap_or_default())?;
 
     Ok(Config {
         reader,
@@ -817,6 +858,40 @@ fn validate(r: raw::Replicator) -> Result<Config, ConfigError> {
             5,
             "replicator.reportMetricsFrequencyInSeconds",
         )?),
+        http,
+        call_timeout: Duration::from_secs(positive(
+            r.call_timeout_in_seconds,
+            20,
+            "replicator.callTimeoutInSeconds",
+        )?),
+    })
+}
+
+fn validate_http(h: raw::Http) -> Result<HttpConfig, ConfigError> {
+    let listen = match h.listen {
+        None => Some(DEFAULT_HTTP_LISTEN.to_owned()),
+        Some(l) if l.trim().is_empty() => None,
+        Some(l) => {
+            let l = l.trim().to_owned();
+            // host:port, [v6]:port or v4:port; the host is resolved when bound.
+            let port_ok = l
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if !port_ok || l.contains("://") {
+                return Err(ConfigError::key(
+                    "replicator.http.listen",
+                    format!(
+                        "{l:?} is not an address to listen on: use host:port (e.g. \
+                         0.0.0.0:5000 or 127.0.0.1:9000), or an empty string for no server"
+                    ),
+                ));
+            }
+            Some(l)
+        }
+    };
+    Ok(HttpConfig {
+        listen,
+        unhealthy_after: Duration::from_secs(h.unhealthy_after_seconds.unwrap_or(10)),
     })
 }
 
@@ -942,6 +1017,10 @@ replicator:
   restartOnFailure: false
   restartDelayInSeconds: 7
   reportMetricsFrequencyInSeconds: 3
+  callTimeoutInSeconds: 15
+  http:
+    listen: "127.0.0.1:9000"
+    unhealthyAfterSeconds: 30
   checkpoint:
     type: file
     path: "/data/checkpoint"
@@ -1003,6 +1082,14 @@ replicator:
         assert!(!c.restart_on_failure);
         assert_eq!(c.restart_delay, Duration::from_secs(7));
         assert_eq!(c.report_every, Duration::from_secs(3));
+        assert_eq!(c.call_timeout, Duration::from_secs(15));
+        assert_eq!(
+            c.http,
+            HttpConfig {
+                listen: Some("127.0.0.1:9000".into()),
+                unhealthy_after: Duration::from_secs(30),
+            }
+        );
         assert_eq!(
             c.checkpoint,
             CheckpointConfig {
@@ -1028,6 +1115,9 @@ replicator:
         assert!(c.restart_on_failure);
         assert_eq!(c.restart_delay, Duration::from_secs(5));
         assert_eq!(c.report_every, Duration::from_secs(5));
+        assert_eq!(c.call_timeout, Duration::from_secs(20));
+        assert_eq!(c.http.listen.as_deref(), Some("0.0.0.0:5000"));
+        assert_eq!(c.http.unhealthy_after, Duration::from_secs(10));
         assert_eq!(
             c.checkpoint,
             CheckpointConfig {
@@ -1207,6 +1297,52 @@ replicator:
         let (key, msg) = key_err(&with("  checkpoint:\n    seeder:\n      type: chaser\n"));
         assert_eq!(key, "replicator.checkpoint.seeder.path");
         assert!(msg.contains("chaser.chk"), "{msg}");
+    }
+
+    #[test]
+    fn the_status_server_is_configured_by_http_keys_and_the_environment() {
+        let c = load(&with("  HTTP:\n    Listen: \"[::1]:0\"\n")).unwrap();
+        assert_eq!(c.http.listen.as_deref(), Some("[::1]:0"));
+        let c = load(&with("  http:\n    listen: \"\"\n")).unwrap();
+        assert_eq!(c.http.listen, None, "an empty string turns the server off");
+        let c = load_env(
+            MINIMAL,
+            &[
+                ("REPLICATOR_HTTP_LISTEN", "127.0.0.1:9000"),
+                ("REPLICATOR_HTTP_UNHEALTHYAFTERSECONDS", "3"),
+                ("REPLICATOR_CALLTIMEOUTINSECONDS", "7"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.http.listen.as_deref(), Some("127.0.0.1:9000"));
+        assert_eq!(c.http.unhealthy_after, Duration::from_secs(3));
+        assert_eq!(c.call_timeout, Duration::from_secs(7));
+        let c = load_env(MINIMAL, &[("REPLICATOR_HTTP_LISTEN", "")]).unwrap();
+        assert_eq!(c.http.listen, None);
+    }
+
+    #[test]
+    fn bad_status_server_settings_are_named() {
+        for listen in [
+            "5000",
+            "localhost",
+            "http://0.0.0.0:5000",
+            "0.0.0.0:http",
+            ":5000",
+        ] {
+            let (key, msg) = key_err(&with(&format!("  http:\n    listen: \"{listen}\"\n")));
+            assert_eq!(key, "replicator.http.listen", "{listen}");
+            assert!(msg.contains("host:port"), "{msg}");
+        }
+        let (key, _) = key_err(&with("  http:\n    unhealthyAfterSeconds: soon\n"));
+        assert_eq!(key, "replicator.http.unhealthyAfterSeconds");
+        let (key, msg) = key_err(&with("  callTimeoutInSeconds: 0\n"));
+        assert_eq!(key, "replicator.callTimeoutInSeconds");
+        assert!(msg.contains("at least 1"), "{msg}");
+        let err = load_env(MINIMAL, &[("REPLICATOR_HTTP_LISTEN", "nowhere")]).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("replicator.http.listen"), "{msg}");
+        assert!(msg.contains("REPLICATOR_HTTP_LISTEN"), "{msg}");
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod app;
 mod checkpoint_cmd;
 mod config;
 mod demo;
+mod status;
 mod time;
 
 use std::io::IsTerminal as _;
@@ -58,6 +59,17 @@ enum Command {
     /// Inspect or change the stored checkpoint.
     #[command(subcommand)]
     Checkpoint(CheckpointCommand),
+    /// Print the status of a running `replicator run` (its /api/status):
+    /// progress, positions, checkpoint and component health. Exit code 2
+    /// when it answers but is not ready.
+    Status {
+        /// The instance's status server (replicator.http.listen).
+        #[arg(long, value_name = "URL", default_value = status::DEFAULT_URL)]
+        url: String,
+        /// Print the JSON as it came.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -126,6 +138,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             }
             Command::Demo(args) => demo::run(args, app::shutdown_on_signals()?).await,
+            Command::Status { url, json } => status::show(&url, json).await,
             Command::Checkpoint(CheckpointCommand::Show(args)) => {
                 let config = app::load_config(&args.config)?;
                 checkpoint_cmd::show(&config).await

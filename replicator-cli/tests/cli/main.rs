@@ -11,6 +11,7 @@
 mod demo;
 mod live;
 mod restart;
+mod status;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -69,6 +70,9 @@ fn command(dir: &Path) -> Command {
         }
     }
     cmd.env("RUST_LOG", "warn");
+    // Not the default 0.0.0.0:5000: tests run side by side, each with its own
+    // status server on a free port.
+    cmd.env("REPLICATOR_HTTP_LISTEN", "127.0.0.1:0");
     cmd
 }
 

@@ -1,0 +1,443 @@
+//! The HTTP status server of `replicator run`: `/ping`, `/health/live`,
+//! `/health/ready` (and `/health`), `/metrics`, `/api/status` and a status
+//! page at `/`.
+//!
+//! It reads one progress channel and one set of health reporters that outlive
+//! the pipeline's restarts (`restartOnFailure`), so it answers the same way
+//! before the first pipeline, between restarts and while one runs. Each
+//! request takes one [`Snapshot`]; the verdicts (live, ready) are decided here
+//! once and rendered by [`json`], [`metrics`] and the [`page`].
+
+mod command;
+mod json;
+mod metrics;
+mod page;
+mod server;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use replicator_core::{Component, ComponentHealth, PipelineState, Progress};
+use replicator_esdb::redact;
+use tokio::sync::watch;
+
+use crate::config::{Config, SeederConfig, StoreConfig};
+
+pub use command::{show, DEFAULT_URL};
+pub use server::StatusServer;
+
+/// What the status server reads, shared with `replicator run`.
+#[derive(Clone)]
+pub struct Status {
+    progress: watch::Receiver<Progress>,
+    runs: Arc<Runs>,
+    settings: Arc<Settings>,
+}
+
+impl Status {
+    /// A status over `progress` (the one channel every pipeline of this
+    /// process publishes on), configured by `config`.
+    pub fn new(progress: watch::Receiver<Progress>, config: &Config) -> Self {
+        Status {
+            progress,
+            runs: Arc::new(Runs::default()),
+            settings: Arc::new(Settings::new(config)),
+        }
+    }
+
+    /// The pipeline failed and will be started again (`restartOnFailure`):
+    /// until [`Status::started`], liveness holds (a restart is the cure, not
+    /// a reason to kill the process) while readiness reports the failure.
+    pub fn restarting(&self) {
+        self.runs.restarts.fetch_add(1, Ordering::Relaxed);
+        self.runs.restarting.store(true, Ordering::Relaxed);
+    }
+
+    /// A pipeline is (again) about to run.
+    pub fn started(&self) {
+        self.runs.restarting.store(false, Ordering::Relaxed);
+    }
+
+    /// Everything one response is made of, now.
+    pub(crate) fn snapshot(&self) -> Snapshot {
+        let progress = self.progress.borrow().clone();
+        let now = SystemTime::now();
+        let s = &self.settings;
+        let components = Component::ALL.map(|c| {
+            let h = progress.components.of(c);
+            ComponentView {
+                component: c,
+                healthy: h.healthy,
+                since: h.since,
+                failing_for: failing_for(h, now),
+                error: h.last_error.as_deref().map(|e| s.scrub(e)),
+                attempts: h.attempts,
+                failures_total: h.failures_total,
+            }
+        });
+        let restarting = self.runs.restarting.load(Ordering::Relaxed);
+        let heartbeat_age = progress.since_heartbeat();
+        let state_error = match &progress.state {
+            PipelineState::Retrying { error, .. } | PipelineState::Failed(error) => {
+                Some(s.scrub(error))
+            }
+            _ => None,
+        };
+
+        let mut not_ready = Vec::new();
+        if let PipelineState::Failed(_) = progress.state {
+            not_ready.push(format!(
+                "replication failed{}: {}",
+                if restarting { " (restarting)" } else { "" },
+                state_error.as_deref().unwrap_or("")
+            ));
+        }
+        for c in &components {
+            if !c.healthy && c.failing_for >= s.unhealthy_after {
+                not_ready.push(format!(
+                    "{} failing for {}: {}",
+                    c.component,
+                    crate::time::short(c.failing_for),
+                    c.error.as_deref().unwrap_or("(no error recorded)")
+                ));
+            }
+        }
+
+        let mut not_live = Vec::new();
+        if !restarting {
+            if let PipelineState::Failed(_) = progress.state {
+                not_live.push(format!(
+                    "replication failed: {}",
+                    state_error.as_deref().unwrap_or("")
+                ));
+            }
+            let turning = matches!(
+                progress.state,
+                PipelineState::Starting
+                    | PipelineState::Running
+                    | PipelineState::Retrying { .. }
+                    | PipelineState::Draining
+            );
+            if turning && heartbeat_age > s.live_bound {
+                not_live.push(format!(
+                    "stuck: the pipeline has not turned for {} (bound {})",
+                    crate::time::short(heartbeat_age),
+                    crate::time::short(s.live_bound)
+                ));
+            }
+        }
+
+        Snapshot {
+            now,
+            progress,
+            components,
+            state_error,
+            heartbeat_age,
+            not_ready,
+            not_live,
+            restarting,
+            restarts: self.runs.restarts.load(Ordering::Relaxed),
+            settings: Arc::clone(&self.settings),
+        }
+    }
+}
+
+/// How long `h` has been failing at `now` (zero when healthy). From its
+/// `since` rather than the published `for_how_long`, which is as old as the
+/// last publish (and a pipeline between restarts publishes nothing).
+fn failing_for(h: &ComponentHealth, now: SystemTime) -> Duration {
+    if h.healthy {
+        Duration::ZERO
+    } else {
+        now.duration_since(h.since).unwrap_or(h.for_how_long)
+    }
+}
+
+/// Restarts of the pipeline (`restartOnFailure`).
+#[derive(Debug, Default)]
+struct Runs {
+    restarts: AtomicU64,
+    restarting: AtomicBool,
+}
+
+/// One component's health as reported.
+#[derive(Debug, Clone)]
+pub(crate) struct ComponentView {
+    pub component: Component,
+    pub healthy: bool,
+    pub since: SystemTime,
+    pub failing_for: Duration,
+    /// The last error, passwords hidden.
+    pub error: Option<String>,
+    pub attempts: u64,
+    pub failures_total: u64,
+}
+
+/// One consistent view for one response.
+pub(crate) struct Snapshot {
+    pub now: SystemTime,
+    pub progress: Progress,
+    /// In [`Component::ALL`] order.
+    pub components: [ComponentView; 3],
+    /// The error of a retrying or failed state, passwords hidden.
+    pub state_error: Option<String>,
+    pub heartbeat_age: Duration,
+    /// Why readiness fails; empty when ready.
+    pub not_ready: Vec<String>,
+    /// Why liveness fails; empty when live.
+    pub not_live: Vec<String>,
+    pub restarting: bool,
+    pub restarts: u64,
+    pub settings: Arc<Settings>,
+}
+
+impl Snapshot {
+    pub fn ready(&self) -> bool {
+        self.not_ready.is_empty()
+    }
+
+    pub fn live(&self) -> bool {
+        self.not_live.is_empty()
+    }
+}
+
+/// The configuration as the status server reports and applies it.
+#[derive(Debug)]
+pub(crate) struct Settings {
+    pub unhealthy_after: Duration,
+    /// Liveness fails when the pipeline has not turned for this long.
+    pub live_bound: Duration,
+    pub started_at: SystemTime,
+    /// The configuration summary, passwords hidden.
+    pub summary: ConfigSummary,
+    /// Passwords of the configured connection strings, hidden wherever they
+    /// appear in an error message.
+    secrets: Vec<String>,
+}
+
+/// What `/api/status` shows of the configuration (passwords hidden).
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct ConfigSummary {
+    pub source: String,
+    pub target: String,
+    pub partitions: usize,
+    pub buffer_size: usize,
+    pub checkpoint_store: String,
+    pub checkpoint_after: u64,
+    pub seeder: Option<String>,
+    pub run_continuously: bool,
+    pub restart_on_failure: bool,
+    pub restart_delay_seconds: u64,
+    pub call_timeout_seconds: u64,
+    pub unhealthy_after_seconds: u64,
+    pub http_listen: Option<String>,
+}
+
+/// Liveness allows this long without a turn of the pipeline, at least.
+const MIN_LIVE_BOUND: Duration = Duration::from_secs(60);
+
+impl Settings {
+    fn new(config: &Config) -> Self {
+        let mut secrets: Vec<String> = [
+            Some(config.reader.connection_string.as_str()),
+            Some(config.sink.connection_string.as_str()),
+            match &config.checkpoint.store {
+                StoreConfig::Mongo {
+                    connection_string, ..
+                } => Some(connection_string.as_str()),
+                StoreConfig::File { .. } => None,
+            },
+        ]
+        .into_iter()
+        .flatten()
+        .filter_map(password_of)
+        // Shorter ones would blank out ordinary words of every message.
+        .filter(|p| p.len() >= 4)
+        .collect();
+        secrets.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        secrets.dedup();
+        Settings {
+            unhealthy_after: config.http.unhealthy_after,
+            live_bound: MIN_LIVE_BOUND.max(config.call_timeout * 3),
+            started_at: SystemTime::now(),
+            summary: ConfigSummary {
+                source: redact(&config.reader.connection_string),
+                target: redact(&config.sink.connection_string),
+                partitions: config.sink.partition_count(),
+                buffer_size: config.sink.buffer_size.get(),
+                checkpoint_store: config.checkpoint.store.to_string(),
+                checkpoint_after: config.checkpoint.checkpoint_after,
+                seeder: config.checkpoint.seeder.as_ref().map(|s| match s {
+                    SeederConfig::Chaser { path } => format!("chaser {}", path.display()),
+                }),
+                run_continuously: config.run_continuously,
+                restart_on_failure: config.restart_on_failure,
+                restart_delay_seconds: config.restart_delay.as_secs(),
+                call_timeout_seconds: config.call_timeout.as_secs(),
+                unhealthy_after_seconds: config.http.unhealthy_after.as_secs(),
+                http_listen: config.http.listen.clone(),
+            },
+            secrets,
+        }
+    }
+
+    /// `text` (an error message) with every password hidden: any word that
+    /// looks like a connection string with credentials goes through
+    /// [`redact`], and the configured passwords are blanked wherever they
+    /// appear.
+    pub fn scrub(&self, text: &str) -> String {
+        let mut out = String::with_capacity(text.len());
+        let mut word = String::new();
+        for ch in text.chars() {
+            if ch.is_whitespace() {
+                out.push_str(&redact_word(&word));
+                word.clear();
+                out.push(ch);
+            } else {
+                word.push(ch);
+            }
+        }
+        out.push_str(&redact_word(&word));
+        for secret in &self.secrets {
+            out = out.replace(secret.as_str(), "***");
+        }
+        out
+    }
+}
+
+fn redact_word(word: &str) -> String {
+    if word.contains('@') {
+        redact(word)
+    } else {
+        word.to_owned()
+    }
+}
+
+/// The password in `connection_string`: what [`redact`] hides.
+fn password_of(connection_string: &str) -> Option<String> {
+    let hidden = redact(connection_string);
+    if hidden == connection_string {
+        return None;
+    }
+    let prefix = connection_string
+        .bytes()
+        .zip(hidden.bytes())
+        .take_while(|(a, b)| a == b)
+        .count();
+    let suffix = connection_string[prefix..]
+        .bytes()
+        .rev()
+        .zip(hidden[prefix..].bytes().rev())
+        .take_while(|(a, b)| a == b)
+        .count();
+    let password = &connection_string[prefix..connection_string.len() - suffix];
+    (!password.is_empty()).then(|| password.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use std::path::Path;
+
+    pub(crate) fn config(extra: &str) -> Config {
+        let yaml = format!(
+            "replicator:\n  reader:\n    connectionString: esdb://admin:s3cr3t-pw@source:2113?tls=false\n  sink:\n    connectionString: esdb://writer:t4rget/pw@target:2113\n{extra}"
+        );
+        Config::from_yaml(&yaml, Path::new("test.yaml"), std::iter::empty()).unwrap()
+    }
+
+    pub(crate) fn status(extra: &str) -> (watch::Sender<Progress>, Status) {
+        let (tx, rx) = watch::channel(Progress::default());
+        (tx, Status::new(rx, &config(extra)))
+    }
+
+    #[test]
+    fn passwords_are_found_and_hidden_in_any_message() {
+        assert_eq!(
+            password_of("esdb://admin:changeit@h:2113").as_deref(),
+            Some("changeit")
+        );
+        assert_eq!(password_of("esdb://h:2113"), None);
+        let (_, status) =
+            status("  checkpoint:\n    type: mongo\n    path: mongodb://u:m0ngo-pass@db:27017\n");
+        let s = &status.settings;
+        let message = "cannot reach mongodb://u:m0ngo-pass@db:27017 (nor esdb://other:pass1@x:1) \
+                       after t4rget/pw and s3cr3t-pw";
+        let scrubbed = s.scrub(message);
+        for secret in ["m0ngo-pass", "pass1", "t4rget/pw", "s3cr3t-pw"] {
+            assert!(!scrubbed.contains(secret), "{scrubbed}");
+        }
+        assert!(scrubbed.contains("mongodb://u:***@db:27017"), "{scrubbed}");
+        assert!(!s.summary.source.contains("s3cr3t"), "{:?}", s.summary);
+        assert!(!s.summary.target.contains("t4rget"), "{:?}", s.summary);
+        assert!(
+            !s.summary.checkpoint_store.contains("m0ngo"),
+            "{:?}",
+            s.summary
+        );
+    }
+
+    #[test]
+    fn a_component_failing_past_the_threshold_makes_it_unready_but_live() {
+        let (tx, status) = status("  http:\n    unhealthyAfterSeconds: 5\n");
+        tx.send_modify(|p| p.state = PipelineState::Running);
+        assert!(status.snapshot().ready());
+        tx.send_modify(|p| {
+            p.components.target.healthy = false;
+            p.components.target.since = SystemTime::now() - Duration::from_secs(2);
+            p.components.target.last_error =
+                Some("refused by esdb://writer:t4rget/pw@target".into());
+        });
+        assert!(status.snapshot().ready(), "failing, but not for long");
+        tx.send_modify(|p| {
+            p.components.target.since = SystemTime::now() - Duration::from_secs(6);
+        });
+        let snap = status.snapshot();
+        assert!(!snap.ready());
+        assert!(snap.live());
+        assert_eq!(snap.not_ready.len(), 1);
+        assert!(
+            snap.not_ready[0].starts_with("target failing for 6"),
+            "{:?}",
+            snap.not_ready
+        );
+        assert!(
+            !snap.not_ready[0].contains("t4rget"),
+            "{:?}",
+            snap.not_ready
+        );
+    }
+
+    #[test]
+    fn a_failed_pipeline_is_dead_unless_it_restarts_and_a_stuck_one_is_dead() {
+        let (tx, status) = status("");
+        tx.send_modify(|p| p.state = PipelineState::Failed("access denied".into()));
+        let snap = status.snapshot();
+        assert!(!snap.live() && !snap.ready());
+        status.restarting();
+        let snap = status.snapshot();
+        assert!(snap.live() && !snap.ready());
+        assert_eq!(snap.restarts, 1);
+        status.started();
+        tx.send_modify(|p| {
+            p.state = PipelineState::Running;
+            p.heartbeat = tokio::time::Instant::now() - Duration::from_secs(61);
+        });
+        let snap = status.snapshot();
+        assert!(!snap.live(), "61 s without a turn is over the 60 s bound");
+        assert!(
+            snap.not_live[0].contains("not turned"),
+            "{:?}",
+            snap.not_live
+        );
+        assert!(snap.ready(), "readiness follows the components");
+    }
+
+    #[test]
+    fn the_live_bound_grows_with_the_call_timeout() {
+        let (_, status) = status("  callTimeoutInSeconds: 30\n");
+        assert_eq!(status.settings.live_bound, Duration::from_secs(90));
+    }
+}
