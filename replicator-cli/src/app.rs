@@ -2,13 +2,10 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use replicator_checkpoint::{chaser, seed_if_empty, FileCheckpointStore, MongoCheckpointStore};
-use replicator_core::{
-    CheckpointStore, Pipeline, PipelineConfig, PipelineError, PipelineState, Progress, RunSummary,
-};
+use replicator_core::{CheckpointStore, Pipeline, PipelineConfig, PipelineError, RunSummary};
 use replicator_esdb::{EsdbReader, EsdbReaderConfig, EsdbSink, EsdbSinkConfig};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -151,7 +148,7 @@ async fn run_pipelines(
         let pipeline = build_pipeline(config, store.clone(), health, progress)?;
         status.started();
         let ended = CancellationToken::new();
-        let reporter = tokio::spawn(report_progress(
+        let reporter = tokio::spawn(crate::report::report_progress(
             pipeline.progress(),
             config.report_every,
             ended.clone(),
@@ -191,88 +188,17 @@ async fn run_pipelines(
 ///
 /// The reader and sink retry transient errors themselves, so what reaches here
 /// is mostly permanent; a restart still helps when the operator fixes the cause
-/// (permissions, a full disk) while we wait. A checkpoint that cannot be parsed
-/// or a reader that goes backwards cannot heal that way.
+/// (permissions, a full disk) while we wait. A checkpoint that cannot be parsed,
+/// a part that failed its start-up check (a configuration that cannot work
+/// must fail in seconds, not loop), a panicking task or a reader that goes
+/// backwards cannot heal that way.
 fn may_heal(error: &PipelineError) -> bool {
     match error {
         PipelineError::LoadCheckpoint(e) => e.is_transient(),
-        PipelineError::OutOfOrder { .. } => false,
+        PipelineError::OutOfOrder { .. }
+        | PipelineError::Check { .. }
+        | PipelineError::TaskEnded { .. } => false,
         _ => true,
-    }
-}
-
-/// Logs progress every `every` until `ended` fires, then once more. It reads
-/// the latest progress on each tick only: the pipeline publishes on every
-/// event, and waking up for each would cost a task switch per event.
-async fn report_progress(
-    mut progress: watch::Receiver<Progress>,
-    every: Duration,
-    ended: CancellationToken,
-) {
-    let mut last_count = 0u64;
-    let mut last_time = Instant::now();
-    let mut ticker = tokio::time::interval(every);
-    ticker.tick().await;
-    loop {
-        let ended = tokio::select! {
-            _ = ticker.tick() => false,
-            () = ended.cancelled() => true,
-        };
-        let p = progress.borrow_and_update().clone();
-        let count = p.written + p.skipped;
-        let elapsed = last_time.elapsed().as_secs_f64();
-        let rate = if elapsed > 0.0 {
-            (count.saturating_sub(last_count)) as f64 / elapsed
-        } else {
-            0.0
-        };
-        last_count = count;
-        last_time = Instant::now();
-        log_progress(&p, rate);
-        if ended {
-            return;
-        }
-    }
-}
-
-fn log_progress(p: &Progress, rate: f64) {
-    let show =
-        |pos: Option<replicator_core::Position>| pos.map_or("-".to_owned(), |p| p.to_string());
-    let state = match &p.state {
-        PipelineState::Starting => "starting".to_owned(),
-        PipelineState::Running => "running".to_owned(),
-        PipelineState::Retrying { attempts, error } => {
-            format!("retrying a write ({attempts} attempts): {error}")
-        }
-        PipelineState::Draining => "draining".to_owned(),
-        PipelineState::Stopped => "stopped".to_owned(),
-        PipelineState::Failed(error) => format!("failed: {error}"),
-    };
-    let lag = p.lag().map_or("-".to_owned(), time::short);
-    // tracing needs the level at compile time: one field list, two levels.
-    macro_rules! progress_line {
-        ($level:ident) => {
-            $level!(
-                state,
-                events_per_sec = format!("{rate:.0}"),
-                read = p.read,
-                written = p.written,
-                skipped = p.skipped,
-                last_read = %show(p.last_read),
-                processed = %show(p.processed),
-                target = %show(p.target),
-                lag,
-                in_flight = p.in_flight,
-                checkpoints = p.checkpoints_stored,
-                sink_retries = p.sink_retries,
-                "Progress"
-            )
-        };
-    }
-    if p.is_healthy() {
-        progress_line!(info);
-    } else {
-        progress_line!(warn);
     }
 }
 

@@ -8,6 +8,7 @@ mod app;
 mod checkpoint_cmd;
 mod config;
 mod demo;
+mod report;
 mod status;
 mod time;
 
@@ -116,11 +117,12 @@ fn main() -> ExitCode {
 const DEFAULT_LOG_FILTER: &str = "info,eventstore=off";
 
 fn init_logging(format: LogFormat) {
+    report::init(matches!(format, LogFormat::Json));
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(report::LogWriter)
         .with_ansi(std::io::stderr().is_terminal());
     match format {
         LogFormat::Text => builder.init(),

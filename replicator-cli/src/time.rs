@@ -1,6 +1,6 @@
 //! Printing times without a calendar crate.
 
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 /// `t` as RFC 3339 in UTC, to the second (`2024-02-29T13:05:09Z`).
 pub fn rfc3339(t: SystemTime) -> String {
@@ -34,25 +34,12 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
     (y, m, d)
 }
 
-/// A short human duration: `850ms`, `12.3s`, `4m05s`, `3h07m`.
-pub fn short(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms < 1000 {
-        format!("{ms}ms")
-    } else if ms < 60_000 {
-        format!("{:.1}s", d.as_secs_f64())
-    } else if ms < 3_600_000 {
-        let s = d.as_secs();
-        format!("{}m{:02}s", s / 60, s % 60)
-    } else {
-        let s = d.as_secs();
-        format!("{}h{:02}m", s / 3600, s / 60 % 60)
-    }
-}
+pub use replicator_core::health::short;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn at(secs: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
