@@ -69,6 +69,8 @@ pub const UNSTORED_RECORDS: &str = "replicator_checkpoint_unstored_records";
 pub const IN_FLIGHT: &str = "replicator_in_flight_records";
 /// Log bytes between the processed position and the source head.
 pub const GAP_BYTES: &str = "replicator_gap_bytes";
+/// Records between the processed position and the source head (estimated).
+pub const GAP_EVENTS: &str = "replicator_gap_events";
 /// How much of the source log is processed, 0–100.
 pub const PERCENT: &str = "replicator_progress_percent";
 /// How long ago the source head was last fully replicated.
@@ -244,6 +246,11 @@ pub(crate) fn render(s: &Snapshot) -> String {
         GAP_BYTES,
         "Log bytes between the processed position and the source head",
         p.gap_bytes.map(|g| g as f64),
+    );
+    out.gauge(
+        GAP_EVENTS,
+        "Records between the processed position and the source head, estimated from the bytes per record so far",
+        p.gap_events.map(|g| g as f64),
     );
     out.gauge(
         PERCENT,

@@ -557,6 +557,13 @@ impl Run {
                 let done = self.frontier.map_or(0, |p| p.commit);
                 let gap = head.commit.saturating_sub(done);
                 stats.gap_bytes = Some(gap);
+                // Log bytes per record in this run so far (records have gaps
+                // and sizes of their own: an estimate).
+                let start = self.lower_bound.map_or(0, |(p, _)| p.commit);
+                stats.gap_events = (self.processed >= 100 && done > start).then(|| {
+                    let per_record = (done - start) as f64 / self.processed as f64;
+                    (gap as f64 / per_record).round() as u64
+                });
                 stats.percent = Some(if stats.caught_up || head.commit == 0 {
                     100.0
                 } else {
@@ -573,6 +580,7 @@ impl Run {
             (None, Some(_)) => {
                 // The source is empty.
                 stats.gap_bytes = Some(0);
+                stats.gap_events = Some(0);
                 stats.percent = Some(100.0);
                 stats.eta = Some(Duration::ZERO);
             }

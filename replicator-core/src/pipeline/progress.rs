@@ -178,6 +178,10 @@ pub struct Progress {
     pub source_head_at: Option<SystemTime>,
     /// Log bytes between the processed frontier and the source head.
     pub gap_bytes: Option<u64>,
+    /// Records between the processed frontier and the source head, estimated
+    /// from the log bytes per record processed so far in this run (`None`
+    /// until a hundred records give an estimate).
+    pub gap_events: Option<u64>,
     /// How much of the source log is processed, 0–100.
     pub percent: Option<f64>,
     /// Records processed (written or skipped) per second over the last
@@ -230,6 +234,7 @@ impl Default for Progress {
             source_head: None,
             source_head_at: None,
             gap_bytes: None,
+            gap_events: None,
             percent: None,
             events_per_second: 0.0,
             eta: None,

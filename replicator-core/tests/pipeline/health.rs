@@ -277,10 +277,10 @@ async fn a_panicking_reader_fails_the_run_naming_it_after_storing_what_was_writt
 
 #[tokio::test]
 async fn a_reader_that_stops_delivering_while_the_source_has_more_is_reported() {
-    let source = source_with(100, 4);
+    let source = source_with(300, 4);
     let reader = BrokenReader {
         source: source.clone(),
-        before: 40,
+        before: 150,
         panic: false,
     };
     let pipeline = Pipeline::builder(reader, MemorySink::new(), MemoryCheckpointStore::new())
@@ -295,9 +295,14 @@ async fn a_reader_that_stops_delivering_while_the_source_has_more_is_reported() 
     .await;
     let error = p.components.source.last_error.clone().unwrap();
     assert!(error.contains("delivered nothing"), "{error}");
-    assert_eq!(p.processed, Some(source.events()[39].position));
+    assert_eq!(p.processed, Some(source.events()[149].position));
     assert_eq!(p.percent.map(|x| x < 100.0), Some(true));
     assert!(!p.caught_up);
+    let estimate = p.gap_events.expect("an estimate after 150 records");
+    assert!(
+        (135..=165).contains(&estimate),
+        "150 records left, estimated {estimate}"
+    );
     cancel.cancel();
     timeout(WAIT, run).await.unwrap().unwrap().unwrap();
 }
@@ -380,6 +385,7 @@ async fn caught_up_means_percent_100_eta_0_and_lag_0_whatever_the_age_of_the_eve
     assert_eq!(p.written, 300);
     assert_eq!(p.source_head, source.head());
     assert_eq!(p.gap_bytes, Some(0));
+    assert_eq!(p.gap_events, Some(0));
     assert_eq!(p.percent, Some(100.0));
     assert_eq!(p.eta, Some(Duration::ZERO));
     assert_eq!(
