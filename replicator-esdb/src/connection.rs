@@ -1,6 +1,7 @@
 //! Connection strings, client (re)building and error classification shared by
 //! the reader and the sink.
 
+use std::future::Future;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -71,21 +72,71 @@ pub(crate) fn error_kind(error: &eventstore::Error) -> ErrorKind {
         | E::WrongExpectedVersion { .. } => ErrorKind::Permanent,
         // The enum is not exhaustive across client versions: an error we do
         // not know is more likely a passing condition than a misconfiguration,
-        // and the caller logs every retry.
+        // and a lasting one is reported unhealthy and logged while retried.
         #[allow(unreachable_patterns)]
         _ => ErrorKind::Transient,
+    }
+}
+
+/// `error` for logs, health and error messages: the client's own text, with
+/// the gRPC status it wraps shortened from tonic's debug dump (`status:
+/// Unavailable, message: "…", details: [], metadata: MetadataMap { … }`) to
+/// `Unavailable: …`.
+pub(crate) fn describe(error: &eventstore::Error) -> String {
+    let text = error.to_string();
+    let Some(at) = text.find("status: ") else {
+        return text;
+    };
+    let (before, status) = text.split_at(at);
+    let status = &status["status: ".len()..];
+    let code = status.split(',').next().unwrap_or_default().trim();
+    let message = status.find("message: \"").and_then(|start| {
+        let rest = &status[start + "message: \"".len()..];
+        rest.rfind("\", details: ").map(|end| &rest[..end])
+    });
+    match message {
+        Some(message) => format!("{before}{code}: {message}"),
+        None => text,
     }
 }
 
 /// Whether the client should be thrown away and built again after `error`.
 ///
 /// A client whose first connection attempt failed answers `ConnectionClosed`
-/// forever, so a fresh one is the only way to recover from that.
+/// forever, so a fresh one is the only way to recover from that. A request
+/// that got no answer within its deadline may sit on a connection that is
+/// gone without a reset (a frozen server, a partition): a new client opens a
+/// new connection instead of waiting for HTTP/2 keepalive to notice.
 pub(crate) fn needs_new_client(error: &eventstore::Error) -> bool {
     matches!(
         error,
-        eventstore::Error::ConnectionClosed | eventstore::Error::GrpcConnectionError(_)
+        eventstore::Error::ConnectionClosed
+            | eventstore::Error::GrpcConnectionError(_)
+            | eventstore::Error::DeadlineExceeded
     )
+}
+
+/// The default deadline of one request (a read, a page of a read, an append,
+/// the set-up of a subscription): a server that does not answer within it is
+/// treated as unavailable. Shorter than the pipeline's call deadline (20 s by
+/// default), so the error says which request hung.
+///
+/// The `eventstore` 4.0.0 client enforces no deadline itself: it sends a
+/// `grpc-timeout` header (10 s on appends and tombstones, none on reads,
+/// subscriptions and batch appends) that only the server acts on, and a
+/// frozen server acts on nothing.
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs `request`, turning "no answer within `limit`" into
+/// [`eventstore::Error::DeadlineExceeded`]. Dropping a request future of the
+/// client cancels the request.
+pub(crate) async fn within<T>(
+    limit: Duration,
+    request: impl Future<Output = Result<T, eventstore::Error>>,
+) -> Result<T, eventstore::Error> {
+    tokio::time::timeout(limit, request)
+        .await
+        .unwrap_or(Err(eventstore::Error::DeadlineExceeded))
 }
 
 /// Whether a raw gRPC status code means "try again later": cancelled (1),
@@ -139,12 +190,6 @@ fn next_generation() -> u64 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
-/// Exponential backoff: 100 ms doubling up to 5 s.
-pub(crate) fn backoff(attempt: u32) -> Duration {
-    let millis = 100u64.saturating_mul(1 << attempt.min(6));
-    Duration::from_millis(millis.min(5_000))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,6 +239,22 @@ mod tests {
     }
 
     #[test]
+    fn grpc_statuses_are_described_without_the_debug_dump() {
+        use eventstore::Error as E;
+        let error = E::ServerError(
+            "status: Unavailable, message: \"Server is shutting down\", details: [], \
+             metadata: MetadataMap { headers: {} }"
+                .into(),
+        );
+        assert_eq!(
+            describe(&error),
+            "Server-side error: Unavailable: Server is shutting down"
+        );
+        assert_eq!(describe(&E::DeadlineExceeded), "Deadline exceeded");
+        assert_eq!(describe(&E::AccessDenied), "Access denied error");
+    }
+
+    #[test]
     fn outages_are_transient_and_access_problems_permanent() {
         use eventstore::Error as E;
         assert_eq!(error_kind(&E::ConnectionClosed), ErrorKind::Transient);
@@ -204,12 +265,5 @@ mod tests {
         assert_eq!(error_kind(&E::DeadlineExceeded), ErrorKind::Transient);
         assert_eq!(error_kind(&E::AccessDenied), ErrorKind::Permanent);
         assert_eq!(error_kind(&E::UnsupportedFeature), ErrorKind::Permanent);
-    }
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        assert_eq!(backoff(0), Duration::from_millis(100));
-        assert_eq!(backoff(1), Duration::from_millis(200));
-        assert_eq!(backoff(30), Duration::from_secs(5));
     }
 }

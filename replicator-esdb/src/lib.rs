@@ -2,13 +2,17 @@
 //! [`Sink`](replicator_core::Sink) for replicator, on the `eventstore` gRPC
 //! client.
 //!
-//! - [`EsdbReader`] reads the source `$all` (catch-up reads, then a live
-//!   subscription), classifies each record with [`classify()`] and survives
-//!   source outages by reconnecting and resuming after the last record it
-//!   handed on.
+//! - [`EsdbReader`] reads the source `$all` (one catch-up subscription, then
+//!   live), classifies each record with [`classify()`] and survives source
+//!   outages by reconnecting and resuming after the last record it handed on,
+//!   reporting the source's health meanwhile. It also offers the pipeline a
+//!   probe of the source's `$all` head.
 //! - [`EsdbSink`] writes to the target: batched appends per stream,
 //!   concurrent across streams, with expected revisions and event ids so that
 //!   replays leave the target unchanged.
+//!
+//! Every request either makes has a deadline (10 s by default), so a hung
+//! server is noticed and retried, never waited on forever.
 //!
 //! ```no_run
 //! use replicator_esdb::{EsdbReader, EsdbReaderConfig, EsdbSink, EsdbSinkConfig};
@@ -35,4 +39,6 @@ pub use classify::{
 };
 pub use connection::redact;
 pub use reader::{EsdbReader, EsdbReaderConfig};
-pub use sink::{to_event_data, EsdbSink, EsdbSinkConfig, DEFAULT_MAX_APPEND_BYTES};
+pub use sink::{
+    to_event_data, EsdbSink, EsdbSinkConfig, DEFAULT_MAX_APPEND_BYTES, WRITE_CHECK_STREAM,
+};

@@ -1,7 +1,10 @@
-//! The EventStoreDB [`Reader`]: pages through `$all`, then follows it live.
+//! The EventStoreDB [`Reader`]: one catch-up subscription to `$all`, then live.
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use eventstore::{
@@ -9,11 +12,18 @@ use eventstore::{
     Subscription, SubscriptionEvent,
 };
 use futures::StreamExt;
-use replicator_core::{ErrorKind, Event, EventStream, Position, Reader, ReaderError, StartFrom};
-use tracing::{debug, info, warn};
+use replicator_core::health::{short, Component, HealthReporter};
+use replicator_core::retry::Backoff;
+use replicator_core::{
+    ErrorKind, Event, EventStream, HeadProbe, Position, Reader, ReaderError, StartFrom,
+};
+use tokio::time::{Instant, Sleep};
+use tracing::{debug, info};
 
 use crate::classify::to_event;
-use crate::connection::{backoff, error_kind, parse_settings, redact, ClientCell};
+use crate::connection::{
+    describe, error_kind, parse_settings, redact, within, ClientCell, REQUEST_TIMEOUT,
+};
 
 /// Configuration of an [`EsdbReader`].
 #[derive(Clone, PartialEq, Eq)]
@@ -65,26 +75,58 @@ impl fmt::Debug for EsdbReaderConfig {
 /// begins. Every record is handed on, classified by [`crate::classify()`];
 /// positions strictly increase.
 ///
+/// # Outages
 /// When the source goes away (restart, dropped connection, leader change), the
-/// reader logs a warning, waits with exponential backoff (100 ms to 5 s),
-/// builds a new client and resumes strictly after the last record it handed
-/// on: no gap, no repeat. Only permanent errors (access denied, a request the
-/// server rejects) end the stream with an `Err`.
+/// reader waits with the workspace's [`Backoff`] (100 ms doubling to 30 s,
+/// jittered), builds a new client and resumes strictly after the last record
+/// it handed on: no gap, no repeat. Each failed attempt is reported to the
+/// source's [`HealthReporter`] (see [`Reader::report_health_to`]), which logs
+/// a lasting outage once, then once a minute; the first record or
+/// confirmation after it reports the source healthy again. Only permanent
+/// errors (access denied, a request the server rejects) end the stream with
+/// an `Err`.
+///
+/// # Deadlines: a hung source is noticed
+/// Every request has a deadline ([`EsdbReader::with_request_timeout`], 10 s by
+/// default): a read, each page of it, the set-up of the subscription up to the
+/// server's confirmation, a head probe. A live subscription may rightly stay
+/// silent for hours, so it has no deadline; two things notice one that hangs:
+/// - HTTP/2 keepalive of the `eventstore` client: a ping every
+///   `keepAliveInterval` (10 s) while a request is open, the connection closed
+///   when no answer comes within `keepAliveTimeout` (10 s). A frozen server or
+///   a partition without a reset ends the subscription in about 20 s. The
+///   connection string can raise both or turn them off (`-1`), not lower them.
+/// - A watchdog of the reader's own: when the subscription has delivered
+///   nothing for two request timeouts in a row, it asks the source for its
+///   `$all` head on a separate connection. A source that does not answer, or
+///   whose `$all` went on past what the subscription delivered at both checks,
+///   means the subscription hung (a server that still answers pings but no
+///   longer serves it): the reader reconnects and resumes.
+///
+/// # Head
+/// [`Reader::head_probe`] gives the pipeline a probe that reads `$all`
+/// backwards, one record, on a client of its own, so it never touches the
+/// subscription's connection.
 pub struct EsdbReader {
     settings: ClientSettings,
     config: EsdbReaderConfig,
+    request_timeout: Duration,
+    health: HealthReporter,
+    probe: Arc<EsdbHeadProbe>,
 }
 
 impl fmt::Debug for EsdbReader {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EsdbReader")
             .field("config", &self.config)
+            .field("request_timeout", &self.request_timeout)
             .finish_non_exhaustive()
     }
 }
 
 impl EsdbReader {
-    /// Creates the reader. Nothing connects until [`Reader::read`] is polled.
+    /// Creates the reader. Nothing connects until [`Reader::read`] is polled
+    /// or its head probe is asked.
     ///
     /// # Errors
     /// A permanent [`ReaderError`] when the connection string does not parse
@@ -97,7 +139,25 @@ impl EsdbReader {
                 "reader: pageSize must be at least 1",
             ));
         }
-        Ok(EsdbReader { settings, config })
+        Ok(EsdbReader {
+            probe: Arc::new(EsdbHeadProbe::new(settings.clone(), REQUEST_TIMEOUT)),
+            settings,
+            config,
+            request_timeout: REQUEST_TIMEOUT,
+            health: HealthReporter::new(Component::Source),
+        })
+    }
+
+    /// Sets the deadline of each request to the source (10 s by default; at
+    /// least 1 ms), which is also the quiet period after which the watchdog
+    /// checks a silent subscription. See [`EsdbReader`].
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout.max(Duration::from_millis(1));
+        self.probe = Arc::new(EsdbHeadProbe::new(
+            self.settings.clone(),
+            self.request_timeout,
+        ));
+        self
     }
 }
 
@@ -114,11 +174,16 @@ impl Reader for EsdbReader {
             client: ClientCell::new(self.settings.clone()),
             page_size: self.config.page_size,
             run_continuously: self.config.run_continuously,
+            request_timeout: self.request_timeout,
+            health: self.health.clone(),
+            failing: false,
+            probe: Arc::clone(&self.probe),
             last,
             floor,
             pending: VecDeque::new(),
             phase: Phase::CatchUp,
-            failures: 0,
+            backoff: Backoff::default(),
+            watchdog: Watchdog::new(self.request_timeout),
             end: None,
         };
         // The subscription lives inside the stream's state, so only dropping
@@ -130,22 +195,175 @@ impl Reader for EsdbReader {
         })
         .boxed())
     }
+
+    fn report_health_to(&mut self, health: HealthReporter) {
+        self.health = health;
+    }
+
+    fn head_probe(&self) -> Option<Arc<dyn HeadProbe>> {
+        Some(Arc::clone(&self.probe) as Arc<dyn HeadProbe>)
+    }
+}
+
+/// Asks the source where its `$all` ends: one record read backwards from the
+/// end, on a client of its own, with a deadline.
+struct EsdbHeadProbe {
+    client: ClientCell,
+    timeout: Duration,
+}
+
+impl EsdbHeadProbe {
+    fn new(settings: ClientSettings, timeout: Duration) -> Self {
+        EsdbHeadProbe {
+            client: ClientCell::new(settings),
+            timeout,
+        }
+    }
+
+    async fn ask(&self) -> Result<Option<Position>, eventstore::Error> {
+        let (generation, client) = self.client.get()?;
+        let answer = within(self.timeout, head(&client)).await;
+        if let Err(error) = &answer {
+            // Cheap (one connection per failed probe) and the only way out
+            // of a client whose first connection failed.
+            if error_kind(error) == ErrorKind::Transient {
+                self.client.discard(generation);
+            }
+        }
+        answer
+    }
+}
+
+#[async_trait]
+impl HeadProbe for EsdbHeadProbe {
+    async fn head(&self) -> Result<Option<Position>, ReaderError> {
+        self.ask().await.map_err(|error| {
+            let message = match error {
+                eventstore::Error::DeadlineExceeded => format!(
+                    "the source did not say where its $all ends within {}",
+                    short(self.timeout)
+                ),
+                _ => format!(
+                    "asking the source where its $all ends failed: {}",
+                    describe(&error)
+                ),
+            };
+            match error_kind(&error) {
+                ErrorKind::Transient => ReaderError::transient(message),
+                ErrorKind::Permanent => ReaderError::permanent(message),
+            }
+            .with_source(error)
+        })
+    }
 }
 
 enum Phase {
     /// Setting up: the inclusive first read, the head position, the
     /// subscription.
     CatchUp,
-    /// Catching up, then following `$all`, with a subscription.
-    Live(Box<Subscription>),
+    /// Catching up, then following `$all`, with a subscription; `confirmed`
+    /// once the server has confirmed it (until then its set-up has a
+    /// deadline).
+    Live {
+        subscription: Box<Subscription>,
+        confirmed: bool,
+    },
     /// Caught up (not running continuously) or failed permanently.
     Done,
+}
+
+/// Why an attempt to read failed.
+enum Failure {
+    /// The client's error (its own, or our deadline as `DeadlineExceeded`).
+    Client {
+        doing: &'static str,
+        error: eventstore::Error,
+    },
+    /// The subscription delivered nothing while `$all` went on.
+    Stalled {
+        seen: Option<Position>,
+        head: Position,
+        quiet: Duration,
+    },
+}
+
+impl Failure {
+    fn client(doing: &'static str) -> impl Fn(eventstore::Error) -> Failure + Copy {
+        move |error| Failure::Client { doing, error }
+    }
+
+    fn kind(&self) -> ErrorKind {
+        match self {
+            Failure::Client { error, .. } => error_kind(error),
+            Failure::Stalled { .. } => ErrorKind::Transient,
+        }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Client {
+                doing,
+                error: eventstore::Error::DeadlineExceeded,
+            } => write!(f, "{doing}: no answer within the deadline"),
+            Failure::Client { doing, error } => write!(f, "{doing}: {}", describe(error)),
+            Failure::Stalled { seen, head, quiet } => write!(
+                f,
+                "the subscription delivered nothing for {} after {} while the source's $all \
+                 goes on to {head}: resubscribing",
+                short(*quiet),
+                shown(*seen)
+            ),
+        }
+    }
+}
+
+/// Notices a live subscription that hangs; see [`EsdbReader`].
+struct Watchdog {
+    quiet: Duration,
+    /// Fires after each quiet period.
+    timer: Pin<Box<Sleep>>,
+    /// The last position the subscription delivered.
+    seen: Option<Position>,
+    /// [`Watchdog::seen`] when the timer last fired.
+    seen_at_tick: Option<Position>,
+    /// The head found past `seen` at the last check, if it was.
+    suspect: bool,
+}
+
+impl Watchdog {
+    fn new(quiet: Duration) -> Self {
+        Watchdog {
+            quiet,
+            timer: Box::pin(tokio::time::sleep(quiet)),
+            seen: None,
+            seen_at_tick: None,
+            suspect: false,
+        }
+    }
+
+    /// A new subscription: watch it from now on.
+    fn restart(&mut self) {
+        self.seen_at_tick = self.seen;
+        self.suspect = false;
+        self.timer.as_mut().reset(Instant::now() + self.quiet);
+    }
+
+    fn saw(&mut self, position: Position) {
+        self.seen = Some(position);
+    }
 }
 
 struct ReadState {
     client: ClientCell,
     page_size: usize,
     run_continuously: bool,
+    request_timeout: Duration,
+    health: HealthReporter,
+    /// Whether a failure was reported and no success since.
+    failing: bool,
+    probe: Arc<EsdbHeadProbe>,
     /// The last position handed on: everything up to it is done.
     last: Option<Position>,
     /// For an inclusive start: records before it are not handed on.
@@ -153,8 +371,8 @@ struct ReadState {
     /// Records read and not yet handed on, in order.
     pending: VecDeque<Event>,
     phase: Phase,
-    /// Consecutive failures, for the backoff.
-    failures: u32,
+    backoff: Backoff,
+    watchdog: Watchdog,
     /// Without `run_continuously`: the `$all` head when catching up began
     /// (`Some(None)`: `$all` was empty); reading ends there.
     end: Option<Option<Position>>,
@@ -171,54 +389,93 @@ impl ReadState {
             }
             let (generation, client) = match self.client.get() {
                 Ok(client) => client,
-                Err(error) => match self.failed(0, error).await {
-                    Some(error) => return Some(Err(error)),
-                    None => continue,
-                },
+                Err(error) => {
+                    let failure = Failure::client("creating the source client")(error);
+                    match self.failed(0, failure).await {
+                        Some(error) => return Some(Err(error)),
+                        None => continue,
+                    }
+                }
             };
-            match &mut self.phase {
+            let outcome = match &mut self.phase {
                 Phase::Done => return None,
                 Phase::CatchUp => match self.catch_up(&client).await {
-                    Ok(()) => self.failures = 0,
-                    Err(error) => {
-                        if let Some(error) = self.failed(generation, error).await {
-                            return Some(Err(error));
+                    Ok(()) => {
+                        if matches!(self.phase, Phase::Done) {
+                            self.recovered();
                         }
+                        Ok(())
                     }
+                    Err(failure) => Err(failure),
                 },
-                Phase::Live(subscription) => match subscription.next_subscription_event().await {
-                    Ok(SubscriptionEvent::EventAppeared(resolved)) => {
-                        self.failures = 0;
-                        self.accept(resolved);
-                        if self.reached_end() {
-                            info!(position = %shown(self.last), "Caught up with the source");
-                            self.phase = Phase::Done;
+                Phase::Live {
+                    subscription,
+                    confirmed,
+                } => {
+                    let event = next_live(
+                        subscription,
+                        *confirmed,
+                        &mut self.watchdog,
+                        &self.probe,
+                        self.request_timeout,
+                    )
+                    .await;
+                    match event {
+                        Ok(event) => {
+                            *confirmed = true;
+                            self.on_subscription_event(event);
+                            Ok(())
                         }
+                        Err(failure) => Err(failure),
                     }
-                    Ok(SubscriptionEvent::CaughtUp) => {
-                        info!(position = %shown(self.last), "Caught up; following the source live");
-                    }
-                    Ok(other) => debug!(?other, "Subscription notice"),
-                    Err(error) => {
-                        if let Some(error) = self.failed(generation, error).await {
-                            return Some(Err(error));
-                        }
-                    }
-                },
+                }
+            };
+            if let Err(failure) = outcome {
+                if let Some(error) = self.failed(generation, failure).await {
+                    return Some(Err(error));
+                }
             }
+        }
+    }
+
+    fn on_subscription_event(&mut self, event: SubscriptionEvent) {
+        self.recovered();
+        match event {
+            SubscriptionEvent::EventAppeared(resolved) => {
+                let original = resolved.get_original_event().position;
+                self.watchdog.saw(Position {
+                    commit: original.commit,
+                    prepare: original.prepare,
+                });
+                self.accept(resolved);
+                if self.reached_end() {
+                    info!(position = %shown(self.last), "Caught up with the source");
+                    self.phase = Phase::Done;
+                }
+            }
+            SubscriptionEvent::CaughtUp => {
+                info!(position = %shown(self.last), "Caught up; following the source live");
+            }
+            SubscriptionEvent::Confirmed(id) => {
+                debug!(id = %id, after = %shown(self.last), "Subscribed to $all");
+            }
+            other => debug!(?other, "Subscription notice"),
         }
     }
 
     /// Moves out of [`Phase::CatchUp`]: reads from an inclusive start first,
     /// ends when there is nothing to read without `run_continuously`, and
     /// otherwise subscribes strictly after the last record handed on.
-    async fn catch_up(&mut self, client: &eventstore::Client) -> Result<(), eventstore::Error> {
+    async fn catch_up(&mut self, client: &eventstore::Client) -> Result<(), Failure> {
         if self.last.is_none() && self.floor.is_some() {
             self.read_page(client).await?;
         }
         if !self.run_continuously {
             if self.end.is_none() {
-                self.end = Some(head(client).await?);
+                let end = within(self.request_timeout, head(client))
+                    .await
+                    .map_err(Failure::client("reading where the source's $all ends"))?;
+                self.end = Some(end);
             }
             if self.reached_end() {
                 info!(position = %shown(self.last), "Caught up with the source");
@@ -226,11 +483,18 @@ impl ReadState {
                 return Ok(());
             }
         }
-        if let Some(from) = Self::live_start(self.last, self.floor, client).await? {
+        let start = Self::live_start(self.last, self.floor, client, self.request_timeout)
+            .await
+            .map_err(Failure::client("reading where the source's $all ends"))?;
+        if let Some(from) = start {
             debug!(position = %shown(self.last), "Subscribing to $all");
             let options = SubscribeToAllOptions::default().position(from);
             let subscription = client.subscribe_to_all(&options).await;
-            self.phase = Phase::Live(Box::new(subscription));
+            self.phase = Phase::Live {
+                subscription: Box::new(subscription),
+                confirmed: false,
+            };
+            self.watchdog.restart();
         }
         // Otherwise records appeared at or after the inclusive start
         // meanwhile: the next round reads them first.
@@ -247,8 +511,9 @@ impl ReadState {
         }
     }
 
-    /// Reads one page after `last` (or from `floor`, or the start).
-    async fn read_page(&mut self, client: &eventstore::Client) -> Result<(), eventstore::Error> {
+    /// Reads one page after `last` (or from `floor`, or the start), with a
+    /// deadline on the request and on each record.
+    async fn read_page(&mut self, client: &eventstore::Client) -> Result<(), Failure> {
         let (from, requested) = match (self.last, self.floor) {
             // `read_all` is inclusive: ask for one more, the record at `last`
             // comes back and is dropped.
@@ -263,12 +528,19 @@ impl ReadState {
             .forwards()
             .position(from)
             .max_count(requested);
-        let mut stream = client.read_all(&options).await?;
+        let failure = || Failure::client("reading a page of the source's $all");
+        let mut stream = within(self.request_timeout, client.read_all(&options))
+            .await
+            .map_err(failure())?;
         let mut received = 0;
-        while let Some(resolved) = stream.next().await? {
+        while let Some(resolved) = within(self.request_timeout, stream.next())
+            .await
+            .map_err(failure())?
+        {
             received += 1;
             self.accept(resolved);
         }
+        self.recovered();
         debug!(received, requested, last = %shown(self.last), "Read a page of $all");
         Ok(())
     }
@@ -282,6 +554,7 @@ impl ReadState {
         last: Option<Position>,
         floor: Option<Position>,
         client: &eventstore::Client,
+        timeout: Duration,
     ) -> Result<Option<StreamPosition<eventstore::Position>>, eventstore::Error> {
         match (last, floor) {
             (Some(last), _) => Ok(Some(StreamPosition::Position(to_client(last)))),
@@ -289,7 +562,7 @@ impl ReadState {
             // Nothing at or after an inclusive start yet. A subscription from
             // a position is exclusive and would miss a record written exactly
             // there: start after the last record before it instead.
-            (None, Some(floor)) => Ok(match head(client).await? {
+            (None, Some(floor)) => Ok(match within(timeout, head(client)).await? {
                 None => Some(StreamPosition::Start),
                 Some(last) if last >= floor => None,
                 Some(last) => Some(StreamPosition::Position(to_client(last))),
@@ -313,36 +586,124 @@ impl ReadState {
         self.pending.push_back(event);
     }
 
-    /// Handles a failed call: a permanent error ends the stream (returned); a
-    /// transient one drops the client, waits and goes back to catching up
-    /// from `last`.
-    async fn failed(&mut self, generation: u64, error: eventstore::Error) -> Option<ReaderError> {
-        if error_kind(&error) == ErrorKind::Permanent {
-            self.phase = Phase::Done;
-            return Some(
-                ReaderError::permanent(format!(
-                    "reading the source $all after {} failed: {error}",
-                    shown(self.last)
-                ))
-                .with_source(error),
-            );
+    /// Reading works (again): tells the health reporter once, and starts the
+    /// backoff over.
+    fn recovered(&mut self) {
+        if self.failing {
+            self.failing = false;
+            self.health.success();
         }
-        let delay = backoff(self.failures);
-        self.failures = self.failures.saturating_add(1);
-        warn!(
-            %error,
-            attempt = self.failures,
+        self.backoff.reset();
+    }
+
+    /// Handles a failed attempt: a permanent error ends the stream (returned);
+    /// a transient one is reported to the health reporter, drops the client,
+    /// waits and goes back to catching up from `last`.
+    async fn failed(&mut self, generation: u64, failure: Failure) -> Option<ReaderError> {
+        if failure.kind() == ErrorKind::Permanent {
+            self.phase = Phase::Done;
+            let message = format!(
+                "reading the source $all after {} failed: {failure}",
+                shown(self.last)
+            );
+            let error = ReaderError::permanent(message);
+            return Some(match failure {
+                Failure::Client { error: source, .. } => error.with_source(source),
+                Failure::Stalled { .. } => error,
+            });
+        }
+        let delay = self.backoff.next_delay();
+        // The reporter logs a lasting failure (first at WARN, then once a
+        // minute); each attempt only at debug.
+        debug!(
+            %failure,
+            attempt = self.backoff.attempts(),
             retry_in = ?delay,
             last = %shown(self.last),
             "Source unavailable; reconnecting"
         );
+        self.health.failure(&format_args!(
+            "{failure} (resuming after {})",
+            shown(self.last)
+        ));
+        self.failing = true;
         // Dropping the subscription before the client ends the stream cleanly.
         self.phase = Phase::CatchUp;
-        // A client whose first connection failed never recovers: always start
-        // afresh, it costs one connection.
+        // A client whose first connection failed never recovers, and one whose
+        // request hung may sit on a dead connection: always start afresh, it
+        // costs one connection.
         self.client.discard(generation);
         tokio::time::sleep(delay).await;
         None
+    }
+}
+
+/// The next event of a live subscription.
+///
+/// Until the server confirms the subscription, the wait has a deadline.
+/// Afterwards silence is normal, and the [`Watchdog`] decides when it is not:
+/// after each quiet period without a record it asks the probe for the head,
+/// while still waiting for the subscription.
+///
+/// A free function over the parts it needs: the state holds the subscription,
+/// which is not `Sync`, so no `&ReadState` may be held across an await.
+async fn next_live(
+    subscription: &mut Subscription,
+    confirmed: bool,
+    watchdog: &mut Watchdog,
+    probe: &EsdbHeadProbe,
+    timeout: Duration,
+) -> Result<SubscriptionEvent, Failure> {
+    if !confirmed {
+        return within(timeout, subscription.next_subscription_event())
+            .await
+            .map_err(Failure::client("subscribing to the source's $all"));
+    }
+    let failure = Failure::client("following the source's $all");
+    // Kept across the checks below: dropping it would drop the subscription.
+    let next = subscription.next_subscription_event();
+    tokio::pin!(next);
+    loop {
+        tokio::select! {
+            biased;
+            event = &mut next => return event.map_err(failure),
+            () = watchdog.timer.as_mut() => {}
+        }
+        watchdog
+            .timer
+            .as_mut()
+            .reset(Instant::now() + watchdog.quiet);
+        if watchdog.seen != watchdog.seen_at_tick {
+            watchdog.seen_at_tick = watchdog.seen;
+            watchdog.suspect = false;
+            continue;
+        }
+        // Quiet for a whole period: is the source idle, or the subscription
+        // stuck?
+        let head = tokio::select! {
+            biased;
+            event = &mut next => return event.map_err(failure),
+            head = probe.ask() => head,
+        };
+        match head {
+            Ok(Some(head)) if watchdog.seen.is_none_or(|seen| head > seen) => {
+                if watchdog.suspect {
+                    return Err(Failure::Stalled {
+                        seen: watchdog.seen,
+                        head,
+                        quiet: watchdog.quiet * 2,
+                    });
+                }
+                watchdog.suspect = true;
+            }
+            Ok(_) => watchdog.suspect = false,
+            Err(error) => {
+                return Err(Failure::Client {
+                    doing: "asking where the source's $all ends while the subscription is silent",
+                    error,
+                })
+            }
+        }
     }
 }
 

@@ -12,11 +12,15 @@ use eventstore::{
     EventData, ExpectedRevision, ReadStreamOptions, StreamPosition, TombstoneStreamOptions,
 };
 use futures::{FutureExt, StreamExt};
+use replicator_core::health::short;
 use replicator_core::{ContentType, ErrorKind, Event, Position, Sink, SinkError, WriteAck};
 use serde::ser::{Serialize, SerializeStruct, Serializer};
 use tracing::{debug, warn};
 
-use crate::connection::{error_kind, needs_new_client, parse_settings, redact, ClientCell};
+use crate::connection::{
+    describe, error_kind, needs_new_client, parse_settings, redact, within, ClientCell,
+    REQUEST_TIMEOUT,
+};
 use crate::plan::{match_replay, plan, Replay, Step, TargetRecord};
 
 /// Default cap on the payload of one append request.
@@ -29,8 +33,10 @@ const STREAMS_IN_FLIGHT: usize = 32;
 /// line up (streams renumbered because the source lost their first events).
 const RENUMBERED_SEARCH_DEPTH: usize = 4096;
 
-/// Reads done to recognise a replay carry no server deadline: cap them.
-const READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// The stream [`EsdbSink::check`] appends nothing to. An append of no events
+/// writes nothing, whatever the stream holds, but is authenticated and
+/// authorised as a write.
+pub const WRITE_CHECK_STREAM: &str = "replicator-write-check";
 
 /// Append attempts for one run (each after learning more about the target)
 /// before giving up with a transient error.
@@ -116,10 +122,28 @@ impl fmt::Debug for EsdbSinkConfig {
 /// A target stream holding other records where the source's belong is a
 /// permanent error naming the stream and event: the target is not a replica
 /// of this source.
+///
+/// # Deadlines and failures
+/// Every request has a deadline ([`EsdbSink::with_request_timeout`], 10 s by
+/// default): each append, tombstone, batch-append request, and each step of
+/// the reads that recognise a replay. The `eventstore` 4.0.0 client enforces
+/// none itself (its `grpc-timeout` header only asks the server), so a frozen
+/// or partitioned target would otherwise be waited on until HTTP/2 keepalive
+/// closes the connection (about 20 s, see [`crate::EsdbReader`]). A request
+/// past its deadline fails the write with a transient error and the client is
+/// rebuilt, so the retry uses a new connection. The sink does not retry by
+/// itself: the pipeline retries transient errors with backoff and reports
+/// the target's health.
+///
+/// [`Sink::check`] makes an append of no events to [`WRITE_CHECK_STREAM`] before
+/// replication starts: it writes nothing, but proves that the target answers,
+/// that the credentials are valid and that writes are allowed. Access denied
+/// is permanent; an unreachable target is transient.
 pub struct EsdbSink {
     client: ClientCell,
     partition_count: usize,
     max_append_bytes: usize,
+    request_timeout: Duration,
     /// Consecutive failed operations; every few, the client is rebuilt in
     /// case it is stuck in a state it cannot leave by itself.
     failures: std::sync::atomic::AtomicU32,
@@ -160,6 +184,7 @@ impl EsdbSink {
             client: ClientCell::new(settings),
             partition_count: config.partition_count,
             max_append_bytes: DEFAULT_MAX_APPEND_BYTES,
+            request_timeout: REQUEST_TIMEOUT,
             failures: std::sync::atomic::AtomicU32::new(0),
             offsets: Mutex::new(HashMap::new()),
             batch: Mutex::new(None),
@@ -171,6 +196,14 @@ impl EsdbSink {
     /// sent, whatever its size).
     pub fn with_max_append_bytes(mut self, bytes: usize) -> Self {
         self.max_append_bytes = bytes.max(1);
+        self
+    }
+
+    /// Sets the deadline of each request to the target (10 s by default; at
+    /// least 1 ms). Keep it below the pipeline's call deadline, so that a
+    /// hung request fails with an error saying which one.
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout.max(Duration::from_millis(1));
         self
     }
 
@@ -293,12 +326,19 @@ impl EsdbSink {
                         CurrentRevision::Current(n) => Some(n),
                         CurrentRevision::NoStream => None,
                     };
-                    let target =
-                        match read_target(client, stream, first_target, pending.len()).await {
-                            Ok(records) => records,
-                            Err(eventstore::Error::ResourceDeleted) => return Ok(position),
-                            Err(e) => return Err(RunError::Client(e, pending[0])),
-                        };
+                    let target = match read_target(
+                        client,
+                        stream,
+                        first_target,
+                        pending.len(),
+                        self.request_timeout,
+                    )
+                    .await
+                    {
+                        Ok(records) => records,
+                        Err(eventstore::Error::ResourceDeleted) => return Ok(position),
+                        Err(e) => return Err(RunError::Client(e, pending[0])),
+                    };
                     match match_replay(
                         pending,
                         first_target,
@@ -320,10 +360,14 @@ impl EsdbSink {
                                 // records sit at lower revisions: find them by id.
                                 if !searched && last.is_some() {
                                     searched = true;
-                                    if let Some(revision) =
-                                        find_in_tail(client, stream, pending[0].id)
-                                            .await
-                                            .map_err(|e| RunError::Client(e, pending[0]))?
+                                    if let Some(revision) = find_in_tail(
+                                        client,
+                                        stream,
+                                        pending[0].id,
+                                        self.request_timeout,
+                                    )
+                                    .await
+                                    .map_err(|e| RunError::Client(e, pending[0]))?
                                     {
                                         offset = revision as i64 - pending[0].revision as i64;
                                         self.remember_offset(stream, offset);
@@ -363,9 +407,14 @@ impl EsdbSink {
                         Replay::Diverged { index, found } => {
                             if !searched {
                                 searched = true;
-                                if let Some(revision) = find_in_tail(client, stream, pending[0].id)
-                                    .await
-                                    .map_err(|e| RunError::Client(e, pending[0]))?
+                                if let Some(revision) = find_in_tail(
+                                    client,
+                                    stream,
+                                    pending[0].id,
+                                    self.request_timeout,
+                                )
+                                .await
+                                .map_err(|e| RunError::Client(e, pending[0]))?
                                 {
                                     offset = revision as i64 - pending[0].revision as i64;
                                     self.remember_offset(stream, offset);
@@ -395,7 +444,12 @@ impl EsdbSink {
         let stream = event.target_stream();
         let (generation, client) = self.client()?;
         let options = TombstoneStreamOptions::default().expected_revision(ExpectedRevision::Any);
-        match client.tombstone_stream(stream, &options).await {
+        match within(
+            self.request_timeout,
+            client.tombstone_stream(stream, &options),
+        )
+        .await
+        {
             Ok(position) => {
                 self.succeeded();
                 Ok(position.map(convert_position))
@@ -418,7 +472,9 @@ impl EsdbSink {
     /// error carries no details (and ends the session), so on any error the
     /// session is dropped and the append is made again as a plain append, whose
     /// wrong-expected-version reply the replay logic needs. Replaying an append
-    /// that did go through is safe: it is recognised by event ids.
+    /// that did go through is safe: it is recognised by event ids. A batch
+    /// append past its deadline is not tried again plainly: the target does
+    /// not answer, and the write fails at once.
     async fn append_events(
         &self,
         generation: u64,
@@ -429,7 +485,12 @@ impl EsdbSink {
     ) -> Result<Option<Position>, eventstore::Error> {
         if let Some(batch) = self.batch_session(generation, client).await {
             let data: Vec<EventData> = events.iter().map(|e| to_event_data(e)).collect();
-            match batch.append_to_stream(stream, expected, data).await {
+            let result = within(
+                self.request_timeout,
+                batch.append_to_stream(stream, expected, data),
+            )
+            .await;
+            match result {
                 Ok(result) => return Ok(result.current_position().map(convert_position)),
                 Err(error) => {
                     debug!(%error, stream, "Batch append failed; appending plainly");
@@ -440,10 +501,18 @@ impl EsdbSink {
                     {
                         *current = None;
                     }
+                    if matches!(error, eventstore::Error::DeadlineExceeded) {
+                        return Err(error);
+                    }
                 }
             }
         }
-        append(client, stream, expected, events).await.map(Some)
+        within(
+            self.request_timeout,
+            append(client, stream, expected, events),
+        )
+        .await
+        .map(Some)
     }
 
     /// The shared batch-append session of the client of `generation`, opened
@@ -467,7 +536,8 @@ impl EsdbSink {
                 return Some(batch.clone());
             }
         }
-        match client.batch_append(&BatchAppendOptions::default()).await {
+        let options = BatchAppendOptions::default();
+        match within(self.request_timeout, client.batch_append(&options)).await {
             Ok(batch) => {
                 let batch = Arc::new(batch);
                 let mut current = self.batch.lock().unwrap_or_else(|e| e.into_inner());
@@ -561,6 +631,56 @@ impl Sink for EsdbSink {
     fn max_in_flight(&self) -> usize {
         self.partition_count
     }
+
+    /// Appends no events to [`WRITE_CHECK_STREAM`] (expected revision: any). Nothing
+    /// is written, but the target must answer, accept the credentials and
+    /// allow the write.
+    ///
+    /// # Errors
+    /// Permanent when access is denied (bad credentials, no write
+    /// permission) or the connection string cannot be used; transient when
+    /// the target cannot be reached or does not answer within the request
+    /// deadline.
+    async fn check(&self) -> Result<(), SinkError> {
+        let (generation, client) = self.client()?;
+        let options = AppendToStreamOptions::default().expected_revision(ExpectedRevision::Any);
+        let nothing: Vec<EventData> = Vec::new();
+        let result = within(
+            self.request_timeout,
+            client.append_to_stream(WRITE_CHECK_STREAM, &options, nothing),
+        )
+        .await;
+        match result {
+            // A tombstoned check stream still proves that we got through.
+            Ok(_) | Err(eventstore::Error::ResourceDeleted) => {
+                self.succeeded();
+                Ok(())
+            }
+            Err(error) => {
+                self.failed(generation, &error);
+                let (doing, hint) = match &error {
+                    eventstore::Error::DeadlineExceeded => (
+                        format!("no answer within {}", short(self.request_timeout)),
+                        "",
+                    ),
+                    eventstore::Error::AccessDenied => (
+                        describe(&error),
+                        ": check the sink's credentials and its permission to write",
+                    ),
+                    _ => (describe(&error), ""),
+                };
+                let message = format!(
+                    "the target cannot be written (an empty append to `{WRITE_CHECK_STREAM}`, which \
+                     writes nothing, failed): {doing}{hint}"
+                );
+                Err(match error_kind(&error) {
+                    ErrorKind::Transient => SinkError::transient(message),
+                    ErrorKind::Permanent => SinkError::permanent(message),
+                }
+                .with_source(error))
+            }
+        }
+    }
 }
 
 async fn append(
@@ -582,12 +702,13 @@ async fn read_target(
     stream: &str,
     revision: u64,
     count: usize,
+    timeout: Duration,
 ) -> Result<Vec<TargetRecord>, eventstore::Error> {
     let options = ReadStreamOptions::default()
         .forwards()
         .position(StreamPosition::Position(revision))
         .max_count(count);
-    read_records(client, stream, &options).await
+    read_records(client, stream, &options, timeout).await
 }
 
 /// Looks for event `id` among the last records of `stream`.
@@ -595,49 +716,48 @@ async fn find_in_tail(
     client: &Client,
     stream: &str,
     id: uuid::Uuid,
+    timeout: Duration,
 ) -> Result<Option<u64>, eventstore::Error> {
     let options = ReadStreamOptions::default()
         .backwards()
         .position(StreamPosition::End)
         .max_count(RENUMBERED_SEARCH_DEPTH);
-    let records = read_records(client, stream, &options).await?;
+    let records = read_records(client, stream, &options, timeout).await?;
     Ok(records.iter().find(|r| r.id == id).map(|r| r.revision))
 }
 
+/// Reads `stream` with `options`, with a deadline on the request and on each
+/// record (not on the whole read: a long read that keeps moving is fine).
 async fn read_records(
     client: &Client,
     stream: &str,
     options: &ReadStreamOptions,
+    timeout: Duration,
 ) -> Result<Vec<TargetRecord>, eventstore::Error> {
-    let read = async {
-        let mut records = Vec::new();
-        let mut reader = match client.read_stream(stream, options).await {
-            Ok(reader) => reader,
+    let mut records = Vec::new();
+    let mut reader = match within(timeout, client.read_stream(stream, options)).await {
+        Ok(reader) => reader,
+        Err(eventstore::Error::ResourceNotFound) => return Ok(records),
+        Err(e) => return Err(e),
+    };
+    loop {
+        match within(timeout, reader.next()).await {
+            Ok(Some(resolved)) => {
+                if let Some(record) = resolved.event {
+                    records.push(TargetRecord {
+                        revision: record.revision,
+                        id: record.id,
+                        event_type: record.event_type,
+                        data: record.data,
+                        position: convert_position(record.position),
+                    });
+                }
+            }
+            Ok(None) => return Ok(records),
             Err(eventstore::Error::ResourceNotFound) => return Ok(records),
             Err(e) => return Err(e),
-        };
-        loop {
-            match reader.next().await {
-                Ok(Some(resolved)) => {
-                    if let Some(record) = resolved.event {
-                        records.push(TargetRecord {
-                            revision: record.revision,
-                            id: record.id,
-                            event_type: record.event_type,
-                            data: record.data,
-                            position: convert_position(record.position),
-                        });
-                    }
-                }
-                Ok(None) => return Ok(records),
-                Err(eventstore::Error::ResourceNotFound) => return Ok(records),
-                Err(e) => return Err(e),
-            }
         }
-    };
-    tokio::time::timeout(READ_TIMEOUT, read)
-        .await
-        .unwrap_or(Err(eventstore::Error::DeadlineExceeded))
+    }
 }
 
 fn convert_position(position: eventstore::Position) -> Position {
@@ -695,11 +815,14 @@ fn sink_error(error: eventstore::Error, doing: &str, event: &Event) -> SinkError
         eventstore::Error::AccessDenied => {
             ": check the sink's credentials and the target's access control"
         }
+        eventstore::Error::DeadlineExceeded => ": the target did not answer within the deadline",
         _ => "",
     };
     let message = format!(
-        "{doing} (event {}, source position {}) failed: {error}{hint}",
-        event.id, event.position
+        "{doing} (event {}, source position {}) failed: {}{hint}",
+        event.id,
+        event.position,
+        describe(&error)
     );
     match error_kind(&error) {
         ErrorKind::Transient => SinkError::transient(message),

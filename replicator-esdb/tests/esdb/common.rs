@@ -443,17 +443,43 @@ pub async fn append_retrying(client: &Client, stream: &str, event: &Event) {
 }
 
 /// Waits until `check` holds, polling; panics with `what` after [`PATIENCE`].
-pub async fn eventually<F, Fut>(what: &str, mut check: F)
+pub async fn eventually<F, Fut>(what: &str, check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
+    eventually_within(what, PATIENCE, check).await;
+}
+
+/// Waits until `check` holds, polling; panics with `what` after `limit`.
+/// Returns how long it took.
+pub async fn eventually_within<F, Fut>(what: &str, limit: Duration, mut check: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = tokio::time::Instant::now();
     while !check().await {
         assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
+            started.elapsed() < limit,
+            "timed out after {limit:?} waiting for: {what}"
         );
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    started.elapsed()
+}
+
+/// The positions of every record of `$all`, in order.
+pub async fn all_positions(client: &Client) -> Vec<Position> {
+    let options = ReadAllOptions::default().max_count(usize::MAX);
+    let mut read = client.read_all(&options).await.expect("read $all");
+    let mut positions = Vec::new();
+    while let Some(resolved) = read.next().await.expect("read $all") {
+        let p = resolved.get_original_event().position;
+        positions.push(Position {
+            commit: p.commit,
+            prepare: p.prepare,
+        });
+    }
+    positions
 }

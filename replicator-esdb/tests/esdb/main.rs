@@ -3,6 +3,8 @@
 
 mod common;
 mod fidelity;
+mod health;
 mod outages;
+mod proxy;
 mod reader;
 mod replay;
