@@ -12,20 +12,7 @@ use replicator_core::{
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::support::event;
-
-fn source_with(n: u64, streams: u64) -> MemorySource {
-    let source = MemorySource::new();
-    for i in 0..n {
-        source.push(event(
-            &format!("s-{}", i % streams),
-            i / streams,
-            100 + i * 37,
-            ChangeKind::Append,
-        ));
-    }
-    source
-}
+use crate::support::{event, source_with};
 
 fn last_position(source: &MemorySource) -> Position {
     source.events().last().unwrap().position

@@ -13,13 +13,13 @@ use replicator_core::memory::{MemoryCheckpointStore, MemoryReader, MemorySink, M
 use replicator_core::{
     ChangeKind, Checkpoint, CheckpointError, CheckpointStore, Component, Event, EventStream,
     HeadProbe, Pipeline, PipelineConfig, PipelineError, Position, Progress, Reader, ReaderError,
-    Sink, SinkError, StartFrom, WriteAck,
+    RunSummary, Sink, SinkError, StartFrom, WriteAck,
 };
 use tokio::sync::watch;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
-use crate::support::event;
+use crate::support::{event, source_with};
 
 /// Generous bound on every wait: a condition not met by then fails the test.
 const WAIT: Duration = Duration::from_secs(20);
@@ -37,17 +37,30 @@ fn config() -> PipelineConfig {
     }
 }
 
-fn source_with(n: u64, streams: u64) -> MemorySource {
-    let source = MemorySource::new();
-    for i in 0..n {
-        source.push(event(
-            &format!("s-{}", i % streams),
-            i / streams,
-            100 + i * 37,
-            ChangeKind::Append,
-        ));
+/// A pipeline running in the background.
+struct Started {
+    progress: watch::Receiver<Progress>,
+    cancel: CancellationToken,
+    run: tokio::task::JoinHandle<Result<RunSummary, PipelineError>>,
+}
+
+fn start(pipeline: Pipeline) -> Started {
+    let progress = pipeline.progress();
+    let cancel = CancellationToken::new();
+    let run = tokio::spawn(pipeline.run(cancel.clone()));
+    Started {
+        progress,
+        cancel,
+        run,
     }
-    source
+}
+
+impl Started {
+    /// Cancels the run and expects a clean stop.
+    async fn stop(self) -> RunSummary {
+        self.cancel.cancel();
+        timeout(WAIT, self.run).await.unwrap().unwrap().unwrap()
+    }
 }
 
 async fn wait_for(
@@ -117,20 +130,17 @@ async fn replication_goes_on_while_the_checkpoint_store_hangs_and_catches_up_aft
     )
     .config(config())
     .build();
-    let mut progress = pipeline.progress();
-    let cancel = CancellationToken::new();
-    let run = tokio::spawn(pipeline.run(cancel.clone()));
+    let mut started = start(pipeline);
+    let progress = &mut started.progress;
 
-    let p = wait_for(
-        &mut progress,
-        "everything written while the store hangs",
-        |p| p.written == 3_000,
-    )
+    let p = wait_for(progress, "everything written while the store hangs", |p| {
+        p.written == 3_000
+    })
     .await;
     assert!(store.inner.current().is_none(), "nothing could be stored");
     assert!(p.unstored > 0, "the replay window is reported: {p:?}");
     let p = wait_for(
-        &mut progress,
+        progress,
         "the checkpoint store retried and reported failing",
         |p| p.components.checkpoint.attempts >= 2,
     )
@@ -146,15 +156,14 @@ async fn replication_goes_on_while_the_checkpoint_store_hangs_and_catches_up_aft
 
     store.open.store(true, Ordering::SeqCst);
     let p = wait_for(
-        &mut progress,
+        progress,
         "the checkpoint caught up and the store is healthy",
         |p| p.components.checkpoint.healthy && p.stored.as_ref().is_some_and(|c| c.source == last),
     )
     .await;
     assert_eq!(p.unstored, 0);
     assert_eq!(store.inner.current().unwrap().source, last);
-    cancel.cancel();
-    timeout(WAIT, run).await.unwrap().unwrap().unwrap();
+    started.stop().await;
 }
 
 /// A sink whose first `hangs` writes never answer.
@@ -286,10 +295,9 @@ async fn a_reader_that_stops_delivering_while_the_source_has_more_is_reported() 
     let pipeline = Pipeline::builder(reader, MemorySink::new(), MemoryCheckpointStore::new())
         .config(config())
         .build();
-    let mut progress = pipeline.progress();
-    let cancel = CancellationToken::new();
-    let run = tokio::spawn(pipeline.run(cancel.clone()));
-    let p = wait_for(&mut progress, "the source reported failing", |p| {
+    let mut started = start(pipeline);
+    let progress = &mut started.progress;
+    let p = wait_for(progress, "the source reported failing", |p| {
         !p.components.source.healthy
     })
     .await;
@@ -303,8 +311,7 @@ async fn a_reader_that_stops_delivering_while_the_source_has_more_is_reported() 
         (135..=165).contains(&estimate),
         "150 records left, estimated {estimate}"
     );
-    cancel.cancel();
-    timeout(WAIT, run).await.unwrap().unwrap().unwrap();
+    started.stop().await;
 }
 
 /// A sink that panics on one stream.
@@ -378,10 +385,9 @@ async fn caught_up_means_percent_100_eta_0_and_lag_0_whatever_the_age_of_the_eve
     )
     .config(config())
     .build();
-    let mut progress = pipeline.progress();
-    let cancel = CancellationToken::new();
-    let run = tokio::spawn(pipeline.run(cancel.clone()));
-    let p = wait_for(&mut progress, "caught up", |p| p.caught_up).await;
+    let mut started = start(pipeline);
+    let progress = &mut started.progress;
+    let p = wait_for(progress, "caught up", |p| p.caught_up).await;
     assert_eq!(p.written, 300);
     assert_eq!(p.source_head, source.head());
     assert_eq!(p.gap_bytes, Some(0));
@@ -399,14 +405,13 @@ async fn caught_up_means_percent_100_eta_0_and_lag_0_whatever_the_age_of_the_eve
         source.push(event("s-new", i - 300, 100 + i * 50, ChangeKind::Append));
     }
     let p = wait_for(
-        &mut progress,
+        progress,
         "the new events written and caught up again",
         |p| p.written == 310 && p.caught_up && p.source_head == source.head(),
     )
     .await;
     assert_eq!(p.percent, Some(100.0));
-    cancel.cancel();
-    timeout(WAIT, run).await.unwrap().unwrap().unwrap();
+    started.stop().await;
 }
 
 /// A store whose `check` fails permanently, as a file under an unusable path.
@@ -503,15 +508,11 @@ async fn a_source_that_cannot_be_asked_for_its_head_is_unhealthy_until_it_answer
     let pipeline = Pipeline::builder(reader, MemorySink::new(), MemoryCheckpointStore::new())
         .config(config())
         .build();
-    let mut progress = pipeline.progress();
-    let cancel = CancellationToken::new();
-    let run = tokio::spawn(pipeline.run(cancel.clone()));
-    wait_for(&mut progress, "caught up", |p| {
-        p.caught_up && p.written == 20
-    })
-    .await;
+    let mut started = start(pipeline);
+    let progress = &mut started.progress;
+    wait_for(progress, "caught up", |p| p.caught_up && p.written == 20).await;
     down.store(true, Ordering::SeqCst);
-    let p = wait_for(&mut progress, "source unhealthy", |p| {
+    let p = wait_for(progress, "source unhealthy", |p| {
         !p.components.source.healthy
     })
     .await;
@@ -520,10 +521,9 @@ async fn a_source_that_cannot_be_asked_for_its_head_is_unhealthy_until_it_answer
         Some("transient reader error: source unavailable")
     );
     down.store(false, Ordering::SeqCst);
-    wait_for(&mut progress, "source healthy again", |p| {
+    wait_for(progress, "source healthy again", |p| {
         p.components.source.healthy
     })
     .await;
-    cancel.cancel();
-    timeout(WAIT, run).await.unwrap().unwrap().unwrap();
+    started.stop().await;
 }

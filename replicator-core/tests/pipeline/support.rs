@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use replicator_core::memory::{MemoryCheckpointStore, MemorySink};
+use replicator_core::memory::{MemoryCheckpointStore, MemorySink, MemorySource};
 use replicator_core::{
     ChangeKind, ContentType, Event, Position, Sink, SinkError, SkipReason, WriteAck,
 };
@@ -31,6 +31,21 @@ pub fn event(stream: &str, revision: u64, position: u64, kind: ChangeKind) -> Ev
         position: Position::at(position),
         kind,
     }
+}
+
+/// A source of `n` user events spread over `streams` streams, 37 log bytes
+/// apart.
+pub fn source_with(n: u64, streams: u64) -> MemorySource {
+    let source = MemorySource::new();
+    for i in 0..n {
+        source.push(event(
+            &format!("s-{}", i % streams),
+            i / streams,
+            100 + i * 37,
+            ChangeKind::Append,
+        ));
+    }
+    source
 }
 
 /// What a scripted write does before and instead of succeeding.
