@@ -1,7 +1,9 @@
 //! The `replicator` binary as a user runs it: configuration errors, the
 //! `checkpoint show|delete|seed` commands on the file and MongoDB stores,
 //! `run` against in-process servers (here, and killed at random moments in
-//! [`restart`], following the source live in [`live`]), and `demo`.
+//! [`restart`], following the source live in [`live`], through its status
+//! server in [`status`], through outages of the source, the target and the
+//! checkpoint store in [`outages`]), and `demo`.
 //!
 //! The `run` tests replicate between real clusters instead when
 //! `ESDB_SOURCE_URL` and/or `ESDB_TARGET_URL` hold connection strings (see
@@ -10,6 +12,7 @@
 
 mod demo;
 mod live;
+mod outages;
 mod restart;
 mod status;
 

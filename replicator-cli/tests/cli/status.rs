@@ -24,7 +24,7 @@ const EVENTS: u64 = 1_200;
 const STREAMS: u64 = 12;
 
 /// A `replicator run` in the background, its log, and its status server.
-struct Running {
+pub(crate) struct Running {
     child: Child,
     log: PathBuf,
     url: String,
@@ -33,7 +33,7 @@ struct Running {
 impl Running {
     /// Starts `replicator run` in `w` with `env` and waits for its status
     /// server's address in the log.
-    async fn start(w: &Workdir, env: &[(&str, &str)]) -> Running {
+    pub(crate) async fn start(w: &Workdir, env: &[(&str, &str)]) -> Running {
         let log = w.path("run.log");
         let mut cmd = command(w.dir.path());
         cmd.arg("run")
@@ -67,16 +67,16 @@ impl Running {
         running
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.url)
     }
 
     /// `GET path`: status code and body.
-    async fn get(&self, path: &str) -> (u16, String) {
+    pub(crate) async fn get(&self, path: &str) -> (u16, String) {
         let response = http()
             .get(self.url(path))
             .send()
@@ -86,21 +86,26 @@ impl Running {
         (code, response.text().await.unwrap())
     }
 
-    async fn json(&self, path: &str) -> (u16, Value) {
+    pub(crate) async fn json(&self, path: &str) -> (u16, Value) {
         let (code, body) = self.get(path).await;
         let value = serde_json::from_str(&body)
             .unwrap_or_else(|e| panic!("GET {path} is not JSON ({e}): {body}"));
         (code, value)
     }
 
-    async fn status(&self) -> Value {
+    pub(crate) async fn status(&self) -> Value {
         let (code, status) = self.json("/api/status").await;
         assert_eq!(code, 200, "{status:#}");
         status
     }
 
     /// Polls `/api/status` until `done` holds, failing after `secs`.
-    async fn wait_status(&self, what: &str, secs: u64, done: impl Fn(&Value) -> bool) -> Value {
+    pub(crate) async fn wait_status(
+        &self,
+        what: &str,
+        secs: u64,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
         let deadline = Instant::now() + Duration::from_secs(secs);
         loop {
             let status = self.status().await;
@@ -117,7 +122,7 @@ impl Running {
     }
 
     /// Sends SIGTERM and expects a clean exit.
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         let pid = self.child.id().unwrap().to_string();
         assert!(std::process::Command::new("kill")
             .args(["-TERM", &pid])
@@ -140,7 +145,7 @@ fn http() -> reqwest::Client {
 }
 
 /// Polls `probe` until it returns something, failing after `secs`.
-async fn wait_for<T, F, Fut>(what: &str, secs: u64, mut probe: F) -> T
+pub(crate) async fn wait_for<T, F, Fut>(what: &str, secs: u64, mut probe: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -171,7 +176,7 @@ async fn write_events(client: &eventstore::Client) {
     }
 }
 
-fn commit(v: &Value) -> Option<u64> {
+pub(crate) fn commit(v: &Value) -> Option<u64> {
     v["commit"].as_u64()
 }
 

@@ -1,0 +1,754 @@
+//! Outages of the servers `replicator run` depends on, as an operator sees
+//! them through the status server: while the copy is under way, the MongoDB
+//! checkpoint store is frozen (SIGSTOP), the source is stopped, the target is
+//! stopped, and the target is frozen (SIGSTOP on an out-of-process
+//! `esdb-testkit`, as a partition without a reset looks). Each time
+//! `/health/ready` must turn 503 naming the component within the call
+//! deadline plus `unhealthyAfterSeconds` plus a few seconds, `/health/live`
+//! must stay 200, readiness must come back when the server does, and the
+//! target must end up identical to the source. Plus the start-up check of a
+//! file checkpoint path: a missing directory is created, a path that cannot
+//! work stops the run in seconds before anything is replicated.
+//!
+//! Every outage test starts servers of its own (an in-process EventStoreDB
+//! source and target whatever `ESDB_SOURCE_URL` and `ESDB_TARGET_URL` say,
+//! a `secantusd-py` of its own found through `SECANTUSD_BIN`), so stopping
+//! or freezing one disturbs no other test. Without
+//! `SECANTUSD_BIN` (or `secantusd-py` on `PATH`) the MongoDB test fails
+//! saying how to get it; it never skips.
+
+use std::io::BufRead as _;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use replicator_testkit::compare::{compare_with, CompareOptions};
+use replicator_testkit::{EsdbServer, ServerOptions};
+use serde_json::Value;
+use tokio::time::Instant;
+
+use crate::status::{commit, Running};
+use crate::{run_async, stderr, Clusters, Workdir};
+
+/// User events in the source: with the target's latency and the partitions
+/// below, copying them takes longer than any outage here.
+const EVENTS: u64 = 24_000;
+/// User events in the source of the tests without an outage.
+const SMALL: u64 = 1_200;
+/// Streams they are spread over.
+const STREAMS: u64 = 24;
+/// Each append to the target is answered this late: at most
+/// `PARTITIONS` × 500 events (the largest batch) per latency, 2,000 events/s,
+/// so the copy lasts at least 12 s however fast the machine.
+const TARGET_LATENCY: Duration = Duration::from_millis(500);
+const PARTITIONS: u64 = 2;
+/// `replicator.callTimeoutInSeconds` of the runs.
+const CALL_TIMEOUT: u64 = 2;
+/// `replicator.http.unhealthyAfterSeconds` of the runs.
+const THRESHOLD: u64 = 2;
+/// What readiness may take beyond the call deadline and the threshold to
+/// turn (probe intervals, publishing, a loaded machine).
+const SLACK: u64 = 5;
+
+/// The run's settings: the short deadlines of these tests, the partitions
+/// above, and `checkpoint` lines (indented under `replicator.checkpoint`).
+fn settings(checkpoint: &str) -> String {
+    format!(
+        "  callTimeoutInSeconds: {CALL_TIMEOUT}\n  http:\n    unhealthyAfterSeconds: {THRESHOLD}\n  checkpoint:\n    checkpointAfter: 500\n{checkpoint}"
+    )
+}
+
+/// A working directory replicating from `source` to `target` with
+/// [`settings`].
+fn workdir(source: &str, target: &str, checkpoint: &str) -> Workdir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("config")).unwrap();
+    let yaml = format!(
+        "replicator:\n  reader:\n    connectionString: \"{source}\"\n  sink:\n    connectionString: \"{target}\"\n    partitionCount: {PARTITIONS}\n{}",
+        settings(checkpoint)
+    );
+    std::fs::write(dir.path().join("config/appsettings.yaml"), yaml).unwrap();
+    Workdir { dir }
+}
+
+/// An in-process source and target, the target's appends slowed down by
+/// [`TARGET_LATENCY`], and clients of both. Always in process, whatever
+/// `ESDB_SOURCE_URL` and `ESDB_TARGET_URL` say: these tests stop them.
+struct Servers {
+    source: EsdbServer,
+    target: EsdbServer,
+    source_client: eventstore::Client,
+    target_client: eventstore::Client,
+}
+
+impl Servers {
+    async fn start() -> Self {
+        let source = EsdbServer::start().await.unwrap();
+        let target = EsdbServer::start_with(ServerOptions {
+            append_latency: TARGET_LATENCY,
+            ..ServerOptions::default()
+        })
+        .await
+        .unwrap();
+        Servers {
+            source_client: client(&source.connection_string()),
+            target_client: client(&target.connection_string()),
+            source,
+            target,
+        }
+    }
+
+    fn workdir(&self, checkpoint: &str) -> Workdir {
+        workdir(
+            &self.source.connection_string(),
+            &self.target.connection_string(),
+            checkpoint,
+        )
+    }
+}
+
+/// Writes `events` user events over [`STREAMS`] streams, 500 per append,
+/// the streams side by side.
+async fn write_events(client: &eventstore::Client, events: u64) {
+    let per_stream = events / STREAMS;
+    let mut appends = tokio::task::JoinSet::new();
+    for stream in 0..STREAMS {
+        let client = client.clone();
+        appends.spawn(async move {
+            let mut i = 0;
+            while i < per_stream {
+                let n = (per_stream - i).min(500);
+                let events: Vec<eventstore::EventData> = (i..i + n)
+                    .map(|i| {
+                        eventstore::EventData::binary("Counted", i.to_le_bytes().to_vec().into())
+                            .id(uuid::Uuid::new_v4())
+                    })
+                    .collect();
+                client
+                    .append_to_stream(format!("outage-{stream}"), &Default::default(), events)
+                    .await
+                    .unwrap();
+                i += n;
+            }
+        });
+    }
+    while let Some(done) = appends.join_next().await {
+        done.unwrap();
+    }
+}
+
+/// Asserts the target holds exactly the source's user streams: every event
+/// once, at the same revision (a lost event or a duplicate shows).
+async fn assert_identical(source: &eventstore::Client, target: &eventstore::Client, events: u64) {
+    let options = CompareOptions {
+        compare_revisions: true,
+        ..CompareOptions::default()
+    };
+    let report = compare_with(source, target, &options).await.unwrap();
+    assert!(report.is_identical(), "{report}");
+    assert_eq!(report.source_events as u64, events, "{report}");
+}
+
+fn written(s: &Value) -> u64 {
+    s["events"]["written"].as_u64().unwrap_or(0)
+}
+
+/// Waits until the run has written some events and stored a checkpoint:
+/// the copy is under way.
+async fn wait_copying(run: &Running) -> Value {
+    let s = run
+        .wait_status("the copy under way, a checkpoint stored", 30, |s| {
+            written(s) >= 1_000 && s["checkpoint"]["stored_in_this_run"].as_u64() >= Some(1)
+        })
+        .await;
+    assert!(written(&s) < EVENTS / 2, "the copy is too fast: {s:#}");
+    assert_eq!(s["ready"], true, "{s:#}");
+    s
+}
+
+/// Polls `/health/ready` until it answers 503 with `component` failing,
+/// failing the test `within` after `since`. `/health/live` must answer 200
+/// all along. Returns the readiness body.
+async fn wait_unready(run: &Running, component: &str, since: Instant, within: Duration) -> Value {
+    loop {
+        let (code, body) = run.json("/health/ready").await;
+        let (live, live_body) = run.json("/health/live").await;
+        assert_eq!(
+            live, 200,
+            "an outage of the {component} is no reason to restart the replicator: {live_body:#}"
+        );
+        if code == 503 {
+            let took = since.elapsed();
+            assert_eq!(body["status"], "unhealthy", "{body:#}");
+            assert_eq!(body["components"][component]["healthy"], false, "{body:#}");
+            assert!(
+                body["components"][component]["error"].is_string(),
+                "the {component}'s error should be shown: {body:#}"
+            );
+            let problems = body["problems"].to_string();
+            assert!(
+                problems.contains(&format!("{component} failing")),
+                "the problems should name the {component}: {body:#}"
+            );
+            println!("/health/ready turned 503 naming {component} after {took:.1?}");
+            return body;
+        }
+        assert_eq!(code, 200, "{body:#}");
+        assert!(
+            since.elapsed() < within,
+            "/health/ready still 200 {within:?} into the {component}'s outage: {body:#}\nlog:\n{}",
+            run.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// While the `component`'s outage lasts: polls `/api/status` until `done`
+/// holds, failing after `secs`, and on every poll checks what an operator
+/// sees: not ready, the component named among the problems, still live.
+async fn hold_unready(
+    run: &Running,
+    component: &str,
+    what: &str,
+    secs: u64,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let s = run.status().await;
+        assert_eq!(s["live"], true, "{s:#}");
+        assert_eq!(s["ready"], false, "the {component} is still down: {s:#}");
+        assert!(
+            s["problems"]
+                .to_string()
+                .contains(&format!("{component} failing")),
+            "{s:#}"
+        );
+        if done(&s) {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {secs}s; last status:\n{s:#}\nlog:\n{}",
+            run.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn attempts(s: &Value, component: &str) -> u64 {
+    s["components"][component]["attempts"].as_u64().unwrap_or(0)
+}
+
+/// The deadline of readiness to turn 503 once a call to a component hangs or
+/// fails: the call deadline, the threshold, and some slack.
+fn unready_within() -> Duration {
+    Duration::from_secs(CALL_TIMEOUT + THRESHOLD + SLACK)
+}
+
+/// Polls `/health/ready` until it answers 200, failing after `secs`.
+async fn wait_ready(run: &Running, what: &str, secs: u64) -> Value {
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(secs);
+    loop {
+        let (code, body) = run.json("/health/ready").await;
+        if code == 200 {
+            println!("{what}: ready again after {:.1?}", started.elapsed());
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: /health/ready not 200 within {secs}s: {body:#}\nlog:\n{}",
+            run.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until every event is written and the run is caught up and ready,
+/// with no pipeline restart on the way.
+async fn wait_complete(run: &Running, secs: u64) -> Value {
+    let s = run
+        .wait_status("every event written, caught up and ready", secs, |s| {
+            written(s) == EVENTS && s["caught_up"] == true && s["ready"] == true
+        })
+        .await;
+    assert_eq!(
+        s["restarts"], 0,
+        "an outage is retried, not a reason to restart: {s:#}"
+    );
+    assert_eq!(s["percent"], 100.0, "{s:#}");
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_mongo_checkpoint_store_does_not_stop_the_copy_and_is_reported() {
+    let started = Instant::now();
+    let mongo = Secantus::start().await;
+    let c = Servers::start().await;
+    write_events(&c.source_client, EVENTS).await;
+    let end = crate::end_position(&c.source_client).await.unwrap();
+    let w = c.workdir(&format!(
+        "    type: mongo\n    path: \"{}\"\n    database: outages\n",
+        mongo.url()
+    ));
+    let run = Running::start(&w, &[]).await;
+    wait_copying(&run).await;
+
+    mongo.freeze();
+    let frozen = Instant::now();
+    let at_freeze = written(&run.status().await);
+    let body = wait_unready(&run, "checkpoint", frozen, unready_within()).await;
+    assert_eq!(body["components"]["source"]["healthy"], true, "{body:#}");
+    assert_eq!(body["components"]["target"]["healthy"], true, "{body:#}");
+
+    // Replication goes on while the store hangs: the written count rises,
+    // the stored checkpoint stays behind and says how much a crash would
+    // replay.
+    let unready = run.status().await;
+    assert!(
+        written(&unready) > at_freeze,
+        "nothing written in the {:.1?} since the store froze: {unready:#}",
+        frozen.elapsed()
+    );
+    let stored = unready["checkpoint"]["position"].clone();
+    let s = hold_unready(
+        &run,
+        "checkpoint",
+        "more events written while the store is frozen",
+        10,
+        |s| written(s) >= written(&unready) + 1_000 && attempts(s, "checkpoint") >= 2,
+    )
+    .await;
+    assert_eq!(s["checkpoint"]["position"], stored, "{s:#}");
+    assert!(s["checkpoint"]["unstored"].as_u64() >= Some(1_000), "{s:#}");
+    assert!(
+        written(&s) < EVENTS,
+        "the copy should still be under way when the store comes back: {s:#}"
+    );
+    println!(
+        "written {at_freeze} when the store froze, {} {:.1?} later",
+        written(&s),
+        frozen.elapsed()
+    );
+
+    mongo.thaw();
+    wait_ready(&run, "the store thawed", CALL_TIMEOUT + THRESHOLD + SLACK).await;
+    let s = run
+        .wait_status("a checkpoint stored after the store came back", 10, |s| {
+            s["checkpoint"]["position"] != stored
+        })
+        .await;
+    assert_eq!(s["components"]["checkpoint"]["healthy"], true, "{s:#}");
+
+    // The copy completes and the stored checkpoint catches up with it.
+    wait_complete(&run, 60).await;
+    let s = run
+        .wait_status("the stored checkpoint at the processed position", 10, |s| {
+            s["checkpoint"]["position"] == s["processed"] && s["checkpoint"]["unstored"] == 0
+        })
+        .await;
+    assert_eq!(
+        commit(&s["checkpoint"]["position"]),
+        Some(end.commit),
+        "{s:#}"
+    );
+    run.stop().await;
+    assert_identical(&c.source_client, &c.target_client, EVENTS).await;
+
+    // And that is what the store holds.
+    let o = run_async(&w, &["checkpoint", "show"]).await;
+    let out = crate::stdout(&o);
+    assert!(o.status.success(), "{out}\n{}", stderr(&o));
+    assert!(out.contains(&format!("source:   {end} ")), "{out}");
+    println!("took {:.1?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_source_is_reported_and_the_copy_resumes_when_it_returns() {
+    let started = Instant::now();
+    let c = Servers::start().await;
+    write_events(&c.source_client, EVENTS).await;
+    let w = c.workdir("");
+    let run = Running::start(&w, &[]).await;
+    wait_copying(&run).await;
+
+    c.source.stop().await;
+    let stopped = Instant::now();
+    let body = wait_unready(&run, "source", stopped, unready_within()).await;
+    assert_eq!(
+        body["components"]["checkpoint"]["healthy"], true,
+        "{body:#}"
+    );
+    // The reader hands on what it had read ahead, then has nothing more:
+    // the copy stops short of the end until the source is back.
+    let s = hold_unready(
+        &run,
+        "source",
+        "the reader without anything more to hand on",
+        30,
+        |s| s["in_flight"] == 0 && attempts(s, "source") >= 3,
+    )
+    .await;
+    assert!(written(&s) < EVENTS, "{s:#}");
+    assert_eq!(s["caught_up"], false, "{s:#}");
+
+    c.source.restart().await.unwrap();
+    // The reader retries with a backoff growing to 30 s: within it.
+    wait_ready(&run, "the source restarted", 30 + SLACK).await;
+    wait_complete(&run, 60).await;
+    run.stop().await;
+    assert_identical(&c.source_client, &c.target_client, EVENTS).await;
+    println!("took {:.1?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_target_is_reported_and_the_copy_resumes_when_it_returns() {
+    let started = Instant::now();
+    let c = Servers::start().await;
+    write_events(&c.source_client, EVENTS).await;
+    let w = c.workdir("");
+    let run = Running::start(&w, &[]).await;
+    wait_copying(&run).await;
+
+    c.target.stop().await;
+    let stopped = Instant::now();
+    let body = wait_unready(&run, "target", stopped, unready_within()).await;
+    assert_eq!(body["components"]["source"]["healthy"], true, "{body:#}");
+    let s = hold_unready(
+        &run,
+        "target",
+        "writes retried while the target is down",
+        30,
+        |s| s["state"] == "retrying" && attempts(s, "target") >= 3,
+    )
+    .await;
+    assert!(written(&s) < EVENTS, "{s:#}");
+    assert!(s["state_error"].is_string(), "{s:#}");
+
+    c.target.restart().await.unwrap();
+    // The writers retry with a backoff growing to 30 s: within it.
+    wait_ready(&run, "the target restarted", 30 + SLACK).await;
+    wait_complete(&run, 60).await;
+    run.stop().await;
+    assert_identical(&c.source_client, &c.target_client, EVENTS).await;
+    println!("took {:.1?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_target_is_reported_within_the_call_deadline_and_the_copy_resumes() {
+    let started = Instant::now();
+    let source = EsdbServer::start().await.unwrap();
+    let source_client = client(&source.connection_string());
+    let target = OutOfProcessEsdb::start(TARGET_LATENCY).await;
+    let target_client = client(&target.connection_string);
+    write_events(&source_client, EVENTS).await;
+    let w = workdir(&source.connection_string(), &target.connection_string, "");
+    let run = Running::start(&w, &[]).await;
+    wait_copying(&run).await;
+
+    target.freeze();
+    let frozen = Instant::now();
+    let body = wait_unready(&run, "target", frozen, unready_within()).await;
+    assert_eq!(body["components"]["source"]["healthy"], true, "{body:#}");
+    // Each write hangs until the call deadline, then is sent again: three
+    // rounds for each partition, all of them applied once the target
+    // wakes up (the target must still hold each event once).
+    let s = hold_unready(
+        &run,
+        "target",
+        "hung writes retried while the target is frozen",
+        30,
+        |s| s["state"] == "retrying" && attempts(s, "target") >= 3 * PARTITIONS,
+    )
+    .await;
+    assert!(written(&s) < EVENTS, "{s:#}");
+    println!("target frozen for {:.1?}", frozen.elapsed());
+
+    target.thaw();
+    wait_ready(&run, "the target thawed", 30 + SLACK).await;
+    wait_complete(&run, 60).await;
+    run.stop().await;
+    assert_identical(&source_client, &target_client, EVENTS).await;
+    println!("took {:.1?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_file_under_a_missing_directory_is_created() {
+    let c = Clusters::start().await;
+    write_events(&c.source_client, SMALL).await;
+    let w =
+        c.workdir("  runContinuously: false\n  checkpoint:\n    path: ./state/sub/checkpoint\n");
+    let o = run_async(&w, &["run"]).await;
+    crate::assert_ok(&o);
+    assert_identical(&c.source_client, &c.target_client, SMALL).await;
+    let o = run_async(&w, &["checkpoint", "show"]).await;
+    crate::assert_ok(&o);
+    let out = crate::stdout(&o);
+    assert!(
+        out.contains(&format!("source:   {} ", c.source_end().await)),
+        "{out}"
+    );
+    assert!(w.path("state/sub/checkpoint").is_file());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_path_that_cannot_work_stops_the_run_before_replicating() {
+    let c = Clusters::start().await;
+    write_events(&c.source_client, SMALL).await;
+    let w = c.workdir("  restartOnFailure: true\n  checkpoint:\n    path: ./blocker/checkpoint\n");
+    // The checkpoint's directory is a regular file: no directory can be
+    // made there, whatever the permissions.
+    std::fs::write(w.path("blocker"), "not a directory").unwrap();
+    let started = Instant::now();
+    let o = tokio::time::timeout(Duration::from_secs(20), run_async(&w, &["run"]))
+        .await
+        .expect("replicator run should stop at start-up, not retry or restart");
+    let took = started.elapsed();
+    crate::assert_fails_naming(&o, &["blocker/checkpoint"]);
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    println!(
+        "exited with {:?} after {took:.1?}: {}",
+        o.status,
+        stderr(&o)
+    );
+    c.target
+        .check_empty()
+        .await
+        .expect("nothing may be replicated when the checkpoint cannot be stored");
+}
+
+fn client(connection_string: &str) -> eventstore::Client {
+    eventstore::Client::new(connection_string.parse().unwrap()).unwrap()
+}
+
+/// Sends `signal` (`-STOP`, `-CONT`) to the process `pid` this test started.
+fn signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "cannot send {signal} to {pid}");
+}
+
+/// An `esdb-testkit` process serving an empty in-memory server: a target
+/// that can be frozen without freezing the test. Killed when dropped.
+struct OutOfProcessEsdb {
+    child: Child,
+    connection_string: String,
+}
+
+impl OutOfProcessEsdb {
+    async fn start(append_latency: Duration) -> Self {
+        let mut child = Command::new(esdb_testkit_bin())
+            .args(["--port", "0", "--append-latency-ms"])
+            .arg(append_latency.as_millis().to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("cannot start esdb-testkit");
+        let stdout = child.stdout.take().unwrap();
+        let line = tokio::time::timeout(
+            Duration::from_secs(30),
+            tokio::task::spawn_blocking(move || {
+                let mut line = String::new();
+                std::io::BufReader::new(stdout)
+                    .read_line(&mut line)
+                    .map(|_| line)
+            }),
+        )
+        .await
+        .expect("esdb-testkit printed no connection string within 30s")
+        .unwrap()
+        .unwrap();
+        let connection_string = line.trim().to_owned();
+        assert!(
+            connection_string.starts_with("esdb://"),
+            "esdb-testkit printed {line:?}"
+        );
+        OutOfProcessEsdb {
+            child,
+            connection_string,
+        }
+    }
+
+    /// SIGSTOP: connections stay open and the kernel keeps accepting new
+    /// ones, but nothing answers.
+    fn freeze(&self) {
+        signal(self.child.id(), "-STOP");
+    }
+
+    fn thaw(&self) {
+        signal(self.child.id(), "-CONT");
+    }
+}
+
+impl Drop for OutOfProcessEsdb {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `esdb-testkit` binary of this build (another package's binary, which
+/// Cargo names only to that package's tests). `cargo test --workspace`
+/// builds it next to `replicator`; when it is missing or older than a source
+/// file it was built from (its dep-info says which), it is built here, once.
+fn esdb_testkit_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let dir = Path::new(crate::BIN).parent().unwrap();
+        let bin = dir.join(format!("esdb-testkit{}", std::env::consts::EXE_SUFFIX));
+        if !is_fresh(&bin, &dir.join("esdb-testkit.d")) {
+            build_esdb_testkit(dir);
+        }
+        assert!(bin.is_file(), "no {} after building it", bin.display());
+        bin
+    })
+    .clone()
+}
+
+/// Whether `bin` exists and is newer than every file its dep-info lists.
+fn is_fresh(bin: &Path, dep_info: &Path) -> bool {
+    let (Ok(built), Ok(deps)) = (
+        std::fs::metadata(bin).and_then(|m| m.modified()),
+        std::fs::read_to_string(dep_info),
+    ) else {
+        return false;
+    };
+    let Some((_, files)) = deps.lines().next().and_then(|l| l.split_once(": ")) else {
+        return false;
+    };
+    // Paths are separated by spaces; a space inside one is escaped.
+    let files = files.replace("\\ ", "\0");
+    files.split_whitespace().all(|file| {
+        std::fs::metadata(file.replace('\0', " "))
+            .and_then(|m| m.modified())
+            .is_ok_and(|modified| modified <= built)
+    })
+}
+
+/// `cargo build --bin esdb-testkit` into the profile directory `dir`
+/// (`target/debug`, `target/release`…), as the running Cargo would.
+fn build_esdb_testkit(dir: &Path) {
+    let profile = match dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") | None => "dev",
+        Some(other) => other,
+    };
+    let target_dir = dir.parent().unwrap();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let o = Command::new(cargo)
+        .current_dir(workspace)
+        .args([
+            "build",
+            "--quiet",
+            "--workspace",
+            "--bin",
+            "esdb-testkit",
+            "--profile",
+            profile,
+        ])
+        .arg("--target-dir")
+        .arg(target_dir)
+        .output()
+        .expect("cannot run cargo");
+    assert!(
+        o.status.success(),
+        "cargo build --bin esdb-testkit failed:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// A `secantusd-py` of this test's own on a free port, with its own storage:
+/// it can be frozen without disturbing other tests. Killed when dropped.
+struct Secantus {
+    child: Child,
+    port: u16,
+    _home: tempfile::TempDir,
+}
+
+impl Secantus {
+    async fn start() -> Self {
+        let bin = secantusd_bin();
+        let home = tempfile::tempdir().unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let log = std::fs::File::create(home.path().join("secantusd.log")).unwrap();
+        let mut child = Command::new(&bin)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .arg("--storage-path")
+            .arg(home.path().join("data"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Some(status) = child.try_wait().unwrap() {
+                let log = std::fs::read_to_string(home.path().join("secantusd.log"));
+                panic!("{} exited ({status}): {log:?}", bin.display());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not listen on port {port} within 60s",
+                bin.display()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Secantus {
+            child,
+            port,
+            _home: home,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("mongodb://127.0.0.1:{}", self.port)
+    }
+
+    fn freeze(&self) {
+        signal(self.child.id(), "-STOP");
+    }
+
+    fn thaw(&self) {
+        signal(self.child.id(), "-CONT");
+    }
+}
+
+impl Drop for Secantus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `SECANTUSD_BIN`, else `secantusd-py` on `PATH`; fails saying how to get
+/// one.
+fn secantusd_bin() -> PathBuf {
+    const HOW: &str = "run `eval \"$(scripts/start-mongo)\"; export SECANTUSD_BIN` from the \
+                       repository root (or scripts/test): it installs secantusdb";
+    if let Some(bin) = std::env::var_os("SECANTUSD_BIN").filter(|b| !b.is_empty()) {
+        let bin = PathBuf::from(bin);
+        assert!(
+            bin.is_file(),
+            "SECANTUSD_BIN={} is not a file: {HOW}",
+            bin.display()
+        );
+        return bin;
+    }
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join("secantusd-py"))
+        .find(|bin| bin.is_file())
+        .unwrap_or_else(|| {
+            panic!("this test starts a MongoDB server of its own, but secantusd-py is neither in SECANTUSD_BIN nor on PATH: {HOW}")
+        })
+}
