@@ -113,15 +113,16 @@ fn io_error(path: &Path, what: &str, error: io::Error) -> CheckpointError {
     // Only an interrupted or timed-out call can succeed as it is when retried; a
     // missing directory, a permission or a full disk needs the operator.
     let error_kind = error.kind();
-    let checkpoint_error = if matches!(
+    // The OS error is in the message already (health and logs show only the
+    // message); attaching it as the source too would print it twice.
+    if matches!(
         error_kind,
         io::ErrorKind::Interrupted | io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
     ) {
         CheckpointError::transient(message)
     } else {
         CheckpointError::permanent(message)
-    };
-    checkpoint_error.with_source(error)
+    }
 }
 
 fn corrupt(path: &Path, problem: impl std::fmt::Display) -> CheckpointError {

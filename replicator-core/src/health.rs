@@ -94,15 +94,24 @@ struct State {
 #[derive(Debug, Clone)]
 pub struct HealthReporter {
     component: Component,
+    /// What the log lines call it: `Source`, `Source head probe`, ….
+    label: &'static str,
     state: Arc<Mutex<State>>,
 }
 
 impl HealthReporter {
     /// A reporter for `component`, healthy from now on.
     pub fn new(component: Component) -> Self {
+        Self::labelled(component, title(component))
+    }
+
+    /// A reporter for one aspect of `component` (several can report on one
+    /// component, see [`merge`]); `label` names it in the log lines.
+    pub fn labelled(component: Component, label: &'static str) -> Self {
         let now = Instant::now();
         HealthReporter {
             component,
+            label,
             state: Arc::new(Mutex::new(State {
                 healthy: true,
                 since: SystemTime::now(),
@@ -136,7 +145,7 @@ impl HealthReporter {
             s.since_instant = now;
             s.last_log = now;
             s.attempts_at_last_log = s.attempts;
-            warn!(component = %self.component, error = %message, "{} failing; retrying", title(self.component));
+            warn!(component = %self.component, error = %message, "{} failing; retrying", self.label);
         } else if now.duration_since(s.last_log) >= SUMMARY_EVERY {
             let attempts_since = s.attempts - s.attempts_at_last_log;
             s.last_log = now;
@@ -148,9 +157,26 @@ impl HealthReporter {
                 attempts_in_last_minute = attempts_since,
                 last_error = %message,
                 "{} still failing; retrying",
-                title(self.component)
+                self.label
             );
         }
+        s.last_error = Some(message);
+    }
+
+    /// An attempt failed with an error that will not be retried (the caller
+    /// stops): marks the component failing and logs at ERROR, without the
+    /// "retrying" of [`HealthReporter::failure`].
+    pub fn fatal(&self, error: &dyn fmt::Display) {
+        let message = error.to_string();
+        let mut s = self.lock();
+        s.failures_total += 1;
+        s.attempts += 1;
+        if s.healthy {
+            s.healthy = false;
+            s.since = SystemTime::now();
+            s.since_instant = Instant::now();
+        }
+        tracing::error!(component = %self.component, error = %message, "{} failed; not retrying", self.label);
         s.last_error = Some(message);
     }
 
@@ -166,7 +192,7 @@ impl HealthReporter {
             lasted = %short(lasted),
             attempts = s.attempts,
             "{} recovered",
-            title(self.component)
+            self.label
         );
         s.healthy = true;
         s.since = SystemTime::now();
@@ -363,6 +389,18 @@ mod tests {
         assert!(s.healthy);
         assert_eq!((s.attempts, s.failures_total), (0, 2));
         assert_eq!(s.last_error.as_deref(), Some("connection reset"));
+    }
+
+    #[test]
+    fn a_fatal_error_marks_the_component_failing() {
+        let r = HealthReporter::labelled(Component::Checkpoint, "Checkpoint store");
+        r.fatal(&"cannot write /data/checkpoint");
+        let s = r.snapshot();
+        assert!(!s.healthy);
+        assert_eq!(
+            s.last_error.as_deref(),
+            Some("cannot write /data/checkpoint")
+        );
     }
 
     #[test]

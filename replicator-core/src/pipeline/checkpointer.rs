@@ -88,7 +88,7 @@ impl Checkpointer {
                             retry_at = Some(Instant::now() + backoff.next_delay());
                         }
                         Err(error) => {
-                            self.health.failure(&error);
+                            self.health.fatal(&error);
                             return Err(error);
                         }
                     }

@@ -106,7 +106,7 @@ impl Run {
             health: parts.health,
             probe: parts.probe,
             probe_health: parts.probe_health,
-            stall_health: HealthReporter::new(Component::Source),
+            stall_health: HealthReporter::labelled(Component::Source, "Source reader (stalled)"),
             tracker: Tracker::default(),
             frontier: stored,
             target: parts.loaded.as_ref().and_then(|c| c.target),

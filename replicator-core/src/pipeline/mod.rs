@@ -177,7 +177,7 @@ async fn start_and_drive(
 ) -> Result<RunSummary, PipelineError> {
     reader.report_health_to(health.source.clone());
     let probe = reader.head_probe();
-    let probe_health = HealthReporter::new(Component::Source);
+    let probe_health = HealthReporter::labelled(Component::Source, "Source head probe");
     let refused = |component: Component| {
         move |error: Box<dyn std::error::Error + Send + Sync>| PipelineError::Check {
             component,
@@ -283,7 +283,7 @@ where
                 backoff.wait().await;
             }
             Err(error) => {
-                health.failure(&error);
+                health.fatal(&error);
                 return Err(error);
             }
         }

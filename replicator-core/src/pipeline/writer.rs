@@ -136,7 +136,7 @@ impl Writer {
                     }
                 }
                 Err(error) => {
-                    self.health.failure(&error);
+                    self.health.fatal(&error);
                     let _ = self.acks.send(WriterMsg::Failed(error));
                     return None;
                 }
