@@ -7,6 +7,7 @@
 mod app;
 mod checkpoint_cmd;
 mod config;
+#[cfg(feature = "demo")]
 mod demo;
 mod report;
 mod status;
@@ -56,7 +57,19 @@ enum Command {
     Run(ConfigArg),
     /// Replicate a generated workload between two in-process servers and
     /// prove the target equal to the source: the whole job, nothing to install.
+    // Only with the `demo` feature (the default): the production binary and
+    // the container image carry no test server, and answer `demo` with an
+    // error saying so.
+    #[cfg(feature = "demo")]
     Demo(demo::Args),
+    /// Not in this build (no `demo` feature).
+    #[cfg(not(feature = "demo"))]
+    #[command(hide = true, disable_help_flag = true)]
+    Demo {
+        /// Whatever follows `demo`: refused as a whole.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        args: Vec<String>,
+    },
     /// Inspect or change the stored checkpoint.
     #[command(subcommand)]
     Checkpoint(CheckpointCommand),
@@ -139,7 +152,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 app::replicate(&config, app::shutdown_on_signals()?).await?;
                 Ok(ExitCode::SUCCESS)
             }
+            #[cfg(feature = "demo")]
             Command::Demo(args) => demo::run(args, app::shutdown_on_signals()?).await,
+            #[cfg(not(feature = "demo"))]
+            Command::Demo { args: _ } => anyhow::bail!(
+                "this replicator is built without the `demo` feature (the production build \
+                 carries no test server); run the demo from the source tree: \
+                 cargo run --release -p replicator-cli -- demo"
+            ),
             Command::Status { url, json } => status::show(&url, json).await,
             Command::Checkpoint(CheckpointCommand::Show(args)) => {
                 let config = app::load_config(&args.config)?;
