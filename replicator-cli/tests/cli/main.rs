@@ -11,6 +11,7 @@
 //! `demo` always uses its own in-process servers, by design.
 
 mod demo;
+mod deploy;
 mod live;
 mod outages;
 mod restart;
