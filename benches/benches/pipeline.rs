@@ -32,7 +32,13 @@ fn main() {
     let events: usize = std::env::var("EVENTS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(300_000);
+        // `cargo test --all-targets` runs this in a debug build as a smoke
+        // test: a tenth of the events is enough to prove it works.
+        .unwrap_or(if cfg!(debug_assertions) {
+            30_000
+        } else {
+            300_000
+        });
     let mongo_url = std::env::var("MONGODB_URL").ok().filter(|u| !u.is_empty());
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let source = MemorySource::new();
