@@ -120,14 +120,12 @@ async fn write_events(client: &eventstore::Client, events: u64) {
             let mut i = 0;
             while i < per_stream {
                 let n = (per_stream - i).min(500);
-                let events: Vec<eventstore::EventData> = (i..i + n)
-                    .map(|i| {
-                        eventstore::EventData::binary("Counted", i.to_le_bytes().to_vec().into())
-                            .id(uuid::Uuid::new_v4())
-                    })
-                    .collect();
                 client
-                    .append_to_stream(format!("outage-{stream}"), &Default::default(), events)
+                    .append_to_stream(
+                        format!("outage-{stream}"),
+                        &Default::default(),
+                        crate::status::counted(i..i + n),
+                    )
                     .await
                     .unwrap();
                 i += n;
@@ -536,7 +534,7 @@ fn signal(pid: u32, signal: &str) {
 /// An `esdb-testkit` process serving an empty in-memory server: a target
 /// that can be frozen without freezing the test. Killed when dropped.
 struct OutOfProcessEsdb {
-    child: Child,
+    process: ServerProcess,
     connection_string: String,
 }
 
@@ -569,7 +567,7 @@ impl OutOfProcessEsdb {
             "esdb-testkit printed {line:?}"
         );
         OutOfProcessEsdb {
-            child,
+            process: ServerProcess(child),
             connection_string,
         }
     }
@@ -577,18 +575,32 @@ impl OutOfProcessEsdb {
     /// SIGSTOP: connections stay open and the kernel keeps accepting new
     /// ones, but nothing answers.
     fn freeze(&self) {
-        signal(self.child.id(), "-STOP");
+        self.process.freeze();
     }
 
     fn thaw(&self) {
-        signal(self.child.id(), "-CONT");
+        self.process.thaw();
     }
 }
 
-impl Drop for OutOfProcessEsdb {
+/// A server process of a test: frozen with SIGSTOP, thawed with SIGCONT,
+/// killed when dropped.
+struct ServerProcess(Child);
+
+impl ServerProcess {
+    fn freeze(&self) {
+        signal(self.0.id(), "-STOP");
+    }
+
+    fn thaw(&self) {
+        signal(self.0.id(), "-CONT");
+    }
+}
+
+impl Drop for ServerProcess {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -665,7 +677,7 @@ fn build_esdb_testkit(dir: &Path) {
 /// A `secantusd-py` of this test's own on a free port, with its own storage:
 /// it can be frozen without disturbing other tests. Killed when dropped.
 struct Secantus {
-    child: Child,
+    process: ServerProcess,
     port: u16,
     _home: tempfile::TempDir,
 }
@@ -703,7 +715,7 @@ impl Secantus {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         Secantus {
-            child,
+            process: ServerProcess(child),
             port,
             _home: home,
         }
@@ -714,18 +726,11 @@ impl Secantus {
     }
 
     fn freeze(&self) {
-        signal(self.child.id(), "-STOP");
+        self.process.freeze();
     }
 
     fn thaw(&self) {
-        signal(self.child.id(), "-CONT");
-    }
-}
-
-impl Drop for Secantus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.thaw();
     }
 }
 

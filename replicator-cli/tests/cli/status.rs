@@ -160,17 +160,25 @@ where
     }
 }
 
+/// Binary events numbered by `range`, each with a new id.
+pub(crate) fn counted(range: std::ops::Range<u64>) -> Vec<eventstore::EventData> {
+    range
+        .map(|i| {
+            eventstore::EventData::binary("Counted", i.to_le_bytes().to_vec().into())
+                .id(uuid::Uuid::new_v4())
+        })
+        .collect()
+}
+
 /// Writes [`EVENTS`] user events over [`STREAMS`] streams.
 async fn write_events(client: &eventstore::Client) {
     for stream in 0..STREAMS {
-        let events: Vec<eventstore::EventData> = (0..EVENTS / STREAMS)
-            .map(|i| {
-                eventstore::EventData::binary("Counted", i.to_le_bytes().to_vec().into())
-                    .id(uuid::Uuid::new_v4())
-            })
-            .collect();
         client
-            .append_to_stream(format!("status-{stream}"), &Default::default(), events)
+            .append_to_stream(
+                format!("status-{stream}"),
+                &Default::default(),
+                counted(0..EVENTS / STREAMS),
+            )
             .await
             .unwrap();
     }
