@@ -109,20 +109,58 @@ impl Manifests {
     }
 }
 
-/// The Dockerfile's instructions of the final stage, as (instruction, rest).
-fn dockerfile_runtime() -> Vec<(String, String)> {
+/// The Dockerfile's instructions, as (instruction, rest).
+fn dockerfile() -> Vec<(String, String)> {
     let text = read("Dockerfile").replace("\\\n", " ");
-    let lines: Vec<(String, String)> = text
-        .lines()
+    text.lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .map(|l| {
             let (word, rest) = l.split_once(char::is_whitespace).unwrap_or((l, ""));
             (word.to_ascii_uppercase(), rest.trim().to_owned())
         })
-        .collect();
+        .collect()
+}
+
+/// The instructions of the Dockerfile's final stage.
+fn dockerfile_runtime() -> Vec<(String, String)> {
+    let lines = dockerfile();
     let last_from = lines.iter().rposition(|(w, _)| w == "FROM").expect("FROM");
     lines[last_from..].to_vec()
+}
+
+#[test]
+fn the_dockerfile_builds_only_through_the_script_ci_runs() {
+    // scripts/test runs scripts/build-image (debug): a step of the image's
+    // build that is not in that script would go untested.
+    let lines = dockerfile();
+    assert_eq!(
+        instruction(&lines, "RUN"),
+        ["scripts/build-image --release --out /out"],
+        "every RUN of the Dockerfile must be scripts/build-image"
+    );
+    // What the runtime stage takes from the build stage is what the script
+    // lays out under --out.
+    let script = read("scripts/build-image");
+    for copy in instruction(&lines, "COPY") {
+        let Some(from_build) = copy.strip_prefix("--from=build ") else {
+            continue;
+        };
+        let source = from_build
+            .split_whitespace()
+            .find(|w| !w.starts_with("--"))
+            .expect("a COPY source");
+        let laid_out = source.strip_prefix("/out/").expect("COPY from /out");
+        let dir = laid_out.trim_end_matches('/');
+        assert!(
+            script.contains(&format!("$out/{dir}")),
+            "the Dockerfile copies {source}, which scripts/build-image does not lay out"
+        );
+    }
+    assert!(
+        script.contains("--no-default-features"),
+        "the image's binary must be built without the demo feature"
+    );
 }
 
 fn instruction<'a>(lines: &'a [(String, String)], word: &str) -> Vec<&'a str> {
