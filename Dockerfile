@@ -32,13 +32,13 @@ WORKDIR /app
 ENV REPLICATOR_CHECKPOINT_PATH=/data/checkpoint
 VOLUME ["/data"]
 EXPOSE 5000
-# `replicator status` exits 0 while the instance is ready (/health/ready), 2
-# while it answers but is not (a component failing longer than
-# http.unhealthyAfterSeconds, a failed pipeline), 1 when nothing answers;
-# Docker counts every non-zero code as a failed check. Kubernetes ignores
+# `replicator status --live` exits 0 while the instance is live (/health/live:
+# not failed for good, not stuck), 2 while it answers but is not, 1 when
+# nothing answers; Docker counts every non-zero code as a failed check. A peer
+# that is down makes the instance unready, not unhealthy: it waits for it. Kubernetes ignores
 # HEALTHCHECK and probes /health/live and /health/ready itself
 # (deploy/kubernetes). Assumes the default http.listen port, 5000.
 HEALTHCHECK --interval=30s --timeout=15s --start-period=60s --retries=3 \
-    CMD ["/usr/local/bin/replicator", "status", "--url", "http://127.0.0.1:5000"]
+    CMD ["/usr/local/bin/replicator", "status", "--live", "--url", "http://127.0.0.1:5000"]
 ENTRYPOINT ["/usr/local/bin/replicator"]
 CMD ["run"]

@@ -83,6 +83,11 @@ enum Command {
         /// Print the JSON as it came.
         #[arg(long)]
         json: bool,
+        /// Exit 0 when the instance is live (as /health/live) rather than
+        /// ready: for a container HEALTHCHECK, which should not fail while a
+        /// peer is down and the replicator waits for it.
+        #[arg(long)]
+        live: bool,
     },
 }
 
@@ -160,7 +165,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                  carries no test server); run the demo from the source tree: \
                  cargo run --release -p replicator-cli -- demo"
             ),
-            Command::Status { url, json } => status::show(&url, json).await,
+            Command::Status { url, json, live } => status::show(&url, json, live).await,
             Command::Checkpoint(CheckpointCommand::Show(args)) => {
                 let config = app::load_config(&args.config)?;
                 checkpoint_cmd::show(&config).await

@@ -12,12 +12,13 @@ use serde_json::Value;
 pub const DEFAULT_URL: &str = "http://127.0.0.1:5000";
 
 /// Fetches `{url}/api/status` and prints it (`json`: as it came). Exit code
-/// 0 when the instance is ready, 2 when it answers but is not.
+/// 0 when the instance is ready (with `live`: live, as `/health/live` says),
+/// 2 when it answers but is not.
 ///
 /// # Errors
 /// When the instance cannot be reached or answers something else than its
 /// status.
-pub async fn show(url: &str, json: bool) -> anyhow::Result<ExitCode> {
+pub async fn show(url: &str, json: bool, live: bool) -> anyhow::Result<ExitCode> {
     let endpoint = format!("{}/api/status", url.trim_end_matches('/'));
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
@@ -40,7 +41,8 @@ pub async fn show(url: &str, json: bool) -> anyhow::Result<ExitCode> {
     } else {
         print!("{}", describe(url, &status));
     }
-    Ok(if status["ready"] == Value::Bool(true) {
+    let verdict = if live { "live" } else { "ready" };
+    Ok(if status[verdict] == Value::Bool(true) {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(2)

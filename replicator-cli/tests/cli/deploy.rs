@@ -193,7 +193,7 @@ fn image_and_manifests_agree_on_port_user_and_checkpoint_volume() {
     assert_eq!(annotations["prometheus.io/path"], "/metrics");
     let healthcheck = instruction(&image, "HEALTHCHECK").join(" ");
     assert!(
-        healthcheck.contains(r#""status", "--url", "http://127.0.0.1:5000""#),
+        healthcheck.contains(r#""status", "--live", "--url", "http://127.0.0.1:5000""#),
         "HEALTHCHECK does not ask the image's port: {healthcheck}"
     );
     let podmonitor = yaml("deploy/kubernetes/podmonitor.yaml");

@@ -10,6 +10,7 @@
 //! [`Clusters`] and the README): each such test needs fresh, empty clusters.
 //! `demo` always uses its own in-process servers, by design.
 
+#[cfg(feature = "demo")]
 mod demo;
 mod deploy;
 mod live;

@@ -414,6 +414,10 @@ async fn the_status_server_shows_a_known_run_and_a_failing_target() {
         "{}",
         crate::stdout(&o)
     );
+    // Not ready, but live: a container HEALTHCHECK (`--live`) stays green
+    // while the replicator waits for its peer.
+    let o = run_async(&w, &["status", "--live", "--url", &run.url("")]).await;
+    assert!(o.status.success(), "live: exit code 0, {}", stderr(&o));
 
     // Back: ready again, and the late event arrives.
     c.target.server().restart().await.unwrap();
