@@ -42,6 +42,10 @@ pub struct PipelineConfig {
     /// How often the source's head is probed (for the gap, percent, ETA, lag
     /// and the detection of a stalled reader).
     pub head_interval: Duration,
+    /// While nothing has been written for this long (an idle source), the
+    /// target is checked with [`Sink::check`] at this interval, so a target
+    /// that goes away is reported before the next write needs it.
+    pub idle_probe_interval: Duration,
     /// Progress is published at most this often (and on every change of
     /// state), not per event.
     pub publish_interval: Duration,
@@ -62,6 +66,7 @@ impl Default for PipelineConfig {
             retry_max: crate::retry::DEFAULT_MAX,
             call_timeout: Duration::from_secs(20),
             head_interval: Duration::from_secs(2),
+            idle_probe_interval: Duration::from_secs(10),
             publish_interval: Duration::from_millis(100),
             shutdown_deadline: Duration::from_secs(30),
         }
@@ -127,6 +132,7 @@ impl PipelineBuilder {
         config.max_batch_bytes = config.max_batch_bytes.max(1);
         config.call_timeout = config.call_timeout.max(Duration::from_millis(1));
         config.head_interval = config.head_interval.max(Duration::from_millis(10));
+        config.idle_probe_interval = config.idle_probe_interval.max(Duration::from_millis(10));
         let progress = self
             .progress
             .unwrap_or_else(|| watch::channel(Progress::default()).0);

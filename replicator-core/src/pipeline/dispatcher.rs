@@ -16,7 +16,7 @@ use super::checkpointer::{Checkpointer, Frontier, Stored};
 use super::head::{poll_head, HeadSample};
 use super::progress::{HeadTracker, RateWindow};
 use super::tracker::Tracker;
-use super::writer::{partition_of, Writer, WriterMsg};
+use super::writer::{partition_of, probe_idle_target, LastWrite, Writer, WriterMsg};
 use super::{PipelineConfig, PipelineState, Progress, RunSummary};
 use crate::error::{CheckpointError, PipelineError, ReaderError};
 use crate::health::{merge, short, Component, Health, HealthReporter};
@@ -41,6 +41,7 @@ enum TaskEnd {
     Reader(ReaderEnd),
     Writer,
     Head,
+    Probe,
     Checkpointer(Result<(), CheckpointError>),
 }
 
@@ -64,6 +65,8 @@ pub(super) struct Run {
     probe_health: HealthReporter,
     /// Reports a reader that delivers nothing while the source has more.
     stall_health: HealthReporter,
+    /// Reports the checks of an idle target.
+    idle_target_health: HealthReporter,
     tracker: Tracker,
     /// Frontier of processed records and the target position that goes with it.
     frontier: Option<Position>,
@@ -107,6 +110,7 @@ impl Run {
             probe: parts.probe,
             probe_health: parts.probe_health,
             stall_health: HealthReporter::labelled(Component::Source, "Source reader (stalled)"),
+            idle_target_health: HealthReporter::labelled(Component::Target, "Target (idle check)"),
             tracker: Tracker::default(),
             frontier: stored,
             target: parts.loaded.as_ref().and_then(|c| c.target),
@@ -169,6 +173,21 @@ impl Run {
         });
         names.insert(handle.id(), "reader".into());
 
+        let last_write: LastWrite = Arc::new(std::sync::Mutex::new(Instant::now()));
+        let idle_probe = tasks.spawn({
+            let probe = probe_idle_target(
+                self.sink.clone(),
+                config.clone(),
+                self.idle_target_health.clone(),
+                last_write.clone(),
+            );
+            async move {
+                probe.await;
+                TaskEnd::Probe
+            }
+        });
+        names.insert(idle_probe.id(), "target idle probe".into());
+
         let (ack_tx, mut ack_rx) = mpsc::unbounded_channel();
         let stop_writing = CancellationToken::new();
         let mut queues = Vec::with_capacity(partitions);
@@ -182,6 +201,7 @@ impl Run {
                 config: config.clone(),
                 stop: stop_writing.clone(),
                 health: self.health.target.clone(),
+                last_write: last_write.clone(),
             };
             let handle = tasks.spawn(async move {
                 writer.run(rx).await;
@@ -348,6 +368,7 @@ impl Run {
         if let Some(handle) = head_task {
             handle.abort();
         }
+        idle_probe.abort();
         self.send_frontier(frontier_tx.as_ref(), true);
         drop(frontier_tx.take());
         let until = deadline.unwrap_or_else(|| Instant::now() + config.shutdown_deadline);
@@ -426,7 +447,7 @@ impl Run {
         match joined {
             Ok(TaskEnd::Reader(end)) => Ok(Some(end)),
             Ok(TaskEnd::Writer) => Ok(None),
-            Ok(TaskEnd::Head) => Ok(None),
+            Ok(TaskEnd::Head | TaskEnd::Probe) => Ok(None),
             Ok(TaskEnd::Checkpointer(Ok(()))) => Ok(None),
             Ok(TaskEnd::Checkpointer(Err(error))) => Err(PipelineError::StoreCheckpoint(error)),
             Err(error) if error.is_cancelled() => Ok(None),
@@ -599,6 +620,10 @@ impl Run {
             };
         }
         stats.components = self.health.snapshot();
+        stats.components.target = merge(&[
+            stats.components.target.clone(),
+            self.idle_target_health.snapshot(),
+        ]);
         stats.components.source = merge(&[
             stats.components.source.clone(),
             self.probe_health.snapshot(),

@@ -46,6 +46,45 @@ pub(super) fn partition_of(stream: &str, partitions: usize) -> usize {
     (hasher.finish() % partitions as u64) as usize
 }
 
+/// When a write last succeeded, shared by the writers and the idle probe.
+pub(super) type LastWrite = Arc<std::sync::Mutex<Instant>>;
+
+/// Checks an idle target: every `idle_probe_interval`, when no write
+/// succeeded for that long, [`Sink::check`] with the call deadline. Writes
+/// that succeed prove the target works, so a probe failure is cleared by them
+/// too.
+pub(super) async fn probe_idle_target(
+    sink: Arc<dyn Sink>,
+    config: PipelineConfig,
+    health: HealthReporter,
+    last_write: LastWrite,
+) {
+    let every = config.idle_probe_interval;
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        let quiet = last_write
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .elapsed();
+        if quiet < every {
+            health.success();
+            continue;
+        }
+        match timeout(config.call_timeout, sink.check()).await {
+            Ok(Ok(())) => health.success(),
+            Ok(Err(error)) => health.failure(&error),
+            Err(_) => health.failure(&format!(
+                "the target did not answer a check within {} (no write for {})",
+                short(config.call_timeout),
+                short(quiet)
+            )),
+        }
+    }
+}
+
 pub(super) struct Writer {
     pub(super) partition: usize,
     pub(super) sink: Arc<dyn Sink>,
@@ -53,6 +92,7 @@ pub(super) struct Writer {
     pub(super) config: PipelineConfig,
     pub(super) stop: CancellationToken,
     pub(super) health: HealthReporter,
+    pub(super) last_write: LastWrite,
 }
 
 impl Writer {
@@ -120,6 +160,7 @@ impl Writer {
             match outcome {
                 Ok(ack) => {
                     self.health.success();
+                    *self.last_write.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
                     return Some((ack.target_position, started.elapsed()));
                 }
                 Err(error) if error.is_transient() => {

@@ -527,3 +527,67 @@ async fn a_source_that_cannot_be_asked_for_its_head_is_unhealthy_until_it_answer
     .await;
     started.stop().await;
 }
+
+/// A sink whose `check` fails while `down` is set.
+#[derive(Clone)]
+struct CheckedSink {
+    inner: MemorySink,
+    down: Arc<AtomicBool>,
+    checks: Arc<AtomicUsize>,
+}
+
+#[async_trait]
+impl Sink for CheckedSink {
+    async fn write(&self, batch: &[Event]) -> Result<WriteAck, SinkError> {
+        self.inner.write(batch).await
+    }
+    async fn check(&self) -> Result<(), SinkError> {
+        self.checks.fetch_add(1, Ordering::SeqCst);
+        if self.down.load(Ordering::SeqCst) {
+            return Err(SinkError::transient("target unavailable"));
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn an_idle_target_that_goes_away_is_reported_before_the_next_write() {
+    let source = source_with(30, 3);
+    let sink = CheckedSink {
+        inner: MemorySink::new(),
+        down: Arc::new(AtomicBool::new(false)),
+        checks: Arc::default(),
+    };
+    let pipeline = Pipeline::builder(
+        MemoryReader::new(source.clone(), true),
+        sink.clone(),
+        MemoryCheckpointStore::new(),
+    )
+    .config(PipelineConfig {
+        idle_probe_interval: Duration::from_millis(100),
+        ..config()
+    })
+    .build();
+    let mut started = start(pipeline);
+    let progress = &mut started.progress;
+    wait_for(progress, "caught up", |p| p.caught_up && p.written == 30).await;
+    sink.down.store(true, Ordering::SeqCst);
+    let p = wait_for(progress, "the idle target reported failing", |p| {
+        !p.components.target.healthy
+    })
+    .await;
+    assert_eq!(
+        p.components.target.last_error.as_deref(),
+        Some("transient sink error: target unavailable")
+    );
+    assert!(
+        sink.checks.load(Ordering::SeqCst) >= 2,
+        "start-up check and idle checks"
+    );
+    sink.down.store(false, Ordering::SeqCst);
+    wait_for(progress, "the target healthy again", |p| {
+        p.components.target.healthy
+    })
+    .await;
+    started.stop().await;
+}
