@@ -37,7 +37,12 @@ async fn replicates_everything_and_stores_the_last_position() {
         sink.clone(),
         store.clone(),
     )
-    .config(fast())
+    .config(PipelineConfig {
+        // No idle flush on a slow machine: only `checkpoint_after` and the
+        // final store count here.
+        checkpoint_interval: Duration::from_secs(3600),
+        ..fast()
+    })
     .build()
     .run(CancellationToken::new())
     .await
@@ -53,9 +58,22 @@ async fn replicates_everything_and_stores_the_last_position() {
         stored.target.is_some(),
         "the target position is recorded for the cutover"
     );
-    // checkpointAfter 1000: stores at 1000 and 2000 (or later, when a batch
-    // crosses the threshold), then the rest at the end.
-    assert_eq!(store.history().len(), 3, "{:?}", store.history());
+    // checkpointAfter 1000: a store once at least 1000 records are processed
+    // since the last one (later when a batch crosses the threshold or the
+    // checkpointer runs late: it is its own task), then the rest at the end.
+    // So every store but the last is at least 1000 records after the one
+    // before, which allows at most 3 of them for 2500 records.
+    let history = store.history();
+    let processed = |c: &Checkpoint| (c.source.commit - 100) / 37 + 1;
+    let mut before = 0;
+    for c in &history[..history.len() - 1] {
+        assert!(
+            processed(c) >= before + 1000,
+            "a store before checkpointAfter: {history:?}"
+        );
+        before = processed(c);
+    }
+    assert!(history.len() <= 3, "{history:?}");
     for s in 0..7 {
         let ids: Vec<_> = sink
             .stream(&format!("s-{s}"))
@@ -168,10 +186,14 @@ impl Sink for GatedSink {
     }
 }
 
-#[tokio::test]
+/// On a paused clock: time moves only when every task waits, so once the
+/// clock has passed `checkpoint_interval` every writer that could write has
+/// written and the checkpointer has had its idle flush, deterministically.
+#[tokio::test(start_paused = true)]
 async fn the_checkpoint_never_passes_an_event_still_in_flight() {
     let source = MemorySource::new();
-    // Find a stream name on another partition than "slow" by trying a few.
+    // The first event is held by the sink until the end; the 300 after it, on
+    // any partition, are written if their partition is not behind "slow".
     source.push(event("slow", 0, 100, ChangeKind::Append));
     for i in 0..300u64 {
         source.push(event(
@@ -195,14 +217,27 @@ async fn the_checkpoint_never_passes_an_event_still_in_flight() {
     .config(PipelineConfig {
         checkpoint_after: 1,
         checkpoint_interval: Duration::from_millis(10),
+        call_timeout: Duration::from_secs(3600),
         ..fast()
     })
     .build();
     let mut progress = pipeline.progress();
     let run = tokio::spawn(pipeline.run(CancellationToken::new()));
-    // Wait until the other partitions wrote what they could.
-    progress.wait_for(|p| p.written >= 150).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Everything read and something written past the held event.
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        progress.wait_for(|p| p.read == 301 && p.written >= 1),
+    )
+    .await
+    .expect("the reader reads everything and the other partitions write")
+    .unwrap();
+    // Past the idle flush (10 ms) on the paused clock: see above.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let seen = progress.borrow().clone();
+    assert!(
+        seen.written >= 1 && seen.processed.is_none() && seen.checkpoints_stored == 0,
+        "nothing processed or stored past the held event: {seen:?}"
+    );
     assert!(
         store.current().is_none(),
         "nothing may be stored while the first event is unwritten: {:?}",
