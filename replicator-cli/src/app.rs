@@ -90,6 +90,7 @@ fn build_pipeline(
     Ok(Pipeline::builder(reader, sink, store)
         .config(PipelineConfig {
             checkpoint_after: config.checkpoint.checkpoint_after,
+            checkpoint_interval: config.checkpoint.checkpoint_interval,
             buffer_size: config.sink.buffer_size.get(),
             call_timeout: config.call_timeout,
             ..PipelineConfig::default()
@@ -113,6 +114,7 @@ pub async fn replicate(config: &Config, cancel: CancellationToken) -> anyhow::Re
         target = %redact(&config.sink.connection_string),
         checkpoint = %config.checkpoint.store,
         checkpoint_after = config.checkpoint.checkpoint_after,
+        checkpoint_interval = ?config.checkpoint.checkpoint_interval,
         partitions = config.sink.partition_count(),
         buffer = config.sink.buffer_size.get(),
         run_continuously = config.run_continuously,

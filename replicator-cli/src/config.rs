@@ -125,6 +125,8 @@ const CHECKPOINT: &[(&str, Node)] = &[
     ("type", Node::Str),
     ("path", Node::Str),
     ("checkpointAfter", Node::Int),
+    // Ours: the idle flush interval (the C# tool has no such key).
+    ("checkpointIntervalInSeconds", Node::Int),
     ("database", Node::Str),
     ("instanceId", Node::Str),
     ("seeder", Node::Map(SEEDER)),
@@ -147,7 +149,7 @@ const REPLICATOR: &[(&str, Node)] = &[
 ];
 
 /// Every key of the C# tool's configuration, supported or not, and our own
-/// (`http`, `callTimeoutInSeconds`).
+/// (`http`, `callTimeoutInSeconds`, `checkpoint.checkpointIntervalInSeconds`).
 pub const SCHEMA: Node = Node::Map(&[("replicator", Node::Map(REPLICATOR))]);
 
 /// The serde view of the file: every key the C# tool knows, spelled as in its
@@ -260,6 +262,9 @@ mod raw {
         pub path: Option<String>,
         /// Store a checkpoint after this many processed events.
         pub checkpoint_after: Option<u64>,
+        /// Store unstored progress at the latest this many seconds after it
+        /// was made.
+        pub checkpoint_interval_in_seconds: Option<u64>,
         /// MongoDB database.
         pub database: Option<String>,
         /// MongoDB document id.
@@ -359,6 +364,9 @@ pub struct CheckpointConfig {
     pub store: StoreConfig,
     /// `checkpoint.checkpointAfter`: store after this many processed events.
     pub checkpoint_after: u64,
+    /// `checkpoint.checkpointIntervalInSeconds`: unstored progress (an idle or
+    /// trickling source) is stored at the latest this long after it was made.
+    pub checkpoint_interval: Duration,
     /// `checkpoint.seeder`: `None` for `type: none`.
     pub seeder: Option<SeederConfig>,
 }
@@ -983,6 +991,11 @@ fn validate_checkpoint(c: raw::Checkpoint) -> Result<CheckpointConfig, ConfigErr
             1000,
             "replicator.checkpoint.checkpointAfter",
         )?,
+        checkpoint_interval: Duration::from_secs(positive(
+            c.checkpoint_interval_in_seconds,
+            1,
+            "replicator.checkpoint.checkpointIntervalInSeconds",
+        )?),
         seeder,
     })
 }
@@ -1025,6 +1038,7 @@ replicator:
     type: file
     path: "/data/checkpoint"
     checkpointAfter: 1
+    checkpointIntervalInSeconds: 30
     seeder:
       type: chaser
       path: /backup/chaser.chk
@@ -1097,6 +1111,7 @@ replicator:
                     path: "/data/checkpoint".into()
                 },
                 checkpoint_after: 1,
+                checkpoint_interval: Duration::from_secs(30),
                 seeder: Some(SeederConfig::Chaser {
                     path: "/backup/chaser.chk".into()
                 }),
@@ -1125,6 +1140,7 @@ replicator:
                     path: "./checkpoint".into()
                 },
                 checkpoint_after: 1000,
+                checkpoint_interval: Duration::from_secs(1),
                 seeder: None,
             }
         );
@@ -1287,6 +1303,8 @@ replicator:
     fn bad_values_are_named() {
         let (key, msg) = key_err(&with("  checkpoint:\n    checkpointAfter: 0\n"));
         assert_eq!(key, "replicator.checkpoint.checkpointAfter");
+        let (key, _) = key_err(&with("  checkpoint:\n    checkpointIntervalInSeconds: 0\n"));
+        assert_eq!(key, "replicator.checkpoint.checkpointIntervalInSeconds");
         assert!(msg.contains("at least 1"), "{msg}");
         let (key, _) = key_err(&with("  runContinuously: maybe\n"));
         assert_eq!(key, "replicator.runContinuously");
@@ -1374,6 +1392,7 @@ replicator:
                 ("REPLICATOR_SINK_PARTITIONCOUNT", "4"),
                 ("REPLICATOR_READER_CONNECTIONSTRING", "esdb://other:2113"),
                 ("REPLICATOR__CHECKPOINT__CHECKPOINTAFTER", "25"),
+                ("REPLICATOR_CHECKPOINT_CHECKPOINTINTERVALINSECONDS", "600"),
                 ("replicator_runcontinuously", "false"),
                 ("REPLICATOR_CHECKPOINT_SEEDER_TYPE", "chaser"),
                 ("REPLICATOR_CHECKPOINT_SEEDER_PATH", "/b/chaser.chk"),
@@ -1384,6 +1403,7 @@ replicator:
         assert_eq!(c.sink.partition_count(), 4);
         assert_eq!(c.reader.connection_string, "esdb://other:2113");
         assert_eq!(c.checkpoint.checkpoint_after, 25);
+        assert_eq!(c.checkpoint.checkpoint_interval, Duration::from_secs(600));
         assert!(!c.run_continuously);
         assert_eq!(
             c.checkpoint.seeder,

@@ -512,9 +512,12 @@ async fn sigterm_stops_a_continuous_run_with_a_final_checkpoint() {
     replicator_testkit::workload::generate(&c.source_client, &spec)
         .await
         .unwrap();
-    // A checkpoint interval far beyond the workload: only the final (or idle)
-    // checkpoint can cover the last record.
-    let w = c.workdir("  checkpoint:\n    checkpointAfter: 1000000\n");
+    // checkpointAfter far beyond the workload and an idle flush far beyond
+    // the test: only the final checkpoint, on SIGTERM, can cover the last
+    // record.
+    let w = c.workdir(
+        "  checkpoint:\n    checkpointAfter: 1000000\n    checkpointIntervalInSeconds: 3600\n",
+    );
     let mut cmd = command(w.dir.path());
     cmd.arg("run").stderr(std::process::Stdio::piped());
     let mut child = tokio::process::Command::from(cmd).spawn().unwrap();
@@ -537,6 +540,16 @@ async fn sigterm_stops_a_continuous_run_with_a_final_checkpoint() {
         "a continuous run must keep running once caught up"
     );
 
+    // Replicated, yet no checkpoint covers the last record: what the final
+    // store does below is its own doing.
+    let end = format!("source:   {} ", c.source_end().await);
+    let before = run_async(&w, &["checkpoint", "show"]).await;
+    assert!(
+        !stdout(&before).contains(&end),
+        "stored before SIGTERM, so the final store is not what is tested:\n{}",
+        stdout(&before)
+    );
+
     let pid = child.id().unwrap().to_string();
     let kill = std::process::Command::new("kill")
         .args(["-TERM", &pid])
@@ -550,7 +563,7 @@ async fn sigterm_stops_a_continuous_run_with_a_final_checkpoint() {
     assert_ok(&o);
     let out = stdout(&o);
     assert!(
-        out.contains(&format!("source:   {} ", c.source_end().await)),
+        out.contains(&end),
         "the final checkpoint should be at the source's last record:\n{out}"
     );
 }
