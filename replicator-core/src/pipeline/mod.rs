@@ -10,12 +10,13 @@
 //!                    in-order tracker ──► frontier (watch) ──► checkpointer ──► CheckpointStore::store
 //! ```
 //!
-//! Every record gets a sequence number as it is read ([`tracker`]). Writers
-//! ([`writer`]) acknowledge whole batches; the tracker marks their sequence
+//! Every record gets a sequence number as it is read (`tracker.rs`). Writers
+//! (`writer.rs`) acknowledge whole batches; the tracker marks their sequence
 //! numbers done and moves the frontier only over a contiguous run of done
 //! records, so a stored checkpoint never passes a record still in flight,
-//! whatever order the partitions finish in. The [`checkpointer`] stores the
-//! frontier in its own task: replication never waits on the checkpoint store.
+//! whatever order the partitions finish in. The checkpointer
+//! (`checkpointer.rs`) stores the frontier in its own task: replication never
+//! waits on the checkpoint store.
 //!
 //! Every spawned task's end is observed: a panic, or an end nobody asked for,
 //! fails the run naming the task. Every remote call has a deadline
