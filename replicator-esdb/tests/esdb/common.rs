@@ -1,5 +1,25 @@
 //! Helpers shared by the integration tests: servers, a seeded workload written
 //! through the real client, a comparison of two servers, pipeline runs.
+//!
+//! The workload ([`populate`]) and the judge ([`snapshot`], [`difference`])
+//! here are deliberately a second oracle beside the testkit's
+//! (`replicator_testkit::workload`, `replicator_testkit::compare`), which the
+//! CLI tests use:
+//! - they judge something stricter: the testkit compares what a user reads
+//!   (readable events, the latest stream metadata, revisions optional, events
+//!   hidden by `$tb`/`$maxCount`/soft deletes left out); this judge compares
+//!   every record each user stream and its `$$` stream has in `$all`, hidden
+//!   or not, with revisions, ids, types, payloads and tombstone records, plus
+//!   how each stream reads. That is what the sink's plan must reproduce, and
+//!   the testkit's view would not see a wrong hidden record or revision;
+//! - being written independently, a blind spot or bug in one judge does not
+//!   silently turn both suites green.
+//!
+//! The workloads differ for the same reason: this one is small, fast and
+//! dense in the cases the sink plans for (soft delete then revival, metadata
+//! on a deleted stream, tombstones, invalid JSON marked JSON, links and system
+//! events); the testkit's is the realistic mix (unicode and long names,
+//! large events). Keep both; change one without the other only on purpose.
 
 use std::collections::BTreeMap;
 use std::time::Duration;

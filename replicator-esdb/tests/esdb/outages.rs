@@ -96,11 +96,21 @@ async fn starting_while_both_servers_are_down_recovers_once_they_are_up() {
     )
     .config(pipeline_config(10))
     .build();
+    let progress = pipeline.progress();
     let run = tokio::spawn(pipeline.run(CancellationToken::new()));
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    source.restart().await.expect("source restarts");
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Each server comes back only once the pipeline has failed against it (a
+    // failed attempt counted in its health), so reconnecting is what is
+    // tested. The start-up checks the target first, then the source.
+    eventually("a failed attempt against the stopped target", || async {
+        progress.borrow().components.target.failures_total >= 1
+    })
+    .await;
     target.restart().await.expect("target restarts");
+    eventually("a failed attempt against the stopped source", || async {
+        progress.borrow().components.source.failures_total >= 1
+    })
+    .await;
+    source.restart().await.expect("source restarts");
 
     let summary = tokio::time::timeout(PATIENCE, run)
         .await

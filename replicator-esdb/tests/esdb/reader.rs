@@ -1,5 +1,6 @@
 //! The reader: start positions, ordering, catching up then following live.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -75,13 +76,39 @@ async fn a_seed_past_the_end_hands_on_the_next_records_written() {
         prepare: end.prepare + 1,
     };
 
+    // The reader's own logs tell when its live subscription is confirmed.
+    // The stream is polled on this thread only, so a thread-local subscriber
+    // sees them.
+    let logs = CapturedLogs::default();
+    let _logs = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("replicator_esdb=debug"))
+            .with_ansi(false)
+            .with_writer({
+                let logs = logs.clone();
+                move || logs.clone()
+            })
+            .finish(),
+    );
+
     let mut reader = reader(&source, 100, true);
     let mut stream = reader.read(StartFrom::At(seed)).await.expect("read");
-    // Give the reader time to catch up (nothing to read) and go live.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let next = stream.next();
+    tokio::pin!(next);
+    // Drive the reader until it has caught up (nothing to read) and its live
+    // subscription is confirmed: the record below must come from the live
+    // branch.
+    tokio::select! {
+        early = &mut next => panic!("handed on before anything was written: {early:?}"),
+        live = tokio::time::timeout(PATIENCE, async {
+            while !logs.contains("Subscribed to $all") {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }) => live.unwrap_or_else(|_| panic!("the reader never went live:\n{}", logs.text())),
+    }
     let event = user_event("after-seed", 0, 0);
     append_retrying(&source_client, "after-seed", &event).await;
-    let first = tokio::time::timeout(PATIENCE, stream.next())
+    let first = tokio::time::timeout(PATIENCE, next)
         .await
         .expect("the new record is handed on")
         .expect("the stream is open")
@@ -142,4 +169,29 @@ async fn events_written_while_running_appear_on_the_target() {
         &snapshot(&source_client).await,
         &snapshot(&target_client).await,
     );
+}
+
+/// Log output of the current thread's subscriber, to wait on.
+#[derive(Clone, Default)]
+struct CapturedLogs(Arc<Mutex<Vec<u8>>>);
+
+impl CapturedLogs {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+
+    fn contains(&self, needle: &str) -> bool {
+        self.text().contains(needle)
+    }
+}
+
+impl std::io::Write for CapturedLogs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
