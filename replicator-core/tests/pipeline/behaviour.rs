@@ -12,7 +12,7 @@ use replicator_core::{
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{event, source_with};
+use crate::support::{event, source_with, wait_for};
 
 fn last_position(source: &MemorySource) -> Position {
     source.events().last().unwrap().position
@@ -224,13 +224,12 @@ async fn the_checkpoint_never_passes_an_event_still_in_flight() {
     let mut progress = pipeline.progress();
     let run = tokio::spawn(pipeline.run(CancellationToken::new()));
     // Everything read and something written past the held event.
-    tokio::time::timeout(
-        Duration::from_secs(60),
-        progress.wait_for(|p| p.read == 301 && p.written >= 1),
+    wait_for(
+        &mut progress,
+        "the reader reads everything and the other partitions write",
+        |p| p.read == 301 && p.written >= 1,
     )
-    .await
-    .expect("the reader reads everything and the other partitions write")
-    .unwrap();
+    .await;
     // Past the idle flush (10 ms) on the paused clock: see above.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let seen = progress.borrow().clone();
@@ -297,11 +296,10 @@ async fn transient_sink_errors_are_retried_and_reported_unhealthy_meanwhile() {
     .build();
     let mut progress = pipeline.progress();
     let run = tokio::spawn(pipeline.run(CancellationToken::new()));
-    let seen = progress
-        .wait_for(|p| matches!(p.state, PipelineState::Retrying { .. }))
-        .await
-        .unwrap()
-        .clone();
+    let seen = wait_for(&mut progress, "retrying", |p| {
+        matches!(p.state, PipelineState::Retrying { .. })
+    })
+    .await;
     assert!(!seen.is_healthy(), "a retrying pipeline is not healthy");
     let summary = run.await.unwrap().unwrap();
     assert_eq!(summary.written, 50);
@@ -376,10 +374,13 @@ async fn cancellation_drains_and_stores_a_final_checkpoint_then_resumes() {
     let mut progress = pipeline.progress();
     let cancel = CancellationToken::new();
     let run = tokio::spawn(pipeline.run(cancel.clone()));
-    progress.wait_for(|p| p.written == 100).await.unwrap();
+    wait_for(&mut progress, "100 written", |p| p.written == 100).await;
     // Live: an event appended while running is replicated too.
     source.append_user_event("late", b"{}".to_vec());
-    progress.wait_for(|p| p.written == 101).await.unwrap();
+    wait_for(&mut progress, "the live event written", |p| {
+        p.written == 101
+    })
+    .await;
     cancel.cancel();
     let summary = run.await.unwrap().unwrap();
     assert!(!summary.completed);
@@ -469,7 +470,7 @@ async fn a_stuck_sink_hits_the_shutdown_deadline_and_keeps_acknowledged_progress
     let mut progress = pipeline.progress();
     let cancel = CancellationToken::new();
     let run = tokio::spawn(pipeline.run(cancel.clone()));
-    progress.wait_for(|p| p.written >= 1).await.unwrap();
+    wait_for(&mut progress, "a first write", |p| p.written >= 1).await;
     let written = progress.borrow().written as usize;
     cancel.cancel();
     match run.await.unwrap() {

@@ -19,10 +19,7 @@ use tokio::sync::watch;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{event, source_with};
-
-/// Generous bound on every wait: a condition not met by then fails the test.
-const WAIT: Duration = Duration::from_secs(20);
+use crate::support::{event, source_with, wait_for, WAIT};
 
 fn config() -> PipelineConfig {
     PipelineConfig {
@@ -60,24 +57,6 @@ impl Started {
     async fn stop(self) -> RunSummary {
         self.cancel.cancel();
         timeout(WAIT, self.run).await.unwrap().unwrap().unwrap()
-    }
-}
-
-async fn wait_for(
-    progress: &mut watch::Receiver<Progress>,
-    what: &str,
-    condition: impl FnMut(&Progress) -> bool,
-) -> Progress {
-    let outcome = timeout(WAIT, progress.wait_for(condition))
-        .await
-        .map(|r| r.map(|p| p.clone()));
-    match outcome {
-        Ok(Ok(p)) => p,
-        Ok(Err(_)) => panic!("the pipeline ended before: {what}"),
-        Err(_) => panic!(
-            "not within {WAIT:?}: {what}; last progress: {:?}",
-            *progress.borrow()
-        ),
     }
 }
 

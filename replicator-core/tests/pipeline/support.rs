@@ -8,9 +8,10 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use replicator_core::memory::{MemoryCheckpointStore, MemorySink, MemorySource};
 use replicator_core::{
-    ChangeKind, ContentType, Event, Position, Sink, SinkError, SkipReason, WriteAck,
+    ChangeKind, ContentType, Event, Position, Progress, Sink, SinkError, SkipReason, WriteAck,
 };
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
+use tokio::time::timeout;
 use uuid::Uuid;
 
 /// Builds a record of `stream` at `position`.
@@ -149,5 +150,28 @@ impl Sink for ScriptedSink {
 
     fn max_in_flight(&self) -> usize {
         self.inner.max_in_flight()
+    }
+}
+
+/// Generous bound on every wait: a condition not met by then fails the test.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// Waits until `condition` holds for the progress; panics naming `what`
+/// after [`WAIT`] or when the pipeline ends first.
+pub async fn wait_for(
+    progress: &mut watch::Receiver<Progress>,
+    what: &str,
+    condition: impl FnMut(&Progress) -> bool,
+) -> Progress {
+    let outcome = timeout(WAIT, progress.wait_for(condition))
+        .await
+        .map(|r| r.map(|p| p.clone()));
+    match outcome {
+        Ok(Ok(p)) => p,
+        Ok(Err(_)) => panic!("the pipeline ended before: {what}"),
+        Err(_) => panic!(
+            "not within {WAIT:?}: {what}; last progress: {:?}",
+            *progress.borrow()
+        ),
     }
 }
