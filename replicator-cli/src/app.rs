@@ -81,12 +81,16 @@ fn build_pipeline(
         page_size: config.reader.page_size.get(),
         run_continuously: config.run_continuously,
     })
-    .context("cannot create the reader (replicator.reader)")?;
+    .context("cannot create the reader (replicator.reader)")?
+    // Half the pipeline's call deadline per request: a call may make several
+    // requests, and a hung one should fail with an error saying which.
+    .with_request_timeout(config.call_timeout / 2);
     let sink = EsdbSink::new(EsdbSinkConfig {
         connection_string: config.sink.connection_string.clone(),
         partition_count: config.sink.partition_count(),
     })
-    .context("cannot create the sink (replicator.sink)")?;
+    .context("cannot create the sink (replicator.sink)")?
+    .with_request_timeout(config.call_timeout / 2);
     Ok(Pipeline::builder(reader, sink, store)
         .config(PipelineConfig {
             checkpoint_after: config.checkpoint.checkpoint_after,
