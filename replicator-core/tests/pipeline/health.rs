@@ -570,3 +570,110 @@ async fn an_idle_target_that_goes_away_is_reported_before_the_next_write() {
     .await;
     started.stop().await;
 }
+
+/// A store whose `store` fails while `failing` is set, transiently or not.
+#[derive(Clone)]
+struct FailingStore {
+    inner: MemoryCheckpointStore,
+    failing: Arc<AtomicBool>,
+    permanent: bool,
+    attempts: Arc<AtomicUsize>,
+}
+
+#[async_trait]
+impl CheckpointStore for FailingStore {
+    async fn load(&self) -> Result<Option<Checkpoint>, CheckpointError> {
+        self.inner.load().await
+    }
+    async fn store(&self, checkpoint: &Checkpoint) -> Result<(), CheckpointError> {
+        self.attempts.fetch_add(1, Ordering::SeqCst);
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(if self.permanent {
+                CheckpointError::permanent("the checkpoint file system is read-only")
+            } else {
+                CheckpointError::transient("the checkpoint store is restarting")
+            });
+        }
+        self.inner.store(checkpoint).await
+    }
+    async fn delete(&self) -> Result<(), CheckpointError> {
+        self.inner.delete().await
+    }
+}
+
+#[tokio::test]
+async fn a_permanent_store_error_during_the_run_stops_it_naming_the_error() {
+    let store = FailingStore {
+        inner: MemoryCheckpointStore::new(),
+        failing: Arc::new(AtomicBool::new(true)),
+        permanent: true,
+        attempts: Arc::default(),
+    };
+    let result = timeout(
+        WAIT,
+        Pipeline::builder(
+            MemoryReader::new(source_with(100, 2), true),
+            MemorySink::new(),
+            store.clone(),
+        )
+        .config(config())
+        .build()
+        .run(CancellationToken::new()),
+    )
+    .await
+    .expect("a permanent store error ends the run instead of being retried for ever");
+    match result {
+        Err(PipelineError::StoreCheckpoint(error)) => {
+            assert!(!error.is_transient());
+            assert!(error.to_string().contains("read-only"), "{error}");
+        }
+        other => panic!("expected the store's permanent error, got {other:?}"),
+    }
+    assert_eq!(store.attempts.load(Ordering::SeqCst), 1, "not retried");
+}
+
+#[tokio::test]
+async fn a_failing_store_is_retried_with_backoff_not_hammered() {
+    let store = FailingStore {
+        inner: MemoryCheckpointStore::new(),
+        failing: Arc::new(AtomicBool::new(true)),
+        permanent: false,
+        attempts: Arc::default(),
+    };
+    let source = source_with(100, 2);
+    let pipeline = Pipeline::builder(
+        MemoryReader::new(source.clone(), true),
+        MemorySink::new(),
+        store.clone(),
+    )
+    .config(PipelineConfig {
+        retry_initial: Duration::from_millis(100),
+        retry_max: Duration::from_millis(100),
+        ..config()
+    })
+    .build();
+    let mut started = start(pipeline);
+    let progress = &mut started.progress;
+    wait_for(progress, "the store failed three times", |p| {
+        p.components.checkpoint.attempts >= 3
+    })
+    .await;
+    let failing_since = std::time::Instant::now();
+    wait_for(progress, "the store failed six times", |p| {
+        p.components.checkpoint.attempts >= 6
+    })
+    .await;
+    // Three more attempts take at least three waits of 50–100 ms (jitter):
+    // a retry without backoff would make them in microseconds.
+    assert!(
+        failing_since.elapsed() >= Duration::from_millis(120),
+        "3 retries in {:?}: no backoff",
+        failing_since.elapsed()
+    );
+    store.failing.store(false, Ordering::SeqCst);
+    wait_for(progress, "the checkpoint stored after the failure", |p| {
+        p.components.checkpoint.healthy && p.stored.as_ref().map(|c| c.source) == source.head()
+    })
+    .await;
+    started.stop().await;
+}
