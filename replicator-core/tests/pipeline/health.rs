@@ -677,3 +677,69 @@ async fn a_failing_store_is_retried_with_backoff_not_hammered() {
     .await;
     started.stop().await;
 }
+
+/// A sink whose writes wait until `open` is set.
+#[derive(Clone)]
+struct GatedSink {
+    inner: MemorySink,
+    open: Arc<tokio::sync::Notify>,
+    opened: Arc<AtomicBool>,
+    calls: Arc<AtomicUsize>,
+}
+
+#[async_trait]
+impl Sink for GatedSink {
+    async fn write(&self, batch: &[Event]) -> Result<WriteAck, SinkError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        while !self.opened.load(Ordering::SeqCst) {
+            self.open.notified().await;
+        }
+        self.inner.write(batch).await
+    }
+}
+
+#[tokio::test]
+async fn a_stop_while_an_event_waits_for_a_full_queue_leaves_nothing_counted_in_flight() {
+    let sink = GatedSink {
+        inner: MemorySink::new(),
+        open: Arc::new(tokio::sync::Notify::new()),
+        opened: Arc::new(AtomicBool::new(false)),
+        calls: Arc::default(),
+    };
+    let pipeline = Pipeline::builder(
+        MemoryReader::new(source_with(50, 1), true),
+        sink.clone(),
+        MemoryCheckpointStore::new(),
+    )
+    .config(PipelineConfig {
+        // One write of 2 in flight, 2 more queued, the next one waiting for
+        // room: read but never handed to a writer.
+        max_batch_events: 2,
+        call_timeout: Duration::from_secs(30),
+        ..config()
+    })
+    .build();
+    let mut started = start(pipeline);
+    let progress = &mut started.progress;
+    wait_for(
+        progress,
+        "a full queue and an event waiting for room",
+        |p| p.read >= 5 && p.in_flight >= 5,
+    )
+    .await;
+    assert_eq!(sink.calls.load(Ordering::SeqCst), 1);
+    started.cancel.cancel();
+    sink.opened.store(true, Ordering::SeqCst);
+    sink.open.notify_waiters();
+    let summary = timeout(WAIT, started.run).await.unwrap().unwrap().unwrap();
+    let p = started.progress.borrow().clone();
+    assert_eq!(
+        summary.written, 4,
+        "the write in flight and the queued ones drain"
+    );
+    assert_eq!(
+        p.in_flight, 0,
+        "the event never handed to a writer is forgotten (re-read next run), not left in flight"
+    );
+    assert_eq!(sink.inner.log().len(), 4);
+}
