@@ -390,11 +390,9 @@ impl Run {
                 read: self.stats.read,
                 written: self.stats.written,
                 skipped: self.stats.skipped,
-                checkpoint: if self.stats.checkpoints_stored > 0 {
-                    stored
-                } else {
-                    self.stats.stored.clone()
-                },
+                // The checkpointer's channel starts with the loaded
+                // checkpoint, so this is the last stored one or the loaded one.
+                checkpoint: stored,
                 completed,
             }),
         }
