@@ -87,6 +87,13 @@ component_error!(
     "sink"
 );
 component_error!(
+    /// An error of a [`crate::Transform`] or [`crate::Partitioner`]. The
+    /// message says what failed (the script's message and line, the HTTP
+    /// status); the pipeline adds the record's stream, revision and position.
+    TransformError,
+    "transform"
+);
+component_error!(
     /// An error of a [`crate::CheckpointStore`]. The message names the file,
     /// database or document involved.
     CheckpointError,
@@ -116,6 +123,27 @@ pub enum PipelineError {
         /// The sink's error.
         #[source]
         source: SinkError,
+    },
+    /// A transform or the partitioner failed permanently on a record; nothing
+    /// from that record on was written.
+    #[error(
+        "transforming event {event_id} of `{stream}` (revision {revision}, source position \
+         {position}) failed; the checkpoint is at {last_processed:?}"
+    )]
+    Transform {
+        /// The stream the record was read from.
+        stream: String,
+        /// Its revision there.
+        revision: u64,
+        /// Its event id.
+        event_id: uuid::Uuid,
+        /// Its position in the source `$all`.
+        position: Position,
+        /// The last source position that was processed and checkpointed.
+        last_processed: Option<Position>,
+        /// The transform's error.
+        #[source]
+        source: TransformError,
     },
     /// The checkpoint store failed permanently.
     #[error("storing the checkpoint failed")]

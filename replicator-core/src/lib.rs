@@ -13,11 +13,15 @@ pub mod model;
 pub mod pipeline;
 pub mod retry;
 pub mod traits;
+pub mod transform;
 
-pub use error::{BoxError, CheckpointError, ErrorKind, PipelineError, ReaderError, SinkError};
+pub use error::{
+    BoxError, CheckpointError, ErrorKind, PipelineError, ReaderError, SinkError, TransformError,
+};
 pub use health::{Component, ComponentHealth, ComponentsHealth, Health, HealthReporter};
 pub use model::{ChangeKind, Checkpoint, ContentType, Event, Position, SkipReason, StartFrom};
 pub use pipeline::{
     Pipeline, PipelineBuilder, PipelineConfig, PipelineState, Progress, RunSummary,
 };
 pub use traits::{CheckpointStore, EventStream, HeadProbe, Reader, Sink, WriteAck};
+pub use transform::{Partitioner, Transform};

@@ -65,6 +65,11 @@ pub enum SkipReason {
     Link,
     /// A user-configured filter rejected it.
     Filtered,
+    /// The scavenge filter: a scavenge of the source would remove it (deleted
+    /// stream, truncated, past `$maxAge` or `$maxCount`).
+    Scavenged,
+    /// A transform dropped it (a script or HTTP service returned nothing).
+    Dropped,
 }
 
 /// What a record read from the source means for the target.

@@ -59,6 +59,10 @@ pub struct SkipCounts {
     pub link: u64,
     /// Records a configured filter rejected.
     pub filtered: u64,
+    /// Records the scavenge filter left out.
+    pub scavenged: u64,
+    /// Records a transform dropped.
+    pub dropped: u64,
 }
 
 impl SkipCounts {
@@ -69,16 +73,20 @@ impl SkipCounts {
             SkipReason::SystemEvent => self.system_event += 1,
             SkipReason::Link => self.link += 1,
             SkipReason::Filtered => self.filtered += 1,
+            SkipReason::Scavenged => self.scavenged += 1,
+            SkipReason::Dropped => self.dropped += 1,
         }
     }
 
     /// `(reason label, count)` pairs, for metrics and JSON.
-    pub fn by_reason(&self) -> [(&'static str, u64); 4] {
+    pub fn by_reason(&self) -> [(&'static str, u64); 6] {
         [
             ("system_stream", self.system_stream),
             ("system_event", self.system_event),
             ("link", self.link),
             ("filtered", self.filtered),
+            ("scavenged", self.scavenged),
+            ("dropped", self.dropped),
         ]
     }
 }
