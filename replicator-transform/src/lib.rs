@@ -1,0 +1,5 @@
+//! Filters, transforms and partitioners between the reader and the sink: the
+//! C# Replicator's `filters`, `transform` (`default`, `js`, `http`) and
+//! `sink.partitioner`, as implementations of [`replicator_core::Transform`] and
+//! [`replicator_core::Partitioner`].
+#![warn(missing_docs)]
