@@ -88,6 +88,7 @@ fn build_pipeline(
     let sink = EsdbSink::new(EsdbSinkConfig {
         connection_string: config.sink.connection_string.clone(),
         partition_count: config.sink.partition_count(),
+        revisions: replicator_esdb::RevisionMode::FromSource,
     })
     .context("cannot create the sink (replicator.sink)")?
     .with_request_timeout(config.call_timeout / 2);

@@ -40,5 +40,6 @@ pub use classify::{
 pub use connection::redact;
 pub use reader::{EsdbReader, EsdbReaderConfig};
 pub use sink::{
-    to_event_data, EsdbSink, EsdbSinkConfig, DEFAULT_MAX_APPEND_BYTES, WRITE_CHECK_STREAM,
+    to_event_data, EsdbSink, EsdbSinkConfig, RevisionMode, DEFAULT_MAX_APPEND_BYTES,
+    WRITE_CHECK_STREAM,
 };

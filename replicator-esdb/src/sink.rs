@@ -58,6 +58,32 @@ pub struct EsdbSinkConfig {
     /// hashed onto this many partitions; each stream keeps its order. With
     /// write latencies of a few milliseconds, 8 to 32 keep a target busy.
     pub partition_count: usize,
+    /// How the target revision of each append is found: predicted from the
+    /// source revision (the default), or tracked per target stream, which a
+    /// transform that renames streams or drops events from the middle of a
+    /// stream needs. See [`RevisionMode`].
+    pub revisions: RevisionMode,
+}
+
+/// How an [`EsdbSink`] knows the revision each append expects, and so how it
+/// recognises a replay. See "Replays" on [`EsdbSink`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RevisionMode {
+    /// Target revision = source revision (for a stream the source lost the
+    /// first events of, plus a renumbering offset). Right when every record
+    /// keeps its stream and no event is left out from the middle of a stream:
+    /// no transform, or only transforms whose
+    /// [`keeps_revisions`](replicator_core::Transform::keeps_revisions) is
+    /// true.
+    #[default]
+    FromSource,
+    /// The sink tracks each target stream's last revision itself (learnt from
+    /// its own appends and, on a miss, from the target) and recognises replays
+    /// by event id in the target stream's tail. Needed when a transform drops
+    /// events from the middle of a stream or renames (and so may merge)
+    /// streams. `$$` metadata streams, which transforms do not rename, keep
+    /// [`RevisionMode::FromSource`].
+    Tracked,
 }
 
 impl EsdbSinkConfig {
@@ -66,6 +92,7 @@ impl EsdbSinkConfig {
         EsdbSinkConfig {
             connection_string: connection_string.into(),
             partition_count: 8,
+            revisions: RevisionMode::FromSource,
         }
     }
 }
@@ -75,6 +102,7 @@ impl fmt::Debug for EsdbSinkConfig {
         f.debug_struct("EsdbSinkConfig")
             .field("connection_string", &redact(&self.connection_string))
             .field("partition_count", &self.partition_count)
+            .field("revisions", &self.revisions)
             .finish()
     }
 }
@@ -853,8 +881,8 @@ mod tests {
     #[test]
     fn bad_configuration_is_named() {
         let err = EsdbSink::new(EsdbSinkConfig {
-            connection_string: "esdb://localhost:2113?tls=false".into(),
             partition_count: 0,
+            ..EsdbSinkConfig::new("esdb://localhost:2113?tls=false")
         })
         .unwrap_err();
         assert!(err.message().contains("partitionCount"), "{err}");

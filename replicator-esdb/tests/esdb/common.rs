@@ -85,6 +85,7 @@ pub fn sink(server: &TestCluster, partition_count: usize) -> EsdbSink {
     EsdbSink::new(EsdbSinkConfig {
         connection_string: server.connection_string(),
         partition_count,
+        revisions: Default::default(),
     })
     .expect("sink")
 }

@@ -259,6 +259,7 @@ fn sink_at(connection_string: String, request_timeout: Duration) -> EsdbSink {
     EsdbSink::new(EsdbSinkConfig {
         connection_string,
         partition_count: 2,
+        revisions: Default::default(),
     })
     .expect("sink")
     .with_request_timeout(request_timeout)
