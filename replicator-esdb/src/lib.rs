@@ -32,6 +32,7 @@ mod connection;
 mod plan;
 mod reader;
 mod sink;
+pub mod verify;
 
 pub use classify::{
     classify, to_event, LINK_EVENT_TYPE, METADATA_EVENT_TYPE, SOFT_DELETE_TRUNCATE_BEFORE,
