@@ -1,0 +1,334 @@
+//! The configuration: the C# Replicator's `appsettings.yaml`, read as it is.
+//!
+//! Users of the C# tool already have a YAML file with the root key `replicator`
+//! and must not have to rewrite it. Loading goes through three steps:
+//!
+//! 1. The YAML is parsed into a [`serde_json::Value`] tree.
+//! 2. That tree is normalised against [`SCHEMA`], the list of every key the C#
+//!    tool knows: keys are matched case-insensitively (like .NET configuration)
+//!    and renamed to their canonical spelling, `null` values count as absent,
+//!    and quoted numbers and booleans are accepted. Then `REPLICATOR_…`
+//!    environment variables override single keys.
+//! 3. The tree is deserialized into the `raw` structs (`deny_unknown_fields`,
+//!    with the key path of any error), then validated into [`Config`]. Every key
+//!    we do not support, or do not know, is an error naming the key and saying
+//!    why; nothing is silently ignored.
+
+mod layering;
+mod raw;
+mod schema;
+#[cfg(test)]
+mod tests;
+mod validation;
+
+use std::fmt;
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use replicator_esdb::redact;
+use serde_json::Value;
+
+use layering::{apply_env, normalize};
+use validation::build;
+
+/// Where `--config` points when it is not given, like the C# tool.
+pub const DEFAULT_CONFIG_PATH: &str = "./config/appsettings.yaml";
+
+/// The number of concurrent writers when `sink.partitionCount` is not set.
+///
+/// The C# tool's default (one writer) is kept for now; a higher effective
+/// default may be chosen later, which is why the field is optional.
+pub const DEFAULT_PARTITION_COUNT: usize = 1;
+
+/// The prefix of environment variables that override configuration keys.
+pub const ENV_PREFIX: &str = "REPLICATOR_";
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read the config file {}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid YAML (the message carries the line and column).
+    #[error("config file {} is not valid YAML: {message}", path.display())]
+    Yaml {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message.
+        message: String,
+    },
+    /// An environment override is malformed or names an unknown key.
+    #[error("environment variable {var}: {message}")]
+    Env {
+        /// The variable's name.
+        var: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A key is unknown, unsupported, missing or has a bad value.
+    #[error("{key}: {message}{}", origin.as_ref().map(|v| format!(" (set by environment variable {v})")).unwrap_or_default())]
+    Key {
+        /// The full key path, e.g. `replicator.sink.partitioner`.
+        key: String,
+        /// What is wrong with it, and why.
+        message: String,
+        /// The environment variable that set the key, when one did.
+        origin: Option<String>,
+    },
+}
+
+impl ConfigError {
+    fn key(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError::Key {
+            key: key.into(),
+            message: message.into(),
+            origin: None,
+        }
+    }
+}
+
+pub use schema::{Node, SCHEMA};
+
+/// A validated configuration: what `replicator run` builds its parts from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The source.
+    pub reader: ReaderConfig,
+    /// The target.
+    pub sink: SinkConfig,
+    /// The checkpoint store, its frequency and seeding.
+    pub checkpoint: CheckpointConfig,
+    /// `runContinuously`: follow the source live after catching up (`true`), or
+    /// stop once caught up (`false`).
+    pub run_continuously: bool,
+    /// `restartOnFailure`: when the pipeline stops with an error, wait
+    /// [`Config::restart_delay`] and run it again from the stored checkpoint.
+    pub restart_on_failure: bool,
+    /// `restartDelayInSeconds`.
+    pub restart_delay: Duration,
+    /// `reportMetricsFrequencyInSeconds`: the interval of the progress log.
+    pub report_every: Duration,
+    /// `http`: the status server.
+    pub http: HttpConfig,
+    /// `callTimeoutInSeconds`: the deadline of every remote call (append,
+    /// read, checkpoint store, probes); a call that takes longer is a
+    /// transient failure, reported and retried.
+    pub call_timeout: Duration,
+}
+
+/// Where the status server listens when `http.listen` is not set: the port
+/// of the C# tool's chart, compose files and docs.
+pub const DEFAULT_HTTP_LISTEN: &str = "0.0.0.0:5000";
+
+/// `replicator.http`: the status server (health, metrics, status page).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpConfig {
+    /// `http.listen`: `host:port`, or `None` when set to an empty string
+    /// (no server). Port 0 picks a free port (logged at start-up).
+    pub listen: Option<String>,
+    /// `http.unhealthyAfterSeconds`: how long a component may fail before
+    /// readiness reports 503.
+    pub unhealthy_after: Duration,
+}
+
+/// The source cluster.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ReaderConfig {
+    /// `reader.connectionString`.
+    pub connection_string: String,
+    /// `reader.pageSize`: records of the first read at a seed (catch-up
+    /// itself streams through one subscription).
+    pub page_size: NonZeroUsize,
+}
+
+/// The target cluster.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SinkConfig {
+    /// `sink.connectionString`.
+    pub connection_string: String,
+    /// `sink.partitionCount` as given; see [`SinkConfig::partition_count`].
+    pub partition_count: Option<NonZeroUsize>,
+    /// `sink.bufferSize`: capacity of the buffer between reader and sink.
+    pub buffer_size: NonZeroUsize,
+}
+
+impl SinkConfig {
+    /// How many appends may be in flight at once: `sink.partitionCount`, or
+    /// [`DEFAULT_PARTITION_COUNT`].
+    pub fn partition_count(&self) -> usize {
+        self.partition_count
+            .map_or(DEFAULT_PARTITION_COUNT, NonZeroUsize::get)
+    }
+}
+
+/// Where the checkpoint is kept, how often, and how it is seeded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointConfig {
+    /// The store.
+    pub store: StoreConfig,
+    /// `checkpoint.checkpointAfter`: store after this many processed events.
+    pub checkpoint_after: u64,
+    /// `checkpoint.checkpointIntervalInSeconds`: unstored progress (an idle or
+    /// trickling source) is stored at the latest this long after it was made.
+    pub checkpoint_interval: Duration,
+    /// `checkpoint.seeder`: `None` for `type: none`.
+    pub seeder: Option<SeederConfig>,
+}
+
+/// `checkpoint.type` and its settings.
+#[derive(Clone, PartialEq, Eq)]
+pub enum StoreConfig {
+    /// `type: file`.
+    File {
+        /// `checkpoint.path`.
+        path: PathBuf,
+    },
+    /// `type: mongo`.
+    Mongo {
+        /// `checkpoint.path`: the connection string (may hold a password).
+        connection_string: String,
+        /// `checkpoint.database`.
+        database: String,
+        /// `checkpoint.instanceId`.
+        instance_id: String,
+    },
+}
+
+/// `checkpoint.seeder`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SeederConfig {
+    /// `type: chaser`: seed from a backup's `chaser.chk`.
+    Chaser {
+        /// `checkpoint.seeder.path`.
+        path: PathBuf,
+    },
+}
+
+// The Debug impls hide passwords in connection strings: configs get logged.
+impl fmt::Debug for ReaderConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReaderConfig")
+            .field("connection_string", &redact(&self.connection_string))
+            .field("page_size", &self.page_size)
+            .finish()
+    }
+}
+
+impl fmt::Debug for SinkConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SinkConfig")
+            .field("connection_string", &redact(&self.connection_string))
+            .field("partition_count", &self.partition_count)
+            .field("buffer_size", &self.buffer_size)
+            .finish()
+    }
+}
+
+impl fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreConfig::File { path } => f.debug_struct("File").field("path", path).finish(),
+            StoreConfig::Mongo {
+                connection_string,
+                database,
+                instance_id,
+            } => f
+                .debug_struct("Mongo")
+                .field("connection_string", &redact(connection_string))
+                .field("database", database)
+                .field("instance_id", instance_id)
+                .finish(),
+        }
+    }
+}
+
+impl fmt::Display for StoreConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreConfig::File { path } => write!(f, "file {}", path.display()),
+            StoreConfig::Mongo {
+                connection_string,
+                database,
+                instance_id,
+            } => write!(
+                f,
+                "mongo {}, database {database}, collection checkpoint, instance {instance_id}",
+                redact(connection_string)
+            ),
+        }
+    }
+}
+
+impl Config {
+    /// Reads, overrides from the process environment, and validates the file.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the file, variable or key that is wrong.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        // `vars_os`: one non-UTF-8 variable elsewhere must not stop the program.
+        let env = std::env::vars_os().map(|(k, v)| {
+            (
+                k.to_string_lossy().into_owned(),
+                v.to_string_lossy().into_owned(),
+            )
+        });
+        Config::from_yaml(&text, path, env)
+    }
+
+    /// Parses `yaml` (read from `path`, named in errors), applies the
+    /// `REPLICATOR_…` variables among `env`, and validates the result.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the file, variable or key that is wrong.
+    pub fn from_yaml(
+        yaml: &str,
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let parsed: Value = if yaml.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_saphyr::from_str(yaml).map_err(|e| ConfigError::Yaml {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })?
+        };
+        let mut tree =
+            normalize(parsed, SCHEMA, "").map_err(|(key, message)| ConfigError::Key {
+                key,
+                message,
+                origin: None,
+            })?;
+        let origins = apply_env(&mut tree, env)?;
+        build(tree).map_err(|e| match e {
+            ConfigError::Key {
+                key,
+                message,
+                origin: None,
+            } => {
+                // Name the variable when the key (or the section holding it) came from one.
+                let origin = origins
+                    .iter()
+                    .find(|(k, _)| key == **k || key.starts_with(&format!("{k}.")))
+                    .map(|(_, var)| var.clone());
+                ConfigError::Key {
+                    key,
+                    message,
+                    origin,
+                }
+            }
+            other => other,
+        })
+    }
+}

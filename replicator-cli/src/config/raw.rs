@@ -1,0 +1,131 @@
+//! The serde view of the file: every key the C# tool knows, spelled as in its
+//! YAML. Validation turns it into [`super::Config`].
+
+use serde::Deserialize;
+use serde_json::Value;
+
+/// The file's root.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Root {
+    /// Everything lives under `replicator`.
+    pub replicator: Option<Replicator>,
+}
+
+/// The `replicator` section.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct Replicator {
+    /// Where to read from.
+    pub reader: Option<Reader>,
+    /// Where to write to.
+    pub sink: Option<Sink>,
+    /// The C# scavenge filter (unsupported when `true`).
+    pub scavenge: Option<bool>,
+    /// The C# event filters (unsupported when not empty).
+    pub filters: Option<Value>,
+    /// The C# transform (only `default` is accepted).
+    pub transform: Option<Transform>,
+    /// Where progress is kept.
+    pub checkpoint: Option<Checkpoint>,
+    /// Follow the source live (`true`) or stop once caught up (`false`).
+    pub run_continuously: Option<bool>,
+    /// Restart the pipeline after it fails.
+    pub restart_on_failure: Option<bool>,
+    /// Seconds to wait before such a restart.
+    pub restart_delay_in_seconds: Option<u64>,
+    /// Seconds between progress log lines.
+    pub report_metrics_frequency_in_seconds: Option<u64>,
+    /// The status server.
+    pub http: Option<Http>,
+    /// Deadline of every remote call, in seconds.
+    pub call_timeout_in_seconds: Option<u64>,
+}
+
+/// `replicator.http`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct Http {
+    /// `host:port` to listen on; empty turns the server off.
+    pub listen: Option<String>,
+    /// Seconds a component may fail before readiness turns 503.
+    pub unhealthy_after_seconds: Option<u64>,
+}
+
+/// `replicator.reader`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct Reader {
+    /// The source cluster's connection string.
+    pub connection_string: Option<String>,
+    /// `grpc` (or absent); `tcp` is unsupported.
+    pub protocol: Option<String>,
+    /// Events per read request.
+    pub page_size: Option<u64>,
+    /// The C# tool's OAuth settings (unsupported).
+    pub auth: Option<Value>,
+}
+
+/// `replicator.sink`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct Sink {
+    /// The target cluster's connection string.
+    pub connection_string: Option<String>,
+    /// `grpc` (or absent); `tcp` and `kafka` are unsupported.
+    pub protocol: Option<String>,
+    /// How many appends may be in flight at once.
+    pub partition_count: Option<u64>,
+    /// A JavaScript partitioner (unsupported).
+    pub partitioner: Option<String>,
+    /// Capacity of the buffer between reader and sink, in events.
+    pub buffer_size: Option<u64>,
+    /// The C# tool's OAuth settings (unsupported).
+    pub auth: Option<Value>,
+}
+
+/// `replicator.transform`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct Transform {
+    /// `default`; `js` and `http` are unsupported.
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    /// Configuration of a `js` or `http` transform (unsupported).
+    pub config: Option<Value>,
+    /// Concurrency of a `js` or `http` transform (unsupported).
+    pub buffer_size: Option<u64>,
+}
+
+/// `replicator.checkpoint`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct Checkpoint {
+    /// `file` or `mongo`.
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    /// The file, or the MongoDB connection string.
+    pub path: Option<String>,
+    /// Store a checkpoint after this many processed events.
+    pub checkpoint_after: Option<u64>,
+    /// Store unstored progress at the latest this many seconds after it
+    /// was made.
+    pub checkpoint_interval_in_seconds: Option<u64>,
+    /// MongoDB database.
+    pub database: Option<String>,
+    /// MongoDB document id.
+    pub instance_id: Option<String>,
+    /// Where a first checkpoint comes from.
+    pub seeder: Option<Seeder>,
+}
+
+/// `replicator.checkpoint.seeder`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct Seeder {
+    /// `none` or `chaser`.
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    /// The `chaser.chk` file.
+    pub path: Option<String>,
+}

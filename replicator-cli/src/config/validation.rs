@@ -1,0 +1,330 @@
+//! Validation: the normalised tree deserialized into the raw structs, then
+//! checked key by key into [`super::Config`], every error naming its key.
+
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::raw;
+use super::{
+    CheckpointConfig, Config, ConfigError, HttpConfig, ReaderConfig, SeederConfig, SinkConfig,
+    StoreConfig, DEFAULT_HTTP_LISTEN,
+};
+
+/// Deserializes the normalised tree and validates it.
+pub(super) fn build(tree: Value) -> Result<Config, ConfigError> {
+    let root: raw::Root = serde_path_to_error::deserialize(tree).map_err(|e| {
+        let key = e.path().to_string();
+        ConfigError::key(key, e.into_inner().to_string())
+    })?;
+    let Some(r) = root.replicator else {
+        return Err(ConfigError::key(
+            "replicator",
+            "missing: the configuration must be under the root key `replicator`",
+        ));
+    };
+    validate(r)
+}
+
+fn is_grpc(protocol: Option<&str>) -> Option<&str> {
+    match protocol {
+        None => None,
+        Some(p) if p.eq_ignore_ascii_case("grpc") || p.is_empty() => None,
+        Some(p) => Some(p),
+    }
+}
+
+fn required(value: Option<String>, key: &str) -> Result<String, ConfigError> {
+    match value {
+        Some(v) if !v.trim().is_empty() => Ok(v),
+        _ => Err(ConfigError::key(key, "required, but not set")),
+    }
+}
+
+fn positive(value: Option<u64>, default: u64, key: &str) -> Result<u64, ConfigError> {
+    match value {
+        Some(0) => Err(ConfigError::key(key, "must be at least 1")),
+        Some(v) => Ok(v),
+        None => Ok(default),
+    }
+}
+
+fn positive_usize(
+    value: Option<u64>,
+    default: u64,
+    key: &str,
+) -> Result<NonZeroUsize, ConfigError> {
+    let v = positive(value, default, key)?;
+    usize::try_from(v)
+        .ok()
+        .and_then(NonZeroUsize::new)
+        .ok_or_else(|| ConfigError::key(key, format!("{v} is too large")))
+}
+
+fn is_set(v: &Option<Value>) -> bool {
+    match v {
+        None | Some(Value::Null) => false,
+        Some(Value::String(s)) => !s.is_empty(),
+        Some(Value::Array(a)) => !a.is_empty(),
+        Some(Value::Object(o)) => !o.is_empty(),
+        Some(_) => true,
+    }
+}
+
+fn validate(r: raw::Replicator) -> Result<Config, ConfigError> {
+    let reader = r.reader.unwrap_or_default();
+    if let Some(p) = is_grpc(reader.protocol.as_deref()) {
+        return Err(ConfigError::key(
+            "replicator.reader.protocol",
+            format!(
+                "{p:?} is not supported: only `grpc` is (the legacy TCP protocol is not); \
+                 remove the key or set it to grpc"
+            ),
+        ));
+    }
+    if is_set(&reader.auth) {
+        return Err(ConfigError::key(
+            "replicator.reader.auth",
+            "not supported: put the credentials in reader.connectionString (user:password@host)",
+        ));
+    }
+    let reader = ReaderConfig {
+        connection_string: required(
+            reader.connection_string,
+            "replicator.reader.connectionString",
+        )?,
+        page_size: positive_usize(reader.page_size, 1024, "replicator.reader.pageSize")?,
+    };
+
+    let sink = r.sink.unwrap_or_default();
+    if let Some(p) = is_grpc(sink.protocol.as_deref()) {
+        return Err(ConfigError::key(
+            "replicator.sink.protocol",
+            format!(
+                "{p:?} is not supported: only `grpc` (EventStoreDB/KurrentDB) is; \
+                 the TCP and Kafka writers are not"
+            ),
+        ));
+    }
+    if sink.partitioner.as_deref().is_some_and(|p| !p.is_empty()) {
+        return Err(ConfigError::key(
+            "replicator.sink.partitioner",
+            "not supported: JavaScript partitioners are not; events are spread over \
+             sink.partitionCount writers by stream name, keeping each stream in order",
+        ));
+    }
+    if is_set(&sink.auth) {
+        return Err(ConfigError::key(
+            "replicator.sink.auth",
+            "not supported: put the credentials in sink.connectionString (user:password@host)",
+        ));
+    }
+    let sink = SinkConfig {
+        connection_string: required(sink.connection_string, "replicator.sink.connectionString")?,
+        partition_count: match sink.partition_count {
+            None => None,
+            v => Some(positive_usize(v, 1, "replicator.sink.partitionCount")?),
+        },
+        buffer_size: positive_usize(sink.buffer_size, 1000, "replicator.sink.bufferSize")?,
+    };
+
+    if r.scavenge == Some(true) {
+        return Err(ConfigError::key(
+            "replicator.scavenge",
+            "`true` is not supported: the scavenge filter is not implemented; every event \
+             still in the source is replicated. Set it to false or remove it",
+        ));
+    }
+    if is_set(&r.filters) {
+        return Err(ConfigError::key(
+            "replicator.filters",
+            "not supported: event filters are not implemented; every event is replicated. \
+             Remove the filters (or leave the list empty)",
+        ));
+    }
+    if let Some(t) = r.transform {
+        match t.kind.as_deref() {
+            None | Some("") => {}
+            Some(k) if k.eq_ignore_ascii_case("default") => {}
+            Some(k) => {
+                return Err(ConfigError::key(
+                    "replicator.transform.type",
+                    format!(
+                        "{k:?} is not supported: only `default` is (js and http transforms \
+                         are not); events are copied unchanged"
+                    ),
+                ))
+            }
+        }
+        if is_set(&t.config) {
+            return Err(ConfigError::key(
+                "replicator.transform.config",
+                "not supported: it configures js and http transforms, which are not supported",
+            ));
+        }
+        if t.buffer_size.is_some() {
+            return Err(ConfigError::key(
+                "replicator.transform.bufferSize",
+                "not supported: it sizes js and http transforms, which are not supported",
+            ));
+        }
+    }
+
+    let checkpoint = validate_checkpoint(r.checkpoint.unwrap_or_default())?;
+    let http = validate_http(r.http.unwrap_or_default())?;
+
+    Ok(Config {
+        reader,
+        sink,
+        checkpoint,
+        run_continuously: r.run_continuously.unwrap_or(true),
+        restart_on_failure: r.restart_on_failure.unwrap_or(true),
+        restart_delay: Duration::from_secs(r.restart_delay_in_seconds.unwrap_or(5)),
+        report_every: Duration::from_secs(positive(
+            r.report_metrics_frequency_in_seconds,
+            5,
+            "replicator.reportMetricsFrequencyInSeconds",
+        )?),
+        http,
+        call_timeout: Duration::from_secs(positive(
+            r.call_timeout_in_seconds,
+            20,
+            "replicator.callTimeoutInSeconds",
+        )?),
+    })
+}
+
+fn validate_http(h: raw::Http) -> Result<HttpConfig, ConfigError> {
+    let listen = match h.listen {
+        None => Some(DEFAULT_HTTP_LISTEN.to_owned()),
+        Some(l) if l.trim().is_empty() => None,
+        Some(l) => {
+            let l = l.trim().to_owned();
+            // host:port, [v6]:port or v4:port; the host is resolved when bound.
+            let port_ok = l
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if !port_ok || l.contains("://") {
+                return Err(ConfigError::key(
+                    "replicator.http.listen",
+                    format!(
+                        "{l:?} is not an address to listen on: use host:port (e.g. \
+                         0.0.0.0:5000 or 127.0.0.1:9000), or an empty string for no server"
+                    ),
+                ));
+            }
+            Some(l)
+        }
+    };
+    Ok(HttpConfig {
+        listen,
+        unhealthy_after: Duration::from_secs(h.unhealthy_after_seconds.unwrap_or(10)),
+    })
+}
+
+fn validate_checkpoint(c: raw::Checkpoint) -> Result<CheckpointConfig, ConfigError> {
+    let kind = c.kind.as_deref().unwrap_or("file");
+    let store = if kind.eq_ignore_ascii_case("file") {
+        for (set, key) in [
+            (c.database.is_some(), "replicator.checkpoint.database"),
+            (c.instance_id.is_some(), "replicator.checkpoint.instanceId"),
+        ] {
+            if set {
+                return Err(ConfigError::key(
+                    key,
+                    "only applies to checkpoint.type mongo, but the type is file",
+                ));
+            }
+        }
+        StoreConfig::File {
+            path: PathBuf::from(
+                c.path
+                    .filter(|p| !p.trim().is_empty())
+                    .unwrap_or_else(|| "./checkpoint".to_owned()),
+            ),
+        }
+    } else if kind.eq_ignore_ascii_case("mongo") {
+        let connection_string = required(c.path, "replicator.checkpoint.path").map_err(|_| {
+            ConfigError::key(
+                "replicator.checkpoint.path",
+                "required for checkpoint.type mongo: the MongoDB connection string",
+            )
+        })?;
+        if !connection_string.starts_with("mongodb://")
+            && !connection_string.starts_with("mongodb+srv://")
+        {
+            return Err(ConfigError::key(
+                "replicator.checkpoint.path",
+                "for checkpoint.type mongo it must be a MongoDB connection string \
+                 (mongodb://… or mongodb+srv://…)",
+            ));
+        }
+        StoreConfig::Mongo {
+            connection_string,
+            database: non_empty(c.database, "replicator", "replicator.checkpoint.database")?,
+            instance_id: non_empty(c.instance_id, "default", "replicator.checkpoint.instanceId")?,
+        }
+    } else {
+        return Err(ConfigError::key(
+            "replicator.checkpoint.type",
+            format!("{kind:?} is not a checkpoint store: use file or mongo"),
+        ));
+    };
+
+    let seeder = match c.seeder {
+        None => None,
+        Some(s) => {
+            let kind = s.kind.as_deref().unwrap_or("none");
+            if kind.eq_ignore_ascii_case("none") {
+                if s.path.as_deref().is_some_and(|p| !p.is_empty()) {
+                    return Err(ConfigError::key(
+                        "replicator.checkpoint.seeder.path",
+                        "set, but checkpoint.seeder.type is none: set the type to chaser \
+                         to seed from this file, or remove the path",
+                    ));
+                }
+                None
+            } else if kind.eq_ignore_ascii_case("chaser") {
+                let path = required(s.path, "replicator.checkpoint.seeder.path").map_err(|_| {
+                    ConfigError::key(
+                        "replicator.checkpoint.seeder.path",
+                        "required for seeder type chaser: the backup's chaser.chk file",
+                    )
+                })?;
+                Some(SeederConfig::Chaser {
+                    path: PathBuf::from(path),
+                })
+            } else {
+                return Err(ConfigError::key(
+                    "replicator.checkpoint.seeder.type",
+                    format!("{kind:?} is not a seeder: use none or chaser"),
+                ));
+            }
+        }
+    };
+
+    Ok(CheckpointConfig {
+        store,
+        checkpoint_after: positive(
+            c.checkpoint_after,
+            1000,
+            "replicator.checkpoint.checkpointAfter",
+        )?,
+        checkpoint_interval: Duration::from_secs(positive(
+            c.checkpoint_interval_in_seconds,
+            1,
+            "replicator.checkpoint.checkpointIntervalInSeconds",
+        )?),
+        seeder,
+    })
+}
+
+fn non_empty(value: Option<String>, default: &str, key: &str) -> Result<String, ConfigError> {
+    match value {
+        None => Ok(default.to_owned()),
+        Some(v) if v.trim().is_empty() => Err(ConfigError::key(key, "must not be empty")),
+        Some(v) => Ok(v),
+    }
+}
