@@ -141,9 +141,10 @@ pub enum PipelineError {
         position: Position,
         /// The last source position that was processed and checkpointed.
         last_processed: Option<Position>,
-        /// The transform's error.
+        /// The transform's error (boxed: it would make every `Result` of the
+        /// pipeline as large as this variant).
         #[source]
-        source: TransformError,
+        source: Box<TransformError>,
     },
     /// The checkpoint store failed permanently.
     #[error("storing the checkpoint failed")]
