@@ -10,6 +10,9 @@
 //! - [`EsdbSink`] writes to the target: batched appends per stream,
 //!   concurrent across streams, with expected revisions and event ids so that
 //!   replays leave the target unchanged.
+//! - [`ScavengeFilter`] leaves out the events a scavenge of the source would
+//!   remove (`replicator.scavenge: true`), from the source's stream metadata
+//!   read once ahead and kept current.
 //!
 //! Every request either makes has a deadline (10 s by default), so a hung
 //! server is noticed and retried, never waited on forever.
@@ -31,6 +34,8 @@ mod classify;
 mod connection;
 mod plan;
 mod reader;
+mod retention;
+mod scavenge;
 mod sink;
 pub mod verify;
 
@@ -40,6 +45,7 @@ pub use classify::{
 };
 pub use connection::redact;
 pub use reader::{EsdbReader, EsdbReaderConfig};
+pub use scavenge::ScavengeFilter;
 pub use sink::{
     to_event_data, EsdbSink, EsdbSinkConfig, RevisionMode, DEFAULT_MAX_APPEND_BYTES,
     WRITE_CHECK_STREAM,

@@ -8,3 +8,4 @@ mod outages;
 mod proxy;
 mod reader;
 mod replay;
+mod scavenge;

@@ -1,0 +1,597 @@
+//! The scavenge filter (`replicator.scavenge: true`): leaves out the events a
+//! scavenge of the source would remove.
+
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use eventstore::{
+    ReadAllOptions, ReadStreamOptions, StreamPosition, SubscribeToAllOptions, SubscriptionEvent,
+    SubscriptionFilter,
+};
+use replicator_core::retry::Backoff;
+use replicator_core::{
+    ChangeKind, ErrorKind, Event, Position, ReaderError, SkipReason, Transform, TransformError,
+};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use crate::classify::{METADATA_EVENT_TYPE, TOMBSTONE_EVENT_TYPE};
+use crate::connection::{
+    describe, error_kind, parse_settings, redact, within, ClientCell, REQUEST_TIMEOUT,
+};
+use crate::retention::{Catalog, Verdict};
+
+/// How long [`ScavengeFilter::apply`] waits for the start-up pass before
+/// answering with a transient "still reading" error (the pipeline retries it,
+/// reporting the `transform` component as not ready meanwhile). Well under
+/// the pipeline's call deadline, so the answer names the cause.
+const PASS_WAIT: Duration = Duration::from_secs(5);
+
+/// Server-side filter of the start-up pass: metadata records and tombstones
+/// (event types `$metadata` and `$streamDeleted`) and nothing else.
+const PASS_FILTER: &str = r"^\$(metadata|streamDeleted)$";
+
+/// Leaves out ([`SkipReason::Scavenged`]) the events a scavenge of the source
+/// would remove; the [`Transform`] behind `replicator.scavenge: true`.
+///
+/// # What is left out
+/// An appended event ([`ChangeKind::Append`]) is skipped, and still
+/// checkpointed, when at the time it passes:
+/// - its stream is tombstoned, or soft-deleted (`$tb` = `i64::MAX`) and not
+///   recreated since;
+/// - its revision is below the stream's `$tb` (a recreated stream's old
+///   events included);
+/// - it is older than the stream's `$maxAge` (its source creation time,
+///   which the client gives in whole seconds);
+/// - it is not among the stream's last `$maxCount` events. A server keeps
+///   exactly the last `$maxCount`; the C# tool kept one more
+///   (`EventNumber < LastEventNumber - MaxCount`).
+///
+/// Metadata records, soft deletes and tombstones always pass: a deleted
+/// stream ends on the target deleted the same way (soft-deleted or
+///   tombstoned), with its metadata and none of its events, which reads the
+/// same as the source. Every decision uses the latest metadata known, like a
+/// scavenge run now would; an event is never taken back once written.
+///
+/// Revisions: only a prefix of a stream is ever left out, so the filter
+/// [keeps revisions](Transform::keeps_revisions); the sink renumbers a stream
+/// whose first source revisions never reach the target.
+///
+/// # Knowing the metadata ahead, in bounded memory
+/// The metadata that decides an early event is often written later in `$all`.
+/// So before the first decision the filter makes one pass over the source's
+/// metadata records and tombstones: a catch-up subscription to `$all` with a
+/// server-side event-type filter (`$metadata`, `$streamDeleted`), from the
+/// start to the `$all` head read when the pass begins. It keeps only streams
+/// whose metadata limits something (`$tb`, `$maxCount`, `$maxAge`, a soft
+/// delete) and tombstoned streams, so its memory grows with those streams
+/// alone ([`ScavengeFilter::tracked_streams`]), and it costs no request per
+/// stream. (The C# tool read every stream's metadata into unbounded maps and
+/// ran out of memory with many streams, its issue #41.) Afterwards the
+/// metadata records and tombstones passing through the pipeline past the end
+/// of the pass keep it current, and each event of a `$maxCount` stream moves
+/// that stream's last revision on. A stream with `$maxCount` costs one
+/// backward read of its last event, the first time one of its events passes.
+///
+/// # Failures
+/// - The pass retries transient failures (source down, timeouts) with the
+///   workspace [`Backoff`], resuming after the last record it saw. While it
+///   has not finished, [`Transform::apply`] answers with a transient error
+///   saying why (the pipeline holds the record and reports the transform
+///   component failing); a permanent failure (access denied: the connection
+///   string's user must be allowed to read `$all`) is a permanent error that
+///   stops the run with that message. (The C# tool crashed on a metadata read
+///   that failed, its issue #54.)
+/// - A backward read that fails is a transient or permanent error of
+///   [`Transform::apply`] naming the stream, handled the same way.
+///
+/// # Use
+/// Build it with [`ScavengeFilter::new`] from the source's connection string,
+/// then call [`ScavengeFilter::prepare`] before the pipeline starts: the pass
+/// over a large `$all` can take longer than the pipeline's call deadline. If
+/// `apply` comes first it starts the same pass and waits for it at most 5 s
+/// per call; a cancelled call never restarts it. Dropping the filter stops
+/// the pass.
+pub struct ScavengeFilter {
+    shared: Arc<Shared>,
+    pass: Mutex<Option<JoinHandle<()>>>,
+}
+
+struct Shared {
+    connection_string: String,
+    request_timeout: Duration,
+    /// The pass and the backward reads each take a client from here.
+    client: ClientCell,
+    catalog: Mutex<Catalog>,
+    status: watch::Sender<PassStatus>,
+}
+
+/// Where the start-up pass is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum PassStatus {
+    /// Reading; `failure` is the last attempt's error, if it failed.
+    Running {
+        records: u64,
+        at: Option<Position>,
+        failure: Option<String>,
+    },
+    /// Done: every metadata record and tombstone up to `covered` is in the
+    /// catalog (`None`: `$all` was empty).
+    Done { covered: Option<Position> },
+    /// Failed permanently.
+    Failed(String),
+}
+
+impl fmt::Debug for ScavengeFilter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ScavengeFilter")
+            .field("source", &redact(&self.shared.connection_string))
+            .field("status", &*self.shared.status.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ScavengeFilter {
+    /// A filter reading the source's metadata through `connection_string`
+    /// (the reader's). Nothing connects until [`ScavengeFilter::prepare`] or
+    /// the first [`Transform::apply`].
+    ///
+    /// # Errors
+    /// A permanent [`ReaderError`] when the connection string does not parse.
+    pub fn new(connection_string: &str) -> Result<Self, ReaderError> {
+        let settings = parse_settings(connection_string)
+            .map_err(|e| ReaderError::permanent(format!("scavenge filter: {e}")))?;
+        let (status, _) = watch::channel(PassStatus::Running {
+            records: 0,
+            at: None,
+            failure: None,
+        });
+        Ok(ScavengeFilter {
+            shared: Arc::new(Shared {
+                client: ClientCell::new(settings),
+                connection_string: connection_string.to_owned(),
+                request_timeout: REQUEST_TIMEOUT,
+                catalog: Mutex::new(Catalog::default()),
+                status,
+            }),
+            pass: Mutex::new(None),
+        })
+    }
+
+    /// Sets the deadline of each request to the source (10 s by default, at
+    /// least 1 ms): a backward read, the set-up of the pass's subscription,
+    /// and each wait for its next record or checkpoint.
+    #[must_use]
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
+        // Only before the pass started (it holds the other reference).
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.request_timeout = timeout.max(Duration::from_millis(1));
+        }
+        self
+    }
+
+    /// Reads the source's stream metadata and tombstones (the start-up pass,
+    /// see [`ScavengeFilter`]), waiting until it is done. Transient failures
+    /// are retried inside, with backoff, and logged; calling it again after
+    /// it returned `Ok` returns at once.
+    ///
+    /// # Errors
+    /// A permanent [`TransformError`] when the source refuses the read
+    /// (access denied, a request it rejects).
+    pub async fn prepare(&self) -> Result<(), TransformError> {
+        self.start();
+        let mut status = self.shared.status.subscribe();
+        let status = status
+            .wait_for(|s| !matches!(s, PassStatus::Running { .. }))
+            .await
+            .map_err(|_| TransformError::permanent("scavenge filter: the metadata pass ended"))?;
+        match &*status {
+            PassStatus::Failed(message) => Err(TransformError::permanent(message.clone())),
+            _ => Ok(()),
+        }
+    }
+
+    /// How many streams the filter holds metadata for: those whose metadata
+    /// limits what a scavenge keeps, and tombstoned streams. Streams without
+    /// such metadata cost nothing.
+    pub fn tracked_streams(&self) -> usize {
+        self.shared.catalog().len()
+    }
+
+    /// Starts the pass unless it runs or ran.
+    fn start(&self) {
+        let mut pass = self.pass.lock().unwrap_or_else(|e| e.into_inner());
+        if pass.is_none() {
+            let shared = Arc::clone(&self.shared);
+            *pass = Some(tokio::spawn(async move { shared.run_pass().await }));
+        }
+    }
+
+    /// Waits for the pass (at most [`PASS_WAIT`]); `Ok(covered)` once done.
+    async fn ready(&self) -> Result<Option<Position>, TransformError> {
+        if let PassStatus::Done { covered } = &*self.shared.status.borrow() {
+            return Ok(*covered);
+        }
+        self.start();
+        let mut watcher = self.shared.status.subscribe();
+        let wait = watcher.wait_for(|s| !matches!(s, PassStatus::Running { failure: None, .. }));
+        // Timing out is one of the answers: the status says which.
+        let _ = tokio::time::timeout(PASS_WAIT, wait).await;
+        drop(watcher);
+        let status = self.shared.status.borrow().clone();
+        match status {
+            PassStatus::Done { covered } => Ok(covered),
+            PassStatus::Failed(message) => Err(TransformError::permanent(message)),
+            PassStatus::Running {
+                records,
+                at,
+                failure,
+            } => Err(TransformError::transient(format!(
+                "scavenge filter: still reading the source's stream metadata ({records} records \
+                 so far, at {}){}",
+                at.map_or_else(|| "the start of $all".to_owned(), |p| p.to_string()),
+                failure.map_or_else(String::new, |f| format!("; the last attempt failed: {f}"))
+            ))),
+        }
+    }
+}
+
+impl Drop for ScavengeFilter {
+    fn drop(&mut self) {
+        if let Some(pass) = self.pass.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            pass.abort();
+        }
+    }
+}
+
+#[async_trait]
+impl Transform for ScavengeFilter {
+    fn name(&self) -> String {
+        "scavenge filter".to_owned()
+    }
+
+    async fn apply(&self, mut event: Event) -> Result<Event, TransformError> {
+        let covered = self.ready().await?;
+        // Records the pass already saw are in the catalog, with anything
+        // later up to where it ended: applying them again would go back to
+        // older metadata.
+        let news = covered.is_none_or(|covered| event.position > covered);
+        match event.kind {
+            ChangeKind::StreamMetadata | ChangeKind::SoftDelete => {
+                if news {
+                    self.shared
+                        .catalog()
+                        .set_metadata(event.target_stream(), &event.data);
+                }
+            }
+            ChangeKind::Tombstone => {
+                if news {
+                    self.shared.catalog().tombstone(event.target_stream());
+                }
+            }
+            ChangeKind::Append => {
+                if self.shared.removes(&event).await? {
+                    event.kind = ChangeKind::Skip(SkipReason::Scavenged);
+                }
+            }
+            ChangeKind::Skip(_) => {}
+        }
+        Ok(event)
+    }
+
+    fn keeps_revisions(&self) -> bool {
+        true
+    }
+}
+
+/// Why one attempt of the pass failed.
+struct PassFailure {
+    doing: &'static str,
+    error: eventstore::Error,
+}
+
+impl fmt::Display for PassFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.error {
+            eventstore::Error::DeadlineExceeded => {
+                write!(f, "{}: no answer within the deadline", self.doing)
+            }
+            eventstore::Error::AccessDenied => write!(
+                f,
+                "{}: access denied (the source connection string's user must be allowed to \
+                 read $all)",
+                self.doing
+            ),
+            error => write!(f, "{}: {}", self.doing, describe(error)),
+        }
+    }
+}
+
+impl Shared {
+    fn catalog(&self) -> MutexGuard<'_, Catalog> {
+        self.catalog.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The start-up pass, retried until done or failed permanently.
+    async fn run_pass(&self) {
+        let mut backoff = Backoff::default();
+        let mut resume: Option<Position> = None;
+        let mut records = 0_u64;
+        let mut end: Option<Option<Position>> = None;
+        loop {
+            let attempt = self.pass_attempt(&mut resume, &mut records, &mut end).await;
+            let failure = match attempt {
+                Ok(covered) => {
+                    info!(
+                        records,
+                        tracked_streams = self.catalog().len(),
+                        covered = %covered.map_or_else(|| "none".to_owned(), |p| p.to_string()),
+                        "Scavenge filter: read the source's stream metadata"
+                    );
+                    self.status.send_replace(PassStatus::Done { covered });
+                    return;
+                }
+                Err(failure) => failure,
+            };
+            if error_kind(&failure.error) == ErrorKind::Permanent {
+                let message = format!(
+                    "scavenge filter: reading the source's stream metadata failed: {failure}"
+                );
+                warn!(%message, "Scavenge filter cannot work");
+                self.status.send_replace(PassStatus::Failed(message));
+                return;
+            }
+            let delay = backoff.next_delay();
+            warn!(
+                %failure,
+                attempt = backoff.attempts(),
+                retry_in = ?delay,
+                "Scavenge filter: reading the source's stream metadata failed; retrying"
+            );
+            self.status.send_replace(PassStatus::Running {
+                records,
+                at: resume,
+                failure: Some(failure.to_string()),
+            });
+            if let Ok((generation, _)) = self.client.get() {
+                self.client.discard(generation);
+            }
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// One attempt: subscribes after `resume` and reads until the end of the
+    /// pass. Returns the position the catalog covers.
+    async fn pass_attempt(
+        &self,
+        resume: &mut Option<Position>,
+        records: &mut u64,
+        end: &mut Option<Option<Position>>,
+    ) -> Result<Option<Position>, PassFailure> {
+        let (_, client) = self
+            .client
+            .get()
+            .map_err(failed("creating the source client"))?;
+        let end = match end {
+            Some(end) => *end,
+            None => {
+                let head = within(self.request_timeout, head(&client))
+                    .await
+                    .map_err(failed("reading where the source's $all ends"))?;
+                *end = Some(head);
+                head
+            }
+        };
+        let Some(end) = end else {
+            return Ok(None);
+        };
+        if resume.is_some_and(|at| at >= end) {
+            return Ok(*resume);
+        }
+        let filter = SubscriptionFilter::on_event_type().regex(PASS_FILTER);
+        let from = match *resume {
+            Some(at) => StreamPosition::Position(eventstore::Position {
+                commit: at.commit,
+                prepare: at.prepare,
+            }),
+            None => StreamPosition::Start,
+        };
+        let options = SubscribeToAllOptions::default()
+            .position(from)
+            .filter(filter);
+        debug!(?resume, %end, "Scavenge filter: reading the source's stream metadata");
+        let mut subscription = client.subscribe_to_all(&options).await;
+        let reading = failed("reading the source's stream metadata and tombstones");
+        loop {
+            // The subscription stays alive across iterations: a timed-out wait
+            // drops only the `next` future, and the attempt then ends anyway.
+            let next = within(self.request_timeout, subscription.next_subscription_event())
+                .await
+                .map_err(reading)?;
+            match next {
+                SubscriptionEvent::EventAppeared(resolved) => {
+                    let Some(record) = resolved.event else {
+                        continue;
+                    };
+                    let position = Position {
+                        commit: record.position.commit,
+                        prepare: record.position.prepare,
+                    };
+                    *records += 1;
+                    self.learn(&record.stream_id, &record.event_type, &record.data);
+                    *resume = Some(position);
+                    if position >= end {
+                        return Ok(Some(position));
+                    }
+                    if records.is_multiple_of(1024) {
+                        self.status.send_replace(PassStatus::Running {
+                            records: *records,
+                            at: *resume,
+                            failure: None,
+                        });
+                    }
+                }
+                SubscriptionEvent::Checkpoint(at) => {
+                    let at = Position {
+                        commit: at.commit,
+                        prepare: at.prepare,
+                    };
+                    if resume.is_none_or(|r| at > r) {
+                        *resume = Some(at);
+                    }
+                    if at >= end {
+                        return Ok(Some(at));
+                    }
+                }
+                SubscriptionEvent::CaughtUp => return Ok(Some(resume.map_or(end, |r| r.max(end)))),
+                _ => {}
+            }
+        }
+    }
+
+    /// Takes one record of the pass into the catalog.
+    fn learn(&self, stream: &str, event_type: &str, data: &[u8]) {
+        if event_type == METADATA_EVENT_TYPE {
+            if let Some(target) = stream.strip_prefix("$$") {
+                if !target.is_empty() && !target.starts_with('$') {
+                    self.catalog().set_metadata(target, data);
+                }
+            }
+        } else if event_type == TOMBSTONE_EVENT_TYPE && !stream.starts_with('$') {
+            self.catalog().tombstone(stream);
+        }
+    }
+
+    /// Whether a scavenge would remove `event`, reading the stream's last
+    /// revision from the source when its `$maxCount` needs it.
+    async fn removes(&self, event: &Event) -> Result<bool, TransformError> {
+        let now = SystemTime::now();
+        let verdict = self
+            .catalog()
+            .verdict(&event.stream, event.revision, event.created, now);
+        let verdict = match verdict {
+            Verdict::NeedLastRevision => {
+                match self.last_revision(&event.stream).await? {
+                    LastRevision::Tombstoned => self.catalog().tombstone(&event.stream),
+                    LastRevision::At(last) => {
+                        self.catalog().saw_last_revision(&event.stream, last);
+                    }
+                    LastRevision::Unknown => {
+                        self.catalog()
+                            .saw_last_revision(&event.stream, event.revision);
+                    }
+                }
+                self.catalog()
+                    .verdict(&event.stream, event.revision, event.created, now)
+            }
+            verdict => verdict,
+        };
+        match verdict {
+            Verdict::Remove(why) => {
+                debug!(
+                    stream = event.stream,
+                    revision = event.revision,
+                    ?why,
+                    "Scavenge filter: skipping"
+                );
+                Ok(true)
+            }
+            Verdict::Keep | Verdict::NeedLastRevision => Ok(false),
+        }
+    }
+
+    /// The source's last revision of `stream`: one backward read.
+    async fn last_revision(&self, stream: &str) -> Result<LastRevision, TransformError> {
+        let doing = || format!("scavenge filter: reading the last revision of `{stream}`");
+        let (generation, client) = self.client.get().map_err(|error| {
+            TransformError::transient(format!("{}: {}", doing(), describe(&error)))
+                .with_source(error)
+        })?;
+        let options = ReadStreamOptions::default()
+            .backwards()
+            .position(StreamPosition::End)
+            .max_count(1);
+        let read = async {
+            let mut read = client.read_stream(stream, &options).await?;
+            read.next().await
+        };
+        match within(self.request_timeout, read).await {
+            Ok(Some(resolved)) => Ok(resolved
+                .event
+                .map_or(LastRevision::Unknown, |e| LastRevision::At(e.revision))),
+            Ok(None) | Err(eventstore::Error::ResourceNotFound) => Ok(LastRevision::Unknown),
+            Err(eventstore::Error::ResourceDeleted) => Ok(LastRevision::Tombstoned),
+            Err(error) => {
+                let message = match &error {
+                    eventstore::Error::DeadlineExceeded => {
+                        format!("{}: no answer within the deadline", doing())
+                    }
+                    other => format!("{}: {}", doing(), describe(other)),
+                };
+                Err(match error_kind(&error) {
+                    ErrorKind::Transient => {
+                        self.client.discard(generation);
+                        TransformError::transient(message)
+                    }
+                    ErrorKind::Permanent => TransformError::permanent(message),
+                }
+                .with_source(error))
+            }
+        }
+    }
+}
+
+/// What a backward read of a stream found.
+enum LastRevision {
+    At(u64),
+    /// Not found, or nothing readable (soft-deleted, all past `$maxAge`).
+    Unknown,
+    Tombstoned,
+}
+
+/// Wraps a client error of the pass with what it was doing.
+fn failed(doing: &'static str) -> impl Fn(eventstore::Error) -> PassFailure + Copy {
+    move |error| PassFailure { doing, error }
+}
+
+/// The position of the last record in `$all`, if any.
+async fn head(client: &eventstore::Client) -> Result<Option<Position>, eventstore::Error> {
+    let options = ReadAllOptions::default()
+        .backwards()
+        .position(StreamPosition::End)
+        .max_count(1);
+    let mut read = client.read_all(&options).await?;
+    Ok(read
+        .next()
+        .await?
+        .and_then(|resolved| resolved.link.or(resolved.event))
+        .map(|record| Position {
+            commit: record.position.commit,
+            prepare: record.position.prepare,
+        }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_connection_string_is_named() {
+        let err = ScavengeFilter::new("http://admin:secret@host").unwrap_err();
+        assert!(err.message().contains("scavenge filter"), "{err}");
+        assert!(!err.message().contains("secret"), "{err}");
+    }
+
+    #[test]
+    fn access_denied_says_what_the_user_needs() {
+        let failure = PassFailure {
+            doing: "reading the source's stream metadata and tombstones",
+            error: eventstore::Error::AccessDenied,
+        };
+        assert_eq!(error_kind(&failure.error), ErrorKind::Permanent);
+        assert!(failure.to_string().contains("read $all"), "{failure}");
+    }
+}
