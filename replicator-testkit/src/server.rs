@@ -44,6 +44,11 @@ pub struct ServerOptions {
     pub max_message_size: Option<usize>,
     /// Version reported by `ServerFeatures`; default `24.10.0`. Must be semver.
     pub server_version: Option<String>,
+    /// Largest append accepted, in the real server's measure (data + custom
+    /// metadata + 2 × event type length per event, summed over the append);
+    /// default 1 MiB, the real server's `MaxAppendSize` default. Larger appends
+    /// fail with `MaximumAppendSizeExceeded`.
+    pub max_append_size: Option<usize>,
 }
 
 /// State shared by the services, the listener and the fault handle.

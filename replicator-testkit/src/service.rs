@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use regex::Regex;
+use fancy_regex::Regex;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -185,6 +185,46 @@ fn status_with(code: Code, message: String, pairs: &[(&'static str, String)]) ->
     Status::with_metadata(code, message, metadata)
 }
 
+/// The largest append (sum of [`append_size`] over its events) the real server
+/// accepts unless configured otherwise (`MaxAppendSize`, 1 MiB).
+pub(crate) const DEFAULT_MAX_APPEND_SIZE: usize = 1024 * 1024;
+
+/// What one event counts towards the maximum append size on the real server
+/// (`Event.SizeOnDisk`): data, plus custom metadata, plus the event type counted
+/// twice per UTF-16 unit.
+fn append_size(event: &Proposed) -> usize {
+    event.data.len() + event.custom_metadata.len() + 2 * event.event_type.encode_utf16().count()
+}
+
+/// `message` packed as a `google.protobuf.Any` as .NET's `Any.Pack` does.
+fn pack_detail(name: &str, message: &impl prost::Message) -> prost_types::Any {
+    prost_types::Any {
+        type_url: format!("type.googleapis.com/event_store.client.{name}"),
+        value: message.encode_to_vec(),
+    }
+}
+
+/// The error of one failed batch append, as the real server builds it: the
+/// `google.rpc.Status` message is the detail's type name, the code depends on it.
+fn batch_error(code: Code, name: &str, detail: &impl prost::Message) -> batch_append_resp::Result {
+    batch_append_resp::Result::Error(RpcStatus {
+        code: code as i32,
+        message: name.to_owned(),
+        details: Some(pack_detail(name, detail)),
+    })
+}
+
+fn max_append_size_exceeded(max: usize) -> Status {
+    status_with(
+        Code::InvalidArgument,
+        format!("Maximum Append Size of {max} Exceeded."),
+        &[
+            ("exception", "maximum-append-size-exceeded".to_owned()),
+            ("maximum-append-size", max.to_string()),
+        ],
+    )
+}
+
 fn stream_deleted(stream: &str) -> Status {
     status_with(
         Code::FailedPrecondition,
@@ -196,7 +236,14 @@ fn stream_deleted(stream: &str) -> Status {
     )
 }
 
-fn wrong_expected_status(stream: &str, current: Option<u64>, expected: Expected) -> Status {
+/// A failed delete or tombstone (`operation` is `Delete` for both on the real
+/// server); the Python client parses this message.
+fn wrong_expected_status(
+    operation: &str,
+    stream: &str,
+    current: Option<u64>,
+    expected: Expected,
+) -> Status {
     let current_text = current.map_or_else(|| "-1".to_owned(), |c| c.to_string());
     let expected_text = match expected {
         Expected::Any => "-2".to_owned(),
@@ -207,7 +254,7 @@ fn wrong_expected_status(stream: &str, current: Option<u64>, expected: Expected)
     status_with(
         Code::FailedPrecondition,
         format!(
-            "Append failed due to WrongExpectedVersion. Stream: {stream}, Expected version: {expected_text}, Actual version: {current_text}"
+            "{operation} failed due to WrongExpectedVersion. Stream: {stream}, Expected version: {expected_text}, Actual version: {current_text}"
         ),
         &[
             ("exception", "wrong-expected-version".to_owned()),
@@ -308,7 +355,9 @@ impl Filter {
             &record.event_type
         };
         if let Some(regex) = &self.regex {
-            return regex.is_match(subject);
+            // .NET's `Regex.IsMatch`: unanchored. A match that exceeds the
+            // backtracking limit counts as no match.
+            return regex.is_match(subject).unwrap_or(false);
         }
         self.prefixes.is_empty()
             || self
@@ -681,6 +730,13 @@ impl StreamsService {
         }
     }
 
+    fn max_append_size(&self) -> usize {
+        self.shared
+            .options
+            .max_append_size
+            .unwrap_or(DEFAULT_MAX_APPEND_SIZE)
+    }
+
     async fn write_delay(&self) {
         let latency = self.shared.options.append_latency;
         if !latency.is_zero() {
@@ -737,8 +793,10 @@ fn append_reply(outcome: WriteOutcome, stream: &str) -> Result<AppendResp, Statu
                 expected_revision_option_20_6_0: Some(match expected {
                     Expected::Exact(r) => wev::ExpectedRevisionOption2060::ExpectedRevision2060(r),
                     Expected::StreamExists => wev::ExpectedRevisionOption2060::StreamExists2060(()),
-                    Expected::Any | Expected::NoStream => {
-                        wev::ExpectedRevisionOption2060::Any2060(())
+                    Expected::Any => wev::ExpectedRevisionOption2060::Any2060(()),
+                    // The real server's encoding of "no stream" in the old fields.
+                    Expected::NoStream => {
+                        wev::ExpectedRevisionOption2060::ExpectedRevision2060(u64::MAX)
                     }
                 }),
                 current_revision_option: Some(match current {
@@ -765,7 +823,7 @@ fn deletion_position(outcome: WriteOutcome, stream: &str) -> Result<Option<u64>,
     match outcome {
         WriteOutcome::Success { position, .. } => Ok(position),
         WriteOutcome::WrongExpected { current, expected } => {
-            Err(wrong_expected_status(stream, current, expected))
+            Err(wrong_expected_status("Delete", stream, current, expected))
         }
         WriteOutcome::StreamDeleted => Err(stream_deleted(stream)),
     }
@@ -826,11 +884,18 @@ impl Streams for StreamsService {
         };
         let stream = stream_name(options.stream_identifier)?;
         let expected = expected_from_append(options.expected_stream_revision);
+        let max_append_size = self.max_append_size();
         let mut events = Vec::new();
+        let mut size = 0;
         while let Some(message) = messages.message().await? {
             match message.content {
                 Some(append_req::Content::ProposedMessage(m)) => {
-                    events.push(proposed(m.id, m.metadata, m.custom_metadata, m.data)?);
+                    let event = proposed(m.id, m.metadata, m.custom_metadata, m.data)?;
+                    size += append_size(&event);
+                    if size > max_append_size {
+                        return Err(max_append_size_exceeded(max_append_size));
+                    }
+                    events.push(event);
                 }
                 _ => return Err(Status::invalid_argument("options sent twice in one append")),
             }
@@ -967,6 +1032,8 @@ struct PendingBatch {
     expected: Expected,
     wire_expected: Option<batch_append_resp::ExpectedStreamPosition>,
     events: Vec<Proposed>,
+    /// The events' total [`append_size`].
+    size: usize,
 }
 
 impl StreamsService {
@@ -986,11 +1053,11 @@ impl StreamsService {
         let batch = match pending.entry(id) {
             std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
             std::collections::hash_map::Entry::Vacant(entry) => {
-                let options = request.options.ok_or_else(|| {
-                    Status::invalid_argument(
-                        "the first batch-append request of a batch needs options",
-                    )
-                })?;
+                // Like the real server, requests of a batch that is not pending
+                // (never opened, or already rejected as too large) are ignored.
+                let Some(options) = request.options else {
+                    return Ok(None);
+                };
                 let (expected, wire_expected) = match options.expected_stream_position {
                     Some(E::StreamPosition(r)) => (Expected::Exact(r), R::StreamPosition(r)),
                     Some(E::NoStream(())) => (Expected::NoStream, R::NoStream(())),
@@ -1003,13 +1070,34 @@ impl StreamsService {
                     expected,
                     wire_expected: Some(wire_expected),
                     events: Vec::new(),
+                    size: 0,
                 })
             }
         };
         for m in request.proposed_messages {
-            batch
-                .events
-                .push(proposed(m.id, m.metadata, m.custom_metadata, m.data)?);
+            let event = proposed(m.id, m.metadata, m.custom_metadata, m.data)?;
+            batch.size += append_size(&event);
+            batch.events.push(event);
+        }
+        let max_append_size = self.max_append_size();
+        if batch.size > max_append_size {
+            // Answered at once, and the rest of the batch is ignored.
+            let batch = pending
+                .remove(&id)
+                .ok_or_else(|| Status::internal("batch vanished"))?;
+            let detail = shared::MaximumAppendSizeExceeded {
+                max_append_size: u32::try_from(max_append_size).unwrap_or(u32::MAX),
+            };
+            return Ok(Some(BatchAppendResp {
+                correlation_id: Some(batch.wire_id),
+                result: Some(batch_error(
+                    Code::InvalidArgument,
+                    "MaximumAppendSizeExceeded",
+                    &detail,
+                )),
+                stream_identifier: Some(identifier(&batch.stream)),
+                expected_stream_position: batch.wire_expected,
+            }));
         }
         if !request.is_final {
             return Ok(None);
@@ -1062,18 +1150,30 @@ fn batch_result(outcome: WriteOutcome, stream: &str) -> batch_append_resp::Resul
             })
         }
         WriteOutcome::WrongExpected { current, expected } => {
-            let status = wrong_expected_status(stream, current, expected);
-            batch_append_resp::Result::Error(RpcStatus {
-                code: Code::FailedPrecondition as i32,
-                message: status.message().to_owned(),
-                details: None,
-            })
+            use shared::wrong_expected_version::{
+                CurrentStreamRevisionOption as C, ExpectedStreamPositionOption as E,
+            };
+            let detail = shared::WrongExpectedVersion {
+                current_stream_revision_option: Some(match current {
+                    Some(r) => C::CurrentStreamRevision(r),
+                    None => C::CurrentNoStream(()),
+                }),
+                expected_stream_position_option: Some(match expected {
+                    Expected::Exact(r) => E::ExpectedStreamPosition(r),
+                    Expected::Any => E::ExpectedAny(()),
+                    Expected::StreamExists => E::ExpectedStreamExists(()),
+                    Expected::NoStream => E::ExpectedNoStream(()),
+                }),
+            };
+            batch_error(Code::AlreadyExists, "WrongExpectedVersion", &detail)
         }
-        WriteOutcome::StreamDeleted => batch_append_resp::Result::Error(RpcStatus {
-            code: Code::FailedPrecondition as i32,
-            message: format!("Event stream '{stream}' is deleted."),
-            details: None,
-        }),
+        WriteOutcome::StreamDeleted => batch_error(
+            Code::NotFound,
+            "StreamDeleted",
+            &shared::StreamDeleted {
+                stream_identifier: Some(identifier(stream)),
+            },
+        ),
     }
 }
 

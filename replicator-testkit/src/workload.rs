@@ -9,7 +9,8 @@
 //! - many streams written interleaved, with plain names, unicode names and names of
 //!   several hundred characters;
 //! - JSON and binary events, empty data, empty, JSON and binary user metadata,
-//!   sizes from zero bytes to over 1 MiB (a few, see [`WorkloadSpec::large_events`]);
+//!   sizes from zero bytes to just under 1 MiB, the largest append a real server
+//!   accepts by default (a few, see [`WorkloadSpec::large_events`]);
 //! - stream metadata (`$maxCount`, `$maxAge`, `$tb`, `$acl`, custom keys);
 //! - soft deletes followed by appends that revive the stream;
 //! - tombstones (hard deletes);
@@ -32,6 +33,13 @@ use uuid::Uuid;
 
 use crate::TestkitError;
 
+/// Default size of the workload's large events: 4 KiB under the real server's
+/// default maximum append size (1 MiB, counting data, metadata and twice the
+/// event type), so a server with default settings takes them, and an append
+/// of one cannot take much else. A larger size needs a server configured with
+/// a larger `MaxAppendSize` (in the testkit, `ServerOptions::max_append_size`).
+pub const LARGE_EVENT_SIZE: usize = 1024 * 1024 - 4096;
+
 /// What to generate. Build with [`WorkloadSpec::new`] and adjust the knobs.
 #[derive(Clone, Debug)]
 pub struct WorkloadSpec {
@@ -44,9 +52,10 @@ pub struct WorkloadSpec {
     pub streams: Option<usize>,
     /// Largest number of events in one append.
     pub max_batch: usize,
-    /// Events larger than 1 MiB to include (at most one per 10 events).
+    /// Large events to include (at most one per 10 events), each alone in its
+    /// append.
     pub large_events: usize,
-    /// Size of those events in bytes.
+    /// Size of those events in bytes; default [`LARGE_EVENT_SIZE`].
     pub large_event_size: usize,
     /// Write stream metadata (`$maxCount`, `$maxAge`, `$tb`, `$acl`).
     pub stream_metadata: bool,
@@ -86,7 +95,7 @@ impl Default for WorkloadSpec {
             streams: None,
             max_batch: 20,
             large_events: 2,
-            large_event_size: 1024 * 1024 + 4096,
+            large_event_size: LARGE_EVENT_SIZE,
             stream_metadata: true,
             soft_deletes: true,
             tombstones: true,

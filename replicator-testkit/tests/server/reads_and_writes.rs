@@ -130,13 +130,16 @@ async fn batch_append_writes_and_reports_errors() {
         )
         .await
         .expect_err("stream exists");
+    // The real server's batch-append error for a wrong expected version:
+    // `AlreadyExists`, message `WrongExpectedVersion` (the typed details, which
+    // this client drops, are checked in `errors_and_deletes`).
     assert!(
         matches!(
-            error,
+            &error,
             Error::Grpc {
-                code: tonic::Code::FailedPrecondition,
-                ..
-            }
+                code: tonic::Code::AlreadyExists,
+                message,
+            } if message == "WrongExpectedVersion"
         ),
         "{error:?}"
     );
@@ -195,7 +198,9 @@ async fn links_resolve_on_request() {
 async fn large_events_round_trip() {
     let f = Fixture::new().await;
     let stream = f.stream("big");
-    let data = bytes::Bytes::from(vec![7u8; 3 * 1024 * 1024 / 2]);
+    // The largest event a server with the default maximum append size (1 MiB:
+    // data + metadata + 2 x the type's length) takes; one byte more fails.
+    let data = bytes::Bytes::from(vec![7u8; 1024 * 1024 - 2 * "Big".len()]);
     f.client
         .append_to_stream(
             stream.as_str(),
@@ -203,7 +208,30 @@ async fn large_events_round_trip() {
             vec![eventstore::EventData::binary("Big", data.clone())],
         )
         .await
-        .expect("append 1.5 MiB");
+        .expect("append 1 MiB");
     let events = read_stream(&f.client, &stream).await.expect("read");
     assert_eq!(events[0].get_original_event().data, data);
+
+    let too_large = bytes::Bytes::from(vec![7u8; 1024 * 1024 - 2 * "Big".len() + 1]);
+    let error = f
+        .client
+        .append_to_stream(
+            stream.as_str(),
+            &AppendToStreamOptions::default(),
+            vec![eventstore::EventData::binary("Big", too_large)],
+        )
+        .await
+        .expect_err("one byte over the maximum append size");
+    assert!(
+        matches!(
+            &error,
+            Error::Grpc { code: tonic::Code::InvalidArgument, message }
+                if message == "Maximum Append Size of 1048576 Exceeded."
+        ),
+        "{error:?}"
+    );
+    assert_eq!(
+        read_stream(&f.client, &stream).await.expect("read").len(),
+        1
+    );
 }

@@ -72,14 +72,14 @@ async fn same_seed_gives_identical_servers_and_changes_are_reported() {
     assert!(report.is_identical(), "{report}");
     assert!(report.source_events > 0 && report.streams_compared > 10);
 
-    // $all holds links, system events, metadata and a >1 MiB event.
+    // $all holds links, system events, metadata and a large event.
     let all = f.all().await;
     assert!(all
         .iter()
         .any(|e| e.get_original_event().event_type == "$>"));
-    assert!(all
-        .iter()
-        .any(|e| e.get_original_event().data.len() > 1024 * 1024));
+    assert!(all.iter().any(
+        |e| e.get_original_event().data.len() == replicator_testkit::workload::LARGE_EVENT_SIZE
+    ));
 
     // One more event on the target, and a deleted stream: both reported.
     let streams: Vec<String> = all
