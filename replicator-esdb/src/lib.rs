@@ -33,6 +33,7 @@
 mod classify;
 mod connection;
 mod plan;
+pub mod position_map;
 mod reader;
 mod retention;
 mod scavenge;

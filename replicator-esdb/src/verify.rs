@@ -814,7 +814,7 @@ impl<'a> Side<'a> {
     /// the stream ends.
     async fn fill_to(&mut self, n: usize, max_bytes: usize) -> Result<(), VerifyError> {
         while self.buffer.len() < n && !self.exhausted {
-            if self.buffer.len() > 0 && self.buffered_bytes >= max_bytes {
+            if !self.buffer.is_empty() && self.buffered_bytes >= max_bytes {
                 return Ok(());
             }
             let Some(reader) = self.reader.as_mut() else {
