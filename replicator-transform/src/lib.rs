@@ -3,3 +3,6 @@
 //! `sink.partitioner`, as implementations of [`replicator_core::Transform`] and
 //! [`replicator_core::Partitioner`].
 #![warn(missing_docs)]
+
+pub mod http;
+pub mod js;
