@@ -314,3 +314,128 @@ async fn an_empty_source_needs_no_metadata() {
     let after = kept(&filtered(&source, &filter).await);
     assert_eq!(after["new"], [2]);
 }
+
+/// Hands the pipeline the source's records through the scavenge filter, as
+/// the pipeline's transform stage does (this keeps the test independent of
+/// how that stage is configured).
+struct Scavenged {
+    reader: replicator_esdb::EsdbReader,
+    filter: std::sync::Arc<ScavengeFilter>,
+}
+
+#[async_trait::async_trait]
+impl Reader for Scavenged {
+    async fn read(
+        &mut self,
+        from: StartFrom,
+    ) -> Result<replicator_core::EventStream, replicator_core::ReaderError> {
+        let filter = std::sync::Arc::clone(&self.filter);
+        let stream = self.reader.read(from).await?;
+        Ok(stream
+            .then(move |event| {
+                let filter = std::sync::Arc::clone(&filter);
+                async move {
+                    let event = event?;
+                    if !event.kind.is_write() {
+                        return Ok(event);
+                    }
+                    filter
+                        .apply(event)
+                        .await
+                        .map_err(|e| replicator_core::ReaderError::permanent(e.to_string()))
+                }
+            })
+            .boxed())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scavenged_copy_holds_exactly_the_events_the_source_still_reads() {
+    let source = source().await;
+    let target = target().await;
+    let client = client(&source);
+    append(&client, "plain", 2).await;
+    append(&client, "capped", 6).await;
+    set_metadata(&client, "capped", serde_json::json!({"$maxCount": 2})).await;
+    append(&client, "truncated", 5).await;
+    set_metadata(&client, "truncated", serde_json::json!({"$tb": 3})).await;
+    append(&client, "soft-deleted", 3).await;
+    client
+        .delete_stream("soft-deleted", &DeleteStreamOptions::default())
+        .await
+        .expect("soft delete");
+    append(&client, "tombstoned", 3).await;
+    client
+        .tombstone_stream("tombstoned", &TombstoneStreamOptions::default())
+        .await
+        .expect("tombstone");
+    append(&client, "recreated", 3).await;
+    client
+        .delete_stream("recreated", &DeleteStreamOptions::default())
+        .await
+        .expect("soft delete");
+    append(&client, "recreated", 2).await;
+
+    let filter =
+        std::sync::Arc::new(ScavengeFilter::new(&source.connection_string()).expect("filter"));
+    filter.prepare().await.expect("prepare");
+    let reader = Scavenged {
+        reader: reader(&source, 100, false),
+        filter,
+    };
+    let store = replicator_core::memory::MemoryCheckpointStore::default();
+    let pipeline = replicator_core::Pipeline::builder(reader, sink(&target, 4), store)
+        .config(pipeline_config(10))
+        .build();
+    tokio::time::timeout(
+        PATIENCE,
+        pipeline.run(tokio_util::sync::CancellationToken::new()),
+    )
+    .await
+    .expect("in time")
+    .expect("replication");
+
+    let target_client = crate::common::client(&target);
+    let ids = |readable: Readable| match readable {
+        Readable::Events(events) => Ok(events.into_iter().map(|(_, id)| id).collect::<Vec<_>>()),
+        Readable::NotFound => Err("not found"),
+        Readable::Deleted => Err("deleted"),
+    };
+    for stream in ["plain", "capped", "soft-deleted", "tombstoned"] {
+        assert_eq!(
+            ids(read_stream(&target_client, stream).await),
+            ids(read_stream(&client, stream).await),
+            "`{stream}` reads on the target as on the source"
+        );
+    }
+    // Streams whose `$tb` cut their first events: the events the source still
+    // returns are each on the target once, and nothing else of the stream.
+    // KNOWN GAP (the sink's, not the filter's): the sink renumbers such a
+    // stream from 0 on an empty target but writes the source's `$tb`
+    // unshifted, so a read of the target stream hides them. A source
+    // scavenged for real meets the same gap without this filter.
+    let mut on_target: BTreeMap<uuid::Uuid, (String, usize)> = BTreeMap::new();
+    for (stream, records) in snapshot(&target_client).await.streams {
+        for id in records.into_iter().filter_map(|r| r.id) {
+            on_target.entry(id).or_insert((stream.clone(), 0)).1 += 1;
+        }
+    }
+    for stream in ["truncated", "recreated"] {
+        let want = ids(read_stream(&client, stream).await).expect("readable on the source");
+        assert_eq!(want.len(), 2, "{stream}");
+        let copied: Vec<uuid::Uuid> = on_target
+            .iter()
+            .filter(|(_, (s, _))| s == stream)
+            .map(|(id, (_, count))| {
+                assert_eq!(*count, 1, "{id} of `{stream}` is on the target once");
+                *id
+            })
+            .collect();
+        let mut want_sorted = want.clone();
+        want_sorted.sort();
+        assert_eq!(
+            copied, want_sorted,
+            "`{stream}` on the target holds what the source reads"
+        );
+    }
+}
