@@ -212,8 +212,10 @@ impl ScavengeFilter {
 
     /// Waits for the pass (at most [`PASS_WAIT`]); `Ok(covered)` once done.
     async fn ready(&self) -> Result<Option<Position>, TransformError> {
-        if let PassStatus::Done { covered } = &*self.shared.status.borrow() {
-            return Ok(*covered);
+        match &*self.shared.status.borrow() {
+            PassStatus::Done { covered } => return Ok(*covered),
+            PassStatus::Failed(message) => return Err(TransformError::permanent(message.clone())),
+            PassStatus::Running { .. } => {}
         }
         self.start();
         let mut watcher = self.shared.status.subscribe();
@@ -583,6 +585,33 @@ mod tests {
         let err = ScavengeFilter::new("http://admin:secret@host").unwrap_err();
         assert!(err.message().contains("scavenge filter"), "{err}");
         assert!(!err.message().contains("secret"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_pass_that_failed_for_good_fails_every_record_with_its_reason() {
+        let filter = ScavengeFilter::new("esdb://localhost:1?tls=false").expect("filter");
+        filter.shared.status.send_replace(PassStatus::Failed(
+            "scavenge filter: reading the source's stream metadata failed: access denied".into(),
+        ));
+        let event = Event {
+            id: uuid::Uuid::new_v4(),
+            stream: "orders-1".into(),
+            revision: 0,
+            event_type: "Placed".into(),
+            data: Default::default(),
+            metadata: Default::default(),
+            content_type: replicator_core::ContentType::Json,
+            created: SystemTime::now(),
+            position: Position::at(4096),
+            kind: ChangeKind::Append,
+        };
+        for _ in 0..2 {
+            let error = filter.apply(event.clone()).await.expect_err("failed pass");
+            assert!(!error.is_transient(), "{error}");
+            assert!(error.message().contains("access denied"), "{error}");
+        }
+        let error = filter.prepare().await.expect_err("failed pass");
+        assert!(error.message().contains("access denied"), "{error}");
     }
 
     #[test]
