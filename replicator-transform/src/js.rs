@@ -41,10 +41,10 @@
 //! # Concurrency
 //! QuickJS runtimes cannot move between threads, so each engine lives on its
 //! own thread and calls reach it through a channel. The transform runs
-//! [`JsTransform::with_in_flight`] engines (each with the script loaded once),
-//! so that many events are in the script at once; the pipeline still hands
-//! them on in source order. Scripts should not keep state between calls: each
-//! engine has its own globals.
+//! [`JsTransform::with_in_flight`] engines (each with the script loaded once,
+//! at most [`MAX_ENGINES`]) so that many events are in the script at once;
+//! the pipeline still hands them on in source order. Scripts should not keep
+//! state between calls: each engine has its own globals.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -57,6 +57,11 @@ use replicator_core::{ChangeKind, Event, Partitioner, SkipReason, Transform, Tra
 mod engine;
 
 use engine::{Entry, Input, Outcome, Pool};
+
+/// The most engines [`JsTransform::with_in_flight`] starts: scripts are CPU
+/// work, so more engines than cores only cost memory (a `transform.bufferSize`
+/// of 1000 must not start 1000 threads).
+pub const MAX_ENGINES: usize = 16;
 
 /// How long one call of the script may run by default.
 pub const DEFAULT_TIME_LIMIT: Duration = Duration::from_secs(5);
@@ -126,14 +131,15 @@ impl JsTransform {
         })
     }
 
-    /// Runs `n` engines (at least 1), so that up to `n` events are in the
-    /// script at once ([`Transform::concurrency`]). The C# tool's
-    /// `transform.bufferSize` is the natural value.
+    /// Runs `n` engines (at least 1, at most [`MAX_ENGINES`]), so that up to
+    /// that many events are in the script at once
+    /// ([`Transform::concurrency`]). The C# tool's `transform.bufferSize` is
+    /// the natural value.
     ///
     /// # Errors
     /// [`JsError`] if an engine cannot be started.
     pub fn with_in_flight(mut self, n: usize) -> Result<JsTransform, JsError> {
-        self.pool.grow_to(n.max(1))?;
+        self.pool.grow_to(n.clamp(1, MAX_ENGINES))?;
         Ok(self)
     }
 

@@ -357,6 +357,12 @@ async fn several_engines_serve_calls_at_once() {
         let out = call.await.unwrap().unwrap();
         assert_eq!(out.data, Bytes::from(format!(r#"{{"n":{n}}}"#)));
     }
+    // A C#-sized bufferSize does not start a thread per slot.
+    let big = JsTransform::from_file(&s.path)
+        .unwrap()
+        .with_in_flight(1000)
+        .unwrap();
+    assert_eq!(big.concurrency(), replicator_transform::js::MAX_ENGINES);
 }
 
 #[test]
