@@ -50,9 +50,13 @@ const PASS_FILTER: &str = r"^\$(metadata|streamDeleted)$";
 ///   exactly the last `$maxCount`; the C# tool kept one more
 ///   (`EventNumber < LastEventNumber - MaxCount`).
 ///
+/// A server's scavenge physically keeps a stream's last event even when
+/// `$maxAge` or `$tb` expired it (to remember the stream's last revision),
+/// but no read returns it; the filter leaves it out like the others.
+///
 /// Metadata records, soft deletes and tombstones always pass: a deleted
 /// stream ends on the target deleted the same way (soft-deleted or
-///   tombstoned), with its metadata and none of its events, which reads the
+/// tombstoned), with its metadata and none of its events, which reads the
 /// same as the source. Every decision uses the latest metadata known, like a
 /// scavenge run now would; an event is never taken back once written.
 ///
