@@ -25,6 +25,9 @@ pub enum TestkitError {
         /// What is wrong with its value.
         reason: String,
     },
+    /// Test certificates could not be made or written.
+    #[error("{0}")]
+    Security(String),
     /// The in-process test server could not start.
     #[error("the in-process test server did not start")]
     ServerStart(#[source] std::io::Error),

@@ -22,6 +22,7 @@ pub mod conformance;
 mod error;
 #[allow(missing_docs)]
 pub mod proto;
+pub mod security;
 mod server;
 mod service;
 mod store;

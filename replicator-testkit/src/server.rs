@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
@@ -49,6 +49,12 @@ pub struct ServerOptions {
     /// default 1 MiB, the real server's `MaxAppendSize` default. Larger appends
     /// fail with `MaximumAppendSizeExceeded`.
     pub max_append_size: Option<usize>,
+    /// Serve TLS with this certificate (see [`crate::security`]); `None`: plain
+    /// HTTP/2, as an insecure node.
+    pub tls: Option<crate::security::TestCertificates>,
+    /// Require basic authentication with these users and apply the default access
+    /// rules (see [`crate::security`]); `None`: every call is allowed.
+    pub users: Option<Vec<crate::security::User>>,
 }
 
 /// State shared by the services, the listener and the fault handle.
@@ -252,12 +258,32 @@ impl EsdbServer {
         Ok(server)
     }
 
-    /// `esdb://HOST:PORT?tls=false&discoveryInterval=0`, for `ClientSettings`.
+    /// `esdb://HOST:PORT?tls=false&discoveryInterval=0`, for `ClientSettings`
+    /// (`tls=true` when the server serves TLS: add `tlsCaFile=` or credentials
+    /// with [`EsdbServer::connection_string_with`]).
     pub fn connection_string(&self) -> String {
         format!(
-            "esdb://{}:{}?tls=false&discoveryInterval=0",
+            "esdb://{}:{}?tls={}&discoveryInterval=0",
             self.shared.host,
-            self.port()
+            self.port(),
+            self.shared.options.tls.is_some()
+        )
+    }
+
+    /// The connection string with `user:password@` and, for a TLS server,
+    /// `tlsCaFile=ca_file`.
+    pub fn connection_string_with(
+        &self,
+        credentials: Option<(&str, &str)>,
+        ca_file: Option<&std::path::Path>,
+    ) -> String {
+        let user = credentials.map_or_else(String::new, |(u, p)| format!("{u}:{p}@"));
+        let ca = ca_file.map_or_else(String::new, |f| format!("&tlsCaFile={}", f.display()));
+        format!(
+            "esdb://{user}{}:{}?tls={}&discoveryInterval=0{ca}",
+            self.shared.host,
+            self.port(),
+            self.shared.options.tls.is_some()
         )
     }
 
@@ -373,6 +399,14 @@ fn routes(shared: &Arc<Shared>) -> Routes {
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
     let routes = routes(&shared);
+    let tls = match shared.options.tls.as_ref().map(|c| c.server_config()) {
+        Some(Ok(config)) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))),
+        Some(Err(error)) => {
+            warn!(%error, "Unusable TLS certificate; not serving");
+            return;
+        }
+        None => None,
+    };
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
@@ -380,7 +414,22 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: Cancellat
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
                     debug!(%peer, "Connection accepted");
-                    connections.spawn(serve_connection(tcp, routes.clone(), shared.faults.token()));
+                    // Latency of small replies matters more than packet count here.
+                    let _ = tcp.set_nodelay(true);
+                    let (routes, token) = (routes.clone(), shared.faults.token());
+                    match tls.clone() {
+                        None => {
+                            connections.spawn(serve_connection(tcp, routes, token));
+                        }
+                        Some(acceptor) => {
+                            connections.spawn(async move {
+                                match acceptor.accept(tcp).await {
+                                    Ok(stream) => serve_connection(stream, routes, token).await,
+                                    Err(error) => debug!(%peer, %error, "TLS handshake failed"),
+                                }
+                            });
+                        }
+                    }
                 }
                 Err(error) => {
                     warn!(%error, "Accept failed");
@@ -397,9 +446,10 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: Cancellat
     }
 }
 
-async fn serve_connection(tcp: TcpStream, routes: Routes, token: CancellationToken) {
-    // Latency of small replies matters more than packet count here.
-    let _ = tcp.set_nodelay(true);
+async fn serve_connection<S>(io: S, routes: Routes, token: CancellationToken)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     builder
         .initial_stream_window_size(Some(4 * 1024 * 1024))
@@ -412,7 +462,7 @@ async fn serve_connection(tcp: TcpStream, routes: Routes, token: CancellationTok
             let mut routes = routes.clone();
             routes.call(request.map(tonic::body::boxed))
         });
-    let connection = builder.serve_connection(TokioIo::new(tcp), service);
+    let connection = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(connection);
     tokio::select! {
         result = connection.as_mut() => {

@@ -81,6 +81,7 @@ use crate::proto::streams::{
     AppendResp, BatchAppendReq, BatchAppendResp, DeleteReq, DeleteResp, ReadReq, ReadResp,
     TombstoneReq, TombstoneResp,
 };
+use crate::security::{self, Access, Principal};
 use crate::server::Shared;
 use crate::store::{Expected, Proposed, ReadFailure, Record, Store, WriteOutcome};
 
@@ -273,6 +274,14 @@ fn max_append_size_exceeded(max: usize) -> Status {
             ("exception", "maximum-append-size-exceeded".to_owned()),
             ("maximum-append-size", max.to_string()),
         ],
+    )
+}
+
+fn access_denied() -> Status {
+    status_with(
+        Code::PermissionDenied,
+        "Access Denied".to_owned(),
+        &[("exception", "access-denied".to_owned())],
     )
 }
 
@@ -781,6 +790,14 @@ impl StreamsService {
         }
     }
 
+    /// The caller of `metadata`'s request, or `Unauthenticated` for wrong
+    /// credentials.
+    fn principal(&self, metadata: &MetadataMap) -> Result<Principal, Status> {
+        let header = metadata.get("authorization").map(|v| v.as_bytes());
+        security::principal(self.shared.options.users.as_deref(), header)
+            .map_err(|_| Status::unauthenticated("Bad credentials: unknown user or wrong password"))
+    }
+
     fn max_append_size(&self) -> usize {
         self.shared
             .options
@@ -899,7 +916,15 @@ impl Streams for StreamsService {
 
     async fn read(&self, request: Request<ReadReq>) -> Result<Response<Self::ReadStream>, Status> {
         let token = self.gate().await?;
+        let principal = self.principal(request.metadata())?;
         let plan = ReadPlan::from_wire(request.into_inner())?;
+        let target = match &plan.source {
+            Source::All(_) => "$all",
+            Source::Stream(stream, _) => stream.as_str(),
+        };
+        if !security::allowed(&principal, target, Access::Read) {
+            return Err(access_denied());
+        }
         let latency = self.shared.options.read_latency;
         if !latency.is_zero() {
             tokio::time::sleep(latency).await;
@@ -926,6 +951,7 @@ impl Streams for StreamsService {
         request: Request<Streaming<AppendReq>>,
     ) -> Result<Response<AppendResp>, Status> {
         let token = self.gate().await?;
+        let principal = self.principal(request.metadata())?;
         let mut messages = request.into_inner();
         let Some(first) = messages.message().await? else {
             return Err(Status::invalid_argument("append without options"));
@@ -934,6 +960,9 @@ impl Streams for StreamsService {
             return Err(Status::invalid_argument("append must start with options"));
         };
         let stream = stream_name(options.stream_identifier)?;
+        if !security::allowed(&principal, &stream, Access::Write) {
+            return Err(access_denied());
+        }
         let expected = expected_from_append(options.expected_stream_revision);
         let max_append_size = self.max_append_size();
         let mut events = Vec::new();
@@ -966,11 +995,15 @@ impl Streams for StreamsService {
 
     async fn delete(&self, request: Request<DeleteReq>) -> Result<Response<DeleteResp>, Status> {
         let token = self.gate().await?;
+        let principal = self.principal(request.metadata())?;
         let options = request
             .into_inner()
             .options
             .ok_or_else(|| Status::invalid_argument("delete options are missing"))?;
         let stream = stream_name(options.stream_identifier)?;
+        if !security::allowed(&principal, &stream, Access::Write) {
+            return Err(access_denied());
+        }
         let expected = deletion_expected!(delete_req, options.expected_stream_revision);
         self.write_delay().await;
         if !unpaused(&self.shared, &token).await {
@@ -996,11 +1029,15 @@ impl Streams for StreamsService {
         request: Request<TombstoneReq>,
     ) -> Result<Response<TombstoneResp>, Status> {
         let token = self.gate().await?;
+        let principal = self.principal(request.metadata())?;
         let options = request
             .into_inner()
             .options
             .ok_or_else(|| Status::invalid_argument("tombstone options are missing"))?;
         let stream = stream_name(options.stream_identifier)?;
+        if !security::allowed(&principal, &stream, Access::Write) {
+            return Err(access_denied());
+        }
         let expected = deletion_expected!(tombstone_req, options.expected_stream_revision);
         self.write_delay().await;
         if !unpaused(&self.shared, &token).await {
@@ -1026,6 +1063,7 @@ impl Streams for StreamsService {
         request: Request<Streaming<BatchAppendReq>>,
     ) -> Result<Response<Self::BatchAppendStream>, Status> {
         let token = self.gate().await?;
+        let principal = self.principal(request.metadata())?;
         let mut requests = request.into_inner();
         let (tx, rx) = mpsc::channel(CHANNEL);
         let service = self.clone();
@@ -1047,7 +1085,10 @@ impl Streams for StreamsService {
                         return;
                     }
                 };
-                let reply = match service.batch_step(&mut pending, request, &token).await {
+                let reply = match service
+                    .batch_step(&mut pending, request, &principal, &token)
+                    .await
+                {
                     Ok(Some(reply)) => reply,
                     Ok(None) => continue,
                     Err(status) => {
@@ -1093,6 +1134,7 @@ impl StreamsService {
         &self,
         pending: &mut HashMap<Uuid, PendingBatch>,
         request: BatchAppendReq,
+        principal: &Principal,
         token: &CancellationToken,
     ) -> Result<Option<BatchAppendResp>, Status> {
         use batch_append_req::options::ExpectedStreamPosition as E;
@@ -1109,6 +1151,21 @@ impl StreamsService {
                 let Some(options) = request.options else {
                     return Ok(None);
                 };
+                let stream = stream_name(options.stream_identifier.clone())?;
+                if !security::allowed(principal, &stream, Access::Write) {
+                    // Answered at once; the batch is not opened, so the rest of
+                    // its requests are ignored.
+                    return Ok(Some(BatchAppendResp {
+                        correlation_id: Some(wire_id),
+                        result: Some(batch_error(
+                            Code::PermissionDenied,
+                            "AccessDenied",
+                            &shared::AccessDenied {},
+                        )),
+                        stream_identifier: Some(identifier(&stream)),
+                        expected_stream_position: None,
+                    }));
+                }
                 let (expected, wire_expected) = match options.expected_stream_position {
                     Some(E::StreamPosition(r)) => (Expected::Exact(r), R::StreamPosition(r)),
                     Some(E::NoStream(())) => (Expected::NoStream, R::NoStream(())),
