@@ -1,5 +1,5 @@
-//! Health of the three parts of a replication: the source, the target and the
-//! checkpoint store.
+//! Health of the parts of a replication: the source, the target, the
+//! checkpoint store and the transforms (when any are configured).
 //!
 //! Each part has a [`HealthReporter`]. Whoever sees an attempt fail calls
 //! [`HealthReporter::failure`]; whoever sees one succeed calls
@@ -31,11 +31,19 @@ pub enum Component {
     Target,
     /// The [`crate::CheckpointStore`].
     Checkpoint,
+    /// The configured [`crate::Transform`]s (an HTTP transform's service, a
+    /// script): healthy for ever when there are none.
+    Transform,
 }
 
 impl Component {
     /// Every component, in the order they are reported.
-    pub const ALL: [Component; 3] = [Component::Source, Component::Target, Component::Checkpoint];
+    pub const ALL: [Component; 4] = [
+        Component::Source,
+        Component::Target,
+        Component::Checkpoint,
+        Component::Transform,
+    ];
 
     /// The lower-case name used in logs, metrics labels and JSON.
     pub fn name(self) -> &'static str {
@@ -43,6 +51,7 @@ impl Component {
             Component::Source => "source",
             Component::Target => "target",
             Component::Checkpoint => "checkpoint",
+            Component::Transform => "transform",
         }
     }
 }
@@ -220,7 +229,7 @@ impl HealthReporter {
     }
 }
 
-/// The reporters of a replication's three components.
+/// The reporters of a replication's components.
 #[derive(Debug, Clone)]
 pub struct Health {
     /// The source (reader, head probe).
@@ -229,6 +238,8 @@ pub struct Health {
     pub target: HealthReporter,
     /// The checkpoint store.
     pub checkpoint: HealthReporter,
+    /// The transforms.
+    pub transform: HealthReporter,
 }
 
 impl Default for Health {
@@ -237,6 +248,7 @@ impl Default for Health {
             source: HealthReporter::new(Component::Source),
             target: HealthReporter::new(Component::Target),
             checkpoint: HealthReporter::new(Component::Checkpoint),
+            transform: HealthReporter::new(Component::Transform),
         }
     }
 }
@@ -248,20 +260,22 @@ impl Health {
             Component::Source => &self.source,
             Component::Target => &self.target,
             Component::Checkpoint => &self.checkpoint,
+            Component::Transform => &self.transform,
         }
     }
 
-    /// Snapshots of all three.
+    /// Snapshots of all of them.
     pub fn snapshot(&self) -> ComponentsHealth {
         ComponentsHealth {
             source: self.source.snapshot(),
             target: self.target.snapshot(),
             checkpoint: self.checkpoint.snapshot(),
+            transform: self.transform.snapshot(),
         }
     }
 }
 
-/// Snapshots of the three components' health.
+/// Snapshots of the components' health.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ComponentsHealth {
     /// The source.
@@ -270,6 +284,8 @@ pub struct ComponentsHealth {
     pub target: ComponentHealth,
     /// The checkpoint store.
     pub checkpoint: ComponentHealth,
+    /// The transforms.
+    pub transform: ComponentHealth,
 }
 
 impl Default for ComponentsHealth {
@@ -285,6 +301,7 @@ impl ComponentsHealth {
             Component::Source => &self.source,
             Component::Target => &self.target,
             Component::Checkpoint => &self.checkpoint,
+            Component::Transform => &self.transform,
         }
     }
 
@@ -294,6 +311,7 @@ impl ComponentsHealth {
             Component::Source => &mut self.source,
             Component::Target => &mut self.target,
             Component::Checkpoint => &mut self.checkpoint,
+            Component::Transform => &mut self.transform,
         }
     }
 
@@ -349,6 +367,7 @@ fn title(component: Component) -> &'static str {
         Component::Source => "Source",
         Component::Target => "Target",
         Component::Checkpoint => "Checkpoint store",
+        Component::Transform => "Transform",
     }
 }
 

@@ -108,8 +108,12 @@ fn describe(url: &str, s: &Value) -> String {
         text(&c["unstored"]),
         text(&c["store"]),
     );
-    for name in ["source", "target", "checkpoint"] {
+    for name in ["source", "target", "checkpoint", "transform"] {
         let h = &s["components"][name];
+        if h.is_null() {
+            // A server of an older version.
+            continue;
+        }
         let line = if h["healthy"] == Value::Bool(true) {
             format!("healthy since {}", text(&h["since"]))
         } else {

@@ -84,12 +84,14 @@ struct CheckpointStatus<'a> {
     store: &'a str,
 }
 
-/// The three components, by name.
+/// The components, by name (`transform` is healthy for ever when no
+/// filter or transform is configured).
 #[derive(Debug, Serialize)]
 pub(crate) struct Components<'a> {
     source: ComponentJson<'a>,
     target: ComponentJson<'a>,
     checkpoint: ComponentJson<'a>,
+    transform: ComponentJson<'a>,
 }
 
 #[derive(Debug, Serialize)]
@@ -116,11 +118,12 @@ impl<'a> From<&'a ComponentView> for ComponentJson<'a> {
 }
 
 fn components(s: &Snapshot) -> Components<'_> {
-    let [source, target, checkpoint] = &s.components;
+    let [source, target, checkpoint, transform] = &s.components;
     Components {
         source: source.into(),
         target: target.into(),
         checkpoint: checkpoint.into(),
+        transform: transform.into(),
     }
 }
 

@@ -179,7 +179,7 @@ pub(crate) struct Snapshot {
     pub now: SystemTime,
     pub progress: Progress,
     /// In [`Component::ALL`] order.
-    pub components: [ComponentView; 3],
+    pub components: [ComponentView; 4],
     /// The error of a retrying or failed state, passwords hidden.
     pub state_error: Option<String>,
     pub heartbeat_age: Duration,

@@ -8,6 +8,7 @@ use tokio::sync::watch;
 use super::{Pipeline, Progress};
 use crate::health::Health;
 use crate::traits::{CheckpointStore, Reader, Sink};
+use crate::transform::{Partitioner, Transform};
 
 /// Tunables of a [`Pipeline`]. The defaults suit a replication between two
 /// EventStoreDB clusters.
@@ -87,6 +88,8 @@ pub struct PipelineBuilder {
     pub(super) config: PipelineConfig,
     pub(super) health: Option<Health>,
     pub(super) progress: Option<watch::Sender<Progress>>,
+    pub(super) transforms: Vec<Arc<dyn Transform>>,
+    pub(super) partitioner: Option<Arc<dyn Partitioner>>,
 }
 
 impl PipelineBuilder {
@@ -123,6 +126,27 @@ impl PipelineBuilder {
         self
     }
 
+    /// Adds a transform after those added before: every record to be written
+    /// goes through the transforms in the order they were added (see
+    /// [`Transform`]).
+    pub fn transform(mut self, transform: impl Transform) -> Self {
+        self.transforms.push(Arc::new(transform));
+        self
+    }
+
+    /// Adds these transforms after those added before, in order.
+    pub fn transforms(mut self, transforms: impl IntoIterator<Item = Arc<dyn Transform>>) -> Self {
+        self.transforms.extend(transforms);
+        self
+    }
+
+    /// Chooses each record's writer by this partitioner's key instead of the
+    /// target stream (see [`Partitioner`]).
+    pub fn partitioner(mut self, partitioner: Arc<dyn Partitioner>) -> Self {
+        self.partitioner = Some(partitioner);
+        self
+    }
+
     /// Builds the pipeline. Zero sizes are raised to 1.
     pub fn build(self) -> Pipeline {
         let mut config = self.config;
@@ -143,6 +167,8 @@ impl PipelineBuilder {
             config,
             progress,
             health: self.health.unwrap_or_default(),
+            transforms: self.transforms,
+            partitioner: self.partitioner,
         }
     }
 }

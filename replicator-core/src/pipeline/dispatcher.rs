@@ -16,12 +16,14 @@ use super::checkpointer::{Checkpointer, Frontier, Stored};
 use super::head::{poll_head, HeadSample};
 use super::progress::{HeadTracker, RateWindow};
 use super::tracker::Tracker;
-use super::writer::{partition_of, probe_idle_target, LastWrite, Writer, WriterMsg};
+use super::transform::{transformed, Item, Partitions};
+use super::writer::{probe_idle_target, LastWrite, Writer, WriterMsg};
 use super::{PipelineConfig, PipelineState, Progress, RunSummary};
-use crate::error::{CheckpointError, PipelineError, ReaderError};
+use crate::error::{CheckpointError, PipelineError};
 use crate::health::{merge, short, Component, Health, HealthReporter};
 use crate::model::{ChangeKind, Checkpoint, Event, Position, StartFrom};
 use crate::traits::{CheckpointStore, EventStream, HeadProbe, Sink};
+use crate::transform::{Partitioner, Transform};
 
 /// What [`Run::new`] is built from.
 pub(super) struct Parts {
@@ -34,6 +36,8 @@ pub(super) struct Parts {
     pub(super) probe_health: HealthReporter,
     pub(super) loaded: Option<Checkpoint>,
     pub(super) from: StartFrom,
+    pub(super) transforms: Vec<Arc<dyn Transform>>,
+    pub(super) partitioner: Option<Arc<dyn Partitioner>>,
 }
 
 /// How a spawned task ended.
@@ -84,6 +88,8 @@ pub(super) struct Run {
     rates: RateWindow,
     heads: HeadTracker,
     loaded: Option<Checkpoint>,
+    transforms: Vec<Arc<dyn Transform>>,
+    partitions: Partitions,
 }
 
 impl Run {
@@ -124,6 +130,8 @@ impl Run {
             rates: RateWindow::default(),
             heads: HeadTracker::default(),
             loaded: parts.loaded,
+            transforms: parts.transforms,
+            partitions: Partitions::new(partitions, parts.partitioner),
         }
     }
 
@@ -167,9 +175,10 @@ impl Run {
 
         let stop_reading = cancel.child_token();
         let (read_tx, mut read_rx) = mpsc::channel(config.buffer_size);
+        let items = transformed(stream, &self.transforms, &config, &self.health.transform);
         let handle = tasks.spawn({
             let stop = stop_reading.clone();
-            async move { TaskEnd::Reader(read_loop(stream, read_tx, stop).await) }
+            async move { TaskEnd::Reader(read_loop(items, read_tx, stop).await) }
         });
         names.insert(handle.id(), "reader".into());
 
@@ -244,6 +253,9 @@ impl Run {
                 msg = ack_rx.recv() => match msg {
                     Some(WriterMsg::Written { seqs, target, partition, bytes, latency }) => {
                         self.retrying[partition] = None;
+                        for &seq in &seqs {
+                            self.partitions.written(seq);
+                        }
                         self.stats.batch_size.observe(seqs.len() as f64);
                         self.stats.append_latency.observe(latency.as_secs_f64());
                         self.stats.bytes_written += bytes;
@@ -301,7 +313,8 @@ impl Run {
                 permit = async { queues[pending.as_ref().map_or(0, |p| p.0)].reserve().await }, if pending.is_some() && !closing => {
                     match permit {
                         Ok(permit) => {
-                            let (_, seq, event) = pending.take().expect("guarded by pending.is_some()");
+                            let (partition, seq, event) = pending.take().expect("guarded by pending.is_some()");
+                            self.partitions.sent(seq, &event, partition);
                             permit.send((seq, event));
                         }
                         Err(_) => {
@@ -326,9 +339,11 @@ impl Run {
                             deadline.get_or_insert_with(|| Instant::now() + config.shutdown_deadline);
                         }
                     }
+                    // The reader's error, or a transform's permanent one: what
+                    // came before it is written and checkpointed.
                     Some(Err(error)) => {
-                        warn!(%error, "Reader failed; draining");
-                        failure.get_or_insert(PipelineError::Reader { last_processed: None, source: error });
+                        warn!(%error, "Reading or transforming failed; draining");
+                        failure.get_or_insert(error);
                         deadline.get_or_insert_with(|| Instant::now() + config.shutdown_deadline);
                     }
                     Some(Ok(event)) => {
@@ -343,7 +358,16 @@ impl Run {
                                 self.on_processed();
                                 self.send_frontier(frontier_tx.as_ref(), false);
                             }
-                            _ => pending = Some((partition_of(event.target_stream(), partitions), seq, event)),
+                            _ => match self.partitions.choose(&event) {
+                                Ok(partition) => pending = Some((partition, seq, event)),
+                                Err(error) => {
+                                    // Not dispatched: the checkpoint stays before it.
+                                    self.tracker.forget_last();
+                                    warn!(%error, "Partitioner failed; draining");
+                                    failure.get_or_insert(error);
+                                    deadline.get_or_insert_with(|| Instant::now() + config.shutdown_deadline);
+                                }
+                            },
                         }
                     }
                 },
@@ -382,6 +406,21 @@ impl Run {
                 source,
             }),
             Some(PipelineError::Sink { source, .. }) => Err(PipelineError::Sink {
+                last_processed,
+                source,
+            }),
+            Some(PipelineError::Transform {
+                stream,
+                revision,
+                event_id,
+                position,
+                source,
+                ..
+            }) => Err(PipelineError::Transform {
+                stream,
+                revision,
+                event_id,
+                position,
                 last_processed,
                 source,
             }),
@@ -645,8 +684,8 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 }
 
 async fn read_loop(
-    mut stream: EventStream,
-    tx: mpsc::Sender<Result<Event, ReaderError>>,
+    mut stream: futures::stream::BoxStream<'static, Item>,
+    tx: mpsc::Sender<Item>,
     stop: CancellationToken,
 ) -> ReaderEnd {
     loop {

@@ -1,14 +1,21 @@
-//! The pipeline: reader → bounded buffer → partitioned, batching writers → sink,
-//! with acknowledgements folded back into source order for the checkpointer.
+//! The pipeline: reader → transforms → bounded buffer → partitioned, batching
+//! writers → sink, with acknowledgements folded back into source order for the
+//! checkpointer.
 //!
 //! ```text
-//!  Reader ──► buffer (bounded) ──► dispatcher ──► partition 0 queue ──► writer 0 ──► Sink::write
-//!                                   │   ▲  ▲  ──► partition 1 queue ──► writer 1 ──► Sink::write
-//!                                   │   │  └──────── acknowledgements ◄─────┘
-//!                                   │   └── head poller ◄── HeadProbe::head (every head_interval)
-//!                                   ▼
-//!                    in-order tracker ──► frontier (watch) ──► checkpointer ──► CheckpointStore::store
+//!  Reader ──► transforms ──► buffer (bounded) ──► dispatcher ──► partition 0 queue ──► writer 0 ──► Sink::write
+//!                                                  │   ▲  ▲  ──► partition 1 queue ──► writer 1 ──► Sink::write
+//!                                                  │   │  └──────── acknowledgements ◄─────┘
+//!                                                  │   └── head poller ◄── HeadProbe::head (every head_interval)
+//!                                                  ▼
+//!                                   in-order tracker ──► frontier (watch) ──► checkpointer ──► CheckpointStore::store
 //! ```
+//!
+//! Configured [`crate::Transform`]s run in the reader's task (`transform.rs`):
+//! several records at once, handed on in source order with their original
+//! positions, so nothing below them changes. The dispatcher chooses each
+//! record's partition from its target stream, or a [`crate::Partitioner`]'s
+//! key (a stream with records in flight stays where it is).
 //!
 //! Every record gets a sequence number as it is read (`tracker.rs`). Writers
 //! (`writer.rs`) acknowledge whole batches; the tracker marks their sequence
@@ -29,6 +36,7 @@ mod dispatcher;
 mod head;
 mod progress;
 mod tracker;
+mod transform;
 mod writer;
 
 use std::future::Future;
@@ -49,6 +57,7 @@ use crate::error::{ErrorKind, PipelineError};
 use crate::health::{short, Component, Health, HealthReporter};
 use crate::model::{Checkpoint, StartFrom};
 use crate::traits::{CheckpointStore, Reader, Sink};
+use crate::transform::{Partitioner, Transform};
 
 /// What a finished run did.
 #[derive(Debug, Clone, Default)]
@@ -94,6 +103,8 @@ pub struct Pipeline {
     config: PipelineConfig,
     progress: watch::Sender<Progress>,
     health: Health,
+    transforms: Vec<Arc<dyn Transform>>,
+    partitioner: Option<Arc<dyn Partitioner>>,
 }
 
 impl Pipeline {
@@ -110,6 +121,8 @@ impl Pipeline {
             config: PipelineConfig::default(),
             health: None,
             progress: None,
+            transforms: Vec::new(),
+            partitioner: None,
         }
     }
 
@@ -148,6 +161,8 @@ impl Pipeline {
             config,
             progress,
             health,
+            transforms,
+            partitioner,
         } = self;
         progress.send_modify(|p| {
             *p = Progress {
@@ -155,8 +170,20 @@ impl Pipeline {
                 ..Progress::default()
             }
         });
-        let result =
-            start_and_drive(&mut reader, sink, store, config, &progress, health, &cancel).await;
+        let result = start_and_drive(
+            &mut reader,
+            Parts {
+                sink,
+                store,
+                config,
+                health,
+                transforms,
+                partitioner,
+            },
+            &progress,
+            &cancel,
+        )
+        .await;
         progress.send_modify(|p| {
             p.state = match &result {
                 Ok(_) => PipelineState::Stopped,
@@ -167,15 +194,30 @@ impl Pipeline {
     }
 }
 
-async fn start_and_drive(
-    reader: &mut Box<dyn Reader>,
+/// The parts of a run besides the reader.
+struct Parts {
     sink: Arc<dyn Sink>,
     store: Arc<dyn CheckpointStore>,
     config: PipelineConfig,
-    progress: &watch::Sender<Progress>,
     health: Health,
+    transforms: Vec<Arc<dyn Transform>>,
+    partitioner: Option<Arc<dyn Partitioner>>,
+}
+
+async fn start_and_drive(
+    reader: &mut Box<dyn Reader>,
+    parts: Parts,
+    progress: &watch::Sender<Progress>,
     cancel: &CancellationToken,
 ) -> Result<RunSummary, PipelineError> {
+    let Parts {
+        sink,
+        store,
+        config,
+        health,
+        transforms,
+        partitioner,
+    } = parts;
     reader.report_health_to(health.source.clone());
     let probe = reader.head_probe();
     let probe_health = HealthReporter::labelled(Component::Source, "Source head probe");
@@ -241,6 +283,8 @@ async fn start_and_drive(
         probe_health,
         loaded,
         from,
+        transforms,
+        partitioner,
     });
     run.drive(stream, cancel.clone()).await
 }

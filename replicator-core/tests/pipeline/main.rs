@@ -4,3 +4,4 @@ mod behaviour;
 mod health;
 mod properties;
 mod support;
+mod transforms;
