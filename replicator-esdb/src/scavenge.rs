@@ -1,6 +1,7 @@
 //! The scavenge filter (`replicator.scavenge: true`): leaves out the events a
 //! scavenge of the source would remove.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
@@ -29,6 +30,9 @@ use crate::retention::{Catalog, Verdict};
 /// reporting the `transform` component as not ready meanwhile). Well under
 /// the pipeline's call deadline, so the answer names the cause.
 const PASS_WAIT: Duration = Duration::from_secs(5);
+
+/// Records in [`Transform::apply`] at once (see [`Transform::concurrency`]).
+const CONCURRENCY: usize = 16;
 
 /// Server-side filter of the start-up pass: metadata records and tombstones
 /// (event types `$metadata` and `$streamDeleted`) and nothing else.
@@ -110,6 +114,9 @@ struct Shared {
     /// The pass and the backward reads each take a client from here.
     client: ClientCell,
     catalog: Mutex<Catalog>,
+    /// Streams whose last revision is being read, so that concurrent events
+    /// of one stream cost one read.
+    reads: Mutex<HashMap<Box<str>, Arc<tokio::sync::Mutex<()>>>>,
     status: watch::Sender<PassStatus>,
 }
 
@@ -159,6 +166,7 @@ impl ScavengeFilter {
                 connection_string: connection_string.to_owned(),
                 request_timeout: REQUEST_TIMEOUT,
                 catalog: Mutex::new(Catalog::default()),
+                reads: Mutex::new(HashMap::new()),
                 status,
             }),
             pass: Mutex::new(None),
@@ -286,6 +294,14 @@ impl Transform for ScavengeFilter {
             ChangeKind::Skip(_) => {}
         }
         Ok(event)
+    }
+
+    /// Most records are judged at once from memory; the first event of a
+    /// `$maxCount` stream waits for one read from the source. Several records
+    /// at once let those reads overlap. Decisions stay right in any order:
+    /// each uses the latest metadata known when it is made.
+    fn concurrency(&self) -> usize {
+        CONCURRENCY
     }
 
     fn keeps_revisions(&self) -> bool {
@@ -479,20 +495,7 @@ impl Shared {
             .catalog()
             .verdict(&event.stream, event.revision, event.created, now);
         let verdict = match verdict {
-            Verdict::NeedLastRevision => {
-                match self.last_revision(&event.stream).await? {
-                    LastRevision::Tombstoned => self.catalog().tombstone(&event.stream),
-                    LastRevision::At(last) => {
-                        self.catalog().saw_last_revision(&event.stream, last);
-                    }
-                    LastRevision::Unknown => {
-                        self.catalog()
-                            .saw_last_revision(&event.stream, event.revision);
-                    }
-                }
-                self.catalog()
-                    .verdict(&event.stream, event.revision, event.created, now)
-            }
+            Verdict::NeedLastRevision => self.read_last_revision(event, now).await?,
             verdict => verdict,
         };
         match verdict {
@@ -507,6 +510,44 @@ impl Shared {
             }
             Verdict::Keep | Verdict::NeedLastRevision => Ok(false),
         }
+    }
+
+    /// Reads the last revision of the event's stream (one request per
+    /// stream: concurrent events of the same stream wait for the first
+    /// one's read), then judges the event.
+    async fn read_last_revision(
+        &self,
+        event: &Event,
+        now: SystemTime,
+    ) -> Result<Verdict, TransformError> {
+        let stream = event.stream.as_str();
+        let lock = Arc::clone(
+            self.reads
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(stream.into())
+                .or_default(),
+        );
+        let _reading = lock.lock().await;
+        let verdict = self
+            .catalog()
+            .verdict(stream, event.revision, event.created, now);
+        if verdict != Verdict::NeedLastRevision {
+            return Ok(verdict);
+        }
+        let read = self.last_revision(stream).await;
+        self.reads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(stream);
+        match read? {
+            LastRevision::Tombstoned => self.catalog().tombstone(stream),
+            LastRevision::At(last) => self.catalog().saw_last_revision(stream, last),
+            LastRevision::Unknown => self.catalog().saw_last_revision(stream, event.revision),
+        }
+        Ok(self
+            .catalog()
+            .verdict(stream, event.revision, event.created, now))
     }
 
     /// The source's last revision of `stream`: one backward read.

@@ -41,7 +41,8 @@ async fn set_metadata(client: &Client, stream: &str, metadata: serde_json::Value
 }
 
 /// Reads the whole source once and passes every record the reader does not
-/// skip itself through `filter`, as the pipeline does.
+/// skip itself through `filter`, as the pipeline does: up to
+/// `filter.concurrency()` records at once, handed on in source order.
 async fn filtered(source: &TestCluster, filter: &ScavengeFilter) -> Vec<Event> {
     let mut reader = reader(source, 100, false);
     let stream = reader.read(StartFrom::Beginning).await.expect("read");
@@ -49,9 +50,11 @@ async fn filtered(source: &TestCluster, filter: &ScavengeFilter) -> Vec<Event> {
         tokio::time::timeout(PATIENCE, stream.map(|e| e.expect("event")).collect())
             .await
             .expect("the reader ends once caught up");
-    let mut out = Vec::with_capacity(events.len());
-    for event in events {
-        if event.kind.is_write() {
+    futures::stream::iter(events)
+        .map(|event| async move {
+            if !event.kind.is_write() {
+                return event;
+            }
             let before = event.clone();
             let after = filter.apply(event).await.expect("apply");
             assert_eq!(
@@ -78,12 +81,11 @@ async fn filtered(source: &TestCluster, filter: &ScavengeFilter) -> Vec<Event> {
                     before.stream
                 );
             }
-            out.push(after);
-        } else {
-            out.push(event);
-        }
-    }
-    out
+            after
+        })
+        .buffered(filter.concurrency())
+        .collect()
+        .await
 }
 
 /// Revisions of each user stream's events the filter let through.
