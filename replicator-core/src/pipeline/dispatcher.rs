@@ -14,7 +14,7 @@ use tracing::{debug, info, warn};
 
 use super::checkpointer::{Checkpointer, Frontier, Stored};
 use super::head::{poll_head, HeadSample};
-use super::progress::{HeadTracker, RateWindow};
+use super::progress::{Estimate, HeadTracker, RateWindow};
 use super::tracker::Tracker;
 use super::transform::{transformed, Item, Partitions};
 use super::writer::{probe_idle_target, LastWrite, Writer, WriterMsg};
@@ -612,28 +612,18 @@ impl Run {
         stats.lag = self.heads.lag(now, stats.processed_created);
         match (stats.source_head, stats.source_head_at) {
             (Some(head), _) => {
-                let done = self.frontier.map_or(0, |p| p.commit);
-                let gap = head.commit.saturating_sub(done);
-                stats.gap_bytes = Some(gap);
-                // Log bytes per record in this run so far (records have gaps
-                // and sizes of their own: an estimate).
-                let start = self.lower_bound.map_or(0, |(p, _)| p.commit);
-                stats.gap_events = (self.processed >= 100 && done > start).then(|| {
-                    let per_record = (done - start) as f64 / self.processed as f64;
-                    (gap as f64 / per_record).round() as u64
-                });
-                stats.percent = Some(if stats.caught_up || head.commit == 0 {
-                    100.0
-                } else {
-                    (done as f64 / head.commit as f64 * 100.0).min(100.0)
-                });
-                stats.eta = if stats.caught_up || gap == 0 {
-                    Some(Duration::ZERO)
-                } else if bytes_rate > 0.0 {
-                    Some(Duration::from_secs_f64(gap as f64 / bytes_rate))
-                } else {
-                    None
-                };
+                let estimate = Estimate::new(
+                    head.commit,
+                    self.frontier.map_or(0, |p| p.commit),
+                    self.lower_bound.map_or(0, |(p, _)| p.commit),
+                    self.processed,
+                    stats.caught_up,
+                    bytes_rate,
+                );
+                stats.gap_bytes = Some(estimate.gap_bytes);
+                stats.gap_events = estimate.gap_events;
+                stats.percent = Some(estimate.percent);
+                stats.eta = estimate.eta;
             }
             (None, Some(_)) => {
                 // The source is empty.

@@ -394,9 +394,105 @@ impl HeadTracker {
     }
 }
 
+/// How far the copy is from the source's head, from log positions: what
+/// [`Progress`] shows as gap, events left, percent and ETA.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Estimate {
+    /// Log bytes between the frontier and the head.
+    pub(super) gap_bytes: u64,
+    /// Records left, from the log bytes per record of this run so far;
+    /// `None` until 100 records were processed (too few to say).
+    pub(super) gap_events: Option<u64>,
+    /// Share of the head's log processed, 100 when caught up.
+    pub(super) percent: f64,
+    /// Time left at the recent byte rate; `None` while nothing moves.
+    pub(super) eta: Option<Duration>,
+}
+
+impl Estimate {
+    /// `head` and `done` are commit positions of the source head and of the
+    /// frontier, `start` the one this run started from, `processed` the
+    /// records processed in this run, `bytes_rate` log bytes per second.
+    pub(super) fn new(
+        head: u64,
+        done: u64,
+        start: u64,
+        processed: u64,
+        caught_up: bool,
+        bytes_rate: f64,
+    ) -> Self {
+        let gap_bytes = head.saturating_sub(done);
+        // Records have gaps and sizes of their own: an estimate.
+        let gap_events = (processed >= 100 && done > start).then(|| {
+            let per_record = (done - start) as f64 / processed as f64;
+            (gap_bytes as f64 / per_record).round() as u64
+        });
+        let percent = if caught_up || head == 0 {
+            100.0
+        } else {
+            (done as f64 / head as f64 * 100.0).min(100.0)
+        };
+        let eta = if caught_up || gap_bytes == 0 {
+            Some(Duration::ZERO)
+        } else if bytes_rate > 0.0 {
+            Some(Duration::from_secs_f64(gap_bytes as f64 / bytes_rate))
+        } else {
+            None
+        };
+        Estimate {
+            gap_bytes,
+            gap_events,
+            percent,
+            eta,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn events_left_are_estimated_from_the_log_bytes_per_record_once_100_are_done() {
+        // 100 records took log bytes 1,000..2,000: 10 bytes each; 500 bytes left.
+        let e = Estimate::new(2_500, 2_000, 1_000, 100, false, 0.0);
+        assert_eq!(e.gap_bytes, 500);
+        assert_eq!(e.gap_events, Some(50));
+        assert_eq!(
+            Estimate::new(2_500, 2_000, 1_000, 99, false, 0.0).gap_events,
+            None
+        );
+        assert_eq!(
+            Estimate::new(2_500, 1_000, 1_000, 100, false, 0.0).gap_events,
+            None
+        );
+    }
+
+    #[test]
+    fn percent_is_the_share_of_the_heads_log_unless_caught_up() {
+        assert_eq!(Estimate::new(1_000, 250, 0, 10, false, 0.0).percent, 25.0);
+        assert_eq!(Estimate::new(1_000, 250, 0, 10, true, 0.0).percent, 100.0);
+        assert_eq!(Estimate::new(0, 0, 0, 0, false, 0.0).percent, 100.0);
+        assert_eq!(
+            Estimate::new(1_000, 5_000, 0, 10, false, 0.0).percent,
+            100.0
+        );
+    }
+
+    #[test]
+    fn eta_is_zero_when_caught_up_or_nothing_is_left_and_unknown_while_nothing_moves() {
+        let secs = |e: Estimate| e.eta.map(|d| d.as_secs_f64());
+        assert_eq!(
+            secs(Estimate::new(1_000, 200, 0, 10, false, 100.0)),
+            Some(8.0)
+        );
+        assert_eq!(secs(Estimate::new(1_000, 200, 0, 10, false, 0.0)), None);
+        assert_eq!(secs(Estimate::new(1_000, 200, 0, 10, true, 0.0)), Some(0.0));
+        assert_eq!(
+            secs(Estimate::new(1_000, 1_000, 0, 10, false, 0.0)),
+            Some(0.0)
+        );
+    }
 
     #[test]
     fn histogram_buckets_are_cumulative_with_inf_last() {
