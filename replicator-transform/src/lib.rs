@@ -4,5 +4,7 @@
 //! [`replicator_core::Partitioner`].
 #![warn(missing_docs)]
 
+pub mod filter;
 pub mod http;
 pub mod js;
+pub mod original;
