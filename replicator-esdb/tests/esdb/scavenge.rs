@@ -2,8 +2,10 @@
 //! read of the source still returns (the server applies `$tb`, `$maxCount`,
 //! `$maxAge`, soft deletes and tombstones to reads as a scavenge would), knows
 //! metadata written after the events it governs, follows metadata written
-//! after it started, holds only streams with limiting metadata, and survives
-//! a source that is down during its start-up pass.
+//! after it started, holds only streams with limiting metadata, survives a
+//! source that is down during its start-up pass, and names a source user who
+//! may not read `$all`. One copy runs through the real pipeline's transform
+//! stage.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -317,40 +319,6 @@ async fn an_empty_source_needs_no_metadata() {
     assert_eq!(after["new"], [2]);
 }
 
-/// Hands the pipeline the source's records through the scavenge filter, as
-/// the pipeline's transform stage does (this keeps the test independent of
-/// how that stage is configured).
-struct Scavenged {
-    reader: replicator_esdb::EsdbReader,
-    filter: std::sync::Arc<ScavengeFilter>,
-}
-
-#[async_trait::async_trait]
-impl Reader for Scavenged {
-    async fn read(
-        &mut self,
-        from: StartFrom,
-    ) -> Result<replicator_core::EventStream, replicator_core::ReaderError> {
-        let filter = std::sync::Arc::clone(&self.filter);
-        let stream = self.reader.read(from).await?;
-        Ok(stream
-            .then(move |event| {
-                let filter = std::sync::Arc::clone(&filter);
-                async move {
-                    let event = event?;
-                    if !event.kind.is_write() {
-                        return Ok(event);
-                    }
-                    filter
-                        .apply(event)
-                        .await
-                        .map_err(|e| replicator_core::ReaderError::permanent(e.to_string()))
-                }
-            })
-            .boxed())
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scavenged_copy_holds_exactly_the_events_the_source_still_reads() {
     let source = source().await;
@@ -378,17 +346,15 @@ async fn a_scavenged_copy_holds_exactly_the_events_the_source_still_reads() {
         .expect("soft delete");
     append(&client, "recreated", 2).await;
 
-    let filter =
-        std::sync::Arc::new(ScavengeFilter::new(&source.connection_string()).expect("filter"));
+    let filter = ScavengeFilter::new(&source.connection_string()).expect("filter");
     filter.prepare().await.expect("prepare");
-    let reader = Scavenged {
-        reader: reader(&source, 100, false),
-        filter,
-    };
     let store = replicator_core::memory::MemoryCheckpointStore::default();
-    let pipeline = replicator_core::Pipeline::builder(reader, sink(&target, 4), store)
-        .config(pipeline_config(10))
-        .build();
+    let pipeline =
+        replicator_core::Pipeline::builder(reader(&source, 100, false), sink(&target, 4), store)
+            .config(pipeline_config(10))
+            .transform(filter)
+            .build();
+    let progress = pipeline.progress();
     tokio::time::timeout(
         PATIENCE,
         pipeline.run(tokio_util::sync::CancellationToken::new()),
@@ -396,6 +362,8 @@ async fn a_scavenged_copy_holds_exactly_the_events_the_source_still_reads() {
     .await
     .expect("in time")
     .expect("replication");
+    // capped 4, truncated 3, soft-deleted 3, tombstoned 3, recreated 3.
+    assert_eq!(progress.borrow().skipped_by_reason.scavenged, 16);
 
     let target_client = crate::common::client(&target);
     let ids = |readable: Readable| match readable {
@@ -440,4 +408,25 @@ async fn a_scavenged_copy_holds_exactly_the_events_the_source_still_reads() {
             "`{stream}` on the target holds what the source reads"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_user_who_may_not_read_all_is_a_permanent_error_saying_so() {
+    use replicator_testkit::security::User;
+    let server = replicator_testkit::EsdbServer::start_with(replicator_testkit::ServerOptions {
+        users: Some(vec![User::admin(), User::new("ops", "secret")]),
+        ..Default::default()
+    })
+    .await
+    .expect("server");
+    let filter = ScavengeFilter::new(&server.connection_string_with(Some(("ops", "secret")), None))
+        .expect("filter");
+    let error = tokio::time::timeout(PATIENCE, filter.prepare())
+        .await
+        .expect("a refusal is not retried for ever")
+        .expect_err("ops may not read $all");
+    assert!(!error.is_transient(), "{error}");
+    assert!(error.message().contains("access denied"), "{error}");
+    assert!(error.message().contains("read $all"), "{error}");
+    assert!(!error.message().contains("secret"), "{error}");
 }
