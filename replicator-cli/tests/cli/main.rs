@@ -16,6 +16,7 @@ mod deploy;
 mod live;
 mod outages;
 mod restart;
+mod security;
 mod status;
 
 use std::path::{Path, PathBuf};
