@@ -3,8 +3,9 @@
 //! With `ESDB_URL` set to a connection string, the same tests and assertions run
 //! against that (real) cluster instead: that checks the in-process server behaves
 //! like the real one on everything asserted here. Run them one at a time
-//! (`-- --test-threads=1`) and leave out `faults_and_connections`, `security`
-//! and `wire_errors`, which need the in-process server; see `replicator_testkit::cluster` and the README.
+//! (`-- --test-threads=1`) and leave out `faults_and_connections` and
+//! `wire_errors`, which need the in-process server (`security` always starts
+//! secure in-process servers of its own); see `replicator_testkit::cluster` and the README.
 
 mod common;
 mod errors_and_deletes;
