@@ -21,7 +21,9 @@ use crate::connection::{
     describe, error_kind, needs_new_client, parse_settings, redact, within, ClientCell,
     REQUEST_TIMEOUT,
 };
-use crate::plan::{match_replay, plan, Replay, Step, TargetRecord};
+use crate::plan::{
+    plan, Action, AppendRun, Divergence, Done, Expected, Guess, Note, Reply, Step, TargetRecord,
+};
 
 /// Default cap on the payload of one append request.
 pub const DEFAULT_MAX_APPEND_BYTES: usize = 1024 * 1024;
@@ -29,24 +31,24 @@ pub const DEFAULT_MAX_APPEND_BYTES: usize = 1024 * 1024;
 /// How many stream plans of one batch run at once.
 const STREAMS_IN_FLIGHT: usize = 32;
 
-/// How far back in a target stream to look for a record when revisions do not
-/// line up (streams renumbered because the source lost their first events).
-const RENUMBERED_SEARCH_DEPTH: usize = 4096;
+/// Default of [`EsdbSink::with_replay_search_depth`]: how many of a target
+/// stream's last records are searched for a run's records by event id.
+pub const DEFAULT_REPLAY_SEARCH_DEPTH: usize = 4096;
 
 /// The stream [`EsdbSink::check`] appends nothing to. An append of no events
 /// writes nothing, whatever the stream holds, but is authenticated and
 /// authorised as a write.
 pub const WRITE_CHECK_STREAM: &str = "replicator-write-check";
 
-/// Append attempts for one run (each after learning more about the target)
-/// before giving up with a transient error.
-const MAX_ROUNDS: usize = 8;
-
 /// Failed operations in a row after which the client is rebuilt anyway.
 const CLIENT_REBUILD_AFTER: u32 = 8;
 
 /// Renumbered streams remembered at most (the map holds only those).
 const MAX_REMEMBERED_OFFSETS: usize = 100_000;
+
+/// Target streams whose last revision [`RevisionMode::Tracked`] remembers at
+/// most (about 100 bytes each).
+const MAX_TRACKED_STREAMS: usize = 100_000;
 
 /// Configuration of an [`EsdbSink`].
 #[derive(Clone, PartialEq, Eq)]
@@ -178,6 +180,11 @@ pub struct EsdbSink {
     /// `target revision - source revision` of streams that do not line up
     /// (the source lost their first events to scavenging or truncation).
     offsets: Mutex<HashMap<String, i64>>,
+    revisions: RevisionMode,
+    /// [`RevisionMode::Tracked`]: the last revision of target streams
+    /// written (a bounded cache; a miss is learnt from the target).
+    tracked: Mutex<HashMap<String, u64>>,
+    search_depth: usize,
     /// The batch-append session appends go through, with the generation of
     /// the client it belongs to; see [`EsdbSink::append_events`].
     batch: Mutex<Option<(u64, Arc<BatchAppendClient>)>>,
@@ -215,6 +222,9 @@ impl EsdbSink {
             request_timeout: REQUEST_TIMEOUT,
             failures: std::sync::atomic::AtomicU32::new(0),
             offsets: Mutex::new(HashMap::new()),
+            revisions: config.revisions,
+            tracked: Mutex::new(HashMap::new()),
+            search_depth: DEFAULT_REPLAY_SEARCH_DEPTH,
             batch: Mutex::new(None),
             no_batch_append: AtomicBool::new(false),
         })
@@ -224,6 +234,15 @@ impl EsdbSink {
     /// sent, whatever its size).
     pub fn with_max_append_bytes(mut self, bytes: usize) -> Self {
         self.max_append_bytes = bytes.max(1);
+        self
+    }
+
+    /// Sets how many of a target stream's last records are searched, by event
+    /// id, for the records of an append the target refused
+    /// ([`DEFAULT_REPLAY_SEARCH_DEPTH`] by default; at least 1). See "The
+    /// bound" under "Replays" on [`EsdbSink`].
+    pub fn with_replay_search_depth(mut self, records: usize) -> Self {
+        self.search_depth = records.max(1);
         self
     }
 
@@ -287,13 +306,39 @@ impl EsdbSink {
         events: &[&Event],
     ) -> Result<Option<Position>, SinkError> {
         let (generation, client) = self.client()?;
+        let tracked = self.revisions == RevisionMode::Tracked && !stream.starts_with("$$");
+        let (guess, offset) = if tracked {
+            let guess = self
+                .tracked
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(stream)
+                .map_or(Guess::Unknown, |&last| Guess::At(last + 1));
+            (guess, 0)
+        } else {
+            let offset = self.offset(stream);
+            // A negative result cannot come from offsets we computed: start
+            // over from the source revision.
+            let revision =
+                u64::try_from(events[0].revision as i64 + offset).unwrap_or(events[0].revision);
+            (Guess::At(revision), offset)
+        };
         match self
-            .append_run_with(generation, &client, stream, events)
+            .append_run_with(generation, &client, stream, events, guess, tracked)
             .await
         {
-            Ok(position) => {
+            Ok(done) => {
                 self.succeeded();
-                Ok(position)
+                if tracked {
+                    self.remember_last(stream, done);
+                } else if let Some(last) = done.last_revision {
+                    let last_source = events[events.len() - 1].revision;
+                    let learnt = last as i64 - last_source as i64;
+                    if learnt != offset {
+                        self.remember_offset(stream, learnt);
+                    }
+                }
+                Ok(done.position)
             }
             Err(RunError::Client(error, event)) => {
                 self.failed(generation, &error);
@@ -315,162 +360,139 @@ impl EsdbSink {
         }
     }
 
+    /// Performs the actions of an [`AppendRun`] (the decisions are in
+    /// `plan.rs`; this is only the I/O).
     async fn append_run_with<'e>(
         &self,
         generation: u64,
         client: &Client,
         stream: &str,
         events: &[&'e Event],
-    ) -> Result<Option<Position>, RunError<'e>> {
-        let mut offset = self.offset(stream);
-        let mut searched = false;
-        let mut pending = events;
-        let mut position = None;
-        for _ in 0..MAX_ROUNDS {
-            let Some(first_target) = shift(pending[0].revision, offset) else {
-                // Cannot happen with offsets we computed; start over without.
-                self.remember_offset(stream, 0);
-                offset = 0;
-                continue;
-            };
-            let expected = match first_target {
-                0 => ExpectedRevision::NoStream,
-                n => ExpectedRevision::Exact(n - 1),
-            };
-            match self
-                .append_events(generation, client, stream, expected, pending)
-                .await
-            {
-                Ok(written) => return Ok(written.max(position)),
-                Err(eventstore::Error::ResourceDeleted) => {
-                    debug!(
-                        stream,
-                        "Target stream is tombstoned: records already written"
-                    );
-                    return Ok(position);
-                }
-                Err(eventstore::Error::WrongExpectedVersion { current, .. }) => {
-                    let last = match current {
-                        CurrentRevision::Current(n) => Some(n),
-                        CurrentRevision::NoStream => None,
+        guess: Guess,
+        tracked: bool,
+    ) -> Result<Done, RunError<'e>> {
+        let mut run = AppendRun::new(events, guess, stream.starts_with("$$"));
+        let mut action = run.start();
+        loop {
+            let reply = match action {
+                Action::Append {
+                    from,
+                    expected,
+                    note,
+                } => {
+                    log_note(stream, events[from], note, tracked);
+                    let expected = match expected {
+                        Expected::NoStream => ExpectedRevision::NoStream,
+                        Expected::Exact(n) => ExpectedRevision::Exact(n),
                     };
-                    let target = match read_target(
-                        client,
-                        stream,
-                        first_target,
-                        pending.len(),
-                        self.request_timeout,
-                    )
-                    .await
+                    match self
+                        .append_events(generation, client, stream, expected, &events[from..])
+                        .await
                     {
-                        Ok(records) => records,
-                        Err(eventstore::Error::ResourceDeleted) => return Ok(position),
-                        Err(e) => return Err(RunError::Client(e, pending[0])),
-                    };
-                    match match_replay(
-                        pending,
-                        first_target,
-                        &target,
-                        last,
-                        stream.starts_with("$$"),
-                    ) {
-                        Replay::Written {
-                            written,
-                            position: seen,
-                        } => {
-                            position = position.max(seen);
-                            if written == pending.len() {
-                                debug!(stream, records = written, "Replay: already on the target");
-                                return Ok(position);
+                        Ok((position, last)) => Reply::Appended { position, last },
+                        Err(eventstore::Error::ResourceDeleted) => Reply::Deleted,
+                        Err(eventstore::Error::WrongExpectedVersion { current, .. }) => {
+                            Reply::WrongExpected {
+                                current: match current {
+                                    CurrentRevision::Current(n) => Some(n),
+                                    CurrentRevision::NoStream => None,
+                                },
                             }
-                            if written == 0 && last.is_none_or(|l| l + 1 < first_target) {
-                                // Already renumbered by an earlier run? Then the
-                                // records sit at lower revisions: find them by id.
-                                if !searched && last.is_some() {
-                                    searched = true;
-                                    if let Some(revision) = find_in_tail(
-                                        client,
-                                        stream,
-                                        pending[0].id,
-                                        self.request_timeout,
-                                    )
-                                    .await
-                                    .map_err(|e| RunError::Client(e, pending[0]))?
-                                    {
-                                        offset = revision as i64 - pending[0].revision as i64;
-                                        self.remember_offset(stream, offset);
-                                        continue;
-                                    }
-                                }
-                                // The target is behind this stream's source
-                                // revisions: the source no longer holds the
-                                // stream's first records. Renumber.
-                                let new_first = last.map_or(0, |l| l + 1);
-                                offset = new_first as i64 - pending[0].revision as i64;
-                                if stream.starts_with("$$") {
-                                    // Metadata streams keep one record by default,
-                                    // so on a scavenged source this is routine.
-                                    debug!(
-                                        stream,
-                                        source_revision = pending[0].revision,
-                                        target_revision = new_first,
-                                        "Renumbering a metadata stream"
-                                    );
-                                } else {
-                                    warn!(
-                                        stream,
-                                        source_revision = pending[0].revision,
-                                        target_revision = new_first,
-                                        "Source revisions do not start where the target stream \
-                                         ends (events removed by scavenging on the source?): \
-                                         appending after the target's last revision"
-                                    );
-                                }
-                                self.remember_offset(stream, offset);
-                                continue;
-                            }
-                            debug!(stream, written, "Replay: appending the rest");
-                            pending = &pending[written..];
                         }
-                        Replay::Diverged { index, found } => {
-                            if !searched {
-                                searched = true;
-                                if let Some(revision) = find_in_tail(
-                                    client,
-                                    stream,
-                                    pending[0].id,
-                                    self.request_timeout,
-                                )
-                                .await
-                                .map_err(|e| RunError::Client(e, pending[0]))?
-                                {
-                                    offset = revision as i64 - pending[0].revision as i64;
-                                    self.remember_offset(stream, offset);
-                                    continue;
-                                }
-                            }
-                            let event = pending[index];
-                            return Err(RunError::Diverged(format!(
-                                "the target holds event {found} at revision {} where source \
-                                 event {} (source revision {}, position {}) belongs: the target \
-                                 stream is not a replica of the source",
-                                first_target + index as u64,
-                                event.id,
-                                event.revision,
-                                event.position,
-                            )));
-                        }
+                        Err(e) => return Err(RunError::Client(e, events[from])),
                     }
                 }
-                Err(e) => return Err(RunError::Client(e, pending[0])),
+                Action::Read { revision, count } => {
+                    let options = ReadStreamOptions::default()
+                        .forwards()
+                        .position(StreamPosition::Position(revision))
+                        .max_count(count);
+                    self.read_reply(client, stream, &options, run.current_event())
+                        .await?
+                }
+                Action::SearchTail => {
+                    let options = ReadStreamOptions::default()
+                        .backwards()
+                        .position(StreamPosition::End)
+                        .max_count(self.search_depth);
+                    self.read_reply(client, stream, &options, run.current_event())
+                        .await?
+                }
+                Action::Done(done) => {
+                    if done.deleted {
+                        debug!(
+                            stream,
+                            "Target stream is tombstoned: records already written"
+                        );
+                    }
+                    return Ok(done);
+                }
+                Action::Diverged(Divergence {
+                    index,
+                    found,
+                    revision,
+                }) => {
+                    let event = events[index];
+                    return Err(RunError::Diverged(format!(
+                        "the target holds event {found} at revision {revision} where source \
+                         event {} (source revision {}, position {}) belongs: the target \
+                         stream is not a replica of the source",
+                        event.id, event.revision, event.position,
+                    )));
+                }
+                Action::Unsettled { index } => return Err(RunError::Unsettled(events[index])),
+            };
+            action = run.step(reply);
+        }
+    }
+
+    async fn read_reply<'e>(
+        &self,
+        client: &Client,
+        stream: &str,
+        options: &ReadStreamOptions,
+        event: &'e Event,
+    ) -> Result<Reply, RunError<'e>> {
+        match read_records(client, stream, options, self.request_timeout).await {
+            Ok(records) => Ok(Reply::Records(records)),
+            Err(eventstore::Error::ResourceDeleted) => Ok(Reply::Deleted),
+            Err(e) => Err(RunError::Client(e, event)),
+        }
+    }
+
+    /// Remembers where a tracked target stream ends after a run.
+    fn remember_last(&self, stream: &str, done: Done) {
+        let mut tracked = self.tracked.lock().unwrap_or_else(|e| e.into_inner());
+        match done.last_revision {
+            Some(last) if !done.deleted => {
+                if tracked.len() >= MAX_TRACKED_STREAMS && !tracked.contains_key(stream) {
+                    // Only a cache: a forgotten stream costs one failed
+                    // append and a tail read on its next write. Forget half
+                    // (an arbitrary half: the map's order).
+                    let mut keep = false;
+                    tracked.retain(|_, _| {
+                        keep = !keep;
+                        keep
+                    });
+                }
+                tracked.insert(stream.to_owned(), last);
+            }
+            _ => {
+                tracked.remove(stream);
             }
         }
-        Err(RunError::Unsettled(pending[0]))
     }
 
     async fn tombstone(&self, event: &Event) -> Result<Option<Position>, SinkError> {
         let stream = event.target_stream();
         let (generation, client) = self.client()?;
+        if self.revisions == RevisionMode::Tracked {
+            // Appends to it will say it is tombstoned; nothing to remember.
+            self.tracked
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(stream);
+        }
         let options = TombstoneStreamOptions::default().expected_revision(ExpectedRevision::Any);
         match within(
             self.request_timeout,
@@ -510,7 +532,7 @@ impl EsdbSink {
         stream: &str,
         expected: ExpectedRevision,
         events: &[&Event],
-    ) -> Result<Option<Position>, eventstore::Error> {
+    ) -> Result<(Option<Position>, Option<u64>), eventstore::Error> {
         if let Some(batch) = self.batch_session(generation, client).await {
             let data: Vec<EventData> = events.iter().map(|e| to_event_data(e)).collect();
             let result = within(
@@ -519,7 +541,12 @@ impl EsdbSink {
             )
             .await;
             match result {
-                Ok(result) => return Ok(result.current_position().map(convert_position)),
+                Ok(result) => {
+                    return Ok((
+                        result.current_position().map(convert_position),
+                        result.current_revision(),
+                    ))
+                }
                 Err(error) => {
                     debug!(%error, stream, "Batch append failed; appending plainly");
                     let mut current = self.batch.lock().unwrap_or_else(|e| e.into_inner());
@@ -540,7 +567,7 @@ impl EsdbSink {
             append(client, stream, expected, events),
         )
         .await
-        .map(Some)
+        .map(|(position, last)| (Some(position), Some(last)))
     }
 
     /// The shared batch-append session of the client of `generation`, opened
@@ -614,8 +641,33 @@ enum RunError<'e> {
     Unsettled(&'e Event),
 }
 
-fn shift(revision: u64, offset: i64) -> Option<u64> {
-    u64::try_from(revision as i64 + offset).ok()
+fn log_note(stream: &str, event: &Event, note: Option<Note>, tracked: bool) {
+    match note {
+        None => {}
+        Some(Note::Replayed { written }) => {
+            debug!(stream, written, "Replay: appending the rest");
+        }
+        // Tracked streams have no revisions to keep; metadata streams keep
+        // one record by default, so on a scavenged source this is routine.
+        Some(Note::Renumbered { guessed, target }) if tracked || stream.starts_with("$$") => {
+            debug!(
+                stream,
+                guessed,
+                target_revision = target,
+                "Appending after the target stream's last revision"
+            );
+        }
+        Some(Note::Renumbered { target, .. }) => {
+            warn!(
+                stream,
+                source_revision = event.revision,
+                target_revision = target,
+                "Source revisions do not start where the target stream ends (events \
+                 removed by scavenging on the source?): appending after the target's last \
+                 revision"
+            );
+        }
+    }
 }
 
 #[async_trait]
@@ -716,42 +768,14 @@ async fn append(
     stream: &str,
     expected: ExpectedRevision,
     events: &[&Event],
-) -> Result<Position, eventstore::Error> {
+) -> Result<(Position, u64), eventstore::Error> {
     let data: Vec<EventData> = events.iter().map(|e| to_event_data(e)).collect();
     let options = AppendToStreamOptions::default().expected_revision(expected);
     let result = client.append_to_stream(stream, &options, data).await?;
-    Ok(convert_position(result.position))
-}
-
-/// Reads up to `count` records of `stream` from `revision` on. A missing or
-/// soft-deleted stream reads as empty.
-async fn read_target(
-    client: &Client,
-    stream: &str,
-    revision: u64,
-    count: usize,
-    timeout: Duration,
-) -> Result<Vec<TargetRecord>, eventstore::Error> {
-    let options = ReadStreamOptions::default()
-        .forwards()
-        .position(StreamPosition::Position(revision))
-        .max_count(count);
-    read_records(client, stream, &options, timeout).await
-}
-
-/// Looks for event `id` among the last records of `stream`.
-async fn find_in_tail(
-    client: &Client,
-    stream: &str,
-    id: uuid::Uuid,
-    timeout: Duration,
-) -> Result<Option<u64>, eventstore::Error> {
-    let options = ReadStreamOptions::default()
-        .backwards()
-        .position(StreamPosition::End)
-        .max_count(RENUMBERED_SEARCH_DEPTH);
-    let records = read_records(client, stream, &options, timeout).await?;
-    Ok(records.iter().find(|r| r.id == id).map(|r| r.revision))
+    Ok((
+        convert_position(result.position),
+        result.next_expected_version,
+    ))
 }
 
 /// Reads `stream` with `options`, with a deadline on the request and on each
