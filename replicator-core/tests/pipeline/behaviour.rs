@@ -484,33 +484,70 @@ async fn a_stuck_sink_hits_the_shutdown_deadline_and_keeps_acknowledged_progress
     );
 }
 
-/// A reader that hands on a position twice.
-struct BackwardsReader;
+/// A reader that hands on records at the given log positions, whatever it
+/// is asked to start from.
+struct PositionsReader(Vec<u64>);
 
 #[async_trait]
-impl replicator_core::Reader for BackwardsReader {
+impl replicator_core::Reader for PositionsReader {
     async fn read(
         &mut self,
         _: replicator_core::StartFrom,
     ) -> Result<replicator_core::EventStream, replicator_core::ReaderError> {
-        let events = vec![
-            Ok(event("a", 0, 500, ChangeKind::Append)),
-            Ok(event("a", 1, 400, ChangeKind::Append)),
-        ];
+        let events: Vec<_> = (self.0.iter().enumerate())
+            .map(|(i, &p)| Ok(event("a", i as u64, p, ChangeKind::Append)))
+            .collect();
         Ok(Box::pin(futures::stream::iter(events)))
     }
 }
 
+/// Runs a pipeline over a reader handing on `positions`, from `stored`.
+async fn run_positions(
+    positions: Vec<u64>,
+    stored: Option<Checkpoint>,
+) -> Result<replicator_core::RunSummary, PipelineError> {
+    let store = MemoryCheckpointStore::new();
+    if let Some(checkpoint) = stored {
+        store.store(&checkpoint).await.unwrap();
+    }
+    Pipeline::builder(PositionsReader(positions), MemorySink::new(), store)
+        .build()
+        .run(CancellationToken::new())
+        .await
+}
+
 #[tokio::test]
-async fn a_reader_going_backwards_is_an_error() {
-    let err = Pipeline::builder(
-        BackwardsReader,
-        MemorySink::new(),
-        MemoryCheckpointStore::new(),
+async fn a_reader_going_backwards_or_repeating_a_position_is_an_error() {
+    for positions in [vec![500, 400], vec![500, 500]] {
+        let err = run_positions(positions.clone(), None).await.unwrap_err();
+        assert!(
+            matches!(err, PipelineError::OutOfOrder { previous, position }
+                if previous == Position::at(500) && position == Position::at(positions[1])),
+            "{positions:?}: {err}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_resumed_reader_must_start_strictly_after_the_checkpoint_and_a_seeded_one_at_the_seed() {
+    let err = run_positions(
+        vec![500, 600],
+        Some(Checkpoint::processed(Position::at(500), None)),
     )
-    .build()
-    .run(CancellationToken::new())
     .await
     .unwrap_err();
+    assert!(
+        matches!(err, PipelineError::OutOfOrder { previous, position }
+            if previous == Position::at(500) && position == Position::at(500)),
+        "the checkpoint's own record is not replayed: {err}"
+    );
+
+    let summary = run_positions(vec![500, 600], Some(Checkpoint::seeded(Position::at(500))))
+        .await
+        .expect("the seed's own record is the first to replicate");
+    assert_eq!(summary.written, 2);
+    let err = run_positions(vec![400, 600], Some(Checkpoint::seeded(Position::at(500))))
+        .await
+        .unwrap_err();
     assert!(matches!(err, PipelineError::OutOfOrder { .. }), "{err}");
 }

@@ -743,3 +743,107 @@ async fn a_stop_while_an_event_waits_for_a_full_queue_leaves_nothing_counted_in_
     );
     assert_eq!(sink.inner.log().len(), 4);
 }
+
+/// Hands on `source`'s records in chunks: the first at once, each next one
+/// when the test sends a release. Remembers when it handed on its last record.
+struct ChunkedReader {
+    source: MemorySource,
+    chunks: Vec<usize>,
+    release: Option<tokio::sync::mpsc::UnboundedReceiver<()>>,
+    delivered_at: Arc<std::sync::Mutex<Option<tokio::time::Instant>>>,
+}
+
+#[async_trait]
+impl Reader for ChunkedReader {
+    async fn read(&mut self, _from: StartFrom) -> Result<EventStream, ReaderError> {
+        let mut events = self.source.events().into_iter();
+        let chunks: Vec<Vec<Event>> = self
+            .chunks
+            .iter()
+            .map(|&n| events.by_ref().take(n).collect())
+            .collect();
+        let release = self.release.take().expect("read once");
+        let delivered_at = self.delivered_at.clone();
+        let stream = futures::stream::unfold(
+            (chunks.into_iter(), release, true),
+            |(mut chunks, mut release, first)| async move {
+                let chunk = chunks.next()?;
+                if !first {
+                    release.recv().await?;
+                }
+                Some((chunk, (chunks, release, false)))
+            },
+        )
+        .flat_map(futures::stream::iter)
+        .map(move |event| {
+            *delivered_at.lock().unwrap() = Some(tokio::time::Instant::now());
+            Ok(event)
+        })
+        // Nothing after the last chunk: the stream stays open, as a live
+        // subscription's does.
+        .chain(futures::stream::pending());
+        Ok(stream.boxed())
+    }
+
+    fn head_probe(&self) -> Option<Arc<dyn HeadProbe>> {
+        Some(Arc::new(self.source.clone()))
+    }
+}
+
+#[tokio::test]
+async fn a_stall_is_reported_only_after_a_call_deadline_and_cleared_as_soon_as_records_flow_again()
+{
+    let source = source_with(300, 4);
+    let (release, released) = tokio::sync::mpsc::unbounded_channel();
+    let delivered_at = Arc::new(std::sync::Mutex::new(None));
+    let reader = ChunkedReader {
+        source: source.clone(),
+        chunks: vec![100, 50, 150],
+        release: Some(released),
+        delivered_at: delivered_at.clone(),
+    };
+    let config = PipelineConfig {
+        call_timeout: Duration::from_secs(2),
+        ..config()
+    };
+    let pipeline = Pipeline::builder(reader, MemorySink::new(), MemoryCheckpointStore::new())
+        .config(config.clone())
+        .build();
+    let mut started = start(pipeline);
+    let progress = &mut started.progress;
+
+    let p = wait_for(progress, "the source reported failing", |p| {
+        !p.components.source.healthy
+    })
+    .await;
+    let quiet = delivered_at
+        .lock()
+        .unwrap()
+        .expect("records delivered")
+        .elapsed();
+    assert!(
+        quiet >= config.call_timeout,
+        "a reader quiet for {quiet:?} is not yet stalled (deadline {:?})",
+        config.call_timeout
+    );
+    assert_eq!(p.processed, Some(source.events()[99].position));
+
+    // 50 more records: the reader works again, though the source still has
+    // more than it delivered. That clears the stall at once, not only once
+    // the reader catches up.
+    release.send(()).unwrap();
+    let p = wait_for(progress, "the source healthy again", |p| {
+        p.components.source.healthy
+    })
+    .await;
+    assert!(
+        p.processed < Some(source.events()[299].position),
+        "recovered while still behind the head"
+    );
+    release.send(()).unwrap();
+    wait_for(progress, "everything processed", |p| {
+        p.processed == Some(source.events()[299].position)
+    })
+    .await;
+    started.stop().await;
+}
