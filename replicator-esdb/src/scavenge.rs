@@ -413,7 +413,11 @@ impl Shared {
         if resume.is_some_and(|at| at >= end) {
             return Ok(*resume);
         }
-        let filter = SubscriptionFilter::on_event_type().regex(PASS_FILTER);
+        // A checkpoint at least every 32 records searched (the servers'
+        // default, stated so the quiet rule below holds).
+        let filter = SubscriptionFilter::on_event_type()
+            .regex(PASS_FILTER)
+            .max(32);
         let from = match *resume {
             Some(at) => StreamPosition::Position(eventstore::Position {
                 commit: at.commit,
@@ -427,13 +431,34 @@ impl Shared {
         debug!(?resume, %end, "Scavenge filter: reading the source's stream metadata");
         let mut subscription = client.subscribe_to_all(&options).await;
         let reading = failed("reading the source's stream metadata and tombstones");
+        let mut confirmed = false;
         loop {
             // The subscription stays alive across iterations: a timed-out wait
             // drops only the `next` future, and the attempt then ends anyway.
-            let next = within(self.request_timeout, subscription.next_subscription_event())
-                .await
-                .map_err(reading)?;
+            let next =
+                match within(self.request_timeout, subscription.next_subscription_event()).await {
+                    Ok(next) => next,
+                    // Servers before 23.10 send no `caught_up`, and a filtered
+                    // subscription sends a checkpoint every window of records it
+                    // searched: one that stays quiet for a whole request timeout
+                    // after its confirmation is live, unless the server itself
+                    // is gone. Claim only what was seen: were it not live after
+                    // all, the records past it still update the catalog as they
+                    // pass through the pipeline.
+                    Err(eventstore::Error::DeadlineExceeded) if confirmed => {
+                        within(self.request_timeout, head(&client))
+                            .await
+                            .map_err(failed("reading where the source's $all ends"))?;
+                        debug!(
+                            ?resume,
+                            "Scavenge filter: the metadata pass is quiet: caught up"
+                        );
+                        return Ok(*resume);
+                    }
+                    Err(error) => return Err(reading(error)),
+                };
             match next {
+                SubscriptionEvent::Confirmed(_) => confirmed = true,
                 SubscriptionEvent::EventAppeared(resolved) => {
                     let Some(record) = resolved.event else {
                         continue;
