@@ -34,7 +34,9 @@
 //!   `WrongExpectedVersion` → `AlreadyExists`; `StreamDeleted` → `NotFound`;
 //!   `AccessDenied` → `PermissionDenied`; `Timeout` → `DeadlineExceeded`;
 //!   `MaximumAppendSizeExceeded{maxAppendSize}` → `InvalidArgument`;
-//!   `BadRequest{message}` → `InvalidArgument`; `Unknown` → `Unknown`. The
+//!   `BadRequest{message}` → `InvalidArgument`; `Unknown` → `Unknown`. A batch
+//!   whose deadline (`options.deadline`, a duration) is already over gets
+//!   `Timeout` at once; access is checked when its options arrive. The
 //!   session goes on after an error; requests of a batch that is not pending
 //!   (never opened, or already rejected) are ignored. The `eventstore` 4.0.0 client
 //!   keeps only the code and message (`Error::Grpc`), so the replicator's sink
@@ -1166,6 +1168,20 @@ impl StreamsService {
                         expected_stream_position: None,
                     }));
                 }
+                if deadline_passed(options.deadline_option.as_ref()) {
+                    // The real server answers a batch whose deadline is already
+                    // over with `Timeout` at once, and opens nothing.
+                    return Ok(Some(BatchAppendResp {
+                        correlation_id: Some(wire_id),
+                        result: Some(batch_error(
+                            Code::DeadlineExceeded,
+                            "Timeout",
+                            &shared::Timeout {},
+                        )),
+                        stream_identifier: Some(identifier(&stream)),
+                        expected_stream_position: None,
+                    }));
+                }
                 let (expected, wire_expected) = match options.expected_stream_position {
                     Some(E::StreamPosition(r)) => (Expected::Exact(r), R::StreamPosition(r)),
                     Some(E::NoStream(())) => (Expected::NoStream, R::NoStream(())),
@@ -1236,6 +1252,26 @@ impl StreamsService {
             stream_identifier: Some(identifier(&batch.stream)),
             expected_stream_position: batch.wire_expected,
         }))
+    }
+}
+
+/// Whether a batch's deadline (a duration from now, or the older absolute
+/// timestamp) is already over. Batches here are answered as soon as they are
+/// final, so a deadline that is still ahead never expires.
+fn deadline_passed(deadline: Option<&batch_append_req::options::DeadlineOption>) -> bool {
+    use batch_append_req::options::DeadlineOption;
+    match deadline {
+        Some(DeadlineOption::Deadline(duration)) => {
+            duration.seconds < 0 || (duration.seconds == 0 && duration.nanos <= 0)
+        }
+        Some(DeadlineOption::Deadline21100(at)) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            let now_seconds = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+            (at.seconds, at.nanos) <= (now_seconds, i32::try_from(now.subsec_nanos()).unwrap_or(0))
+        }
+        None => false,
     }
 }
 

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 import pytest
 from kurrentdbclient import KurrentDBClient, NewEvent, RecordedEvent, StreamState
-from kurrentdbclient.events import CaughtUp
+from kurrentdbclient.events import CaughtUp, Checkpoint
 from kurrentdbclient.exceptions import (
     FailedPreconditionError,
     GrpcError,
@@ -305,6 +305,45 @@ def test_subscription_to_a_stream_catches_up_then_goes_live(client, prefix):
         assert positions(take(after, 2, "events after revision 1")) == [2, 3]
     finally:
         after.stop()
+
+
+def test_filtered_subscription_to_all_sends_checkpoints_while_nothing_matches(client, prefix):
+    noise = [event(n=i) for i in range(10)]
+    client.append_to_stream(prefix + "noise", events=noise, current_version=StreamState.NO_STREAM)
+    start = client.get_stream(prefix + "noise")[0].commit_position
+    subscription = client.subscribe_to_all(
+        commit_position=start,
+        filter_include=[prefix + "signal"],
+        filter_by_stream_name=True,
+        include_checkpoints=True,
+        window_size=2,
+        checkpoint_interval_multiplier=1,
+    )
+    try:
+        signal = client.append_to_stream(
+            prefix + "signal", events=event(n=99), current_version=StreamState.NO_STREAM
+        )
+        items = []
+        timer = threading.Timer(SUBSCRIPTION_DEADLINE, subscription.stop)
+        timer.start()
+        try:
+            for item in subscription:
+                items.append(item)
+                if not isinstance(item, Checkpoint) or len(items) > 100:
+                    break
+        finally:
+            timer.cancel()
+        checkpoints = [i for i in items if isinstance(i, Checkpoint)]
+        assert items and not isinstance(items[-1], Checkpoint), f"no event among {items}"
+        assert items[-1].stream_name == prefix + "signal"
+        assert items[-1].commit_position == signal
+        # Checkpoints came while only noise was read, in order, before the event.
+        assert checkpoints, "a filtered subscription reports progress with checkpoints"
+        positions_seen = [c.commit_position for c in checkpoints]
+        assert positions_seen == sorted(positions_seen)
+        assert all(start <= p <= signal for p in positions_seen)
+    finally:
+        subscription.stop()
 
 
 # ---------------------------------------------------------------- metadata

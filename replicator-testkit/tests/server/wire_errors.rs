@@ -179,6 +179,48 @@ async fn failed_batch_appends_carry_typed_details() {
     assert_eq!(detail.stream_identifier, Some(stream_id("t")));
 }
 
+#[tokio::test]
+async fn a_batch_whose_deadline_is_over_times_out_at_once() {
+    use batch_append_req::options::ExpectedStreamPosition as E;
+    let server = EsdbServer::start().await.expect("server");
+    let mut client = connect(&server).await;
+    let id = wire_uuid();
+    let request = BatchAppendReq {
+        correlation_id: Some(id.clone()),
+        options: Some(batch_append_req::Options {
+            stream_identifier: Some(stream_id("late")),
+            expected_stream_position: Some(E::Any(())),
+            deadline_option: Some(batch_append_req::options::DeadlineOption::Deadline(
+                prost_types::Duration {
+                    seconds: 0,
+                    nanos: 0,
+                },
+            )),
+        }),
+        proposed_messages: vec![proposed(1)],
+        is_final: true,
+    };
+    let reply = client
+        .batch_append(tokio_stream::iter(vec![request]))
+        .await
+        .expect("call")
+        .into_inner()
+        .message()
+        .await
+        .expect("reply")
+        .expect("one reply");
+    assert_eq!(reply.correlation_id, Some(id));
+    let (code, message, url, _) = error_of(reply);
+    assert_eq!(
+        (code, message.as_str(), url.as_str()),
+        (
+            tonic::Code::DeadlineExceeded,
+            "Timeout",
+            "type.googleapis.com/event_store.client.Timeout"
+        )
+    );
+}
+
 async fn server_tombstone(server: &EsdbServer, stream: &str) {
     let client = eventstore::Client::new(server.connection_string().parse().expect("settings"))
         .expect("client");
