@@ -40,8 +40,9 @@
 //! - **Quiet**: no other writers, no projections (`EVENTSTORE_RUN_PROJECTIONS=None`),
 //!   and one test at a time (`-- --test-threads=1`), because tests assert on what
 //!   `$all` holds after their own writes.
-//! - **Large appends allowed**: some tests write events over 1 MiB, more than the
-//!   server's default limit (`EVENTSTORE_MAX_APPEND_SIZE=16777216`).
+//! - **The default maximum append size** (1 MiB): the testkit enforces it as the
+//!   real server does, the tests assert it, and the workload's large events stay
+//!   just under it.
 //!
 //! Tests that stop, restart or inject faults into their server can only run
 //! in-process: [`TestCluster::server`] and the accessors built on it fail such a test
