@@ -5,15 +5,23 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use replicator_checkpoint::{chaser, seed_if_empty, FileCheckpointStore, MongoCheckpointStore};
-use replicator_core::{CheckpointStore, Pipeline, PipelineConfig, PipelineError, RunSummary};
-use replicator_esdb::{EsdbReader, EsdbReaderConfig, EsdbSink, EsdbSinkConfig};
+use replicator_core::{
+    CheckpointStore, Partitioner, Pipeline, PipelineConfig, PipelineError, RunSummary, Transform,
+};
+use replicator_esdb::{
+    EsdbReader, EsdbReaderConfig, EsdbSink, EsdbSinkConfig, RevisionMode, ScavengeFilter,
+};
+use replicator_transform::filter::Filter;
+use replicator_transform::http::HttpTransform;
+use replicator_transform::js::{JsPartitioner, JsTransform};
+use replicator_transform::original::OriginalMetadata;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use replicator_esdb::redact;
 
-use crate::config::{CheckpointConfig, Config, SeederConfig, StoreConfig};
+use crate::config::{CheckpointConfig, Config, SeederConfig, StoreConfig, TransformConfig};
 use crate::status::{Status, StatusServer};
 use crate::time;
 use replicator_core::Health;
@@ -64,6 +72,68 @@ async fn seed(store: &dyn CheckpointStore, seeder: Option<&SeederConfig>) -> any
     Ok(())
 }
 
+/// The transforms of a pipeline, in the C# tool's order, and its partitioner.
+struct Stages {
+    transforms: Vec<Arc<dyn Transform>>,
+    /// Also among `transforms`: its start-up pass is awaited before the run.
+    scavenge: Option<Arc<ScavengeFilter>>,
+    partitioner: Option<Arc<dyn Partitioner>>,
+}
+
+/// Builds the configured stages in the C# tool's order: the filters in
+/// configuration order, then the scavenge filter, then the transform
+/// (`js`, `http`, or the default's `$original…` metadata when opted in).
+///
+/// # Errors
+/// A script that does not load, a URL that does not parse, a source
+/// connection string the scavenge filter cannot use; each names its key.
+fn build_stages(config: &Config) -> anyhow::Result<Stages> {
+    let mut transforms: Vec<Arc<dyn Transform>> = Vec::new();
+    for (i, f) in config.filters.iter().enumerate() {
+        // Checked when the configuration was loaded; named again in case.
+        let filter = Filter::new(f.kind, f.include.as_deref(), f.exclude.as_deref())
+            .with_context(|| format!("replicator.filters[{i}]"))?;
+        transforms.push(Arc::new(filter));
+    }
+    let scavenge = if config.scavenge {
+        let filter = Arc::new(
+            ScavengeFilter::new(&config.reader.connection_string)
+                .context("replicator.scavenge: cannot read the source's stream metadata")?,
+        );
+        transforms.push(filter.clone());
+        Some(filter)
+    } else {
+        None
+    };
+    match &config.transform {
+        TransformConfig::Default {
+            original_metadata: false,
+        } => {}
+        TransformConfig::Default {
+            original_metadata: true,
+        } => transforms.push(Arc::new(OriginalMetadata::default())),
+        TransformConfig::Js { path, in_flight } => transforms.push(Arc::new(
+            JsTransform::from_file(path)
+                .and_then(|t| t.with_in_flight(in_flight.get()))
+                .context("replicator.transform.config")?,
+        )),
+        TransformConfig::Http { url, in_flight } => transforms.push(Arc::new(
+            HttpTransform::new(url, in_flight.get()).context("replicator.transform.config")?,
+        )),
+    }
+    let partitioner = match &config.sink.partitioner {
+        Some(path) => Some(Arc::new(
+            JsPartitioner::from_file(path).context("replicator.sink.partitioner")?,
+        ) as Arc<dyn Partitioner>),
+        None => None,
+    };
+    Ok(Stages {
+        transforms,
+        scavenge,
+        partitioner,
+    })
+}
+
 /// Builds the pipeline's parts from the configuration. Every pipeline of a
 /// run reports through the same `health` and `progress`, so the status
 /// server follows one of each across restarts.
@@ -75,6 +145,7 @@ fn build_pipeline(
     store: Arc<dyn CheckpointStore>,
     health: &Health,
     progress: &watch::Sender<replicator_core::Progress>,
+    stages: Stages,
 ) -> anyhow::Result<Pipeline> {
     let reader = EsdbReader::new(EsdbReaderConfig {
         connection_string: config.reader.connection_string.clone(),
@@ -88,11 +159,17 @@ fn build_pipeline(
     let sink = EsdbSink::new(EsdbSinkConfig {
         connection_string: config.sink.connection_string.clone(),
         partition_count: config.sink.partition_count(),
-        revisions: replicator_esdb::RevisionMode::FromSource,
+        // Target revisions follow source revisions unless a transform
+        // renames streams or leaves out events from the middle of one.
+        revisions: if stages.transforms.iter().all(|t| t.keeps_revisions()) {
+            RevisionMode::FromSource
+        } else {
+            RevisionMode::Tracked
+        },
     })
     .context("cannot create the sink (replicator.sink)")?
     .with_request_timeout(config.call_timeout / 2);
-    Ok(Pipeline::builder(reader, sink, store)
+    let mut builder = Pipeline::builder(reader, sink, store)
         .config(PipelineConfig {
             checkpoint_after: config.checkpoint.checkpoint_after,
             checkpoint_interval: config.checkpoint.checkpoint_interval,
@@ -102,7 +179,11 @@ fn build_pipeline(
         })
         .health(health.clone())
         .progress_sender(progress.clone())
-        .build())
+        .transforms(stages.transforms);
+    if let Some(partitioner) = stages.partitioner {
+        builder = builder.partitioner(partitioner);
+    }
+    Ok(builder.build())
 }
 
 /// `replicator run`: replicates until the source is caught up (with
@@ -123,6 +204,10 @@ pub async fn replicate(config: &Config, cancel: CancellationToken) -> anyhow::Re
         partitions = config.sink.partition_count(),
         buffer = config.sink.buffer_size.get(),
         run_continuously = config.run_continuously,
+        filters = config.filters.len(),
+        scavenge = config.scavenge,
+        transform = ?config.transform,
+        partitioner = ?config.sink.partitioner,
         "Starting replicator"
     );
     // One health and one progress channel for every pipeline of this run:
@@ -152,7 +237,17 @@ async fn run_pipelines(
     let store = open_store(&config.checkpoint).await?;
     seed(&*store, config.checkpoint.seeder.as_ref()).await?;
     loop {
-        let pipeline = build_pipeline(config, store.clone(), health, progress)?;
+        let stages = build_stages(config)?;
+        if let Some(scavenge) = &stages.scavenge {
+            info!("Scavenge filter: reading the source's stream metadata and deletes before replicating");
+            tokio::select! {
+                ready = scavenge.prepare() => ready.context(
+                    "replicator.scavenge: cannot read the source's stream metadata",
+                )?,
+                () = cancel.cancelled() => return Ok(RunSummary::default()),
+            }
+        }
+        let pipeline = build_pipeline(config, store.clone(), health, progress, stages)?;
         status.started();
         let ended = CancellationToken::new();
         let reporter = tokio::spawn(crate::report::report_progress(

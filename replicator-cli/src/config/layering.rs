@@ -40,6 +40,16 @@ pub(super) fn normalize(value: Value, node: Node, path: &str) -> Result<Value, (
             }
             Ok(Value::Object(out))
         }
+        (Node::List(fields), Value::Array(items)) => items
+            .into_iter()
+            .enumerate()
+            .map(|(i, item)| normalize(item, Node::Map(fields), &format!("{path}[{i}]")))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Value::Array),
+        (Node::List(_), other) => Err((
+            path.to_owned(),
+            format!("expected a list, found {}", describe(&other)),
+        )),
         // An empty section (`reader:` with nothing under it) is an empty map.
         (Node::Map(_), Value::Null) => Ok(Value::Object(Map::new())),
         (Node::Map(_), other) => Err((
@@ -70,7 +80,10 @@ fn scalar(s: &str, node: Node) -> Result<Value, String> {
             _ => Err(format!("expected true or false, found {s:?}")),
         },
         // An empty environment variable unsets an optional section or list.
-        Node::Any if s.is_empty() => Ok(Value::Null),
+        Node::Any | Node::List(_) if s.is_empty() => Ok(Value::Null),
+        Node::List(_) => Err(format!(
+            "expected a list; set its entries one key at a time (…_0_TYPE), found {s:?}"
+        )),
         Node::Str | Node::Any | Node::Map(_) => Ok(Value::String(s.to_owned())),
     }
 }
@@ -116,12 +129,26 @@ pub(super) fn apply_env(
             unreachable!("the schema's root is a section")
         };
         let mut node = root[0].1;
-        let mut names = vec!["replicator"];
+        let mut names = vec![Seg::Key("replicator")];
         for (i, seg) in segments.iter().enumerate() {
+            if let Node::List(fields) = node {
+                let Ok(index) = seg.parse::<usize>() else {
+                    return Err(env_err(format!(
+                        "{} is a list: name an entry by its index (…_0_…), not {seg:?}",
+                        show(&names)
+                    )));
+                };
+                names.push(Seg::Index(index));
+                node = Node::Map(fields);
+                if i + 1 == segments.len() {
+                    break;
+                }
+                continue;
+            }
             let Node::Map(fields) = node else {
                 return Err(env_err(format!(
                     "{} has no key {seg:?} (it is not a section)",
-                    names.join(".")
+                    show(&names)
                 )));
             };
             let Some(&(name, child)) = fields.iter().find(|(n, _)| n.eq_ignore_ascii_case(seg))
@@ -129,51 +156,91 @@ pub(super) fn apply_env(
                 let known: Vec<&str> = fields.iter().map(|(n, _)| *n).collect();
                 return Err(env_err(format!(
                     "{} has no key {seg:?}; known keys: {}",
-                    names.join("."),
+                    show(&names),
                     known.join(", ")
                 )));
             };
-            names.push(name);
+            names.push(Seg::Key(name));
             node = child;
             if matches!(node, Node::Any) && i + 1 < segments.len() {
                 return Err(env_err(format!(
                     "{} cannot be set piecewise from the environment",
-                    names.join(".")
+                    show(&names)
                 )));
             }
         }
         if let Node::Map(_) = node {
             return Err(env_err(format!(
                 "{} is a section; name one of its keys",
-                names.join(".")
+                show(&names)
             )));
         }
         let typed = scalar(&value, node).map_err(env_err)?;
         insert(tree, &names, typed);
-        origins.insert(names.join("."), var.clone());
+        origins.insert(show(&names), var.clone());
     }
     Ok(origins)
 }
 
-fn insert(tree: &mut Value, names: &[&str], value: Value) {
-    let mut cur = tree;
-    for name in &names[..names.len() - 1] {
-        if !cur.is_object() {
-            *cur = Value::Object(Map::new());
+/// One step of a key path: a section's key or a list's index.
+#[derive(Debug, Clone, Copy)]
+enum Seg {
+    Key(&'static str),
+    Index(usize),
+}
+
+/// `replicator.filters[0].type`, as serde_path_to_error writes paths.
+fn show(names: &[Seg]) -> String {
+    let mut out = String::new();
+    for seg in names {
+        match seg {
+            Seg::Key(k) if out.is_empty() => out.push_str(k),
+            Seg::Key(k) => {
+                out.push('.');
+                out.push_str(k);
+            }
+            Seg::Index(i) => out.push_str(&format!("[{i}]")),
         }
-        let map = cur.as_object_mut().expect("made an object above");
-        cur = map
-            .entry((*name).to_owned())
-            .or_insert_with(|| Value::Object(Map::new()));
     }
-    if !cur.is_object() {
-        *cur = Value::Object(Map::new());
-    }
-    let map = cur.as_object_mut().expect("made an object above");
-    let last = names[names.len() - 1].to_owned();
-    if value.is_null() {
-        map.remove(&last);
-    } else {
-        map.insert(last, value);
+    out
+}
+
+fn insert(tree: &mut Value, names: &[Seg], value: Value) {
+    let mut cur = tree;
+    for (n, seg) in names.iter().enumerate() {
+        let last = n + 1 == names.len();
+        match *seg {
+            Seg::Key(name) => {
+                if !cur.is_object() {
+                    *cur = Value::Object(Map::new());
+                }
+                let map = cur.as_object_mut().expect("made an object above");
+                if last {
+                    if value.is_null() {
+                        map.remove(name);
+                    } else {
+                        map.insert(name.to_owned(), value);
+                    }
+                    return;
+                }
+                cur = map
+                    .entry(name.to_owned())
+                    .or_insert_with(|| Value::Object(Map::new()));
+            }
+            Seg::Index(i) => {
+                if !cur.is_array() {
+                    *cur = Value::Array(Vec::new());
+                }
+                let list = cur.as_array_mut().expect("made a list above");
+                while list.len() <= i {
+                    list.push(Value::Object(Map::new()));
+                }
+                if last {
+                    list[i] = value;
+                    return;
+                }
+                cur = &mut list[i];
+            }
+        }
     }
 }

@@ -27,6 +27,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use replicator_esdb::redact;
+pub use replicator_transform::filter::FilterKind;
 use serde_json::Value;
 
 use layering::{apply_env, normalize};
@@ -121,6 +122,58 @@ pub struct Config {
     /// read, checkpoint store, probes); a call that takes longer is a
     /// transient failure, reported and retried.
     pub call_timeout: Duration,
+    /// `filters`: applied in this order, each record must pass them all.
+    pub filters: Vec<FilterConfig>,
+    /// `scavenge`: leave out what a scavenge of the source would remove.
+    pub scavenge: bool,
+    /// `transform`.
+    pub transform: TransformConfig,
+}
+
+/// One entry of `replicator.filters`. Its patterns compile (checked when the
+/// configuration is loaded).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilterConfig {
+    /// `type`.
+    pub kind: FilterKind,
+    /// `include`: a record must match it (unanchored, case-sensitive).
+    pub include: Option<String>,
+    /// `exclude`: a record must not match it.
+    pub exclude: Option<String>,
+}
+
+/// `replicator.transform`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransformConfig {
+    /// `type: default` (or none): events are copied byte for byte, unless
+    /// `originalMetadata: true` adds the C# default transform's
+    /// `$originalEventNumber`, `$originalPosition` and `$originalCreatedDate`.
+    Default {
+        /// `transform.originalMetadata`.
+        original_metadata: bool,
+    },
+    /// `type: js`: the script `transform.config`.
+    Js {
+        /// `transform.config`.
+        path: PathBuf,
+        /// `transform.bufferSize`: events in the script at once.
+        in_flight: NonZeroUsize,
+    },
+    /// `type: http`: one POST per event to `transform.config`.
+    Http {
+        /// `transform.config`.
+        url: String,
+        /// `transform.bufferSize`: requests in flight at once.
+        in_flight: NonZeroUsize,
+    },
+}
+
+impl Default for TransformConfig {
+    fn default() -> Self {
+        TransformConfig::Default {
+            original_metadata: false,
+        }
+    }
 }
 
 /// Where the status server listens when `http.listen` is not set: the port
@@ -157,6 +210,9 @@ pub struct SinkConfig {
     pub partition_count: Option<NonZeroUsize>,
     /// `sink.bufferSize`: capacity of the buffer between reader and sink.
     pub buffer_size: NonZeroUsize,
+    /// `sink.partitioner`: a JavaScript file whose `partition(event)` keys
+    /// the writers instead of the stream name.
+    pub partitioner: Option<PathBuf>,
 }
 
 impl SinkConfig {
@@ -226,6 +282,7 @@ impl fmt::Debug for SinkConfig {
         f.debug_struct("SinkConfig")
             .field("connection_string", &redact(&self.connection_string))
             .field("partition_count", &self.partition_count)
+            .field("partitioner", &self.partitioner)
             .field("buffer_size", &self.buffer_size)
             .finish()
     }

@@ -20,11 +20,11 @@ pub(super) struct Replicator {
     pub reader: Option<Reader>,
     /// Where to write to.
     pub sink: Option<Sink>,
-    /// The C# scavenge filter (unsupported when `true`).
+    /// The C# scavenge filter.
     pub scavenge: Option<bool>,
-    /// The C# event filters (unsupported when not empty).
-    pub filters: Option<Value>,
-    /// The C# transform (only `default` is accepted).
+    /// The C# event filters.
+    pub filters: Option<Vec<Filter>>,
+    /// The C# transform.
     pub transform: Option<Transform>,
     /// Where progress is kept.
     pub checkpoint: Option<Checkpoint>,
@@ -76,7 +76,7 @@ pub(super) struct Sink {
     pub protocol: Option<String>,
     /// How many appends may be in flight at once.
     pub partition_count: Option<u64>,
-    /// A JavaScript partitioner (unsupported).
+    /// A JavaScript partitioner: the file.
     pub partitioner: Option<String>,
     /// Capacity of the buffer between reader and sink, in events.
     pub buffer_size: Option<u64>,
@@ -88,13 +88,28 @@ pub(super) struct Sink {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub(super) struct Transform {
-    /// `default`; `js` and `http` are unsupported.
+    /// `default`, `js` or `http`.
     #[serde(rename = "type")]
     pub kind: Option<String>,
-    /// Configuration of a `js` or `http` transform (unsupported).
-    pub config: Option<Value>,
-    /// Concurrency of a `js` or `http` transform (unsupported).
+    /// The script of a `js` transform, the URL of an `http` one.
+    pub config: Option<String>,
+    /// Records in a `js` or `http` transform at once.
     pub buffer_size: Option<u64>,
+    /// Ours: add the C# default transform's `$original…` metadata.
+    pub original_metadata: Option<bool>,
+}
+
+/// One entry of `replicator.filters`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct Filter {
+    /// `eventType` or `streamName`.
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    /// Records must match this regular expression.
+    pub include: Option<String>,
+    /// Records must not match this regular expression.
+    pub exclude: Option<String>,
 }
 
 /// `replicator.checkpoint`.

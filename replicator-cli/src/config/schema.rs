@@ -15,6 +15,10 @@ pub enum Node {
     Any,
     /// A section with these keys, spelled canonically.
     Map(&'static [(&'static str, Node)]),
+    /// A list of sections with these keys (`filters`); from the environment
+    /// entry by entry, `REPLICATOR_FILTERS_0_TYPE`, like .NET's
+    /// `Replicator__Filters__0__Type`.
+    List(&'static [(&'static str, Node)]),
 }
 
 const READER: &[(&str, Node)] = &[
@@ -33,8 +37,15 @@ const SINK: &[(&str, Node)] = &[
 ];
 const TRANSFORM: &[(&str, Node)] = &[
     ("type", Node::Str),
-    ("config", Node::Any),
+    ("config", Node::Str),
     ("bufferSize", Node::Int),
+    // Ours: the C# default transform's `$original…` metadata, opt-in.
+    ("originalMetadata", Node::Bool),
+];
+const FILTER: &[(&str, Node)] = &[
+    ("type", Node::Str),
+    ("include", Node::Str),
+    ("exclude", Node::Str),
 ];
 const SEEDER: &[(&str, Node)] = &[("type", Node::Str), ("path", Node::Str)];
 const CHECKPOINT: &[(&str, Node)] = &[
@@ -52,7 +63,7 @@ const REPLICATOR: &[(&str, Node)] = &[
     ("reader", Node::Map(READER)),
     ("sink", Node::Map(SINK)),
     ("scavenge", Node::Bool),
-    ("filters", Node::Any),
+    ("filters", Node::List(FILTER)),
     ("transform", Node::Map(TRANSFORM)),
     ("checkpoint", Node::Map(CHECKPOINT)),
     ("runContinuously", Node::Bool),
@@ -65,5 +76,6 @@ const REPLICATOR: &[(&str, Node)] = &[
 ];
 
 /// Every key of the C# tool's configuration, supported or not, and our own
-/// (`http`, `callTimeoutInSeconds`, `checkpoint.checkpointIntervalInSeconds`).
+/// (`http`, `callTimeoutInSeconds`, `checkpoint.checkpointIntervalInSeconds`,
+/// `transform.originalMetadata`).
 pub const SCHEMA: Node = Node::Map(&[("replicator", Node::Map(REPLICATOR))]);

@@ -215,20 +215,14 @@ fn each_unsupported_key_is_an_error_naming_it() {
          "replicator.sink.protocol", "kafka"),
         ("  reader:\n    connectionString: esdb://a\n  sink:\n    connectionString: esdb://b\n    protocol: tcp\n",
          "replicator.sink.protocol", "tcp"),
-        ("  reader:\n    connectionString: esdb://a\n  sink:\n    connectionString: esdb://b\n    partitioner: ./p.js\n",
-         "replicator.sink.partitioner", "JavaScript"),
         ("  reader:\n    connectionString: esdb://a\n    auth:\n      type: oauthClientCredentials\n  sink:\n    connectionString: esdb://b\n",
          "replicator.reader.auth", "credentials"),
-        ("  reader:\n    connectionString: esdb://a\n  sink:\n    connectionString: esdb://b\n  scavenge: true\n",
-         "replicator.scavenge", "scavenge"),
-        ("  reader:\n    connectionString: esdb://a\n  sink:\n    connectionString: esdb://b\n  filters:\n    - type: eventType\n      include: '^Order'\n",
-         "replicator.filters", "filters"),
-        ("  reader:\n    connectionString: esdb://a\n  sink:\n    connectionString: esdb://b\n  transform:\n    type: js\n    config: ./t.js\n",
-         "replicator.transform.type", "js"),
+        ("  reader:\n    connectionString: esdb://a\n  sink:\n    connectionString: esdb://b\n  transform:\n    type: python\n",
+         "replicator.transform.type", "python"),
         ("  reader:\n    connectionString: esdb://a\n  sink:\n    connectionString: esdb://b\n  transform:\n    type: http\n",
-         "replicator.transform.type", "http"),
+         "replicator.transform.config", "URL"),
         ("  reader:\n    connectionString: esdb://a\n  sink:\n    connectionString: esdb://b\n  transform:\n    config: x\n",
-         "replicator.transform.config", "not supported"),
+         "replicator.transform.config", "js transform"),
         ("  reader:\n    connectionString: esdb://a\n  sink:\n    connectionString: esdb://b\n  checkpoint:\n    type: redis\n",
          "replicator.checkpoint.type", "redis"),
         ("  reader:\n    connectionString: esdb://a\n  sink:\n    connectionString: esdb://b\n  checkpoint:\n    seeder:\n      type: file\n",
@@ -422,7 +416,9 @@ fn environment_errors_name_the_variable() {
         ("REPLICATOR_SINK_FOO", "1", "replicator.sink has no key"),
         ("REPLICATOR_SINK_PARTITIONCOUNT", "many", "whole number"),
         ("REPLICATOR_SINK", "x", "section"),
-        ("REPLICATOR_FILTERS_0_TYPE", "eventType", "piecewise"),
+        ("REPLICATOR_FILTERS_X_TYPE", "eventType", "index"),
+        ("REPLICATOR_FILTERS", "x", "entries"),
+        ("REPLICATOR_FILTERS_0_COLOR", "x", "known keys"),
         ("REPLICATOR_", "x", "no configuration key"),
     ] {
         let err = load_env(MINIMAL, &[(var, value)]).unwrap_err();
@@ -463,6 +459,7 @@ fn the_schema_lists_every_key_the_structs_accept() {
                     .map(|(k, n)| ((*k).to_owned(), fill(*n)))
                     .collect(),
             ),
+            Node::List(fields) => Value::Array(vec![fill(Node::Map(fields))]),
         }
     }
     let tree = fill(SCHEMA);
@@ -472,4 +469,151 @@ fn the_schema_lists_every_key_the_structs_accept() {
         "{:?}",
         root.err().map(|e| e.path().to_string())
     );
+}
+
+const FILTERS: &str = r#"
+  filters:
+    - type: eventType
+      include: "^Order(?!Test)"
+    - type: StreamName
+      exclude: '^(\w+)-\1$'
+    - type: streamName
+      include: ""
+"#;
+
+#[test]
+fn filters_are_read_in_order_with_dotnet_patterns() {
+    let c = load(&with(FILTERS)).unwrap();
+    assert_eq!(
+        c.filters,
+        vec![
+            FilterConfig {
+                kind: FilterKind::EventType,
+                include: Some("^Order(?!Test)".into()),
+                exclude: None,
+            },
+            FilterConfig {
+                kind: FilterKind::StreamName,
+                include: None,
+                exclude: Some(r"^(\w+)-\1$".into()),
+            },
+            FilterConfig {
+                kind: FilterKind::StreamName,
+                include: None,
+                exclude: None,
+            },
+        ]
+    );
+    assert!(!c.scavenge);
+    assert_eq!(c.transform, TransformConfig::default());
+}
+
+#[test]
+fn a_bad_filter_names_the_key_the_pattern_and_the_regex_error() {
+    let (key, msg) = key_err(&with(
+        "  filters:\n    - type: eventType\n      include: Order\n    - type: streamName\n      include: '^(orders'\n",
+    ));
+    assert_eq!(key, "replicator.filters[1].include");
+    assert!(msg.contains("\"^(orders\""), "{msg}");
+    assert!(
+        msg.to_lowercase().contains("paren"),
+        "the regex error: {msg}"
+    );
+    let (key, msg) = key_err(&with(
+        "  filters:\n    - type: category\n      include: x\n",
+    ));
+    assert_eq!(key, "replicator.filters[0].type");
+    assert!(msg.contains("category"), "{msg}");
+    let (key, _) = key_err(&with("  filters:\n    - include: x\n"));
+    assert_eq!(key, "replicator.filters[0].type");
+    let (key, _) = key_err(&with(
+        "  filters:\n    - type: eventType\n      includes: x\n",
+    ));
+    assert_eq!(key, "replicator.filters[0].includes");
+    let (key, _) = key_err(&with("  filters:\n    type: eventType\n"));
+    assert_eq!(key, "replicator.filters");
+}
+
+#[test]
+fn filters_scavenge_and_transforms_from_the_environment() {
+    let c = load_env(
+        MINIMAL,
+        &[
+            ("REPLICATOR_FILTERS_0_TYPE", "streamName"),
+            ("REPLICATOR_FILTERS_0_INCLUDE", "^orders"),
+            ("REPLICATOR__FILTERS__1__TYPE", "eventType"),
+            ("REPLICATOR__FILTERS__1__EXCLUDE", "Test$"),
+            ("REPLICATOR_SCAVENGE", "true"),
+            ("REPLICATOR_TRANSFORM_TYPE", "http"),
+            ("REPLICATOR_TRANSFORM_CONFIG", "http://localhost:8080/t"),
+            ("REPLICATOR_TRANSFORM_BUFFERSIZE", "4"),
+            ("REPLICATOR_SINK_PARTITIONER", "/etc/p.js"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.filters.len(), 2);
+    assert_eq!(c.filters[0].include.as_deref(), Some("^orders"));
+    assert_eq!(c.filters[1].exclude.as_deref(), Some("Test$"));
+    assert!(c.scavenge);
+    assert_eq!(
+        c.transform,
+        TransformConfig::Http {
+            url: "http://localhost:8080/t".into(),
+            in_flight: NonZeroUsize::new(4).unwrap(),
+        }
+    );
+    assert_eq!(c.sink.partitioner, Some(PathBuf::from("/etc/p.js")));
+    let err = load_env(
+        MINIMAL,
+        &[
+            ("REPLICATOR_FILTERS_0_TYPE", "eventType"),
+            ("REPLICATOR_FILTERS_0_INCLUDE", "("),
+        ],
+    )
+    .unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("replicator.filters[0].include"), "{msg}");
+    assert!(msg.contains("REPLICATOR_FILTERS_0_INCLUDE"), "{msg}");
+}
+
+#[test]
+fn transforms_in_the_csharp_form() {
+    let c = load(&with(
+        "  transform:\n    type: js\n    config: ./t.js\n    bufferSize: 3\n",
+    ))
+    .unwrap();
+    assert_eq!(
+        c.transform,
+        TransformConfig::Js {
+            path: "./t.js".into(),
+            in_flight: NonZeroUsize::new(3).unwrap(),
+        }
+    );
+    let c = load(&with(
+        "  transform:\n    type: default\n    originalMetadata: true\n",
+    ))
+    .unwrap();
+    assert_eq!(
+        c.transform,
+        TransformConfig::Default {
+            original_metadata: true
+        }
+    );
+    let (key, _) = key_err(&with(
+        "  transform:\n    type: js\n    config: t.js\n    originalMetadata: true\n",
+    ));
+    assert_eq!(key, "replicator.transform.originalMetadata");
+    let (key, msg) = key_err(&with("  transform:\n    type: http\n    config: ftp://x\n"));
+    assert_eq!(key, "replicator.transform.config");
+    assert!(msg.contains("ftp://x"), "{msg}");
+    let (key, _) = key_err(&with(
+        "  transform:\n    type: js\n    config: t.js\n    bufferSize: 0\n",
+    ));
+    assert_eq!(key, "replicator.transform.bufferSize");
+    let c = load(
+        "replicator:\n  reader:\n    connectionString: esdb://a\n  sink:\n    connectionString: esdb://b\n    partitioner: ./p.js\n  scavenge: true\n",
+    )
+    .unwrap();
+    assert!(c.scavenge);
+    assert_eq!(c.sink.partitioner, Some(PathBuf::from("./p.js")));
 }

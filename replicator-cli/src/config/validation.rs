@@ -9,9 +9,10 @@ use serde_json::Value;
 
 use super::raw;
 use super::{
-    CheckpointConfig, Config, ConfigError, HttpConfig, ReaderConfig, SeederConfig, SinkConfig,
-    StoreConfig, DEFAULT_HTTP_LISTEN,
+    CheckpointConfig, Config, ConfigError, FilterConfig, FilterKind, HttpConfig, ReaderConfig,
+    SeederConfig, SinkConfig, StoreConfig, TransformConfig, DEFAULT_HTTP_LISTEN,
 };
+use replicator_transform::filter::Filter;
 
 /// Deserializes the normalised tree and validates it.
 pub(super) fn build(tree: Value) -> Result<Config, ConfigError> {
@@ -108,13 +109,6 @@ fn validate(r: raw::Replicator) -> Result<Config, ConfigError> {
             ),
         ));
     }
-    if sink.partitioner.as_deref().is_some_and(|p| !p.is_empty()) {
-        return Err(ConfigError::key(
-            "replicator.sink.partitioner",
-            "not supported: JavaScript partitioners are not; events are spread over \
-             sink.partitionCount writers by stream name, keeping each stream in order",
-        ));
-    }
     if is_set(&sink.auth) {
         return Err(ConfigError::key(
             "replicator.sink.auth",
@@ -128,49 +122,14 @@ fn validate(r: raw::Replicator) -> Result<Config, ConfigError> {
             v => Some(positive_usize(v, 1, "replicator.sink.partitionCount")?),
         },
         buffer_size: positive_usize(sink.buffer_size, 1000, "replicator.sink.bufferSize")?,
+        partitioner: sink
+            .partitioner
+            .filter(|p| !p.trim().is_empty())
+            .map(PathBuf::from),
     };
 
-    if r.scavenge == Some(true) {
-        return Err(ConfigError::key(
-            "replicator.scavenge",
-            "`true` is not supported: the scavenge filter is not implemented; every event \
-             still in the source is replicated. Set it to false or remove it",
-        ));
-    }
-    if is_set(&r.filters) {
-        return Err(ConfigError::key(
-            "replicator.filters",
-            "not supported: event filters are not implemented; every event is replicated. \
-             Remove the filters (or leave the list empty)",
-        ));
-    }
-    if let Some(t) = r.transform {
-        match t.kind.as_deref() {
-            None | Some("") => {}
-            Some(k) if k.eq_ignore_ascii_case("default") => {}
-            Some(k) => {
-                return Err(ConfigError::key(
-                    "replicator.transform.type",
-                    format!(
-                        "{k:?} is not supported: only `default` is (js and http transforms \
-                         are not); events are copied unchanged"
-                    ),
-                ))
-            }
-        }
-        if is_set(&t.config) {
-            return Err(ConfigError::key(
-                "replicator.transform.config",
-                "not supported: it configures js and http transforms, which are not supported",
-            ));
-        }
-        if t.buffer_size.is_some() {
-            return Err(ConfigError::key(
-                "replicator.transform.bufferSize",
-                "not supported: it sizes js and http transforms, which are not supported",
-            ));
-        }
-    }
+    let filters = validate_filters(r.filters.unwrap_or_default())?;
+    let transform = validate_transform(r.transform.unwrap_or_default())?;
 
     let checkpoint = validate_checkpoint(r.checkpoint.unwrap_or_default())?;
     let http = validate_http(r.http.unwrap_or_default())?;
@@ -193,7 +152,116 @@ fn validate(r: raw::Replicator) -> Result<Config, ConfigError> {
             20,
             "replicator.callTimeoutInSeconds",
         )?),
+        filters,
+        scavenge: r.scavenge.unwrap_or(false),
+        transform,
     })
+}
+
+fn validate_filters(filters: Vec<raw::Filter>) -> Result<Vec<FilterConfig>, ConfigError> {
+    filters
+        .into_iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let key = |field: &str| format!("replicator.filters[{i}].{field}");
+            let kind = match f.kind.as_deref().map(str::trim) {
+                None | Some("") => {
+                    return Err(ConfigError::key(
+                        key("type"),
+                        "required: eventType or streamName",
+                    ))
+                }
+                Some(k) => FilterKind::parse(k).map_err(|m| ConfigError::key(key("type"), m))?,
+            };
+            let include = f.include.filter(|p| !p.is_empty());
+            let exclude = f.exclude.filter(|p| !p.is_empty());
+            // Compiled now so that a bad pattern stops the start, naming it.
+            Filter::new(kind, include.as_deref(), exclude.as_deref())
+                .map_err(|e| ConfigError::key(key(e.field.key()), error_chain(&e)))?;
+            Ok(FilterConfig {
+                kind,
+                include,
+                exclude,
+            })
+        })
+        .collect()
+}
+
+/// An error with its causes, `a: b`.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+fn validate_transform(t: raw::Transform) -> Result<TransformConfig, ConfigError> {
+    let kind = t.kind.as_deref().map(str::trim).unwrap_or("");
+    let config = t.config.filter(|c| !c.trim().is_empty());
+    let in_flight = || positive_usize(t.buffer_size, 1, "replicator.transform.bufferSize");
+    let original_metadata = t.original_metadata.unwrap_or(false);
+    if kind.is_empty() || kind.eq_ignore_ascii_case("default") {
+        if config.is_some() {
+            return Err(ConfigError::key(
+                "replicator.transform.config",
+                "set, but transform.type is default: it names the script of a js transform \
+                 or the URL of an http one",
+            ));
+        }
+        if t.buffer_size.is_some() {
+            return Err(ConfigError::key(
+                "replicator.transform.bufferSize",
+                "set, but transform.type is default: it sizes js and http transforms",
+            ));
+        }
+        return Ok(TransformConfig::Default { original_metadata });
+    }
+    if original_metadata {
+        return Err(ConfigError::key(
+            "replicator.transform.originalMetadata",
+            format!(
+                "only applies to transform.type default, but the type is {kind}: a {kind} \
+                 transform writes the metadata it wants"
+            ),
+        ));
+    }
+    let required = |what: &str| {
+        ConfigError::key(
+            "replicator.transform.config",
+            format!("required for transform.type {kind}: {what}"),
+        )
+    };
+    if kind.eq_ignore_ascii_case("js") {
+        let path = config.ok_or_else(|| required("the JavaScript file"))?;
+        Ok(TransformConfig::Js {
+            path: PathBuf::from(path),
+            in_flight: in_flight()?,
+        })
+    } else if kind.eq_ignore_ascii_case("http") {
+        let url = config.ok_or_else(|| required("the URL to POST each event to"))?;
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(ConfigError::key(
+                "replicator.transform.config",
+                format!("{url:?} is not an http:// or https:// URL"),
+            ));
+        }
+        Ok(TransformConfig::Http {
+            url,
+            in_flight: in_flight()?,
+        })
+    } else {
+        Err(ConfigError::key(
+            "replicator.transform.type",
+            format!("{kind:?} is not a transform: use default, js or http"),
+        ))
+    }
 }
 
 fn validate_http(h: raw::Http) -> Result<HttpConfig, ConfigError> {
