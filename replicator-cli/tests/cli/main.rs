@@ -13,6 +13,7 @@
 #[cfg(feature = "demo")]
 mod demo;
 mod deploy;
+mod filters;
 mod live;
 mod outages;
 mod restart;
@@ -120,17 +121,13 @@ fn write_chaser(path: &Path, position: i64) {
 
 #[test]
 fn run_rejects_each_unsupported_key_by_name() {
-    for (extra, key) in [
-        ("  scavenge: true\n", "replicator.scavenge"),
-        ("  transform:\n    type: js\n", "replicator.transform.type"),
-        (
-            "  filters:\n    - type: streamName\n      include: '^orders'\n",
-            "replicator.filters",
-        ),
+    for (extra, key, word) in [
+        ("  transform:\n    type: python\n", "replicator.transform.type", "python"),
+        ("  transform:\n    type: js\n", "replicator.transform.config", "required"),
     ] {
         let w = Workdir::with_config(extra);
         let o = w.run(&["run"], &[]);
-        assert_fails_naming(&o, &[key, "not supported"]);
+        assert_fails_naming(&o, &[key, word]);
     }
     // A protocol we do not speak, in the file given with --config.
     let w = Workdir::with_config("");
