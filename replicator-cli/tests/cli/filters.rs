@@ -4,7 +4,9 @@
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::{assert_fails_naming, assert_ok, command, run_async, stderr, stdout, Clusters, Workdir};
+use super::{
+    assert_fails_naming, assert_ok, command, run_async, stderr, stdout, Clusters, Workdir,
+};
 
 /// Appends JSON events of these types to `stream`, with `metadata`; returns
 /// their ids.
@@ -95,7 +97,13 @@ async fn filters_leave_out_streams_with_their_metadata_and_deletes_and_event_typ
     let s = &c.source_client;
     // Kept stream: the event type filter leaves out OrderTest (a lookahead),
     // but not the stream's metadata (the C# tool dropped it: `$metadata`).
-    let orders = append(s, "orders-1", &["OrderPlaced", "OrderTest", "OrderShipped"], None).await;
+    let orders = append(
+        s,
+        "orders-1",
+        &["OrderPlaced", "OrderTest", "OrderShipped"],
+        None,
+    )
+    .await;
     set_metadata(s, "orders-1", json!({ "owner": "sales" })).await;
     // Kept stream, soft-deleted: its delete is replicated.
     let deleted = append(s, "orders-2", &["OrderPlaced"], None).await;
@@ -186,7 +194,13 @@ fn a_bad_filter_pattern_stops_the_start_naming_the_key_and_the_pattern() {
 async fn original_metadata_adds_the_csharp_default_transform_keys_when_opted_in() {
     let c = Clusters::start().await;
     let s = &c.source_client;
-    append(s, "orders-1", &["OrderPlaced"], Some(json!({ "user": "a" }))).await;
+    append(
+        s,
+        "orders-1",
+        &["OrderPlaced"],
+        Some(json!({ "user": "a" })),
+    )
+    .await;
     append(s, "orders-1", &["OrderShipped"], None).await;
     let source = read(s, "orders-1").await;
     let w = c.workdir(
@@ -218,7 +232,13 @@ async fn original_metadata_adds_the_csharp_default_transform_keys_when_opted_in(
 
     // Off by default: byte for byte.
     let c = Clusters::start().await;
-    append(&c.source_client, "orders-1", &["OrderPlaced"], Some(json!({ "user": "a" }))).await;
+    append(
+        &c.source_client,
+        "orders-1",
+        &["OrderPlaced"],
+        Some(json!({ "user": "a" })),
+    )
+    .await;
     let w = c.workdir("  runContinuously: false\n");
     assert_ok(&run_async(&w, &["run"]).await);
     let target = read(&c.target_client, "orders-1").await;
