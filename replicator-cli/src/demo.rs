@@ -3,8 +3,9 @@
 //! Two in-process EventStoreDB-protocol servers (the testkit's) stand in for
 //! the source and target clusters. A generated workload goes to the source,
 //! [`app::replicate`] — exactly what `replicator run` does — copies it with a
-//! file checkpoint, and the testkit's comparison proves the target equal to
-//! the source, event by event.
+//! file checkpoint, and `replicator verify`'s engine
+//! ([`replicator_esdb::verify`]) proves the target equal to the source, event
+//! by event, a few streams at a time.
 
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
@@ -13,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use replicator_core::Position;
-use replicator_testkit::{compare, workload, EsdbServer, ServerOptions};
+use replicator_esdb::verify::{self, Until, VerifyOptions};
+use replicator_testkit::{workload, EsdbServer, ServerOptions};
 use tokio_util::sync::CancellationToken;
 
 use crate::app;
@@ -24,8 +26,8 @@ use crate::time;
 /// replicator's behaviour); 8 shows what the sink does when allowed to.
 const DEMO_PARTITIONS: usize = 8;
 
-/// Streams the comparison reads at once per server.
-const COMPARE_CONCURRENCY: usize = 64;
+/// Streams the comparison compares at once.
+const COMPARE_CONCURRENCY: usize = 16;
 
 /// The words the report prints when the comparison finds no difference.
 pub const IDENTICAL: &str = "the target is identical to the source";
@@ -176,11 +178,12 @@ pub async fn run(args: Args, cancel: CancellationToken) -> anyhow::Result<ExitCo
 
     println!("Comparing the target with the source, stream by stream…");
     let started = Instant::now();
-    let options = compare::CompareOptions {
+    let options = VerifyOptions {
+        until: Until::End,
         concurrency: COMPARE_CONCURRENCY,
-        ..compare::CompareOptions::default()
+        ..VerifyOptions::default()
     };
-    let report = compare::compare_with(&source_client, &target_client, &options)
+    let report = verify::verify(&source_client, &target_client, &options)
         .await
         .context("cannot compare the servers")?;
     let compared_in = time::short(started.elapsed());
@@ -188,12 +191,14 @@ pub async fn run(args: Args, cancel: CancellationToken) -> anyhow::Result<ExitCo
     let identical = report.is_identical();
     if identical {
         println!(
-            "  compared:    {} streams, {} events in {compared_in}: {IDENTICAL} (ids, types, \
-             data, metadata, stream metadata, deletes)",
-            report.streams_compared, report.source_events
+            "  compared:    {} streams, {} events in {compared_in} ({:.0} events/s): \
+             {IDENTICAL} (ids, types, data, metadata, stream metadata, deletes)",
+            report.streams_compared,
+            report.source_events,
+            report.source_events as f64 / report.seconds.max(f64::EPSILON)
         );
     } else {
-        println!("  compared in {compared_in}: THE TARGET DIFFERS FROM THE SOURCE: {report}");
+        println!("  compared in {compared_in}: THE TARGET DIFFERS FROM THE SOURCE:\n{report}");
     }
     if !caught_up {
         println!(
@@ -204,7 +209,7 @@ pub async fn run(args: Args, cancel: CancellationToken) -> anyhow::Result<ExitCo
     println!(
         "  peak memory: {} after generating, {} after replicating, {} after comparing \
          (VmHWM of this one process: both servers and their data, the replicator, and the \
-         comparison, which holds both servers' events at once)",
+         comparison, which holds a few streams at a time)",
         mib(after_generating),
         mib(after_replicating),
         mib(peak_memory())

@@ -9,9 +9,11 @@ mod checkpoint_cmd;
 mod config;
 #[cfg(feature = "demo")]
 mod demo;
+mod map_position_cmd;
 mod report;
 mod status;
 mod time;
+mod verify_cmd;
 
 use std::io::IsTerminal as _;
 use std::path::PathBuf;
@@ -70,6 +72,13 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
         args: Vec<String>,
     },
+    /// Compare the target with the source, stream by stream, up to the stored
+    /// checkpoint (or --until): exit code 0 identical, 1 differences, 2 could
+    /// not verify.
+    Verify(verify_cmd::Args),
+    /// Map consumers' source $all positions (or, with --stream, stream
+    /// revisions) to where they resume on the target, losing nothing.
+    MapPosition(map_position_cmd::Args),
     /// Inspect or change the stored checkpoint.
     #[command(subcommand)]
     Checkpoint(CheckpointCommand),
@@ -165,6 +174,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                  carries no test server); run the demo from the source tree: \
                  cargo run --release -p replicator-cli -- demo"
             ),
+            Command::Verify(args) => Ok(verify_cmd::run(args).await),
+            Command::MapPosition(args) => Ok(map_position_cmd::run(args).await),
             Command::Status { url, json, live } => status::show(&url, json, live).await,
             Command::Checkpoint(CheckpointCommand::Show(args)) => {
                 let config = app::load_config(&args.config)?;

@@ -9,20 +9,23 @@
 //! in the same stream). Its target position `T` is where the consumer resumes
 //! (a subscription from `T` delivers what comes strictly after it).
 //!
-//! - **`partitionCount` 1**: the target's `$all` follows the source's order,
-//!   so everything after `T` on the target is what came after `P` on the
-//!   source: exact, nothing lost, nothing twice.
-//! - **More partitions**: streams are written concurrently, so an event the
-//!   consumer has not processed (after `P`) can sit on the target *before*
-//!   `T`, and processed ones after it. The rule that loses nothing: resume
-//!   just before the earliest target record of any unprocessed event. The
-//!   mapping reads the first `window` user events after `P` on the source and
-//!   the `window` target records before `T`; the earliest of those events found
-//!   there moves the resume point before it. The consumer then sees again the
-//!   processed events of other streams written between that point and `T`
-//!   (their number is in the note). Events are reordered only while they are
-//!   in flight together, so a `window` above the records the replicator holds
-//!   at once (`sink.bufferSize` plus the partitions' batches) is enough.
+//! The target's `$all` is not exactly the source's order: streams are hashed
+//! onto `partitionCount` writers, and even one writer appends the streams of a
+//! batch concurrently (the sink's speed comes from that). Each stream keeps
+//! its order; different streams interleave differently. So an event the
+//! consumer has not processed (after `P`) can sit on the target *before* `T`,
+//! and processed ones after it. The rule that loses nothing: resume just
+//! before the earliest target record of any unprocessed event. The mapping
+//! reads the first `window` user events after `P` on the source and the
+//! `window` target records before `T`; the earliest of those events found
+//! there moves the resume point before it. The consumer then sees again the
+//! processed events written to the target after that point (the note counts
+//! those before `T`; processed events of other streams written after `T` are
+//! possible too). Events are reordered only while they are in flight
+//! together (one batch with `partitionCount` 1; the buffer and the
+//! partitions' batches with more), so a `window` above the records the
+//! replicator holds at once (`sink.bufferSize` plus the partitions' batches)
+//! is enough. When no such event precedes `T`, the mapping is `T` itself.
 //!
 //! An anchor candidate the target does not return (its stream was deleted or
 //! truncated there since) is passed over for the one before it: records
@@ -50,10 +53,8 @@ use crate::verify::VerifyError;
 /// How [`map_position`] maps.
 #[derive(Clone, Debug)]
 pub struct MapOptions {
-    /// More than one partition wrote the target (`sink.partitionCount` > 1).
-    pub partitioned: bool,
     /// Source events after the position, and target records before the
-    /// anchor, examined for reordering (partitioned only).
+    /// anchor, examined for reordering.
     pub window: usize,
     /// The stored checkpoint: positions after it are not (all) on the target.
     pub replicated_until: Option<Position>,
@@ -64,7 +65,6 @@ pub struct MapOptions {
 impl Default for MapOptions {
     fn default() -> Self {
         MapOptions {
-            partitioned: false,
             window: 10_000,
             replicated_until: None,
             request_timeout: Duration::from_secs(30),
@@ -276,34 +276,17 @@ pub async fn map_position(
             },
         });
     };
-    let mut note = if options.partitioned {
-        String::new()
-    } else {
-        format!(
-            "exact (partitionCount 1): after event {} of {:?}",
-            anchor.event_id, anchor.stream
-        )
-    };
+    let mut note = String::new();
     if passed_over > 0 {
-        note.push_str(&format!(
-            "{}{passed_over} later events up to the position are no longer readable on the \
-             target (deleted or truncated streams) and may be seen again",
-            if note.is_empty() { "" } else { "; " }
-        ));
-    }
-    if !options.partitioned {
-        return Ok(Mapping {
-            source: position,
-            target: Some(anchor.target_position),
-            resume: Resume::After,
-            anchor: Some(anchor),
-            note,
-        });
+        note = format!(
+            "{passed_over} later events up to the position are no longer readable on the \
+             target (deleted or truncated streams) and may be seen again"
+        );
     }
     conservative(source, target, position, anchor, note, options).await
 }
 
-/// The partitioned rule: resume before the earliest target record of an event
+/// The rule that loses nothing: resume before the earliest target record of an event
 /// not yet processed, when one precedes the anchor on the target.
 async fn conservative(
     source: &Client,
@@ -377,9 +360,9 @@ async fn conservative(
             Some(anchor.target_position),
             Resume::After,
             format!(
-                "partitionCount > 1: no event after the position precedes the anchor within \
-                 {} target records; events of other streams written to the target after the \
-                 anchor may have been processed already and are seen again{}",
+                "after the anchor: no event after the position precedes it within {} target \
+                 records; events of other streams written concurrently may sit after it and \
+                 are then seen again{}",
                 options.window,
                 if note.is_empty() {
                     String::new()
@@ -397,9 +380,9 @@ async fn conservative(
                 target,
                 resume,
                 format!(
-                    "partitionCount > 1: an unprocessed event sits at {at} on the target, \
-                     before the anchor {}: resuming before it; {} processed events between are \
-                     seen again{}",
+                    "an unprocessed event sits at {at} on the target, before the anchor {} \
+                     (streams written concurrently): resuming before it; {} processed events \
+                     between are seen again{}",
                     anchor.target_position,
                     repeated + 1,
                     if note.is_empty() {

@@ -322,6 +322,8 @@ pub struct VerifyReport {
     pub by_kind: BTreeMap<DifferenceKind, u64>,
     /// Source events compared (covered by `until`).
     pub source_events: u64,
+    /// Bytes (data and user metadata) of the source events compared.
+    pub source_bytes: u64,
     /// Target events compared.
     pub target_events: u64,
     /// Streams tombstoned or soft-deleted on the source after `until`, whose
@@ -331,6 +333,8 @@ pub struct VerifyReport {
     pub streams: Vec<StreamDifferences>,
     /// How long the comparison took, in seconds.
     pub seconds: f64,
+    /// Of which listing the streams (reading both `$all`).
+    pub listing_seconds: f64,
 }
 
 impl VerifyReport {
@@ -442,16 +446,51 @@ pub async fn verify(
     target: &Client,
     options: &VerifyOptions,
 ) -> Result<VerifyReport, VerifyError> {
+    verify_pooled(
+        std::slice::from_ref(source),
+        std::slice::from_ref(target),
+        options,
+    )
+    .await
+}
+
+/// [`verify`] over several clients (connections) per side, streams spread
+/// over them in turn.
+///
+/// Why: the `eventstore` 4.0.0 client sends a request in several writes
+/// without `TCP_NODELAY`, so each request on a connection waits for the
+/// server's delayed ACK (~40 ms on Linux); requests on separate connections
+/// wait side by side. Comparing many small streams is request-bound, so a
+/// few connections per side multiply the rate.
+///
+/// # Errors
+/// As [`verify`].
+///
+/// # Panics
+/// When `sources` or `targets` is empty.
+pub async fn verify_pooled(
+    sources: &[Client],
+    targets: &[Client],
+    options: &VerifyOptions,
+) -> Result<VerifyReport, VerifyError> {
+    assert!(
+        !sources.is_empty() && !targets.is_empty(),
+        "verify_pooled needs a client per side"
+    );
+    let (source, target) = (&sources[0], &targets[0]);
     let started = Instant::now();
     let progress = options.progress.clone().unwrap_or_default();
     let mut names = NameSet::new(options.names_in_memory.max(1));
     list_streams(source, SOURCE, options, &progress, &mut names).await?;
     list_streams(target, TARGET, options, &progress, &mut names).await?;
     progress.listed.store(true, Ordering::Relaxed);
+    let listing_seconds = started.elapsed().as_secs_f64();
     let merged = names.into_sorted().map_err(VerifyError::Spill)?;
     let progress_ref = &progress;
-    let mut outcomes = stream::iter(merged)
-        .map(|entry| async move {
+    let mut outcomes = stream::iter(merged.enumerate())
+        .map(|(index, entry)| async move {
+            let source = &sources[index % sources.len()];
+            let target = &targets[index % targets.len()];
             let (name, flags) = entry.map_err(VerifyError::Spill)?;
             let outcome = compare_stream(source, target, &name, flags, options).await?;
             progress_ref
@@ -462,12 +501,14 @@ pub async fn verify(
         .buffer_unordered(options.concurrency.max(1));
     let mut report = VerifyReport {
         until: Some(options.until),
+        listing_seconds,
         ..VerifyReport::default()
     };
     while let Some(result) = outcomes.next().await {
         let (name, outcome) = result?;
         report.streams_compared += 1;
         report.source_events += outcome.source_events;
+        report.source_bytes += outcome.source_bytes;
         report.target_events += outcome.target_events;
         if outcome.changed_after_until {
             report.streams_changed_after_until += 1;
@@ -716,6 +757,7 @@ impl Iterator for SortedNames {
 #[derive(Debug, Default)]
 struct StreamOutcome {
     source_events: u64,
+    source_bytes: u64,
     target_events: u64,
     changed_after_until: bool,
     count: u64,
@@ -1181,8 +1223,9 @@ async fn compare_stream(
         set.insert(id);
     };
     let covered = |e: &VerifiedEvent| options.until.covers(e.position);
-    let count_source = |out: &mut StreamOutcome| {
+    let count_source = |out: &mut StreamOutcome, e: &VerifiedEvent| {
         out.source_events += 1;
+        out.source_bytes += (e.data.len() + e.metadata.len()) as u64;
         if let Some(p) = progress {
             p.events_compared.fetch_add(1, Ordering::Relaxed);
         }
@@ -1195,7 +1238,7 @@ async fn compare_stream(
             (Some(s), None) => {
                 source.pop();
                 if covered(&s) {
-                    count_source(&mut out);
+                    count_source(&mut out, &s);
                     out.push(
                         max,
                         difference(
@@ -1217,7 +1260,7 @@ async fn compare_stream(
                 source.pop();
                 target.pop();
                 if covered(&s) {
-                    count_source(&mut out);
+                    count_source(&mut out, &s);
                 }
                 out.target_events += 1;
                 compare_events(&mut out, options, &s, &t);
@@ -1232,7 +1275,7 @@ async fn compare_stream(
                     // The source events before the target's are not on the target.
                     for _ in 0..k {
                         let missing = source.pop().expect("found ahead");
-                        count_source(&mut out);
+                        count_source(&mut out, &missing);
                         out.push(
                             max,
                             difference(
@@ -1258,7 +1301,7 @@ async fn compare_stream(
                 } else {
                     source.pop();
                     target.pop();
-                    count_source(&mut out);
+                    count_source(&mut out, &s);
                     out.target_events += 1;
                     out.push(
                         max,

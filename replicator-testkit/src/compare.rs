@@ -1,5 +1,7 @@
 //! Compares what two servers hold, through the real client, to prove a replication
-//! complete and exact.
+//! complete and exact: an adapter over the project's one comparison engine,
+//! [`replicator_esdb::verify`] (the same code `replicator verify` and `replicator
+//! demo` run), keeping this module's report shape for the tests that use it.
 //!
 //! # What is compared
 //! Exactly what a replicator is supposed to copy: **user streams** (names not starting
@@ -22,11 +24,10 @@
 //! Not compared: system streams (`$…`), positions, `created` timestamps, metadata
 //! event ids, and events that are only in `$all` but not readable from their stream.
 
-use std::collections::BTreeSet;
 use std::fmt;
 
-use eventstore::{Client, ReadAllOptions, ReadStreamOptions, StreamPosition};
-use futures::stream::{self, StreamExt as _};
+use eventstore::Client;
+use replicator_esdb::verify::{self, DifferenceKind, VerifyError, VerifyOptions};
 
 use crate::TestkitError;
 
@@ -63,8 +64,9 @@ pub struct Difference {
     pub stream: String,
     /// Revision of the source event (or target event when the source has none).
     pub revision: Option<u64>,
-    /// What differs: `deleted`, `event count`, `event id`, `event type`, `content type`,
-    /// `data`, `metadata`, `revision`, `stream metadata`.
+    /// What differs: `deleted` (tombstone or soft delete), `event id` (a missing,
+    /// extra, duplicate or different event), `event type`, `content type`, `data`,
+    /// `metadata`, `revision`, `stream metadata`.
     pub field: String,
     /// The source side, human-readable.
     pub source: String,
@@ -106,13 +108,6 @@ impl CompareReport {
     pub fn is_identical(&self) -> bool {
         self.difference_count == 0
     }
-
-    fn push(&mut self, max: usize, difference: Difference) {
-        self.difference_count += 1;
-        if self.differences.len() < max {
-            self.differences.push(difference);
-        }
-    }
 }
 
 impl fmt::Display for CompareReport {
@@ -136,39 +131,6 @@ impl fmt::Display for CompareReport {
     }
 }
 
-/// A comparable event.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Event {
-    revision: u64,
-    id: uuid::Uuid,
-    event_type: String,
-    is_json: bool,
-    data: bytes::Bytes,
-    metadata: bytes::Bytes,
-}
-
-#[derive(Debug)]
-struct StreamView {
-    tombstoned: bool,
-    events: Vec<Event>,
-    metadata: Option<MetadataBody>,
-}
-
-#[derive(Debug, PartialEq)]
-enum MetadataBody {
-    Json(serde_json::Value),
-    Raw(bytes::Bytes),
-}
-
-impl fmt::Display for MetadataBody {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            MetadataBody::Json(value) => write!(f, "{value}"),
-            MetadataBody::Raw(bytes) => write!(f, "{} raw bytes", bytes.len()),
-        }
-    }
-}
-
 /// Compares `source` and `target` with default options.
 ///
 /// # Errors
@@ -182,284 +144,73 @@ pub async fn compare(source: &Client, target: &Client) -> Result<CompareReport, 
 ///
 /// # Errors
 /// [`TestkitError::Client`] when a read fails for another reason than a missing or
-/// deleted stream.
+/// deleted stream, or gets no answer (then with the client's `DeadlineExceeded`).
 pub async fn compare_with(
     source: &Client,
     target: &Client,
     options: &CompareOptions,
 ) -> Result<CompareReport, TestkitError> {
-    let mut names = user_streams(source).await?;
-    names.extend(user_streams(target).await?);
-    names.retain(|name| name.starts_with(&options.stream_prefix));
-    let concurrency = options.concurrency.max(1);
-    let views: Vec<Result<(String, StreamView, StreamView), TestkitError>> = stream::iter(names)
-        .map(|name| async move {
-            let (a, b) = futures::join!(view(source, &name), view(target, &name));
-            Ok((name, a?, b?))
-        })
-        .buffered(concurrency)
-        .collect()
-        .await;
-    let mut report = CompareReport::default();
-    for entry in views {
-        let (name, a, b) = entry?;
-        report.streams_compared += 1;
-        report.source_events += a.events.len();
-        report.target_events += b.events.len();
-        diff_stream(&mut report, options, &name, &a, &b);
-    }
-    Ok(report)
-}
-
-fn diff_stream(
-    report: &mut CompareReport,
-    options: &CompareOptions,
-    name: &str,
-    a: &StreamView,
-    b: &StreamView,
-) {
-    let max = options.max_differences;
-    let difference =
-        |revision: Option<u64>, field: &str, source: String, target: String| Difference {
-            stream: name.to_owned(),
-            revision,
-            field: field.to_owned(),
-            source,
-            target,
-        };
-    if a.tombstoned != b.tombstoned {
-        let state = |t: bool| if t { "tombstoned" } else { "not tombstoned" }.to_owned();
-        report.push(
-            max,
-            difference(None, "deleted", state(a.tombstoned), state(b.tombstoned)),
-        );
-        return;
-    }
-    if a.tombstoned {
-        return;
-    }
-    if a.metadata != b.metadata {
-        let show = |m: &Option<MetadataBody>| {
-            m.as_ref()
-                .map_or_else(|| "none".to_owned(), ToString::to_string)
-        };
-        report.push(
-            max,
-            difference(
-                None,
-                "stream metadata",
-                show(&a.metadata),
-                show(&b.metadata),
-            ),
-        );
-    }
-    if a.events.len() != b.events.len() {
-        report.push(
-            max,
-            difference(
-                None,
-                "event count",
-                a.events.len().to_string(),
-                b.events.len().to_string(),
-            ),
-        );
-    }
-    for (x, y) in a.events.iter().zip(&b.events) {
-        let revision = Some(x.revision);
-        if x.id != y.id {
-            report.push(
-                max,
-                difference(revision, "event id", x.id.to_string(), y.id.to_string()),
-            );
-            // Misaligned streams would report every later field too; ids say enough.
-            continue;
-        }
-        if options.compare_revisions && x.revision != y.revision {
-            report.push(
-                max,
-                difference(
-                    revision,
-                    "revision",
-                    x.revision.to_string(),
-                    y.revision.to_string(),
-                ),
-            );
-        }
-        if x.event_type != y.event_type {
-            report.push(
-                max,
-                difference(
-                    revision,
-                    "event type",
-                    x.event_type.clone(),
-                    y.event_type.clone(),
-                ),
-            );
-        }
-        if x.is_json != y.is_json {
-            let kind = |json: bool| {
-                if json {
-                    "application/json"
-                } else {
-                    "application/octet-stream"
-                }
-                .to_owned()
-            };
-            report.push(
-                max,
-                difference(revision, "content type", kind(x.is_json), kind(y.is_json)),
-            );
-        }
-        if x.data != y.data {
-            report.push(
-                max,
-                difference(revision, "data", describe(&x.data), describe(&y.data)),
-            );
-        }
-        if x.metadata != y.metadata {
-            report.push(
-                max,
-                difference(
-                    revision,
-                    "metadata",
-                    describe(&x.metadata),
-                    describe(&y.metadata),
-                ),
-            );
-        }
-    }
-    let longer = if a.events.len() > b.events.len() {
-        &a.events
-    } else {
-        &b.events
+    let engine = VerifyOptions {
+        compare_revisions: options.compare_revisions,
+        concurrency: options.concurrency.max(1),
+        stream_prefix: options.stream_prefix.clone(),
+        max_per_stream: options.max_differences,
+        max_streams: options.max_differences,
+        ..VerifyOptions::default()
     };
-    let side = if a.events.len() > b.events.len() {
-        "source"
-    } else {
-        "target"
-    };
-    for extra in longer.iter().skip(a.events.len().min(b.events.len())) {
-        let (source, target) = if side == "source" {
-            (extra.id.to_string(), "missing".to_owned())
-        } else {
-            ("missing".to_owned(), extra.id.to_string())
-        };
-        report.push(
-            max,
-            difference(Some(extra.revision), "event id", source, target),
-        );
-    }
-}
-
-fn describe(bytes: &[u8]) -> String {
-    const SHOWN: usize = 60;
-    match std::str::from_utf8(bytes) {
-        Ok(text) if text.len() <= SHOWN => format!("{text:?}"),
-        Ok(text) => {
-            let cut = (0..=SHOWN)
-                .rev()
-                .find(|&i| text.is_char_boundary(i))
-                .unwrap_or(0);
-            format!("{:?}… ({} bytes)", &text[..cut], bytes.len())
-        }
-        Err(_) => format!("{} binary bytes", bytes.len()),
-    }
-}
-
-/// Names of the user streams that appear in `$all`.
-async fn user_streams(client: &Client) -> Result<BTreeSet<String>, TestkitError> {
-    let options = ReadAllOptions::default().max_count(usize::MAX);
-    let mut reader = client
-        .read_all(&options)
+    let report = verify::verify(source, target, &engine)
         .await
-        .map_err(TestkitError::client("reading $all"))?;
-    let mut names = BTreeSet::new();
-    while let Some(event) = reader
-        .next()
-        .await
-        .map_err(TestkitError::client("reading $all"))?
-    {
-        let stream = &event.get_original_event().stream_id;
-        let user = stream.strip_prefix("$$").unwrap_or(stream);
-        if !user.starts_with('$') && !names.contains(user) {
-            names.insert(user.to_owned());
-        }
-    }
-    Ok(names)
-}
-
-async fn view(client: &Client, stream: &str) -> Result<StreamView, TestkitError> {
-    let options = ReadStreamOptions::default().max_count(usize::MAX);
-    let read = async {
-        let mut reader = client.read_stream(stream, &options).await?;
-        let mut events = Vec::new();
-        while let Some(event) = reader.next().await? {
-            let e = event.get_original_event();
-            if e.event_type.starts_with('$') {
-                continue;
+        .map_err(|error| match error {
+            VerifyError::Read {
+                side,
+                operation,
+                source,
+                ..
+            } => TestkitError::Client {
+                operation: format!("{side}: {operation}"),
+                source,
+            },
+            other => TestkitError::Client {
+                operation: other.to_string(),
+                source: eventstore::Error::DeadlineExceeded,
+            },
+        })?;
+    let mut differences = Vec::new();
+    for stream in &report.streams {
+        for d in &stream.differences {
+            if differences.len() >= options.max_differences {
+                break;
             }
-            events.push(Event {
-                revision: e.revision,
-                id: e.id,
-                event_type: e.event_type.clone(),
-                is_json: e.is_json,
-                data: e.data.clone(),
-                metadata: e.custom_metadata.clone(),
+            let field = match d.kind {
+                DifferenceKind::Deletion => "deleted".to_owned(),
+                DifferenceKind::Metadata => "stream metadata".to_owned(),
+                DifferenceKind::Missing | DifferenceKind::Extra | DifferenceKind::Duplicate => {
+                    "event id".to_owned()
+                }
+                DifferenceKind::Content => d.field.clone(),
+            };
+            let side = |text: &str| match d.kind {
+                DifferenceKind::Missing | DifferenceKind::Extra | DifferenceKind::Duplicate
+                    if text == "none" =>
+                {
+                    "missing".to_owned()
+                }
+                _ => text.to_owned(),
+            };
+            differences.push(Difference {
+                stream: stream.stream.clone(),
+                revision: d.revision,
+                field,
+                source: side(&d.source),
+                target: side(&d.target),
             });
         }
-        Ok::<_, eventstore::Error>(events)
-    };
-    let events = match read.await {
-        Ok(events) => events,
-        Err(eventstore::Error::ResourceNotFound) => Vec::new(),
-        Err(eventstore::Error::ResourceDeleted) => {
-            return Ok(StreamView {
-                tombstoned: true,
-                events: Vec::new(),
-                metadata: None,
-            })
-        }
-        Err(source) => {
-            return Err(TestkitError::Client {
-                operation: format!("reading stream {stream:?}"),
-                source,
-            })
-        }
-    };
-    let metadata = latest_metadata(client, stream).await?;
-    Ok(StreamView {
-        tombstoned: false,
-        events,
-        metadata,
-    })
-}
-
-async fn latest_metadata(
-    client: &Client,
-    stream: &str,
-) -> Result<Option<MetadataBody>, TestkitError> {
-    let metastream = format!("$${stream}");
-    let options = ReadStreamOptions::default()
-        .backwards()
-        .position(StreamPosition::End)
-        .max_count(1);
-    let read = async {
-        let mut reader = client.read_stream(metastream.as_str(), &options).await?;
-        reader.next().await
-    };
-    match read.await {
-        Ok(Some(event)) => {
-            let data = event.get_original_event().data.clone();
-            Ok(Some(match serde_json::from_slice(&data) {
-                Ok(value) => MetadataBody::Json(value),
-                Err(_) => MetadataBody::Raw(data),
-            }))
-        }
-        Ok(None)
-        | Err(eventstore::Error::ResourceNotFound | eventstore::Error::ResourceDeleted) => Ok(None),
-        Err(source) => Err(TestkitError::Client {
-            operation: format!("reading metadata of {stream:?}"),
-            source,
-        }),
     }
+    Ok(CompareReport {
+        differences,
+        difference_count: report.differences as usize,
+        streams_compared: report.streams_compared as usize,
+        source_events: report.source_events as usize,
+        target_events: report.target_events as usize,
+    })
 }

@@ -15,10 +15,12 @@ mod demo;
 mod deploy;
 mod filters;
 mod live;
+mod map_position;
 mod outages;
 mod restart;
 mod security;
 mod status;
+mod verify;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

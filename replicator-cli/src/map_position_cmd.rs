@@ -1,0 +1,252 @@
+//! `replicator map-position`: where each consumer of the source resumes on the
+//! target (the rules are in `replicator_esdb::position_map`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context as _};
+use replicator_core::{CheckpointStore as _, Position};
+use replicator_esdb::position_map::{self, MapOptions, Mapping, Resume, RevisionMapping};
+use serde_json::json;
+
+use crate::app;
+use crate::verify_cmd::clients;
+
+/// `replicator map-position` options.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The C# Replicator's YAML configuration (root key `replicator`).
+    #[arg(long, short = 'c', value_name = "FILE", default_value = crate::config::DEFAULT_CONFIG_PATH)]
+    config: PathBuf,
+    /// Source `$all` positions a consumer last processed: `COMMIT`,
+    /// `COMMIT/PREPARE` or `C:COMMIT/P:PREPARE` (with --stream: revisions).
+    #[arg(value_name = "POSITION")]
+    positions: Vec<String>,
+    /// Read the positions from this file, one per line (blank lines and lines
+    /// starting with `#` are left out).
+    #[arg(long, value_name = "FILE")]
+    file: Option<PathBuf>,
+    /// Map revisions of this stream (a stream subscription's checkpoint)
+    /// instead of `$all` positions.
+    #[arg(long, value_name = "STREAM")]
+    stream: Option<String>,
+    /// Source events after a position, and target records before its anchor,
+    /// examined for reordering (streams written concurrently); keep it above
+    /// the records the replicator holds in flight (sink.bufferSize plus the
+    /// partitions' batches).
+    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    window: usize,
+    /// Print one JSON object per line.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Parses a position: `COMMIT`, `COMMIT/PREPARE` or `C:COMMIT/P:PREPARE` (as
+/// the replicator prints them).
+///
+/// # Errors
+/// When it is none of those, naming it.
+pub fn parse_position(text: &str) -> anyhow::Result<Position> {
+    let trimmed = text.trim();
+    let (commit, prepare) = match trimmed.split_once('/') {
+        Some((commit, prepare)) => (
+            commit.strip_prefix("C:").unwrap_or(commit),
+            Some(prepare.strip_prefix("P:").unwrap_or(prepare)),
+        ),
+        None => (trimmed.strip_prefix("C:").unwrap_or(trimmed), None),
+    };
+    let number = |part: &str| {
+        part.trim().parse::<u64>().with_context(|| {
+            format!(
+                "`{text}` is not a position: expected COMMIT, COMMIT/PREPARE or \
+                 C:COMMIT/P:PREPARE (non-negative integers)"
+            )
+        })
+    };
+    let commit = number(commit)?;
+    let prepare = prepare.map_or(Ok(commit), number)?;
+    if prepare > commit {
+        bail!("`{text}` is not a position: the prepare part is after the commit part");
+    }
+    Ok(Position { commit, prepare })
+}
+
+/// Runs `map-position`; exit code 0 when every position mapped, 1 when some
+/// are past what has been replicated, 2 when it could not map.
+pub async fn run(args: Args) -> ExitCode {
+    match map_all(&args).await {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(error) => {
+            eprintln!("error: cannot map: {error}");
+            for cause in error.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn inputs(args: &Args) -> anyhow::Result<Vec<String>> {
+    let mut inputs = args.positions.clone();
+    if let Some(file) = &args.file {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read --file {}", file.display()))?;
+        inputs.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_owned),
+        );
+    }
+    if inputs.is_empty() {
+        bail!("no position given: pass positions as arguments or --file FILE");
+    }
+    Ok(inputs)
+}
+
+async fn map_all(args: &Args) -> anyhow::Result<bool> {
+    let config = app::load_config(&args.config)?;
+    let inputs = inputs(args)?;
+    let (source, target) = clients(&config)?;
+    let stored = app::open_store(&config.checkpoint)
+        .await?
+        .load()
+        .await
+        .with_context(|| format!("cannot read the checkpoint ({})", config.checkpoint.store))?;
+    let options = MapOptions {
+        window: args.window.max(1),
+        replicated_until: stored.as_ref().map(|c| c.source),
+        request_timeout: config.call_timeout,
+    };
+    if let Some(stream) = &args.stream {
+        for input in &inputs {
+            let revision: u64 = input.trim().parse().with_context(|| {
+                format!("`{input}` is not a revision of stream {stream:?} (a non-negative integer)")
+            })?;
+            let mapping =
+                position_map::map_revision(&source, &target, stream, revision, &options).await?;
+            println!("{}", show_revision(&mapping, args.json));
+        }
+        return Ok(true);
+    }
+    let positions = inputs
+        .iter()
+        .map(|input| parse_position(input))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if !args.json {
+        println!(
+            "Streams are written concurrently (partitionCount {}, and the streams of a batch), \
+             so each stream keeps its order but streams interleave differently on the target: \
+             a consumer resumes before the earliest target record of an event it has not \
+             processed, and may see again events of other streams it had processed.",
+            config.sink.partition_count()
+        );
+    }
+    let mut all_mapped = true;
+    for position in positions {
+        let mapping = position_map::map_position(&source, &target, position, &options).await?;
+        all_mapped &= mapping.resume != Resume::NotReplicatedYet;
+        println!("{}", show(&mapping, args.json));
+    }
+    Ok(all_mapped)
+}
+
+fn position_json(p: Option<Position>) -> serde_json::Value {
+    p.map_or(
+        serde_json::Value::Null,
+        |p| json!({"commit": p.commit, "prepare": p.prepare}),
+    )
+}
+
+/// One mapping: a JSON line, or a line for people.
+fn show(m: &Mapping, as_json: bool) -> String {
+    if as_json {
+        return json!({
+            "source": position_json(Some(m.source)),
+            "target": position_json(m.target),
+            "resume": m.resume,
+            "stream": m.anchor.as_ref().map(|a| a.stream.clone()),
+            "revision": m.anchor.as_ref().map(|a| a.revision),
+            "target_revision": m.anchor.as_ref().map(|a| a.target_revision),
+            "event_id": m.anchor.as_ref().map(|a| a.event_id.to_string()),
+            "note": m.note,
+        })
+        .to_string();
+    }
+    let target = match (m.resume, m.target) {
+        (Resume::After, Some(t)) => format!("resume after target {t}"),
+        (Resume::NotReplicatedYet, _) => "not replicated yet".to_owned(),
+        _ => "resume from the start of the target's $all".to_owned(),
+    };
+    let anchor = m.anchor.as_ref().map_or(String::new(), |a| {
+        format!(
+            " [last replicated event {} of {:?}, revision {} (target revision {}), at {} → {}]",
+            a.event_id,
+            a.stream,
+            a.revision,
+            a.target_revision,
+            a.source_position,
+            a.target_position
+        )
+    });
+    format!("{} → {target}{anchor}: {}", m.source, m.note)
+}
+
+fn show_revision(m: &RevisionMapping, as_json: bool) -> String {
+    if as_json {
+        return json!({
+            "source": serde_json::Value::Null,
+            "target": serde_json::Value::Null,
+            "stream": m.stream,
+            "revision": m.revision,
+            "target_revision": m.target_revision,
+            "event_id": m.event_id.map(|id| id.to_string()),
+            "note": m.note,
+        })
+        .to_string();
+    }
+    format!(
+        "{:?} revision {} → {}: {}",
+        m.stream,
+        m.revision,
+        m.target_revision.map_or_else(
+            || "from the start of the target stream".to_owned(),
+            |r| format!("resume after target revision {r}")
+        ),
+        m.note
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_parse_in_every_printed_form() {
+        assert_eq!(parse_position("42").unwrap(), Position::at(42));
+        assert_eq!(
+            parse_position("42/40").unwrap(),
+            Position {
+                commit: 42,
+                prepare: 40
+            }
+        );
+        assert_eq!(
+            parse_position(" C:42/P:40 ").unwrap(),
+            Position {
+                commit: 42,
+                prepare: 40
+            }
+        );
+        assert_eq!(parse_position("C:7").unwrap(), Position::at(7));
+    }
+
+    #[test]
+    fn a_bad_position_is_named() {
+        for bad in ["", "x", "-1", "1/2", "3/y"] {
+            let error = parse_position(bad).unwrap_err().to_string();
+            assert!(error.contains(&format!("`{bad}`")), "{error}");
+        }
+    }
+}
