@@ -1,0 +1,274 @@
+//! Exactly-once through transforms that drop events from the middle of
+//! streams and rename streams (merging several into one): the sink in
+//! `RevisionMode::Tracked`, the real pipeline, crashes at random points and
+//! restarts from the stored checkpoint. The target must end with every kept
+//! event exactly once, in source order per target stream.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use eventstore::{AppendToStreamOptions, ExpectedRevision, ReadAllOptions};
+use futures::StreamExt;
+use proptest::prelude::*;
+use replicator_core::memory::MemoryCheckpointStore;
+use replicator_core::{
+    ChangeKind, Event, EventStream, HeadProbe, Pipeline, Reader, ReaderError, SkipReason,
+    StartFrom, Transform, TransformError,
+};
+use replicator_esdb::{to_event_data, EsdbReader, EsdbSink, EsdbSinkConfig, RevisionMode};
+use replicator_testkit::cluster::TestCluster;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::common::*;
+
+/// A transform made of a closure: `None` drops the record, `Some(name)`
+/// sends it to that target stream.
+struct ClosureTransform<F>(F);
+
+#[async_trait]
+impl<F> Transform for ClosureTransform<F>
+where
+    F: Fn(&Event) -> Option<String> + Send + Sync + 'static,
+{
+    fn name(&self) -> String {
+        "test transform".into()
+    }
+
+    async fn apply(&self, mut event: Event) -> Result<Event, TransformError> {
+        match (self.0)(&event) {
+            Some(stream) => event.stream = stream,
+            None => event.kind = ChangeKind::Skip(SkipReason::Dropped),
+        }
+        Ok(event)
+    }
+}
+
+/// Runs a transform on every record the inner reader hands on that is to be
+/// written, as the pipeline's transform stage does, so this test depends on
+/// nothing but the `Transform` contract.
+struct Transformed {
+    inner: EsdbReader,
+    transform: Arc<dyn Transform>,
+}
+
+#[async_trait]
+impl Reader for Transformed {
+    async fn read(&mut self, from: StartFrom) -> Result<EventStream, ReaderError> {
+        let transform = Arc::clone(&self.transform);
+        let events = self.inner.read(from).await?;
+        Ok(events
+            .then(move |event| {
+                let transform = Arc::clone(&transform);
+                async move {
+                    let event = event?;
+                    if !event.kind.is_write() {
+                        return Ok(event);
+                    }
+                    transform
+                        .apply(event)
+                        .await
+                        .map_err(|e| ReaderError::permanent(e.to_string()))
+                }
+            })
+            .boxed())
+    }
+
+    fn head_probe(&self) -> Option<Arc<dyn HeadProbe>> {
+        self.inner.head_probe()
+    }
+}
+
+/// What a case does: the workload, the transform, the crashes.
+#[derive(Debug, Clone)]
+struct Case {
+    /// Appends to the source: (source stream, how many events).
+    appends: Vec<(u8, u8)>,
+    /// Source stream → target stream (several map to one: merged).
+    renames: [u8; 6],
+    /// Every `drop_every`-th event (by a hash of its id) is dropped.
+    drop_one_in: u8,
+    checkpoint_after: u64,
+    partitions: usize,
+    batch: usize,
+    /// For each crash, how many events written before the pipeline is
+    /// dropped (a crash: no final checkpoint).
+    crashes: Vec<u16>,
+}
+
+fn cases() -> impl Strategy<Value = Case> {
+    (
+        prop::collection::vec((0u8..6, 1u8..5), 25..60),
+        prop::array::uniform6(0u8..4),
+        2u8..5,
+        prop_oneof![Just(1u64), 2u64..20, Just(1000u64)],
+        1usize..4,
+        1usize..12,
+        prop::collection::vec(1u16..120, 1..4),
+    )
+        .prop_map(
+            |(appends, renames, drop_one_in, checkpoint_after, partitions, batch, crashes)| Case {
+                appends,
+                renames,
+                drop_one_in,
+                checkpoint_after,
+                partitions,
+                batch,
+                crashes,
+            },
+        )
+}
+
+fn target_of(case: &Case, stream: &str) -> Option<String> {
+    let n: usize = stream.strip_prefix("src-")?.parse().ok()?;
+    Some(format!("dst-{}", case.renames[n]))
+}
+
+fn dropped(case: &Case, id: Uuid) -> bool {
+    id.as_u128() % u128::from(case.drop_one_in) == 0
+}
+
+fn pipeline(
+    case: &Case,
+    source: &TestCluster,
+    target: &TestCluster,
+    store: &MemoryCheckpointStore,
+) -> Pipeline {
+    let rules = case.clone();
+    let transform = ClosureTransform(move |event: &Event| {
+        if dropped(&rules, event.id) {
+            None
+        } else {
+            Some(target_of(&rules, &event.stream).unwrap_or_else(|| event.stream.clone()))
+        }
+    });
+    let reader = Transformed {
+        inner: reader(source, 7, false),
+        transform: Arc::new(transform),
+    };
+    let sink = EsdbSink::new(EsdbSinkConfig {
+        partition_count: case.partitions,
+        revisions: RevisionMode::Tracked,
+        ..EsdbSinkConfig::new(target.connection_string())
+    })
+    .expect("sink");
+    Pipeline::builder(reader, sink, store.clone())
+        .config(replicator_core::PipelineConfig {
+            max_batch_events: case.batch,
+            ..pipeline_config(case.checkpoint_after)
+        })
+        .build()
+}
+
+/// The ids of every target stream, in order, as `$all` holds them.
+async fn target_streams(target: &TestCluster) -> BTreeMap<String, Vec<Uuid>> {
+    let client = client(target);
+    let mut read = client
+        .read_all(&ReadAllOptions::default().max_count(usize::MAX))
+        .await
+        .expect("read $all");
+    let mut streams: BTreeMap<String, Vec<Uuid>> = BTreeMap::new();
+    while let Some(resolved) = read.next().await.expect("read $all") {
+        let record = resolved.get_original_event();
+        if !record.stream_id.starts_with('$') {
+            streams
+                .entry(record.stream_id.clone())
+                .or_default()
+                .push(record.id);
+        }
+    }
+    streams
+}
+
+async fn run_case(case: Case) -> Result<(), TestCaseError> {
+    let source = source().await;
+    let target = target().await;
+    let writer = client(&source);
+    let any = AppendToStreamOptions::default().expected_revision(ExpectedRevision::Any);
+    let mut want: BTreeMap<String, Vec<Uuid>> = BTreeMap::new();
+    let mut total_kept = 0u64;
+    for (i, &(stream, count)) in case.appends.iter().enumerate() {
+        let name = format!("src-{stream}");
+        let events: Vec<Event> = (0..count)
+            .map(|n| user_event(&name, u64::from(n) + i as u64, i as u64))
+            .collect();
+        for event in &events {
+            if !dropped(&case, event.id) {
+                total_kept += 1;
+                want.entry(target_of(&case, &name).expect("renamed"))
+                    .or_default()
+                    .push(event.id);
+            }
+        }
+        let data: Vec<_> = events.iter().map(to_event_data).collect();
+        writer
+            .append_to_stream(name.as_str(), &any, data)
+            .await
+            .expect("source append");
+    }
+
+    let store = MemoryCheckpointStore::new();
+    for &crash_after in &case.crashes {
+        // Crash once this run has written `crash_after` events (or the run
+        // ended first): the future is dropped mid-flight, no final
+        // checkpoint is stored.
+        let pipeline = pipeline(&case, &source, &target, &store);
+        let mut progress = pipeline.progress();
+        let run = pipeline.run(CancellationToken::new());
+        let crash = async {
+            progress
+                .wait_for(|p| p.written >= u64::from(crash_after))
+                .await
+                .ok();
+        };
+        tokio::select! {
+            result = run => { result.expect("a run before the crash"); }
+            () = crash => {}
+        }
+    }
+    let last = pipeline(&case, &source, &target, &store);
+    tokio::time::timeout(PATIENCE, last.run(CancellationToken::new()))
+        .await
+        .expect("the last run did not finish in time")
+        .expect("the last run failed");
+
+    let got = target_streams(&target).await;
+    for (stream, ids) in &want {
+        let held = got.get(stream).map_or(&[][..], Vec::as_slice);
+        let duplicates = held.len() - held.iter().collect::<std::collections::HashSet<_>>().len();
+        prop_assert!(
+            held == ids.as_slice(),
+            "{stream}: want {} events, target holds {} ({duplicates} duplicates)",
+            ids.len(),
+            held.len()
+        );
+    }
+    prop_assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>()
+    );
+    prop_assert!(total_kept > 0);
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 6,
+        max_shrink_iters: 8,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn drops_renames_merges_and_crashes_leave_every_kept_event_once_in_order(case in cases()) {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime
+            .block_on(async { tokio::time::timeout(Duration::from_secs(300), run_case(case)).await })
+            .expect("the case did not finish in time")?;
+    }
+}
