@@ -20,6 +20,7 @@ mod outages;
 mod restart;
 mod security;
 mod status;
+mod transforms;
 mod verify;
 
 use std::path::{Path, PathBuf};
