@@ -280,7 +280,7 @@ mod tests {
         assert_eq!(v["checkpoint"]["position"]["commit"], 90);
         assert_eq!(v["checkpoint"]["target"]["commit"], 5);
         assert_eq!(v["checkpoint"]["store"], "file ./checkpoint");
-        for c in ["source", "target", "checkpoint"] {
+        for c in ["source", "target", "checkpoint", "transform"] {
             let c = &v["components"][c];
             assert_eq!(c["healthy"], true, "{c}");
             assert!(c["since"].as_str().unwrap().ends_with('Z'), "{c}");

@@ -236,7 +236,7 @@ async fn the_status_server_shows_a_known_run_and_a_failing_target() {
         "{s:#}"
     );
     assert!(s["checkpoint"]["age_seconds"].as_f64().is_some(), "{s:#}");
-    for name in ["source", "target", "checkpoint"] {
+    for name in ["source", "target", "checkpoint", "transform"] {
         let h = &s["components"][name];
         assert_eq!(h["healthy"], true, "{name}: {s:#}");
         assert!(h["since"].as_str().unwrap().ends_with('Z'), "{name}: {s:#}");
@@ -302,7 +302,7 @@ async fn the_status_server_shows_a_known_run_and_a_failing_target() {
         metrics.value("replicator_state", &[("state", "running")]),
         1.0
     );
-    for name in ["source", "target", "checkpoint"] {
+    for name in ["source", "target", "checkpoint", "transform"] {
         assert_eq!(
             metrics.value("replicator_component_healthy", &[("component", name)]),
             1.0
