@@ -26,6 +26,9 @@
 //! partitions' batches with more), so a `window` above the records the
 //! replicator holds at once (`sink.bufferSize` plus the partitions' batches)
 //! is enough. When no such event precedes `T`, the mapping is `T` itself.
+//! When the consumer has processed every user event of the source (the usual
+//! case at cutover, writers stopped and consumers drained), it resumes at the
+//! end of the target's `$all` and sees nothing twice.
 //!
 //! An anchor candidate the target does not return (its stream was deleted or
 //! truncated there since) is passed over for the one before it: records
@@ -306,8 +309,10 @@ async fn conservative(
         .max_count(usize::MAX);
     let mut forward = timed(SOURCE, operation, timeout, source.read_all(&after)).await?;
     let mut unprocessed: HashSet<Uuid> = HashSet::new();
+    let mut source_exhausted = false;
     while unprocessed.len() < options.window {
         let Some(event) = timed(SOURCE, operation, timeout, forward.next()).await? else {
+            source_exhausted = true;
             break;
         };
         if position_of(&event) > position && appended(&event) {
@@ -315,6 +320,36 @@ async fn conservative(
         }
     }
     drop(forward);
+    if unprocessed.is_empty() && source_exhausted {
+        // Processed everything the source holds, and all of it is replicated
+        // (the position is within the checkpoint): the whole target is
+        // processed, resume at its end and see nothing twice.
+        let operation = || "reading the end of $all".to_owned();
+        let end = ReadAllOptions::default()
+            .position(StreamPosition::End)
+            .backwards()
+            .max_count(1);
+        let mut reader = timed(TARGET, operation, timeout, target.read_all(&end)).await?;
+        if let Some(last) = timed(TARGET, operation, timeout, reader.next()).await? {
+            let last = position_of(&last);
+            let at_end = format!(
+                "the consumer has processed every user event of the source: resume at the end \
+                 of the target's $all ({last}), nothing is seen twice{}",
+                if note.is_empty() {
+                    String::new()
+                } else {
+                    format!("; {note}")
+                }
+            );
+            return Ok(Mapping {
+                source: position,
+                target: Some(last.max(anchor.target_position)),
+                resume: Resume::After,
+                anchor: Some(anchor),
+                note: at_end,
+            });
+        }
+    }
 
     let operation = || format!("reading $all before {}", anchor.target_position);
     let before = ReadAllOptions::default()

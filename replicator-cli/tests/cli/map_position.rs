@@ -76,9 +76,12 @@ async fn resume_at_random_positions(partitions: usize, spec: WorkloadSpec, sampl
     let source = all(&c.source_client).await;
     let target = all(&c.target_client).await;
     let mut rng = Rng(spec.seed ^ partitions as u64);
-    let picked: Vec<Position> = (0..samples)
+    let mut picked: Vec<Position> = (0..samples)
         .map(|_| source[rng.between(0, source.len() as u64 - 1) as usize].position)
         .collect();
+    // And a consumer that processed everything: the cutover case.
+    let last = source.last().unwrap().position;
+    picked.push(last);
     let args: Vec<String> = picked
         .iter()
         .map(|p| format!("{}/{}", p.commit, p.prepare))
@@ -91,7 +94,7 @@ async fn resume_at_random_positions(partitions: usize, spec: WorkloadSpec, sampl
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines.len(), samples, "{}", stdout(&o));
+    assert_eq!(lines.len(), picked.len(), "{}", stdout(&o));
 
     let mut twice_total = 0;
     for (line, position) in lines.iter().zip(&picked) {
@@ -124,6 +127,12 @@ async fn resume_at_random_positions(partitions: usize, spec: WorkloadSpec, sampl
             .filter(|r| r.user_event && r.position <= *position && delivered.contains(&r.id))
             .count();
         twice_total += twice;
+        if *position == last {
+            assert_eq!(
+                twice, 0,
+                "a consumer at the source's end sees nothing again: {line}"
+            );
+        }
     }
     eprintln!(
         "partitionCount {partitions}: {samples} positions mapped, {twice_total} events \
