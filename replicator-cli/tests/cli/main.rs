@@ -18,9 +18,9 @@ mod live;
 mod map_position;
 mod outages;
 mod restart;
+mod scavenge;
 mod security;
 mod status;
-mod transforms;
 mod verify;
 
 use std::path::{Path, PathBuf};
