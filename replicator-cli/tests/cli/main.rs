@@ -21,6 +21,7 @@ mod restart;
 mod scavenge;
 mod security;
 mod status;
+mod transforms;
 mod verify;
 
 use std::path::{Path, PathBuf};
