@@ -49,5 +49,5 @@ pub use reader::{EsdbReader, EsdbReaderConfig};
 pub use scavenge::ScavengeFilter;
 pub use sink::{
     to_event_data, EsdbSink, EsdbSinkConfig, RevisionMode, DEFAULT_MAX_APPEND_BYTES,
-    WRITE_CHECK_STREAM,
+    DEFAULT_REPLAY_SEARCH_DEPTH, WRITE_CHECK_STREAM,
 };

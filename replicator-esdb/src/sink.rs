@@ -113,8 +113,9 @@ impl fmt::Debug for EsdbSinkConfig {
 ///
 /// # What is preserved
 /// Per event: id, type, data, user metadata and content type, byte for byte,
-/// and each stream's revisions (target revision = source revision for every
-/// stream the source still holds from its first event). JSON data is sent as
+/// and, with [`RevisionMode::FromSource`], each stream's revisions (target
+/// revision = source revision for every stream the source still holds from
+/// its first event). JSON data is sent as
 /// is, never parsed and re-encoded. Stream metadata and soft deletes are
 /// replicated as the `$metadata` records the source holds (a soft delete *is*
 /// such a record, `$tb` = `i64::MAX`), so their ids and bytes match too.
@@ -137,21 +138,62 @@ impl fmt::Debug for EsdbSinkConfig {
 /// batches in flight.
 ///
 /// # Replays
-/// Every append states the expected revision (the source revision before the
-/// first record). When the target is further along, the sink reads the
-/// target's records at those revisions and skips those with the same event
-/// ids, so replaying after a crash or from an old checkpoint leaves the target
-/// as it was. Appending to a tombstoned target stream counts as written: a
-/// tombstone on the target can only come from the source.
+/// Each append states the revision the sink expects its first record at, a
+/// *guess*: with [`RevisionMode::FromSource`] the source revision (plus the
+/// offset of a renumbered stream), with [`RevisionMode::Tracked`] the last
+/// revision the sink saw for that target stream, plus one. When the target
+/// refuses the append (wrong expected revision), the sink works out what it
+/// already holds, the same way in both modes (the state machine in
+/// `plan.rs`):
+/// - the target is at or past the guess: the records there are read and
+///   compared by event id; those already written are skipped (a replay after
+///   a crash, a retried batch, an old checkpoint) and the rest appended after
+///   them. Revisions the target has but does not return (hidden by `$tb`,
+///   `$maxCount` or a soft delete, which the target's copied metadata
+///   mirrors) count as written;
+/// - the target is behind the guess, or there is no guess (a tracked stream
+///   the sink has not written since it started, or that it forgot: the cache
+///   holds 100,000 streams), or the records at the guess are not ours: the
+///   target stream's last records are searched for the run's event ids. What
+///   the target holds of a replay is a prefix, in order, of what this run
+///   sends to that stream after the checkpoint (each target stream is written
+///   by one writer in source order), so from the first record found the
+///   following ones must match in order: they are skipped and the rest
+///   appended after the target's end. Nothing found: the records are new and
+///   go after the target's end (with `FromSource`, a stream the source lost
+///   the first events of, scavenged or truncated, is so renumbered, with a
+///   warning).
 ///
-/// A stream whose first records the source no longer holds (scavenged,
-/// truncated) cannot keep its revisions: it is renumbered on the target from
-/// where the target stream ends, with a warning. Replays of such a stream are
-/// recognised by event id among its last 4096 target records.
+/// A tracked stream the sink does not know yet is first appended as a new
+/// stream (expected: no stream), so a stream created fresh costs no read; an
+/// existing one costs one refused append and one read of its tail, once per
+/// run of the replicator.
 ///
-/// A target stream holding other records where the source's belong is a
-/// permanent error naming the stream and event: the target is not a replica
-/// of this source.
+/// Appending to a tombstoned target stream counts as written: a tombstone on
+/// the target can only come from the source. A target stream holding other
+/// records where the source's belong is a permanent error naming the stream
+/// and event: the target is not a replica of this source.
+///
+/// **The bound.** The tail search reads at most
+/// [`EsdbSink::with_replay_search_depth`] records ([`DEFAULT_REPLAY_SEARCH_DEPTH`],
+/// 4096). It finds a replay as long as fewer records of that target stream
+/// were written after the first replayed one than that: with
+/// [`RevisionMode::Tracked`], as long as one target stream did not receive
+/// more records than that between the stored checkpoint and the crash
+/// (`checkpointAfter` bounds this unless the checkpoint store was down for
+/// long). Past it, the replayed records are not found and are written a
+/// second time. With [`RevisionMode::FromSource`] the search only serves
+/// renumbered streams; other replays are found at their revisions, whatever
+/// their number.
+///
+/// **What tracking cannot see.** A replayed record that the target no longer
+/// returns (a soft-deleted stream, or hidden by `$maxCount`/`$tb`) cannot be
+/// found by id. With `FromSource` its revision says it is there; with
+/// `Tracked`, when none of an append's replayed records can be read, they are
+/// written again. And the `$tb` (truncate before) of copied stream metadata
+/// is a source revision: on a stream whose target revisions differ (events
+/// left out from the middle, merged streams, renumbered streams) it is copied
+/// unchanged and so hides a different set of events than on the source.
 ///
 /// # Deadlines and failures
 /// Every request has a deadline ([`EsdbSink::with_request_timeout`], 10 s by
