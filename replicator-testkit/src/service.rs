@@ -53,7 +53,10 @@
 //!   `fell_behind` is never sent to clients. `first_stream_position` and
 //!   `last_stream_position` go only to clients asking for `control_option.
 //!   compatibility >= 1` on stream reads (the Rust client does and skips them;
-//!   the Python client does not); this server sends none of them.
+//!   the Python client does not): `last_stream_position` (the stream's last
+//!   revision) ends every successful stream read, forwards and backwards, and this
+//!   server sends it too; `first_stream_position` comes only when a forward read's
+//!   first page is empty, which this server does not reproduce.
 
 // `tonic::Status` is the error type the generated service traits require; boxing it
 // in the helpers would only add conversions at every call site.
@@ -479,6 +482,9 @@ struct ReadPlan {
     filter: Option<Filter>,
     /// `None` for a subscription.
     count: Option<u64>,
+    /// `control_option.compatibility`: 1 or more asks for `last_stream_position`
+    /// at the end of a stream read.
+    compatibility: u32,
 }
 
 impl ReadPlan {
@@ -523,6 +529,7 @@ impl ReadPlan {
             structured,
             filter,
             count,
+            compatibility: options.control_option.map_or(0, |c| c.compatibility),
         })
     }
 }
@@ -657,6 +664,14 @@ impl StreamsService {
                             return;
                         }
                     }
+                }
+                // As the real server: the stream's last revision ends every
+                // successful stream read of a client asking for it.
+                if plan.compatibility >= 1 {
+                    let reply = ReadResp {
+                        content: Some(read_resp::Content::LastStreamPosition(range.end - 1)),
+                    };
+                    send(&tx, &token, reply).await;
                 }
             }
         }

@@ -1,15 +1,16 @@
-//! The error details the `eventstore` client drops but other clients read,
-//! checked on the wire with the testkit's own generated gRPC client: the typed
+//! What the `eventstore` client drops or skips but other clients read, checked on
+//! the wire with the testkit's own generated gRPC client: the typed
 //! `google.rpc.Status.details` of failed batch appends (code, message, type URL,
-//! message), and the `exception` headers of failed unary calls. In-process only
-//! (plain HTTP/2 to the testkit); the Python conformance suite checks the same
-//! against a real server (`ESDB_URL`).
+//! message), the `exception` headers of failed unary calls, and the
+//! `last_stream_position` ending a stream read for clients that ask for it.
+//! In-process only (plain HTTP/2 to the testkit); the Python conformance suite
+//! checks the error details against a real server (`ESDB_URL`).
 
 use prost::Message as _;
 use replicator_testkit::proto::shared::{self, wrong_expected_version as wev};
 use replicator_testkit::proto::streams::{
-    batch_append_req, batch_append_resp, delete_req, streams_client::StreamsClient, BatchAppendReq,
-    BatchAppendResp, DeleteReq,
+    batch_append_req, batch_append_resp, delete_req, read_req, read_resp,
+    streams_client::StreamsClient, BatchAppendReq, BatchAppendResp, DeleteReq, ReadReq,
 };
 use replicator_testkit::EsdbServer;
 use tonic::transport::Channel;
@@ -264,4 +265,73 @@ async fn failed_deletes_name_the_operation_and_carry_exception_headers() {
     assert_eq!(header("stream-name").as_deref(), Some("never"));
     assert_eq!(header("expected-version").as_deref(), Some("3"));
     assert_eq!(header("actual-version").as_deref(), Some("-1"));
+}
+
+/// The contents of a forward count read of `stream` asking for `compatibility`.
+async fn read_contents(
+    client: &mut StreamsClient<Channel>,
+    stream: &str,
+    compatibility: u32,
+) -> Vec<read_resp::Content> {
+    use read_req::options::{self, stream_options::RevisionOption, CountOption, StreamOption};
+    let request = ReadReq {
+        options: Some(read_req::Options {
+            stream_option: Some(StreamOption::Stream(options::StreamOptions {
+                stream_identifier: Some(stream_id(stream)),
+                revision_option: Some(RevisionOption::Start(())),
+            })),
+            read_direction: options::ReadDirection::Forwards as i32,
+            resolve_links: false,
+            count_option: Some(CountOption::Count(100)),
+            filter_option: Some(options::FilterOption::NoFilter(())),
+            uuid_option: Some(options::UuidOption {
+                content: Some(options::uuid_option::Content::String(())),
+            }),
+            control_option: Some(options::ControlOption { compatibility }),
+        }),
+    };
+    let mut replies = client.read(request).await.expect("read").into_inner();
+    let mut contents = Vec::new();
+    while let Some(reply) = replies.message().await.expect("reply") {
+        contents.push(reply.content.expect("content"));
+    }
+    contents
+}
+
+#[tokio::test]
+async fn a_stream_read_ends_with_the_last_revision_when_asked() {
+    use batch_append_req::options::ExpectedStreamPosition as E;
+    let server = EsdbServer::start().await.expect("server");
+    let mut client = connect(&server).await;
+    let reply = batch_append(
+        &mut client,
+        "s",
+        E::NoStream(()),
+        vec![vec![proposed(1), proposed(1), proposed(1)]],
+    )
+    .await;
+    assert!(matches!(
+        reply.result,
+        Some(batch_append_resp::Result::Success(_))
+    ));
+
+    let asked = read_contents(&mut client, "s", 1).await;
+    assert_eq!(asked.len(), 4, "{asked:?}");
+    assert!(asked[..3]
+        .iter()
+        .all(|c| matches!(c, read_resp::Content::Event(_))));
+    assert_eq!(asked[3], read_resp::Content::LastStreamPosition(2));
+
+    let plain = read_contents(&mut client, "s", 0).await;
+    assert_eq!(plain.len(), 3);
+    assert!(plain
+        .iter()
+        .all(|c| matches!(c, read_resp::Content::Event(_))));
+
+    // A missing stream is one `stream_not_found`, nothing after it.
+    let missing = read_contents(&mut client, "missing", 1).await;
+    assert!(
+        matches!(missing.as_slice(), [read_resp::Content::StreamNotFound(_)]),
+        "{missing:?}"
+    );
 }
