@@ -1,10 +1,11 @@
 //! What the C# tool's filters and transforms cost: the pipeline with an
 //! in-memory source and sink (so only the pipeline and the transform are
-//! measured), first as a plain copy, then with a regex filter, a JavaScript
+//! measured), first as a plain copy, then with regex filters, a JavaScript
 //! transform (QuickJS, one engine and `bufferSize` engines) and an HTTP
 //! transform against a local HTTP server in this process (one request at a
-//! time, as the C# tool, and several in flight). Each row's ratio is against
-//! the plain copy.
+//! time, as the C# tool, and several in flight), answering at once and then
+//! after 2 ms, as a service across a network would (those rows copy a tenth
+//! of the events). Each row's ratio is against the plain copy.
 //!
 //! `cargo bench -p replicator-benches --bench transforms` (EVENTS=n to
 //! resize; `cargo test --all-targets` runs it in a debug build with few
@@ -18,6 +19,7 @@ use axum::{Json, Router};
 use replicator_benches::{print_table, rate};
 use replicator_core::memory::{MemoryCheckpointStore, MemoryReader, MemorySink, MemorySource};
 use replicator_core::{Pipeline, PipelineConfig, Transform};
+use replicator_transform::filter::{Filter, FilterKind};
 use replicator_transform::http::HttpTransform;
 use replicator_transform::js::JsTransform;
 use serde_json::{json, Value};
@@ -33,6 +35,12 @@ function transform(e) {
   return { Stream: e.Stream, EventType: type, Data: { ...e.Data, migrated: true }, Meta: e.Meta };
 }
 "#;
+
+/// The HTTP service 2 ms away.
+async fn slow_service(body: Json<Value>) -> Json<Value> {
+    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    service(body).await
+}
 
 /// The HTTP service: the same change as the script.
 async fn service(Json(body): Json<Value>) -> Json<Value> {
@@ -57,19 +65,9 @@ fn main() {
             50_000
         });
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-    let source = MemorySource::new();
-    for i in 0..events {
-        let data = json!({
-            "orderId": format!("order-{i}"),
-            "customer": {"id": i % 977, "name": "Jane Doe"},
-            "lines": [{"sku": "A-1", "quantity": 2, "price": 12.5}, {"sku": "B-7", "quantity": 1, "price": 99.0}],
-            "total": 124.0,
-        });
-        source.append_user_event(
-            &format!("orders-{}", i % 1000),
-            data.to_string().into_bytes(),
-        );
-    }
+    let source = orders(events);
+    let slow_events = (events / 10).max(100);
+    let slow_source = orders(slow_events);
     let url = runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -78,7 +76,9 @@ fn main() {
             "http://{}/transform",
             listener.local_addr().expect("address")
         );
-        let app = Router::new().route("/transform", post(service));
+        let app = Router::new()
+            .route("/transform", post(service))
+            .route("/slow", post(slow_service));
         tokio::spawn(async move { axum::serve(listener, app).await.expect("bench HTTP server") });
         url
     });
@@ -95,8 +95,8 @@ fn main() {
             vec![Arc::new(t) as Arc<dyn Transform>]
         })
     };
-    let http = |in_flight: usize| -> Make {
-        let url = url.clone();
+    let http = |in_flight: usize, path: &str| -> Make {
+        let url = url.replace("/transform", path);
         Box::new(move || {
             vec![
                 Arc::new(HttpTransform::new(&url, in_flight).expect("HTTP transform"))
@@ -104,17 +104,46 @@ fn main() {
             ]
         })
     };
-    let rows_to_run: Vec<(&str, Make)> = vec![
-        ("plain copy", Box::new(Vec::new)),
-        ("js transform, 1 engine", js(1)),
-        ("js transform, 4 engines", js(4)),
-        ("http transform, 1 in flight (the C# tool)", http(1)),
-        ("http transform, 16 in flight", http(16)),
+    let rows_to_run: Vec<(&str, &MemorySource, Make)> = vec![
+        ("plain copy", &source, Box::new(Vec::new)),
+        (
+            "regex filters (streamName with a lookahead, eventType)",
+            &source,
+            Box::new(filters),
+        ),
+        ("js transform, 1 engine", &source, js(1)),
+        ("js transform, 4 engines", &source, js(4)),
+        (
+            "http transform, 1 in flight (the C# tool)",
+            &source,
+            http(1, "/transform"),
+        ),
+        (
+            "http transform, 16 in flight",
+            &source,
+            http(16, "/transform"),
+        ),
+        (
+            "http transform 2 ms away, 1 in flight (the C# tool)",
+            &slow_source,
+            http(1, "/slow"),
+        ),
+        (
+            "http transform 2 ms away, 16 in flight",
+            &slow_source,
+            http(16, "/slow"),
+        ),
+        (
+            "http transform 2 ms away, 64 in flight",
+            &slow_source,
+            http(64, "/slow"),
+        ),
     ];
 
     let mut rows = Vec::new();
     let mut plain = None;
-    for (name, make) in rows_to_run {
+    for (name, source, make) in rows_to_run {
+        let events = source.events().len();
         let pipeline = Pipeline::builder(
             MemoryReader::new(source.clone(), false),
             MemorySink::new().with_partitions(4),
@@ -146,4 +175,36 @@ fn main() {
         if cfg!(debug_assertions) { " (debug build: a smoke test, not a measure)" } else { "" }
     );
     print_table(&["transform", "events/s", "vs plain copy"], &rows);
+    println!("(rows with a service 2 ms away copy {slow_events} events)");
+}
+
+/// A `streamName` filter with a .NET-style lookahead (fancy-regex's own
+/// engine) and a plain `eventType` filter, both passing every event here.
+fn filters() -> Vec<Arc<dyn Transform>> {
+    let stream = Filter::new(
+        FilterKind::StreamName,
+        Some("^orders-"),
+        Some("^orders-(?=test)"),
+    )
+    .expect("stream filter");
+    let event_type = Filter::new(FilterKind::EventType, None, Some("^Test")).expect("type filter");
+    vec![Arc::new(stream), Arc::new(event_type)]
+}
+
+/// `n` JSON order events over 1000 streams.
+fn orders(n: usize) -> MemorySource {
+    let source = MemorySource::new();
+    for i in 0..n {
+        let data = json!({
+            "orderId": format!("order-{i}"),
+            "customer": {"id": i % 977, "name": "Jane Doe"},
+            "lines": [{"sku": "A-1", "quantity": 2, "price": 12.5}, {"sku": "B-7", "quantity": 1, "price": 99.0}],
+            "total": 124.0,
+        });
+        source.append_user_event(
+            &format!("orders-{}", i % 1000),
+            data.to_string().into_bytes(),
+        );
+    }
+    source
 }
