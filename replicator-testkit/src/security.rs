@@ -15,11 +15,13 @@
 //! - **Access**, the real server's default ACL, simplified: `$admins` may do
 //!   everything; an ordinary user may read, write and delete user streams (and
 //!   their `$$` metadata streams) but not read `$all` nor touch `$`-streams;
-//!   without credentials nothing on the Streams service is allowed (anonymous
-//!   stream access is off by default since 23.x). `ServerFeatures` and `Gossip`
-//!   need no credentials (clients call them to connect).
+//!   without credentials nothing on the Streams service is allowed, as on a node
+//!   without anonymous stream access (not checked against every server version).
+//!   `ServerFeatures` and `Gossip` need no credentials (clients call them to
+//!   connect).
 //! - **Answers**: a wrong password or unknown user (or a malformed header) is
-//!   `Unauthenticated`; a call the user may not make is `PermissionDenied`,
+//!   `Unauthenticated` (what gRPC clients see of the real server's refusal in its
+//!   HTTP authentication layer; the message is ours); a call the user may not make is `PermissionDenied`,
 //!   `Access Denied`, header `exception: access-denied` (unary calls and reads), or
 //!   in a batch append the batch's error `PermissionDenied` with the typed
 //!   `AccessDenied` detail.
