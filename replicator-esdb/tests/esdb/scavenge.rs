@@ -430,3 +430,52 @@ async fn a_source_user_who_may_not_read_all_is_a_permanent_error_saying_so() {
     assert!(error.message().contains("read $all"), "{error}");
     assert!(!error.message().contains("secret"), "{error}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_stream_with_new_metadata_is_scavenged_as_it_arrives() {
+    let source = source().await;
+    let target = target().await;
+    let client = client(&source);
+    let target_client = crate::common::client(&target);
+    append(&client, "before", 1).await;
+    let filter = ScavengeFilter::new(&source.connection_string()).expect("filter");
+    filter.prepare().await.expect("prepare");
+    let store = replicator_core::memory::MemoryCheckpointStore::default();
+    let pipeline =
+        replicator_core::Pipeline::builder(reader(&source, 100, true), sink(&target, 4), store)
+            .config(pipeline_config(1))
+            .transform(filter)
+            .build();
+    let progress = pipeline.progress();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let run = tokio::spawn(pipeline.run(cancel.clone()));
+    eventually("the copy catches up", || async {
+        matches!(read_stream(&target_client, "before").await, Readable::Events(e) if e.len() == 1)
+    })
+    .await;
+
+    // Live: a new stream's `$maxCount` and three events in one append, all
+    // after the pass ended.
+    set_metadata(&client, "live", serde_json::json!({"$maxCount": 1})).await;
+    append(&client, "live", 3).await;
+    let Readable::Events(on_source) = read_stream(&client, "live").await else {
+        panic!("live reads on the source");
+    };
+    let last = on_source.last().expect("an event").1;
+    eventually("the live stream's last event is copied", || async {
+        // Renumbered on the target: compare ids.
+        matches!(read_stream(&target_client, "live").await,
+            Readable::Events(e) if e.iter().map(|(_, id)| *id).eq([last]))
+    })
+    .await;
+    cancel.cancel();
+    tokio::time::timeout(PATIENCE, run)
+        .await
+        .expect("stops")
+        .expect("no panic")
+        .expect("no error");
+    // Left out, not merely hidden by the target's `$maxCount`.
+    let copied = snapshot(&target_client).await.streams["live"].len();
+    assert_eq!(copied, 1, "only the last event of `live` is on the target");
+    assert_eq!(progress.borrow().skipped_by_reason.scavenged, 2);
+}
