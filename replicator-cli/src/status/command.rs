@@ -92,8 +92,9 @@ fn describe(url: &str, s: &Value) -> String {
     );
     let _ = writeln!(
         out,
-        "  positions:  source head {}, read {}, processed {}, target {}",
+        "  positions:  source head {} (unmoved for {}), read {}, processed {}, target {}",
         position(&s["source_head"]),
+        seconds(&s["source_quiet_seconds"]),
         position(&s["read"]),
         position(&s["processed"]),
         position(&s["target"]),

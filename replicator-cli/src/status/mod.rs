@@ -15,10 +15,10 @@ mod page;
 mod server;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use replicator_core::{Component, ComponentHealth, PipelineState, Progress};
+use replicator_core::{Component, ComponentHealth, PipelineState, Position, Progress};
 use replicator_esdb::redact;
 use tokio::sync::watch;
 
@@ -39,9 +39,23 @@ impl Status {
     /// A status over `progress` (the one channel every pipeline of this
     /// process publishes on), configured by `config`.
     pub fn new(progress: watch::Receiver<Progress>, config: &Config) -> Self {
+        let runs = Arc::new(Runs::default());
+        // Follows every publish (not only the requests) so that the source's
+        // quiet time is measured from the head's last move, not from the
+        // first request after it.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let mut watched = progress.clone();
+            let runs = Arc::clone(&runs);
+            runtime.spawn(async move {
+                while watched.changed().await.is_ok() {
+                    let p = watched.borrow_and_update();
+                    runs.observe_head(p.source_head, p.source_head_at);
+                }
+            });
+        }
         Status {
             progress,
-            runs: Arc::new(Runs::default()),
+            runs,
             settings: Arc::new(Settings::new(config)),
         }
     }
@@ -77,6 +91,10 @@ impl Status {
             }
         });
         let restarting = self.runs.restarting.load(Ordering::Relaxed);
+        let source_quiet = self
+            .runs
+            .observe_head(progress.source_head, progress.source_head_at)
+            .map(|moved| now.duration_since(moved).unwrap_or_default());
         let heartbeat_age = progress.since_heartbeat();
         let state_error = match &progress.state {
             PipelineState::Retrying { error, .. } | PipelineState::Failed(error) => {
@@ -138,6 +156,7 @@ impl Status {
             not_live,
             restarting,
             restarts: self.runs.restarts.load(Ordering::Relaxed),
+            source_quiet,
             settings: Arc::clone(&self.settings),
         }
     }
@@ -159,6 +178,25 @@ fn failing_for(h: &ComponentHealth, now: SystemTime) -> Duration {
 struct Runs {
     restarts: AtomicU64,
     restarting: AtomicBool,
+    /// The source head last seen and since when it has not moved.
+    head: Mutex<Option<(Position, SystemTime)>>,
+}
+
+impl Runs {
+    /// Notes the probed source head; returns since when it has been where it
+    /// is (as far as this process has seen: from the first probe on).
+    fn observe_head(&self, head: Option<Position>, at: Option<SystemTime>) -> Option<SystemTime> {
+        let head = head?;
+        let mut last = self.head.lock().unwrap_or_else(|e| e.into_inner());
+        match *last {
+            Some((seen, since)) if seen == head => Some(since),
+            _ => {
+                let since = at.unwrap_or_else(SystemTime::now);
+                *last = Some((head, since));
+                Some(since)
+            }
+        }
+    }
 }
 
 /// One component's health as reported.
@@ -189,6 +227,9 @@ pub(crate) struct Snapshot {
     pub not_live: Vec<String>,
     pub restarting: bool,
     pub restarts: u64,
+    /// How long the source head has not moved (writers stopped?); `None`
+    /// before the first probe.
+    pub source_quiet: Option<Duration>,
     pub settings: Arc<Settings>,
 }
 
@@ -351,6 +392,32 @@ mod tests {
     pub(crate) fn status(extra: &str) -> (watch::Sender<Progress>, Status) {
         let (tx, rx) = watch::channel(Progress::default());
         (tx, Status::new(rx, &config(extra)))
+    }
+
+    #[test]
+    fn the_source_is_quiet_since_its_head_last_moved() {
+        let (tx, status) = status("");
+        assert_eq!(status.snapshot().source_quiet, None, "no head probed yet");
+        let ago = |secs| SystemTime::now() - Duration::from_secs(secs);
+        tx.send_modify(|p| {
+            p.source_head = Some(Position::at(100));
+            p.source_head_at = Some(ago(30));
+        });
+        let quiet = status.snapshot().source_quiet.unwrap();
+        assert!(quiet >= Duration::from_secs(30), "{quiet:?}");
+        // A later probe of the same head: still quiet since the first one.
+        tx.send_modify(|p| p.source_head_at = Some(ago(1)));
+        assert!(status.snapshot().source_quiet.unwrap() >= Duration::from_secs(30));
+        // The head moved: quiet since that probe.
+        tx.send_modify(|p| {
+            p.source_head = Some(Position::at(200));
+            p.source_head_at = Some(ago(5));
+        });
+        let quiet = status.snapshot().source_quiet.unwrap();
+        assert!(
+            quiet >= Duration::from_secs(5) && quiet < Duration::from_secs(30),
+            "{quiet:?}"
+        );
     }
 
     #[test]
