@@ -175,7 +175,8 @@ impl ScavengeFilter {
 
     /// Sets the deadline of each request to the source (10 s by default, at
     /// least 1 ms): a backward read, the set-up of the pass's subscription,
-    /// and each wait for its next record or checkpoint.
+    /// and each wait for its next record or checkpoint. Call it right after
+    /// [`ScavengeFilter::new`]: once the pass has started it changes nothing.
     #[must_use]
     pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
         // Only before the pass started (it holds the other reference).

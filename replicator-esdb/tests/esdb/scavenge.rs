@@ -4,8 +4,8 @@
 //! metadata written after the events it governs, follows metadata written
 //! after it started, holds only streams with limiting metadata, survives a
 //! source that is down during its start-up pass, and names a source user who
-//! may not read `$all`. One copy runs through the real pipeline's transform
-//! stage.
+//! may not read `$all`. Two copies run through the real pipeline's transform
+//! stage, one of them live.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
