@@ -12,7 +12,7 @@ use replicator_core::{
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{event, source_with, wait_for};
+use crate::support::{event, source_with, wait_for, ChunkedReader, WAIT};
 
 fn last_position(source: &MemorySource) -> Position {
     source.events().last().unwrap().position
@@ -550,4 +550,58 @@ async fn a_resumed_reader_must_start_strictly_after_the_checkpoint_and_a_seeded_
         .await
         .unwrap_err();
     assert!(matches!(err, PipelineError::OutOfOrder { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn checkpoint_after_alone_triggers_stores_without_waiting_for_a_progress_tick() {
+    // Progress ticks (the first comes at once) and the idle flush are an
+    // hour apart: after the first store, only the count of processed records
+    // can hand the frontier to the checkpointer.
+    let config = PipelineConfig {
+        checkpoint_after: 10,
+        checkpoint_interval: Duration::from_secs(3600),
+        publish_interval: Duration::from_secs(3600),
+        ..PipelineConfig::default()
+    };
+    let source = source_with(95, 3);
+    let (release, released) = tokio::sync::mpsc::unbounded_channel();
+    let reader = ChunkedReader {
+        source: source.clone(),
+        chunks: vec![50, 45],
+        release: Some(released),
+        delivered_at: Arc::default(),
+    };
+    let store = MemoryCheckpointStore::new();
+    let cancel = CancellationToken::new();
+    let run = tokio::spawn(
+        Pipeline::builder(reader, MemorySink::new(), store.clone())
+            .config(config)
+            .build()
+            .run(cancel.clone()),
+    );
+    let stored_at = |position: Position| {
+        let store = store.clone();
+        async move {
+            tokio::time::timeout(WAIT, async {
+                while store.current().map(|c| c.source) != Some(position) {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+            .await
+            .is_ok()
+        }
+    };
+    assert!(
+        stored_at(source.events()[49].position).await,
+        "the first 50 records checkpointed: {:?}",
+        store.history()
+    );
+    release.send(()).unwrap();
+    assert!(
+        stored_at(source.events()[94].position).await,
+        "45 more records checkpointed while the run goes on: {:?}",
+        store.history()
+    );
+    cancel.cancel();
+    run.await.unwrap().unwrap();
 }

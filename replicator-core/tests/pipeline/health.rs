@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{event, source_with, wait_for, WAIT};
+use crate::support::{event, source_with, wait_for, ChunkedReader, WAIT};
 
 fn config() -> PipelineConfig {
     PipelineConfig {
@@ -101,6 +101,9 @@ async fn replication_goes_on_while_the_checkpoint_store_hangs_and_catches_up_aft
     let source = source_with(3_000, 5);
     let last = source.head().unwrap();
     let store = GatedStore::closed();
+    // A checkpoint of an earlier run, before every record of the source.
+    let earlier = Checkpoint::processed(Position::at(50), None);
+    store.inner.store(&earlier).await.unwrap();
     let sink = MemorySink::new().with_partitions(2);
     let pipeline = Pipeline::builder(
         MemoryReader::new(source.clone(), true),
@@ -116,8 +119,17 @@ async fn replication_goes_on_while_the_checkpoint_store_hangs_and_catches_up_aft
         p.written == 3_000
     })
     .await;
-    assert!(store.inner.current().is_none(), "nothing could be stored");
+    assert_eq!(
+        store.inner.current().as_ref(),
+        Some(&earlier),
+        "nothing could be stored"
+    );
     assert!(p.unstored > 0, "the replay window is reported: {p:?}");
+    assert_eq!(
+        (p.stored.as_ref(), p.checkpoints_stored),
+        (Some(&earlier), 0),
+        "progress shows the last stored checkpoint: the one this run started from"
+    );
     let p = wait_for(
         progress,
         "the checkpoint store retried and reported failing",
@@ -742,52 +754,6 @@ async fn a_stop_while_an_event_waits_for_a_full_queue_leaves_nothing_counted_in_
         "the event never handed to a writer is forgotten (re-read next run), not left in flight"
     );
     assert_eq!(sink.inner.log().len(), 4);
-}
-
-/// Hands on `source`'s records in chunks: the first at once, each next one
-/// when the test sends a release. Remembers when it handed on its last record.
-struct ChunkedReader {
-    source: MemorySource,
-    chunks: Vec<usize>,
-    release: Option<tokio::sync::mpsc::UnboundedReceiver<()>>,
-    delivered_at: Arc<std::sync::Mutex<Option<tokio::time::Instant>>>,
-}
-
-#[async_trait]
-impl Reader for ChunkedReader {
-    async fn read(&mut self, _from: StartFrom) -> Result<EventStream, ReaderError> {
-        let mut events = self.source.events().into_iter();
-        let chunks: Vec<Vec<Event>> = self
-            .chunks
-            .iter()
-            .map(|&n| events.by_ref().take(n).collect())
-            .collect();
-        let release = self.release.take().expect("read once");
-        let delivered_at = self.delivered_at.clone();
-        let stream = futures::stream::unfold(
-            (chunks.into_iter(), release, true),
-            |(mut chunks, mut release, first)| async move {
-                let chunk = chunks.next()?;
-                if !first {
-                    release.recv().await?;
-                }
-                Some((chunk, (chunks, release, false)))
-            },
-        )
-        .flat_map(futures::stream::iter)
-        .map(move |event| {
-            *delivered_at.lock().unwrap() = Some(tokio::time::Instant::now());
-            Ok(event)
-        })
-        // Nothing after the last chunk: the stream stays open, as a live
-        // subscription's does.
-        .chain(futures::stream::pending());
-        Ok(stream.boxed())
-    }
-
-    fn head_probe(&self) -> Option<Arc<dyn HeadProbe>> {
-        Some(Arc::new(self.source.clone()))
-    }
 }
 
 #[tokio::test]

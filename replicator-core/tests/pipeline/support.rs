@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::StreamExt;
 use replicator_core::memory::{MemoryCheckpointStore, MemorySink, MemorySource};
 use replicator_core::{
     ChangeKind, ContentType, Event, Position, Progress, Sink, SinkError, SkipReason, WriteAck,
@@ -173,5 +174,54 @@ pub async fn wait_for(
             "not within {WAIT:?}: {what}; last progress: {:?}",
             *progress.borrow()
         ),
+    }
+}
+
+/// Hands on `source`'s records in chunks: the first at once, each next one
+/// when the test sends a release. Remembers when it handed on its last record.
+pub struct ChunkedReader {
+    pub source: MemorySource,
+    pub chunks: Vec<usize>,
+    pub release: Option<tokio::sync::mpsc::UnboundedReceiver<()>>,
+    pub delivered_at: Arc<std::sync::Mutex<Option<tokio::time::Instant>>>,
+}
+
+#[async_trait]
+impl replicator_core::Reader for ChunkedReader {
+    async fn read(
+        &mut self,
+        _from: replicator_core::StartFrom,
+    ) -> Result<replicator_core::EventStream, replicator_core::ReaderError> {
+        let mut events = self.source.events().into_iter();
+        let chunks: Vec<Vec<Event>> = self
+            .chunks
+            .iter()
+            .map(|&n| events.by_ref().take(n).collect())
+            .collect();
+        let release = self.release.take().expect("read once");
+        let delivered_at = self.delivered_at.clone();
+        let stream = futures::stream::unfold(
+            (chunks.into_iter(), release, true),
+            |(mut chunks, mut release, first)| async move {
+                let chunk = chunks.next()?;
+                if !first {
+                    release.recv().await?;
+                }
+                Some((chunk, (chunks, release, false)))
+            },
+        )
+        .flat_map(futures::stream::iter)
+        .map(move |event| {
+            *delivered_at.lock().unwrap() = Some(tokio::time::Instant::now());
+            Ok(event)
+        })
+        // Nothing after the last chunk: the stream stays open, as a live
+        // subscription's does.
+        .chain(futures::stream::pending());
+        Ok(stream.boxed())
+    }
+
+    fn head_probe(&self) -> Option<Arc<dyn replicator_core::HeadProbe>> {
+        Some(Arc::new(self.source.clone()))
     }
 }
