@@ -235,3 +235,35 @@ impl Transform for HttpTransform {
         false
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_body_has_the_csharp_keys_and_null_metadata() {
+        let body = HttpEvent {
+            event_type: "Placed".into(),
+            stream_name: "orders-1".into(),
+            payload: r#"{"n":1}"#.into(),
+            metadata: None,
+        };
+        assert_eq!(
+            serde_json::to_value(&body).unwrap(),
+            serde_json::json!({"EventType": "Placed", "StreamName": "orders-1", "Payload": "{\"n\":1}", "Metadata": null})
+        );
+        // An answer without Metadata reads as None (keep the event's own).
+        let answer: HttpEvent<'_> =
+            serde_json::from_str(r#"{"EventType":"T","StreamName":"s","Payload":"{}"}"#).unwrap();
+        assert!(answer.metadata.is_none());
+    }
+
+    #[test]
+    fn an_excerpt_is_cut_at_200_characters() {
+        let long = "é".repeat(300);
+        let cut = excerpt(long.as_bytes());
+        assert_eq!(cut.chars().count(), 201);
+        assert!(cut.ends_with('…'));
+        assert_eq!(excerpt(b"short"), "short");
+    }
+}

@@ -160,6 +160,19 @@ async fn a_script_that_throws_is_a_permanent_error_with_its_message_and_line() {
 }
 
 #[tokio::test]
+async fn a_thrown_value_that_is_not_an_error_is_shown() {
+    let s = script("value.js", "function transform(e) { throw { code: 42 }; }");
+    let t = JsTransform::from_file(&s.path).unwrap();
+    let err = t.apply(event("s", 0, "T", "{}", "")).await.unwrap_err();
+    assert!(!err.is_transient());
+    assert!(
+        err.message().contains(r#"threw {"code":42}"#),
+        "{}",
+        err.message()
+    );
+}
+
+#[tokio::test]
 async fn malformed_results_are_permanent_errors_saying_what_is_wrong() {
     let cases = [
         (
