@@ -161,7 +161,7 @@ pub(crate) fn match_replay(
                 if record.id == event.id
                     || (is_metadata_stream
                         && record.event_type == event.event_type
-                        && record.data == event.data) =>
+                        && same_but_truncate_before(&record.data, &event.data)) =>
             {
                 position = Some(record.position);
             }
@@ -575,6 +575,31 @@ impl<'r, 'e> AppendRun<'r, 'e> {
                 }
             },
         }
+    }
+}
+
+/// Whether two metadata documents are the same, or differ only in the
+/// value of `$tb`.
+///
+/// A server writes a `$tb` record of its own when metadata is set on a
+/// soft-deleted stream, pointing after the stream's last revision. The source
+/// did the same, and its record is replicated; on the target the server has
+/// already written one at that revision, with the target's revision (which
+/// differs when the target's revisions do not follow the source's: events
+/// left out, renumbered streams). The target's is the right one there.
+fn same_but_truncate_before(target: &[u8], source: &[u8]) -> bool {
+    if target == source {
+        return true;
+    }
+    let parse = |data: &[u8]| {
+        let mut document: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(data).ok()?;
+        document.remove("$tb")?;
+        Some(document)
+    };
+    match (parse(target), parse(source)) {
+        (Some(target), Some(source)) => target == source,
+        _ => false,
     }
 }
 
@@ -1120,6 +1145,38 @@ mod tests {
         }
         assert_eq!(action, Action::Unsettled { index: 0 });
         assert_eq!(appends, MAX_APPENDS);
+    }
+
+    #[test]
+    fn a_server_written_truncate_before_may_hold_the_targets_own_revision() {
+        let ours = event(
+            "$$a",
+            3,
+            ChangeKind::StreamMetadata,
+            br#"{"$tb":9,"owner":"x"}"#,
+        );
+        let mut theirs = record(&ours, 3);
+        theirs.id = Uuid::new_v4();
+        theirs.data = Bytes::from_static(br#"{"owner":"x","$tb":4}"#);
+        assert_eq!(
+            match_replay(&[&ours], 3, std::slice::from_ref(&theirs), Some(3), true),
+            Replay::Written {
+                written: 1,
+                position: Some(Position::at(1003))
+            }
+        );
+        // Anything else differing is another record.
+        theirs.data = Bytes::from_static(br#"{"owner":"y","$tb":4}"#);
+        assert!(matches!(
+            match_replay(&[&ours], 3, std::slice::from_ref(&theirs), Some(3), true),
+            Replay::Diverged { index: 0, .. }
+        ));
+        // Without `$tb` on both sides, the documents must be equal.
+        theirs.data = Bytes::from_static(br#"{"owner":"x"}"#);
+        assert!(matches!(
+            match_replay(&[&ours], 3, &[theirs], Some(3), true),
+            Replay::Diverged { index: 0, .. }
+        ));
     }
 
     #[test]

@@ -14,8 +14,8 @@ use futures::StreamExt;
 use proptest::prelude::*;
 use replicator_core::memory::MemoryCheckpointStore;
 use replicator_core::{
-    ChangeKind, Event, EventStream, HeadProbe, Pipeline, Reader, ReaderError, SkipReason,
-    StartFrom, Transform, TransformError,
+    ChangeKind, Event, EventStream, HeadProbe, Pipeline, Reader, ReaderError, Sink as _,
+    SkipReason, StartFrom, Transform, TransformError,
 };
 use replicator_esdb::{to_event_data, EsdbReader, EsdbSink, EsdbSinkConfig, RevisionMode};
 use replicator_testkit::cluster::TestCluster;
@@ -272,4 +272,65 @@ proptest! {
             .block_on(async { tokio::time::timeout(Duration::from_secs(300), run_case(case)).await })
             .expect("the case did not finish in time")?;
     }
+}
+
+/// Metadata set on a soft-deleted stream makes a server add a `$tb` record
+/// pointing after the stream's last revision, on the source and on the
+/// target alike. With events left out of the stream, the two point at
+/// different revisions: the source's copy is recognised as the target's own
+/// record (not a divergence), and a replay changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_on_a_soft_deleted_stream_with_events_left_out_is_written_once() {
+    let target = target().await;
+    let sink = EsdbSink::new(EsdbSinkConfig {
+        revisions: RevisionMode::Tracked,
+        ..EsdbSinkConfig::new(target.connection_string())
+    })
+    .expect("sink");
+    let mut position = 0;
+    let mut record = |stream: &str, revision: u64, kind: ChangeKind, data: &str| {
+        position += 100;
+        Event {
+            revision,
+            kind,
+            event_type: match kind {
+                ChangeKind::Append => "Happened".into(),
+                _ => "$metadata".into(),
+            },
+            data: bytes::Bytes::copy_from_slice(data.as_bytes()),
+            content_type: replicator_core::ContentType::Json,
+            position: replicator_core::Position::at(position),
+            ..user_event(stream, 0, revision)
+        }
+    };
+    // Source revisions 0 and 2 of `x` were left out: the target holds 1 and 3
+    // at revisions 0 and 1.
+    let batch = vec![
+        record("x", 1, ChangeKind::Append, "{}"),
+        record("x", 3, ChangeKind::Append, "{}"),
+        record(
+            "$$x",
+            0,
+            ChangeKind::SoftDelete,
+            r#"{"$tb":9223372036854775807}"#,
+        ),
+        record("$$x", 1, ChangeKind::StreamMetadata, r#"{"owner":"team"}"#),
+        // Written by the source server itself: after the source's revision 3.
+        record(
+            "$$x",
+            2,
+            ChangeKind::StreamMetadata,
+            r#"{"$tb":4,"owner":"team"}"#,
+        ),
+    ];
+    sink.write(&batch).await.expect("first write");
+    sink.write(&batch).await.expect("replay");
+    let metadata = snapshot(&client(&target)).await.streams["$$x"].clone();
+    let bodies: Vec<_> = metadata
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.data).into_owned())
+        .collect();
+    // The target's own `$tb` points after its own last revision (1).
+    assert_eq!(bodies.len(), 3, "{bodies:?}");
+    assert!(bodies[2].contains(r#""$tb":2"#), "{bodies:?}");
 }
