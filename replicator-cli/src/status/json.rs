@@ -290,6 +290,9 @@ mod tests {
             assert_eq!(c["error"], Value::Null, "{c}");
         }
         assert_eq!(v["config"]["partitions"], 1);
+        assert_eq!(v["config"]["transform"], "default");
+        assert_eq!(v["config"]["filters"], Value::Null);
+        assert_eq!(v["config"]["scavenge"], false);
         let text = v.to_string();
         assert!(
             !text.contains("s3cr3t") && !text.contains("t4rget"),

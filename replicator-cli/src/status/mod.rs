@@ -22,7 +22,7 @@ use replicator_core::{Component, ComponentHealth, PipelineState, Position, Progr
 use replicator_esdb::redact;
 use tokio::sync::watch;
 
-use crate::config::{Config, SeederConfig, StoreConfig};
+use crate::config::{Config, SeederConfig, StoreConfig, TransformConfig};
 
 pub use command::{show, DEFAULT_URL};
 pub use server::StatusServer;
@@ -273,6 +273,12 @@ pub(crate) struct ConfigSummary {
     pub call_timeout_seconds: u64,
     pub unhealthy_after_seconds: u64,
     pub http_listen: Option<String>,
+    /// The filters in order, `streamName include "^orders"; …`, or none.
+    pub filters: Option<String>,
+    pub scavenge: bool,
+    /// `default`, `default with $original… metadata`, `js FILE (N at once)`, ….
+    pub transform: String,
+    pub partitioner: Option<String>,
 }
 
 /// Liveness allows this long without a turn of the pipeline, at least.
@@ -318,6 +324,43 @@ impl Settings {
                 call_timeout_seconds: config.call_timeout.as_secs(),
                 unhealthy_after_seconds: config.http.unhealthy_after.as_secs(),
                 http_listen: config.http.listen.clone(),
+                filters: (!config.filters.is_empty()).then(|| {
+                    config
+                        .filters
+                        .iter()
+                        .map(|f| {
+                            let mut text = f.kind.to_string();
+                            if let Some(p) = &f.include {
+                                text.push_str(&format!(" include {p:?}"));
+                            }
+                            if let Some(p) = &f.exclude {
+                                text.push_str(&format!(" exclude {p:?}"));
+                            }
+                            text
+                        })
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                }),
+                scavenge: config.scavenge,
+                transform: match &config.transform {
+                    TransformConfig::Default {
+                        original_metadata: false,
+                    } => "default".to_owned(),
+                    TransformConfig::Default {
+                        original_metadata: true,
+                    } => "default with $original… metadata".to_owned(),
+                    TransformConfig::Js { path, in_flight } => {
+                        format!("js {} ({in_flight} at once)", path.display())
+                    }
+                    TransformConfig::Http { url, in_flight } => {
+                        format!("http {} ({in_flight} at once)", redact(url))
+                    }
+                },
+                partitioner: config
+                    .sink
+                    .partitioner
+                    .as_ref()
+                    .map(|p| p.display().to_string()),
             },
             secrets,
         }
