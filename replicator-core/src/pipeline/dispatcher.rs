@@ -89,6 +89,8 @@ pub(super) struct Run {
     heads: HeadTracker,
     loaded: Option<Checkpoint>,
     transforms: Vec<Arc<dyn Transform>>,
+    /// One reporter per transform, merged into the `transform` component.
+    transform_health: Vec<HealthReporter>,
     partitions: Partitions,
 }
 
@@ -130,6 +132,11 @@ impl Run {
             rates: RateWindow::default(),
             heads: HeadTracker::default(),
             loaded: parts.loaded,
+            transform_health: parts
+                .transforms
+                .iter()
+                .map(|_| HealthReporter::labelled(Component::Transform, "Transform"))
+                .collect(),
             transforms: parts.transforms,
             partitions: Partitions::new(partitions, parts.partitioner),
         }
@@ -175,7 +182,7 @@ impl Run {
 
         let stop_reading = cancel.child_token();
         let (read_tx, mut read_rx) = mpsc::channel(config.buffer_size);
-        let items = transformed(stream, &self.transforms, &config, &self.health.transform);
+        let items = transformed(stream, &self.transforms, &config, &self.transform_health);
         let handle = tasks.spawn({
             let stop = stop_reading.clone();
             async move { TaskEnd::Reader(read_loop(items, read_tx, stop).await) }
@@ -656,6 +663,9 @@ impl Run {
             self.probe_health.snapshot(),
             self.stall_health.snapshot(),
         ]);
+        let mut transform = vec![stats.components.transform.clone()];
+        transform.extend(self.transform_health.iter().map(HealthReporter::snapshot));
+        stats.components.transform = merge(&transform);
         let stats = &self.stats;
         self.progress.send_modify(|p| p.clone_from(stats));
     }

@@ -28,12 +28,15 @@ use crate::transform::{Partitioner, Transform};
 /// ends the stream (the reader's, or a transform's permanent one).
 pub(super) type Item = Result<Event, PipelineError>;
 
-/// The reader's stream with every transform applied in order.
+/// The reader's stream with every transform applied in order. Each
+/// transform reports to its own reporter of `healths` (one per transform,
+/// merged into the `transform` component): one transform's successes must
+/// not hide another's lasting failure.
 pub(super) fn transformed(
     stream: EventStream,
     transforms: &[Arc<dyn Transform>],
     config: &PipelineConfig,
-    health: &HealthReporter,
+    healths: &[HealthReporter],
 ) -> BoxStream<'static, Item> {
     let mut items: BoxStream<'static, Item> = stream
         .map(|item| {
@@ -43,7 +46,7 @@ pub(super) fn transformed(
             })
         })
         .boxed();
-    for transform in transforms {
+    for (transform, health) in transforms.iter().zip(healths) {
         let concurrency = transform.concurrency().max(1);
         let transform = transform.clone();
         let config = config.clone();
