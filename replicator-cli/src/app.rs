@@ -2,6 +2,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use replicator_checkpoint::{chaser, seed_if_empty, FileCheckpointStore, MongoCheckpointStore};
@@ -240,11 +241,25 @@ async fn run_pipelines(
         let stages = build_stages(config)?;
         if let Some(scavenge) = &stages.scavenge {
             info!("Scavenge filter: reading the source's stream metadata and deletes before replicating");
-            tokio::select! {
-                ready = scavenge.prepare() => ready.context(
-                    "replicator.scavenge: cannot read the source's stream metadata",
-                )?,
-                () = cancel.cancelled() => return Ok(RunSummary::default()),
+            // The pass reads the source: its failures are the source's (so
+            // readiness turns red while it cannot read), and the status
+            // server must see the process turning while it waits (liveness).
+            scavenge.report_health_to(health.source.clone());
+            let prepare = scavenge.prepare();
+            tokio::pin!(prepare);
+            let mut beat = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    ready = &mut prepare => {
+                        ready.context("replicator.scavenge: cannot read the source's stream metadata")?;
+                        break;
+                    }
+                    _ = beat.tick() => progress.send_modify(|p| {
+                        p.heartbeat = tokio::time::Instant::now();
+                        p.components = health.snapshot();
+                    }),
+                    () = cancel.cancelled() => return Ok(RunSummary::default()),
+                }
             }
         }
         let pipeline = build_pipeline(config, store.clone(), health, progress, stages)?;

@@ -13,7 +13,8 @@ use eventstore::{
 };
 use replicator_core::retry::Backoff;
 use replicator_core::{
-    ChangeKind, ErrorKind, Event, Position, ReaderError, SkipReason, Transform, TransformError,
+    ChangeKind, ErrorKind, Event, HealthReporter, Position, ReaderError, SkipReason, Transform,
+    TransformError,
 };
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -118,6 +119,8 @@ struct Shared {
     /// of one stream cost one read.
     reads: Mutex<HashMap<Box<str>, Arc<tokio::sync::Mutex<()>>>>,
     status: watch::Sender<PassStatus>,
+    /// Told about each failed and the successful attempt of the pass.
+    health: Mutex<Option<HealthReporter>>,
 }
 
 /// Where the start-up pass is.
@@ -168,6 +171,7 @@ impl ScavengeFilter {
                 catalog: Mutex::new(Catalog::default()),
                 reads: Mutex::new(HashMap::new()),
                 status,
+                health: Mutex::new(None),
             }),
             pass: Mutex::new(None),
         })
@@ -184,6 +188,15 @@ impl ScavengeFilter {
             shared.request_timeout = timeout.max(Duration::from_millis(1));
         }
         self
+    }
+
+    /// Reports the start-up pass's attempts to `health` (the source's: the
+    /// pass reads the source), so that a source that cannot be read while the
+    /// pass waits shows as failing, as it would while replicating. Each
+    /// failed attempt is a failure, the finished pass a success, a permanent
+    /// error fatal.
+    pub fn report_health_to(&self, health: HealthReporter) {
+        *self.shared.health.lock().unwrap_or_else(|e| e.into_inner()) = Some(health);
     }
 
     /// Reads the source's stream metadata and tombstones (the start-up pass,
@@ -338,6 +351,13 @@ impl Shared {
         self.catalog.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn health(&self) -> Option<HealthReporter> {
+        self.health
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// The start-up pass, retried until done or failed permanently.
     async fn run_pass(&self) {
         let mut backoff = Backoff::default();
@@ -354,6 +374,9 @@ impl Shared {
                         covered = %covered.map_or_else(|| "none".to_owned(), |p| p.to_string()),
                         "Scavenge filter: read the source's stream metadata"
                     );
+                    if let Some(health) = self.health() {
+                        health.success();
+                    }
                     self.status.send_replace(PassStatus::Done { covered });
                     return;
                 }
@@ -364,6 +387,9 @@ impl Shared {
                     "scavenge filter: reading the source's stream metadata failed: {failure}"
                 );
                 warn!(%message, "Scavenge filter cannot work");
+                if let Some(health) = self.health() {
+                    health.fatal(&message);
+                }
                 self.status.send_replace(PassStatus::Failed(message));
                 return;
             }
@@ -374,6 +400,11 @@ impl Shared {
                 retry_in = ?delay,
                 "Scavenge filter: reading the source's stream metadata failed; retrying"
             );
+            if let Some(health) = self.health() {
+                health.failure(&format_args!(
+                    "scavenge filter: reading the source's stream metadata: {failure}"
+                ));
+            }
             self.status.send_replace(PassStatus::Running {
                 records,
                 at: resume,

@@ -122,3 +122,41 @@ async fn scavenge_true_copies_only_what_a_scavenge_of_the_source_keeps() {
     assert_eq!(unique.len(), all.len(), "an event was copied twice");
     assert!(more.iter().all(|id| unique.contains(id)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_that_cannot_be_read_during_the_scavenge_pass_turns_readiness_red() {
+    // Nothing listens on the source's port: the start-up pass of the
+    // scavenge filter cannot read its metadata and retries. Readiness must
+    // say so (not "ready" while nothing moves), liveness must not (the
+    // process works; a restart would not help).
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let c = Clusters::start().await;
+    let w = c.workdir("  scavenge: true\n  http:\n    unhealthyAfterSeconds: 1\n");
+    let config = w.path("config/appsettings.yaml");
+    let yaml = std::fs::read_to_string(&config).unwrap().replacen(
+        &c.source.connection_string(),
+        &format!("esdb://127.0.0.1:{port}?tls=false"),
+        1,
+    );
+    std::fs::write(&config, yaml).unwrap();
+
+    let run = super::status::Running::start(&w, &[]).await;
+    let body = super::status::wait_for("readiness red naming the source", 60, || {
+        let run = &run;
+        async move {
+            let (code, body) = run.get("/health/ready").await;
+            (code == 503).then_some(body)
+        }
+    })
+    .await;
+    assert!(
+        body.contains("source") && body.contains("scavenge filter"),
+        "{body}\n{}",
+        run.log()
+    );
+    let (code, body) = run.get("/health/live").await;
+    assert_eq!(code, 200, "{body}");
+    run.stop().await;
+}
