@@ -9,7 +9,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use eventstore::{
     AppendToStreamOptions, BatchAppendClient, BatchAppendOptions, Client, CurrentRevision,
-    EventData, ExpectedRevision, ReadStreamOptions, StreamPosition, TombstoneStreamOptions,
+    EventData, ExpectedRevision, ReadAllOptions, ReadStreamOptions, StreamPosition,
+    TombstoneStreamOptions,
 };
 use futures::{FutureExt, StreamExt};
 use replicator_core::health::short;
@@ -164,10 +165,17 @@ impl fmt::Debug for EsdbSinkConfig {
 ///   the first events of, scavenged or truncated, is so renumbered, with a
 ///   warning).
 ///
-/// A tracked stream the sink does not know yet is first appended as a new
-/// stream (expected: no stream), so a stream created fresh costs no read; an
-/// existing one costs one refused append and one read of its tail, once per
-/// run of the replicator.
+/// A tracked stream the sink does not know yet: when the run starts its
+/// source stream (source revision 0) it is appended as a new stream
+/// (expected: no stream), so a stream created fresh costs no read.
+/// Otherwise the sink first asks the target where the stream ends (an append
+/// stating a revision no stream has, which the target refuses saying where
+/// the stream is), not "no stream": a soft-deleted stream would accept that,
+/// and take a replay of the records it hides as new ones. An existing stream
+/// so costs one refused append and one read of its tail, once per run of the
+/// replicator. When the stream's tail reads as empty although it has
+/// records (soft-deleted, or all truncated), the target's last records in
+/// `$all`, which still holds them, are searched instead (same depth).
 ///
 /// Appending to a tombstoned target stream counts as written: a tombstone on
 /// the target can only come from the source. A target stream holding other
@@ -186,11 +194,11 @@ impl fmt::Debug for EsdbSinkConfig {
 /// renumbered streams; other replays are found at their revisions, whatever
 /// their number.
 ///
-/// **What tracking cannot see.** A replayed record that the target no longer
-/// returns (a soft-deleted stream, or hidden by `$maxCount`/`$tb`) cannot be
-/// found by id. With `FromSource` its revision says it is there; with
-/// `Tracked`, when none of an append's replayed records can be read, they are
-/// written again. And the `$tb` (truncate before) of copied stream metadata
+/// **What tracking cannot see.** With `Tracked`, when a stream shows some
+/// records but hides all of an append's replayed ones (a `$maxCount` or `$tb`
+/// on the target that truncated them within the replay window), they are not
+/// found by id and are written again (with `FromSource` their revisions say
+/// they are there). And the `$tb` (truncate before) of copied stream metadata
 /// is a source revision: on a stream whose target revisions differ (events
 /// left out from the middle, merged streams, renumbered streams) it is copied
 /// unchanged and so hides a different set of events than on the source.
@@ -355,7 +363,13 @@ impl EsdbSink {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .get(stream)
-                .map_or(Guess::Unknown, |&last| Guess::At(last + 1));
+                .map(|&last| Guess::At(last + 1));
+            // Not known: a run that starts its source stream most likely
+            // starts the target stream too (no read for a fresh stream).
+            let guess = guess.unwrap_or(match events[0].revision {
+                0 => Guess::New,
+                _ => Guess::Unknown,
+            });
             (guess, 0)
         } else {
             let offset = self.offset(stream);
@@ -457,8 +471,18 @@ impl EsdbSink {
                         .backwards()
                         .position(StreamPosition::End)
                         .max_count(self.search_depth);
-                    self.read_reply(client, stream, &options, run.current_event())
+                    match self
+                        .read_reply(client, stream, &options, run.current_event())
                         .await?
+                    {
+                        // Nothing readable although the stream has records:
+                        // soft-deleted or truncated. `$all` still holds them.
+                        Reply::Records(records) if records.is_empty() => self
+                            .search_all(client, stream)
+                            .await
+                            .map_err(|e| RunError::Client(e, run.current_event()))?,
+                        reply => reply,
+                    }
                 }
                 Action::Done(done) => {
                     if done.deleted {
@@ -500,6 +524,31 @@ impl EsdbSink {
             Err(eventstore::Error::ResourceDeleted) => Ok(Reply::Deleted),
             Err(e) => Err(RunError::Client(e, event)),
         }
+    }
+
+    /// The records of `stream` among the target's last records in `$all`
+    /// (as many as the search depth), hidden ones included.
+    async fn search_all(&self, client: &Client, stream: &str) -> Result<Reply, eventstore::Error> {
+        let options = ReadAllOptions::default()
+            .backwards()
+            .position(StreamPosition::End)
+            .max_count(self.search_depth);
+        let mut reader = within(self.request_timeout, client.read_all(&options)).await?;
+        let mut records = Vec::new();
+        while let Some(resolved) = within(self.request_timeout, reader.next()).await? {
+            if let Some(record) = resolved.event {
+                if record.stream_id == stream {
+                    records.push(TargetRecord {
+                        revision: record.revision,
+                        id: record.id,
+                        event_type: record.event_type,
+                        data: record.data,
+                        position: convert_position(record.position),
+                    });
+                }
+            }
+        }
+        Ok(Reply::Records(records))
     }
 
     /// Remembers where a tracked target stream ends after a run.
