@@ -26,8 +26,10 @@ use crate::time;
 /// replicator's behaviour); 8 shows what the sink does when allowed to.
 const DEMO_PARTITIONS: usize = 8;
 
-/// Streams the comparison compares at once.
-const COMPARE_CONCURRENCY: usize = 16;
+/// Streams the comparison compares at once, and connections per server:
+/// comparing many small streams waits on request round trips, not CPU.
+const COMPARE_CONCURRENCY: usize = 64;
+const COMPARE_CONNECTIONS: usize = 4;
 
 /// The words the report prints when the comparison finds no difference.
 pub const IDENTICAL: &str = "the target is identical to the source";
@@ -183,7 +185,13 @@ pub async fn run(args: Args, cancel: CancellationToken) -> anyhow::Result<ExitCo
         concurrency: COMPARE_CONCURRENCY,
         ..VerifyOptions::default()
     };
-    let report = verify::verify(&source_client, &target_client, &options)
+    let sources: Vec<_> = (0..COMPARE_CONNECTIONS)
+        .map(|_| client(&source))
+        .collect::<anyhow::Result<_>>()?;
+    let targets: Vec<_> = std::iter::once(Ok(target_client))
+        .chain((1..COMPARE_CONNECTIONS).map(|_| client(&target)))
+        .collect::<anyhow::Result<_>>()?;
+    let report = verify::verify_pooled(&sources, &targets, &options)
         .await
         .context("cannot compare the servers")?;
     let compared_in = time::short(started.elapsed());
