@@ -320,7 +320,7 @@ async fn a_script_that_never_returns_is_stopped_with_a_permanent_error() {
     let s = script("loop.js", "function transform(e) { for (;;) {} }");
     let t = JsTransform::from_file(&s.path)
         .unwrap()
-        .with_time_limit(std::time::Duration::from_millis(200));
+        .with_time_limit(std::time::Duration::from_millis(500));
     let err = t.apply(event("s", 0, "T", "{}", "")).await.unwrap_err();
     assert!(!err.is_transient());
     assert!(
@@ -335,7 +335,7 @@ async fn a_script_that_never_returns_is_stopped_with_a_permanent_error() {
     );
     let t = JsTransform::from_file(&s2.path)
         .unwrap()
-        .with_time_limit(std::time::Duration::from_millis(200));
+        .with_time_limit(std::time::Duration::from_millis(500));
     assert!(t.apply(event("s", 0, "T", "{}", "")).await.is_err());
     let ok = t
         .apply(event("s", 1, "T", r#"{"stop":true}"#, ""))
