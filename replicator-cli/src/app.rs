@@ -113,18 +113,25 @@ fn build_stages(config: &Config) -> anyhow::Result<Stages> {
         TransformConfig::Default {
             original_metadata: true,
         } => transforms.push(Arc::new(OriginalMetadata::default())),
+        // A script or request gets half the pipeline's call deadline, so it
+        // is stopped (a script: a permanent error naming it) or fails
+        // (a request: retried) before the pipeline gives up on the call.
         TransformConfig::Js { path, in_flight } => transforms.push(Arc::new(
             JsTransform::from_file(path)
                 .and_then(|t| t.with_in_flight(in_flight.get()))
-                .context("replicator.transform.config")?,
+                .context("replicator.transform.config")?
+                .with_time_limit(config.call_timeout / 2),
         )),
         TransformConfig::Http { url, in_flight } => transforms.push(Arc::new(
-            HttpTransform::new(url, in_flight.get()).context("replicator.transform.config")?,
+            HttpTransform::with_timeout(url, in_flight.get(), config.call_timeout / 2)
+                .context("replicator.transform.config")?,
         )),
     }
     let partitioner = match &config.sink.partitioner {
         Some(path) => Some(Arc::new(
-            JsPartitioner::from_file(path).context("replicator.sink.partitioner")?,
+            JsPartitioner::from_file(path)
+                .context("replicator.sink.partitioner")?
+                .with_time_limit(config.call_timeout / 2),
         ) as Arc<dyn Partitioner>),
         None => None,
     };
