@@ -157,7 +157,7 @@ fn a_source_it_cannot_reach_is_exit_code_2_naming_it() {
         .local_addr()
         .unwrap()
         .port();
-    let w = Workdir::with_config("  callTimeoutInSeconds: 4\n");
+    let w = Workdir::with_config("  callTimeoutInSeconds: 4\n  scavenge: true\n");
     let yaml = std::fs::read_to_string(w.path("config/appsettings.yaml"))
         .unwrap()
         .replace(
@@ -169,6 +169,11 @@ fn a_source_it_cannot_reach_is_exit_code_2_naming_it() {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     let err = stderr(&o);
     assert!(err.contains("cannot verify: source:"), "{err}");
+    // Settings that change what the target holds are not applied yet: said.
+    assert!(
+        err.contains("warning: replicator.scavenge configured, but verify does not apply"),
+        "{err}"
+    );
     assert!(!err.contains("changeit"), "the password shows: {err}");
 
     // Without a stored checkpoint and without --until there is nothing to
