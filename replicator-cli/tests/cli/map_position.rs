@@ -189,8 +189,19 @@ async fn with_eight_partitions_a_consumer_loses_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stream_revisions_map_to_the_target_and_bad_input_is_named() {
+async fn stream_revisions_map_to_the_target_a_position_before_any_event_to_the_start_and_bad_input_is_named() {
     let c = Clusters::start().await;
+    // A system record first: a consumer stopped there had nothing to process.
+    let system = c
+        .source_client
+        .append_to_stream(
+            "$map-system",
+            &AppendToStreamOptions::default(),
+            EventData::binary("$stats", vec![0].into()),
+        )
+        .await
+        .unwrap()
+        .position;
     for i in 0..5u8 {
         c.source_client
             .append_to_stream(
@@ -217,6 +228,27 @@ async fn stream_revisions_map_to_the_target_and_bad_input_is_named() {
     assert_eq!(lines[0]["stream"], "map-orders");
     // Past the stream's end: its last event.
     assert_eq!(lines[1]["target_revision"], 4, "{}", stdout(&o));
+
+    let o = run_async(
+        &w,
+        &[
+            "map-position",
+            "--json",
+            &format!("{}/{}", system.commit, system.prepare),
+        ],
+    )
+    .await;
+    assert_ok(&o);
+    let line: Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(line["resume"], "from_start", "{line}");
+    assert!(line["target"].is_null(), "{line}");
+    assert!(
+        line["note"]
+            .as_str()
+            .unwrap()
+            .contains("before the first replicated event"),
+        "{line}"
+    );
 
     let o = run_async(&w, &["map-position", "12/x"]).await;
     assert_eq!(o.status.code(), Some(2));
