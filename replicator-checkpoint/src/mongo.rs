@@ -642,5 +642,30 @@ mod tests {
         assert!(to_u64(&Bson::Double(1.5)).is_err());
         assert!(to_u64(&Bson::Int64(-1)).is_err());
         assert!(to_u64(&Bson::String("1".into())).is_err());
+        // 2^53 may be a rounded 2^53 + 1: only smaller doubles are exact.
+        assert_eq!(
+            to_u64(&Bson::Double(9_007_199_254_740_991.0)),
+            Ok(9_007_199_254_740_991)
+        );
+        assert!(to_u64(&Bson::Double(9_007_199_254_740_992.0)).is_err());
+    }
+
+    #[test]
+    fn percent_decoding_of_passwords_keeps_what_is_not_an_escape() {
+        // The decoded form is scrubbed from logs too: it must be exact.
+        assert_eq!(percent_decode("p%41ss%2fw0rd"), "pAss/w0rd");
+        assert_eq!(percent_decode("%41"), "A");
+        assert_eq!(percent_decode("p12"), "p12", "only `%` starts an escape");
+        assert_eq!(
+            percent_decode("a%4"),
+            "a%4",
+            "an escape cut short at the end"
+        );
+        assert_eq!(percent_decode("ab%"), "ab%");
+        assert_eq!(percent_decode("%zz1"), "%zz1");
+        assert_eq!(
+            url_password("mongodb://u:p%40ss@h"),
+            vec!["p%40ss".to_owned(), "p@ss".to_owned()]
+        );
     }
 }
