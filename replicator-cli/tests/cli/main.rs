@@ -126,8 +126,16 @@ fn write_chaser(path: &Path, position: i64) {
 #[test]
 fn run_rejects_each_unsupported_key_by_name() {
     for (extra, key, word) in [
-        ("  transform:\n    type: python\n", "replicator.transform.type", "python"),
-        ("  transform:\n    type: js\n", "replicator.transform.config", "required"),
+        (
+            "  transform:\n    type: python\n",
+            "replicator.transform.type",
+            "python",
+        ),
+        (
+            "  transform:\n    type: js\n",
+            "replicator.transform.config",
+            "required",
+        ),
     ] {
         let w = Workdir::with_config(extra);
         let o = w.run(&["run"], &[]);
