@@ -214,7 +214,7 @@ async fn bare_loader(records: &[Event], target: &str) -> Result<(u64, Duration),
     let mut requests = Vec::new();
     let mut total = 0;
     for (stream, events) in &by_stream {
-        for chunk in events.chunks(500) {
+        for chunk in append_chunks(events) {
             total += chunk.len();
             requests.push(append_request(stream, chunk));
         }
@@ -229,6 +229,28 @@ async fn bare_loader(records: &[Event], target: &str) -> Result<(u64, Duration),
         .try_collect::<Vec<_>>()
         .await?;
     Ok((total as u64, started.elapsed()))
+}
+
+/// Splits one stream's events into appends of at most 500 events and under
+/// a server's default maximum append size (1 MiB, counted as data, metadata
+/// and twice the type), each holding at least one event.
+fn append_chunks<'a>(events: &'a [&'a Event]) -> Vec<&'a [&'a Event]> {
+    const MAX_BYTES: usize = 1024 * 1024 - 64 * 1024;
+    let size = |e: &Event| e.data.len() + e.metadata.len() + 2 * e.event_type.len();
+    let mut chunks = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, event) in events.iter().enumerate() {
+        let n = size(event);
+        if i > start && (i - start == 500 || bytes + n > MAX_BYTES) {
+            chunks.push(&events[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += n;
+    }
+    if start < events.len() {
+        chunks.push(&events[start..]);
+    }
+    chunks
 }
 
 /// One replication with the pipeline, in this (child) process.
