@@ -621,6 +621,30 @@ fn same_but_truncate_before(target: &[u8], source: &[u8]) -> bool {
     }
 }
 
+/// The metadata document `data` with its truncate-before (`$tb`) moved by
+/// `offset` (`target revision - source revision` of a renumbered stream), or
+/// `None` when nothing changes: no offset, not a JSON object, no `$tb`, or the
+/// soft-delete value `i64::MAX` (which means "everything", on any stream).
+///
+/// A source that lost a stream's first events (scavenged, or left out by the
+/// scavenge filter) has them renumbered on the target; its `$tb` counts in
+/// source revisions, so copied unchanged it would hide the very events that
+/// were kept. Keys keep their meaning but not their order.
+pub(crate) fn shift_truncate_before(data: &[u8], offset: i64) -> Option<bytes::Bytes> {
+    if offset == 0 {
+        return None;
+    }
+    let mut document: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(data).ok()?;
+    let tb = document.get("$tb")?.as_u64()?;
+    if tb >= i64::MAX as u64 {
+        return None;
+    }
+    let shifted = (tb as i64).saturating_add(offset).max(0);
+    document.insert("$tb".to_owned(), shifted.into());
+    serde_json::to_vec(&document).ok().map(bytes::Bytes::from)
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::SystemTime;
@@ -629,6 +653,34 @@ mod tests {
     use replicator_core::{ContentType, SkipReason};
 
     use super::*;
+
+    #[test]
+    fn a_truncate_before_moves_with_a_renumbered_stream() {
+        let shifted = |data: &str, offset| {
+            shift_truncate_before(data.as_bytes(), offset)
+                .map(|b| serde_json::from_slice::<serde_json::Value>(&b).unwrap())
+        };
+        assert_eq!(
+            shifted(r#"{"$tb":7,"owner":"x"}"#, -5),
+            Some(serde_json::json!({"$tb": 2, "owner": "x"}))
+        );
+        assert_eq!(
+            shifted(r#"{"$tb":3}"#, -5),
+            Some(serde_json::json!({"$tb": 0}))
+        );
+        assert_eq!(
+            shifted(r#"{"$tb":3}"#, 2),
+            Some(serde_json::json!({"$tb": 5}))
+        );
+        assert_eq!(shifted(r#"{"$tb":3}"#, 0), None, "not renumbered");
+        assert_eq!(
+            shifted(r#"{"$tb":9223372036854775807}"#, -5),
+            None,
+            "a soft delete"
+        );
+        assert_eq!(shifted(r#"{"$maxCount":3}"#, -5), None);
+        assert_eq!(shifted("not json", -5), None);
+    }
 
     fn event(stream: &str, revision: u64, kind: ChangeKind, data: &[u8]) -> Event {
         Event {

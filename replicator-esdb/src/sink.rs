@@ -14,7 +14,9 @@ use eventstore::{
 };
 use futures::{FutureExt, StreamExt};
 use replicator_core::health::short;
-use replicator_core::{ContentType, ErrorKind, Event, Position, Sink, SinkError, WriteAck};
+use replicator_core::{
+    ChangeKind, ContentType, ErrorKind, Event, Position, Sink, SinkError, WriteAck,
+};
 use serde::ser::{Serialize, SerializeStruct, Serializer};
 use tracing::{debug, warn};
 
@@ -23,7 +25,8 @@ use crate::connection::{
     REQUEST_TIMEOUT,
 };
 use crate::plan::{
-    plan, Action, AppendRun, Divergence, Done, Expected, Guess, Note, Reply, Step, TargetRecord,
+    plan, shift_truncate_before, Action, AppendRun, Divergence, Done, Expected, Guess, Note, Reply,
+    Step, TargetRecord,
 };
 
 /// Default cap on the payload of one append request.
@@ -308,12 +311,36 @@ impl EsdbSink {
         let mut highest = None;
         for step in steps {
             let position = match step {
-                Step::Append { stream, events } => self.append_run(stream, events).await?,
+                Step::Append { stream, events } => match self.shifted_metadata(events) {
+                    Some(shifted) => self.append_run(stream, &[&shifted]).await?,
+                    None => self.append_run(stream, events).await?,
+                },
                 Step::Tombstone(event) => self.tombstone(event).await?,
             };
             highest = highest.max(position);
         }
         Ok(highest)
+    }
+
+    /// A stream-metadata record whose `$tb` must move because its stream is
+    /// renumbered on the target ([`shift_truncate_before`]), with the moved
+    /// value; `None` for anything else. Only [`RevisionMode::FromSource`]
+    /// knows the offset, and only for a stream this sink renumbered (or found
+    /// renumbered) since it started.
+    fn shifted_metadata(&self, events: &[&Event]) -> Option<Event> {
+        let [event] = events else { return None };
+        if event.kind != ChangeKind::StreamMetadata || self.revisions != RevisionMode::FromSource {
+            return None;
+        }
+        let data = shift_truncate_before(&event.data, self.offset(event.target_stream()))?;
+        debug!(
+            stream = event.target_stream(),
+            "Moving a renumbered stream's $tb to its target revisions"
+        );
+        Some(Event {
+            data,
+            ..(*event).clone()
+        })
     }
 
     /// Counts a failed operation and drops the client when it cannot recover

@@ -165,3 +165,39 @@ async fn a_stream_whose_first_events_the_source_lost_is_renumbered_and_replays_s
     let revisions: Vec<_> = records.iter().map(|r| r.revision).collect();
     assert_eq!(revisions, (0..6).collect::<Vec<_>>());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renumbered_streams_truncate_before_keeps_hiding_what_the_source_hides() {
+    let target = target().await;
+    // The source lost revisions 0..5 of this stream, then truncated it
+    // before revision 7: a source read returns revisions 7..11.
+    let events = numbered("truncated", 5..11);
+    let metadata = Event {
+        id: uuid::Uuid::new_v4(),
+        stream: "$$truncated".into(),
+        revision: 0,
+        event_type: "$metadata".into(),
+        data: bytes::Bytes::from_static(br#"{"$tb":7,"owner":"ops"}"#),
+        metadata: bytes::Bytes::new(),
+        content_type: replicator_core::ContentType::Json,
+        created: std::time::SystemTime::now(),
+        position: Position::at(2_000),
+        kind: ChangeKind::StreamMetadata,
+    };
+    let mut batch = events.clone();
+    batch.push(metadata.clone());
+    sink(&target, 1).write(&batch).await.expect("write");
+    // A replay of the metadata (same sink) is recognised, not written again.
+    let same = sink(&target, 1);
+    same.write(&batch).await.expect("replay");
+
+    let client = client(&target);
+    let records = snapshot(&client).await.streams["$$truncated"].clone();
+    assert_eq!(records.len(), 1, "the metadata record is written once");
+    let document: serde_json::Value = serde_json::from_slice(&records[0].data).unwrap();
+    assert_eq!(
+        document,
+        serde_json::json!({"$tb": 2, "owner": "ops"}),
+        "$tb 7 in source revisions is 2 in the target's (revisions 5.. are 0.. there)"
+    );
+}
