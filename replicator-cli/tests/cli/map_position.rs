@@ -189,7 +189,7 @@ async fn with_eight_partitions_a_consumer_loses_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stream_revisions_map_to_the_target_a_position_before_any_event_to_the_start_and_bad_input_is_named() {
+async fn stream_revisions_map_an_early_position_resumes_at_the_start_bad_input_is_named() {
     let c = Clusters::start().await;
     // A system record first: a consumer stopped there had nothing to process.
     let system = c
