@@ -617,3 +617,52 @@ fn transforms_in_the_csharp_form() {
     assert!(c.scavenge);
     assert_eq!(c.sink.partitioner, Some(PathBuf::from("./p.js")));
 }
+
+#[test]
+fn a_filter_error_gives_its_cause_once() {
+    let (_, msg) = key_err(&with(
+        "  filters:\n    - type: streamName\n      include: '^(orders'\n",
+    ));
+    let cause = replicator_transform::filter::Filter::new(
+        replicator_transform::filter::FilterKind::StreamName,
+        Some("^(orders"),
+        None,
+    )
+    .unwrap_err()
+    .source
+    .to_string();
+    assert_eq!(msg.matches(&cause).count(), 1, "{msg}");
+}
+
+#[test]
+fn empty_values_are_not_set_and_blank_required_values_are_missing() {
+    // Unused keys as Helm charts and environment templates write them.
+    for auth in ["\"\"", "[]", "{}", "null"] {
+        let yaml = format!(
+            "replicator:\n  reader:\n    connectionString: esdb://a\n    auth: {auth}\n  sink:\n    connectionString: esdb://b\n    auth: {auth}\n"
+        );
+        assert!(load(&yaml).is_ok(), "auth: {auth}: {:?}", load(&yaml));
+    }
+    let (key, msg) = key_err(
+        "replicator:\n  reader:\n    connectionString: '  '\n  sink:\n    connectionString: esdb://b\n",
+    );
+    assert_eq!(key, "replicator.reader.connectionString");
+    assert!(msg.contains("required"), "{msg}");
+    let (key, msg) = key_err(&with(
+        "  checkpoint:\n    type: mongo\n    path: mongodb://db\n    database: ' '\n",
+    ));
+    assert_eq!(key, "replicator.checkpoint.database");
+    assert!(msg.contains("must not be empty"), "{msg}");
+}
+
+#[test]
+fn a_seeder_path_without_a_seeder_type_is_named_unless_empty() {
+    let (key, _) = key_err(&with(
+        "  checkpoint:\n    seeder:\n      type: none\n      path: /backup/chaser.chk\n",
+    ));
+    assert_eq!(key, "replicator.checkpoint.seeder.path");
+    let c = load(&with(
+        "  checkpoint:\n    seeder:\n      type: none\n      path: ''\n",
+    ));
+    assert_eq!(c.map(|c| c.checkpoint.seeder).ok(), Some(None));
+}
