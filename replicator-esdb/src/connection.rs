@@ -5,8 +5,8 @@ use std::future::Future;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use eventstore::{Client, ClientSettings};
-use replicator_core::ErrorKind;
+use eventstore::{Client, ClientSettings, ReadAllOptions, StreamPosition};
+use replicator_core::{ErrorKind, Position};
 
 /// Parses a connection string, naming the problem without echoing credentials.
 pub(crate) fn parse_settings(connection_string: &str) -> Result<ClientSettings, String> {
@@ -188,6 +188,25 @@ fn next_generation() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(1);
     NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// The position of the last record in `$all`, if any.
+pub(crate) async fn head(
+    client: &eventstore::Client,
+) -> Result<Option<Position>, eventstore::Error> {
+    let options = ReadAllOptions::default()
+        .backwards()
+        .position(StreamPosition::End)
+        .max_count(1);
+    let mut read = client.read_all(&options).await?;
+    Ok(read
+        .next()
+        .await?
+        .and_then(|resolved| resolved.link.or(resolved.event))
+        .map(|record| Position {
+            commit: record.position.commit,
+            prepare: record.position.prepare,
+        }))
 }
 
 #[cfg(test)]

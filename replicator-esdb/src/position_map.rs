@@ -50,8 +50,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::classify::classify;
-use crate::connection::describe;
-use crate::verify::VerifyError;
+use crate::verify::{request, settle, VerifyError};
 
 /// How [`map_position`] maps.
 #[derive(Clone, Debug)]
@@ -150,43 +149,6 @@ fn appended(event: &ResolvedEvent) -> bool {
     classify(&e.stream_id, &e.event_type, &e.data) == ChangeKind::Append
 }
 
-async fn timed<T>(
-    side: &'static str,
-    operation: impl FnOnce() -> String,
-    timeout: Duration,
-    future: impl std::future::Future<Output = Result<T, eventstore::Error>>,
-) -> Result<T, VerifyError> {
-    settle(
-        side,
-        operation,
-        timeout,
-        tokio::time::timeout(timeout, future).await,
-    )
-}
-
-/// The outcome of a request awaited with a deadline, as [`timed`] names it.
-fn settle<T>(
-    side: &'static str,
-    operation: impl FnOnce() -> String,
-    timeout: Duration,
-    outcome: Result<Result<T, eventstore::Error>, tokio::time::error::Elapsed>,
-) -> Result<T, VerifyError> {
-    match outcome {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(source)) => Err(VerifyError::Read {
-            side,
-            operation: operation(),
-            message: describe(&source),
-            source,
-        }),
-        Err(_) => Err(VerifyError::Timeout {
-            side,
-            operation: operation(),
-            timeout,
-        }),
-    }
-}
-
 /// Maps a consumer's source `$all` position to the target; see the
 /// [module docs](self).
 ///
@@ -222,9 +184,9 @@ pub async fn map_position(
             prepare: position.prepare,
         }))
         .max_count(1);
-    let mut first = timed(SOURCE, operation, timeout, source.read_all(&at)).await?;
+    let mut first = request(SOURCE, operation, timeout, source.read_all(&at)).await?;
     let mut candidates_at = Vec::new();
-    if let Some(event) = timed(SOURCE, operation, timeout, first.next()).await? {
+    if let Some(event) = request(SOURCE, operation, timeout, first.next()).await? {
         if position_of(&event) == position && appended(&event) {
             candidates_at.push(event);
         }
@@ -237,14 +199,14 @@ pub async fn map_position(
         }))
         .backwards()
         .max_count(usize::MAX);
-    let mut backwards = timed(SOURCE, operation, timeout, source.read_all(&before)).await?;
+    let mut backwards = request(SOURCE, operation, timeout, source.read_all(&before)).await?;
     let mut passed_over = 0usize;
     let mut anchor = None;
     let mut pending = candidates_at.into_iter();
     loop {
         let event = match pending.next() {
             Some(event) => event,
-            None => match timed(SOURCE, operation, timeout, backwards.next()).await? {
+            None => match request(SOURCE, operation, timeout, backwards.next()).await? {
                 Some(event) => event,
                 None => break,
             },
@@ -307,11 +269,11 @@ async fn conservative(
             prepare: position.prepare,
         }))
         .max_count(usize::MAX);
-    let mut forward = timed(SOURCE, operation, timeout, source.read_all(&after)).await?;
+    let mut forward = request(SOURCE, operation, timeout, source.read_all(&after)).await?;
     let mut unprocessed: HashSet<Uuid> = HashSet::new();
     let mut source_exhausted = false;
     while unprocessed.len() < options.window {
-        let Some(event) = timed(SOURCE, operation, timeout, forward.next()).await? else {
+        let Some(event) = request(SOURCE, operation, timeout, forward.next()).await? else {
             source_exhausted = true;
             break;
         };
@@ -329,8 +291,8 @@ async fn conservative(
             .position(StreamPosition::End)
             .backwards()
             .max_count(1);
-        let mut reader = timed(TARGET, operation, timeout, target.read_all(&end)).await?;
-        if let Some(last) = timed(TARGET, operation, timeout, reader.next()).await? {
+        let mut reader = request(TARGET, operation, timeout, target.read_all(&end)).await?;
+        if let Some(last) = request(TARGET, operation, timeout, reader.next()).await? {
             let last = position_of(&last);
             let at_end = format!(
                 "the consumer has processed every user event of the source: resume at the end \
@@ -359,7 +321,7 @@ async fn conservative(
         }))
         .backwards()
         .max_count(usize::MAX);
-    let mut backwards = timed(TARGET, operation, timeout, target.read_all(&before)).await?;
+    let mut backwards = request(TARGET, operation, timeout, target.read_all(&before)).await?;
     // Records read since the earliest unprocessed one (processed ones among
     // them are seen twice), and the record before it (the resume point).
     let mut earliest: Option<(Position, usize)> = None;
@@ -367,7 +329,7 @@ async fn conservative(
     let mut processed_since = 0usize;
     let mut read = 0usize;
     while read < options.window {
-        let Some(event) = timed(TARGET, operation, timeout, backwards.next()).await? else {
+        let Some(event) = request(TARGET, operation, timeout, backwards.next()).await? else {
             if earliest.is_some() && resume_after.is_none() {
                 resume_after = Some(None);
             }

@@ -22,7 +22,7 @@ use tracing::{debug, info};
 
 use crate::classify::to_event;
 use crate::connection::{
-    describe, error_kind, parse_settings, redact, within, ClientCell, REQUEST_TIMEOUT,
+    describe, error_kind, head, parse_settings, redact, within, ClientCell, REQUEST_TIMEOUT,
 };
 
 /// Configuration of an [`EsdbReader`].
@@ -710,23 +710,6 @@ async fn next_live(
 /// A position for the logs: `C:…/P:…`, or `none`.
 fn shown(position: Option<Position>) -> String {
     position.map_or_else(|| "none".to_owned(), |p| p.to_string())
-}
-
-/// The position of the last record in `$all`, if any.
-async fn head(client: &eventstore::Client) -> Result<Option<Position>, eventstore::Error> {
-    let options = ReadAllOptions::default()
-        .backwards()
-        .position(StreamPosition::End)
-        .max_count(1);
-    let mut read = client.read_all(&options).await?;
-    Ok(read
-        .next()
-        .await?
-        .and_then(|resolved| resolved.link.or(resolved.event))
-        .map(|record| Position {
-            commit: record.position.commit,
-            prepare: record.position.prepare,
-        }))
 }
 
 fn to_client(position: Position) -> eventstore::Position {

@@ -8,8 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use eventstore::{
-    ReadAllOptions, ReadStreamOptions, StreamPosition, SubscribeToAllOptions, SubscriptionEvent,
-    SubscriptionFilter,
+    ReadStreamOptions, StreamPosition, SubscribeToAllOptions, SubscriptionEvent, SubscriptionFilter,
 };
 use replicator_core::retry::Backoff;
 use replicator_core::{
@@ -22,7 +21,7 @@ use tracing::{debug, info, warn};
 
 use crate::classify::{METADATA_EVENT_TYPE, TOMBSTONE_EVENT_TYPE};
 use crate::connection::{
-    describe, error_kind, parse_settings, redact, within, ClientCell, REQUEST_TIMEOUT,
+    describe, error_kind, head, parse_settings, redact, within, ClientCell, REQUEST_TIMEOUT,
 };
 use crate::retention::{Catalog, Verdict};
 
@@ -659,23 +658,6 @@ enum LastRevision {
 /// Wraps a client error of the pass with what it was doing.
 fn failed(doing: &'static str) -> impl Fn(eventstore::Error) -> PassFailure + Copy {
     move |error| PassFailure { doing, error }
-}
-
-/// The position of the last record in `$all`, if any.
-async fn head(client: &eventstore::Client) -> Result<Option<Position>, eventstore::Error> {
-    let options = ReadAllOptions::default()
-        .backwards()
-        .position(StreamPosition::End)
-        .max_count(1);
-    let mut read = client.read_all(&options).await?;
-    Ok(read
-        .next()
-        .await?
-        .and_then(|resolved| resolved.link.or(resolved.event))
-        .map(|record| Position {
-            commit: record.position.commit,
-            prepare: record.position.prepare,
-        }))
 }
 
 #[cfg(test)]

@@ -609,13 +609,29 @@ async fn list_streams(
 
 /// Awaits one client request with a deadline, naming the side and operation
 /// when it fails.
-async fn request<T>(
+pub(crate) async fn request<T>(
     side: &'static str,
     operation: impl FnOnce() -> String,
     timeout: Duration,
     future: impl std::future::Future<Output = Result<T, eventstore::Error>>,
 ) -> Result<T, VerifyError> {
-    match tokio::time::timeout(timeout, future).await {
+    settle(
+        side,
+        operation,
+        timeout,
+        tokio::time::timeout(timeout, future).await,
+    )
+}
+
+/// The outcome of a request awaited with `timeout`, as [`request`] names it
+/// (for callers that first look at some outcomes themselves).
+pub(crate) fn settle<T>(
+    side: &'static str,
+    operation: impl FnOnce() -> String,
+    timeout: Duration,
+    outcome: Result<Result<T, eventstore::Error>, tokio::time::error::Elapsed>,
+) -> Result<T, VerifyError> {
+    match outcome {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(source)) => Err(VerifyError::Read {
             side,
@@ -1005,47 +1021,17 @@ async fn read_metadata(
     )
     .await
     {
-        Ok(Ok(reader)) => reader,
         Ok(Err(eventstore::Error::ResourceNotFound | eventstore::Error::ResourceDeleted)) => {
             return Ok(metadata)
         }
-        Ok(Err(source)) => {
-            return Err(VerifyError::Read {
-                side,
-                operation: operation(),
-                message: describe(&source),
-                source,
-            })
-        }
-        Err(_) => {
-            return Err(VerifyError::Timeout {
-                side,
-                operation: operation(),
-                timeout,
-            })
-        }
+        outcome => settle(side, operation, timeout, outcome)?,
     };
     loop {
         let next = match tokio::time::timeout(timeout, reader.next()).await {
-            Ok(Ok(next)) => next,
             Ok(Err(eventstore::Error::ResourceNotFound | eventstore::Error::ResourceDeleted)) => {
                 return Ok(metadata)
             }
-            Ok(Err(source)) => {
-                return Err(VerifyError::Read {
-                    side,
-                    operation: operation(),
-                    message: describe(&source),
-                    source,
-                })
-            }
-            Err(_) => {
-                return Err(VerifyError::Timeout {
-                    side,
-                    operation: operation(),
-                    timeout,
-                })
-            }
+            outcome => settle(side, operation, timeout, outcome)?,
         };
         let Some(resolved) = next else {
             return Ok(metadata);
