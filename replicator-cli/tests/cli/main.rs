@@ -31,6 +31,28 @@ use std::time::Duration;
 use replicator_testkit::cluster::TestCluster;
 use tempfile::TempDir;
 
+/// Appends JSON events `(type, data)` to `stream`, one append each; returns
+/// their ids.
+async fn append_json(
+    client: &eventstore::Client,
+    stream: &str,
+    events: &[(&str, serde_json::Value)],
+) -> Vec<uuid::Uuid> {
+    let mut ids = Vec::new();
+    for (event_type, data) in events {
+        let id = uuid::Uuid::new_v4();
+        let event = eventstore::EventData::json(*event_type, data)
+            .unwrap()
+            .id(id);
+        client
+            .append_to_stream(stream, &Default::default(), event)
+            .await
+            .unwrap();
+        ids.push(id);
+    }
+    ids
+}
+
 const BIN: &str = env!("CARGO_BIN_EXE_replicator");
 
 /// A directory holding a config file, as a user's working directory would.

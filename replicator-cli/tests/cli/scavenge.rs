@@ -12,19 +12,10 @@ use super::{assert_ok, run_async, stderr, Clusters};
 
 /// Appends `count` JSON events to `stream`; returns their ids.
 async fn append(client: &eventstore::Client, stream: &str, count: usize) -> Vec<Uuid> {
-    let mut ids = Vec::new();
-    for n in 0..count {
-        let id = Uuid::new_v4();
-        let event = eventstore::EventData::json("Happened", &json!({ "n": n }))
-            .unwrap()
-            .id(id);
-        client
-            .append_to_stream(stream, &Default::default(), event)
-            .await
-            .unwrap();
-        ids.push(id);
-    }
-    ids
+    let events: Vec<_> = (0..count)
+        .map(|n| ("Happened", json!({ "n": n })))
+        .collect();
+    super::append_json(client, stream, &events).await
 }
 
 async fn set_metadata(client: &eventstore::Client, stream: &str, metadata: serde_json::Value) {

@@ -11,24 +11,7 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::{assert_ok, run_async, stderr, stdout, Clusters};
-
-/// Appends JSON events `(type, data)` to `stream`; returns their ids.
-async fn append(client: &eventstore::Client, stream: &str, events: &[(&str, Value)]) -> Vec<Uuid> {
-    let mut ids = Vec::new();
-    for (event_type, data) in events {
-        let id = Uuid::new_v4();
-        let event = eventstore::EventData::json(*event_type, data)
-            .unwrap()
-            .id(id);
-        client
-            .append_to_stream(stream, &Default::default(), event)
-            .await
-            .unwrap();
-        ids.push(id);
-    }
-    ids
-}
+use super::{append_json as append, assert_ok, run_async, stderr, stdout, Clusters};
 
 /// A stream's events as `(id, type, data)`; empty when it does not exist.
 async fn read(client: &eventstore::Client, stream: &str) -> Vec<(Uuid, String, Value)> {
