@@ -170,8 +170,8 @@ fn proposed(
 
 fn recorded(record: &Record, structured: bool) -> read_resp::read_event::RecordedEvent {
     let metadata = HashMap::from([
-        ("type".to_owned(), record.event_type.clone()),
-        ("content-type".to_owned(), record.content_type.clone()),
+        ("type".to_owned(), record.event_type.to_string()),
+        ("content-type".to_owned(), record.content_type.to_string()),
         ("created".to_owned(), record.created_ticks.to_string()),
     ]);
     read_resp::read_event::RecordedEvent {
@@ -189,13 +189,13 @@ fn recorded(record: &Record, structured: bool) -> read_resp::read_event::Recorde
 /// One event of a read: the record read, and what it resolves to when it is a link
 /// and links are resolved.
 struct Item {
-    original: Arc<Record>,
-    resolved: Option<Arc<Record>>,
+    original: Record,
+    resolved: Option<Record>,
     resolve: bool,
 }
 
 impl Item {
-    fn new(store: &Store, original: Arc<Record>, resolve_links: bool) -> Item {
+    fn new(store: &Store, original: Record, resolve_links: bool) -> Item {
         let resolve = resolve_links && original.is_link();
         let resolved = if resolve {
             store.resolve_link(&original)

@@ -3,12 +3,28 @@
 //! idempotent appends, soft delete and revival, tombstones, stream metadata).
 //!
 //! Kept free of gRPC so the rules can be read (and tested) on their own.
+//!
+//! # Memory
+//!
+//! Scale runs hold tens of millions of small events in two servers at once, so a
+//! stored event costs about 140 bytes beyond its payload, plus about 170 bytes per
+//! stream (`tests/server/memory.rs` holds the bound; `examples/store_memory.rs`
+//! measures it):
+//! - a payload is copied into a shared 1 MiB chunk ([`Arena`]): the `Bytes` a
+//!   request was decoded into (tonic splits them off its receive buffer) would keep
+//!   that whole buffer alive, and an allocation per event costs the allocator's
+//!   header and rounding;
+//! - stream names, event types and content types are stored once and referred to by
+//!   number ([`Slot`]); reads rebuild a [`Record`] with shared names;
+//! - the log and the stream table grow in fixed segments ([`Segmented`]), never by
+//!   doubling (a doubled `Vec` holds up to twice what it uses);
+//! - log indexes are `u32`, which caps a store at 2³² records.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use uuid::Uuid;
 
 /// `$tb` value the server writes on a soft delete (the .NET `long.MaxValue`).
@@ -27,14 +43,15 @@ pub(crate) const JSON: &str = "application/json";
 /// Content type of everything else.
 pub(crate) const BINARY: &str = "application/octet-stream";
 
-/// One record of the log.
-#[derive(Debug)]
+/// One record of the log, as reads see it. Built on demand from a [`Slot`]; cheap to
+/// build and to clone (shared names, shared payload).
+#[derive(Debug, Clone)]
 pub(crate) struct Record {
     pub stream: Arc<str>,
     pub revision: u64,
     pub id: Uuid,
-    pub event_type: String,
-    pub content_type: String,
+    pub event_type: Arc<str>,
+    pub content_type: Arc<str>,
     pub data: Bytes,
     pub custom_metadata: Bytes,
     /// 100 ns ticks since the Unix epoch, as the real server sends `created`.
@@ -45,8 +62,26 @@ pub(crate) struct Record {
 
 impl Record {
     pub(crate) fn is_link(&self) -> bool {
-        self.event_type == "$>"
+        &*self.event_type == "$>"
     }
+}
+
+/// One record of the log as stored.
+#[derive(Debug)]
+struct Slot {
+    id: Uuid,
+    /// Data, then custom metadata.
+    payload: Bytes,
+    revision: u64,
+    position: u64,
+    created_ticks: i64,
+    /// Number of the stream in [`Store::streams`].
+    stream: u32,
+    /// Length of the data at the start of `payload`.
+    data_len: u32,
+    /// Numbers in [`Store::names`].
+    event_type: u32,
+    content_type: u32,
 }
 
 /// An event proposed by a client.
@@ -124,14 +159,16 @@ impl StreamMeta {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct StreamState {
-    /// Log indices of this stream's events; index `i` holds revision `i` (a tombstone,
+    name: Arc<str>,
+    /// Log indexes of this stream's events; index `i` holds revision `i` (a tombstone,
     /// when present, is the last entry).
-    entries: Vec<usize>,
+    entries: Vec<u32>,
     tombstoned: bool,
-    /// Latest parsed `$metadata` of this stream (written to `$$name`).
-    meta: Option<StreamMeta>,
+    /// Latest parsed `$metadata` of this stream (written to `$$name`); boxed because
+    /// few streams have any.
+    meta: Option<Box<StreamMeta>>,
 }
 
 impl StreamState {
@@ -141,22 +178,141 @@ impl StreamState {
     }
 }
 
+/// Elements per segment of a [`Segmented`].
+const SEGMENT: usize = 1024;
+
+/// An append-only vector in fixed segments: growing never copies, and the spare
+/// capacity is at most one segment.
+#[derive(Debug)]
+struct Segmented<T> {
+    segments: Vec<Vec<T>>,
+    len: usize,
+}
+
+impl<T> Default for Segmented<T> {
+    fn default() -> Self {
+        Segmented {
+            segments: Vec::new(),
+            len: 0,
+        }
+    }
+}
+
+impl<T> Segmented<T> {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn push(&mut self, value: T) {
+        if self.len.is_multiple_of(SEGMENT) {
+            self.segments.push(Vec::with_capacity(SEGMENT));
+        }
+        if let Some(segment) = self.segments.last_mut() {
+            segment.push(value);
+            self.len += 1;
+        }
+    }
+
+    fn get(&self, index: usize) -> Option<&T> {
+        self.segments.get(index / SEGMENT)?.get(index % SEGMENT)
+    }
+
+    fn get_mut(&mut self, index: usize) -> Option<&mut T> {
+        self.segments
+            .get_mut(index / SEGMENT)?
+            .get_mut(index % SEGMENT)
+    }
+
+    /// Elements from `from` on, in order.
+    fn iter_from(&self, from: usize) -> impl Iterator<Item = &T> {
+        let first = self
+            .segments
+            .get(from / SEGMENT)
+            .map_or(&[][..], |s| s.get(from % SEGMENT..).unwrap_or_default());
+        let rest = self.segments.iter().skip(from / SEGMENT + 1);
+        first.iter().chain(rest.flatten())
+    }
+
+    /// Like [`slice::partition_point`]: the number of leading elements for which
+    /// `pred` holds, when it holds for a prefix.
+    fn partition_point(&self, pred: impl Fn(&T) -> bool) -> usize {
+        let full = self
+            .segments
+            .partition_point(|s| s.last().is_some_and(&pred));
+        match self.segments.get(full) {
+            Some(segment) => full * SEGMENT + segment.partition_point(pred),
+            None => self.len,
+        }
+    }
+}
+
+impl<T> std::ops::Index<usize> for Segmented<T> {
+    type Output = T;
+
+    fn index(&self, index: usize) -> &T {
+        &self.segments[index / SEGMENT][index % SEGMENT]
+    }
+}
+
+/// Size of an [`Arena`] chunk.
+const ARENA_CHUNK: usize = 1024 * 1024;
+/// Payloads larger than this get a buffer of their own, so a chunk never ends in a
+/// large unused tail.
+const ARENA_LARGEST: usize = ARENA_CHUNK / 16;
+
+/// Payload storage: small payloads are packed into shared chunks.
+#[derive(Debug, Default)]
+struct Arena {
+    /// The free tail of the current chunk; the `Bytes` handed out share its buffer.
+    free: BytesMut,
+}
+
+impl Arena {
+    /// `parts` copied, one after the other, into exactly their length.
+    fn store(&mut self, parts: [&[u8]; 2]) -> Bytes {
+        let len = parts[0].len() + parts[1].len();
+        if len == 0 {
+            return Bytes::new();
+        }
+        if len > ARENA_LARGEST {
+            let mut own = BytesMut::with_capacity(len);
+            parts.iter().for_each(|p| own.extend_from_slice(p));
+            return own.freeze();
+        }
+        if self.free.capacity() < len {
+            self.free = BytesMut::with_capacity(ARENA_CHUNK);
+        }
+        parts.iter().for_each(|p| self.free.extend_from_slice(p));
+        self.free.split().freeze()
+    }
+}
+
 /// The database.
 #[derive(Debug)]
 pub(crate) struct Store {
-    log: Vec<Arc<Record>>,
-    streams: HashMap<Arc<str>, StreamState>,
+    log: Segmented<Slot>,
+    streams: Segmented<StreamState>,
+    /// Stream name → number in `streams`.
+    stream_numbers: HashMap<Arc<str>, u32>,
+    /// Event and content types, stored once each.
+    names: Vec<Arc<str>>,
+    name_numbers: HashMap<Arc<str>, u32>,
     /// First log index of every event id, for idempotency checks with `Any`.
-    ids: HashMap<Uuid, usize>,
+    ids: HashMap<Uuid, u32>,
+    payloads: Arena,
     next_position: u64,
 }
 
 impl Default for Store {
     fn default() -> Self {
         Store {
-            log: Vec::new(),
-            streams: HashMap::new(),
+            log: Segmented::default(),
+            streams: Segmented::default(),
+            stream_numbers: HashMap::new(),
+            names: Vec::new(),
+            name_numbers: HashMap::new(),
             ids: HashMap::new(),
+            payloads: Arena::default(),
             next_position: FIRST_POSITION,
         }
     }
@@ -174,19 +330,39 @@ fn now_ticks() -> i64 {
     i64::try_from(since.as_nanos() / 100).unwrap_or(i64::MAX)
 }
 
+/// A table index as stored: the store's tables are capped at 2³² entries.
+fn number(index: usize) -> u32 {
+    u32::try_from(index).expect("the testkit store holds at most 2^32 records and streams")
+}
+
 impl Store {
     /// Number of records in the log.
     pub(crate) fn len(&self) -> usize {
         self.log.len()
     }
 
+    fn record(&self, slot: &Slot) -> Record {
+        let data_len = slot.data_len as usize;
+        Record {
+            stream: Arc::clone(&self.streams[slot.stream as usize].name),
+            revision: slot.revision,
+            id: slot.id,
+            event_type: Arc::clone(&self.names[slot.event_type as usize]),
+            content_type: Arc::clone(&self.names[slot.content_type as usize]),
+            data: slot.payload.slice(..data_len),
+            custom_metadata: slot.payload.slice(data_len..),
+            created_ticks: slot.created_ticks,
+            position: slot.position,
+        }
+    }
+
     /// Records `from..from+max` of the log.
-    pub(crate) fn log_slice(&self, from: usize, max: usize) -> Vec<Arc<Record>> {
-        let end = from.saturating_add(max).min(self.log.len());
+    pub(crate) fn log_slice(&self, from: usize, max: usize) -> Vec<Record> {
         self.log
-            .get(from..end)
-            .map(<[_]>::to_vec)
-            .unwrap_or_default()
+            .iter_from(from)
+            .take(max)
+            .map(|slot| self.record(slot))
+            .collect()
     }
 
     /// First log index whose position is `>= position`.
@@ -199,13 +375,54 @@ impl Store {
         self.log.partition_point(|r| r.position <= position)
     }
 
+    fn stream(&self, stream: &str) -> Option<&StreamState> {
+        let &number = self.stream_numbers.get(stream)?;
+        self.streams.get(number as usize)
+    }
+
+    /// The number of `stream`, added to the table if new.
+    fn stream_number(&mut self, stream: &str) -> u32 {
+        if let Some(&number) = self.stream_numbers.get(stream) {
+            return number;
+        }
+        let name: Arc<str> = Arc::from(stream);
+        let number = number(self.streams.len());
+        self.streams.push(StreamState {
+            name: Arc::clone(&name),
+            entries: Vec::new(),
+            tombstoned: false,
+            meta: None,
+        });
+        self.stream_numbers.insert(name, number);
+        number
+    }
+
+    fn stream_mut(&mut self, stream: &str) -> &mut StreamState {
+        let number = self.stream_number(stream) as usize;
+        self.streams
+            .get_mut(number)
+            .expect("a stream's number indexes the stream table")
+    }
+
+    /// The number of the event or content type `name`, added to the table if new.
+    fn name_number(&mut self, name: &str) -> u32 {
+        if let Some(&number) = self.name_numbers.get(name) {
+            return number;
+        }
+        let shared: Arc<str> = Arc::from(name);
+        let number = number(self.names.len());
+        self.names.push(Arc::clone(&shared));
+        self.name_numbers.insert(shared, number);
+        number
+    }
+
     fn tombstoned(&self, stream: &str) -> bool {
         let base = metastream_of(stream).unwrap_or(stream);
-        self.streams.get(base).is_some_and(|s| s.tombstoned)
+        self.stream(base).is_some_and(|s| s.tombstoned)
     }
 
     fn meta(&self, stream: &str) -> Option<&StreamMeta> {
-        self.streams.get(stream).and_then(|s| s.meta.as_ref())
+        self.stream(stream).and_then(|s| s.meta.as_deref())
     }
 
     fn soft_deleted(&self, stream: &str) -> bool {
@@ -215,9 +432,7 @@ impl Store {
 
     /// Revision of the stream's last event (ignoring deletion and truncation).
     pub(crate) fn last_revision(&self, stream: &str) -> Option<u64> {
-        self.streams
-            .get(stream)
-            .and_then(StreamState::last_revision)
+        self.stream(stream).and_then(StreamState::last_revision)
     }
 
     /// The range of revisions a read of `stream` may return, or why it cannot be read.
@@ -225,7 +440,7 @@ impl Store {
         if self.tombstoned(stream) {
             return Err(ReadFailure::Deleted);
         }
-        let Some(state) = self.streams.get(stream) else {
+        let Some(state) = self.stream(stream) else {
             return Err(ReadFailure::NotFound);
         };
         let Some(last) = state.last_revision() else {
@@ -234,7 +449,7 @@ impl Store {
         let end = last + 1;
         let Some(meta) = state
             .meta
-            .as_ref()
+            .as_deref()
             .filter(|_| metastream_of(stream).is_none())
         else {
             return Ok(0..end);
@@ -250,7 +465,9 @@ impl Store {
             let oldest = now_ticks().saturating_sub(
                 i64::try_from(max_age).unwrap_or(i64::MAX / 20_000_000) * 10_000_000,
             );
-            while start < end && self.log[state.entries[start as usize]].created_ticks < oldest {
+            while start < end
+                && self.log[state.entries[start as usize] as usize].created_ticks < oldest
+            {
                 start += 1;
             }
         }
@@ -262,8 +479,8 @@ impl Store {
         &self,
         stream: &str,
         revisions: std::ops::Range<u64>,
-    ) -> Vec<Arc<Record>> {
-        let Some(state) = self.streams.get(stream) else {
+    ) -> Vec<Record> {
+        let Some(state) = self.stream(stream) else {
             return Vec::new();
         };
         let live = state.entries.len() - usize::from(state.tombstoned);
@@ -275,12 +492,12 @@ impl Store {
             .min(live);
         state.entries[start..end.max(start)]
             .iter()
-            .map(|&i| Arc::clone(&self.log[i]))
+            .map(|&i| self.record(&self.log[i as usize]))
             .collect()
     }
 
     /// The event a link (`$>`, data `"N@stream"`) points to, if it can be read.
-    pub(crate) fn resolve_link(&self, link: &Record) -> Option<Arc<Record>> {
+    pub(crate) fn resolve_link(&self, link: &Record) -> Option<Record> {
         let text = std::str::from_utf8(&link.data).ok()?;
         let (revision, stream) = text.split_once('@')?;
         let revision: u64 = revision.trim().parse().ok()?;
@@ -317,17 +534,19 @@ impl Store {
         events: &[Proposed],
     ) -> Option<WriteOutcome> {
         let first = events.first()?;
-        let state = self.streams.get(stream)?;
+        let state = self.stream(stream)?;
         let start_revision = match expected {
             Expected::Exact(revision) => revision.checked_add(1)?,
             Expected::NoStream => 0,
             Expected::Any | Expected::StreamExists => {
                 let &index = self.ids.get(&first.id)?;
-                let record = &self.log[index];
-                if &*record.stream != stream || record.revision == TOMBSTONE_REVISION {
+                let slot = &self.log[index as usize];
+                if &*self.streams[slot.stream as usize].name != stream
+                    || slot.revision == TOMBSTONE_REVISION
+                {
                     return None;
                 }
-                record.revision
+                slot.revision
             }
         };
         let start = usize::try_from(start_revision).ok()?;
@@ -338,14 +557,14 @@ impl Store {
         let all_match = events
             .iter()
             .zip(&state.entries[start..])
-            .all(|(event, &index)| self.log[index].id == event.id);
+            .all(|(event, &index)| self.log[index as usize].id == event.id);
         if !all_match {
             return None;
         }
-        let last_index = state.entries[start + events.len() - 1];
+        let last = &self.log[state.entries[start + events.len() - 1] as usize];
         Some(WriteOutcome::Success {
-            current: Some(self.log[last_index].revision),
-            position: Some(self.log[last_index].position),
+            current: Some(last.revision),
+            position: Some(last.position),
         })
     }
 
@@ -443,17 +662,22 @@ impl Store {
 
     /// Writes one record at the end of the log and maintains the indexes.
     fn push(&mut self, stream: &str, event: Proposed) -> u64 {
-        let key: Arc<str> = match self.streams.get_key_value(stream) {
-            Some((key, _)) => Arc::clone(key),
-            None => Arc::from(stream),
-        };
         let tombstone = event.event_type == "$streamDeleted" && metastream_of(stream).is_none();
-        let state = self.streams.entry(Arc::clone(&key)).or_default();
+        let index = number(self.log.len());
+        let stream_number = self.stream_number(stream);
+        let event_type = self.name_number(&event.event_type);
+        let content_type = self.name_number(&event.content_type);
+        let state = self
+            .streams
+            .get_mut(stream_number as usize)
+            .expect("a stream's number indexes the stream table");
         let revision = if tombstone {
             TOMBSTONE_REVISION
         } else {
             state.entries.len() as u64
         };
+        state.entries.push(index);
+        state.tombstoned |= tombstone;
         let position = self.next_position;
         let size = RECORD_OVERHEAD
             + (stream.len()
@@ -461,29 +685,27 @@ impl Store {
                 + event.data.len()
                 + event.custom_metadata.len()) as u64;
         self.next_position += size;
-        let index = self.log.len();
-        state.entries.push(index);
-        state.tombstoned |= tombstone;
         self.ids.entry(event.id).or_insert(index);
-        let record = Record {
-            stream: key,
-            revision,
-            id: event.id,
-            event_type: event.event_type,
-            content_type: event.content_type,
-            data: event.data,
-            custom_metadata: event.custom_metadata,
-            created_ticks: now_ticks(),
-            position,
-        };
-        let metadata_of = (record.event_type == "$metadata")
+        let metadata_of = (event.event_type == "$metadata")
             .then(|| metastream_of(stream))
             .flatten()
             .map(str::to_owned);
         let parsed = metadata_of
             .as_ref()
-            .and_then(|_| StreamMeta::parse(&record.data));
-        self.log.push(Arc::new(record));
+            .and_then(|_| StreamMeta::parse(&event.data));
+        self.log.push(Slot {
+            id: event.id,
+            payload: self
+                .payloads
+                .store([&event.data[..], &event.custom_metadata[..]]),
+            revision,
+            position,
+            created_ticks: now_ticks(),
+            stream: stream_number,
+            data_len: number(event.data.len()),
+            event_type,
+            content_type,
+        });
         if let Some(base) = metadata_of {
             self.apply_metadata(&base, parsed);
         }
@@ -492,7 +714,7 @@ impl Store {
 
     fn apply_metadata(&mut self, stream: &str, parsed: Option<StreamMeta>) {
         let was_soft_deleted = self.soft_deleted(stream);
-        let state = self.streams.entry(Arc::from(stream)).or_default();
+        let state = self.stream_mut(stream);
         let recreate_from = state.last_revision().map_or(0, |r| r + 1);
         // Metadata that is not a JSON object counts as no metadata (as on the server).
         let Some(meta) = parsed else {
@@ -500,7 +722,7 @@ impl Store {
             return;
         };
         let needs_tb = was_soft_deleted && meta.truncate_before.is_none();
-        state.meta = Some(meta);
+        state.meta = Some(Box::new(meta));
         if needs_tb {
             // New metadata on a soft-deleted stream recreates it without resurrecting
             // the deleted events: the server adds `$tb` in a further metadata event.
@@ -598,9 +820,65 @@ mod tests {
             WriteOutcome::StreamDeleted
         );
         assert_eq!(
-            store.log_slice(0, 10).last().unwrap().event_type,
+            &*store.log_slice(0, 10).last().unwrap().event_type,
             "$streamDeleted"
         );
+    }
+
+    #[test]
+    fn positions_and_slices_find_every_record_past_the_first_segments() {
+        let mut store = Store::default();
+        let count = 3 * SEGMENT as u128 + 7;
+        for id in 0..count {
+            store.append(&format!("s{}", id % 5), Expected::Any, vec![event(id)]);
+        }
+        let all = store.log_slice(0, usize::MAX);
+        assert_eq!(all.len(), count as usize);
+        for (index, record) in all.iter().enumerate() {
+            assert_eq!(record.id, Uuid::from_u128(index as u128));
+            assert_eq!(store.index_at_or_after(record.position), index);
+            assert_eq!(store.index_after(record.position), index + 1);
+            assert_eq!(store.index_at_or_after(record.position + 1), index + 1);
+        }
+        let across = store.log_slice(SEGMENT - 1, 3);
+        let ids: Vec<_> = across.iter().map(|r| r.id.as_u128()).collect();
+        assert_eq!(
+            ids,
+            [SEGMENT as u128 - 1, SEGMENT as u128, SEGMENT as u128 + 1]
+        );
+        assert!(store.log_slice(count as usize, 10).is_empty());
+    }
+
+    #[test]
+    fn payloads_read_back_as_written_whatever_their_size() {
+        let mut store = Store::default();
+        let sizes = [(0, 0), (3, 0), (0, 5), (200, 40), (ARENA_LARGEST + 1, 9)];
+        for (n, &(data, metadata)) in sizes.iter().enumerate() {
+            let proposed = Proposed {
+                data: Bytes::from(vec![n as u8; data]),
+                custom_metadata: Bytes::from(vec![!(n as u8); metadata]),
+                ..event(n as u128)
+            };
+            store.append("s", Expected::Any, vec![proposed]);
+        }
+        // Enough small payloads to fill more than one arena chunk.
+        let filler = ARENA_CHUNK / 100 + 1;
+        for n in 0..filler {
+            let proposed = Proposed {
+                data: Bytes::from(vec![7; 100]),
+                ..event(1_000 + n as u128)
+            };
+            store.append("f", Expected::Any, vec![proposed]);
+        }
+        let records = store.stream_records("s", 0..sizes.len() as u64);
+        for (n, (record, &(data, metadata))) in records.iter().zip(&sizes).enumerate() {
+            assert_eq!(record.data, vec![n as u8; data]);
+            assert_eq!(record.custom_metadata, vec![!(n as u8); metadata]);
+        }
+        let filled = store.stream_records("f", 0..filler as u64);
+        assert_eq!(filled.len(), filler);
+        assert!(filled.iter().all(|r| r.data == [7; 100][..]));
+        assert!(filled.iter().all(|r| r.custom_metadata.is_empty()));
     }
 
     #[test]
