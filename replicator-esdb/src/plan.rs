@@ -1240,6 +1240,23 @@ mod tests {
     }
 
     #[test]
+    fn a_new_stream_that_keeps_changing_is_given_up_after_as_many_appends() {
+        // As above, but the run starts a stream (no guessed revision): the
+        // first append counts like every other.
+        let batch = user_run("a", 0..2);
+        let run: Vec<&Event> = batch.iter().collect();
+        let mut machine = AppendRun::new(&run, Guess::New, false);
+        let mut action = machine.start();
+        let mut appends = 0;
+        while let Action::Append { .. } = action {
+            appends += 1;
+            action = machine.step(Reply::WrongExpected { current: None });
+        }
+        assert_eq!(action, Action::Unsettled { index: 0 });
+        assert_eq!(appends, MAX_APPENDS);
+    }
+
+    #[test]
     fn a_server_written_truncate_before_may_hold_the_targets_own_revision() {
         let ours = event(
             "$$a",
