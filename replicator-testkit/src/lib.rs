@@ -29,4 +29,4 @@ mod store;
 pub mod workload;
 
 pub use error::TestkitError;
-pub use server::{EsdbServer, FaultHandle, ServerOptions};
+pub use server::{EsdbServer, FaultHandle, PreloadEvent, ServerOptions};

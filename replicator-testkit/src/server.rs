@@ -19,7 +19,7 @@ use crate::proto::gossip::gossip_server::GossipServer;
 use crate::proto::server_features::server_features_server::ServerFeaturesServer;
 use crate::proto::streams::streams_server::StreamsServer;
 use crate::service::{FeaturesService, GossipService, StreamsService};
-use crate::store::Store;
+use crate::store::{Expected, Proposed, Store, WriteOutcome, BINARY, JSON};
 
 /// Largest gRPC message the server accepts or sends: events over 1 MiB must pass, and
 /// a batch of them too.
@@ -190,6 +190,33 @@ impl FaultHandle {
     }
 }
 
+/// An event for [`EsdbServer::preload`].
+#[derive(Clone, Debug)]
+pub struct PreloadEvent {
+    /// The event's id.
+    pub id: uuid::Uuid,
+    /// The event's type.
+    pub event_type: String,
+    /// Content type `application/json` when true, else `application/octet-stream`.
+    pub is_json: bool,
+    /// The event's data.
+    pub data: bytes::Bytes,
+    /// The event's custom metadata; empty for none.
+    pub custom_metadata: bytes::Bytes,
+}
+
+impl PreloadEvent {
+    fn proposed(self) -> Proposed {
+        Proposed {
+            id: self.id,
+            event_type: self.event_type,
+            content_type: if self.is_json { JSON } else { BINARY }.to_owned(),
+            data: self.data,
+            custom_metadata: self.custom_metadata,
+        }
+    }
+}
+
 struct Running {
     stop: CancellationToken,
     task: JoinHandle<()>,
@@ -290,6 +317,30 @@ impl EsdbServer {
     /// The port the server listens on (kept across restarts).
     pub fn port(&self) -> u16 {
         self.shared.port.load(Ordering::SeqCst)
+    }
+
+    /// Appends `events` to `stream` straight into the store, without a client or
+    /// gRPC: for benchmarks that need a server holding millions of events before
+    /// they start. The rules are those of an append with expected revision "any"
+    /// (revisions, `$all` positions, idempotency by event id, `$$stream` metadata,
+    /// tombstones), and readers and subscriptions see the events as if a client had
+    /// appended them. Works while the server is stopped too.
+    ///
+    /// Returns the revision of the stream's last event afterwards; `None` when the
+    /// stream is tombstoned (then nothing is written) or still has no events.
+    pub fn preload(
+        &self,
+        stream: &str,
+        events: impl IntoIterator<Item = PreloadEvent>,
+    ) -> Option<u64> {
+        let events = events.into_iter().map(PreloadEvent::proposed).collect();
+        match self
+            .shared
+            .write(|store| store.append(stream, Expected::Any, events))
+        {
+            WriteOutcome::Success { current, .. } => current,
+            WriteOutcome::WrongExpected { .. } | WriteOutcome::StreamDeleted => None,
+        }
     }
 
     /// A handle to inject faults.

@@ -6,13 +6,15 @@
 //! (`-- --test-threads=1`) and leave out `faults_and_connections` and
 //! `wire_errors`, which need the in-process server (`security` always starts
 //! secure in-process servers of its own, `memory` `esdb-testkit` processes of its
-//! own); see `replicator_testkit::cluster` and the README.
+//! own, `preload` in-process servers of its own); see `replicator_testkit::cluster`
+//! and the README.
 
 mod common;
 mod errors_and_deletes;
 mod faults_and_connections;
 #[cfg(target_os = "linux")]
 mod memory;
+mod preload;
 mod reads_and_writes;
 mod security;
 mod subscriptions;
