@@ -10,15 +10,16 @@
 //! Each argument is `EVENTS/STREAMS`: events spread round-robin over that many
 //! streams, appended in order of revision, up to 100 consecutive events of a
 //! stream per append, 64 appends in flight on one batch-append session. Each event
-//! carries 120 bytes of data and 40 bytes of custom metadata. `preload:EVENTS/STREAMS`
-//! puts the same events into the server with `EsdbServer::preload` instead (in the
-//! child, without gRPC).
+//! carries 120 bytes of data and 40 bytes of custom metadata. `plain:EVENTS/STREAMS`
+//! appends one event per plain `Append` call instead, 64 in flight;
+//! `preload:EVENTS/STREAMS` puts the events into the server with
+//! `EsdbServer::preload` (in the child, without gRPC).
 
 use std::io::{BufRead, BufReader, Read as _};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use eventstore::{BatchAppendOptions, Client, EventData, ExpectedRevision};
+use eventstore::{AppendToStreamOptions, BatchAppendOptions, Client, EventData, ExpectedRevision};
 use futures::StreamExt as _;
 use replicator_testkit::{EsdbServer, PreloadEvent};
 
@@ -46,23 +47,23 @@ fn main() -> Result<(), BoxError> {
     );
     println!("|---|---|---|---|---|---|---|---|");
     for case in cases {
-        let (preload, sizes) = match case.strip_prefix("preload:") {
-            Some(sizes) => (true, sizes),
-            None => (false, case.as_str()),
+        let (how, sizes) = match case.split_once(':') {
+            Some((how, sizes)) => (how, sizes),
+            None => ("batch", case.as_str()),
         };
         let (events, streams) = sizes
             .split_once('/')
             .and_then(|(e, s)| Some((e.parse::<u64>().ok()?, s.parse::<u64>().ok()?)))
-            .ok_or_else(|| format!("{case:?}: expected [preload:]EVENTS/STREAMS"))?;
+            .ok_or_else(|| format!("{case:?}: expected [batch:|plain:|preload:]EVENTS/STREAMS"))?;
         let streams = streams.clamp(1, events.max(1));
-        if preload {
+        if how == "preload" {
             let output = Command::new(std::env::current_exe()?)
                 .args(["serve-preload", &events.to_string(), &streams.to_string()])
                 .stderr(Stdio::inherit())
                 .output()?;
             print!("{}", String::from_utf8_lossy(&output.stdout));
         } else {
-            measure(events, streams)?;
+            measure(events, streams, how == "plain")?;
         }
     }
     Ok(())
@@ -157,7 +158,7 @@ fn rss_bytes(pid: u32) -> Result<u64, BoxError> {
     Ok(kib * 1024)
 }
 
-fn measure(events: u64, streams: u64) -> Result<(), BoxError> {
+fn measure(events: u64, streams: u64, plain: bool) -> Result<(), BoxError> {
     let mut child = Command::new(std::env::current_exe()?)
         .arg("serve")
         .stdin(Stdio::piped())
@@ -173,7 +174,11 @@ fn measure(events: u64, streams: u64) -> Result<(), BoxError> {
         load(&client, 1, 1, "warm-up").await?;
         let before = rss_bytes(pid)?;
         let started = Instant::now();
-        load(&client, events, streams, "s").await?;
+        if plain {
+            load_plain(&client, events, streams).await?;
+        } else {
+            load(&client, events, streams, "s").await?;
+        }
         let elapsed = started.elapsed();
         let after = rss_bytes(pid)?;
         Ok::<_, BoxError>((before, after, elapsed))
@@ -181,7 +186,36 @@ fn measure(events: u64, streams: u64) -> Result<(), BoxError> {
     drop(child.stdin.take());
     child.wait()?;
     let (before, after, elapsed) = result?;
-    print_row(events, streams, before, after, elapsed, "gRPC");
+    let how = if plain {
+        "Append, 1 event each"
+    } else {
+        "BatchAppend"
+    };
+    print_row(events, streams, before, after, elapsed, how);
+    Ok(())
+}
+
+/// Appends `events` events round-robin over `streams` streams, one event per
+/// plain `Append` call (expected revision any), as a tool copying event by event
+/// does.
+async fn load_plain(client: &Client, events: u64, streams: u64) -> Result<(), BoxError> {
+    let mut results = futures::stream::iter(0..events)
+        .map(|n| {
+            let (s, revision) = (n % streams, n / streams);
+            let event = EventData::binary("Loaded", data(s, revision).into_bytes().into())
+                .id(uuid::Uuid::new_v4())
+                .metadata(vec![b'm'; METADATA_LEN].into());
+            let options = AppendToStreamOptions::default();
+            async move {
+                client
+                    .append_to_stream(format!("s-{s}"), &options, event)
+                    .await
+            }
+        })
+        .buffer_unordered(IN_FLIGHT);
+    while let Some(result) = results.next().await {
+        result?;
+    }
     Ok(())
 }
 
