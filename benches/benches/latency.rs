@@ -13,6 +13,12 @@
 //! background writer appends to the source as fast as it can (one append in
 //! flight) while the trickle is timed. The baseline cases subscribe to the
 //! source itself, with no replicator: what the server and the client cost.
+//! The baseline hides this process's own waits for a CPU (the server sends
+//! the acknowledgement and the event together, and both are timed after the
+//! same wake-up), while every replicator case pays the waits of three more
+//! processes (replicator, target server, and this one): on a machine busy
+//! with other work the replicator rows grow a tail the baseline does not
+//! show. `STAGES=1` tells that apart from the replicator holding events.
 //!
 //! Servers, the replicator and the background writer are child processes
 //! (this binary, re-executed), so nothing shares a runtime with the timed
