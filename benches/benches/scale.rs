@@ -63,7 +63,7 @@
 //! to 100 % of each run, and the same at 1M events over 100k streams as at
 //! 10M over 1M. What partitionCount 8 adds with many streams (~35 MiB) is
 //! bounded: `EsdbSink::write` makes one boxed future per stream of a batch
-//! up front (about 10 KB each; 500 per batch when every event is of another
+//! up front (10 KB or more each; 500 per batch when every event is of another
 //! stream), though only 32 run at once (massif and heaptrack: 45 % of the
 //! live heap with partitionCount 1, 69 % with 8). The source server spends
 //! ~4.4 µs of CPU per event in every case, the target 4.0 (one stream) to 13
@@ -72,8 +72,8 @@
 //! `SCALE_REVISIONS=tracked` with more streams than the sink's tracked cache
 //! (100,000; 1M events over 200k streams) does not scale: once the cache has
 //! dropped half its streams, each batch of 500 took 12–13 s (about 40
-//! events/s) and the replicator's RSS grew from 81 to 234 MiB in 7.5 minutes
-//! without levelling off (run stopped). Each miss probes the target with an
+//! events/s) and the replicator's RSS grew steadily, from 81 to 139 MiB in
+//! less than 4 minutes (run stopped). Each miss probes the target with an
 //! append at an impossible revision through the shared batch-append session;
 //! the `eventstore` client ends that session on any refused append, so every
 //! append in flight on it is redone as a plain append and a new session is
