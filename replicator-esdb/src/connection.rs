@@ -2,7 +2,7 @@
 //! the reader and the sink.
 
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use eventstore::{Client, ClientSettings, ReadAllOptions, StreamPosition};
@@ -151,7 +151,9 @@ fn is_transient_code(code: i32) -> bool {
 /// cannot recover by itself.
 pub(crate) struct ClientCell {
     settings: ClientSettings,
-    current: Mutex<Option<(u64, Client)>>,
+    /// Shared, not cloned per call: a `Client` clone copies its settings
+    /// (strings, endpoints), which the sink would pay on every append.
+    current: Mutex<Option<(u64, Arc<Client>)>>,
 }
 
 impl ClientCell {
@@ -163,12 +165,12 @@ impl ClientCell {
     }
 
     /// The current client and its generation, building one if needed.
-    pub(crate) fn get(&self) -> Result<(u64, Client), eventstore::Error> {
+    pub(crate) fn get(&self) -> Result<(u64, Arc<Client>), eventstore::Error> {
         let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((generation, client)) = current.as_ref() {
             return Ok((*generation, client.clone()));
         }
-        let client = Client::new(self.settings.clone())?;
+        let client = Arc::new(Client::new(self.settings.clone())?);
         let generation = next_generation();
         *current = Some((generation, client.clone()));
         Ok((generation, client))

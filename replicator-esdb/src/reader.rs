@@ -189,11 +189,16 @@ impl Reader for EsdbReader {
         // The subscription lives inside the stream's state, so only dropping
         // the whole stream drops it: a caller cancelling one `next()` does not
         // (the client's own `next` is not cancel-safe).
-        Ok(futures::stream::unfold(state, |mut state| async move {
-            let item = state.next().await?;
-            Some((item, state))
-        })
-        .boxed())
+        // Boxed, and the rare steps of `next` boxed inside it: the stream
+        // moves its state and builds a `next` future for every record, so
+        // both are kept small.
+        Ok(
+            futures::stream::unfold(Box::new(state), |mut state| async move {
+                let item = state.next().await?;
+                Some((item, state))
+            })
+            .boxed(),
+        )
     }
 
     fn report_health_to(&mut self, health: HealthReporter) {
@@ -267,6 +272,8 @@ enum Phase {
     Live {
         subscription: Box<Subscription>,
         confirmed: bool,
+        /// Generation of the client the subscription runs on.
+        generation: u64,
     },
     /// Caught up (not running continuously) or failed permanently.
     Done,
@@ -387,31 +394,38 @@ impl ReadState {
             if matches!(self.phase, Phase::Done) {
                 return None;
             }
-            let (generation, client) = match self.client.get() {
-                Ok(client) => client,
-                Err(error) => {
-                    let failure = Failure::client("creating the source client")(error);
-                    match self.failed(0, failure).await {
-                        Some(error) => return Some(Err(error)),
-                        None => continue,
-                    }
-                }
-            };
-            let outcome = match &mut self.phase {
+            let (generation, outcome) = match &mut self.phase {
                 Phase::Done => return None,
-                Phase::CatchUp => match self.catch_up(&client).await {
-                    Ok(()) => {
-                        if matches!(self.phase, Phase::Done) {
-                            self.recovered();
+                Phase::CatchUp => {
+                    // Only here: a live subscription keeps its client, and
+                    // asking for it per record would cost a lock each.
+                    let (generation, client) = match self.client.get() {
+                        Ok(client) => client,
+                        Err(error) => {
+                            let failure = Failure::client("creating the source client")(error);
+                            match Box::pin(self.failed(0, failure)).await {
+                                Some(error) => return Some(Err(error)),
+                                None => continue,
+                            }
                         }
-                        Ok(())
-                    }
-                    Err(failure) => Err(failure),
-                },
+                    };
+                    let outcome = match Box::pin(self.catch_up(&client, generation)).await {
+                        Ok(()) => {
+                            if matches!(self.phase, Phase::Done) {
+                                self.recovered();
+                            }
+                            Ok(())
+                        }
+                        Err(failure) => Err(failure),
+                    };
+                    (generation, outcome)
+                }
                 Phase::Live {
                     subscription,
                     confirmed,
+                    generation,
                 } => {
+                    let generation = *generation;
                     let event = next_live(
                         subscription,
                         *confirmed,
@@ -420,18 +434,19 @@ impl ReadState {
                         self.request_timeout,
                     )
                     .await;
-                    match event {
+                    let outcome = match event {
                         Ok(event) => {
                             *confirmed = true;
                             self.on_subscription_event(event);
                             Ok(())
                         }
                         Err(failure) => Err(failure),
-                    }
+                    };
+                    (generation, outcome)
                 }
             };
             if let Err(failure) = outcome {
-                if let Some(error) = self.failed(generation, failure).await {
+                if let Some(error) = Box::pin(self.failed(generation, failure)).await {
                     return Some(Err(error));
                 }
             }
@@ -466,7 +481,11 @@ impl ReadState {
     /// Moves out of [`Phase::CatchUp`]: reads from an inclusive start first,
     /// ends when there is nothing to read without `run_continuously`, and
     /// otherwise subscribes strictly after the last record handed on.
-    async fn catch_up(&mut self, client: &eventstore::Client) -> Result<(), Failure> {
+    async fn catch_up(
+        &mut self,
+        client: &eventstore::Client,
+        generation: u64,
+    ) -> Result<(), Failure> {
         if self.last.is_none() && self.floor.is_some() {
             self.read_page(client).await?;
         }
@@ -493,6 +512,7 @@ impl ReadState {
             self.phase = Phase::Live {
                 subscription: Box::new(subscription),
                 confirmed: false,
+                generation,
             };
             self.watchdog.restart();
         }
@@ -683,7 +703,8 @@ async fn next_live(
         let head = tokio::select! {
             biased;
             event = &mut next => return event.map_err(failure),
-            head = probe.ask() => head,
+            // Boxed: rare, and it would otherwise grow every record's future.
+            head = Box::pin(probe.ask()) => head,
         };
         match head {
             Ok(Some(head)) if watchdog.seen.is_none_or(|seen| head > seen) => {

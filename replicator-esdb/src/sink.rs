@@ -26,7 +26,7 @@ use crate::connection::{
 };
 use crate::plan::{
     plan, shift_truncate_before, Action, AppendRun, Divergence, Done, Expected, Guess, Note, Reply,
-    Step, TargetRecord,
+    Step, TargetRecord, PROBE_REVISION,
 };
 
 /// Default cap on the payload of one append request.
@@ -315,7 +315,7 @@ impl EsdbSink {
                     Some(shifted) => self.append_run(stream, &[&shifted]).await?,
                     None => self.append_run(stream, events).await?,
                 },
-                Step::Tombstone(event) => self.tombstone(event).await?,
+                Step::Tombstone(event) => Box::pin(self.tombstone(event)).await?,
             };
             highest = highest.max(position);
         }
@@ -490,24 +490,23 @@ impl EsdbSink {
                         .forwards()
                         .position(StreamPosition::Position(revision))
                         .max_count(count);
-                    self.read_reply(client, stream, &options, run.current_event())
-                        .await?
+                    Box::pin(self.read_reply(client, stream, &options, run.current_event())).await?
                 }
                 Action::SearchTail => {
                     let options = ReadStreamOptions::default()
                         .backwards()
                         .position(StreamPosition::End)
                         .max_count(self.search_depth);
-                    match self
-                        .read_reply(client, stream, &options, run.current_event())
+                    match Box::pin(self.read_reply(client, stream, &options, run.current_event()))
                         .await?
                     {
                         // Nothing readable although the stream has records:
                         // soft-deleted or truncated. `$all` still holds them.
-                        Reply::Records(records) if records.is_empty() => self
-                            .search_all(client, stream)
-                            .await
-                            .map_err(|e| RunError::Client(e, run.current_event()))?,
+                        Reply::Records(records) if records.is_empty() => {
+                            Box::pin(self.search_all(client, stream))
+                                .await
+                                .map_err(|e| RunError::Client(e, run.current_event()))?
+                        }
                         reply => reply,
                     }
                 }
@@ -651,7 +650,15 @@ impl EsdbSink {
         expected: ExpectedRevision,
         events: &[&Event],
     ) -> Result<(Option<Position>, Option<u64>), eventstore::Error> {
-        if let Some(batch) = self.batch_session(generation, client).await {
+        // A probe is refused by design, and a refusal ends the shared
+        // session, failing every append in flight on it: with many streams
+        // unknown to `Tracked` mode, that made every batch start over.
+        let probe = matches!(expected, ExpectedRevision::Exact(r) if r == PROBE_REVISION);
+        let batch = match probe {
+            true => None,
+            false => self.batch_session(generation, client).await,
+        };
+        if let Some(batch) = batch {
             let data: Vec<EventData> = events.iter().map(|e| to_event_data(e)).collect();
             let result = within(
                 self.request_timeout,
@@ -680,10 +687,10 @@ impl EsdbSink {
                 }
             }
         }
-        within(
+        Box::pin(within(
             self.request_timeout,
             append(client, stream, expected, events),
-        )
+        ))
         .await
         .map(|(position, last)| (Some(position), Some(last)))
     }
@@ -709,6 +716,17 @@ impl EsdbSink {
                 return Some(batch.clone());
             }
         }
+        Box::pin(self.open_batch_session(generation, client)).await
+    }
+
+    /// Opens a batch-append session (boxed by the caller: it is rare, and
+    /// its state would otherwise grow every append's future, which is moved
+    /// into a box for every stream of every batch).
+    async fn open_batch_session(
+        &self,
+        generation: u64,
+        client: &Client,
+    ) -> Option<Arc<BatchAppendClient>> {
         let options = BatchAppendOptions::default();
         match within(self.request_timeout, client.batch_append(&options)).await {
             Ok(batch) => {
@@ -735,7 +753,7 @@ impl EsdbSink {
         }
     }
 
-    fn client(&self) -> Result<(u64, Client), SinkError> {
+    fn client(&self) -> Result<(u64, Arc<Client>), SinkError> {
         self.client.get().map_err(|e| {
             let kind = error_kind(&e);
             let message = format!("cannot create the target client: {e}");

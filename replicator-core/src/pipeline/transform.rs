@@ -200,6 +200,9 @@ impl Partitions {
 
     /// The record `seq` was written.
     pub(super) fn written(&mut self, seq: u64) {
+        if self.partitioner.is_none() {
+            return;
+        }
         let Some(stream) = self.streams.remove(&seq) else {
             return;
         };
