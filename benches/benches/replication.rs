@@ -16,12 +16,32 @@
 //!   `partitionCount`; each run is then compared with the source event by event.
 //!
 //! Servers, the workload generator and each replicator run are child
-//! processes (this binary, re-executed), so the peak memory printed for a
-//! replicator run is that run's own.
+//! processes (this binary, re-executed), so the peak memory and the CPU time
+//! printed for a replicator run are that run's own. Beside events/s, each
+//! replicator row shows its **cost**: the replicator process's CPU time (user +
+//! system, all threads) per event, the two servers' CPU per event in the same
+//! run, and the replicator's peak RSS.
+//!
+//! Workloads (`WORKLOADS`, comma-separated, each replicated separately):
+//! - `small`: EVENTS small JSON events over 100 streams, nothing else;
+//! - `streams`: EVENTS small JSON events over 10,000 streams;
+//! - `mixed`: the testkit workload: metadata, deletes, tombstones, links,
+//!   system events and two events of 1 MiB among EVENTS user events.
 //!
 //! `cargo bench -p replicator-benches --bench replication`
-//! Environment: EVENTS (20000), LATENCIES_MS ("0,4"), PARTITIONS ("1,8"),
-//! SEQUENTIAL_SAMPLE (1000 events).
+//! Environment: EVENTS (20000), WORKLOADS ("small,mixed"), LATENCIES_MS
+//! ("0,4"), PARTITIONS ("1,8"), SEQUENTIAL_SAMPLE (1000 events; 0 leaves the
+//! sequential rows out). A debug build (`cargo test --all-targets` runs it as
+//! a smoke test) defaults to 2000 `small` events and a sample of 100.
+//!
+//! `CALLGRIND_EVENTS=n` adds a count that a busy machine cannot blur: one run
+//! of n `small` events with `partitionCount` 1 at 0 ms under
+//! `valgrind --tool=callgrind`, printing the replicator's instructions per
+//! event (the same binary and inputs give the same count within a few
+//! percent: batch sizes still depend on timing). Profile recipe, for where
+//! the time goes: start the servers as this bench does and run
+//! `perf record -g -e cpu-clock <bench binary> --replicate SRC DST 1`, or
+//! open the callgrind output file it names with `callgrind_annotate`.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -30,7 +50,10 @@ use std::time::{Duration, Instant};
 
 use eventstore::{AppendToStreamOptions, Client, ExpectedRevision};
 use futures::{StreamExt, TryStreamExt};
-use replicator_benches::{peak_rss_mib, print_table, rate};
+use replicator_benches::{
+    cpu_seconds, load_small_events, nodelay_client, peak_rss_mib, print_table, process_cpu_seconds,
+    rate, BoxError, Proposed,
+};
 use replicator_core::memory::MemoryCheckpointStore;
 use replicator_core::{ChangeKind, ContentType, Event, Pipeline, Reader, StartFrom};
 use replicator_esdb::{to_event_data, EsdbReader, EsdbReaderConfig, EsdbSink, EsdbSinkConfig};
@@ -38,14 +61,41 @@ use replicator_testkit::proto::event_store::client as pb;
 use replicator_testkit::{compare, workload, EsdbServer, ServerOptions};
 use tokio_util::sync::CancellationToken;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
 fn env_list(name: &str, default: &str) -> Vec<u64> {
     std::env::var(name)
         .unwrap_or_else(|_| default.to_owned())
         .split(',')
         .map(|v| v.trim().parse().expect("a comma-separated list of numbers"))
         .collect()
+}
+
+fn env_names(name: &str, default: &str) -> Vec<String> {
+    std::env::var(name)
+        .unwrap_or_else(|_| default.to_owned())
+        .split(',')
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+        .collect()
+}
+
+/// The workloads a source can be filled with; see the module docs.
+const WORKLOADS: [&str; 3] = ["small", "streams", "mixed"];
+
+/// Fills the server at `url` with `events` user events of workload `name`.
+async fn generate(url: &str, events: usize, name: &str) -> Result<String, BoxError> {
+    match name {
+        "small" => load_small_events(url, events, 100, 10).await?,
+        "streams" => load_small_events(url, events, 10_000, 2).await?,
+        "mixed" => {
+            let spec = workload::WorkloadSpec::new(42, events);
+            return Ok(format!(
+                "{:?}",
+                workload::generate(&client(url)?, &spec).await?
+            ));
+        }
+        other => return Err(format!("unknown workload {other:?}").into()),
+    }
+    Ok(format!("{events} small JSON events"))
 }
 
 fn env_num(name: &str, default: u64) -> u64 {
@@ -81,6 +131,11 @@ impl ChildProcess {
     fn server(append_latency_ms: u64) -> Result<Self, BoxError> {
         Self::spawn(&["--serve".into(), append_latency_ms.to_string()])
     }
+
+    /// CPU seconds the process has used so far.
+    fn cpu(&self) -> f64 {
+        process_cpu_seconds(&self.child.id().to_string()).unwrap_or(0.0)
+    }
 }
 
 impl Drop for ChildProcess {
@@ -94,55 +149,20 @@ fn client(url: &str) -> Result<Client, BoxError> {
     Ok(Client::new(url.parse()?)?)
 }
 
-/// A raw gRPC Streams client with `TCP_NODELAY`, like the .NET client.
-async fn nodelay_client(
-    url: &str,
-) -> Result<pb::streams::streams_client::StreamsClient<tonic::transport::Channel>, BoxError> {
-    let port = url
-        .trim_start_matches("esdb://")
-        .split(['/', '?'])
-        .next()
-        .and_then(|h| h.rsplit(':').next())
-        .ok_or("no port in the connection string")?;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))?
-        .tcp_nodelay(true)
-        .connect()
-        .await?;
-    Ok(pb::streams::streams_client::StreamsClient::new(channel)
-        .max_decoding_message_size(256 << 20)
-        .max_encoding_message_size(256 << 20))
-}
-
 fn append_request(stream: &str, events: &[&Event]) -> Vec<pb::streams::AppendReq> {
-    use pb::streams::append_req::{self, options::ExpectedStreamRevision, Content};
-    let mut messages = vec![pb::streams::AppendReq {
-        content: Some(Content::Options(append_req::Options {
-            stream_identifier: Some(pb::StreamIdentifier {
-                stream_name: stream.as_bytes().to_vec().into(),
-            }),
-            expected_stream_revision: Some(ExpectedStreamRevision::Any(())),
-        })),
-    }];
-    for event in events {
-        let content_type = match event.content_type {
-            ContentType::Json => "application/json",
-            ContentType::Binary => "application/octet-stream",
-        };
-        messages.push(pb::streams::AppendReq {
-            content: Some(Content::ProposedMessage(append_req::ProposedMessage {
-                id: Some(pb::Uuid {
-                    value: Some(pb::uuid::Value::String(event.id.to_string())),
-                }),
-                metadata: HashMap::from([
-                    ("type".to_owned(), event.event_type.clone()),
-                    ("content-type".to_owned(), content_type.to_owned()),
-                ]),
-                custom_metadata: event.metadata.clone(),
-                data: event.data.clone(),
-            })),
-        });
-    }
-    messages
+    replicator_benches::append_request(
+        stream,
+        events.iter().map(|event| Proposed {
+            id: event.id,
+            event_type: event.event_type.clone(),
+            content_type: match event.content_type {
+                ContentType::Json => "application/json",
+                ContentType::Binary => "application/octet-stream",
+            },
+            data: event.data.clone(),
+            metadata: event.metadata.clone(),
+        }),
+    )
 }
 
 /// Every record of the source, classified as the replicator sees it.
@@ -270,132 +290,247 @@ async fn replicate(source: &str, target: &str, partitions: usize) -> Result<Stri
         .await?;
     let elapsed = started.elapsed();
     Ok(format!(
-        "{} {} {}",
+        "{} {} {} {}",
         summary.written,
         elapsed.as_secs_f64(),
-        peak_rss_mib().unwrap_or(0.0)
+        peak_rss_mib().unwrap_or(0.0),
+        cpu_seconds().unwrap_or(0.0),
     ))
 }
 
-fn row(
+/// What one replicator child reported.
+struct ReplicatorRun {
+    written: u64,
+    elapsed: Duration,
+    peak_rss_mib: f64,
+    cpu_seconds: f64,
+}
+
+impl ReplicatorRun {
+    fn parse(line: &str) -> Result<Self, BoxError> {
+        let mut parts = line.split_whitespace();
+        let mut next = |what: &str| parts.next().ok_or(format!("no {what} in {line:?}"));
+        Ok(ReplicatorRun {
+            written: next("count")?.parse()?,
+            elapsed: Duration::from_secs_f64(next("time")?.parse()?),
+            peak_rss_mib: next("memory")?.parse()?,
+            cpu_seconds: next("CPU time")?.parse()?,
+        })
+    }
+}
+
+/// Microseconds of CPU per event.
+fn per_event_us(cpu_seconds: f64, events: u64) -> String {
+    format!("{:.1}", cpu_seconds * 1e6 / events.max(1) as f64)
+}
+
+/// One replication of a fresh `small` source of `events` under callgrind:
+/// the replicator's instructions per event.
+fn callgrind(events: usize) -> Result<Option<String>, BoxError> {
+    if events == 0 {
+        return Ok(None);
+    }
+    let source = ChildProcess::server(0)?;
+    drop(ChildProcess::spawn(&[
+        "--generate".into(),
+        source.first_line.clone(),
+        events.to_string(),
+        "small".into(),
+    ])?);
+    let target = ChildProcess::server(0)?;
+    let out = std::env::temp_dir().join(format!("replicator-callgrind.{}", std::process::id()));
+    let status = Command::new("valgrind")
+        .arg("--tool=callgrind")
+        .arg(format!("--callgrind-out-file={}", out.display()))
+        .arg(std::env::current_exe()?)
+        .args(["--replicate", &source.first_line, &target.first_line, "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .output()
+        .map_err(|e| format!("valgrind (Debian package valgrind): {e}"))?;
+    if !status.status.success() {
+        return Err(format!("the replicator under callgrind failed: {:?}", status.status).into());
+    }
+    let run = ReplicatorRun::parse(String::from_utf8_lossy(&status.stdout).trim())?;
+    let text = std::fs::read_to_string(&out)?;
+    let instructions: u64 = text
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("summary:")
+                .or_else(|| l.strip_prefix("totals:"))
+        })
+        .ok_or("no summary line in the callgrind output")?
+        .split_whitespace()
+        .next()
+        .ok_or("an empty summary line")?
+        .parse()?;
+    Ok(Some(format!(
+        "callgrind: {} instructions for {} events = {} instructions per event \
+         (small workload, partitionCount 1, 0 ms; output {})",
+        instructions,
+        run.written,
+        instructions / run.written.max(1),
+        out.display()
+    )))
+}
+
+/// One row of the table; `cost` holds the replicator's columns.
+struct Row {
+    workload: String,
     latency: u64,
-    writer: &str,
+    writer: String,
     events: u64,
     elapsed: Duration,
-    reference: f64,
-    peak: &str,
-) -> Vec<String> {
-    let r = rate(events, elapsed);
+    cost: Option<(String, String, String)>,
+}
+
+fn cells(row: &Row, sequential: Option<f64>, bare: Option<f64>) -> Vec<String> {
+    let r = rate(row.events, row.elapsed);
+    let vs = |reference: Option<f64>| reference.map_or("-".into(), |x| format!("{:.1}×", r / x));
+    let (cpu, servers, peak) = row
+        .cost
+        .clone()
+        .unwrap_or(("-".into(), "-".into(), "-".into()));
     vec![
-        format!("{latency} ms"),
-        writer.to_owned(),
-        events.to_string(),
+        row.workload.clone(),
+        format!("{} ms", row.latency),
+        row.writer.clone(),
+        row.events.to_string(),
         format!("{r:.0}"),
-        format!("{:.1}×", r / reference),
-        peak.to_owned(),
+        vs(sequential),
+        vs(bare),
+        cpu,
+        servers,
+        peak,
     ]
 }
 
 async fn bench() -> Result<(), BoxError> {
-    let events = env_num("EVENTS", 20_000) as usize;
-    let sample = env_num("SEQUENTIAL_SAMPLE", 1_000) as usize;
-    let source = ChildProcess::server(0)?;
-    let generated = ChildProcess::spawn(&[
-        "--generate".into(),
-        source.first_line.clone(),
-        events.to_string(),
-    ])?;
-    println!("source: {}", generated.first_line);
-    drop(generated);
-    let records = read_source(&source.first_line).await?;
-    println!(
-        "{} records in the source $all, {} user events to append\n",
-        records.len(),
-        user_appends(&records).len()
-    );
-
-    let mut rows = Vec::new();
-    for latency in env_list("LATENCIES_MS", "0,4") {
-        let target = ChildProcess::server(latency)?;
-        let (n, elapsed) = sequential_nodelay(&records, &target.first_line, sample).await?;
-        let reference = rate(n, elapsed);
-        rows.push(row(
-            latency,
-            "sequential, 1 event per append (C# tool's strategy)",
-            n,
-            elapsed,
-            reference,
-            "-",
-        ));
-        drop(target);
-
-        let target = ChildProcess::server(latency)?;
-        let (n, elapsed) = sequential_client(&records, &target.first_line, sample.min(200)).await?;
-        rows.push(row(
-            latency,
-            "sequential, eventstore 4.0.0 client (no TCP_NODELAY)",
-            n,
-            elapsed,
-            reference,
-            "-",
-        ));
-        drop(target);
-
-        let target = ChildProcess::server(latency)?;
-        let (n, elapsed) = bare_loader(&records, &target.first_line).await?;
-        rows.push(row(
-            latency,
-            "bare loader (preloaded, 500/append, 8 in flight)",
-            n,
-            elapsed,
-            reference,
-            "-",
-        ));
-        drop(target);
-
-        for partitions in env_list("PARTITIONS", "1,8") {
-            let target = ChildProcess::server(latency)?;
-            let run = ChildProcess::spawn(&[
-                "--replicate".into(),
-                source.first_line.clone(),
-                target.first_line.clone(),
-                partitions.to_string(),
-            ])?;
-            let mut parts = run.first_line.split_whitespace();
-            let written: u64 = parts.next().ok_or("no count")?.parse()?;
-            let seconds: f64 = parts.next().ok_or("no time")?.parse()?;
-            let peak: f64 = parts.next().ok_or("no memory")?.parse()?;
-            drop(run);
-            let report =
-                compare::compare(&client(&source.first_line)?, &client(&target.first_line)?)
-                    .await?;
-            assert!(
-                report.is_identical(),
-                "replication not exact: {:?}",
-                report.differences
-            );
-            rows.push(row(
+    // `cargo test --all-targets` runs this in a debug build as a smoke test.
+    let smoke = cfg!(debug_assertions);
+    let events = env_num("EVENTS", if smoke { 2_000 } else { 20_000 }) as usize;
+    let sample = env_num("SEQUENTIAL_SAMPLE", if smoke { 100 } else { 1_000 }) as usize;
+    let workloads = env_names("WORKLOADS", if smoke { "small" } else { "small,mixed" });
+    if let Some(unknown) = workloads.iter().find(|w| !WORKLOADS.contains(&w.as_str())) {
+        return Err(format!("WORKLOADS: unknown workload {unknown:?} ({WORKLOADS:?})").into());
+    }
+    let mut table = Vec::new();
+    for name in &workloads {
+        let source = ChildProcess::server(0)?;
+        let generated = ChildProcess::spawn(&[
+            "--generate".into(),
+            source.first_line.clone(),
+            events.to_string(),
+            name.clone(),
+        ])?;
+        println!("{name}: {}", generated.first_line);
+        drop(generated);
+        let records = read_source(&source.first_line).await?;
+        println!(
+            "{name}: {} records in the source $all, {} user events to append",
+            records.len(),
+            user_appends(&records).len()
+        );
+        for latency in env_list("LATENCIES_MS", "0,4") {
+            let mut rows = Vec::new();
+            let row = |writer: &str, (events, elapsed): (u64, Duration)| Row {
+                workload: name.clone(),
                 latency,
-                &format!("replicator, partitionCount {partitions}"),
-                written,
-                Duration::from_secs_f64(seconds),
-                reference,
-                &format!("{peak:.0} MiB"),
+                writer: writer.to_owned(),
+                events,
+                elapsed,
+                cost: None,
+            };
+            let mut sequential = None;
+            if sample > 0 {
+                let target = ChildProcess::server(latency)?;
+                let measured = sequential_nodelay(&records, &target.first_line, sample).await?;
+                sequential = Some(rate(measured.0, measured.1));
+                rows.push(row(
+                    "sequential, 1 event per append (C# tool's strategy)",
+                    measured,
+                ));
+                drop(target);
+
+                let target = ChildProcess::server(latency)?;
+                let measured =
+                    sequential_client(&records, &target.first_line, sample.min(200)).await?;
+                rows.push(row(
+                    "sequential, eventstore 4.0.0 client (no TCP_NODELAY)",
+                    measured,
+                ));
+                drop(target);
+            }
+
+            let target = ChildProcess::server(latency)?;
+            let measured = bare_loader(&records, &target.first_line).await?;
+            let bare = Some(rate(measured.0, measured.1));
+            rows.push(row(
+                "bare loader (preloaded, 500/append, 8 in flight)",
+                measured,
             ));
+            drop(target);
+
+            for partitions in env_list("PARTITIONS", "1,8") {
+                let target = ChildProcess::server(latency)?;
+                let servers_before = source.cpu() + target.cpu();
+                let child = ChildProcess::spawn(&[
+                    "--replicate".into(),
+                    source.first_line.clone(),
+                    target.first_line.clone(),
+                    partitions.to_string(),
+                ])?;
+                let run = ReplicatorRun::parse(&child.first_line)?;
+                drop(child);
+                let servers = source.cpu() + target.cpu() - servers_before;
+                let report =
+                    compare::compare(&client(&source.first_line)?, &client(&target.first_line)?)
+                        .await?;
+                assert!(
+                    report.is_identical(),
+                    "replication not exact: {:?}",
+                    report.differences
+                );
+                rows.push(Row {
+                    cost: Some((
+                        per_event_us(run.cpu_seconds, run.written),
+                        per_event_us(servers, run.written),
+                        format!("{:.0} MiB", run.peak_rss_mib),
+                    )),
+                    ..row(
+                        &format!("replicator, partitionCount {partitions}"),
+                        (run.written, run.elapsed),
+                    )
+                });
+            }
+            table.extend(rows.iter().map(|r| cells(r, sequential, bare)));
         }
     }
-    println!("{events} generated user events (testkit workload, seed 42); the sequential rows time the first {sample} (200 for the eventstore client)");
+    println!();
+    println!(
+        "{events} generated user events per workload (testkit generator, seed 42); the \
+         sequential rows time the first {sample} (200 for the eventstore client). CPU: the \
+         replicator process's user + system time per event written; servers: the source's and \
+         the target's together, during the same run."
+    );
     print_table(
         &[
+            "workload",
             "target append latency",
             "writer",
             "events",
             "events/s",
             "vs sequential",
-            "peak RSS",
+            "vs bare loader",
+            "replicator CPU µs/event",
+            "servers CPU µs/event",
+            "replicator peak RSS",
         ],
-        &rows,
+        &table,
     );
+    if let Some(line) = callgrind(env_num("CALLGRIND_EVENTS", 0) as usize)? {
+        println!("{line}");
+    }
     Ok(())
 }
 
@@ -416,10 +551,7 @@ fn main() -> Result<(), BoxError> {
             Ok(())
         }),
         Some("--generate") => runtime.block_on(async {
-            let (url, events) = (&args[1], args[2].parse()?);
-            let summary =
-                workload::generate(&client(url)?, &workload::WorkloadSpec::new(42, events)).await?;
-            println!("{summary:?}");
+            println!("{}", generate(&args[1], args[2].parse()?, &args[3]).await?);
             Ok(())
         }),
         Some("--replicate") => runtime.block_on(async {

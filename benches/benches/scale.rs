@@ -5,8 +5,9 @@
 //! `nice -n 10 cargo bench -p replicator-benches --bench scale`
 //!
 //! Environment (defaults in brackets):
-//! - `SCALE_EVENTS` [1000000]: user events in the source.
-//! - `SCALE_STREAMS` [100000]: streams of the `streams` case; event `i` goes to
+//! - `SCALE_EVENTS` [1000000; 2000 in a debug build, which `cargo test
+//!   --all-targets` runs as a smoke test]: user events in the source.
+//! - `SCALE_STREAMS` [100000; 200 in a debug build]: streams of the `streams` case; event `i` goes to
 //!   stream `i % SCALE_STREAMS` (round-robin), so the source's `$all`
 //!   interleaves them.
 //! - `SCALE_CASES` [streams,huge]: `streams`, and `huge` (every event in one
@@ -511,8 +512,11 @@ async fn verify(target: &str, workload: Workload) -> Result<(), BoxError> {
 }
 
 fn bench(runtime: &tokio::runtime::Runtime) -> Result<(), BoxError> {
-    let events = env_num("SCALE_EVENTS", 1_000_000);
-    let many = env_num("SCALE_STREAMS", 100_000).max(1);
+    // `cargo test --all-targets` runs this in a debug build as a smoke test:
+    // small enough for the CI, the same code paths.
+    let smoke = cfg!(debug_assertions);
+    let events = env_num("SCALE_EVENTS", if smoke { 2_000 } else { 1_000_000 });
+    let many = env_num("SCALE_STREAMS", if smoke { 200 } else { 100_000 }).max(1);
     let run_length = env_num("SCALE_RUN", 1).max(1);
     let revisions = env_str("SCALE_REVISIONS", "source");
     let partitions: Vec<u64> = env_str("PARTITIONS", "1,8")
