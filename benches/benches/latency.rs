@@ -27,7 +27,8 @@
 //! `cargo bench -p replicator-benches --bench latency`
 //!
 //! Environment:
-//! - `EVENTS` (300): timed events per case;
+//! - `EVENTS` (300; 30 in a debug build, which `cargo test --all-targets`
+//!   runs as a smoke test): timed events per case;
 //! - `RATE` (50): timed events per second;
 //! - `PARTITIONS` ("1,8"): the replicator's `partitionCount`s;
 //! - `LOAD` ("0,1"): run without (0) and with (1) the background writer;
@@ -522,7 +523,8 @@ fn stage_rows(case: &str, measured: &Measured, log: &Path) -> Result<Vec<Vec<Str
 }
 
 async fn bench() -> Result<(), BoxError> {
-    let events = env_num("EVENTS", 300);
+    // `cargo test --all-targets` runs this in a debug build as a smoke test.
+    let events = env_num("EVENTS", if cfg!(debug_assertions) { 30 } else { 300 });
     let rate = env_num("RATE", 50);
     let stages = env_num("STAGES", 0) == 1;
     let mut rows = Vec::new();

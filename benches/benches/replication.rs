@@ -324,12 +324,29 @@ fn per_event_us(cpu_seconds: f64, events: u64) -> String {
     format!("{:.1}", cpu_seconds * 1e6 / events.max(1) as f64)
 }
 
-/// One replication of a fresh `small` source of `events` under callgrind:
-/// the replicator's instructions per event.
+/// The replicator's instructions per event under callgrind: runs of `events`
+/// and of twice as many `small` events (fresh servers each), so that the
+/// start-up (building clients, loading TLS roots) cancels out.
 fn callgrind(events: usize) -> Result<Option<String>, BoxError> {
     if events == 0 {
         return Ok(None);
     }
+    let (small, small_out) = callgrind_run(events)?;
+    let (large, large_out) = callgrind_run(2 * events)?;
+    let per_event = large.saturating_sub(small) / events as u64;
+    Ok(Some(format!(
+        "callgrind: {small} instructions for {events} events, {large} for {}: {per_event} \
+         instructions per event beyond start-up (small workload, partitionCount 1, 0 ms; \
+         `callgrind_annotate {}` and `{}` show where)",
+        2 * events,
+        small_out.display(),
+        large_out.display()
+    )))
+}
+
+/// One replication of a fresh `small` source of `events` under callgrind:
+/// the replicator's total instructions and the output file.
+fn callgrind_run(events: usize) -> Result<(u64, std::path::PathBuf), BoxError> {
     let source = ChildProcess::server(0)?;
     drop(ChildProcess::spawn(&[
         "--generate".into(),
@@ -338,7 +355,10 @@ fn callgrind(events: usize) -> Result<Option<String>, BoxError> {
         "small".into(),
     ])?);
     let target = ChildProcess::server(0)?;
-    let out = std::env::temp_dir().join(format!("replicator-callgrind.{}", std::process::id()));
+    let out = std::env::temp_dir().join(format!(
+        "replicator-callgrind.{}.{events}",
+        std::process::id()
+    ));
     let status = Command::new("valgrind")
         .arg("--tool=callgrind")
         .arg(format!("--callgrind-out-file={}", out.display()))
@@ -352,8 +372,11 @@ fn callgrind(events: usize) -> Result<Option<String>, BoxError> {
         return Err(format!("the replicator under callgrind failed: {:?}", status.status).into());
     }
     let run = ReplicatorRun::parse(String::from_utf8_lossy(&status.stdout).trim())?;
+    if run.written != events as u64 {
+        return Err(format!("callgrind run wrote {} of {events} events", run.written).into());
+    }
     let text = std::fs::read_to_string(&out)?;
-    let instructions: u64 = text
+    let instructions = text
         .lines()
         .find_map(|l| {
             l.strip_prefix("summary:")
@@ -364,14 +387,7 @@ fn callgrind(events: usize) -> Result<Option<String>, BoxError> {
         .next()
         .ok_or("an empty summary line")?
         .parse()?;
-    Ok(Some(format!(
-        "callgrind: {} instructions for {} events = {} instructions per event \
-         (small workload, partitionCount 1, 0 ms; output {})",
-        instructions,
-        run.written,
-        instructions / run.written.max(1),
-        out.display()
-    )))
+    Ok((instructions, out))
 }
 
 /// One row of the table; `cost` holds the replicator's columns.
@@ -508,10 +524,12 @@ async fn bench() -> Result<(), BoxError> {
     }
     println!();
     println!(
-        "{events} generated user events per workload (testkit generator, seed 42); the \
-         sequential rows time the first {sample} (200 for the eventstore client). CPU: the \
-         replicator process's user + system time per event written; servers: the source's and \
-         the target's together, during the same run."
+        "{events} user events per workload (small, streams: the bench's loader; mixed: the \
+         testkit generator, seed 42); the sequential rows time the first {sample} ({} for the \
+         eventstore client). CPU: the replicator process's user + system time per event \
+         written, start-up included; servers: the source's and the target's together, during \
+         the same run.",
+        sample.min(200)
     );
     print_table(
         &[

@@ -42,8 +42,8 @@
 //!
 //! The default (1M events, 100k streams, both cases, partitionCount 1 and 8)
 //! takes 3 min 12 s on 2 cores and fits a CI job (servers ~0.8 GB each).
-//! The full scale run (about 31 minutes; the testkit holds ~780 bytes per
-//! event of this workload, so each server reaches 6–8 GB):
+//! The full scale run (about 31 minutes; each server held 6–8 GB with the
+//! testkit store of 59bd651, about 3 GB since its lean store):
 //! `SCALE_EVENTS=10000000 SCALE_STREAMS=1000000 nice -n 10 cargo bench -p replicator-benches --bench scale`
 //!
 //! Measured 2026-11-30 at 59bd651 on the 2-core development machine, shared
@@ -62,23 +62,26 @@
 //!
 //! The replicator's RSS does not grow with events or streams: flat from 10 %
 //! to 100 % of each run, and the same at 1M events over 100k streams as at
-//! 10M over 1M. What partitionCount 8 adds with many streams (~35 MiB) is
-//! bounded: `EsdbSink::write` makes one boxed future per stream of a batch
-//! up front (10 KB or more each; 500 per batch when every event is of another
+//! 10M over 1M. What partitionCount 8 added with many streams (~35 MiB) was
+//! bounded: `EsdbSink::write` makes one boxed future per stream of a batch up
+//! front (10 KB each then; 500 per batch when every event is of another
 //! stream), though only 32 run at once (massif and heaptrack: 45 % of the
-//! live heap with partitionCount 1, 69 % with 8). The source server spends
-//! ~4.4 µs of CPU per event in every case, the target 4.0 (one stream) to 13
-//! (1M streams: one append per event).
+//! live heap with partitionCount 1, 69 % with 8). Since the sink boxes its
+//! rare branches, that future is 1.5 KB; 1M events over 100k streams on an
+//! idle machine after that change: partitionCount 1 37,267 events/s, 18.8 µs
+//! per event, RSS 17–18 MiB; partitionCount 8 60,214 events/s, 17.5 µs, RSS
+//! 28–31 MiB (was 56–71). The source server spends ~4.4 µs of CPU per event
+//! in every case, the target 4.0 (one stream) to 13 (1M streams: one append
+//! per event).
 //!
 //! `SCALE_REVISIONS=tracked` with more streams than the sink's tracked cache
-//! (100,000; 1M events over 200k streams) does not scale: once the cache has
-//! dropped half its streams, each batch of 500 took 12–13 s (about 40
-//! events/s) and the replicator's RSS grew steadily, from 81 to 139 MiB in
-//! less than 4 minutes (run stopped). Each miss probes the target with an
-//! append at an impossible revision through the shared batch-append session;
-//! the `eventstore` client ends that session on any refused append, so every
-//! append in flight on it is redone as a plain append and a new session is
-//! opened (heaptrack: 23 MB of the live heap in batch-append calls).
+//! (100,000; 1M events over 200k streams) did not scale at 59bd651: once the
+//! cache had dropped half its streams, each batch of 500 took 12–13 s (about
+//! 40 events/s) and the replicator's RSS grew steadily, from 81 to 139 MiB.
+//! Each miss probed the target with an append at an impossible revision
+//! through the shared batch-append session, which the `eventstore` client ends
+//! on any refused append, so every append in flight on it was redone plainly.
+//! The probe now goes as a plain append (TRACKED_AFTER).
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
