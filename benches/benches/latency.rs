@@ -48,16 +48,16 @@
 //!   the testkit's `discoveryInterval=0`, as a user's do.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use eventstore::{Client, StreamPosition, SubscribeToAllOptions, SubscriptionEvent};
 use futures::StreamExt;
-use replicator_benches::print_table;
+use replicator_benches::{env_list, env_num, nodelay_client, print_table, ChildProcess};
 use replicator_core::memory::MemoryCheckpointStore;
 use replicator_core::{
     Event, EventStream, HeadProbe, Pipeline, Reader, ReaderError, Sink, SinkError, StartFrom,
@@ -79,52 +79,6 @@ type StreamsClient = pb::streams::streams_client::StreamsClient<tonic::transport
 /// Streams of the timed events; the replicator's stage log notes only these.
 const TIMED_PREFIX: &str = "latency-";
 
-fn env_list(name: &str, default: &str) -> Vec<u64> {
-    std::env::var(name)
-        .unwrap_or_else(|_| default.to_owned())
-        .split(',')
-        .map(|v| v.trim().parse().expect("a comma-separated list of numbers"))
-        .collect()
-}
-
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// A child process of this binary; its first stdout line is its answer.
-struct ChildProcess {
-    child: Child,
-    first_line: String,
-}
-
-impl ChildProcess {
-    fn spawn(args: &[String]) -> Result<Self, BoxError> {
-        let mut child = Command::new(std::env::current_exe()?)
-            .args(args)
-            .stdout(Stdio::piped())
-            .spawn()?;
-        let mut first_line = String::new();
-        BufReader::new(child.stdout.take().ok_or("no stdout")?).read_line(&mut first_line)?;
-        if first_line.is_empty() {
-            return Err(format!("child {args:?} printed nothing: {:?}", child.wait()?).into());
-        }
-        Ok(ChildProcess {
-            child,
-            first_line: first_line.trim().to_owned(),
-        })
-    }
-}
-
-impl Drop for ChildProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Microseconds since the Unix epoch: the clock the replicator's stage log
 /// shares with this process.
 fn wall_micros(at: SystemTime) -> i64 {
@@ -132,24 +86,6 @@ fn wall_micros(at: SystemTime) -> i64 {
         .map_or(0, |d| d.as_micros() as i64)
 }
 
-/// A raw gRPC Streams client with `TCP_NODELAY` (as the .NET client has), so
-/// that an append's acknowledgement is not held by a delayed ACK and the
-/// timed latency starts when the source has the event.
-async fn nodelay_client(url: &str) -> Result<StreamsClient, BoxError> {
-    let port = url
-        .trim_start_matches("esdb://")
-        .split(['/', '?'])
-        .next()
-        .and_then(|h| h.rsplit(':').next())
-        .ok_or("no port in the connection string")?;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))?
-        .tcp_nodelay(true)
-        .connect()
-        .await?;
-    Ok(pb::streams::streams_client::StreamsClient::new(channel))
-}
-
-/// Appends `ids` (one small JSON event each) to `stream`, expected revision any.
 async fn append(client: &mut StreamsClient, stream: &str, ids: &[Uuid]) -> Result<(), BoxError> {
     use pb::streams::append_req::{self, options::ExpectedStreamRevision, Content};
     let mut messages = vec![pb::streams::AppendReq {
@@ -332,11 +268,7 @@ async fn measure(
 
     let loader = if load {
         let batch = env_num("LOAD_BATCH", 1).max(1);
-        Some(ChildProcess::spawn(&[
-            "--load".into(),
-            source.to_owned(),
-            batch.to_string(),
-        ])?)
+        Some(ChildProcess::answering(&["--load".into(), source.to_owned(), batch.to_string()])?.0)
     } else {
         None
     };
@@ -531,35 +463,32 @@ async fn bench() -> Result<(), BoxError> {
     let mut stage_table = Vec::new();
     for load in env_list("LOAD", "0,1") {
         let load = load == 1;
-        let source = ChildProcess::spawn(&["--serve".into()])?;
-        preload(&source.first_line).await?;
-        let measured = measure(&source.first_line, &source.first_line, load, events, rate).await?;
+        let (source, source_url) = ChildProcess::answering(&["--serve".into()])?;
+        preload(&source_url).await?;
+        let measured = measure(&source_url, &source_url, load, events, rate).await?;
         rows.push(latency_row("source alone (baseline)", load, &measured));
         drop(source);
 
         for partitions in env_list("PARTITIONS", "1,8") {
-            let source = ChildProcess::spawn(&["--serve".into()])?;
-            preload(&source.first_line).await?;
-            let target = ChildProcess::spawn(&["--serve".into()])?;
+            let (_source, source_url) = ChildProcess::answering(&["--serve".into()])?;
+            preload(&source_url).await?;
+            let (_target, target_url) = ChildProcess::answering(&["--serve".into()])?;
             let log = stage_log_path(partitions, load);
             let _ = std::fs::remove_file(&log);
             let mut args = vec![
                 "--replicate".into(),
-                source.first_line.clone(),
-                target.first_line.clone(),
+                source_url.clone(),
+                target_url.clone(),
                 partitions.to_string(),
             ];
             if stages {
                 args.push(log.display().to_string());
             }
             let replicator = match std::env::var("BINARY") {
-                Ok(binary) => {
-                    run_binary(&binary, &source.first_line, &target.first_line, partitions)?
-                }
-                Err(_) => ChildProcess::spawn(&args)?,
+                Ok(binary) => run_binary(&binary, &source_url, &target_url, partitions)?,
+                Err(_) => ChildProcess::answering(&args)?.0,
             };
-            let measured =
-                measure(&source.first_line, &target.first_line, load, events, rate).await?;
+            let measured = measure(&source_url, &target_url, load, events, rate).await?;
             let case = format!("replicator, partitionCount {partitions}");
             rows.push(latency_row(&case, load, &measured));
             drop(replicator);
@@ -632,14 +561,9 @@ fn run_binary(
         ),
     )?;
     // It prints no answer: the warm-up event tells when it replicates.
-    Ok(ChildProcess {
-        child: Command::new(binary)
-            .args(["run", "--config"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .spawn()?,
-        first_line: String::new(),
-    })
+    let mut command = Command::new(binary);
+    command.args(["run", "--config"]).arg(&config);
+    ChildProcess::from_command(command)
 }
 
 /// A connection string as a user writes it (`USER_URLS=1`): without the

@@ -44,15 +44,14 @@
 //! open the callgrind output file it names with `callgrind_annotate`.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use eventstore::{AppendToStreamOptions, Client, ExpectedRevision};
 use futures::{StreamExt, TryStreamExt};
 use replicator_benches::{
-    cpu_seconds, load_small_events, nodelay_client, peak_rss_mib, print_table, process_cpu_seconds,
-    rate, BoxError, Proposed,
+    cpu_seconds, env_list, env_num, load_small_events, nodelay_client, peak_rss_mib, print_table,
+    rate, BoxError, ChildProcess, Proposed,
 };
 use replicator_core::memory::MemoryCheckpointStore;
 use replicator_core::{ChangeKind, ContentType, Event, Pipeline, Reader, StartFrom};
@@ -60,14 +59,6 @@ use replicator_esdb::{to_event_data, EsdbReader, EsdbReaderConfig, EsdbSink, Esd
 use replicator_testkit::proto::event_store::client as pb;
 use replicator_testkit::{compare, workload, EsdbServer, ServerOptions};
 use tokio_util::sync::CancellationToken;
-
-fn env_list(name: &str, default: &str) -> Vec<u64> {
-    std::env::var(name)
-        .unwrap_or_else(|_| default.to_owned())
-        .split(',')
-        .map(|v| v.trim().parse().expect("a comma-separated list of numbers"))
-        .collect()
-}
 
 fn env_names(name: &str, default: &str) -> Vec<String> {
     std::env::var(name)
@@ -98,51 +89,9 @@ async fn generate(url: &str, events: usize, name: &str) -> Result<String, BoxErr
     Ok(format!("{events} small JSON events"))
 }
 
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// A child process of this binary; its first stdout line is its answer.
-struct ChildProcess {
-    child: Child,
-    first_line: String,
-}
-
-impl ChildProcess {
-    fn spawn(args: &[String]) -> Result<Self, BoxError> {
-        let mut child = Command::new(std::env::current_exe()?)
-            .args(args)
-            .stdout(Stdio::piped())
-            .spawn()?;
-        let mut first_line = String::new();
-        BufReader::new(child.stdout.take().ok_or("no stdout")?).read_line(&mut first_line)?;
-        if first_line.is_empty() {
-            return Err(format!("child {args:?} printed nothing: {:?}", child.wait()?).into());
-        }
-        Ok(ChildProcess {
-            child,
-            first_line: first_line.trim().to_owned(),
-        })
-    }
-
-    fn server(append_latency_ms: u64) -> Result<Self, BoxError> {
-        Self::spawn(&["--serve".into(), append_latency_ms.to_string()])
-    }
-
-    /// CPU seconds the process has used so far.
-    fn cpu(&self) -> f64 {
-        process_cpu_seconds(&self.child.id().to_string()).unwrap_or(0.0)
-    }
-}
-
-impl Drop for ChildProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A testkit server child with `append_latency_ms`, and its connection string.
+fn server(append_latency_ms: u64) -> Result<(ChildProcess, String), BoxError> {
+    ChildProcess::answering(&["--serve".into(), append_latency_ms.to_string()])
 }
 
 fn client(url: &str) -> Result<Client, BoxError> {
@@ -347,14 +296,14 @@ fn callgrind(events: usize) -> Result<Option<String>, BoxError> {
 /// One replication of a fresh `small` source of `events` under callgrind:
 /// the replicator's total instructions and the output file.
 fn callgrind_run(events: usize) -> Result<(u64, std::path::PathBuf), BoxError> {
-    let source = ChildProcess::server(0)?;
-    drop(ChildProcess::spawn(&[
+    let (_source, source_url) = server(0)?;
+    ChildProcess::answering(&[
         "--generate".into(),
-        source.first_line.clone(),
+        source_url.clone(),
         events.to_string(),
         "small".into(),
-    ])?);
-    let target = ChildProcess::server(0)?;
+    ])?;
+    let (_target, target_url) = server(0)?;
     let out = std::env::temp_dir().join(format!(
         "replicator-callgrind.{}.{events}",
         std::process::id()
@@ -363,7 +312,7 @@ fn callgrind_run(events: usize) -> Result<(u64, std::path::PathBuf), BoxError> {
         .arg("--tool=callgrind")
         .arg(format!("--callgrind-out-file={}", out.display()))
         .arg(std::env::current_exe()?)
-        .args(["--replicate", &source.first_line, &target.first_line, "1"])
+        .args(["--replicate", &source_url, &target_url, "1"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .output()
@@ -432,16 +381,15 @@ async fn bench() -> Result<(), BoxError> {
     }
     let mut table = Vec::new();
     for name in &workloads {
-        let source = ChildProcess::server(0)?;
-        let generated = ChildProcess::spawn(&[
+        let (source, source_url) = server(0)?;
+        let (_, generated) = ChildProcess::answering(&[
             "--generate".into(),
-            source.first_line.clone(),
+            source_url.clone(),
             events.to_string(),
             name.clone(),
         ])?;
-        println!("{name}: {}", generated.first_line);
-        drop(generated);
-        let records = read_source(&source.first_line).await?;
+        println!("{name}: {generated}");
+        let records = read_source(&source_url).await?;
         println!(
             "{name}: {} records in the source $all, {} user events to append",
             records.len(),
@@ -459,8 +407,8 @@ async fn bench() -> Result<(), BoxError> {
             };
             let mut sequential = None;
             if sample > 0 {
-                let target = ChildProcess::server(latency)?;
-                let measured = sequential_nodelay(&records, &target.first_line, sample).await?;
+                let (target, target_url) = server(latency)?;
+                let measured = sequential_nodelay(&records, &target_url, sample).await?;
                 sequential = Some(rate(measured.0, measured.1));
                 rows.push(row(
                     "sequential, 1 event per append (C# tool's strategy)",
@@ -468,9 +416,8 @@ async fn bench() -> Result<(), BoxError> {
                 ));
                 drop(target);
 
-                let target = ChildProcess::server(latency)?;
-                let measured =
-                    sequential_client(&records, &target.first_line, sample.min(200)).await?;
+                let (target, target_url) = server(latency)?;
+                let measured = sequential_client(&records, &target_url, sample.min(200)).await?;
                 rows.push(row(
                     "sequential, eventstore 4.0.0 client (no TCP_NODELAY)",
                     measured,
@@ -478,8 +425,8 @@ async fn bench() -> Result<(), BoxError> {
                 drop(target);
             }
 
-            let target = ChildProcess::server(latency)?;
-            let measured = bare_loader(&records, &target.first_line).await?;
+            let (target, target_url) = server(latency)?;
+            let measured = bare_loader(&records, &target_url).await?;
             let bare = Some(rate(measured.0, measured.1));
             rows.push(row(
                 "bare loader (preloaded, 500/append, 8 in flight)",
@@ -488,20 +435,18 @@ async fn bench() -> Result<(), BoxError> {
             drop(target);
 
             for partitions in env_list("PARTITIONS", "1,8") {
-                let target = ChildProcess::server(latency)?;
-                let servers_before = source.cpu() + target.cpu();
-                let child = ChildProcess::spawn(&[
+                let (target, target_url) = server(latency)?;
+                let servers_before = source.cpu_seconds() + target.cpu_seconds();
+                let (child, line) = ChildProcess::answering(&[
                     "--replicate".into(),
-                    source.first_line.clone(),
-                    target.first_line.clone(),
+                    source_url.clone(),
+                    target_url.clone(),
                     partitions.to_string(),
                 ])?;
-                let run = ReplicatorRun::parse(&child.first_line)?;
+                let run = ReplicatorRun::parse(&line)?;
                 drop(child);
-                let servers = source.cpu() + target.cpu() - servers_before;
-                let report =
-                    compare::compare(&client(&source.first_line)?, &client(&target.first_line)?)
-                        .await?;
+                let servers = source.cpu_seconds() + target.cpu_seconds() - servers_before;
+                let report = compare::compare(&client(&source_url)?, &client(&target_url)?).await?;
                 assert!(
                     report.is_identical(),
                     "replication not exact: {:?}",

@@ -88,15 +88,14 @@
 //! event); a cache that forgets the least recently used stream instead of
 //! half of them would cut the misses of such a workload.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use eventstore::{Client, ReadAllOptions};
 use futures::SinkExt;
-use replicator_benches::{peak_rss_mib, print_table, rate};
+use replicator_benches::{
+    env_num, nodelay_client, peak_rss_mib, print_table, process_rss_mib, rate, ChildProcess,
+};
 use replicator_core::memory::MemoryCheckpointStore;
 use replicator_core::Pipeline;
 use replicator_esdb::{EsdbReader, EsdbReaderConfig, EsdbSink, EsdbSinkConfig, RevisionMode};
@@ -118,13 +117,6 @@ const LOAD_WINDOW: usize = 512;
 
 fn env_str(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_owned())
-}
-
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 /// `events` events spread round-robin over `streams` streams: event `i` is
@@ -175,22 +167,6 @@ impl Workload {
 
 // ---------------------------------------------------------------------------
 // Children: server, loader, replicator.
-
-async fn nodelay_client(
-    url: &str,
-) -> Result<pb::streams::streams_client::StreamsClient<tonic::transport::Channel>, BoxError> {
-    let port = url
-        .trim_start_matches("esdb://")
-        .split(['/', '?'])
-        .next()
-        .and_then(|h| h.rsplit(':').next())
-        .ok_or("no port in the connection string")?;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))?
-        .tcp_nodelay(true)
-        .connect()
-        .await?;
-    Ok(pb::streams::streams_client::StreamsClient::new(channel))
-}
 
 fn batch_request(
     workload: &Workload,
@@ -296,13 +272,6 @@ fn cpu_seconds(pid: u32) -> Option<(f64, f64)> {
     Some((ticks(11)? / USER_HZ, ticks(12)? / USER_HZ))
 }
 
-fn rss_mib(pid: u32) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
-}
-
 /// One replication in this (child) process: a progress line a second, then
 /// `done written seconds user system peak_mib rss_mib`.
 async fn replicate(
@@ -343,62 +312,13 @@ async fn replicate(
         summary.written,
         elapsed.as_secs_f64(),
         peak_rss_mib().unwrap_or(0.0),
-        rss_mib(std::process::id()).unwrap_or(0.0)
+        process_rss_mib(&std::process::id().to_string()).unwrap_or(0.0)
     );
     Ok(())
 }
 
 // ---------------------------------------------------------------------------
 // The parent.
-
-/// A child process of this binary, its stdout lines on a channel.
-struct ChildProcess {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl ChildProcess {
-    fn spawn(args: &[String]) -> Result<Self, BoxError> {
-        let mut child = Command::new(std::env::current_exe()?)
-            .args(args)
-            .stdout(Stdio::piped())
-            .spawn()?;
-        let stdout = child.stdout.take().ok_or("no stdout")?;
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Ok(ChildProcess { child, lines })
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn line(&self) -> Result<String, BoxError> {
-        self.lines
-            .recv()
-            .map_err(|_| format!("child {} ended without answering", self.pid()).into())
-    }
-
-    fn server() -> Result<(Self, String), BoxError> {
-        let server = Self::spawn(&["--serve".into()])?;
-        let url = server.line()?;
-        Ok((server, url))
-    }
-}
-
-impl Drop for ChildProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[derive(Debug, Default)]
 struct Sample {
@@ -460,7 +380,7 @@ fn run_replicator(
         match fields.next() {
             Some("progress") => {
                 let written = fields.next().ok_or("no count")?.parse()?;
-                if let Some(rss_mib) = rss_mib(child.pid()) {
+                if let Some(rss_mib) = process_rss_mib(&child.pid().to_string()) {
                     run.samples.push(Sample { written, rss_mib });
                 }
             }
@@ -548,8 +468,8 @@ fn bench(runtime: &tokio::runtime::Runtime) -> Result<(), BoxError> {
             "huge" => (Workload { events, streams: 1 }, 500),
             other => return Err(format!("SCALE_CASES: unknown case {other}").into()),
         };
-        let (source, source_url) = ChildProcess::server()?;
-        let idle = rss_mib(source.pid()).unwrap_or(0.0);
+        let (source, source_url) = ChildProcess::answering(&["--serve".into()])?;
+        let idle = process_rss_mib(&source.pid().to_string()).unwrap_or(0.0);
         let loader = ChildProcess::spawn(&[
             "--load".into(),
             source_url.clone(),
@@ -559,7 +479,7 @@ fn bench(runtime: &tokio::runtime::Runtime) -> Result<(), BoxError> {
         ])?;
         let load_seconds: f64 = loader.line()?.parse()?;
         drop(loader);
-        let loaded = rss_mib(source.pid()).unwrap_or(0.0);
+        let loaded = process_rss_mib(&source.pid().to_string()).unwrap_or(0.0);
         println!(
             "{case}: {} events over {} streams loaded in {load_seconds:.1} s ({:.0} events/s); \
              source RSS {idle:.0} → {loaded:.0} MiB ({:.0} bytes per event)",
@@ -569,7 +489,7 @@ fn bench(runtime: &tokio::runtime::Runtime) -> Result<(), BoxError> {
             (loaded - idle) * 1024.0 * 1024.0 / workload.events as f64,
         );
         for &p in &partitions {
-            let (target, target_url) = ChildProcess::server()?;
+            let (target, target_url) = ChildProcess::answering(&["--serve".into()])?;
             let cpu = |pid| cpu_seconds(pid).map_or(0.0, |(u, s)| u + s);
             let (source_cpu, target_cpu) = (cpu(source.pid()), cpu(target.pid()));
             let run = run_replicator(&source_url, &target_url, p, &revisions)?;
@@ -577,7 +497,7 @@ fn bench(runtime: &tokio::runtime::Runtime) -> Result<(), BoxError> {
                 cpu(source.pid()) - source_cpu,
                 cpu(target.pid()) - target_cpu,
             );
-            let target_rss = rss_mib(target.pid()).unwrap_or(0.0);
+            let target_rss = process_rss_mib(&target.pid().to_string()).unwrap_or(0.0);
             let checked = Instant::now();
             runtime.block_on(verify(&target_url, workload))?;
             let (lo, hi) = run.rss_range(workload.events);

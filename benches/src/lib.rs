@@ -2,6 +2,9 @@
 #![warn(missing_docs)]
 
 use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
@@ -9,6 +12,108 @@ use replicator_testkit::proto::event_store::client as pb;
 
 /// The error type of the bench helpers.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A number from the environment variable `name`, or `default`.
+pub fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A comma-separated list of numbers from the environment variable `name`,
+/// or `default`.
+///
+/// # Panics
+/// An element that is not a number.
+pub fn env_list(name: &str, default: &str) -> Vec<u64> {
+    std::env::var(name)
+        .unwrap_or_else(|_| default.to_owned())
+        .split(',')
+        .map(|v| v.trim().parse().expect("a comma-separated list of numbers"))
+        .collect()
+}
+
+/// A child process of the running bench binary, re-executed with other
+/// arguments (a server, a loader, a replicator run), so that what is measured
+/// of it is its own. Its stdout lines arrive on a channel; it is killed when
+/// dropped.
+pub struct ChildProcess {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl ChildProcess {
+    /// Starts this binary with `args`.
+    ///
+    /// # Errors
+    /// The binary cannot be started.
+    pub fn spawn(args: &[String]) -> Result<Self, BoxError> {
+        let mut command = Command::new(std::env::current_exe()?);
+        command.args(args);
+        Self::from_command(command)
+    }
+
+    /// Starts `command` (another program), its stdout on the channel.
+    ///
+    /// # Errors
+    /// It cannot be started.
+    pub fn from_command(mut command: Command) -> Result<Self, BoxError> {
+        let mut child = command.stdout(Stdio::piped()).spawn()?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(ChildProcess { child, lines })
+    }
+
+    /// Starts this binary with `args` and waits for its first line (a
+    /// server's connection string, a run's result).
+    ///
+    /// # Errors
+    /// It cannot be started, or it ends without printing a line.
+    pub fn answering(args: &[String]) -> Result<(Self, String), BoxError> {
+        let child = Self::spawn(args)?;
+        let line = child
+            .line()
+            .map_err(|_| format!("child {args:?} ended without answering"))?;
+        Ok((child, line))
+    }
+
+    /// Its next stdout line, waiting for it.
+    ///
+    /// # Errors
+    /// It ended without printing another line.
+    pub fn line(&self) -> Result<String, BoxError> {
+        self.lines
+            .recv()
+            .map(|line| line.trim().to_owned())
+            .map_err(|_| format!("child {} ended without answering", self.pid()).into())
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// CPU seconds it has used so far (0 when unknown).
+    pub fn cpu_seconds(&self) -> f64 {
+        process_cpu_seconds(&self.pid().to_string()).unwrap_or(0.0)
+    }
+}
+
+impl Drop for ChildProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
 
 /// A raw gRPC Streams client with `TCP_NODELAY`, like the .NET client, for an
 /// `esdb://host:port…` connection string of a testkit server.
