@@ -57,7 +57,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use eventstore::{Client, StreamPosition, SubscribeToAllOptions, SubscriptionEvent};
 use futures::StreamExt;
-use replicator_benches::{env_list, env_num, nodelay_client, print_table, ChildProcess};
+use replicator_benches::{
+    append_request, env_list, env_num, nodelay_client, print_table, serve, ChildProcess, Proposed,
+};
 use replicator_core::memory::MemoryCheckpointStore;
 use replicator_core::{
     Event, EventStream, HeadProbe, Pipeline, Reader, ReaderError, Sink, SinkError, StartFrom,
@@ -65,7 +67,7 @@ use replicator_core::{
 };
 use replicator_esdb::{EsdbReader, EsdbReaderConfig, EsdbSink, EsdbSinkConfig};
 use replicator_testkit::proto::event_store::client as pb;
-use replicator_testkit::{workload, EsdbServer, ServerOptions};
+use replicator_testkit::{workload, ServerOptions};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -87,30 +89,16 @@ fn wall_micros(at: SystemTime) -> i64 {
 }
 
 async fn append(client: &mut StreamsClient, stream: &str, ids: &[Uuid]) -> Result<(), BoxError> {
-    use pb::streams::append_req::{self, options::ExpectedStreamRevision, Content};
-    let mut messages = vec![pb::streams::AppendReq {
-        content: Some(Content::Options(append_req::Options {
-            stream_identifier: Some(pb::StreamIdentifier {
-                stream_name: stream.as_bytes().to_vec().into(),
-            }),
-            expected_stream_revision: Some(ExpectedStreamRevision::Any(())),
-        })),
-    }];
-    for id in ids {
-        messages.push(pb::streams::AppendReq {
-            content: Some(Content::ProposedMessage(append_req::ProposedMessage {
-                id: Some(pb::Uuid {
-                    value: Some(pb::uuid::Value::String(id.to_string())),
-                }),
-                metadata: HashMap::from([
-                    ("type".to_owned(), "LatencyProbe".to_owned()),
-                    ("content-type".to_owned(), "application/json".to_owned()),
-                ]),
-                custom_metadata: Default::default(),
-                data: format!(r#"{{"id":"{id}"}}"#).into_bytes().into(),
-            })),
-        });
-    }
+    let messages = append_request(
+        stream,
+        ids.iter().map(|id| Proposed {
+            id: *id,
+            event_type: "LatencyProbe".to_owned(),
+            content_type: "application/json",
+            data: format!(r#"{{"id":"{id}"}}"#).into_bytes().into(),
+            metadata: Default::default(),
+        }),
+    );
     let reply = client.append(futures::stream::iter(messages)).await?;
     match reply.into_inner().result {
         Some(pb::streams::append_resp::Result::Success(_)) => Ok(()),
@@ -723,13 +711,7 @@ fn main() -> Result<(), BoxError> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let runtime = tokio::runtime::Runtime::new()?;
     match args.first().map(String::as_str) {
-        Some("--serve") => runtime.block_on(async {
-            let server = EsdbServer::start_with(ServerOptions::default()).await?;
-            println!("{}", server.connection_string());
-            // Serve until the parent kills this process.
-            std::future::pending::<()>().await;
-            Ok(())
-        }),
+        Some("--serve") => runtime.block_on(serve(ServerOptions::default())),
         Some("--replicate") => runtime.block_on(replicate(
             &args[1],
             &args[2],

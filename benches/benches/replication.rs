@@ -51,13 +51,13 @@ use eventstore::{AppendToStreamOptions, Client, ExpectedRevision};
 use futures::{StreamExt, TryStreamExt};
 use replicator_benches::{
     cpu_seconds, env_list, env_num, load_small_events, nodelay_client, peak_rss_mib, print_table,
-    rate, BoxError, ChildProcess, Proposed,
+    rate, serve, BoxError, ChildProcess, Proposed,
 };
 use replicator_core::memory::MemoryCheckpointStore;
 use replicator_core::{ChangeKind, ContentType, Event, Pipeline, Reader, StartFrom};
 use replicator_esdb::{to_event_data, EsdbReader, EsdbReaderConfig, EsdbSink, EsdbSinkConfig};
 use replicator_testkit::proto::event_store::client as pb;
-use replicator_testkit::{compare, workload, EsdbServer, ServerOptions};
+use replicator_testkit::{compare, workload, ServerOptions};
 use tokio_util::sync::CancellationToken;
 
 fn env_names(name: &str, default: &str) -> Vec<String> {
@@ -501,18 +501,13 @@ fn main() -> Result<(), BoxError> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let runtime = tokio::runtime::Runtime::new()?;
     match args.first().map(String::as_str) {
-        Some("--serve") => runtime.block_on(async {
+        Some("--serve") => {
             let latency = args.get(1).and_then(|v| v.parse().ok()).unwrap_or(0);
-            let server = EsdbServer::start_with(ServerOptions {
+            runtime.block_on(serve(ServerOptions {
                 append_latency: Duration::from_millis(latency),
                 ..ServerOptions::default()
-            })
-            .await?;
-            println!("{}", server.connection_string());
-            // Serve until the parent kills this process.
-            std::future::pending::<()>().await;
-            Ok(())
-        }),
+            }))
+        }
         Some("--generate") => runtime.block_on(async {
             println!("{}", generate(&args[1], args[2].parse()?, &args[3]).await?);
             Ok(())

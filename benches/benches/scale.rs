@@ -94,13 +94,13 @@ use std::time::{Duration, Instant};
 use eventstore::{Client, ReadAllOptions};
 use futures::SinkExt;
 use replicator_benches::{
-    env_num, nodelay_client, peak_rss_mib, print_table, process_rss_mib, rate, ChildProcess,
+    env_num, nodelay_client, peak_rss_mib, print_table, process_rss_mib, rate, serve, ChildProcess,
 };
 use replicator_core::memory::MemoryCheckpointStore;
 use replicator_core::Pipeline;
 use replicator_esdb::{EsdbReader, EsdbReaderConfig, EsdbSink, EsdbSinkConfig, RevisionMode};
 use replicator_testkit::proto::event_store::client as pb;
-use replicator_testkit::EsdbServer;
+use replicator_testkit::ServerOptions;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -558,13 +558,7 @@ fn main() -> Result<(), BoxError> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let runtime = tokio::runtime::Runtime::new()?;
     match args.first().map(String::as_str) {
-        Some("--serve") => runtime.block_on(async {
-            let server = EsdbServer::start().await?;
-            println!("{}", server.connection_string());
-            // Serve until the parent kills this process.
-            std::future::pending::<()>().await;
-            Ok(())
-        }),
+        Some("--serve") => runtime.block_on(serve(ServerOptions::default())),
         Some("--load") => runtime.block_on(async {
             let workload = Workload {
                 events: args[2].parse()?,

@@ -115,6 +115,18 @@ impl Drop for ChildProcess {
     }
 }
 
+/// The body of a `--serve` child: a testkit server with `options`, its
+/// connection string as the first line, serving until the parent kills it.
+///
+/// # Errors
+/// The server cannot start.
+pub async fn serve(options: replicator_testkit::ServerOptions) -> Result<(), BoxError> {
+    let server = replicator_testkit::EsdbServer::start_with(options).await?;
+    println!("{}", server.connection_string());
+    std::future::pending::<()>().await;
+    Ok(())
+}
+
 /// A raw gRPC Streams client with `TCP_NODELAY`, like the .NET client, for an
 /// `esdb://host:port…` connection string of a testkit server.
 ///
