@@ -1221,37 +1221,37 @@ mod tests {
         assert_eq!(machine.step(Reply::Deleted), deleted);
     }
 
-    #[test]
-    fn a_stream_that_keeps_changing_is_given_up_as_unsettled() {
-        let batch = user_run("a", 3..5);
-        let run: Vec<&Event> = batch.iter().collect();
-        let mut machine = AppendRun::new(&run, Guess::At(3), false);
+    /// Runs `run` from `guess` against a target that refuses every append
+    /// as if the stream did not exist, although "no stream" was what it
+    /// expected (something deletes and recreates the stream all the time):
+    /// the final action and the appends made.
+    fn against_a_stream_that_keeps_changing(run: &[&Event], guess: Guess) -> (Action, usize) {
+        let mut machine = AppendRun::new(run, guess, false);
         let mut action = machine.start();
         let mut appends = 0;
-        // Every append is refused as if the stream did not exist, although
-        // "no stream" was what it expected: something deletes and recreates
-        // the stream all the time.
         while let Action::Append { .. } = action {
             appends += 1;
             action = machine.step(Reply::WrongExpected { current: None });
         }
+        (action, appends)
+    }
+
+    #[test]
+    fn a_stream_that_keeps_changing_is_given_up_as_unsettled() {
+        let batch = user_run("a", 3..5);
+        let run: Vec<&Event> = batch.iter().collect();
+        let (action, appends) = against_a_stream_that_keeps_changing(&run, Guess::At(3));
         assert_eq!(action, Action::Unsettled { index: 0 });
         assert_eq!(appends, MAX_APPENDS);
     }
 
     #[test]
     fn a_new_stream_that_keeps_changing_is_given_up_after_as_many_appends() {
-        // As above, but the run starts a stream (no guessed revision): the
-        // first append counts like every other.
+        // The run starts a stream (no guessed revision): the first append
+        // counts like every other.
         let batch = user_run("a", 0..2);
         let run: Vec<&Event> = batch.iter().collect();
-        let mut machine = AppendRun::new(&run, Guess::New, false);
-        let mut action = machine.start();
-        let mut appends = 0;
-        while let Action::Append { .. } = action {
-            appends += 1;
-            action = machine.step(Reply::WrongExpected { current: None });
-        }
+        let (action, appends) = against_a_stream_that_keeps_changing(&run, Guess::New);
         assert_eq!(action, Action::Unsettled { index: 0 });
         assert_eq!(appends, MAX_APPENDS);
     }
