@@ -36,6 +36,7 @@ mod plan;
 pub mod position_map;
 mod reader;
 mod retention;
+mod wire;
 mod scavenge;
 mod sink;
 pub mod verify;

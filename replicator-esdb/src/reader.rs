@@ -7,10 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use eventstore::{
-    ClientSettings, ReadAllOptions, ResolvedEvent, StreamPosition, SubscribeToAllOptions,
-    Subscription, SubscriptionEvent,
-};
+use eventstore::{ClientSettings, Endpoint, ReadAllOptions, StreamPosition};
 use futures::StreamExt;
 use replicator_core::health::{short, Component, HealthReporter};
 use replicator_core::retry::Backoff;
@@ -24,6 +21,8 @@ use crate::classify::to_event;
 use crate::connection::{
     describe, error_kind, head, parse_settings, redact, within, ClientCell, REQUEST_TIMEOUT,
 };
+use crate::wire::channel::WireChannel;
+use crate::wire::read::{AllSubscription, ReadItem};
 
 /// Configuration of an [`EsdbReader`].
 #[derive(Clone, PartialEq, Eq)]
@@ -172,6 +171,9 @@ impl Reader for EsdbReader {
         debug!(%from, "Reading the source $all");
         let state = ReadState {
             client: ClientCell::new(self.settings.clone()),
+            settings: self.settings.clone(),
+            wire: None,
+            leader: None,
             page_size: self.config.page_size,
             run_continuously: self.config.run_continuously,
             request_timeout: self.request_timeout,
@@ -270,7 +272,7 @@ enum Phase {
     /// once the server has confirmed it (until then its set-up has a
     /// deadline).
     Live {
-        subscription: Box<Subscription>,
+        subscription: Box<AllSubscription>,
         confirmed: bool,
         /// Generation of the client the subscription runs on.
         generation: u64,
@@ -363,7 +365,14 @@ impl Watchdog {
 }
 
 struct ReadState {
+    /// The client for everything but the subscription: pages, heads.
     client: ClientCell,
+    settings: ClientSettings,
+    /// The channel the subscription runs on, made when subscribing and
+    /// dropped with the client after a failure.
+    wire: Option<WireChannel>,
+    /// The leader a `not-leader` answer named: the next channel goes there.
+    leader: Option<Endpoint>,
     page_size: usize,
     run_continuously: bool,
     request_timeout: Duration,
@@ -453,28 +462,27 @@ impl ReadState {
         }
     }
 
-    fn on_subscription_event(&mut self, event: SubscriptionEvent) {
+    fn on_subscription_event(&mut self, item: ReadItem) {
         self.recovered();
-        match event {
-            SubscriptionEvent::EventAppeared(resolved) => {
-                let original = resolved.get_original_event().position;
-                self.watchdog.saw(Position {
-                    commit: original.commit,
-                    prepare: original.prepare,
-                });
-                self.accept(resolved);
+        match item {
+            ReadItem::Event(event) => {
+                self.watchdog.saw(event.position);
+                self.accept(event);
                 if self.reached_end() {
                     info!(position = %shown(self.last), "Caught up with the source");
                     self.phase = Phase::Done;
                 }
             }
-            SubscriptionEvent::CaughtUp => {
+            ReadItem::CaughtUp => {
                 info!(position = %shown(self.last), "Caught up; following the source live");
             }
-            SubscriptionEvent::Confirmed(id) => {
+            ReadItem::Confirmed(id) => {
                 debug!(id = %id, after = %shown(self.last), "Subscribed to $all");
             }
-            other => debug!(?other, "Subscription notice"),
+            ReadItem::FellBehind => {
+                debug!(position = %shown(self.last), "The subscription fell behind; catching up");
+            }
+            ReadItem::Other => {}
         }
     }
 
@@ -505,10 +513,9 @@ impl ReadState {
         let start = Self::live_start(self.last, self.floor, client, self.request_timeout)
             .await
             .map_err(Failure::client("reading where the source's $all ends"))?;
-        if let Some(from) = start {
+        if let Some(after) = start {
             debug!(position = %shown(self.last), "Subscribing to $all");
-            let options = SubscribeToAllOptions::default().position(from);
-            let subscription = client.subscribe_to_all(&options).await;
+            let subscription = Box::pin(self.subscribe(after)).await?;
             self.phase = Phase::Live {
                 subscription: Box::new(subscription),
                 confirmed: false,
@@ -519,6 +526,28 @@ impl ReadState {
         // Otherwise records appeared at or after the inclusive start
         // meanwhile: the next round reads them first.
         Ok(())
+    }
+
+    /// Subscribes to `$all` strictly after `after` (from the start when
+    /// `None`) on the wire channel, made first when there is none; both with
+    /// the request deadline.
+    async fn subscribe(&mut self, after: Option<Position>) -> Result<AllSubscription, Failure> {
+        let channel = match &self.wire {
+            Some(channel) => channel.clone(),
+            None => {
+                let channel = within(
+                    self.request_timeout,
+                    WireChannel::connect(&self.settings, self.leader.take()),
+                )
+                .await
+                .map_err(Failure::client("connecting to the source"))?;
+                self.wire = Some(channel.clone());
+                channel
+            }
+        };
+        within(self.request_timeout, AllSubscription::start(&channel, after))
+            .await
+            .map_err(Failure::client("subscribing to the source's $all"))
     }
 
     /// Whether reading is over: not running continuously and the head of
@@ -558,16 +587,18 @@ impl ReadState {
             .map_err(failure())?
         {
             received += 1;
-            self.accept(resolved);
+            if let Some(record) = resolved.link.or(resolved.event) {
+                self.accept(to_event(record));
+            }
         }
         self.recovered();
         debug!(received, requested, last = %shown(self.last), "Read a page of $all");
         Ok(())
     }
 
-    /// Where the live subscription starts, strictly after `last`; `None` when
-    /// records exist at or after the inclusive start and catching up must
-    /// read them first.
+    /// Where the live subscription starts, strictly after `last` (`Some(None)`:
+    /// from the start); `None` when records exist at or after the inclusive
+    /// start and catching up must read them first.
     ///
     /// Takes no `&self`: the state holds a subscription, which is not `Sync`.
     async fn live_start(
@@ -575,28 +606,24 @@ impl ReadState {
         floor: Option<Position>,
         client: &eventstore::Client,
         timeout: Duration,
-    ) -> Result<Option<StreamPosition<eventstore::Position>>, eventstore::Error> {
+    ) -> Result<Option<Option<Position>>, eventstore::Error> {
         match (last, floor) {
-            (Some(last), _) => Ok(Some(StreamPosition::Position(to_client(last)))),
-            (None, None) => Ok(Some(StreamPosition::Start)),
+            (Some(last), _) => Ok(Some(Some(last))),
+            (None, None) => Ok(Some(None)),
             // Nothing at or after an inclusive start yet. A subscription from
             // a position is exclusive and would miss a record written exactly
             // there: start after the last record before it instead.
             (None, Some(floor)) => Ok(match within(timeout, head(client)).await? {
-                None => Some(StreamPosition::Start),
+                None => Some(None),
                 Some(last) if last >= floor => None,
-                Some(last) => Some(StreamPosition::Position(to_client(last))),
+                Some(last) => Some(Some(last)),
             }),
         }
     }
 
     /// Queues a record unless it is at or before the last one handed on (a
     /// reconnect or the inclusive read repeats it) or before the floor.
-    fn accept(&mut self, resolved: ResolvedEvent) {
-        let Some(record) = resolved.link.or(resolved.event) else {
-            return;
-        };
-        let event = to_event(record);
+    fn accept(&mut self, event: Event) {
         if self.last.is_some_and(|last| event.position <= last)
             || self.floor.is_some_and(|floor| event.position < floor)
         {
@@ -649,6 +676,14 @@ impl ReadState {
         self.failing = true;
         // Dropping the subscription before the client ends the stream cleanly.
         self.phase = Phase::CatchUp;
+        self.wire = None;
+        if let Failure::Client {
+            error: eventstore::Error::NotLeaderException(leader),
+            ..
+        } = &failure
+        {
+            self.leader = Some(leader.clone());
+        }
         // A client whose first connection failed never recovers, and one whose
         // request hung may sit on a dead connection: always start afresh, it
         // costs one connection.
@@ -668,20 +703,20 @@ impl ReadState {
 /// A free function over the parts it needs: the state holds the subscription,
 /// which is not `Sync`, so no `&ReadState` may be held across an await.
 async fn next_live(
-    subscription: &mut Subscription,
+    subscription: &mut AllSubscription,
     confirmed: bool,
     watchdog: &mut Watchdog,
     probe: &EsdbHeadProbe,
     timeout: Duration,
-) -> Result<SubscriptionEvent, Failure> {
+) -> Result<ReadItem, Failure> {
     if !confirmed {
-        return within(timeout, subscription.next_subscription_event())
+        return within(timeout, subscription.next())
             .await
             .map_err(Failure::client("subscribing to the source's $all"));
     }
     let failure = Failure::client("following the source's $all");
     // Kept across the checks below: dropping it would drop the subscription.
-    let next = subscription.next_subscription_event();
+    let next = subscription.next();
     tokio::pin!(next);
     loop {
         tokio::select! {

@@ -1,0 +1,105 @@
+//! The few EventStoreDB gRPC messages the wire calls send, and the gossip
+//! answer they read, as `prost` messages (field numbers from the server's
+//! `streams.proto`, `shared.proto` and `gossip.proto`). Only what is sent or
+//! needed is declared: protobuf skips the rest.
+//!
+//! The hot answer, a `$all` read's `ReadResp`, is not here: it is decoded by
+//! hand in [`super::read`], straight into the pipeline's
+//! [`replicator_core::Event`].
+
+/// `event_store.client.Empty`.
+#[derive(Clone, Copy, PartialEq, prost::Message)]
+pub(crate) struct Empty {}
+
+/// `event_store.client.streams.ReadReq`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct ReadReq {
+    #[prost(message, optional, tag = "1")]
+    pub options: Option<ReadOptions>,
+}
+
+/// `ReadReq.Options`, for a forward read or subscription of `$all`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct ReadOptions {
+    /// `all = 2` of the `stream_option` oneof.
+    #[prost(message, optional, tag = "2")]
+    pub all: Option<AllOptions>,
+    /// `Forwards = 0`.
+    #[prost(int32, tag = "3")]
+    pub read_direction: i32,
+    #[prost(bool, tag = "4")]
+    pub resolve_links: bool,
+    /// `subscription = 6` of the `count_option` oneof.
+    #[prost(message, optional, tag = "6")]
+    pub subscription: Option<Empty>,
+    /// `no_filter = 8` of the `filter_option` oneof.
+    #[prost(message, optional, tag = "8")]
+    pub no_filter: Option<Empty>,
+    #[prost(message, optional, tag = "9")]
+    pub uuid_option: Option<UuidOption>,
+}
+
+/// `ReadReq.Options.AllOptions`: `position = 1` or `start = 2`.
+#[derive(Clone, Copy, PartialEq, prost::Message)]
+pub(crate) struct AllOptions {
+    #[prost(message, optional, tag = "1")]
+    pub position: Option<AllPosition>,
+    #[prost(message, optional, tag = "2")]
+    pub start: Option<Empty>,
+}
+
+/// `ReadReq.Options.Position`.
+#[derive(Clone, Copy, PartialEq, prost::Message)]
+pub(crate) struct AllPosition {
+    #[prost(uint64, tag = "1")]
+    pub commit_position: u64,
+    #[prost(uint64, tag = "2")]
+    pub prepare_position: u64,
+}
+
+/// `ReadReq.Options.UUIDOption`: `structured = 1` or `string = 2`.
+#[derive(Clone, Copy, PartialEq, prost::Message)]
+pub(crate) struct UuidOption {
+    #[prost(message, optional, tag = "2")]
+    pub string: Option<Empty>,
+}
+
+/// `event_store.client.gossip.ClusterInfo`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct ClusterInfo {
+    #[prost(message, repeated, tag = "1")]
+    pub members: Vec<MemberInfo>,
+}
+
+/// `event_store.client.gossip.MemberInfo` (the instance id and time stamp are
+/// not needed).
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct MemberInfo {
+    #[prost(int32, tag = "3")]
+    pub state: i32,
+    #[prost(bool, tag = "4")]
+    pub is_alive: bool,
+    #[prost(message, optional, tag = "5")]
+    pub http_end_point: Option<EndPoint>,
+}
+
+/// `event_store.client.gossip.EndPoint`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct EndPoint {
+    #[prost(string, tag = "1")]
+    pub address: String,
+    #[prost(uint32, tag = "2")]
+    pub port: u32,
+}
+
+/// `MemberInfo.VNodeState` values the node choice looks at.
+pub(crate) mod node_state {
+    pub const FOLLOWER: i32 = 6;
+    pub const LEADER: i32 = 8;
+    pub const MANAGER: i32 = 9;
+    pub const SHUTTING_DOWN: i32 = 10;
+    pub const SHUTDOWN: i32 = 11;
+    pub const READ_ONLY_LEADERLESS: i32 = 12;
+    pub const PRE_READ_ONLY_REPLICA: i32 = 13;
+    pub const READ_ONLY_REPLICA: i32 = 14;
+}
