@@ -164,6 +164,11 @@ impl ClientCell {
         }
     }
 
+    /// The settings every client is built from.
+    pub(crate) fn settings(&self) -> &ClientSettings {
+        &self.settings
+    }
+
     /// The current client and its generation, building one if needed.
     pub(crate) fn get(&self) -> Result<(u64, Arc<Client>), eventstore::Error> {
         let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use eventstore::{
-    AppendToStreamOptions, BatchAppendClient, BatchAppendOptions, Client, CurrentRevision,
+    AppendToStreamOptions, Client, CurrentRevision,
     EventData, ExpectedRevision, ReadAllOptions, ReadStreamOptions, StreamPosition,
     TombstoneStreamOptions,
 };
@@ -24,6 +24,8 @@ use crate::connection::{
     describe, error_kind, needs_new_client, parse_settings, redact, within, ClientCell,
     REQUEST_TIMEOUT,
 };
+use crate::wire::append::BatchSession;
+use crate::wire::channel::WireChannel;
 use crate::plan::{
     plan, shift_truncate_before, Action, AppendRun, Divergence, Done, Expected, Guess, Note, Reply,
     Step, TargetRecord, PROBE_REVISION,
@@ -240,7 +242,7 @@ pub struct EsdbSink {
     search_depth: usize,
     /// The batch-append session appends go through, with the generation of
     /// the client it belongs to; see [`EsdbSink::append_events`].
-    batch: Mutex<Option<(u64, Arc<BatchAppendClient>)>>,
+    batch: Mutex<Option<(u64, Arc<BatchSession>)>>,
     /// Set when the target does not offer batch append.
     no_batch_append: AtomicBool,
 }
@@ -632,10 +634,11 @@ impl EsdbSink {
     /// Appends `events` to `stream` at `expected`.
     ///
     /// Goes through one batch-append session shared by every append of the
-    /// sink: with the `eventstore` 4.0.0 client each plain append waits about
-    /// 40 ms for a delayed ACK (the client does not set `TCP_NODELAY` and
-    /// sends a request in several writes), while requests on the open
-    /// bidirectional batch-append stream are answered at once. A batch-append
+    /// sink, on a channel of the sink's own ([`crate::wire`]): with the
+    /// `eventstore` 4.0.0 client each plain append waits about 40 ms for a
+    /// delayed ACK (the client does not set `TCP_NODELAY` and sends a request
+    /// in several writes), while requests on the open bidirectional
+    /// batch-append stream are answered at once. A batch-append
     /// error carries no details (and ends the session), so on any error the
     /// session is dropped and the append is made again as a plain append, whose
     /// wrong-expected-version reply the replay logic needs. Replaying an append
@@ -656,23 +659,21 @@ impl EsdbSink {
         let probe = matches!(expected, ExpectedRevision::Exact(r) if r == PROBE_REVISION);
         let batch = match probe {
             true => None,
-            false => self.batch_session(generation, client).await,
+            false => self.batch_session(generation).await,
         };
         if let Some(batch) = batch {
-            let data: Vec<EventData> = events.iter().map(|e| to_event_data(e)).collect();
             let result = within(
                 self.request_timeout,
-                batch.append_to_stream(stream, expected, data),
+                batch.append(stream, expected, events),
             )
             .await;
             match result {
-                Ok(result) => {
-                    return Ok((
-                        result.current_position().map(convert_position),
-                        result.current_revision(),
-                    ))
-                }
+                Ok(appended) => return Ok(appended),
                 Err(error) => {
+                    if matches!(error, eventstore::Error::UnsupportedFeature) {
+                        warn!("The target does not offer batch append; using plain appends");
+                        self.no_batch_append.store(true, Ordering::Relaxed);
+                    }
                     debug!(%error, stream, "Batch append failed; appending plainly");
                     let mut current = self.batch.lock().unwrap_or_else(|e| e.into_inner());
                     if current
@@ -698,11 +699,7 @@ impl EsdbSink {
     /// The shared batch-append session of the client of `generation`, opened
     /// when there is none; `None` when the target does not offer batch append
     /// or the session cannot be opened now (the plain append reports why).
-    async fn batch_session(
-        &self,
-        generation: u64,
-        client: &Client,
-    ) -> Option<Arc<BatchAppendClient>> {
+    async fn batch_session(&self, generation: u64) -> Option<Arc<BatchSession>> {
         if self.no_batch_append.load(Ordering::Relaxed) {
             return None;
         }
@@ -716,39 +713,33 @@ impl EsdbSink {
                 return Some(batch.clone());
             }
         }
-        Box::pin(self.open_batch_session(generation, client)).await
+        Box::pin(self.open_batch_session(generation)).await
     }
 
     /// Opens a batch-append session (boxed by the caller: it is rare, and
     /// its state would otherwise grow every append's future, which is moved
     /// into a box for every stream of every batch).
-    async fn open_batch_session(
-        &self,
-        generation: u64,
-        client: &Client,
-    ) -> Option<Arc<BatchAppendClient>> {
-        let options = BatchAppendOptions::default();
-        match within(self.request_timeout, client.batch_append(&options)).await {
-            Ok(batch) => {
-                let batch = Arc::new(batch);
-                let mut current = self.batch.lock().unwrap_or_else(|e| e.into_inner());
-                match current.as_ref() {
-                    // Another append opened one meanwhile: share it.
-                    Some((g, existing)) if *g == generation => Some(existing.clone()),
-                    _ => {
-                        *current = Some((generation, batch.clone()));
-                        Some(batch)
-                    }
-                }
-            }
-            Err(eventstore::Error::UnsupportedFeature) => {
-                warn!("The target does not offer batch append; using plain appends");
-                self.no_batch_append.store(true, Ordering::Relaxed);
-                None
-            }
+    async fn open_batch_session(&self, generation: u64) -> Option<Arc<BatchSession>> {
+        let channel = match within(
+            self.request_timeout,
+            WireChannel::connect(self.client.settings(), None),
+        )
+        .await
+        {
+            Ok(channel) => channel,
             Err(error) => {
                 debug!(%error, "Cannot open a batch-append session");
-                None
+                return None;
+            }
+        };
+        let batch = Arc::new(BatchSession::open(&channel));
+        let mut current = self.batch.lock().unwrap_or_else(|e| e.into_inner());
+        match current.as_ref() {
+            // Another append opened one meanwhile: share it.
+            Some((g, existing)) if *g == generation => Some(existing.clone()),
+            _ => {
+                *current = Some((generation, batch.clone()));
+                Some(batch)
             }
         }
     }

@@ -16,4 +16,5 @@
 
 pub(crate) mod channel;
 pub(crate) mod proto;
+pub(crate) mod append;
 pub(crate) mod read;

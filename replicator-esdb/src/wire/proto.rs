@@ -103,3 +103,65 @@ pub(crate) mod node_state {
     pub const PRE_READ_ONLY_REPLICA: i32 = 13;
     pub const READ_ONLY_REPLICA: i32 = 14;
 }
+
+/// `event_store.client.streams.BatchAppendResp` (the stream name and the
+/// expected position it echoes are not needed).
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct BatchAppendResp {
+    #[prost(message, optional, tag = "1")]
+    pub correlation_id: Option<WireUuid>,
+    #[prost(message, optional, tag = "2")]
+    pub error: Option<RpcStatus>,
+    #[prost(message, optional, tag = "3")]
+    pub success: Option<BatchSuccess>,
+}
+
+/// `google.rpc.Status` (its details are not read).
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct RpcStatus {
+    #[prost(int32, tag = "1")]
+    pub code: i32,
+    #[prost(string, tag = "2")]
+    pub message: String,
+}
+
+/// `BatchAppendResp.Success`: `current_revision = 1` or `no_stream = 2`,
+/// `position = 3` or `no_position = 4`.
+#[derive(Clone, Copy, PartialEq, prost::Message)]
+pub(crate) struct BatchSuccess {
+    #[prost(uint64, optional, tag = "1")]
+    pub current_revision: Option<u64>,
+    #[prost(message, optional, tag = "3")]
+    pub position: Option<AllPosition>,
+}
+
+/// `event_store.client.UUID`: `structured = 1` or `string = 2`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct WireUuid {
+    #[prost(message, optional, tag = "1")]
+    pub structured: Option<StructuredUuid>,
+    #[prost(string, optional, tag = "2")]
+    pub string: Option<String>,
+}
+
+/// `UUID.Structured`: the two big-endian halves.
+#[derive(Clone, Copy, PartialEq, prost::Message)]
+pub(crate) struct StructuredUuid {
+    #[prost(int64, tag = "1")]
+    pub most_significant_bits: i64,
+    #[prost(int64, tag = "2")]
+    pub least_significant_bits: i64,
+}
+
+impl WireUuid {
+    pub(crate) fn to_uuid(&self) -> Option<uuid::Uuid> {
+        match (&self.structured, &self.string) {
+            (Some(s), _) => Some(uuid::Uuid::from_u64_pair(
+                s.most_significant_bits as u64,
+                s.least_significant_bits as u64,
+            )),
+            (None, Some(text)) => text.parse().ok(),
+            (None, None) => None,
+        }
+    }
+}
