@@ -36,10 +36,10 @@ mod plan;
 pub mod position_map;
 mod reader;
 mod retention;
-mod wire;
 mod scavenge;
 mod sink;
 pub mod verify;
+mod wire;
 
 pub use classify::{
     classify, to_event, LINK_EVENT_TYPE, METADATA_EVENT_TYPE, SOFT_DELETE_TRUNCATE_BEFORE,

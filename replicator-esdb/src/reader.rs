@@ -545,9 +545,12 @@ impl ReadState {
                 channel
             }
         };
-        within(self.request_timeout, AllSubscription::start(&channel, after))
-            .await
-            .map_err(Failure::client("subscribing to the source's $all"))
+        within(
+            self.request_timeout,
+            AllSubscription::start(&channel, after),
+        )
+        .await
+        .map_err(Failure::client("subscribing to the source's $all"))
     }
 
     /// Whether reading is over: not running continuously and the head of

@@ -8,9 +8,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use eventstore::{
-    AppendToStreamOptions, Client, CurrentRevision,
-    EventData, ExpectedRevision, ReadAllOptions, ReadStreamOptions, StreamPosition,
-    TombstoneStreamOptions,
+    AppendToStreamOptions, Client, CurrentRevision, EventData, ExpectedRevision, ReadAllOptions,
+    ReadStreamOptions, StreamPosition, TombstoneStreamOptions,
 };
 use futures::{FutureExt, StreamExt};
 use replicator_core::health::short;
@@ -24,12 +23,12 @@ use crate::connection::{
     describe, error_kind, needs_new_client, parse_settings, redact, within, ClientCell,
     REQUEST_TIMEOUT,
 };
-use crate::wire::append::BatchSession;
-use crate::wire::channel::WireChannel;
 use crate::plan::{
     plan, shift_truncate_before, Action, AppendRun, Divergence, Done, Expected, Guess, Note, Reply,
     Step, TargetRecord, PROBE_REVISION,
 };
+use crate::wire::append::BatchSession;
+use crate::wire::channel::WireChannel;
 
 /// Default cap on the payload of one append request.
 pub const DEFAULT_MAX_APPEND_BYTES: usize = 1024 * 1024;
@@ -662,11 +661,7 @@ impl EsdbSink {
             false => self.batch_session(generation).await,
         };
         if let Some(batch) = batch {
-            let result = within(
-                self.request_timeout,
-                batch.append(stream, expected, events),
-            )
-            .await;
+            let result = within(self.request_timeout, batch.append(stream, expected, events)).await;
             match result {
                 Ok(appended) => return Ok(appended),
                 Err(error) => {

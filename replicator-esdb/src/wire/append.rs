@@ -11,9 +11,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes};
 use eventstore::ExpectedRevision;
-use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
+use prost::encoding::encoded_len_varint;
 use replicator_core::{ContentType, Event, Position};
 use tokio::sync::{mpsc, oneshot};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
@@ -137,7 +137,11 @@ async fn run(
         .await
         .map_err(eventstore::Error::from_grpc)?
         .into_inner();
-    while let Some(answer) = answers.message().await.map_err(eventstore::Error::from_grpc)? {
+    while let Some(answer) = answers
+        .message()
+        .await
+        .map_err(eventstore::Error::from_grpc)?
+    {
         let Some(correlation) = answer.correlation_id.as_ref().and_then(|id| id.to_uuid()) else {
             warn!("A batch-append answer without a correlation id: ignored");
             continue;
@@ -259,15 +263,17 @@ pub(crate) fn encode_request(
             .sum::<usize>()
         + 2;
 
-    let mut buf = BytesMut::with_capacity(total);
+    // A `Vec`, not a `BytesMut`: `prost`'s varint writer puts a `BytesMut`
+    // one byte at a time through `put_slice`, each a `memcpy` call.
+    let mut buf = Vec::with_capacity(total);
     put_uuid(1, correlation, &mut buf);
     put_len(2, options_len, &mut buf);
     put_len(1, identifier_len, &mut buf);
     put_bytes(3, stream.as_bytes(), &mut buf);
     match expected {
         ExpectedRevision::Exact(revision) => {
-            encode_key(2, WireType::Varint, &mut buf);
-            encode_varint(revision, &mut buf);
+            buf.push(key(2, VARINT));
+            put_raw_varint(revision, &mut buf);
         }
         ExpectedRevision::NoStream => put_len(3, 0, &mut buf),
         ExpectedRevision::Any => put_len(4, 0, &mut buf),
@@ -293,10 +299,10 @@ pub(crate) fn encode_request(
         }
     }
     // is_final = true
-    encode_key(4, WireType::Varint, &mut buf);
-    encode_varint(1, &mut buf);
+    buf.push(key(4, VARINT));
+    buf.push(1);
     debug_assert_eq!(buf.len(), total);
-    buf.freeze()
+    Bytes::from(buf)
 }
 
 fn content_type(event: &Event) -> &'static [u8] {
@@ -327,7 +333,7 @@ fn uuid_len(id: Uuid) -> usize {
     bytes_field_len(1, structured)
 }
 
-fn put_uuid(tag: u32, id: Uuid, buf: &mut BytesMut) {
+fn put_uuid(tag: u8, id: Uuid, buf: &mut Vec<u8>) {
     let (most, least, structured) = uuid_body(id);
     put_len(tag, bytes_field_len(1, structured), buf);
     put_len(1, structured, buf);
@@ -352,13 +358,13 @@ fn entry_len(key: &[u8], value_len: usize) -> usize {
     bytes_field_len(1, key.len()) + bytes_field_len(2, value_len)
 }
 
-/// Key, length and payload of a length-delimited field (tags below 16 take
-/// one byte).
-fn bytes_field_len(_tag: u32, len: usize) -> usize {
+/// Key, length and payload of a length-delimited field (every tag here is
+/// below 16: its key takes one byte).
+fn bytes_field_len(_tag: u8, len: usize) -> usize {
     1 + encoded_len_varint(len as u64) + len
 }
 
-fn varint_field_len(_tag: u32, value: u64) -> usize {
+fn varint_field_len(_tag: u8, value: u64) -> usize {
     if value == 0 {
         0
     } else {
@@ -366,29 +372,45 @@ fn varint_field_len(_tag: u32, value: u64) -> usize {
     }
 }
 
-fn put_len(tag: u32, len: usize, buf: &mut BytesMut) {
-    encode_key(tag, WireType::LengthDelimited, buf);
-    encode_varint(len as u64, buf);
+const VARINT: u8 = 0;
+const LEN: u8 = 2;
+
+fn key(tag: u8, wire_type: u8) -> u8 {
+    debug_assert!(tag < 16);
+    tag << 3 | wire_type
 }
 
-fn put_bytes(tag: u32, bytes: &[u8], buf: &mut BytesMut) {
+fn put_raw_varint(mut value: u64, buf: &mut Vec<u8>) {
+    while value >= 0x80 {
+        buf.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    buf.push(value as u8);
+}
+
+fn put_len(tag: u8, len: usize, buf: &mut Vec<u8>) {
+    buf.push(key(tag, LEN));
+    put_raw_varint(len as u64, buf);
+}
+
+fn put_bytes(tag: u8, bytes: &[u8], buf: &mut Vec<u8>) {
     put_len(tag, bytes.len(), buf);
-    buf.put_slice(bytes);
+    buf.extend_from_slice(bytes);
 }
 
 /// A varint field; zero is left out, as proto3 does.
-fn put_varint(tag: u32, value: u64, buf: &mut BytesMut) {
+fn put_varint(tag: u8, value: u64, buf: &mut Vec<u8>) {
     if value != 0 {
-        encode_key(tag, WireType::Varint, buf);
-        encode_varint(value, buf);
+        buf.push(key(tag, VARINT));
+        put_raw_varint(value, buf);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use prost::Message;
     use proptest::prelude::*;
+    use prost::Message;
     use replicator_core::ChangeKind;
     use replicator_testkit::proto::streams::batch_append_req::options::{
         DeadlineOption, ExpectedStreamPosition,
@@ -405,7 +427,10 @@ mod tests {
             metadata: Bytes::copy_from_slice(metadata),
             content_type,
             created: SystemTime::UNIX_EPOCH,
-            position: Position { commit: 1, prepare: 1 },
+            position: Position {
+                commit: 1,
+                prepare: 1,
+            },
             kind: ChangeKind::Append,
         }
     }
@@ -430,7 +455,10 @@ mod tests {
         assert!(request.is_final);
         assert_eq!(uuid_of(request.correlation_id), correlation);
         let options = request.options.unwrap();
-        assert_eq!(&options.stream_identifier.unwrap().stream_name[..], b"orders-1");
+        assert_eq!(
+            &options.stream_identifier.unwrap().stream_name[..],
+            b"orders-1"
+        );
         let wire_expected = options.expected_stream_position.unwrap();
         match (expected, wire_expected) {
             (ExpectedRevision::Exact(r), ExpectedStreamPosition::StreamPosition(w)) => {
@@ -451,8 +479,8 @@ mod tests {
         for (sent, event) in request.proposed_messages.into_iter().zip(events) {
             assert_eq!(uuid_of(sent.id), event.id);
             assert_eq!(sent.metadata.get("type").unwrap(), &event.event_type);
-            let json = event.content_type == ContentType::Json
-                && std::str::from_utf8(&event.data).is_ok();
+            let json =
+                event.content_type == ContentType::Json && std::str::from_utf8(&event.data).is_ok();
             let content_type = if json {
                 "application/json"
             } else {

@@ -158,11 +158,11 @@ fn tls_config(settings: &ClientSettings) -> Result<rustls::ClientConfig, eventst
     let mut roots = rustls::RootCertStore::empty();
     match settings.tls_ca_file() {
         Some(file) => {
-            for cert in CertificateDer::pem_file_iter(file).map_err(|e| bad("tlsCaFile", file, &e))? {
+            for cert in
+                CertificateDer::pem_file_iter(file).map_err(|e| bad("tlsCaFile", file, &e))?
+            {
                 let cert = cert.map_err(|e| bad("tlsCaFile", file, &e))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| bad("tlsCaFile", file, &e))?;
+                roots.add(cert).map_err(|e| bad("tlsCaFile", file, &e))?;
             }
         }
         None if settings.is_secure_mode_enabled() => {

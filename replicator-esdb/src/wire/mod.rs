@@ -14,7 +14,7 @@
 //! turned into the client's [`eventstore::Error`] with its own
 //! `Error::from_grpc`, so both paths are classified alike.
 
+pub(crate) mod append;
 pub(crate) mod channel;
 pub(crate) mod proto;
-pub(crate) mod append;
 pub(crate) mod read;

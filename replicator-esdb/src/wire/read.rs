@@ -330,7 +330,10 @@ impl<'a> Fields<'a> {
     fn varint(&mut self) -> Result<u64, &'static str> {
         let mut value = 0u64;
         for shift in (0..64).step_by(7) {
-            let byte = *self.bytes.get(self.at).ok_or("a message ends inside a number")?;
+            let byte = *self
+                .bytes
+                .get(self.at)
+                .ok_or("a message ends inside a number")?;
             self.at += 1;
             value |= u64::from(byte & 0x7f) << shift;
             if byte < 0x80 {
@@ -380,8 +383,8 @@ impl<'a> Fields<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use prost::Message;
     use proptest::prelude::*;
+    use prost::Message;
     use replicator_core::ChangeKind;
     use replicator_testkit::proto::{shared, streams};
     use streams::read_resp::{self, read_event};
@@ -420,7 +423,10 @@ mod tests {
         .into()
     }
 
-    fn event_of(record: read_event::RecordedEvent, link: Option<read_event::RecordedEvent>) -> Event {
+    fn event_of(
+        record: read_event::RecordedEvent,
+        link: Option<read_event::RecordedEvent>,
+    ) -> Event {
         let message = encoded(read_resp::Content::Event(read_resp::ReadEvent {
             event: Some(record),
             link,
@@ -451,7 +457,13 @@ mod tests {
         assert_eq!(event.id, id);
         assert_eq!(event.stream, "orders-1");
         assert_eq!(event.revision, 7);
-        assert_eq!(event.position, Position { commit: 300, prepare: 299 });
+        assert_eq!(
+            event.position,
+            Position {
+                commit: 300,
+                prepare: 299
+            }
+        );
         assert_eq!(event.event_type, "OrderPlaced");
         assert_eq!(event.content_type, ContentType::Json);
         assert_eq!(&event.data[..], br#"{"a":1}"#);
@@ -469,7 +481,10 @@ mod tests {
         let (most, least) = id.as_u64_pair();
         let record = server_record(
             b"$$orders-1",
-            &[("type", "$metadata"), ("content-type", "application/octet-stream")],
+            &[
+                ("type", "$metadata"),
+                ("content-type", "application/octet-stream"),
+            ],
             shared::uuid::Value::Structured(shared::uuid::Structured {
                 most_significant_bits: most as i64,
                 least_significant_bits: least as i64,
@@ -495,7 +510,13 @@ mod tests {
         );
         let event = event_of(record, Some(link));
         assert_eq!(event.stream, "$ce-orders");
-        assert_eq!(event.position, Position { commit: 9, prepare: 9 });
+        assert_eq!(
+            event.position,
+            Position {
+                commit: 9,
+                prepare: 9
+            }
+        );
     }
 
     #[test]
@@ -505,11 +526,19 @@ mod tests {
                 subscription_id: "sub-1".into(),
             },
         ));
-        assert!(matches!(decode_read_resp(&confirmed), Ok(ReadItem::Confirmed(id)) if id == "sub-1"));
+        assert!(
+            matches!(decode_read_resp(&confirmed), Ok(ReadItem::Confirmed(id)) if id == "sub-1")
+        );
         let caught_up = encoded(read_resp::Content::CaughtUp(read_resp::CaughtUp {}));
-        assert!(matches!(decode_read_resp(&caught_up), Ok(ReadItem::CaughtUp)));
+        assert!(matches!(
+            decode_read_resp(&caught_up),
+            Ok(ReadItem::CaughtUp)
+        ));
         let behind = encoded(read_resp::Content::FellBehind(read_resp::FellBehind {}));
-        assert!(matches!(decode_read_resp(&behind), Ok(ReadItem::FellBehind)));
+        assert!(matches!(
+            decode_read_resp(&behind),
+            Ok(ReadItem::FellBehind)
+        ));
         let checkpoint = encoded(read_resp::Content::Checkpoint(read_resp::Checkpoint {
             commit_position: 1,
             prepare_position: 1,
