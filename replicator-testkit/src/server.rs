@@ -67,6 +67,9 @@ pub(crate) struct Shared {
     pub(crate) host: String,
     pub(crate) port: std::sync::atomic::AtomicU16,
     pub(crate) instance_id: uuid::Uuid,
+    /// Append calls and batch-append requests answered so far.
+    pub(crate) plain_appends: std::sync::atomic::AtomicU64,
+    pub(crate) batch_requests: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -276,6 +279,8 @@ impl EsdbServer {
             host,
             port: port.into(),
             instance_id: uuid::Uuid::new_v4(),
+            plain_appends: Default::default(),
+            batch_requests: Default::default(),
         });
         let server = EsdbServer {
             shared,
@@ -341,6 +346,17 @@ impl EsdbServer {
             WriteOutcome::Success { current, .. } => current,
             WriteOutcome::WrongExpected { .. } | WriteOutcome::StreamDeleted => None,
         }
+    }
+
+    /// How many plain append calls and how many batch-append requests the
+    /// server has taken, successful or not: what a test checks to know which
+    /// path a client's appends took.
+    pub fn append_counts(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.shared.plain_appends.load(Relaxed),
+            self.shared.batch_requests.load(Relaxed),
+        )
     }
 
     /// A handle to inject faults.

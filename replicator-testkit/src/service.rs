@@ -968,6 +968,9 @@ impl Streams for StreamsService {
         request: Request<Streaming<AppendReq>>,
     ) -> Result<Response<AppendResp>, Status> {
         let token = self.gate().await?;
+        self.shared
+            .plain_appends
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let principal = self.principal(request.metadata())?;
         let mut messages = request.into_inner();
         let Some(first) = messages.message().await? else {
@@ -1102,6 +1105,10 @@ impl Streams for StreamsService {
                         return;
                     }
                 };
+                service
+                    .shared
+                    .batch_requests
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let reply = match service
                     .batch_step(&mut pending, request, &principal, &token)
                     .await

@@ -305,7 +305,10 @@ async fn choose_node(
             gossip(http, settings.to_uri(&seed), headers),
         )
         .await
-        .unwrap_or_else(|_| Err(Status::deadline_exceeded("no answer")));
+        .map_err(|_| "no answer in time".to_owned())
+        .and_then(|answer| {
+            answer.map_err(|status| format!("{:?}: {}", status.code(), status.message()))
+        });
         match members {
             Ok(cluster) => match best_member(settings.node_preference(), &cluster) {
                 Some(endpoint) => {
@@ -321,14 +324,8 @@ async fn choose_node(
                     )
                 }
             },
-            Err(status) => {
-                last_problem = format!(
-                    "gossip from {}:{} failed: {:?}: {}",
-                    seed.host,
-                    seed.port,
-                    status.code(),
-                    status.message()
-                )
+            Err(problem) => {
+                last_problem = format!("gossip from {}:{} failed: {problem}", seed.host, seed.port)
             }
         }
     }

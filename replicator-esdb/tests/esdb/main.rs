@@ -2,6 +2,7 @@
 //! in-process test server, through the real `eventstore` client.
 
 mod common;
+mod connections;
 mod exactly_once;
 mod fidelity;
 mod health;
