@@ -90,8 +90,10 @@ impl fmt::Debug for EsdbReaderConfig {
 /// default): a read, each page of it, the set-up of the subscription up to the
 /// server's confirmation, a head probe. A live subscription may rightly stay
 /// silent for hours, so it has no deadline; two things notice one that hangs:
-/// - HTTP/2 keepalive of the `eventstore` client: a ping every
-///   `keepAliveInterval` (10 s) while a request is open, the connection closed
+/// - HTTP/2 keepalive on the subscription's channel (the `wire` module, set
+///   from the connection string as the `eventstore` client sets its own): a
+///   ping every `keepAliveInterval` (10 s) while a request is open, the
+///   connection closed
 ///   when no answer comes within `keepAliveTimeout` (10 s). A frozen server or
 ///   a partition without a reset ends the subscription in about 20 s. The
 ///   connection string can raise both or turn them off (`-1`), not lower them.
