@@ -2,6 +2,8 @@
 //! which order, and how a replay is recognised on the target. Kept free of I/O
 //! so it can be tested exhaustively.
 
+use std::collections::HashMap;
+
 use replicator_core::{ChangeKind, Event, Position};
 use uuid::Uuid;
 
@@ -42,23 +44,31 @@ pub(crate) struct StreamPlan<'a> {
 /// Skipped records produce nothing.
 pub(crate) fn plan(batch: &[Event], max_append_bytes: usize) -> Vec<StreamPlan<'_>> {
     let mut plans: Vec<StreamPlan<'_>> = Vec::new();
-    // Batches are a few thousand events at most and touch few streams, so a
-    // linear lookup of the last plans beats hashing every event.
+    // Per plan, the size of its last step when that is an append still open
+    // to more records (kept here, not summed again per record).
+    let mut open_bytes: Vec<usize> = Vec::new();
+    // Plan index by target stream; consecutive records of one stream (the
+    // common case) skip the lookup.
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    let mut last: Option<usize> = None;
     for event in batch {
         if !event.kind.is_write() {
             continue;
         }
         let target = event.target_stream();
-        let plan = match plans.iter().position(|p| p.target_stream == target) {
-            Some(i) => &mut plans[i],
-            None => {
+        let i = match last {
+            Some(i) if plans[i].target_stream == target => i,
+            _ => *index.entry(target).or_insert_with(|| {
                 plans.push(StreamPlan {
                     target_stream: target,
                     steps: Vec::new(),
                 });
-                plans.last_mut().expect("just pushed")
-            }
+                open_bytes.push(0);
+                plans.len() - 1
+            }),
         };
+        last = Some(i);
+        let plan = &mut plans[i];
         match event.kind {
             ChangeKind::Tombstone => plan.steps.push(Step::Tombstone(event)),
             ChangeKind::Append | ChangeKind::StreamMetadata | ChangeKind::SoftDelete => {
@@ -67,14 +77,15 @@ pub(crate) fn plan(batch: &[Event], max_append_bytes: usize) -> Vec<StreamPlan<'
                 // that revives a soft-deleted stream), which would land in
                 // the middle of a longer append.
                 let alone = event.kind != ChangeKind::Append;
+                let size = append_size(event);
                 if let Some(Step::Append { stream, events }) = plan.steps.last_mut() {
-                    let bytes: usize = events.iter().map(|e| append_size(e)).sum();
                     if !alone
                         && events[0].kind == ChangeKind::Append
                         && *stream == event.stream
-                        && bytes + append_size(event) <= max_append_bytes
+                        && open_bytes[i] + size <= max_append_bytes
                     {
                         events.push(event);
+                        open_bytes[i] += size;
                         continue;
                     }
                 }
@@ -82,6 +93,7 @@ pub(crate) fn plan(batch: &[Event], max_append_bytes: usize) -> Vec<StreamPlan<'
                     stream: &event.stream,
                     events: vec![event],
                 });
+                open_bytes[i] = size;
             }
             ChangeKind::Skip(_) => unreachable!("skipped above"),
         }

@@ -366,7 +366,16 @@ impl Run {
                                 self.send_frontier(frontier_tx.as_ref(), false);
                             }
                             _ => match self.partitions.choose(&event) {
-                                Ok(partition) => pending = Some((partition, seq, event)),
+                                // Room in the partition's queue (the common
+                                // case): handed over now rather than on the
+                                // next turn of this loop.
+                                Ok(partition) => match queues[partition].try_reserve() {
+                                    Ok(permit) => {
+                                        self.partitions.sent(seq, &event, partition);
+                                        permit.send((seq, event));
+                                    }
+                                    Err(_) => pending = Some((partition, seq, event)),
+                                },
                                 Err(error) => {
                                     // Not dispatched: the checkpoint stays before it.
                                     self.tracker.forget_last();
@@ -688,20 +697,33 @@ async fn read_loop(
     tx: mpsc::Sender<Item>,
     stop: CancellationToken,
 ) -> ReaderEnd {
+    // One wait for the stop, made once: a new one per record cost more than
+    // the record's hand-over.
+    let stopped = stop.cancelled();
+    tokio::pin!(stopped);
     loop {
         let item = tokio::select! {
             biased;
-            _ = stop.cancelled() => return ReaderEnd::Stopped,
+            () = &mut stopped => return ReaderEnd::Stopped,
             item = stream.next() => item,
         };
         let Some(item) = item else {
             return ReaderEnd::Ended;
         };
         let last = item.is_err();
-        tokio::select! {
-            biased;
-            _ = stop.cancelled() => return ReaderEnd::Stopped,
-            sent = tx.send(item) => if sent.is_err() { return ReaderEnd::Stopped },
+        // Room in the queue (the common case while the dispatcher keeps up):
+        // handed over at once; the next turn checks the stop first.
+        let item = match tx.try_send(item) {
+            Ok(()) => None,
+            Err(mpsc::error::TrySendError::Closed(_)) => return ReaderEnd::Stopped,
+            Err(mpsc::error::TrySendError::Full(item)) => Some(item),
+        };
+        if let Some(item) = item {
+            tokio::select! {
+                biased;
+                () = &mut stopped => return ReaderEnd::Stopped,
+                sent = tx.send(item) => if sent.is_err() { return ReaderEnd::Stopped },
+            }
         }
         if last {
             return ReaderEnd::Stopped;
