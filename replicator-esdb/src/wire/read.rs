@@ -240,12 +240,7 @@ fn decode_record(record: &Bytes) -> Result<Event, &'static str> {
                             .to_owned()
                     }
                     b"content-type" => is_json = value == b"application/json",
-                    b"created" => {
-                        created_ticks = std::str::from_utf8(value)
-                            .ok()
-                            .and_then(|t| t.parse().ok())
-                            .unwrap_or(0)
-                    }
+                    b"created" => created_ticks = parse_ticks(value),
                     _ => {}
                 }
             }
@@ -275,6 +270,32 @@ fn decode_record(record: &Bytes) -> Result<Event, &'static str> {
         data,
         metadata,
     })
+}
+
+/// Decimal ticks, as `str::parse::<u64>` reads them; 0 when they are not a
+/// number (the client's fallback).
+fn parse_ticks(digits: &[u8]) -> u64 {
+    let mut ticks: u64 = 0;
+    let digits = match digits {
+        [b'+', rest @ ..] => rest,
+        all => all,
+    };
+    if digits.is_empty() {
+        return 0;
+    }
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return 0;
+        }
+        match ticks
+            .checked_mul(10)
+            .and_then(|t| t.checked_add(u64::from(d - b'0')))
+        {
+            Some(t) => ticks = t,
+            None => return 0,
+        }
+    }
+    ticks
 }
 
 /// `event_store.client.UUID`: `structured = 1` (two big-endian halves) or
@@ -327,7 +348,15 @@ impl<'a> Fields<'a> {
         Fields { bytes, at: 0 }
     }
 
+    #[inline]
     fn varint(&mut self) -> Result<u64, &'static str> {
+        // One byte: tags, lengths of short fields, small numbers.
+        if let Some(&byte) = self.bytes.get(self.at) {
+            if byte < 0x80 {
+                self.at += 1;
+                return Ok(u64::from(byte));
+            }
+        }
         let mut value = 0u64;
         for shift in (0..64).step_by(7) {
             let byte = *self
@@ -343,6 +372,7 @@ impl<'a> Fields<'a> {
         Err("a number is longer than ten bytes")
     }
 
+    #[inline]
     fn skip(&mut self, len: usize) -> Result<std::ops::Range<usize>, &'static str> {
         let start = self.at;
         let end = start
@@ -354,6 +384,7 @@ impl<'a> Fields<'a> {
     }
 
     /// The next field number and value, `None` at the end.
+    #[inline]
     fn next(&mut self) -> Result<Option<(u32, Value)>, &'static str> {
         if self.at >= self.bytes.len() {
             return Ok(None);
@@ -517,6 +548,26 @@ mod tests {
                 prepare: 9
             }
         );
+    }
+
+    #[test]
+    fn created_ticks_are_read_as_the_client_reads_them() {
+        for text in [
+            "0",
+            "17000000001234567",
+            "18446744073709551615",
+            "18446744073709551616",
+            "",
+            "12a",
+            "-1",
+            " 1",
+        ] {
+            assert_eq!(
+                parse_ticks(text.as_bytes()),
+                text.parse::<u64>().unwrap_or(0),
+                "{text:?}"
+            );
+        }
     }
 
     #[test]
