@@ -57,6 +57,12 @@ pub struct Args {
     /// empty, so an old checkpoint would skip the whole workload.
     #[arg(long, value_name = "PATH")]
     checkpoint: Option<PathBuf>,
+    /// Where the status server listens while the demo runs (`host:port`).
+    /// The default takes a free port on the loopback interface, logged at
+    /// start-up, so a demo never collides with a running replicator on the
+    /// usual port 5000. An empty string: no status server.
+    #[arg(long, default_value = "127.0.0.1:0", value_name = "HOST:PORT")]
+    listen: String,
 }
 
 /// Runs the demo and prints its report on stdout. The exit code is a failure
@@ -129,7 +135,7 @@ pub async fn run(args: Args, cancel: CancellationToken) -> anyhow::Result<ExitCo
 
     let after_generating = peak_memory();
 
-    let config = demo_config(&source, &target, &checkpoint, args.partitions)?;
+    let config = demo_config(&source, &target, &checkpoint, args.partitions, &args.listen)?;
     println!(
         "Replicating with {} partitions, checkpoint every {} events in {}…",
         args.partitions, config.checkpoint.checkpoint_after, config.checkpoint.store
@@ -231,18 +237,21 @@ pub async fn run(args: Args, cancel: CancellationToken) -> anyhow::Result<ExitCo
 
 /// The configuration `run` would load for these servers: the file's defaults
 /// (parsed from a minimal file, so they stay the ones `run` uses) with the
-/// demo's store and partitions. REPLICATOR_* variables are ignored: the demo
-/// is the same everywhere.
+/// demo's store, partitions and status server address. REPLICATOR_* variables
+/// are ignored: the demo is the same everywhere.
 fn demo_config(
     source: &EsdbServer,
     target: &EsdbServer,
     checkpoint: &Path,
     partitions: NonZeroUsize,
+    listen: &str,
 ) -> anyhow::Result<Config> {
     let yaml = format!(
-        "replicator:\n  reader:\n    connectionString: \"{}\"\n  sink:\n    connectionString: \"{}\"\n",
+        "replicator:\n  reader:\n    connectionString: \"{}\"\n  sink:\n    connectionString: \"{}\"\n  \
+         http:\n    listen: {}\n",
         source.connection_string(),
-        target.connection_string()
+        target.connection_string(),
+        serde_json::to_string(listen).context("the listen address")?
     );
     let mut config = Config::from_yaml(&yaml, Path::new("(demo)"), std::iter::empty())
         .context("the demo's configuration is invalid")?;

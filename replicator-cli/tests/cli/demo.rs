@@ -37,6 +37,31 @@ fn demo_replicates_a_workload_and_proves_the_target_identical() {
     assert!(stderr(&o).contains("already exists"), "{}", stderr(&o));
 }
 
+/// A replicator already serving its status page on the usual port 5000 (held
+/// here, or by whatever holds it on this machine) does not stop a demo: the
+/// demo's own status server takes a free port. A bad `--listen` is named.
+#[test]
+fn demo_runs_beside_a_replicator_on_port_5000_and_names_a_bad_listen_address() {
+    let _held = std::net::TcpListener::bind("0.0.0.0:5000");
+    let dir = tempfile::tempdir().unwrap();
+    let o = command(dir.path())
+        .args(["demo", "--events", "50"])
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    assert!(
+        stdout(&o).contains("the target is identical to the source"),
+        "{}",
+        stdout(&o)
+    );
+    let o = command(dir.path())
+        .args(["demo", "--events", "50", "--listen", "nowhere"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "{}", stdout(&o));
+    assert!(stderr(&o).contains("nowhere"), "{}", stderr(&o));
+}
+
 #[test]
 fn demo_rejects_zero_events_and_partitions() {
     let dir = tempfile::tempdir().unwrap();
