@@ -69,6 +69,8 @@ impl AllSubscription {
                 resolve_links: false,
                 subscription: Some(Empty {}),
                 no_filter: Some(Empty {}),
+                // Ids as text, as the client asks for them (asking for
+                // the structured form saved nothing measurable).
                 uuid_option: Some(UuidOption {
                     string: Some(Empty {}),
                 }),
@@ -282,6 +284,18 @@ fn parse_ticks(digits: &[u8]) -> u64 {
     };
     if digits.is_empty() {
         return 0;
+    }
+    // Up to 19 digits cannot overflow: no checks per digit (ticks since
+    // 1970 have 17 digits for centuries).
+    if digits.len() <= 19 {
+        for &d in digits {
+            let d = d.wrapping_sub(b'0');
+            if d > 9 {
+                return 0;
+            }
+            ticks = ticks * 10 + u64::from(d);
+        }
+        return ticks;
     }
     for &d in digits {
         if !d.is_ascii_digit() {
