@@ -242,6 +242,9 @@ pub struct EsdbSink {
     /// The batch-append session appends go through, with the generation of
     /// the client it belongs to; see [`EsdbSink::append_events`].
     batch: Mutex<Option<(u64, Arc<BatchSession>)>>,
+    /// The leader a session's `not-leader` answer named: the next session's
+    /// channel goes there instead of asking the same node again.
+    batch_leader: Mutex<Option<eventstore::Endpoint>>,
     /// Set when the target does not offer batch append.
     no_batch_append: AtomicBool,
 }
@@ -280,6 +283,7 @@ impl EsdbSink {
             tracked: Mutex::new(HashMap::new()),
             search_depth: DEFAULT_REPLAY_SEARCH_DEPTH,
             batch: Mutex::new(None),
+            batch_leader: Mutex::new(None),
             no_batch_append: AtomicBool::new(false),
         })
     }
@@ -665,9 +669,16 @@ impl EsdbSink {
             match result {
                 Ok(appended) => return Ok(appended),
                 Err(error) => {
-                    if matches!(error, eventstore::Error::UnsupportedFeature) {
-                        warn!("The target does not offer batch append; using plain appends");
-                        self.no_batch_append.store(true, Ordering::Relaxed);
+                    match &error {
+                        eventstore::Error::UnsupportedFeature => {
+                            warn!("The target does not offer batch append; using plain appends");
+                            self.no_batch_append.store(true, Ordering::Relaxed);
+                        }
+                        eventstore::Error::NotLeaderException(leader) => {
+                            *self.batch_leader.lock().unwrap_or_else(|e| e.into_inner()) =
+                                Some(leader.clone());
+                        }
+                        _ => {}
                     }
                     debug!(%error, stream, "Batch append failed; appending plainly");
                     let mut current = self.batch.lock().unwrap_or_else(|e| e.into_inner());
@@ -715,9 +726,14 @@ impl EsdbSink {
     /// its state would otherwise grow every append's future, which is moved
     /// into a box for every stream of every batch).
     async fn open_batch_session(&self, generation: u64) -> Option<Arc<BatchSession>> {
+        let leader = self
+            .batch_leader
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         let channel = match within(
             self.request_timeout,
-            WireChannel::connect(self.client.settings(), None),
+            WireChannel::connect(self.client.settings(), leader),
         )
         .await
         {

@@ -184,7 +184,12 @@ pub(crate) fn decode_read_resp(message: &Bytes) -> Result<ReadItem, &'static str
             }
             (8, Value::Len(_)) => ReadItem::CaughtUp,
             (9, Value::Len(_)) => ReadItem::FellBehind,
-            _ => ReadItem::Other,
+            // The rest of the `content` oneof: nothing to hand on.
+            (3..=7, _) => ReadItem::Other,
+            // A field this decoder does not know (a newer server's, outside
+            // the oneof) leaves what was read before it alone: prost, and so
+            // the client, ignores it too. Replacing the event would lose it.
+            _ => continue,
         };
     }
     Ok(item)
@@ -609,6 +614,29 @@ mod tests {
             prepare_position: 1,
         }));
         assert!(matches!(decode_read_resp(&checkpoint), Ok(ReadItem::Other)));
+    }
+
+    #[test]
+    fn an_unknown_field_after_an_event_keeps_the_event() {
+        let record = server_record(
+            b"orders-1",
+            &[("type", "E")],
+            shared::uuid::Value::String(Uuid::new_v4().to_string()),
+            b"x",
+            b"",
+            (0, 1, 1),
+        );
+        let mut message = encoded(read_resp::Content::Event(read_resp::ReadEvent {
+            event: Some(record),
+            link: None,
+            position: None,
+        }))
+        .to_vec();
+        // Field 20, a varint, and field 21, a string: what a newer server
+        // could add beside the oneof.
+        message.extend_from_slice(&[20 << 3, 1, 21 << 3 | 2, 2, b'h', b'i']);
+        let item = decode_read_resp(&Bytes::from(message)).unwrap();
+        assert!(matches!(item, ReadItem::Event(e) if e.stream == "orders-1"));
     }
 
     #[test]
