@@ -960,22 +960,32 @@ fn convert_position(position: eventstore::Position) -> Position {
 /// Builds what the client sends for `event`: id, type, data, user metadata and
 /// content type, every byte kept (see [`EsdbSink`] for the one exception).
 pub fn to_event_data(event: &Event) -> EventData {
-    let data = match event.content_type {
+    let data = match json_text(event) {
+        Some(json) => EventData::json(&event.event_type, &VerbatimJson(json))
+            .expect("verbatim JSON serialisation cannot fail"),
+        None => EventData::binary(&event.event_type, event.data.clone()),
+    };
+    data.id(event.id).metadata(event.metadata.clone())
+}
+
+/// The data of an event written as JSON: marked JSON and UTF-8 text. Data
+/// marked JSON that is not UTF-8 is written as binary, with a warning; the
+/// rule of both append paths (the client's and [`crate::wire::append`]).
+pub(crate) fn json_text(event: &Event) -> Option<&str> {
+    match event.content_type {
         ContentType::Json => match std::str::from_utf8(&event.data) {
-            Ok(json) => EventData::json(&event.event_type, &VerbatimJson(json))
-                .expect("verbatim JSON serialisation cannot fail"),
+            Ok(json) => Some(json),
             Err(_) => {
                 warn!(
                     stream = %event.stream,
                     id = %event.id,
                     "Event marked JSON holds bytes that are not UTF-8: written as binary"
                 );
-                EventData::binary(&event.event_type, event.data.clone())
+                None
             }
         },
-        ContentType::Binary => EventData::binary(&event.event_type, event.data.clone()),
-    };
-    data.id(event.id).metadata(event.metadata.clone())
+        ContentType::Binary => None,
+    }
 }
 
 /// Serialises to exactly the wrapped text, whether or not it is valid JSON.

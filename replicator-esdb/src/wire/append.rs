@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 use bytes::{BufMut, Bytes};
 use eventstore::ExpectedRevision;
 use prost::encoding::encoded_len_varint;
-use replicator_core::{ContentType, Event, Position};
+use replicator_core::{Event, Position};
 use tokio::sync::{mpsc, oneshot};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::Status;
@@ -23,6 +23,7 @@ use uuid::Uuid;
 
 use super::channel::WireChannel;
 use super::proto::BatchAppendResp;
+use crate::sink::json_text;
 
 /// The deadline each request carries for the server (the client's default).
 const SERVER_DEADLINE: Duration = Duration::from_secs(10);
@@ -227,7 +228,7 @@ const BINARY: &[u8] = b"application/octet-stream";
 /// stream, expected revision and a deadline 10 s after `now`.
 ///
 /// Data marked JSON that is not UTF-8 goes as binary, as with the client
-/// path (see [`crate::sink::to_event_data`]).
+/// path ([`json_text`]).
 pub(crate) fn encode_request(
     correlation: Uuid,
     stream: &str,
@@ -306,17 +307,9 @@ pub(crate) fn encode_request(
 }
 
 fn content_type(event: &Event) -> &'static [u8] {
-    match event.content_type {
-        ContentType::Json if std::str::from_utf8(&event.data).is_ok() => JSON,
-        ContentType::Json => {
-            warn!(
-                stream = %event.stream,
-                id = %event.id,
-                "Event marked JSON holds bytes that are not UTF-8: written as binary"
-            );
-            BINARY
-        }
-        ContentType::Binary => BINARY,
+    match json_text(event) {
+        Some(_) => JSON,
+        None => BINARY,
     }
 }
 
@@ -411,7 +404,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use prost::Message;
-    use replicator_core::ChangeKind;
+    use replicator_core::{ChangeKind, ContentType};
     use replicator_testkit::proto::streams::batch_append_req::options::{
         DeadlineOption, ExpectedStreamPosition,
     };
