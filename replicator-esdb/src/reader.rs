@@ -173,7 +173,6 @@ impl Reader for EsdbReader {
         debug!(%from, "Reading the source $all");
         let state = ReadState {
             client: ClientCell::new(self.settings.clone()),
-            settings: self.settings.clone(),
             wire: None,
             leader: None,
             page_size: self.config.page_size,
@@ -369,7 +368,6 @@ impl Watchdog {
 struct ReadState {
     /// The client for everything but the subscription: pages, heads.
     client: ClientCell,
-    settings: ClientSettings,
     /// The channel the subscription runs on, made when subscribing and
     /// dropped with the client after a failure.
     wire: Option<WireChannel>,
@@ -539,7 +537,7 @@ impl ReadState {
             None => {
                 let channel = within(
                     self.request_timeout,
-                    WireChannel::connect(&self.settings, self.leader.take()),
+                    WireChannel::connect(self.client.settings(), self.leader.take()),
                 )
                 .await
                 .map_err(Failure::client("connecting to the source"))?;

@@ -75,15 +75,19 @@ impl WireChannel {
     /// A request carrying the connection's headers (credentials, leader
     /// requirement, connection name).
     pub(crate) fn request<T>(&self, message: T) -> tonic::Request<T> {
-        let mut request = tonic::Request::new(message);
-        *request.metadata_mut() = self.headers.clone();
-        request
+        request_with(&self.headers, message)
     }
 
     /// A gRPC client on the channel, ready for a call.
     pub(crate) async fn grpc(&self) -> Result<tonic::client::Grpc<Http>, Status> {
         grpc_to(&self.http, self.uri.clone()).await
     }
+}
+
+fn request_with<T>(headers: &MetadataMap, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    *request.metadata_mut() = headers.clone();
+    request
 }
 
 async fn grpc_to(http: &Http, uri: Uri) -> Result<tonic::client::Grpc<Http>, Status> {
@@ -102,6 +106,15 @@ struct HiddenSettings {
     keep_alive_interval: Option<u64>,
     keep_alive_timeout: Option<u64>,
     connection_name: Option<String>,
+    /// The connection string's credentials (their login and password have
+    /// no accessor either; serialised as bytes).
+    default_user_name: Option<RawCredentials>,
+}
+
+#[derive(serde::Deserialize)]
+struct RawCredentials {
+    login: Vec<u8>,
+    password: Vec<u8>,
 }
 
 impl HiddenSettings {
@@ -254,13 +267,12 @@ impl rustls::client::danger::ServerCertVerifier for NoVerification {
 fn headers(settings: &ClientSettings, options: &HiddenSettings) -> MetadataMap {
     use base64::Engine;
     let mut headers = MetadataMap::new();
-    if let Some(credentials) = settings.default_authenticated_user() {
-        if let Some((login, password)) = credentials_of(credentials) {
-            let token =
-                base64::engine::general_purpose::STANDARD.encode(format!("{login}:{password}"));
-            if let Ok(value) = MetadataValue::try_from(format!("Basic {token}")) {
-                headers.insert("authorization", value);
-            }
+    if let Some(credentials) = &options.default_user_name {
+        let login = String::from_utf8_lossy(&credentials.login);
+        let password = String::from_utf8_lossy(&credentials.password);
+        let token = base64::engine::general_purpose::STANDARD.encode(format!("{login}:{password}"));
+        if let Ok(value) = MetadataValue::try_from(format!("Basic {token}")) {
+            headers.insert("authorization", value);
         }
     }
     if settings.node_preference() == NodePreference::Leader {
@@ -272,21 +284,6 @@ fn headers(settings: &ClientSettings, options: &HiddenSettings) -> MetadataMap {
         }
     }
     headers
-}
-
-/// The login and password of the connection string's credentials (the
-/// client keeps them private; its serialised form has them as bytes).
-fn credentials_of(credentials: &eventstore::Credentials) -> Option<(String, String)> {
-    #[derive(serde::Deserialize)]
-    struct Raw {
-        login: Vec<u8>,
-        password: Vec<u8>,
-    }
-    let raw: Raw = serde_json::from_value(serde_json::to_value(credentials).ok()?).ok()?;
-    Some((
-        String::from_utf8_lossy(&raw.login).into_owned(),
-        String::from_utf8_lossy(&raw.password).into_owned(),
-    ))
 }
 
 /// Asks the seeds (or the DNS name) for the cluster's gossip, in random order,
@@ -336,8 +333,7 @@ async fn choose_node(
 
 async fn gossip(http: &Http, uri: Uri, headers: &MetadataMap) -> Result<ClusterInfo, Status> {
     let mut grpc = grpc_to(http, uri).await?;
-    let mut request = tonic::Request::new(Empty {});
-    *request.metadata_mut() = headers.clone();
+    let request = request_with(headers, Empty {});
     let path = http::uri::PathAndQuery::from_static("/event_store.client.gossip.Gossip/Read");
     let codec = tonic::codec::ProstCodec::<Empty, ClusterInfo>::default();
     Ok(grpc.unary(request, path, codec).await?.into_inner())
