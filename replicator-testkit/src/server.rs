@@ -101,11 +101,22 @@ impl Shared {
     }
 }
 
-/// Fault state: which connections are alive, pending injected failures, pause.
+/// Fault state: which connections are alive, pending injected failures, pause,
+/// the write gate.
 pub(crate) struct FaultState {
     generation: Mutex<CancellationToken>,
     fail_appends: AtomicUsize,
     paused: watch::Sender<bool>,
+    gate: watch::Sender<WriteGate>,
+}
+
+/// [`FaultHandle::hold_writes_after`]'s state.
+#[derive(Clone, Copy, Debug, Default)]
+struct WriteGate {
+    /// Writes that may still pass; `None`: the gate is open.
+    budget: Option<usize>,
+    /// Writes waiting at the gate now.
+    held: usize,
 }
 
 impl FaultState {
@@ -114,6 +125,55 @@ impl FaultState {
             generation: Mutex::new(CancellationToken::new()),
             fail_appends: AtomicUsize::new(0),
             paused: watch::Sender::new(false),
+            gate: watch::Sender::new(WriteGate::default()),
+        }
+    }
+
+    /// Lets a write of `events` events (a deletion counts as one) through the
+    /// gate, waiting while the gate holds writes. False when the connection is
+    /// dropped meanwhile (nothing may then be written). A write of no events
+    /// (a permission check) always passes and is not counted.
+    pub(crate) async fn pass_gate(&self, events: usize, token: &CancellationToken) -> bool {
+        if events == 0 {
+            return true;
+        }
+        let mut changes = self.gate.subscribe();
+        let mut waiting = false;
+        loop {
+            let mut passed = false;
+            self.gate.send_if_modified(|gate| {
+                passed = match &mut gate.budget {
+                    None => true,
+                    Some(0) => false,
+                    Some(budget) => {
+                        *budget -= 1;
+                        true
+                    }
+                };
+                let spent = passed && gate.budget.is_some();
+                // Arriving at the gate, or leaving it after a wait.
+                let held_changed = passed == waiting;
+                if passed && waiting {
+                    gate.held -= 1;
+                } else if !passed && !waiting {
+                    gate.held += 1;
+                }
+                spent || held_changed
+            });
+            waiting = !passed;
+            if passed {
+                return true;
+            }
+            tokio::select! {
+                changed = changes.changed() => {
+                    // The sender lives as long as `self`, so this cannot fail.
+                    let _ = changed;
+                }
+                () = token.cancelled() => {
+                    self.gate.send_modify(|gate| gate.held -= 1);
+                    return false;
+                }
+            }
         }
     }
 
@@ -165,6 +225,7 @@ impl std::fmt::Debug for FaultHandle {
                 &self.state.fail_appends.load(Ordering::SeqCst),
             )
             .field("paused", &*self.state.paused.borrow())
+            .field("write_gate", &*self.state.gate.borrow())
             .finish()
     }
 }
@@ -190,6 +251,43 @@ impl FaultHandle {
     /// Releases replies held by [`FaultHandle::pause`].
     pub fn resume(&self) {
         self.state.paused.send_replace(false);
+    }
+
+    /// Lets the next `writes` writes through, then holds every further write
+    /// before it writes anything, until [`FaultHandle::release_writes`]. A write
+    /// is one append call, one batch-append batch (when its last request
+    /// arrives), one delete or one tombstone; an append of no events (a
+    /// permission check) is neither counted nor held.
+    ///
+    /// This is how a test decides where a copy is when it acts (a kill, a
+    /// freeze), whatever the machine's speed: with the gate closed after `n`
+    /// writes, the copier cannot finish, and exactly `n` writes are in the
+    /// store once [`FaultHandle::wait_for_held_writes`]`(1)` returns. A held write
+    /// whose connection the server drops ([`FaultHandle::drop_connections`],
+    /// a stop) writes nothing; one whose client went away is written when
+    /// released, as a real server commits a request it has received.
+    pub fn hold_writes_after(&self, writes: usize) {
+        self.state
+            .gate
+            .send_modify(|gate| gate.budget = Some(writes));
+    }
+
+    /// Opens the gate closed by [`FaultHandle::hold_writes_after`]: held
+    /// writes go on, in the order they arrived at the server is not promised.
+    pub fn release_writes(&self) {
+        self.state.gate.send_modify(|gate| gate.budget = None);
+    }
+
+    /// How many writes are waiting at the gate now.
+    pub fn held_writes(&self) -> usize {
+        self.state.gate.borrow().held
+    }
+
+    /// Returns once exactly `n` writes wait at the gate (at once if they do).
+    pub async fn wait_for_held_writes(&self, n: usize) {
+        let mut gate = self.state.gate.subscribe();
+        // The sender lives as long as the state, so this cannot fail.
+        let _ = gate.wait_for(|gate| gate.held == n).await;
     }
 }
 

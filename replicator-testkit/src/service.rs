@@ -1001,7 +1001,9 @@ impl Streams for StreamsService {
             }
         }
         self.write_delay().await;
-        if !unpaused(&self.shared, &token).await {
+        if !unpaused(&self.shared, &token).await
+            || !self.shared.faults.pass_gate(events.len(), &token).await
+        {
             return Err(shutting_down());
         }
         if self.shared.faults.take_append_failure() {
@@ -1026,7 +1028,7 @@ impl Streams for StreamsService {
         }
         let expected = deletion_expected!(delete_req, options.expected_stream_revision);
         self.write_delay().await;
-        if !unpaused(&self.shared, &token).await {
+        if !unpaused(&self.shared, &token).await || !self.shared.faults.pass_gate(1, &token).await {
             return Err(shutting_down());
         }
         let outcome = self
@@ -1060,7 +1062,7 @@ impl Streams for StreamsService {
         }
         let expected = deletion_expected!(tombstone_req, options.expected_stream_revision);
         self.write_delay().await;
-        if !unpaused(&self.shared, &token).await {
+        if !unpaused(&self.shared, &token).await || !self.shared.faults.pass_gate(1, &token).await {
             return Err(shutting_down());
         }
         let outcome = self
@@ -1252,7 +1254,13 @@ impl StreamsService {
             .remove(&id)
             .ok_or_else(|| Status::internal("batch vanished"))?;
         // The append latency is applied to the reply (see `batch_append`).
-        if !unpaused(&self.shared, token).await {
+        if !unpaused(&self.shared, token).await
+            || !self
+                .shared
+                .faults
+                .pass_gate(batch.events.len(), token)
+                .await
+        {
             return Err(shutting_down());
         }
         let result = if self.shared.faults.take_append_failure() {

@@ -257,8 +257,7 @@ fn checkpoint_stored(w: &Workdir) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_with_an_event_type_filter_killed_mid_copy_and_restarted_writes_each_kept_event_once_in_order(
 ) {
-    // Slow appends on the target, so the kill lands while the run copies.
-    let c = Clusters::start_with(std::time::Duration::from_millis(5)).await;
+    let c = Clusters::start().await;
     let s = &c.source_client;
     const STREAMS: usize = 8;
     const ROUNDS: usize = 60;
@@ -288,32 +287,28 @@ async fn a_run_with_an_event_type_filter_killed_mid_copy_and_restarted_writes_ea
     let w = c.workdir(
         "  runContinuously: false\n  restartOnFailure: false\n  checkpoint:\n    checkpointAfter: 1\n  filters:\n    - type: eventType\n      exclude: \"Test$\"\n",
     );
-
-    let mut cmd = command(w.dir.path());
-    cmd.arg("run");
-    let mut child = tokio::process::Command::from(cmd)
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    // Kill once something is written and checkpointed.
+    w.set_partitions(1);
+    // The kill lands after the target took exactly WRITES writes, with the
+    // next one held at its gate, so the run is mid-copy whatever the machine.
+    // One partition: those writes are the first records in source order, so
+    // the checkpoint covers them once stored.
+    const WRITES: usize = 3;
+    let mut child = c.start_held_run(&w, WRITES).await;
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        if checkpoint_stored(&w) && super::end_position(&c.target_client).await.is_some() {
-            break;
-        }
+    while !checkpoint_stored(&w) {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "nothing checkpointed within 60 s"
+            "nothing checkpointed within 60 s of the held write"
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    assert!(
-        child.try_wait().unwrap().is_none(),
-        "the run finished before the kill: make the workload larger"
-    );
     child.kill().await.unwrap();
     let partial = ids_in_all(&c.target_client).await.len();
-    assert!(partial < STREAMS * ROUNDS * 2, "killed mid-copy: {partial}");
+    assert!(
+        partial > 0 && partial < STREAMS * ROUNDS * 2,
+        "killed mid-copy: {partial}"
+    );
+    c.release_target_writes();
 
     let o = run_async(&w, &["run"]).await;
     assert_ok(&o);

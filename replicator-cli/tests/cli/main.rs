@@ -77,6 +77,19 @@ impl Workdir {
         self.dir.path().join(name)
     }
 
+    /// Sets `sink.partitionCount` in a config written by [`Clusters::workdir`]
+    /// (which writes 4).
+    fn set_partitions(&self, partitions: usize) {
+        let config = self.path("config/appsettings.yaml");
+        let yaml = std::fs::read_to_string(&config).unwrap();
+        assert!(yaml.contains("partitionCount: 4"), "{yaml}");
+        let yaml = yaml.replace(
+            "partitionCount: 4",
+            &format!("partitionCount: {partitions}"),
+        );
+        std::fs::write(config, yaml).unwrap();
+    }
+
     /// Runs the binary in this directory; see [`command`].
     fn run(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         let mut cmd = command(self.dir.path());
@@ -467,6 +480,40 @@ impl Clusters {
         replicator_testkit::compare::compare(&self.source_client, &self.target_client)
             .await
             .unwrap()
+    }
+
+    /// Starts `replicator run` in `w` with the in-process target holding every
+    /// write after its first `writes` (`FaultHandle::hold_writes_after`), and
+    /// returns the child once a write waits at the target: from then on the
+    /// run is mid-copy, exactly `writes` writes in, whatever the machine's
+    /// speed, until the test calls `release_target_writes`. Panics (naming the
+    /// cause) when the run ends or nothing waits within two minutes: the
+    /// workload fits in `writes` writes.
+    async fn start_held_run(&self, w: &Workdir, writes: usize) -> tokio::process::Child {
+        let faults = self.target.faults();
+        faults.hold_writes_after(writes);
+        let mut cmd = command(w.dir.path());
+        cmd.arg("run");
+        let mut child = tokio::process::Command::from(cmd)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        tokio::select! {
+            () = faults.wait_for_held_writes(1) => child,
+            status = child.wait() => panic!(
+                "the run ended ({status:?}) before its write {} reached the target: \
+                 the workload fits in {writes} writes",
+                writes + 1
+            ),
+            () = tokio::time::sleep(Duration::from_secs(120)) => {
+                panic!("no write reached the target's gate within 120 s")
+            }
+        }
+    }
+
+    /// Opens the target's gate closed by [`Clusters::start_held_run`].
+    fn release_target_writes(&self) {
+        self.target.faults().release_writes();
     }
 
     /// The last position in the source's `$all`, as `show` prints it.

@@ -64,13 +64,7 @@ async fn resume_at_random_positions(partitions: usize, spec: WorkloadSpec, sampl
         "",
         "  runContinuously: false\n  checkpoint:\n    checkpointAfter: 50\n",
     );
-    let yaml = std::fs::read_to_string(w.path("config/appsettings.yaml"))
-        .unwrap()
-        .replace(
-            "partitionCount: 4",
-            &format!("partitionCount: {partitions}"),
-        );
-    std::fs::write(w.path("config/appsettings.yaml"), yaml).unwrap();
+    w.set_partitions(partitions);
     assert_ok(&run_async(&w, &["run"]).await);
 
     let source = all(&c.source_client).await;

@@ -1,5 +1,5 @@
 //! What only the in-process server can do: stop and restart, dropped connections,
-//! injected append failures, pause, latency options, gossip between in-process
+//! injected append failures, pause, the write gate, latency options, gossip between in-process
 //! servers, the `esdb-testkit` binary. Each test fails with a clear message when
 //! `ESDB_URL` names a real cluster (skip this module then:
 //! `--skip faults_and_connections`).
@@ -109,6 +109,76 @@ async fn injected_append_failures_and_pause() {
     );
     faults.resume();
     append.await.expect("task").expect("append after resume");
+}
+
+#[tokio::test]
+async fn the_write_gate_lets_n_writes_through_then_holds_the_rest_until_released() {
+    let f = Fixture::new().await;
+    let server = f.cluster.server();
+    let client = &f.client;
+    let faults = server.faults();
+    faults.hold_writes_after(2);
+    append_one(client, "a", json_event("E", 0))
+        .await
+        .expect("first write");
+    append_one(client, "a", json_event("E", 1))
+        .await
+        .expect("second write");
+    assert_eq!(faults.held_writes(), 0);
+
+    // The third write waits at the gate, writing nothing; an empty append (a
+    // permission check) passes.
+    let held_client = client.clone();
+    let held = tokio::spawn(async move { append_one(&held_client, "b", json_event("E", 2)).await });
+    faults.wait_for_held_writes(1).await;
+    assert_eq!(faults.held_writes(), 1);
+    client
+        .append_to_stream(
+            "check",
+            &Default::default(),
+            Vec::<eventstore::EventData>::new(),
+        )
+        .await
+        .expect("an append of no events passes a closed gate");
+    assert!(
+        read_stream(client, "b").await.is_err(),
+        "the held write wrote nothing"
+    );
+    assert_eq!(read_stream(client, "a").await.expect("read").len(), 2);
+
+    faults.release_writes();
+    held.await.expect("task").expect("held write after release");
+    assert_eq!(faults.held_writes(), 0);
+    assert_eq!(read_stream(client, "b").await.expect("read").len(), 1);
+
+    // A batch append's batch is a write too; a held one whose connection the
+    // server drops writes nothing.
+    faults.hold_writes_after(0);
+    let batch_client = client.clone();
+    let batch = tokio::spawn(async move {
+        let batch = batch_client.batch_append(&Default::default()).await?;
+        batch
+            .append_to_stream(
+                "c",
+                eventstore::ExpectedRevision::Any,
+                vec![json_event("E", 3)],
+            )
+            .await
+    });
+    faults.wait_for_held_writes(1).await;
+    faults.drop_connections();
+    batch
+        .await
+        .expect("task")
+        .expect_err("a held batch whose connection dropped fails");
+    tokio::time::timeout(Duration::from_secs(10), faults.wait_for_held_writes(0))
+        .await
+        .expect("the dropped write left the gate");
+    faults.release_writes();
+    assert!(
+        read_stream(client, "c").await.is_err(),
+        "nothing of the dropped batch was written"
+    );
 }
 
 #[tokio::test]
