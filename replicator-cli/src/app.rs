@@ -11,6 +11,7 @@ use replicator_core::{
 };
 use replicator_esdb::{
     EsdbReader, EsdbReaderConfig, EsdbSink, EsdbSinkConfig, RevisionMode, ScavengeFilter,
+    WriteOrder,
 };
 use replicator_transform::filter::Filter;
 use replicator_transform::http::HttpTransform;
@@ -174,6 +175,7 @@ fn build_pipeline(
         } else {
             RevisionMode::Tracked
         },
+        order: config.sink.order,
     })
     .context("cannot create the sink (replicator.sink)")?
     .with_request_timeout(config.call_timeout / 2);
@@ -188,8 +190,11 @@ fn build_pipeline(
         .health(health.clone())
         .progress_sender(progress.clone())
         .transforms(stages.transforms);
+    // One writer with source order: nothing to partition.
     if let Some(partitioner) = stages.partitioner {
-        builder = builder.partitioner(partitioner);
+        if config.sink.order == WriteOrder::Stream {
+            builder = builder.partitioner(partitioner);
+        }
     }
     Ok(builder.build())
 }
@@ -209,7 +214,8 @@ pub async fn replicate(config: &Config, cancel: CancellationToken) -> anyhow::Re
         checkpoint = %config.checkpoint.store,
         checkpoint_after = config.checkpoint.checkpoint_after,
         checkpoint_interval = ?config.checkpoint.checkpoint_interval,
-        partitions = config.sink.partition_count(),
+        order = %config.sink.order,
+        writers = config.sink.writers(),
         buffer = config.sink.buffer_size.get(),
         run_continuously = config.run_continuously,
         filters = config.filters.len(),
@@ -218,6 +224,16 @@ pub async fn replicate(config: &Config, cancel: CancellationToken) -> anyhow::Re
         partitioner = ?config.sink.partitioner,
         "Starting replicator"
     );
+    if config.sink.order == WriteOrder::Source
+        && (config.sink.partition_count.is_some() || config.sink.partitioner.is_some())
+    {
+        info!(
+            "Source order: the target's $all keeps the source's order through one ordered \
+             writer, so sink.partitionCount and sink.partitioner are not used (set \
+             sink.order: stream for concurrent per-stream writers, which reorder streams \
+             against each other)"
+        );
+    }
     // One health and one progress channel for every pipeline of this run:
     // the status server serves them from before the first pipeline on.
     let health = Health::default();

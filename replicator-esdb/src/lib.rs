@@ -49,6 +49,6 @@ pub use connection::redact;
 pub use reader::{EsdbReader, EsdbReaderConfig};
 pub use scavenge::ScavengeFilter;
 pub use sink::{
-    to_event_data, EsdbSink, EsdbSinkConfig, RevisionMode, DEFAULT_MAX_APPEND_BYTES,
+    to_event_data, EsdbSink, EsdbSinkConfig, RevisionMode, WriteOrder, DEFAULT_MAX_APPEND_BYTES,
     DEFAULT_REPLAY_SEARCH_DEPTH, WRITE_CHECK_STREAM,
 };

@@ -68,37 +68,68 @@ pub(crate) fn plan(batch: &[Event], max_append_bytes: usize) -> Vec<StreamPlan<'
             }),
         };
         last = Some(i);
-        let plan = &mut plans[i];
-        match event.kind {
-            ChangeKind::Tombstone => plan.steps.push(Step::Tombstone(event)),
-            ChangeKind::Append | ChangeKind::StreamMetadata | ChangeKind::SoftDelete => {
-                // A metadata record goes alone: writing one can make the
-                // server write a record of its own right after it (the `$tb`
-                // that revives a soft-deleted stream), which would land in
-                // the middle of a longer append.
-                let alone = event.kind != ChangeKind::Append;
-                let size = append_size(event);
-                if let Some(Step::Append { stream, events }) = plan.steps.last_mut() {
-                    if !alone
-                        && events[0].kind == ChangeKind::Append
-                        && *stream == event.stream
-                        && open_bytes[i] + size <= max_append_bytes
-                    {
-                        events.push(event);
-                        open_bytes[i] += size;
-                        continue;
-                    }
-                }
-                plan.steps.push(Step::Append {
-                    stream: &event.stream,
-                    events: vec![event],
-                });
-                open_bytes[i] = size;
-            }
-            ChangeKind::Skip(_) => unreachable!("skipped above"),
-        }
+        push_step(
+            &mut plans[i].steps,
+            &mut open_bytes[i],
+            event,
+            max_append_bytes,
+        );
     }
     plans
+}
+
+/// A batch's steps in source order, for a sink that keeps the source's
+/// `$all` order: consecutive records of one stream merged into one append of
+/// at most `max_append_bytes` (at least one record), metadata records and
+/// tombstones steps of their own, skipped records left out. Applied one
+/// after the other, the steps put the records on the target in the batch's
+/// order.
+pub(crate) fn sequence(batch: &[Event], max_append_bytes: usize) -> Vec<Step<'_>> {
+    let mut steps = Vec::new();
+    let mut open_bytes = 0;
+    for event in batch.iter().filter(|e| e.kind.is_write()) {
+        push_step(&mut steps, &mut open_bytes, event, max_append_bytes);
+    }
+    steps
+}
+
+/// Adds `event` (a write) to `steps`: to the last step when that is an append
+/// of plain events to the same stream with room for it (`open_bytes` is that
+/// step's size), else as a new step.
+fn push_step<'a>(
+    steps: &mut Vec<Step<'a>>,
+    open_bytes: &mut usize,
+    event: &'a Event,
+    max_append_bytes: usize,
+) {
+    match event.kind {
+        ChangeKind::Tombstone => steps.push(Step::Tombstone(event)),
+        ChangeKind::Append | ChangeKind::StreamMetadata | ChangeKind::SoftDelete => {
+            // A metadata record goes alone: writing one can make the server
+            // write a record of its own right after it (the `$tb` that
+            // revives a soft-deleted stream), which would land in the middle
+            // of a longer append.
+            let alone = event.kind != ChangeKind::Append;
+            let size = append_size(event);
+            if let Some(Step::Append { stream, events }) = steps.last_mut() {
+                if !alone
+                    && events[0].kind == ChangeKind::Append
+                    && *stream == event.stream
+                    && *open_bytes + size <= max_append_bytes
+                {
+                    events.push(event);
+                    *open_bytes += size;
+                    return;
+                }
+            }
+            steps.push(Step::Append {
+                stream: &event.stream,
+                events: vec![event],
+            });
+            *open_bytes = size;
+        }
+        ChangeKind::Skip(_) => unreachable!("only writes are planned"),
+    }
 }
 
 fn append_size(event: &Event) -> usize {
@@ -229,10 +260,28 @@ pub(crate) enum Expected {
 
 impl Expected {
     /// What to expect when appending at target revision `revision`.
-    fn before(revision: u64) -> Self {
+    pub(crate) fn before(revision: u64) -> Self {
         match revision {
             0 => Expected::NoStream,
             n => Expected::Exact(n - 1),
+        }
+    }
+
+    /// The target revision the first record appended with this goes to.
+    pub(crate) fn next_revision(self) -> u64 {
+        match self {
+            Expected::NoStream => 0,
+            Expected::Exact(last) => last + 1,
+        }
+    }
+
+    /// Whether an append stating this succeeds on a stream whose last
+    /// revision is `current` (`None`: no such stream).
+    pub(crate) fn matches(self, current: Option<u64>) -> bool {
+        match (self, current) {
+            (Expected::NoStream, None) => true,
+            (Expected::Exact(n), Some(c)) => n == c,
+            _ => false,
         }
     }
 }
@@ -387,6 +436,8 @@ pub(crate) struct AppendRun<'r, 'e> {
     appends: usize,
     /// Start with a probe ([`Guess::Unknown`]).
     probe: bool,
+    /// An append of the run succeeded.
+    appended: bool,
 }
 
 impl<'r, 'e> AppendRun<'r, 'e> {
@@ -408,6 +459,7 @@ impl<'r, 'e> AppendRun<'r, 'e> {
             diverged: None,
             position: None,
             appends: 0,
+            appended: false,
         }
     }
 
@@ -429,6 +481,17 @@ impl<'r, 'e> AppendRun<'r, 'e> {
                 }
             }
         }
+    }
+
+    /// Whether an append of the run succeeded: not all of its records were
+    /// on the target already.
+    pub(crate) fn appended(&self) -> bool {
+        self.appended
+    }
+
+    /// The run's record at `index`.
+    pub(crate) fn event(&self, index: usize) -> &'e Event {
+        self.events[index]
     }
 
     /// The record the next action is about (for error messages).
@@ -456,6 +519,7 @@ impl<'r, 'e> AppendRun<'r, 'e> {
                     None => last,
                 };
                 self.done = self.events.len();
+                self.appended = true;
                 self.finish(last, false)
             }
             (Waiting::Append, Reply::WrongExpected { current }) => self.wrong_expected(current),

@@ -26,7 +26,7 @@ use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use replicator_esdb::redact;
+use replicator_esdb::{redact, WriteOrder};
 pub use replicator_transform::filter::FilterKind;
 use serde_json::Value;
 
@@ -208,6 +208,10 @@ pub struct SinkConfig {
     pub connection_string: String,
     /// `sink.partitionCount` as given; see [`SinkConfig::partition_count`].
     pub partition_count: Option<NonZeroUsize>,
+    /// `sink.order`: `source` (the default) keeps the source's `$all` order
+    /// on the target through one ordered writer; `stream` keeps only each
+    /// stream's, with `partitionCount` writers.
+    pub order: WriteOrder,
     /// `sink.bufferSize`: capacity of the buffer between reader and sink.
     pub buffer_size: NonZeroUsize,
     /// `sink.partitioner`: a JavaScript file whose `partition(event)` keys
@@ -216,11 +220,20 @@ pub struct SinkConfig {
 }
 
 impl SinkConfig {
-    /// How many appends may be in flight at once: `sink.partitionCount`, or
-    /// [`DEFAULT_PARTITION_COUNT`].
+    /// How many writers `sink.order: stream` uses: `sink.partitionCount`,
+    /// or [`DEFAULT_PARTITION_COUNT`]. Source order has one.
     pub fn partition_count(&self) -> usize {
         self.partition_count
             .map_or(DEFAULT_PARTITION_COUNT, NonZeroUsize::get)
+    }
+
+    /// How many writers write at once: one with source order,
+    /// [`SinkConfig::partition_count`] with stream order.
+    pub fn writers(&self) -> usize {
+        match self.order {
+            WriteOrder::Source => 1,
+            WriteOrder::Stream => self.partition_count(),
+        }
     }
 }
 
@@ -282,6 +295,7 @@ impl fmt::Debug for SinkConfig {
         f.debug_struct("SinkConfig")
             .field("connection_string", &redact(&self.connection_string))
             .field("partition_count", &self.partition_count)
+            .field("order", &self.order)
             .field("partitioner", &self.partitioner)
             .field("buffer_size", &self.buffer_size)
             .finish()

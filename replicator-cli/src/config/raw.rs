@@ -74,8 +74,10 @@ pub(super) struct Sink {
     pub connection_string: Option<String>,
     /// `grpc` (or absent); `tcp` and `kafka` are unsupported.
     pub protocol: Option<String>,
-    /// How many appends may be in flight at once.
+    /// How many appends may be in flight at once (stream order).
     pub partition_count: Option<u64>,
+    /// Ours: `source` (the default) or `stream`.
+    pub order: Option<String>,
     /// A JavaScript partitioner: the file.
     pub partitioner: Option<String>,
     /// Capacity of the buffer between reader and sink, in events.

@@ -31,6 +31,8 @@ const SINK: &[(&str, Node)] = &[
     ("connectionString", Node::Str),
     ("protocol", Node::Str),
     ("partitionCount", Node::Int),
+    // Ours: source order (the default) or per-stream order.
+    ("order", Node::Str),
     ("partitioner", Node::Str),
     ("bufferSize", Node::Int),
     ("auth", Node::Any),

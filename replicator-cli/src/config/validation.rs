@@ -12,6 +12,7 @@ use super::{
     CheckpointConfig, Config, ConfigError, FilterConfig, FilterKind, HttpConfig, ReaderConfig,
     SeederConfig, SinkConfig, StoreConfig, TransformConfig, DEFAULT_HTTP_LISTEN,
 };
+use replicator_esdb::WriteOrder;
 use replicator_transform::filter::Filter;
 
 /// Deserializes the normalised tree and validates it.
@@ -120,6 +121,21 @@ fn validate(r: raw::Replicator) -> Result<Config, ConfigError> {
         partition_count: match sink.partition_count {
             None => None,
             v => Some(positive_usize(v, 1, "replicator.sink.partitionCount")?),
+        },
+        order: match sink.order.as_deref().map(str::trim) {
+            None | Some("") => WriteOrder::Source,
+            Some(v) if v.eq_ignore_ascii_case("source") => WriteOrder::Source,
+            Some(v) if v.eq_ignore_ascii_case("stream") => WriteOrder::Stream,
+            Some(v) => {
+                return Err(ConfigError::key(
+                    "replicator.sink.order",
+                    format!(
+                        "{v:?} is not an order: `source` (the default: the target's $all in \
+                         the source's order) or `stream` (only each stream's order, written \
+                         by partitionCount concurrent writers)"
+                    ),
+                ))
+            }
         },
         buffer_size: positive_usize(sink.buffer_size, 1000, "replicator.sink.bufferSize")?,
         partitioner: sink

@@ -290,6 +290,7 @@ mod tests {
             assert_eq!(c["error"], Value::Null, "{c}");
         }
         assert_eq!(v["config"]["partitions"], 1);
+        assert_eq!(v["config"]["order"], "source");
         assert_eq!(v["config"]["transform"], "default");
         assert_eq!(v["config"]["filters"], Value::Null);
         assert_eq!(v["config"]["scavenge"], false);

@@ -262,6 +262,9 @@ pub(crate) struct Settings {
 pub(crate) struct ConfigSummary {
     pub source: String,
     pub target: String,
+    /// `source` (the target's `$all` in the source's order) or `stream`.
+    pub order: String,
+    /// Writers: 1 with source order, `partitionCount` with stream order.
     pub partitions: usize,
     pub buffer_size: usize,
     pub checkpoint_store: String,
@@ -311,7 +314,8 @@ impl Settings {
             summary: ConfigSummary {
                 source: redact(&config.reader.connection_string),
                 target: redact(&config.sink.connection_string),
-                partitions: config.sink.partition_count(),
+                order: config.sink.order.to_string(),
+                partitions: config.sink.writers(),
                 buffer_size: config.sink.buffer_size.get(),
                 checkpoint_store: config.checkpoint.store.to_string(),
                 checkpoint_after: config.checkpoint.checkpoint_after,

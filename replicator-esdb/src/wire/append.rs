@@ -84,6 +84,22 @@ impl BatchSession {
         expected: ExpectedRevision,
         events: &[&Event],
     ) -> Result<Appended, eventstore::Error> {
+        self.send(stream, expected, events)?.answer().await
+    }
+
+    /// Sends `events` to `stream` at `expected` as one request, at once, and
+    /// returns its answer to wait for. Requests reach the server in the order
+    /// of the `send` calls, which is the order a leader writes them in (see
+    /// ARCHITECTURE.md, "Source order").
+    ///
+    /// # Errors
+    /// When the session has ended.
+    pub(crate) fn send(
+        &self,
+        stream: &str,
+        expected: ExpectedRevision,
+        events: &[&Event],
+    ) -> Result<PendingAppend<'_>, eventstore::Error> {
         let correlation = Uuid::new_v4();
         let request = encode_request(correlation, stream, expected, events, SystemTime::now());
         let (answer, answered) = oneshot::channel();
@@ -98,19 +114,35 @@ impl BatchSession {
             self.forget(correlation);
             return Err(eventstore::Error::ConnectionClosed);
         }
-        // Dropped (the caller's deadline): the answer, if it comes, finds no
-        // one waiting.
-        let forget = Forget(self, correlation);
-        let answer = answered
-            .await
-            .unwrap_or(Err(eventstore::Error::ConnectionClosed));
-        std::mem::forget(forget);
-        answer
+        Ok(PendingAppend {
+            forget: Forget(self, correlation),
+            answered,
+        })
     }
 
     fn forget(&self, correlation: Uuid) {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         pending.waiting.remove(&correlation);
+    }
+}
+
+/// The answer to a request sent by [`BatchSession::send`]. Dropping it
+/// before the answer came forgets the request (the server may still write
+/// it).
+pub(crate) struct PendingAppend<'s> {
+    forget: Forget<'s>,
+    answered: oneshot::Receiver<Result<Appended, eventstore::Error>>,
+}
+
+impl PendingAppend<'_> {
+    /// Waits for the server's answer.
+    pub(crate) async fn answer(self) -> Result<Appended, eventstore::Error> {
+        let PendingAppend { forget, answered } = self;
+        let answer = answered
+            .await
+            .unwrap_or(Err(eventstore::Error::ConnectionClosed));
+        std::mem::forget(forget);
+        answer
     }
 }
 

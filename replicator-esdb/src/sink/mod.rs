@@ -1,4 +1,7 @@
-//! The EventStoreDB [`Sink`]: batched, concurrent, idempotent appends.
+//! The EventStoreDB [`Sink`]: batched, idempotent appends, in the source's
+//! order ([`ordered`]) or concurrently per stream.
+
+mod ordered;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -61,15 +64,47 @@ pub struct EsdbSinkConfig {
     /// Connection string of the target, e.g.
     /// `esdb://admin:changeit@target:2113?tls=false`.
     pub connection_string: String,
-    /// How many batches may be written at once (at least 1). Streams are
-    /// hashed onto this many partitions; each stream keeps its order. With
-    /// write latencies of a few milliseconds, 8 to 32 keep a target busy.
+    /// With [`WriteOrder::Stream`], how many batches may be written at once
+    /// (at least 1): streams are hashed onto this many partitions; each
+    /// stream keeps its order. With write latencies of a few milliseconds, 8
+    /// to 32 keep a target busy. Not used with [`WriteOrder::Source`].
     pub partition_count: usize,
     /// How the target revision of each append is found: predicted from the
     /// source revision (the default), or tracked per target stream, which a
     /// transform that renames streams or drops events from the middle of a
     /// stream needs. See [`RevisionMode`].
     pub revisions: RevisionMode,
+    /// Whether the target's `$all` keeps the source's order (the default),
+    /// or only each stream's. See [`WriteOrder`].
+    pub order: WriteOrder,
+}
+
+/// The order an [`EsdbSink`] writes in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum WriteOrder {
+    /// The target's `$all` holds the records in the source's `$all` order:
+    /// one writer ([`Sink::max_in_flight`] is 1) sends each batch's appends
+    /// in order on one batch-append call to the leader, many at once. A
+    /// consumer's source position maps to the target position of the same
+    /// event. [`EsdbSinkConfig::partition_count`] is not used.
+    #[default]
+    Source,
+    /// Only each stream's order is kept: streams are hashed onto
+    /// [`EsdbSinkConfig::partition_count`] writers, and the streams of a
+    /// batch are appended concurrently, so records of different streams
+    /// land in another interleaving than on the source. A consumer of
+    /// `$all` or of a category sees cross-stream history in another order
+    /// after the cutover.
+    Stream,
+}
+
+impl fmt::Display for WriteOrder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            WriteOrder::Source => "source",
+            WriteOrder::Stream => "stream",
+        })
+    }
 }
 
 /// How an [`EsdbSink`] knows the revision each append expects, and so how it
@@ -100,6 +135,7 @@ impl EsdbSinkConfig {
             connection_string: connection_string.into(),
             partition_count: 8,
             revisions: RevisionMode::FromSource,
+            order: WriteOrder::Source,
         }
     }
 }
@@ -110,6 +146,7 @@ impl fmt::Debug for EsdbSinkConfig {
             .field("connection_string", &redact(&self.connection_string))
             .field("partition_count", &self.partition_count)
             .field("revisions", &self.revisions)
+            .field("order", &self.order)
             .finish()
     }
 }
@@ -247,6 +284,9 @@ pub struct EsdbSink {
     batch_leader: Mutex<Option<eventstore::Endpoint>>,
     /// Set when the target does not offer batch append.
     no_batch_append: AtomicBool,
+    order: WriteOrder,
+    /// [`WriteOrder::Source`]: what the ordered writer knows of the target.
+    order_state: Mutex<ordered::OrderState>,
 }
 
 impl fmt::Debug for EsdbSink {
@@ -272,6 +312,17 @@ impl EsdbSink {
                 "sink: partitionCount must be at least 1",
             ));
         }
+        if config.order == WriteOrder::Source
+            && settings.node_preference() != eventstore::NodePreference::Leader
+        {
+            return Err(SinkError::permanent(format!(
+                "sink: nodePreference={:?} with source order: a node other than the leader \
+                 forwards each write on its own, which can reorder them; remove \
+                 nodePreference from the sink's connection string (writes go to the leader), \
+                 or set sink.order: stream",
+                settings.node_preference()
+            )));
+        }
         Ok(EsdbSink {
             client: ClientCell::new(settings),
             partition_count: config.partition_count,
@@ -285,6 +336,8 @@ impl EsdbSink {
             batch: Mutex::new(None),
             batch_leader: Mutex::new(None),
             no_batch_append: AtomicBool::new(false),
+            order: config.order,
+            order_state: Mutex::default(),
         })
     }
 
@@ -387,9 +440,44 @@ impl EsdbSink {
         stream: &str,
         events: &[&Event],
     ) -> Result<Option<Position>, SinkError> {
+        self.append_run_reporting(stream, events)
+            .await
+            .map(|(done, _)| done.position)
+    }
+
+    /// [`EsdbSink::append_run`], also saying whether anything was appended
+    /// (not every record was on the target already).
+    async fn append_run_reporting(
+        &self,
+        stream: &str,
+        events: &[&Event],
+    ) -> Result<(Done, bool), SinkError> {
         let (generation, client) = self.client()?;
-        let tracked = self.revisions == RevisionMode::Tracked && !stream.starts_with("$$");
-        let (guess, offset) = if tracked {
+        let tracked = self.is_tracked(stream);
+        let (guess, offset) = self.guess(stream, events, tracked);
+        match self
+            .append_run_with(generation, &client, stream, events, guess, tracked)
+            .await
+        {
+            Ok((done, appended)) => {
+                self.succeeded();
+                self.learn(stream, events, done, tracked, offset);
+                Ok((done, appended))
+            }
+            Err(error) => Err(self.run_error(generation, stream, error)),
+        }
+    }
+
+    /// Whether `stream`'s revisions are tracked ([`RevisionMode::Tracked`];
+    /// `$$` metadata streams never are).
+    fn is_tracked(&self, stream: &str) -> bool {
+        self.revisions == RevisionMode::Tracked && !stream.starts_with("$$")
+    }
+
+    /// Where `events` (a run of `stream`) most likely go on the target, and
+    /// the renumbering offset that guess used.
+    fn guess(&self, stream: &str, events: &[&Event], tracked: bool) -> (Guess, i64) {
+        if tracked {
             let guess = self
                 .tracked
                 .lock()
@@ -410,46 +498,45 @@ impl EsdbSink {
             let revision =
                 u64::try_from(events[0].revision as i64 + offset).unwrap_or(events[0].revision);
             (Guess::At(revision), offset)
-        };
-        match self
-            .append_run_with(generation, &client, stream, events, guess, tracked)
-            .await
-        {
-            Ok(done) => {
-                self.succeeded();
-                if tracked {
-                    self.remember_last(stream, done);
-                } else if let Some(last) = done.last_revision {
-                    let last_source = events[events.len() - 1].revision;
-                    let learnt = last as i64 - last_source as i64;
-                    if learnt != offset {
-                        self.remember_offset(stream, learnt);
-                    }
-                }
-                Ok(done.position)
+        }
+    }
+
+    /// Remembers what a finished run taught about its target stream: the
+    /// last revision of a tracked stream, the renumbering offset of another.
+    fn learn(&self, stream: &str, events: &[&Event], done: Done, tracked: bool, offset: i64) {
+        if tracked {
+            self.remember_last(stream, done);
+        } else if let Some(last) = done.last_revision {
+            let last_source = events[events.len() - 1].revision;
+            let learnt = last as i64 - last_source as i64;
+            if learnt != offset {
+                self.remember_offset(stream, learnt);
             }
-            Err(RunError::Client(error, event)) => {
+        }
+    }
+
+    /// The [`SinkError`] for a failed run of `stream`.
+    fn run_error(&self, generation: u64, stream: &str, error: RunError<'_>) -> SinkError {
+        match error {
+            RunError::Client(error, event) => {
                 self.failed(generation, &error);
-                Err(sink_error(
-                    error,
-                    &format!("appending to `{stream}`"),
-                    event,
-                ))
+                sink_error(error, &format!("appending to `{stream}`"), event)
             }
-            Err(RunError::Diverged(message)) => Err(SinkError::permanent(format!(
-                "appending to `{stream}`: {message}"
-            ))),
-            Err(RunError::Unsettled(event)) => Err(SinkError::transient(format!(
+            RunError::Diverged(message) => {
+                SinkError::permanent(format!("appending to `{stream}`: {message}"))
+            }
+            RunError::Unsettled(event) => SinkError::transient(format!(
                 "appending to `{stream}` (event {}, source position {}): the target stream \
                  kept changing while its replayed records were checked; is something else \
                  writing to it?",
                 event.id, event.position
-            ))),
+            )),
         }
     }
 
     /// Performs the actions of an [`AppendRun`] (the decisions are in
-    /// `plan.rs`; this is only the I/O).
+    /// `plan.rs`; this is only the I/O). Also says whether anything was
+    /// appended.
     async fn append_run_with<'e>(
         &self,
         generation: u64,
@@ -458,7 +545,7 @@ impl EsdbSink {
         events: &[&'e Event],
         guess: Guess,
         tracked: bool,
-    ) -> Result<Done, RunError<'e>> {
+    ) -> Result<(Done, bool), RunError<'e>> {
         let mut run = AppendRun::new(events, guess, stream.starts_with("$$"));
         let mut action = run.start();
         loop {
@@ -469,50 +556,12 @@ impl EsdbSink {
                     note,
                 } => {
                     log_note(stream, events[from], note, tracked);
-                    let expected = match expected {
-                        Expected::NoStream => ExpectedRevision::NoStream,
-                        Expected::Exact(n) => ExpectedRevision::Exact(n),
-                    };
                     match self
-                        .append_events(generation, client, stream, expected, &events[from..])
+                        .append_events(generation, client, stream, expected.into(), &events[from..])
                         .await
                     {
                         Ok((position, last)) => Reply::Appended { position, last },
-                        Err(eventstore::Error::ResourceDeleted) => Reply::Deleted,
-                        Err(eventstore::Error::WrongExpectedVersion { current, .. }) => {
-                            Reply::WrongExpected {
-                                current: match current {
-                                    CurrentRevision::Current(n) => Some(n),
-                                    CurrentRevision::NoStream => None,
-                                },
-                            }
-                        }
-                        Err(e) => return Err(RunError::Client(e, events[from])),
-                    }
-                }
-                Action::Read { revision, count } => {
-                    let options = ReadStreamOptions::default()
-                        .forwards()
-                        .position(StreamPosition::Position(revision))
-                        .max_count(count);
-                    Box::pin(self.read_reply(client, stream, &options, run.current_event())).await?
-                }
-                Action::SearchTail => {
-                    let options = ReadStreamOptions::default()
-                        .backwards()
-                        .position(StreamPosition::End)
-                        .max_count(self.search_depth);
-                    match Box::pin(self.read_reply(client, stream, &options, run.current_event()))
-                        .await?
-                    {
-                        // Nothing readable although the stream has records:
-                        // soft-deleted or truncated. `$all` still holds them.
-                        Reply::Records(records) if records.is_empty() => {
-                            Box::pin(self.search_all(client, stream))
-                                .await
-                                .map_err(|e| RunError::Client(e, run.current_event()))?
-                        }
-                        reply => reply,
+                        Err(e) => refusal(e).map_err(|e| RunError::Client(e, events[from]))?,
                     }
                 }
                 Action::Done(done) => {
@@ -522,24 +571,66 @@ impl EsdbSink {
                             "Target stream is tombstoned: records already written"
                         );
                     }
-                    return Ok(done);
+                    return Ok((done, run.appended()));
                 }
-                Action::Diverged(Divergence {
-                    index,
-                    found,
-                    revision,
-                }) => {
-                    let event = events[index];
-                    return Err(RunError::Diverged(format!(
-                        "the target holds event {found} at revision {revision} where source \
-                         event {} (source revision {}, position {}) belongs: the target \
-                         stream is not a replica of the source",
-                        event.id, event.revision, event.position,
-                    )));
-                }
-                Action::Unsettled { index } => return Err(RunError::Unsettled(events[index])),
+                action => self.settle_action(client, stream, action, &run).await?,
             };
             action = run.step(reply);
+        }
+    }
+
+    /// Performs a read of an [`AppendRun`], or turns its end in failure into
+    /// the error. `action` is neither an append nor done.
+    async fn settle_action<'e>(
+        &self,
+        client: &Client,
+        stream: &str,
+        action: Action,
+        run: &AppendRun<'_, 'e>,
+    ) -> Result<Reply, RunError<'e>> {
+        match action {
+            Action::Read { revision, count } => {
+                let options = ReadStreamOptions::default()
+                    .forwards()
+                    .position(StreamPosition::Position(revision))
+                    .max_count(count);
+                Box::pin(self.read_reply(client, stream, &options, run.current_event())).await
+            }
+            Action::SearchTail => {
+                let options = ReadStreamOptions::default()
+                    .backwards()
+                    .position(StreamPosition::End)
+                    .max_count(self.search_depth);
+                match Box::pin(self.read_reply(client, stream, &options, run.current_event()))
+                    .await?
+                {
+                    // Nothing readable although the stream has records:
+                    // soft-deleted or truncated. `$all` still holds them.
+                    Reply::Records(records) if records.is_empty() => {
+                        Box::pin(self.search_all(client, stream))
+                            .await
+                            .map_err(|e| RunError::Client(e, run.current_event()))
+                    }
+                    reply => Ok(reply),
+                }
+            }
+            Action::Diverged(Divergence {
+                index,
+                found,
+                revision,
+            }) => {
+                let event = run.event(index);
+                Err(RunError::Diverged(format!(
+                    "the target holds event {found} at revision {revision} where source \
+                     event {} (source revision {}, position {}) belongs: the target \
+                     stream is not a replica of the source",
+                    event.id, event.revision, event.position,
+                )))
+            }
+            Action::Unsettled { index } => Err(RunError::Unsettled(run.event(index))),
+            Action::Append { .. } | Action::Done(_) => {
+                unreachable!("appends and ends are the caller's")
+            }
         }
     }
 
@@ -681,13 +772,7 @@ impl EsdbSink {
                         _ => {}
                     }
                     debug!(%error, stream, "Batch append failed; appending plainly");
-                    let mut current = self.batch.lock().unwrap_or_else(|e| e.into_inner());
-                    if current
-                        .as_ref()
-                        .is_some_and(|(_, b)| Arc::ptr_eq(b, &batch))
-                    {
-                        *current = None;
-                    }
+                    self.drop_session(&batch);
                     if matches!(error, eventstore::Error::DeadlineExceeded) {
                         return Err(error);
                     }
@@ -700,6 +785,18 @@ impl EsdbSink {
         ))
         .await
         .map(|(position, last)| (Some(position), Some(last)))
+    }
+
+    /// Forgets `session` if it is the current one, so the next append opens
+    /// another.
+    fn drop_session(&self, session: &Arc<BatchSession>) {
+        let mut current = self.batch.lock().unwrap_or_else(|e| e.into_inner());
+        if current
+            .as_ref()
+            .is_some_and(|(_, b)| Arc::ptr_eq(b, session))
+        {
+            *current = None;
+        }
     }
 
     /// The shared batch-append session of the client of `generation`, opened
@@ -768,6 +865,29 @@ impl EsdbSink {
     }
 }
 
+/// What a refused append tells an [`AppendRun`]; other errors are returned.
+fn refusal(error: eventstore::Error) -> Result<Reply, eventstore::Error> {
+    match error {
+        eventstore::Error::ResourceDeleted => Ok(Reply::Deleted),
+        eventstore::Error::WrongExpectedVersion { current, .. } => Ok(Reply::WrongExpected {
+            current: match current {
+                CurrentRevision::Current(n) => Some(n),
+                CurrentRevision::NoStream => None,
+            },
+        }),
+        error => Err(error),
+    }
+}
+
+impl From<Expected> for ExpectedRevision {
+    fn from(expected: Expected) -> Self {
+        match expected {
+            Expected::NoStream => ExpectedRevision::NoStream,
+            Expected::Exact(n) => ExpectedRevision::Exact(n),
+        }
+    }
+}
+
 /// Why an append run failed.
 enum RunError<'e> {
     /// The client failed on this event's run.
@@ -811,6 +931,9 @@ fn log_note(stream: &str, event: &Event, note: Option<Note>, tracked: bool) {
 #[async_trait]
 impl Sink for EsdbSink {
     async fn write(&self, batch: &[Event]) -> Result<WriteAck, SinkError> {
+        if self.order == WriteOrder::Source {
+            return self.write_in_order(batch).await;
+        }
         let plans = plan(batch, self.max_append_bytes);
         // Boxed up front: a closure inside the stream combinators trips the
         // compiler's `Send` inference for the trait's boxed future.
@@ -847,7 +970,10 @@ impl Sink for EsdbSink {
     }
 
     fn max_in_flight(&self) -> usize {
-        self.partition_count
+        match self.order {
+            WriteOrder::Source => 1,
+            WriteOrder::Stream => self.partition_count,
+        }
     }
 
     /// Appends no events to [`WRITE_CHECK_STREAM`] (expected revision: any). Nothing
