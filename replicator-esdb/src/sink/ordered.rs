@@ -32,7 +32,7 @@ use replicator_core::{ErrorKind, Event, Position, SinkError, WriteAck};
 use tracing::{debug, warn};
 
 use super::{log_note, refusal, EsdbSink, RunError, STREAMS_IN_FLIGHT};
-use crate::connection::{error_kind, within};
+use crate::connection::{describe, error_kind, within};
 use crate::plan::{
     sequence, Action, AppendRun, Done, Expected, Guess, Reply, Step, PROBE_REVISION,
 };
@@ -65,6 +65,8 @@ struct InFlight<'s, 'b> {
     step: usize,
     stream: &'b str,
     events: &'b [&'b Event],
+    /// The target revision of `events[0]`.
+    first: u64,
     answer: PendingAppend<'s>,
 }
 
@@ -74,6 +76,9 @@ struct Outcome {
     position: Option<Position>,
     /// The first transient failure: the batch is written again.
     transient: Option<SinkError>,
+    /// The first record of the request that failed so, until a later
+    /// request is seen written.
+    transient_at: Option<(uuid::Uuid, String)>,
     /// Steps refused: settled one by one afterwards.
     refused: Vec<usize>,
     /// The last step written as sent.
@@ -117,6 +122,18 @@ impl EsdbSink {
                     continue;
                 }
             };
+            if self.shifted_metadata(events).is_some() {
+                // A renumbered stream's metadata, its `$tb` moved: rare, so
+                // alone, after what is in flight.
+                self.settle(&mut in_flight, &mut outcome).await;
+                if outcome.transient.is_some() {
+                    break;
+                }
+                let position = self.write_stream_plan(std::slice::from_ref(step)).await?;
+                outcome.position = outcome.position.max(position);
+                outcome.last_written = Some(index);
+                continue;
+            }
             let (from, expected) = match resolved.remove(&index) {
                 Some(Resolved::Written(done)) => {
                     outcome.position = outcome.position.max(done.position);
@@ -138,20 +155,7 @@ impl EsdbSink {
                     }
                     (from, expected)
                 }
-                None => match self.shifted_metadata(events) {
-                    Some(_) => {
-                        // A renumbered stream's metadata, its `$tb` moved:
-                        // rare, so alone, after what is in flight.
-                        self.settle(&mut in_flight, &mut outcome).await;
-                        if outcome.transient.is_some() {
-                            break;
-                        }
-                        let position = self.write_stream_plan(std::slice::from_ref(step)).await?;
-                        outcome.position = outcome.position.max(position);
-                        continue;
-                    }
-                    None => (0, self.certain_expected(stream, events, &next)),
-                },
+                None => (0, self.certain_expected(stream, events, &next)),
             };
             if self.is_tracked(stream) {
                 let first = expected.next_revision();
@@ -162,6 +166,7 @@ impl EsdbSink {
                     step: index,
                     stream,
                     events: &events[from..],
+                    first: expected.next_revision(),
                     answer,
                 }),
                 Err(error) => {
@@ -205,14 +210,34 @@ impl EsdbSink {
     async fn settle(&self, in_flight: &mut Vec<InFlight<'_, '_>>, outcome: &mut Outcome) {
         for sent in in_flight.drain(..) {
             match within(self.request_timeout, sent.answer.answer()).await {
-                Ok((position, last)) => {
+                Ok((position, _)) => {
+                    if let Some((failed, error)) = &outcome.transient_at {
+                        // A server refuses a request for a passing reason
+                        // (not ready during a leader change) and writes the
+                        // ones after it: the failed one will come after them.
+                        warn!(
+                            stream = sent.stream,
+                            written = %sent.events[0].id,
+                            refused = %failed,
+                            %error,
+                            "The target refused an append for a passing reason and wrote a \
+                             later one: on the target, the refused records will follow it (a \
+                             leader change?); `replicator verify` reports the first pair"
+                        );
+                        outcome.transient_at = None;
+                    }
                     outcome.position = outcome.position.max(position);
                     outcome.last_written = Some(sent.step);
                     self.succeeded();
+                    // Not the stream's last revision from the answer: a
+                    // server adds a `$tb` record of its own after metadata
+                    // written to a soft-deleted stream.
+                    let last = sent.first + sent.events.len() as u64 - 1;
                     self.confirm(sent.stream, sent.events, position, last);
                 }
                 Err(error) if error_kind(&error) == ErrorKind::Transient => {
                     if outcome.transient.is_none() {
+                        outcome.transient_at = Some((sent.events[0].id, describe(&error)));
                         outcome.transient = Some(super::sink_error(
                             error,
                             &format!("appending to `{}`", sent.stream),
@@ -229,17 +254,11 @@ impl EsdbSink {
     }
 
     /// What an append written as sent taught: the stream is known.
-    fn confirm(
-        &self,
-        stream: &str,
-        events: &[&Event],
-        position: Option<Position>,
-        last: Option<u64>,
-    ) {
+    fn confirm(&self, stream: &str, events: &[&Event], position: Option<Position>, last: u64) {
         let tracked = self.is_tracked(stream);
         let done = Done {
             position,
-            last_revision: last,
+            last_revision: Some(last),
             deleted: false,
         };
         self.learn(stream, events, done, tracked, self.offset(stream));

@@ -25,8 +25,16 @@ use super::channel::WireChannel;
 use super::proto::BatchAppendResp;
 use crate::sink::json_text;
 
-/// The deadline each request carries for the server (the client's default).
-const SERVER_DEADLINE: Duration = Duration::from_secs(10);
+/// How far ahead the deadline each request carries for the server lies.
+///
+/// Far, unlike the client's 10 s: a server refuses at once, writing
+/// nothing, a request whose deadline has passed when it arrives (queued
+/// behind large requests, or a server clock ahead of ours), and goes on with
+/// the requests after it, which would then pass it: the source's order
+/// would be lost. The server caps how long it waits for a write's commit
+/// with its own write timeout whatever this says, and the sink bounds its
+/// wait for an answer with its request timeout.
+const SERVER_DEADLINE: Duration = Duration::from_secs(3600);
 
 /// What a successful append reports: the position of its last event and the
 /// stream's revision after it, when the server says.
@@ -257,7 +265,7 @@ const BINARY: &[u8] = b"application/octet-stream";
 /// Encodes a final `BatchAppendReq` (`streams.proto`) for `events`, with the
 /// same content as the `eventstore` client sends: each event's id, type,
 /// content type, user metadata and data; the request's correlation id,
-/// stream, expected revision and a deadline 10 s after `now`.
+/// stream, expected revision and a deadline [`SERVER_DEADLINE`] after `now`.
 ///
 /// Data marked JSON that is not UTF-8 goes as binary, as with the client
 /// path ([`json_text`]).
@@ -496,7 +504,7 @@ mod tests {
         }
         match options.deadline_option.unwrap() {
             DeadlineOption::Deadline(d) => {
-                assert_eq!((d.seconds, d.nanos), (1_700_000_010, 123_456_789))
+                assert_eq!((d.seconds, d.nanos), (1_700_003_600, 123_456_789))
             }
             other => panic!("deadline sent as {other:?}"),
         }

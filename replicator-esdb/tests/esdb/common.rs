@@ -86,6 +86,7 @@ pub fn sink(server: &TestCluster, partition_count: usize) -> EsdbSink {
         connection_string: server.connection_string(),
         partition_count,
         revisions: Default::default(),
+        order: Default::default(),
     })
     .expect("sink")
 }

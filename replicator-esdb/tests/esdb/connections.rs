@@ -30,6 +30,7 @@ async fn copy_through(source_url: &str, target: &EsdbServer, target_url: &str) {
         connection_string: target_url.to_owned(),
         partition_count: 4,
         revisions: Default::default(),
+        order: Default::default(),
     })
     .expect("sink");
     let before = target.append_counts();

@@ -1,8 +1,10 @@
 //! Exactly-once through transforms that drop events from the middle of
 //! streams and rename streams (merging several into one): the sink in
 //! `RevisionMode::Tracked`, the real pipeline, crashes at random points and
-//! restarts from the stored checkpoint. The target must end with every kept
-//! event exactly once, in source order per target stream.
+//! restarts from the stored checkpoint, target failures in the middle of a
+//! pipeline of appends. The target must end with every kept event exactly
+//! once, in source order per target stream, and with source order (the
+//! default) in the source's `$all` order across streams.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -17,7 +19,9 @@ use replicator_core::{
     ChangeKind, Event, EventStream, HeadProbe, Pipeline, Reader, ReaderError, Sink as _,
     SkipReason, StartFrom, Transform, TransformError,
 };
-use replicator_esdb::{to_event_data, EsdbReader, EsdbSink, EsdbSinkConfig, RevisionMode};
+use replicator_esdb::{
+    to_event_data, EsdbReader, EsdbSink, EsdbSinkConfig, RevisionMode, WriteOrder,
+};
 use replicator_testkit::cluster::TestCluster;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -100,6 +104,11 @@ struct Case {
     /// For each crash, how many events written before the pipeline is
     /// dropped (a crash: no final checkpoint).
     crashes: Vec<u16>,
+    /// Target failures in the middle of a pipeline of appends, each once the
+    /// run has written that many events: the next append fails (with a
+    /// batch append, its whole call), or every connection is cut.
+    failures: Vec<(u16, bool)>,
+    order: WriteOrder,
 }
 
 fn cases() -> impl Strategy<Value = Case> {
@@ -111,9 +120,11 @@ fn cases() -> impl Strategy<Value = Case> {
         1usize..4,
         1usize..12,
         prop::collection::vec(1u16..120, 1..4),
+        prop::collection::vec((1u16..120, any::<bool>()), 0..3),
+        prop_oneof![3 => Just(WriteOrder::Source), 1 => Just(WriteOrder::Stream)],
     )
         .prop_map(
-            |(writes, renames, drop_one_in, checkpoint_after, partitions, batch, crashes)| Case {
+            |(
                 writes,
                 renames,
                 drop_one_in,
@@ -121,6 +132,18 @@ fn cases() -> impl Strategy<Value = Case> {
                 partitions,
                 batch,
                 crashes,
+                failures,
+                order,
+            )| Case {
+                writes,
+                renames,
+                drop_one_in,
+                checkpoint_after,
+                partitions,
+                batch,
+                crashes,
+                failures,
+                order,
             },
         )
 }
@@ -159,6 +182,7 @@ fn pipeline(
     let sink = EsdbSink::new(EsdbSinkConfig {
         partition_count: case.partitions,
         revisions: RevisionMode::Tracked,
+        order: case.order,
         ..EsdbSinkConfig::new(target.connection_string())
     })
     .expect("sink");
@@ -204,6 +228,23 @@ async fn streams_of(server: &TestCluster) -> BTreeMap<String, Vec<String>> {
             .push(entry);
     }
     streams
+}
+
+/// The ids of the user events in `$all`, in its order.
+async fn user_events_in_all(server: &TestCluster) -> Vec<Uuid> {
+    let client = client(server);
+    let mut read = client
+        .read_all(&ReadAllOptions::default().max_count(usize::MAX))
+        .await
+        .expect("read $all");
+    let mut ids = Vec::new();
+    while let Some(resolved) = read.next().await.expect("read $all") {
+        let record = resolved.get_original_event();
+        if !record.stream_id.starts_with('$') && !record.event_type.starts_with('$') {
+            ids.push(record.id);
+        }
+    }
+    ids
 }
 
 async fn run_case(case: Case) -> Result<(), TestCaseError> {
@@ -267,6 +308,24 @@ async fn run_case(case: Case) -> Result<(), TestCaseError> {
         // checkpoint is stored.
         let pipeline = pipeline(&case, &source, &target, &store);
         let mut progress = pipeline.progress();
+        let faults = target.faults();
+        let mut failures = tokio::task::JoinSet::new();
+        for &(after, cut) in &case.failures {
+            let (mut progress, faults) = (pipeline.progress(), faults.clone());
+            failures.spawn(async move {
+                if progress
+                    .wait_for(|p| p.written >= u64::from(after))
+                    .await
+                    .is_ok()
+                {
+                    if cut {
+                        faults.drop_connections();
+                    } else {
+                        faults.fail_next_appends(1);
+                    }
+                }
+            });
+        }
         let run = pipeline.run(CancellationToken::new());
         let crash = async {
             progress
@@ -278,6 +337,8 @@ async fn run_case(case: Case) -> Result<(), TestCaseError> {
             result = run => { result.expect("a run before the crash"); }
             () = crash => {}
         }
+        failures.abort_all();
+        faults.fail_next_appends(0);
     }
     let last = pipeline(&case, &source, &target, &store);
     tokio::time::timeout(PATIENCE, last.run(CancellationToken::new()))
@@ -301,6 +362,21 @@ async fn run_case(case: Case) -> Result<(), TestCaseError> {
         got.keys().collect::<Vec<_>>(),
         want.keys().collect::<Vec<_>>()
     );
+    if case.order == WriteOrder::Source {
+        // Across streams too: the target's `$all` holds the kept events in
+        // the source's `$all` order.
+        let kept: Vec<Uuid> = user_events_in_all(&source)
+            .await
+            .into_iter()
+            .filter(|id| !dropped(&case, *id))
+            .collect();
+        let held = user_events_in_all(&target).await;
+        prop_assert!(
+            held == kept,
+            "the target's $all order differs from the source's at index {:?}\nsource {kept:?}\ntarget {held:?}",
+            held.iter().zip(&kept).position(|(a, b)| a != b)
+        );
+    }
     Ok(())
 }
 

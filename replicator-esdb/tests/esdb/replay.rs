@@ -122,16 +122,31 @@ async fn injected_append_failures_are_transient_and_retried_to_an_exact_copy() {
     populate(&client(&source), 3, 400).await;
 
     let direct = sink(&target, 1);
-    // Two: the sink appends through its batch-append session and, when that
-    // fails, once more as a plain append.
+    // Two: however many requests a write makes (a batch append and a plain
+    // one after it, or a question about the stream first), the first write
+    // fails and a retry, as the pipeline makes, gets through.
     target.faults().fail_next_appends(2);
+    let probe = numbered("probe", 0..1);
     let error = direct
-        .write(&numbered("probe", 0..1))
+        .write(&probe)
         .await
         .expect_err("the injected failure");
     assert!(error.is_transient(), "{error}");
     assert!(error.to_string().contains("`probe`"), "{error}");
-    direct.write(&numbered("probe", 0..1)).await.expect("retry");
+    let mut retries = 0;
+    while let Err(error) = direct.write(&probe).await {
+        assert!(error.is_transient(), "{error}");
+        retries += 1;
+        assert!(
+            retries < 3,
+            "two injected failures, {retries} failed retries"
+        );
+    }
+    assert_eq!(
+        snapshot(&client(&target)).await.streams["probe"].len(),
+        1,
+        "written once"
+    );
 
     target.faults().fail_next_appends(25);
     replicate(&source, &target, &MemoryCheckpointStore::new(), 50).await;

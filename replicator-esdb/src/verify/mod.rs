@@ -24,6 +24,32 @@
 //! System streams (`$…`), positions, `created` times and the ids of metadata
 //! records are not compared.
 //!
+//! # Order
+//! With [`VerifyOptions::check_order`] (the default; the CLI turns it off for
+//! `sink.order: stream`, which promises only each stream's order), the user
+//! events (the records [`classify`] appends, in user streams starting with
+//! [`VerifyOptions::stream_prefix`], on the source as
+//! [`VerifyOptions::expect`] maps them and up to `until`) must be in the same
+//! order in the target's `$all` as in the source's. Events are told apart by
+//! stream and event id. Events on one side only (missing, extra, scavenged on
+//! the source, filtered out, in flight past `until`) are not order
+//! differences: the check looks at the order of the events both sides hold.
+//!
+//! Both `$all`s are read forward at once, beside the stream comparison,
+//! through a look-ahead window of at most [`VerifyOptions::order_window`]
+//! events per side. Equal heads match. When the heads differ and each is in
+//! the other side's window, the source has its head before the target's and
+//! the target the other way round: that pair is the first order difference,
+//! reported in [`VerifyReport::order`] (both events' streams, ids and
+//! positions on both sides), and the check stops. Otherwise the head not in
+//! the other side's window is taken as on its side only and skipped (both,
+//! when neither is). **The bound:** a pair further apart than the window
+//! (an event the target has more than `order_window` events away from where
+//! the source has it) is taken as missing and extra, not as an order
+//! difference; those show in the stream comparison only if they really are
+//! missing or extra. The matching is a pure state machine
+//! (`verify/order.rs`).
+//!
 //! # `until`: verifying a pair that is still replicating
 //! With [`Until::Including`] (the stored checkpoint, by default, in the CLI)
 //! only source records up to that position must be on the target. Events of
@@ -53,6 +79,8 @@
 //!   extra one), and [`VerifyOptions::concurrency`] streams are compared at
 //!   once. Peak: `concurrency × 2 × page_bytes` plus one event, whatever the
 //!   number of events.
+//! - **Order.** [`VerifyOptions::order_window`] events per side (stream name,
+//!   id and position each), 100,000 by default: a few tens of MiB at most.
 //! - **Report.** At most [`VerifyOptions::max_per_stream`] differences per
 //!   stream and [`VerifyOptions::max_streams`] differing streams are kept; the
 //!   totals stay exact.
@@ -80,6 +108,10 @@ use uuid::Uuid;
 
 use crate::classify::{classify, METADATA_EVENT_TYPE};
 use crate::connection::describe;
+
+mod order;
+
+pub use order::{OrderDifference, OrderedEvent};
 
 /// Up to where the source must be on the target.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -188,6 +220,14 @@ pub struct VerifyOptions {
     pub expect: Option<Expect>,
     /// Counters updated as the comparison goes.
     pub progress: Option<Arc<VerifyProgress>>,
+    /// Also require the user events in the source's `$all` order on the
+    /// target (see "Order" in the [module docs](self)). Right when the
+    /// replicator writes in source order (`sink.order: source`), wrong for
+    /// `sink.order: stream`, which keeps only each stream's order.
+    pub check_order: bool,
+    /// Events held per side at most by the order check: a pair of events
+    /// further apart than this is taken as missing and extra.
+    pub order_window: usize,
 }
 
 impl Default for VerifyOptions {
@@ -206,6 +246,8 @@ impl Default for VerifyOptions {
             request_timeout: Duration::from_secs(30),
             expect: None,
             progress: None,
+            check_order: true,
+            order_window: 100_000,
         }
     }
 }
@@ -220,6 +262,8 @@ impl fmt::Debug for VerifyOptions {
             .field("compare_revisions", &self.compare_revisions)
             .field("stream_prefix", &self.stream_prefix)
             .field("expect", &self.expect.as_ref().map(|_| "custom"))
+            .field("check_order", &self.check_order)
+            .field("order_window", &self.order_window)
             .finish_non_exhaustive()
     }
 }
@@ -335,12 +379,18 @@ pub struct VerifyReport {
     pub seconds: f64,
     /// Of which listing the streams (reading both `$all`).
     pub listing_seconds: f64,
+    /// Whether the order of the user events in `$all` was checked
+    /// ([`VerifyOptions::check_order`]).
+    pub order_checked: bool,
+    /// The first pair of user events the target's `$all` holds in another
+    /// order than the source's, when checked.
+    pub order: Option<OrderDifference>,
 }
 
 impl VerifyReport {
-    /// No difference at all.
+    /// No difference at all: none in the streams, none in the order.
     pub fn is_identical(&self) -> bool {
-        self.differences == 0
+        self.differences == 0 && self.order.is_none()
     }
 }
 
@@ -371,6 +421,9 @@ impl fmt::Display for VerifyReport {
                 self.streams_differing - shown
             )?;
         }
+        if let Some(order) = &self.order {
+            writeln!(f, "{order}")?;
+        }
         write!(
             f,
             "{} streams, {} source events, {} target events compared",
@@ -379,18 +432,27 @@ impl fmt::Display for VerifyReport {
         if self.is_identical() {
             write!(f, ": identical")?;
         } else {
-            let kinds: Vec<String> = self
-                .by_kind
-                .iter()
-                .map(|(kind, n)| format!("{n} {kind}"))
-                .collect();
-            write!(
-                f,
-                ": {} differences in {} streams ({})",
-                self.differences,
-                self.streams_differing,
-                kinds.join(", ")
-            )?;
+            let mut found = Vec::new();
+            if self.differences > 0 {
+                let kinds: Vec<String> = self
+                    .by_kind
+                    .iter()
+                    .map(|(kind, n)| format!("{n} {kind}"))
+                    .collect();
+                found.push(format!(
+                    "{} differences in {} streams ({})",
+                    self.differences,
+                    self.streams_differing,
+                    kinds.join(", ")
+                ));
+            }
+            if self.order.is_some() {
+                found.push("the order differs".to_owned());
+            }
+            write!(f, ": {}", found.join("; "))?;
+        }
+        if !self.order_checked {
+            write!(f, "; order not checked")?;
         }
         if self.streams_changed_after_until > 0 {
             write!(
@@ -477,6 +539,31 @@ pub async fn verify_pooled(
         !sources.is_empty() && !targets.is_empty(),
         "verify_pooled needs a client per side"
     );
+    let started = Instant::now();
+    // The order check reads both `$all`s beside the stream comparison, on the
+    // last connection of each side (the listing reads on the first).
+    let order = async {
+        if options.check_order {
+            let (source, target) = (&sources[sources.len() - 1], &targets[targets.len() - 1]);
+            order::check_order(source, target, options).await.map(Some)
+        } else {
+            Ok(None)
+        }
+    };
+    let (mut report, order) =
+        futures::try_join!(compare_streams(sources, targets, options), order)?;
+    report.order_checked = options.check_order;
+    report.order = order.flatten();
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// Lists the user streams of both sides and compares them stream by stream.
+async fn compare_streams(
+    sources: &[Client],
+    targets: &[Client],
+    options: &VerifyOptions,
+) -> Result<VerifyReport, VerifyError> {
     let (source, target) = (&sources[0], &targets[0]);
     let started = Instant::now();
     let progress = options.progress.clone().unwrap_or_default();
@@ -530,7 +617,6 @@ pub async fn verify_pooled(
         }
     }
     report.streams.sort_by(|a, b| a.stream.cmp(&b.stream));
-    report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
 }
 
@@ -1484,5 +1570,45 @@ mod tests {
             "{text}"
         );
         assert!(!report.is_identical());
+    }
+
+    #[test]
+    fn an_order_difference_alone_makes_the_report_differ_and_is_named() {
+        let event = |stream: &str, id: u128, source: u64, target: u64| OrderedEvent {
+            stream: stream.into(),
+            id: Uuid::from_u128(id),
+            source_position: Position::at(source),
+            target_position: Position::at(target),
+        };
+        let mut report = VerifyReport {
+            streams_compared: 2,
+            order_checked: true,
+            order: Some(OrderDifference {
+                first: event("a", 1, 100, 900),
+                second: event("b", 2, 200, 800),
+            }),
+            ..VerifyReport::default()
+        };
+        assert!(!report.is_identical());
+        let text = report.to_string();
+        assert!(text.starts_with("order differs: source has "), "{text}");
+        assert!(text.ends_with("compared: the order differs"), "{text}");
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["order"]["first"]["stream"], "a", "{json}");
+        assert_eq!(
+            json["order"]["second"]["target_position"]["commit"], 800,
+            "{json}"
+        );
+
+        report.order = None;
+        assert!(report.is_identical());
+        assert!(report.to_string().ends_with(": identical"));
+        report.order_checked = false;
+        assert!(
+            report
+                .to_string()
+                .ends_with(": identical; order not checked"),
+            "{report}"
+        );
     }
 }
