@@ -1263,19 +1263,17 @@ impl StreamsService {
         {
             return Err(shutting_down());
         }
-        let result = if self.shared.faults.take_append_failure() {
-            batch_append_resp::Result::Error(RpcStatus {
-                code: Code::Unavailable as i32,
-                message: "Server unavailable (injected fault)".to_owned(),
-                details: None,
-            })
-        } else {
-            let stream = batch.stream.clone();
-            let outcome = self
-                .shared
-                .write(|store| store.append(&stream, batch.expected, batch.events));
-            batch_result(outcome, &batch.stream)
-        };
+        if self.shared.faults.take_append_failure() {
+            // The whole call ends, as when a server loses leadership or its
+            // connection: a real server does not fail one request of a call
+            // for a passing reason and write the ones after it.
+            return Err(injected_unavailable());
+        }
+        let stream = batch.stream.clone();
+        let outcome = self
+            .shared
+            .write(|store| store.append(&stream, batch.expected, batch.events));
+        let result = batch_result(outcome, &batch.stream);
         Ok(Some(BatchAppendResp {
             correlation_id: Some(batch.wire_id),
             result: Some(result),
