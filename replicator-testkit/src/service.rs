@@ -1264,9 +1264,10 @@ impl StreamsService {
             return Err(shutting_down());
         }
         if self.shared.faults.take_append_failure() {
-            // The whole call ends, as when a server loses leadership or its
-            // connection: a real server does not fail one request of a call
-            // for a passing reason and write the ones after it.
+            // The whole call ends, as when a server names another leader or
+            // the connection is cut. (A real server can also refuse one
+            // request as not ready during a leader change and write the
+            // ones after it; this fault is not that.)
             return Err(injected_unavailable());
         }
         let stream = batch.stream.clone();
