@@ -99,7 +99,13 @@ pub struct WriteAck {
 ///   target stream goes through the same partition, in source order.
 /// - A sink must apply a batch's changes of any one stream in the order given.
 ///   Changes of different streams in a batch may be applied in any order or
-///   concurrently.
+///   concurrently, unless the sink keeps the source's order (below).
+/// - **Order across streams**: with [`Sink::max_in_flight`] 1, there is one
+///   writer: batches come in source order, each after the previous one was
+///   acknowledged. A sink that applies each batch's changes in the order given
+///   (each change after the one before it, as the target orders writes)
+///   leaves the target with the source's order across streams too; the
+///   EventStoreDB sink does so by default.
 /// - `Ok` means every change of the batch is durably written. The pipeline then
 ///   counts the batch as done and may store a checkpoint past it.
 /// - `Err` with [`SinkError::is_transient`] makes the pipeline retry the same

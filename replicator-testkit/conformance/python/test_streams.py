@@ -496,3 +496,53 @@ def test_unique_ids_are_kept(client, prefix):
         stream, events=[NewEvent(type="E", data=b"{}", id=i) for i in ids], current_version=StreamState.ANY
     )
     assert [e.id for e in client.get_stream(stream)] == ids
+
+
+def test_one_batch_append_call_writes_its_requests_in_order_past_a_refused_one(
+    client, prefix
+):
+    """The facts the replicator's source order rests on (ARCHITECTURE.md,
+    "Source order"): the requests of one BatchAppend call are written in the
+    order they were sent, across streams; a refused request (wrong expected
+    version) writes nothing and the call goes on; answers are matched by
+    correlation id. Sent through the client's own stub and request builder,
+    as one call of many requests."""
+    streams = client.streams
+    plan = [
+        ("a", StreamState.NO_STREAM, 2),
+        ("b", StreamState.NO_STREAM, 1),
+        ("a", 1, 1),
+        ("c", 7, 1),  # refused: c does not exist
+        ("b", 0, 2),
+        ("c", StreamState.NO_STREAM, 1),
+        ("a", 2, 1),
+    ]
+    requests, sent = [], []
+    for i, (name, version, count) in enumerate(plan):
+        events = [event(n=10 * i + k) for k in range(count)]
+        correlation = uuid.uuid4()
+        requests.append(
+            streams._construct_batch_append_req(
+                stream_name=prefix + name,
+                current_version=version,
+                events=events,
+                timeout=None,
+                correlation_id=correlation,
+            )
+        )
+        sent.append((correlation, events))
+    answers = {}
+    for answer in streams._stub.BatchAppend(
+        iter(requests),
+        metadata=streams._metadata(None, requires_leader=True),
+        credentials=client._call_credentials,
+    ):
+        answers[uuid.UUID(answer.correlation_id.string)] = answer.WhichOneof("result")
+        if len(answers) == len(requests):
+            break
+    assert [answers[c] for c, _ in sent] == [
+        "success", "success", "success", "error", "success", "success", "success"
+    ]
+    written = [e.id for i, (_, events) in enumerate(sent) if i != 3 for e in events]
+    ours = list(client.read_all(filter_include=[prefix + ".*"], filter_by_stream_name=True))
+    assert [e.id for e in ours] == written
