@@ -1,12 +1,14 @@
 //! `replicator map-position`: where each consumer of the source resumes on the
-//! target (the rules are in `replicator_esdb::position_map`).
+//! target (the rules are in `replicator_esdb::position_map`): exactly with
+//! `sink.order: source`, from an anchor and a window with `sink.order: stream`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context as _};
 use replicator_core::{CheckpointStore as _, Position};
-use replicator_esdb::position_map::{self, MapOptions, Mapping, Resume, RevisionMapping};
+use replicator_esdb::position_map::{self, MapMode, MapOptions, Mapping, Resume, RevisionMapping};
+use replicator_esdb::WriteOrder;
 use serde_json::json;
 
 use crate::app;
@@ -30,15 +32,40 @@ pub struct Args {
     /// instead of `$all` positions.
     #[arg(long, value_name = "STREAM")]
     stream: Option<String>,
-    /// Source events after a position, and target records before its anchor,
-    /// examined for reordering (streams written concurrently); keep it above
-    /// the records the replicator holds in flight (sink.bufferSize plus the
-    /// partitions' batches).
+    /// The order the target was written in, when it is not the configured
+    /// `sink.order` (an earlier run with another order wrote it, in part):
+    /// `source` maps exactly, `stream` from an anchor and a window.
+    #[arg(long, value_enum, value_name = "ORDER")]
+    order: Option<Order>,
+    /// Replicated records passed over (not in their target stream) and
+    /// searched for on the target; with stream order also the source events
+    /// after a position, and target records before its anchor, examined for
+    /// reordering (streams written concurrently): keep it above the records
+    /// the replicator holds in flight (sink.bufferSize plus the partitions'
+    /// batches).
     #[arg(long, default_value_t = 10_000, value_name = "N")]
     window: usize,
     /// Print one JSON object per line.
     #[arg(long)]
     json: bool,
+}
+
+/// `--order`: the values of `sink.order`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Order {
+    /// The target's `$all` in the source's order.
+    Source,
+    /// Only each stream's order.
+    Stream,
+}
+
+impl From<Order> for WriteOrder {
+    fn from(order: Order) -> Self {
+        match order {
+            Order::Source => WriteOrder::Source,
+            Order::Stream => WriteOrder::Stream,
+        }
+    }
 }
 
 /// Parses a position: `COMMIT`, `COMMIT/PREPARE` or `C:COMMIT/P:PREPARE` (as
@@ -114,7 +141,9 @@ async fn map_all(args: &Args) -> anyhow::Result<bool> {
         .load()
         .await
         .with_context(|| format!("cannot read the checkpoint ({})", config.checkpoint.store))?;
+    let order = args.order.map_or(config.sink.order, WriteOrder::from);
     let options = MapOptions {
+        order,
         window: args.window.max(1),
         replicated_until: stored.as_ref().map(|c| c.source),
         request_timeout: config.call_timeout,
@@ -135,13 +164,21 @@ async fn map_all(args: &Args) -> anyhow::Result<bool> {
         .map(|input| parse_position(input))
         .collect::<anyhow::Result<Vec<_>>>()?;
     if !args.json {
-        println!(
-            "Streams are written concurrently (partitionCount {}, and the streams of a batch), \
-             so each stream keeps its order but streams interleave differently on the target: \
-             a consumer resumes before the earliest target record of an event it has not \
-             processed, and may see again events of other streams it had processed.",
-            config.sink.partition_count()
-        );
+        match MapMode::of(order) {
+            MapMode::Exact => println!(
+                "Exact (order: source): the target's $all holds the source's records in the \
+                 source's order, so each position maps to the same record on the target; a \
+                 consumer resuming after it sees nothing twice and misses nothing."
+            ),
+            MapMode::Anchor => println!(
+                "Anchor and window (order: stream): streams are written concurrently \
+                 (partitionCount {}, and the streams of a batch), so each stream keeps its order \
+                 but streams interleave differently on the target: a consumer resumes before \
+                 the earliest target record of an event it has not processed, and may see \
+                 again events of other streams it had processed.",
+                config.sink.partition_count()
+            ),
+        }
     }
     let mut all_mapped = true;
     for position in positions {
@@ -166,6 +203,7 @@ fn show(m: &Mapping, as_json: bool) -> String {
             "source": position_json(Some(m.source)),
             "target": position_json(m.target),
             "resume": m.resume,
+            "mode": m.mode,
             "stream": m.anchor.as_ref().map(|a| a.stream.clone()),
             "revision": m.anchor.as_ref().map(|a| a.revision),
             "target_revision": m.anchor.as_ref().map(|a| a.target_revision),
@@ -179,9 +217,13 @@ fn show(m: &Mapping, as_json: bool) -> String {
         (Resume::NotReplicatedYet, _) => "not replicated yet".to_owned(),
         _ => "resume from the start of the target's $all".to_owned(),
     };
+    let what = match m.mode {
+        MapMode::Exact => "last replicated record",
+        MapMode::Anchor => "anchor: last replicated event",
+    };
     let anchor = m.anchor.as_ref().map_or(String::new(), |a| {
         format!(
-            " [last replicated event {} of {:?}, revision {} (target revision {}), at {} → {}]",
+            " [{what} {} of {:?}, revision {} (target revision {}), at {} → {}]",
             a.event_id,
             a.stream,
             a.revision,

@@ -1,15 +1,26 @@
-//! `replicator map-position` on a replicated workload: a consumer that stopped
-//! at a random source position and resumes on the target after the mapped
-//! position sees every event it had not processed, with partitionCount 1 and 8.
+//! `replicator map-position` on replicated workloads.
 //!
-//! Not asserted: "with partitionCount 1 none twice". The sink appends the
-//! streams of one batch concurrently, so even one partition interleaves
-//! streams differently on the target (this test found it: an event after the
+//! With the default `sink.order: source` the mapping is exact: at 100 random
+//! positions of a live pair (the replicator following the source while it is
+//! written), a consumer resuming on the target after the mapped position gets
+//! exactly the user events the source holds after its position, in the same
+//! order.
+//!
+//! With `sink.order: stream`, a consumer that stopped at a random source
+//! position and resumes on the target after the mapped position sees every
+//! event it had not processed, with partitionCount 1 and 8. Not asserted
+//! there: "with partitionCount 1 none twice". The sink appends the streams of
+//! one batch concurrently, so even one partition interleaves streams
+//! differently on the target (this test found it: an event after the
 //! consumer's position sat before the anchor on the target). Resuming before
 //! such an event delivers again the processed events written after it; the
 //! count is printed.
 
 use std::collections::HashSet;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use eventstore::{AppendToStreamOptions, Client, EventData, ReadAllOptions};
 use replicator_core::{ChangeKind, Position};
@@ -17,12 +28,14 @@ use replicator_testkit::workload::{generate, Rng, WorkloadSpec};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::{assert_ok, run_async, stdout, Clusters};
+use crate::{assert_ok, command, run_async, stdout, Clusters, Workdir};
 
-/// A user event of `$all` (one the replicator appends), or another record.
+/// A record of `$all`: a user event (one the replicator appends), or another.
 struct Record {
     position: Position,
     id: Uuid,
+    stream: String,
+    kind: ChangeKind,
     user_event: bool,
 }
 
@@ -34,14 +47,16 @@ async fn all(client: &Client) -> Vec<Record> {
     let mut records = Vec::new();
     while let Some(event) = read.next().await.unwrap() {
         let e = event.get_original_event();
+        let kind = replicator_esdb::classify(&e.stream_id, &e.event_type, &e.data);
         records.push(Record {
             position: Position {
                 commit: e.position.commit,
                 prepare: e.position.prepare,
             },
             id: e.id,
-            user_event: replicator_esdb::classify(&e.stream_id, &e.event_type, &e.data)
-                == ChangeKind::Append,
+            stream: e.stream_id.clone(),
+            kind,
+            user_event: kind == ChangeKind::Append,
         });
     }
     records
@@ -54,14 +69,37 @@ fn position_of(value: &Value) -> Option<Position> {
     })
 }
 
-/// Replicates `spec` with `partitions`, maps `samples` random source
-/// positions, and checks what a consumer resuming on the target would see.
+/// The JSON lines of `map-position --json` at `positions` (exit code 0).
+async fn map_json(w: &Workdir, extra: &[&str], positions: &[Position]) -> Vec<Value> {
+    let args: Vec<String> = positions
+        .iter()
+        .map(|p| format!("{}/{}", p.commit, p.prepare))
+        .collect();
+    let mut argv = vec!["map-position", "--json"];
+    argv.extend_from_slice(extra);
+    argv.extend(args.iter().map(String::as_str));
+    let o = run_async(w, &argv).await;
+    assert_ok(&o);
+    let lines: Vec<Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), positions.len(), "{}", stdout(&o));
+    for (line, position) in lines.iter().zip(positions) {
+        assert_eq!(position_of(&line["source"]), Some(*position), "{line}");
+    }
+    lines
+}
+
+/// Replicates `spec` with `sink.order: stream` and `partitions`, maps
+/// `samples` random source positions, and checks what a consumer resuming on
+/// the target would see.
 async fn resume_at_random_positions(partitions: usize, spec: WorkloadSpec, samples: usize) {
     let c = Clusters::start().await;
     generate(&c.source_client, &spec).await.unwrap();
     let w = c.workdir_with(
         "",
-        "",
+        "    order: stream\n",
         "  runContinuously: false\n  checkpoint:\n    checkpointAfter: 50\n",
     );
     w.set_partitions(partitions);
@@ -76,23 +114,11 @@ async fn resume_at_random_positions(partitions: usize, spec: WorkloadSpec, sampl
     // And a consumer that processed everything: the cutover case.
     let last = source.last().unwrap().position;
     picked.push(last);
-    let args: Vec<String> = picked
-        .iter()
-        .map(|p| format!("{}/{}", p.commit, p.prepare))
-        .collect();
-    let mut argv = vec!["map-position", "--json"];
-    argv.extend(args.iter().map(String::as_str));
-    let o = run_async(&w, &argv).await;
-    assert_ok(&o);
-    let lines: Vec<Value> = stdout(&o)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    assert_eq!(lines.len(), picked.len(), "{}", stdout(&o));
+    let lines = map_json(&w, &[], &picked).await;
 
     let mut twice_total = 0;
     for (line, position) in lines.iter().zip(&picked) {
-        assert_eq!(position_of(&line["source"]), Some(*position), "{line}");
+        assert_eq!(line["mode"], "anchor", "{line}");
         assert_ne!(line["resume"], "not_replicated_yet", "{line}");
         let resume_after = position_of(&line["target"]);
         if line["resume"] == "after" {
@@ -161,7 +187,7 @@ async fn resume_at_random_positions(partitions: usize, spec: WorkloadSpec, sampl
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_one_partition_a_consumer_loses_nothing() {
+async fn with_stream_order_and_one_partition_a_consumer_loses_nothing() {
     // Nothing deleted or truncated: every anchor is readable on the target.
     let spec = WorkloadSpec {
         stream_metadata: false,
@@ -174,7 +200,7 @@ async fn with_one_partition_a_consumer_loses_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_eight_partitions_a_consumer_loses_nothing() {
+async fn with_stream_order_and_eight_partitions_a_consumer_loses_nothing() {
     let spec = WorkloadSpec {
         large_events: 0,
         ..WorkloadSpec::new(22, 600)
@@ -196,6 +222,10 @@ async fn stream_revisions_map_an_early_position_resumes_at_the_start_bad_input_i
         .await
         .unwrap()
         .position;
+    let system = Position {
+        commit: system.commit,
+        prepare: system.prepare,
+    };
     for i in 0..5u8 {
         c.source_client
             .append_to_stream(
@@ -223,19 +253,23 @@ async fn stream_revisions_map_an_early_position_resumes_at_the_start_bad_input_i
     // Past the stream's end: its last event.
     assert_eq!(lines[1]["target_revision"], 4, "{}", stdout(&o));
 
-    let o = run_async(
-        &w,
-        &[
-            "map-position",
-            "--json",
-            &format!("{}/{}", system.commit, system.prepare),
-        ],
-    )
-    .await;
+    let o = run_async(&w, &["map-position", "--json", &system.to_string()]).await;
     assert_ok(&o);
     let line: Value = serde_json::from_str(stdout(&o).trim()).unwrap();
     assert_eq!(line["resume"], "from_start", "{line}");
+    assert_eq!(line["mode"], "exact", "{line}");
     assert!(line["target"].is_null(), "{line}");
+    assert!(
+        line["note"]
+            .as_str()
+            .unwrap()
+            .contains("before the first replicated record"),
+        "{line}"
+    );
+    // The same with the anchor rules, asked for with --order.
+    let line = &map_json(&w, &["--order", "stream"], &[system]).await[0];
+    assert_eq!(line["resume"], "from_start", "{line}");
+    assert_eq!(line["mode"], "anchor", "{line}");
     assert!(
         line["note"]
             .as_str()
@@ -254,4 +288,207 @@ async fn stream_revisions_map_an_early_position_resumes_at_the_start_bad_input_i
     let o = run_async(&w, &["map-position"]).await;
     assert_eq!(o.status.code(), Some(2));
     assert!(crate::stderr(&o).contains("no position given"));
+}
+
+/// The source position `replicator checkpoint show` prints, `None` before
+/// the first store.
+async fn stored_checkpoint(w: &Workdir) -> Option<Position> {
+    let o = run_async(w, &["checkpoint", "show"]).await;
+    assert_ok(&o);
+    let out = stdout(&o);
+    let line = out.lines().find(|l| l.starts_with("source:"))?;
+    let position = line
+        .trim_start_matches("source:")
+        .split_whitespace()
+        .next()?;
+    Some(printed_position(position))
+}
+
+/// `C:commit/P:prepare`, as the replicator prints positions.
+fn printed_position(text: &str) -> Position {
+    let (commit, prepare) = text.split_once('/').unwrap();
+    Position {
+        commit: commit.trim_start_matches("C:").parse().unwrap(),
+        prepare: prepare.trim_start_matches("P:").parse().unwrap(),
+    }
+}
+
+/// Waits (bounded) until the stored checkpoint is at the source's last record.
+async fn wait_until_caught_up(c: &Clusters, w: &Workdir, run: &mut tokio::process::Child) {
+    let end = c.source_end_position().await;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        if stored_checkpoint(w).await == Some(end) {
+            return;
+        }
+        let log = || std::fs::read_to_string(w.path("run.log")).unwrap_or_default();
+        assert!(
+            run.try_wait().unwrap().is_none(),
+            "the run ended:\n{}",
+            log()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the checkpoint did not reach the source's end {end}:\n{}",
+            log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// With the default source order, `map-position` is exact: at 100 random
+/// positions of a live pair, resuming on the target after the mapped position
+/// delivers exactly the user events the source holds after the position, in
+/// the source's order. Half the positions are mapped while the source is
+/// being written and the replicator follows it (each at or before the stored
+/// checkpoint at that moment, so it is replicated: no timing decides what is
+/// on the target), half after it caught up with those writes; the resumed
+/// consumers are checked once everything is replicated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_source_order_a_consumer_resumes_exactly_at_100_random_positions_of_a_live_pair() {
+    let c = Clusters::start().await;
+    // Interleaved streams (32 appends in flight), metadata, soft deletes,
+    // tombstones, links and system events.
+    let spec = WorkloadSpec {
+        large_events: 0,
+        ..WorkloadSpec::new(41, 800)
+    };
+    generate(&c.source_client, &spec).await.unwrap();
+    let w = c.workdir("  checkpoint:\n    checkpointAfter: 1\n");
+    let mut cmd = command(w.dir.path());
+    cmd.arg("run")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(w.path("run.log")).unwrap());
+    let mut run = tokio::process::Command::from(cmd)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_until_caught_up(&c, &w, &mut run).await;
+
+    // The source keeps being written (one small workload after another)
+    // until the first half is mapped.
+    let writing = Arc::new(AtomicBool::new(true));
+    let writer = tokio::spawn({
+        let client = c.source_client.clone();
+        let writing = Arc::clone(&writing);
+        async move {
+            let mut round = 0u64;
+            while writing.load(Ordering::Relaxed) || round == 0 {
+                let more = WorkloadSpec {
+                    large_events: 0,
+                    stream_prefix: format!("more{round}-"),
+                    ..WorkloadSpec::new(100 + round, 60)
+                };
+                generate(&client, &more).await.unwrap();
+                round += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            round
+        }
+    });
+
+    // Every other position is a hard one: a record the replicator does not
+    // append as an event (links, system events, metadata, deletes), or an
+    // event of a stream with metadata or deleted, which its target stream may
+    // no longer return.
+    let mut rng = Rng(41);
+    let mut pick = |records: &[Record], until: Position, n: usize| -> Vec<Position> {
+        let touched: HashSet<&str> = records
+            .iter()
+            .filter_map(|r| match r.kind {
+                ChangeKind::StreamMetadata | ChangeKind::SoftDelete => r.stream.strip_prefix("$$"),
+                ChangeKind::Tombstone => Some(r.stream.as_str()),
+                _ => None,
+            })
+            .collect();
+        let replicated: Vec<&Record> = records.iter().filter(|r| r.position <= until).collect();
+        let hard: Vec<&Record> = replicated
+            .iter()
+            .copied()
+            .filter(|r| !r.user_event || touched.contains(r.stream.as_str()))
+            .collect();
+        (0..n)
+            .map(|i| {
+                let from = if i % 2 == 0 { &replicated } else { &hard };
+                from[rng.between(0, from.len() as u64 - 1) as usize].position
+            })
+            .collect()
+    };
+    let checkpoint = stored_checkpoint(&w).await.unwrap();
+    let source_now = all(&c.source_client).await;
+    let mut picked = pick(&source_now, checkpoint, 50);
+    picked.push(source_now[0].position);
+    let mut lines = map_json(&w, &[], &picked).await;
+    let mapped_live = picked.len();
+    let source_moved = c.source_end_position().await > checkpoint;
+    writing.store(false, Ordering::Relaxed);
+    let rounds = writer.await.unwrap();
+    wait_until_caught_up(&c, &w, &mut run).await;
+
+    let source_now = all(&c.source_client).await;
+    let end = source_now.last().unwrap().position;
+    let mut later = pick(&source_now, end, 50);
+    // A consumer that processed everything: the cutover case.
+    later.push(end);
+    lines.extend(map_json(&w, &[], &later).await);
+    picked.extend(later);
+    run.kill().await.unwrap();
+
+    let source = all(&c.source_client).await;
+    let target = all(&c.target_client).await;
+    let user_ids = |records: &[Record], after: Option<Position>| -> Vec<Uuid> {
+        records
+            .iter()
+            .filter(|r| r.user_event && after.is_none_or(|a| r.position > a))
+            .map(|r| r.id)
+            .collect()
+    };
+    for (line, position) in lines.iter().zip(&picked) {
+        assert_eq!(line["mode"], "exact", "{line}");
+        let resume_after = position_of(&line["target"]);
+        match line["resume"].as_str().unwrap() {
+            "after" => assert!(resume_after.is_some(), "{line}"),
+            "from_start" => assert!(resume_after.is_none(), "{line}"),
+            other => panic!("{other}: {line}"),
+        }
+        let expected = user_ids(&source, Some(*position));
+        let delivered = user_ids(&target, resume_after);
+        if delivered != expected {
+            let first = expected
+                .iter()
+                .zip(&delivered)
+                .position(|(a, b)| a != b)
+                .unwrap_or(expected.len().min(delivered.len()));
+            panic!(
+                "a consumer at source {position} resuming after target {resume_after:?} gets \
+                 {} user events, the source has {} after the position; first difference at \
+                 #{first}: delivered {:?}, expected {:?}\n{line}",
+                delivered.len(),
+                expected.len(),
+                delivered.get(first),
+                expected.get(first)
+            );
+        }
+    }
+    eprintln!(
+        "source order: {} positions mapped exactly, {mapped_live} of them while the source \
+         was written ({rounds} rounds of writes; the source moved past the checkpoint \
+         meanwhile: {source_moved})",
+        picked.len()
+    );
+
+    // The lines for people say which mapping it is.
+    let last_user_event = source.iter().rev().find(|r| r.user_event).unwrap();
+    let o = run_async(&w, &["map-position", &last_user_event.position.to_string()]).await;
+    assert_ok(&o);
+    assert!(
+        stdout(&o).contains("Exact (order: source)"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(
+        stdout(&o).contains("exact: the same record on the target"),
+        "{}",
+        stdout(&o)
+    );
 }

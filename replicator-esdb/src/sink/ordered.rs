@@ -17,8 +17,9 @@
 //!
 //! Which streams need it: every stream the sink has not written or resolved
 //! since it started, until the *replay horizon* is passed; after that, only
-//! streams whose first record is not their source stream's first (revision
-//! > 0: the target may have renumbered them) and tracked streams. The horizon
+//! streams whose first record is not their source stream's first (a source
+//! revision above 0: the target may have renumbered them) and tracked
+//! streams. The horizon
 //! is passed when a resolution finds that the target holds none of a run's
 //! records: what the target holds of this replicator's writes is a prefix of
 //! the source's order, so it holds nothing after that record either, and a
@@ -32,7 +33,7 @@ use replicator_core::{ErrorKind, Event, Position, SinkError, WriteAck};
 use tracing::{debug, warn};
 
 use super::{log_note, refusal, EsdbSink, RunError, STREAMS_IN_FLIGHT};
-use crate::connection::{describe, error_kind, within};
+use crate::connection::{describe, error_kind};
 use crate::plan::{
     sequence, Action, AppendRun, Done, Expected, Guess, Reply, Step, PROBE_REVISION,
 };
@@ -115,6 +116,7 @@ impl EsdbSink {
                     if outcome.transient.is_some() {
                         break;
                     }
+                    self.settle_refused(&steps, &mut outcome).await?;
                     let position = Box::pin(self.tombstone(event)).await?;
                     outcome.position = outcome.position.max(position);
                     outcome.last_written = Some(index);
@@ -129,6 +131,7 @@ impl EsdbSink {
                 if outcome.transient.is_some() {
                     break;
                 }
+                self.settle_refused(&steps, &mut outcome).await?;
                 let position = self.write_stream_plan(std::slice::from_ref(step)).await?;
                 outcome.position = outcome.position.max(position);
                 outcome.last_written = Some(index);
@@ -181,12 +184,24 @@ impl EsdbSink {
             self.drop_session(&session);
             return Err(error);
         }
-        for &index in &outcome.refused {
+        self.settle_refused(&steps, &mut outcome).await?;
+        Ok(WriteAck {
+            target_position: outcome.position,
+        })
+    }
+
+    /// Settles the requests the target refused, one after the other, with
+    /// the replay logic: written when sent only if something was in the way,
+    /// a replay (nothing is appended then) or another writer.
+    async fn settle_refused(
+        &self,
+        steps: &[Step<'_>],
+        outcome: &mut Outcome,
+    ) -> Result<(), SinkError> {
+        for index in std::mem::take(&mut outcome.refused) {
             let Step::Append { stream, events } = &steps[index] else {
                 unreachable!("only appends are refused")
             };
-            // Written when sent only if something was in the way: a replay
-            // (nothing is appended then) or another writer.
             let (done, appended) = self.append_run_reporting(stream, events).await?;
             outcome.position = outcome.position.max(done.position);
             if appended && outcome.last_written.is_some_and(|last| last > index) {
@@ -201,15 +216,19 @@ impl EsdbSink {
                 );
             }
         }
-        Ok(WriteAck {
-            target_position: outcome.position,
-        })
+        Ok(())
     }
 
-    /// Waits for the answers of the requests in flight, in order.
+    /// Waits for the answers of the requests in flight, in order, each at
+    /// most the request timeout from now: they were sent together, and a
+    /// frozen target must not cost one timeout per request.
     async fn settle(&self, in_flight: &mut Vec<InFlight<'_, '_>>, outcome: &mut Outcome) {
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
         for sent in in_flight.drain(..) {
-            match within(self.request_timeout, sent.answer.answer()).await {
+            let answer = tokio::time::timeout_at(deadline, sent.answer.answer())
+                .await
+                .unwrap_or(Err(eventstore::Error::DeadlineExceeded));
+            match answer {
                 Ok((position, _)) => {
                     if let Some((failed, error)) = &outcome.transient_at {
                         // A server refuses a request for a passing reason
