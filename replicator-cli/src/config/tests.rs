@@ -666,3 +666,26 @@ fn a_seeder_path_without_a_seeder_type_is_named_unless_empty() {
     ));
     assert_eq!(c.map(|c| c.checkpoint.seeder).ok(), Some(None));
 }
+
+#[test]
+fn the_order_is_the_sources_unless_stream_order_is_asked_for() {
+    let c = load(MINIMAL).unwrap();
+    assert_eq!(c.sink.order, WriteOrder::Source);
+    assert_eq!(c.sink.writers(), 1, "one ordered writer");
+    let c = load(&MINIMAL.replace(
+        "    connectionString: esdb://target:2113\n",
+        "    connectionString: esdb://target:2113\n    partitionCount: 8\n    order: Stream\n",
+    ))
+    .unwrap();
+    assert_eq!(c.sink.order, WriteOrder::Stream);
+    assert_eq!(c.sink.writers(), 8);
+    let c = load_env(MINIMAL, &[("REPLICATOR_SINK_ORDER", "stream")]).unwrap();
+    assert_eq!(c.sink.order, WriteOrder::Stream);
+
+    let (key, message) = key_err(&MINIMAL.replace(
+        "    connectionString: esdb://target:2113\n",
+        "    connectionString: esdb://target:2113\n    order: global\n",
+    ));
+    assert_eq!(key, "replicator.sink.order");
+    assert!(message.contains("\"global\"") && message.contains("`stream`"), "{message}");
+}
