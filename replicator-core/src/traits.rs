@@ -141,6 +141,18 @@ pub trait Sink: Send + Sync + 'static {
         1
     }
 
+    /// How many [`Sink::write`] calls one writer may have in flight at once,
+    /// in order (at least 1; the default 1: each call after the last one
+    /// returned). With more, a writer starts each call, polling its future
+    /// once, only after it started the previous one, in batch order; a sink
+    /// that keeps order must fix a batch's place among the target's writes
+    /// during that first poll (take a turn in a fair queue, or send it). When
+    /// a call fails, the writer lets the others in flight finish and then
+    /// writes the failed batches again, one at a time, in order.
+    fn pipelined_writes(&self) -> usize {
+        1
+    }
+
     /// Checks that the target can be reached and written, before replication
     /// starts. A permanent error stops the run; a transient one is retried
     /// (the target reported unhealthy meanwhile). The default does nothing.
@@ -227,6 +239,9 @@ impl<T: Sink + ?Sized> Sink for std::sync::Arc<T> {
     }
     fn max_in_flight(&self) -> usize {
         (**self).max_in_flight()
+    }
+    fn pipelined_writes(&self) -> usize {
+        (**self).pipelined_writes()
     }
     async fn check(&self) -> Result<(), SinkError> {
         (**self).check().await

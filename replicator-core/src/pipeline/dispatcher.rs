@@ -208,7 +208,9 @@ impl Run {
         let stop_writing = CancellationToken::new();
         let mut queues = Vec::with_capacity(partitions);
         for partition in 0..partitions {
-            let (tx, rx) = mpsc::channel(config.max_batch_events);
+            // Room for the batches a writer may have in flight at once.
+            let depth = self.sink.pipelined_writes().max(1);
+            let (tx, rx) = mpsc::channel(config.max_batch_events * depth);
             queues.push(tx);
             let writer = Writer {
                 partition,

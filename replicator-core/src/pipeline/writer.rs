@@ -4,6 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
+use futures::stream::{FuturesOrdered, StreamExt};
 use tokio::sync::mpsc;
 use tokio::time::{timeout, Instant};
 use tokio_util::sync::CancellationToken;
@@ -12,7 +14,7 @@ use super::PipelineConfig;
 use crate::error::SinkError;
 use crate::health::{short, HealthReporter};
 use crate::model::{Event, Position};
-use crate::traits::Sink;
+use crate::traits::{Sink, WriteAck};
 
 /// A batch acknowledgement or failure, from a writer back to the dispatcher.
 pub(super) enum WriterMsg {
@@ -101,12 +103,23 @@ pub(super) struct Writer {
     pub(super) last_write: LastWrite,
 }
 
+/// A batch taken from a writer's queue.
+struct Batch {
+    seqs: Vec<u64>,
+    events: Vec<Event>,
+    bytes: usize,
+}
+
+/// What a pipelined write gives back: its batch, the outcome, how long it took.
+type Written = (Batch, Result<WriteAck, SinkError>, Duration);
+
 impl Writer {
     pub(super) async fn run(self, mut queue: mpsc::Receiver<(u64, Event)>) {
-        let config = &self.config;
+        let depth = self.sink.pipelined_writes().max(1);
         let mut carry: Option<(u64, Event)> = None;
-        let mut seqs = Vec::new();
-        let mut batch = Vec::new();
+        if depth > 1 {
+            return self.run_pipelined(queue, depth).await;
+        }
         loop {
             let first = match carry.take() {
                 Some(item) => item,
@@ -115,36 +128,160 @@ impl Writer {
                     None => return,
                 },
             };
-            let mut bytes = first.1.payload_len();
-            seqs.push(first.0);
-            batch.push(first.1);
-            while batch.len() < config.max_batch_events {
-                let Ok(item) = queue.try_recv() else { break };
-                if bytes + item.1.payload_len() > config.max_batch_bytes {
-                    carry = Some(item);
-                    break;
-                }
-                bytes += item.1.payload_len();
-                seqs.push(item.0);
-                batch.push(item.1);
-            }
-
-            let Some((target, latency)) = self.write(&batch).await else {
+            let batch = self.take_batch(first, &mut queue, &mut carry);
+            let Some((target, latency)) = self.write(&batch.events).await else {
                 return;
             };
-            batch.clear();
-            let seqs = std::mem::take(&mut seqs);
-            let written = WriterMsg::Written {
-                seqs,
-                target,
-                partition: self.partition,
-                bytes: bytes as u64,
-                latency,
-            };
-            if self.acks.send(written).is_err() {
+            if !self.acknowledge(batch, target, latency) {
                 return;
             }
         }
+    }
+
+    /// A batch: `first` and what the queue holds behind it, up to the
+    /// batch limits; a record that does not fit is left in `carry`.
+    fn take_batch(
+        &self,
+        first: (u64, Event),
+        queue: &mut mpsc::Receiver<(u64, Event)>,
+        carry: &mut Option<(u64, Event)>,
+    ) -> Batch {
+        let config = &self.config;
+        let mut bytes = first.1.payload_len();
+        let mut seqs = vec![first.0];
+        let mut events = vec![first.1];
+        while events.len() < config.max_batch_events {
+            let Ok(item) = queue.try_recv() else { break };
+            if bytes + item.1.payload_len() > config.max_batch_bytes {
+                *carry = Some(item);
+                break;
+            }
+            bytes += item.1.payload_len();
+            seqs.push(item.0);
+            events.push(item.1);
+        }
+        Batch {
+            seqs,
+            events,
+            bytes,
+        }
+    }
+
+    /// Reports a written batch; false when nobody listens any more.
+    fn acknowledge(&self, batch: Batch, target: Option<Position>, latency: Duration) -> bool {
+        let written = WriterMsg::Written {
+            seqs: batch.seqs,
+            target,
+            partition: self.partition,
+            bytes: batch.bytes as u64,
+            latency,
+        };
+        self.acks.send(written).is_ok()
+    }
+
+    /// [`Writer::run`] for a sink that takes up to `depth` writes at once in
+    /// order ([`Sink::pipelined_writes`]): each write is started (its future
+    /// polled once) before the next is, in batch order. After a failure the
+    /// writes in flight are let finish, then the failed batches are written
+    /// again one at a time, in order, before the pipeline goes on.
+    async fn run_pipelined(self, mut queue: mpsc::Receiver<(u64, Event)>, depth: usize) {
+        let mut carry: Option<(u64, Event)> = None;
+        let mut in_flight: FuturesOrdered<BoxFuture<'static, Written>> = FuturesOrdered::new();
+        let mut open = true;
+        loop {
+            let next = tokio::select! {
+                biased;
+                done = in_flight.next(), if !in_flight.is_empty() => Err(done),
+                item = queue.recv(), if open && carry.is_none() && in_flight.len() < depth => Ok(item),
+                () = std::future::ready(()), if carry.is_some() && in_flight.len() < depth => {
+                    Ok(carry.take())
+                }
+            };
+            match next {
+                Ok(Some(first)) => {
+                    let batch = self.take_batch(first, &mut queue, &mut carry);
+                    let mut write = self.start(batch);
+                    // Started now, in batch order: the sink fixes the
+                    // batch's place during this first poll.
+                    let write: BoxFuture<'static, Written> = match futures::poll!(&mut write) {
+                        std::task::Poll::Ready(done) => Box::pin(std::future::ready(done)),
+                        std::task::Poll::Pending => write,
+                    };
+                    in_flight.push_back(write);
+                }
+                Ok(None) => {
+                    open = false;
+                    if in_flight.is_empty() {
+                        return;
+                    }
+                }
+                Err(Some((batch, Ok(ack), latency))) => {
+                    self.health.success();
+                    *self.last_write.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+                    if !self.acknowledge(batch, ack.target_position, latency) {
+                        return;
+                    }
+                }
+                Err(Some((batch, Err(error), _))) => {
+                    if !error.is_transient() {
+                        self.health.fatal(&error);
+                        let _ = self.acks.send(WriterMsg::Failed(error));
+                        return;
+                    }
+                    self.health.failure(&error);
+                    let _ = self.acks.send(WriterMsg::Retrying {
+                        partition: self.partition,
+                        attempts: 1,
+                        error: error.to_string(),
+                    });
+                    // Let what is in flight finish, then write the failed
+                    // batches again, one at a time, in order.
+                    let mut failed = vec![batch];
+                    while let Some((batch, outcome, latency)) = in_flight.next().await {
+                        match outcome {
+                            Ok(ack) => {
+                                if !self.acknowledge(batch, ack.target_position, latency) {
+                                    return;
+                                }
+                            }
+                            Err(error) if error.is_transient() => failed.push(batch),
+                            Err(error) => {
+                                self.health.fatal(&error);
+                                let _ = self.acks.send(WriterMsg::Failed(error));
+                                return;
+                            }
+                        }
+                    }
+                    for batch in failed {
+                        let Some((target, latency)) = self.write(&batch.events).await else {
+                            return;
+                        };
+                        if !self.acknowledge(batch, target, latency) {
+                            return;
+                        }
+                    }
+                }
+                Err(None) => unreachable!("polled only while writes are in flight"),
+            }
+            if !open && in_flight.is_empty() && carry.is_none() {
+                return;
+            }
+        }
+    }
+
+    /// One attempt at writing `batch`, with the call deadline, as a future
+    /// that owns what it needs.
+    fn start(&self, batch: Batch) -> BoxFuture<'static, Written> {
+        let sink = Arc::clone(&self.sink);
+        let call_timeout = self.config.call_timeout;
+        Box::pin(async move {
+            let started = Instant::now();
+            let outcome = match timeout(call_timeout, sink.write(&batch.events)).await {
+                Ok(outcome) => outcome,
+                Err(_) => Err(timed_out(&batch.events, call_timeout)),
+            };
+            (batch, outcome, started.elapsed())
+        })
     }
 
     /// Writes one batch until it succeeds; `None` when stopped or failed
@@ -155,13 +292,7 @@ impl Writer {
             let started = Instant::now();
             let outcome = match timeout(self.config.call_timeout, self.sink.write(batch)).await {
                 Ok(outcome) => outcome,
-                Err(_) => Err(SinkError::transient(format!(
-                    "the target did not answer a write of {} events (first: stream {}, position {}) within {}",
-                    batch.len(),
-                    batch[0].target_stream(),
-                    batch[0].position,
-                    short(self.config.call_timeout)
-                ))),
+                Err(_) => Err(timed_out(batch, self.config.call_timeout)),
             };
             match outcome {
                 Ok(ack) => {
@@ -190,6 +321,17 @@ impl Writer {
             }
         }
     }
+}
+
+/// The error of a write that did not finish within the call deadline.
+fn timed_out(batch: &[Event], call_timeout: Duration) -> SinkError {
+    SinkError::transient(format!(
+        "the target did not answer a write of {} events (first: stream {}, position {}) within {}",
+        batch.len(),
+        batch[0].target_stream(),
+        batch[0].position,
+        short(call_timeout)
+    ))
 }
 
 #[cfg(test)]

@@ -34,6 +34,8 @@ struct Case {
     crashes: Vec<usize>,
     store_failures: usize,
     idempotent: bool,
+    /// Writes one writer has in flight at once, in order.
+    pipelined: usize,
 }
 
 fn fault() -> impl Strategy<Value = Fault> {
@@ -54,6 +56,7 @@ fn case() -> impl Strategy<Value = Case> {
         prop::collection::vec(1usize..120, 0..4),
         0usize..3,
         any::<bool>(),
+        prop_oneof![Just(1usize), 2usize..5],
     )
         .prop_map(
             |(
@@ -66,6 +69,7 @@ fn case() -> impl Strategy<Value = Case> {
                 crashes,
                 store_failures,
                 idempotent,
+                pipelined,
             )| {
                 // At least one scripted write succeeds, so every write eventually does.
                 script.push(Fault {
@@ -82,6 +86,7 @@ fn case() -> impl Strategy<Value = Case> {
                     crashes,
                     store_failures,
                     idempotent,
+                    pipelined,
                 }
             },
         )
@@ -142,7 +147,14 @@ async fn replicate_with_windows(
     if !case.idempotent {
         inner = inner.naive();
     }
-    let sink = ScriptedSink::new(inner, case.script.clone(), store.clone());
+    // Pipelined writes keep order only with one writer (source order).
+    let pipelined = if case.partitions == 1 {
+        case.pipelined
+    } else {
+        1
+    };
+    let sink =
+        ScriptedSink::new(inner, case.script.clone(), store.clone()).with_pipelined(pipelined);
     let config = PipelineConfig {
         checkpoint_after: case.checkpoint_after,
         buffer_size: case.buffer_size,
@@ -333,6 +345,7 @@ fn checkpoint_after_one_replays_only_the_unstored_window_whatever_the_crash_poin
             crashes: vec![crash],
             store_failures: 0,
             idempotent: false,
+            pipelined: 1,
         };
         let runtime = paused_runtime();
         let (source, sink, store, windows) = runtime.block_on(replicate_with_windows(&case));

@@ -72,9 +72,30 @@ pub struct ScriptedSink {
     store: MemoryCheckpointStore,
     pub replays_outside_window: Arc<Mutex<Vec<String>>>,
     pub replays: Arc<AtomicUsize>,
+    /// [`Sink::pipelined_writes`]; with more than 1, writes apply in the
+    /// order they were started, as an ordered target does.
+    pipelined: usize,
+    ordered: Arc<OrderedWrites>,
+}
+
+/// How a pipelining sink keeps order, as an EventStoreDB batch-append call
+/// does: writes take turns in the order they start (a fair lock), and once a
+/// write fails, the writes started with it (one "call") fail too, writing
+/// nothing; writes started after the failure belong to a new call.
+#[derive(Default)]
+struct OrderedWrites {
+    turn: tokio::sync::Mutex<()>,
+    call: AtomicUsize,
+    failed_call: AtomicUsize,
 }
 
 impl ScriptedSink {
+    /// Lets `writes` writes be in flight at once, in order.
+    pub fn with_pipelined(mut self, writes: usize) -> Self {
+        self.pipelined = writes.max(1);
+        self
+    }
+
     pub fn new(inner: MemorySink, script: Vec<Fault>, store: MemoryCheckpointStore) -> Self {
         ScriptedSink {
             inner,
@@ -85,6 +106,8 @@ impl ScriptedSink {
             store,
             replays_outside_window: Arc::default(),
             replays: Arc::default(),
+            pipelined: 1,
+            ordered: Arc::default(),
         }
     }
 
@@ -119,6 +142,34 @@ impl ScriptedSink {
 #[async_trait]
 impl Sink for ScriptedSink {
     async fn write(&self, batch: &[Event]) -> Result<WriteAck, SinkError> {
+        if self.pipelined > 1 {
+            // The first poll takes the turn: batches apply in start order.
+            let session = self.ordered.call.load(Ordering::SeqCst) + 1;
+            let _turn = self.ordered.turn.lock().await;
+            if self.ordered.failed_call.load(Ordering::SeqCst) == session {
+                return Err(SinkError::transient("the call this write was on failed"));
+            }
+            let outcome = self.scripted_write(batch).await;
+            if outcome.is_err() {
+                self.ordered.failed_call.store(session, Ordering::SeqCst);
+                self.ordered.call.fetch_add(1, Ordering::SeqCst);
+            }
+            return outcome;
+        }
+        self.scripted_write(batch).await
+    }
+
+    fn max_in_flight(&self) -> usize {
+        self.inner.max_in_flight()
+    }
+
+    fn pipelined_writes(&self) -> usize {
+        self.pipelined
+    }
+}
+
+impl ScriptedSink {
+    async fn scripted_write(&self, batch: &[Event]) -> Result<WriteAck, SinkError> {
         let call = self.calls.fetch_add(1, Ordering::SeqCst);
         let fault = if self.script.is_empty() {
             Fault {
@@ -147,10 +198,6 @@ impl Sink for ScriptedSink {
             return Err(SinkError::transient("injected failure after the batch"));
         }
         Ok(WriteAck { target_position })
-    }
-
-    fn max_in_flight(&self) -> usize {
-        self.inner.max_in_flight()
     }
 }
 

@@ -235,11 +235,12 @@ impl fmt::Debug for EsdbSinkConfig {
 /// renumbered streams; other replays are found at their revisions, whatever
 /// their number.
 ///
-/// **What tracking cannot see.** With `Tracked`, when a stream shows some
-/// records but hides all of an append's replayed ones (a `$maxCount` or `$tb`
-/// on the target that truncated them within the replay window), they are not
-/// found by id and are written again (with `FromSource` their revisions say
-/// they are there). And the `$tb` (truncate before) of copied stream metadata
+/// **Hidden records.** When a target stream hides some of its records (a
+/// `$maxCount`, a `$tb` or a soft delete, which the copied metadata mirrors),
+/// the tail search also looks through the target's last records in `$all`
+/// (as many as the search depth), which still hold them: a replay of records
+/// the target hides by now is found there. Past that bound they are written
+/// again. And the `$tb` (truncate before) of copied stream metadata
 /// is a source revision: on a stream whose target revisions differ (events
 /// left out from the middle, merged streams, renumbered streams) it is copied
 /// unchanged and so hides a different set of events than on the source.
@@ -287,6 +288,8 @@ pub struct EsdbSink {
     order: WriteOrder,
     /// [`WriteOrder::Source`]: what the ordered writer knows of the target.
     order_state: Mutex<ordered::OrderState>,
+    /// [`WriteOrder::Source`]: the pipelined batches' turns.
+    turns: ordered::Turns,
 }
 
 impl fmt::Debug for EsdbSink {
@@ -338,6 +341,7 @@ impl EsdbSink {
             no_batch_append: AtomicBool::new(false),
             order: config.order,
             order_state: Mutex::default(),
+            turns: ordered::Turns::default(),
         })
     }
 
@@ -604,12 +608,27 @@ impl EsdbSink {
                 match Box::pin(self.read_reply(client, stream, &options, run.current_event()))
                     .await?
                 {
-                    // Nothing readable although the stream has records:
-                    // soft-deleted or truncated. `$all` still holds them.
-                    Reply::Records(records) if records.is_empty() => {
-                        Box::pin(self.search_all(client, stream))
+                    // Records hidden (soft-deleted, truncated by `$tb` or
+                    // `$maxCount`): none readable although the stream has
+                    // some, or none below the first readable one. `$all`
+                    // still holds them, and a replay may be among them.
+                    Reply::Records(mut records)
+                        if records.iter().map(|r| r.revision).min() != Some(0)
+                            && records.len() < self.search_depth =>
+                    {
+                        let hidden = Box::pin(self.search_all(client, stream))
                             .await
-                            .map_err(|e| RunError::Client(e, run.current_event()))
+                            .map_err(|e| RunError::Client(e, run.current_event()))?;
+                        if let Reply::Records(hidden) = hidden {
+                            let readable: std::collections::HashSet<u64> =
+                                records.iter().map(|r| r.revision).collect();
+                            records.extend(
+                                hidden
+                                    .into_iter()
+                                    .filter(|r| !readable.contains(&r.revision)),
+                            );
+                        }
+                        Ok(Reply::Records(records))
                     }
                     reply => Ok(reply),
                 }
@@ -671,6 +690,20 @@ impl EsdbSink {
             }
         }
         Ok(Reply::Records(records))
+    }
+
+    /// Forgets the tracked revisions of `batch`'s target streams, after a
+    /// failed write: the streams written before the failure are ahead of
+    /// the batch's records, and its retry must find them on the target as
+    /// replays instead of appending them after themselves.
+    fn forget_tracked(&self, batch: &[Event]) {
+        if self.revisions != RevisionMode::Tracked {
+            return;
+        }
+        let mut tracked = self.tracked.lock().unwrap_or_else(|e| e.into_inner());
+        for event in batch {
+            tracked.remove(event.target_stream());
+        }
     }
 
     /// Remembers where a tracked target stream ends after a run.
@@ -772,7 +805,17 @@ impl EsdbSink {
                         _ => {}
                     }
                     debug!(%error, stream, "Batch append failed; appending plainly");
-                    self.drop_session(&batch);
+                    // A refusal (wrong expected version, deleted, too large)
+                    // leaves our session usable; anything else may not.
+                    if error_kind(&error) == ErrorKind::Transient
+                        || matches!(
+                            error,
+                            eventstore::Error::UnsupportedFeature
+                                | eventstore::Error::NotLeaderException(_)
+                        )
+                    {
+                        self.drop_session(&batch);
+                    }
                     if matches!(error, eventstore::Error::DeadlineExceeded) {
                         return Err(error);
                     }
@@ -964,7 +1007,10 @@ impl Sink for EsdbSink {
             }
         }
         match failure {
-            Some(error) => Err(error),
+            Some(error) => {
+                self.forget_tracked(batch);
+                Err(error)
+            }
             None => Ok(WriteAck { target_position }),
         }
     }
@@ -973,6 +1019,15 @@ impl Sink for EsdbSink {
         match self.order {
             WriteOrder::Source => 1,
             WriteOrder::Stream => self.partition_count,
+        }
+    }
+
+    /// With source order, [`ordered::PIPELINED_BATCHES`] batches in flight,
+    /// sent in order on one call.
+    fn pipelined_writes(&self) -> usize {
+        match self.order {
+            WriteOrder::Source => ordered::PIPELINED_BATCHES,
+            WriteOrder::Stream => 1,
         }
     }
 

@@ -25,7 +25,9 @@
 //! the source's order, so it holds nothing after that record either, and a
 //! stream that starts after it cannot exist on the target yet.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use eventstore::{Client, ExpectedRevision};
 use futures::{FutureExt, StreamExt};
@@ -43,14 +45,93 @@ use crate::wire::append::{BatchSession, PendingAppend};
 /// stream forgotten is resolved again on its next write, nothing more.
 const MAX_KNOWN_STREAMS: usize = 100_000;
 
+/// Batches one writer may have in flight at once
+/// ([`replicator_core::Sink::pipelined_writes`]).
+pub(super) const PIPELINED_BATCHES: usize = 4;
+
 /// What the ordered writer knows of the target between batches.
 #[derive(Debug, Default)]
 pub(super) struct OrderState {
-    /// Target streams written or resolved by this sink since it started:
+    /// Target streams sent to or resolved by this sink since it started:
     /// their next append's expected revision is certain.
     known: HashSet<String>,
+    /// Tracked streams: the target revision after the requests sent so far
+    /// (forgotten after a failure: then what the target confirmed counts).
+    pending_next: HashMap<String, u64>,
     /// The replay horizon is passed (see the module docs).
     horizon_passed: bool,
+    /// The session the last batch was sent on.
+    last_session: Option<std::sync::Weak<BatchSession>>,
+}
+
+/// The pipelined batches' turns: a batch takes its turn, in the order the
+/// pipeline started the writes (a fair lock, taken at a write's first poll),
+/// sends its requests, and gives the turn to the next batch while it waits
+/// for its answers.
+#[derive(Debug)]
+pub(super) struct Turns {
+    turn: tokio::sync::Mutex<()>,
+    /// Batches that failed so far.
+    failures: AtomicUsize,
+    /// The next batch's ticket, given with its turn.
+    next_ticket: AtomicU64,
+    /// Tickets settled: every one below the first number, and those in the
+    /// set (settled out of order).
+    settled: tokio::sync::watch::Sender<(u64, BTreeSet<u64>)>,
+}
+
+impl Default for Turns {
+    fn default() -> Self {
+        Turns {
+            turn: tokio::sync::Mutex::new(()),
+            failures: AtomicUsize::new(0),
+            next_ticket: AtomicU64::new(0),
+            settled: tokio::sync::watch::Sender::new((0, BTreeSet::new())),
+        }
+    }
+}
+
+/// A batch's place in the order, given with its turn: its refusals are
+/// settled after the earlier batches' (several settling one stream at once
+/// would each find the others' records missing), and it counts as settled
+/// when dropped.
+struct Ticket<'t> {
+    turns: &'t Turns,
+    number: u64,
+}
+
+impl<'t> Ticket<'t> {
+    /// The next ticket; taken while holding the turn.
+    fn take(turns: &'t Turns) -> Self {
+        Ticket {
+            turns,
+            number: turns.next_ticket.fetch_add(1, Ordering::SeqCst),
+        }
+    }
+
+    /// Whether a batch before this one is not settled.
+    fn after_unsettled(&self) -> bool {
+        self.turns.settled.borrow().0 < self.number
+    }
+
+    /// Waits until every batch before this one is settled.
+    async fn wait_for_earlier(&self) {
+        let mut settled = self.turns.settled.subscribe();
+        // The sender lives as long as the sink, so this cannot fail.
+        let _ = settled.wait_for(|(below, _)| *below >= self.number).await;
+    }
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        let number = self.number;
+        self.turns.settled.send_modify(|(below, out_of_order)| {
+            out_of_order.insert(number);
+            while out_of_order.remove(below) {
+                *below += 1;
+            }
+        });
+    }
 }
 
 /// Where a resolved run goes.
@@ -88,19 +169,61 @@ struct Outcome {
 
 impl EsdbSink {
     /// Writes `batch` so that its records are on the target in its order.
+    ///
+    /// Several calls may be in flight ([`PIPELINED_BATCHES`]): each takes
+    /// its turn at its first poll, in the order the pipeline started them,
+    /// sends its requests, and lets the next one send while it waits for its
+    /// answers.
     pub(super) async fn write_in_order(&self, batch: &[Event]) -> Result<WriteAck, SinkError> {
+        // Taken at the first poll, with the turn's place in the queue.
+        let failures = self.turns.failures.load(Ordering::SeqCst);
+        let result = self.write_in_turn(batch, failures).await;
+        if result.is_err() {
+            // What an earlier attempt taught about these streams may be
+            // ahead of the target now (tracked revisions of requests that
+            // were answered before the failure): the retry asks again.
+            self.forget_tracked(batch);
+            self.order().pending_next.clear();
+            // The batches started before this failure was seen and not yet
+            // sent must not pass it: they fail too, and the pipeline writes
+            // them again after this one.
+            self.turns.failures.fetch_add(1, Ordering::SeqCst);
+        }
+        result
+    }
+
+    async fn write_in_turn(&self, batch: &[Event], failures: usize) -> Result<WriteAck, SinkError> {
+        let turn = self.turns.turn.lock().await;
+        if self.turns.failures.load(Ordering::SeqCst) != failures {
+            return Err(SinkError::transient(format!(
+                "appending to `{}`: an earlier batch failed; written again after it",
+                batch[0].target_stream()
+            )));
+        }
         let steps = sequence(batch, self.max_append_bytes);
         if steps.is_empty() {
             return Ok(WriteAck::default());
         }
+        let ticket = Ticket::take(&self.turns);
         let (generation, client) = self.client()?;
-        let mut resolved = self.resolve_uncertain(generation, &client, &steps).await?;
         let session = self.batch_session(generation).await;
+        if ticket.after_unsettled() && !self.same_session(session.as_ref()) {
+            // An earlier batch was sent on a call that has ended since, and
+            // its outcome is not known yet: this one must not pass it.
+            return Err(SinkError::transient(format!(
+                "appending to `{}`: the batch-append call of an earlier batch ended before \
+                 it was answered; written again after it",
+                batch[0].target_stream()
+            )));
+        }
+        let mut resolved = self.resolve_uncertain(generation, &client, &steps).await?;
         let Some(session) = session else {
             // No batch append (an old server, or none can be opened now):
             // one append at a time, which keeps the order too.
+            ticket.wait_for_earlier().await;
             return self.write_one_by_one(&steps).await;
         };
+        self.order().last_session = Some(Arc::downgrade(&session));
 
         let mut outcome = Outcome::default();
         let mut in_flight: Vec<InFlight<'_, '_>> = Vec::new();
@@ -116,6 +239,7 @@ impl EsdbSink {
                     if outcome.transient.is_some() {
                         break;
                     }
+                    ticket.wait_for_earlier().await;
                     self.settle_refused(&steps, &mut outcome).await?;
                     let position = Box::pin(self.tombstone(event)).await?;
                     outcome.position = outcome.position.max(position);
@@ -131,6 +255,7 @@ impl EsdbSink {
                 if outcome.transient.is_some() {
                     break;
                 }
+                ticket.wait_for_earlier().await;
                 self.settle_refused(&steps, &mut outcome).await?;
                 let position = self.write_stream_plan(std::slice::from_ref(step)).await?;
                 outcome.position = outcome.position.max(position);
@@ -160,9 +285,12 @@ impl EsdbSink {
                 }
                 None => (0, self.certain_expected(stream, events, &next)),
             };
+            let after = expected.next_revision() + (events.len() - from) as u64;
             if self.is_tracked(stream) {
-                let first = expected.next_revision();
-                next.insert(stream, first + (events.len() - from) as u64);
+                next.insert(stream, after);
+                self.order().pending_next.insert(stream.to_owned(), after);
+            } else {
+                self.remember_known(stream);
             }
             match session.send(stream, expected.into(), &events[from..]) {
                 Ok(answer) => in_flight.push(InFlight {
@@ -179,10 +307,15 @@ impl EsdbSink {
                 }
             }
         }
+        // The next batch may send now; this one waits for its answers.
+        drop(turn);
         self.settle(&mut in_flight, &mut outcome).await;
         if let Some(error) = outcome.transient {
             self.drop_session(&session);
             return Err(error);
+        }
+        if !outcome.refused.is_empty() {
+            ticket.wait_for_earlier().await;
         }
         self.settle_refused(&steps, &mut outcome).await?;
         Ok(WriteAck {
@@ -294,20 +427,13 @@ impl EsdbSink {
         next: &HashMap<&str, u64>,
     ) -> Expected {
         if self.is_tracked(stream) {
-            let last = next
+            // A later run of a stream whose first run in this batch was
+            // sent: `next` has it. Without it (a bug), the guess is one no
+            // stream has, refused and settled by the replay logic, never
+            // "no stream", which a soft-deleted stream would accept.
+            return next
                 .get(stream)
-                .map(|&n| n.checked_sub(1))
-                .unwrap_or_else(|| {
-                    self.tracked
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .get(stream)
-                        .copied()
-                });
-            return match last {
-                Some(last) => Expected::Exact(last),
-                None => Expected::NoStream,
-            };
+                .map_or(Expected::Exact(PROBE_REVISION), |&n| Expected::before(n));
         }
         let (guess, _) = self.guess(stream, events, false);
         match guess {
@@ -316,23 +442,43 @@ impl EsdbSink {
         }
     }
 
-    /// Whether a run's expected revision is certain without asking the
-    /// target (see the module docs).
-    fn is_certain(&self, stream: &str, events: &[&Event]) -> bool {
+    /// The expected revision of a run when it is certain without asking the
+    /// target (see the module docs), read in one go: what makes it certain
+    /// can change under a batch waiting for its answers.
+    fn certain(&self, stream: &str, events: &[&Event]) -> Option<Expected> {
         if self.is_tracked(stream) {
-            return self
-                .tracked
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .contains_key(stream);
+            let pending = self.order().pending_next.get(stream).copied();
+            let next = pending.or_else(|| {
+                self.tracked
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(stream)
+                    .map(|last| last + 1)
+            });
+            return next.map(Expected::before);
         }
-        let order = self.order_state.lock().unwrap_or_else(|e| e.into_inner());
-        order.known.contains(stream)
-            || (order.horizon_passed && events[0].revision == 0 && self.offset(stream) == 0)
+        let order = self.order();
+        let certain = order.known.contains(stream)
+            || (order.horizon_passed && events[0].revision == 0 && self.offset(stream) == 0);
+        drop(order);
+        certain.then(|| self.certain_expected(stream, events, &HashMap::new()))
+    }
+
+    fn order(&self) -> std::sync::MutexGuard<'_, OrderState> {
+        self.order_state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether `session` is the one the last batch was sent on.
+    fn same_session(&self, session: Option<&Arc<BatchSession>>) -> bool {
+        let last = self.order().last_session.as_ref().and_then(|w| w.upgrade());
+        match (session, last) {
+            (Some(session), Some(last)) => Arc::ptr_eq(session, &last),
+            _ => false,
+        }
     }
 
     fn remember_known(&self, stream: &str) {
-        let mut order = self.order_state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut order = self.order();
         if order.known.contains(stream) {
             return;
         }
@@ -343,8 +489,9 @@ impl EsdbSink {
     }
 
     fn forget_known(&self, stream: &str) {
-        let mut order = self.order_state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut order = self.order();
         order.known.remove(stream);
+        order.pending_next.remove(stream);
     }
 
     /// Resolves the first run of each stream of `steps` whose expected
@@ -357,16 +504,24 @@ impl EsdbSink {
     ) -> Result<HashMap<usize, Resolved>, SinkError> {
         let mut seen: HashSet<&str> = HashSet::new();
         let mut uncertain = Vec::new();
+        // First runs whose expected revision is certain, fixed now.
+        let mut certain = HashMap::new();
         for (index, step) in steps.iter().enumerate() {
             let Step::Append { stream, events } = step else {
                 continue;
             };
-            if seen.insert(stream) && !self.is_certain(stream, events) {
-                uncertain.push((index, *stream, events.as_slice()));
+            if !seen.insert(stream) {
+                continue;
+            }
+            match self.certain(stream, events) {
+                Some(expected) => {
+                    certain.insert(index, Resolved::Send { from: 0, expected });
+                }
+                None => uncertain.push((index, *stream, events.as_slice())),
             }
         }
         if uncertain.is_empty() {
-            return Ok(HashMap::new());
+            return Ok(certain);
         }
         // Boxed up front: a closure inside the stream combinators trips the
         // compiler's `Send` inference for the trait's boxed future.
@@ -382,16 +537,13 @@ impl EsdbSink {
             .buffer_unordered(STREAMS_IN_FLIGHT)
             .collect()
             .await;
-        let mut resolved = HashMap::new();
+        let mut resolved = certain;
         let mut failure = None;
         for (index, stream, result) in results {
             match result {
                 Ok(r) => {
                     if matches!(r, Resolved::Send { from: 0, .. }) {
-                        self.order_state
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .horizon_passed = true;
+                        self.order().horizon_passed = true;
                     }
                     resolved.insert(index, r);
                 }

@@ -382,7 +382,7 @@ async fn run_case(case: Case) -> Result<(), TestCaseError> {
 
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: 6,
+        cases: 10,
         max_shrink_iters: 8,
         ..ProptestConfig::default()
     })]
