@@ -181,25 +181,27 @@ impl Writer {
 
     /// [`Writer::run`] for a sink that takes up to `depth` writes at once in
     /// order ([`Sink::pipelined_writes`]): each write is started (its future
-    /// polled once) before the next is, in batch order. After a failure the
-    /// writes in flight are let finish, then the failed batches are written
-    /// again one at a time, in order, before the pipeline goes on.
+    /// polled once) before the next is, in batch order. A batch starts when
+    /// nothing is in flight, or when it is full: while writes are in flight
+    /// the next batch fills up instead of going out small. After a failure
+    /// the writes in flight are let finish, then the failed batches are
+    /// written again one at a time, in order, before the pipeline goes on.
     async fn run_pipelined(self, mut queue: mpsc::Receiver<(u64, Event)>, depth: usize) {
         let mut carry: Option<(u64, Event)> = None;
+        let mut building: Option<Batch> = None;
         let mut in_flight: FuturesOrdered<BoxFuture<'static, Written>> = FuturesOrdered::new();
         let mut open = true;
         loop {
-            let next = tokio::select! {
-                biased;
-                done = in_flight.next(), if !in_flight.is_empty() => Err(done),
-                item = queue.recv(), if open && carry.is_none() && in_flight.len() < depth => Ok(item),
-                () = std::future::ready(()), if carry.is_some() && in_flight.len() < depth => {
-                    Ok(carry.take())
+            if building.is_none() {
+                if let Some(first) = carry.take() {
+                    building = Some(self.take_batch(first, &mut queue, &mut carry));
                 }
-            };
-            match next {
-                Ok(Some(first)) => {
-                    let batch = self.take_batch(first, &mut queue, &mut carry);
+            }
+            let full = building
+                .as_ref()
+                .is_some_and(|b| b.events.len() >= self.config.max_batch_events || carry.is_some());
+            if in_flight.len() < depth && (full || (in_flight.is_empty() && building.is_some())) {
+                if let Some(batch) = building.take() {
                     let mut write = self.start(batch);
                     // Started now, in batch order: the sink fixes the
                     // batch's place during this first poll.
@@ -208,13 +210,23 @@ impl Writer {
                         std::task::Poll::Pending => write,
                     };
                     in_flight.push_back(write);
+                    continue;
                 }
-                Ok(None) => {
-                    open = false;
-                    if in_flight.is_empty() {
-                        return;
-                    }
-                }
+            }
+            if !open && in_flight.is_empty() && building.is_none() && carry.is_none() {
+                return;
+            }
+            let next = tokio::select! {
+                biased;
+                done = in_flight.next(), if !in_flight.is_empty() => Err(done),
+                item = queue.recv(), if open && !full => Ok(item),
+            };
+            match next {
+                Ok(Some(item)) => match building.as_mut() {
+                    None => building = Some(self.take_batch(item, &mut queue, &mut carry)),
+                    Some(batch) => self.add_to_batch(batch, item, &mut queue, &mut carry),
+                },
+                Ok(None) => open = false,
                 Err(Some((batch, Ok(ack), latency))) => {
                     self.health.success();
                     *self.last_write.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
@@ -223,50 +235,85 @@ impl Writer {
                     }
                 }
                 Err(Some((batch, Err(error), _))) => {
-                    if !error.is_transient() {
-                        self.health.fatal(&error);
-                        let _ = self.acks.send(WriterMsg::Failed(error));
+                    if !self.recover(batch, error, &mut in_flight).await {
                         return;
-                    }
-                    self.health.failure(&error);
-                    let _ = self.acks.send(WriterMsg::Retrying {
-                        partition: self.partition,
-                        attempts: 1,
-                        error: error.to_string(),
-                    });
-                    // Let what is in flight finish, then write the failed
-                    // batches again, one at a time, in order.
-                    let mut failed = vec![batch];
-                    while let Some((batch, outcome, latency)) = in_flight.next().await {
-                        match outcome {
-                            Ok(ack) => {
-                                if !self.acknowledge(batch, ack.target_position, latency) {
-                                    return;
-                                }
-                            }
-                            Err(error) if error.is_transient() => failed.push(batch),
-                            Err(error) => {
-                                self.health.fatal(&error);
-                                let _ = self.acks.send(WriterMsg::Failed(error));
-                                return;
-                            }
-                        }
-                    }
-                    for batch in failed {
-                        let Some((target, latency)) = self.write(&batch.events).await else {
-                            return;
-                        };
-                        if !self.acknowledge(batch, target, latency) {
-                            return;
-                        }
                     }
                 }
                 Err(None) => unreachable!("polled only while writes are in flight"),
             }
-            if !open && in_flight.is_empty() && carry.is_none() {
+        }
+    }
+
+    /// Adds `item` and what the queue holds behind it to `batch`, up to the
+    /// batch limits; a record that does not fit is left in `carry`.
+    fn add_to_batch(
+        &self,
+        batch: &mut Batch,
+        item: (u64, Event),
+        queue: &mut mpsc::Receiver<(u64, Event)>,
+        carry: &mut Option<(u64, Event)>,
+    ) {
+        let config = &self.config;
+        let mut next = Some(item);
+        while let Some(item) = next.take() {
+            if batch.bytes + item.1.payload_len() > config.max_batch_bytes {
+                *carry = Some(item);
                 return;
             }
+            batch.bytes += item.1.payload_len();
+            batch.seqs.push(item.0);
+            batch.events.push(item.1);
+            if batch.events.len() < config.max_batch_events {
+                next = queue.try_recv().ok();
+            }
         }
+    }
+
+    /// After `batch` failed with `error`: lets the writes in flight finish,
+    /// then writes the failed batches again, one at a time, in order. False
+    /// when the writer must stop (a permanent error, reported, or stopped).
+    async fn recover(
+        &self,
+        batch: Batch,
+        error: SinkError,
+        in_flight: &mut FuturesOrdered<BoxFuture<'static, Written>>,
+    ) -> bool {
+        if !error.is_transient() {
+            self.health.fatal(&error);
+            let _ = self.acks.send(WriterMsg::Failed(error));
+            return false;
+        }
+        self.health.failure(&error);
+        let _ = self.acks.send(WriterMsg::Retrying {
+            partition: self.partition,
+            attempts: 1,
+            error: error.to_string(),
+        });
+        let mut failed = vec![batch];
+        while let Some((batch, outcome, latency)) = in_flight.next().await {
+            match outcome {
+                Ok(ack) => {
+                    if !self.acknowledge(batch, ack.target_position, latency) {
+                        return false;
+                    }
+                }
+                Err(error) if error.is_transient() => failed.push(batch),
+                Err(error) => {
+                    self.health.fatal(&error);
+                    let _ = self.acks.send(WriterMsg::Failed(error));
+                    return false;
+                }
+            }
+        }
+        for batch in failed {
+            let Some((target, latency)) = self.write(&batch.events).await else {
+                return false;
+            };
+            if !self.acknowledge(batch, target, latency) {
+                return false;
+            }
+        }
+        true
     }
 
     /// One attempt at writing `batch`, with the call deadline, as a future
