@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::future::{Future, IntoFuture};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -116,6 +117,8 @@ pub struct MongoCheckpointStore {
     retry_budget: Duration,
     /// The longest one attempt may take.
     attempt_timeout: Duration,
+    /// See [`MongoCheckpointStore::retries`].
+    retries: AtomicU64,
 }
 
 impl fmt::Debug for MongoCheckpointStore {
@@ -124,6 +127,7 @@ impl fmt::Debug for MongoCheckpointStore {
             .field("location", &self.location)
             .field("retry_budget", &self.retry_budget)
             .field("attempt_timeout", &self.attempt_timeout)
+            .field("retries", &self.retries())
             .finish_non_exhaustive()
     }
 }
@@ -214,6 +218,7 @@ impl MongoCheckpointStore {
             secrets,
             retry_budget: DEFAULT_RETRY_BUDGET,
             attempt_timeout: server_selection_timeout.saturating_add(ATTEMPT_MARGIN),
+            retries: AtomicU64::new(0),
         };
         // Only whether it can be read: a corrupt document is `load`'s error, and
         // must not stop `delete` from clearing it.
@@ -227,6 +232,7 @@ impl MongoCheckpointStore {
                     .into_future()
             })
             .await?;
+        store.retries.store(0, Ordering::SeqCst);
         Ok(store)
     }
 
@@ -238,6 +244,16 @@ impl MongoCheckpointStore {
     pub fn with_retry_budget(mut self, budget: Duration) -> Self {
         self.retry_budget = budget;
         self
+    }
+
+    /// How many attempts of this store's calls have failed transiently and
+    /// are (or were) being made again within the retry budget, since
+    /// [`MongoCheckpointStore::connect`] returned (its own retries are not
+    /// counted). Counted when the retry is decided, before its wait: a test
+    /// uses it to know that an outage is being bridged by retries rather
+    /// than by one slow attempt, without guessing how long an attempt takes.
+    pub fn retries(&self) -> u64 {
+        self.retries.load(Ordering::SeqCst)
     }
 
     /// The instance id: the `_id` of this store's document.
@@ -302,6 +318,7 @@ impl MongoCheckpointStore {
             if !error.is_transient() || Instant::now() + delay > deadline {
                 return Err(error);
             }
+            self.retries.fetch_add(1, Ordering::SeqCst);
             if warn && backoff.attempts() == 1 {
                 tracing::warn!(%error, "MongoDB checkpoint store unavailable; retrying for up to {}", short(budget));
             } else {

@@ -19,6 +19,10 @@ use replicator_testkit::conformance::check_store;
 
 use support::{mongo_url, unique_name, SecantusServer};
 
+/// Longest a test waits for something that only a broken store would never
+/// do (not a measure of speed).
+const PATIENCE: Duration = Duration::from_secs(120);
+
 fn checkpoint(commit: u64, target: Option<u64>, seed: bool) -> Checkpoint {
     Checkpoint {
         source: Position {
@@ -502,10 +506,17 @@ async fn with_a_retry_budget_a_store_during_a_server_restart_completes_once_the_
         async move { store.store(&during).await }
     });
     // The store cannot finish while the server is down; it must keep trying
-    // rather than fail or drop the position. The outage outlasts one attempt
-    // (the driver gives up on finding a server after 5 s), so only retries
-    // bridge it.
-    tokio::time::sleep(Duration::from_secs(7)).await;
+    // rather than fail or drop the position. The server comes back only once
+    // an attempt has failed and a retry is under way, so the outage outlasts
+    // one attempt and only retries bridge it.
+    let retrying = async {
+        while store.retries() == 0 && !pending.is_finished() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(PATIENCE, retrying)
+        .await
+        .expect("no attempt failed while the server was down");
     assert!(
         !pending.is_finished(),
         "the store finished while the server was down: {:?}",

@@ -107,6 +107,8 @@ pub(crate) struct FaultState {
     generation: Mutex<CancellationToken>,
     fail_appends: AtomicUsize,
     paused: watch::Sender<bool>,
+    /// Calls waiting for [`FaultHandle::resume`] now.
+    held_by_pause: watch::Sender<usize>,
     gate: watch::Sender<WriteGate>,
 }
 
@@ -117,6 +119,9 @@ struct WriteGate {
     budget: Option<usize>,
     /// Writes waiting at the gate now.
     held: usize,
+    /// Held writes that left the gate because the server dropped their
+    /// connection, writing nothing: since the server started.
+    dropped: usize,
 }
 
 impl FaultState {
@@ -125,6 +130,7 @@ impl FaultState {
             generation: Mutex::new(CancellationToken::new()),
             fail_appends: AtomicUsize::new(0),
             paused: watch::Sender::new(false),
+            held_by_pause: watch::Sender::new(0),
             gate: watch::Sender::new(WriteGate::default()),
         }
     }
@@ -170,7 +176,10 @@ impl FaultState {
                     let _ = changed;
                 }
                 () = token.cancelled() => {
-                    self.gate.send_modify(|gate| gate.held -= 1);
+                    self.gate.send_modify(|gate| {
+                        gate.held -= 1;
+                        gate.dropped += 1;
+                    });
                     return false;
                 }
             }
@@ -203,9 +212,23 @@ impl FaultState {
             .is_ok()
     }
 
-    /// Waits while replies are paused.
+    /// Waits while replies are paused, counted in
+    /// [`FaultHandle::paused_calls`] meanwhile.
     pub(crate) async fn wait_unpaused(&self) {
+        /// Uncounts a waiter however its wait ends: resumed, or given up by a
+        /// caller whose connection is dropped.
+        struct Waiting<'a>(&'a watch::Sender<usize>);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.send_modify(|n| *n -= 1);
+            }
+        }
         let mut paused = self.paused.subscribe();
+        if !*paused.borrow_and_update() {
+            return;
+        }
+        self.held_by_pause.send_modify(|n| *n += 1);
+        let _waiting = Waiting(&self.held_by_pause);
         // The sender lives as long as `self`, so this cannot fail.
         let _ = paused.wait_for(|p| !*p).await;
     }
@@ -225,6 +248,7 @@ impl std::fmt::Debug for FaultHandle {
                 &self.state.fail_appends.load(Ordering::SeqCst),
             )
             .field("paused", &*self.state.paused.borrow())
+            .field("paused_calls", &*self.state.held_by_pause.borrow())
             .field("write_gate", &*self.state.gate.borrow())
             .finish()
     }
@@ -238,7 +262,9 @@ impl FaultHandle {
     }
 
     /// Makes the next `n` appends (plain or batch) fail with `Unavailable` without
-    /// writing anything.
+    /// writing anything. A batch-append request so failed ends its whole call
+    /// (every request after it on the call fails unwritten too), as when a
+    /// real server loses leadership or its connection.
     pub fn fail_next_appends(&self, n: usize) {
         self.state.fail_appends.store(n, Ordering::SeqCst);
     }
@@ -251,6 +277,22 @@ impl FaultHandle {
     /// Releases replies held by [`FaultHandle::pause`].
     pub fn resume(&self) {
         self.state.paused.send_replace(false);
+    }
+
+    /// How many calls wait for [`FaultHandle::resume`] now: requests that
+    /// arrived while paused (held before they do anything), and live
+    /// subscriptions holding their next events.
+    pub fn paused_calls(&self) -> usize {
+        *self.state.held_by_pause.borrow()
+    }
+
+    /// Returns once `n` or more calls wait for [`FaultHandle::resume`] (at
+    /// once if they do): how a test knows that a request reached the server
+    /// and is held, without waiting a while for a reply that does not come.
+    pub async fn wait_for_paused_calls(&self, n: usize) {
+        let mut waiting = self.state.held_by_pause.subscribe();
+        // The sender lives as long as the state, so this cannot fail.
+        let _ = waiting.wait_for(|waiting| *waiting >= n).await;
     }
 
     /// Lets the next `writes` writes through, then holds every further write
@@ -288,6 +330,27 @@ impl FaultHandle {
         let mut gate = self.state.gate.subscribe();
         // The sender lives as long as the state, so this cannot fail.
         let _ = gate.wait_for(|gate| gate.held == n).await;
+    }
+
+    /// How many held writes have left the gate writing nothing because the
+    /// server dropped their connection ([`FaultHandle::drop_connections`], a
+    /// stop), since the server started.
+    ///
+    /// With the gate still closed, a client retries on a new connection and
+    /// is held again, so [`FaultHandle::held_writes`] may never be seen at 0
+    /// after a drop; waiting for this count to grow by the writes held before
+    /// the drop tells when they are gone, so that
+    /// [`FaultHandle::release_writes`] cannot let one of them through.
+    pub fn dropped_writes(&self) -> usize {
+        self.state.gate.borrow().dropped
+    }
+
+    /// Returns once [`FaultHandle::dropped_writes`] is `n` or more (at once if
+    /// it is).
+    pub async fn wait_for_dropped_writes(&self, n: usize) {
+        let mut gate = self.state.gate.subscribe();
+        // The sender lives as long as the state, so this cannot fail.
+        let _ = gate.wait_for(|gate| gate.dropped >= n).await;
     }
 }
 

@@ -4,7 +4,7 @@
 //! far the copy is (percent, gap, ETA, lag).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -16,7 +16,7 @@ use replicator_core::{
     RunSummary, Sink, SinkError, StartFrom, WriteAck,
 };
 use tokio::sync::watch;
-use tokio::time::timeout;
+use tokio::time::{timeout, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::support::{event, source_with, wait_for, ChunkedReader, WAIT};
@@ -590,6 +590,8 @@ struct FailingStore {
     failing: Arc<AtomicBool>,
     permanent: bool,
     attempts: Arc<AtomicUsize>,
+    /// When each failed attempt started.
+    failed_at: Arc<Mutex<Vec<Instant>>>,
 }
 
 #[async_trait]
@@ -600,6 +602,7 @@ impl CheckpointStore for FailingStore {
     async fn store(&self, checkpoint: &Checkpoint) -> Result<(), CheckpointError> {
         self.attempts.fetch_add(1, Ordering::SeqCst);
         if self.failing.load(Ordering::SeqCst) {
+            self.failed_at.lock().unwrap().push(Instant::now());
             return Err(if self.permanent {
                 CheckpointError::permanent("the checkpoint file system is read-only")
             } else {
@@ -620,6 +623,7 @@ async fn a_permanent_store_error_during_the_run_stops_it_naming_the_error() {
         failing: Arc::new(AtomicBool::new(true)),
         permanent: true,
         attempts: Arc::default(),
+        failed_at: Arc::default(),
     };
     let result = timeout(
         WAIT,
@@ -651,6 +655,7 @@ async fn a_failing_store_is_retried_with_backoff_not_hammered() {
         failing: Arc::new(AtomicBool::new(true)),
         permanent: false,
         attempts: Arc::default(),
+        failed_at: Arc::default(),
     };
     let source = source_with(100, 2);
     let pipeline = Pipeline::builder(
@@ -666,21 +671,19 @@ async fn a_failing_store_is_retried_with_backoff_not_hammered() {
     .build();
     let mut started = start(pipeline);
     let progress = &mut started.progress;
-    wait_for(progress, "the store failed three times", |p| {
-        p.components.checkpoint.attempts >= 3
+    wait_for(progress, "the store failed four times", |p| {
+        p.components.checkpoint.attempts >= 4
     })
     .await;
-    let failing_since = std::time::Instant::now();
-    wait_for(progress, "the store failed six times", |p| {
-        p.components.checkpoint.attempts >= 6
-    })
-    .await;
-    // Three more attempts take at least three waits of 50–100 ms (jitter):
-    // a retry without backoff would make them in microseconds.
+    // Each retry comes after a wait of 50–100 ms (jitter), measured by the
+    // store from one attempt to the next: a retry without backoff would come
+    // within microseconds. A slow machine only makes the gaps longer.
+    let failed_at = store.failed_at.lock().unwrap().clone();
+    let gaps: Vec<Duration> = failed_at.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(gaps.len() >= 3, "{gaps:?}");
     assert!(
-        failing_since.elapsed() >= Duration::from_millis(120),
-        "3 retries in {:?}: no backoff",
-        failing_since.elapsed()
+        gaps.iter().all(|gap| *gap >= Duration::from_millis(50)),
+        "retries without backoff: gaps {gaps:?}"
     );
     store.failing.store(false, Ordering::SeqCst);
     wait_for(progress, "the checkpoint stored after the failure", |p| {

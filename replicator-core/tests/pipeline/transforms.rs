@@ -19,7 +19,7 @@ use replicator_core::{
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::support::{event, source_with, wait_for, Fault, ScriptedSink};
+use crate::support::{event, source_with, wait_for, Fault, ScriptedSink, WAIT};
 
 /// A part whose state the test keeps a handle on.
 struct Shared<T>(Arc<T>);
@@ -43,14 +43,18 @@ fn config() -> PipelineConfig {
     }
 }
 
-/// Appends `-v2` to the event type after a random short delay, up to
-/// `concurrency` records at once; counts the most records seen in `apply` at
-/// once. Returns a changed id and position, which the pipeline must undo.
+/// Appends `-v2` to the event type, up to `concurrency` records at once;
+/// counts the most records seen in `apply` at once. The first record stays in
+/// `apply` until another has gone through it (or [`WAIT`] has passed), so with
+/// concurrency two or more records certainly overlap and finish out of source
+/// order. Returns a changed id and position, which the pipeline must undo.
 struct SlowRename {
     concurrency: usize,
     current: AtomicUsize,
     most: AtomicUsize,
     calls: AtomicUsize,
+    /// Records that have gone through `apply`.
+    done: tokio::sync::watch::Sender<usize>,
 }
 
 #[async_trait]
@@ -59,11 +63,25 @@ impl Transform for Shared<SlowRename> {
         "slow rename".into()
     }
     async fn apply(&self, mut event: Event) -> Result<Event, TransformError> {
-        self.calls.fetch_add(1, Ordering::SeqCst);
+        /// Leaves `current` however the call ends, a timed-out one included.
+        struct Inside<'a>(&'a AtomicUsize);
+        impl Drop for Inside<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        let first = self.calls.fetch_add(1, Ordering::SeqCst) == 0;
         let now = self.current.fetch_add(1, Ordering::SeqCst) + 1;
+        let inside = Inside(&self.current);
         self.most.fetch_max(now, Ordering::SeqCst);
-        tokio::time::sleep(Duration::from_millis(fastrand::u64(0..3))).await;
-        self.current.fetch_sub(1, Ordering::SeqCst);
+        if first {
+            // Without concurrency no other record comes in: the wait ends
+            // after `WAIT` and the test fails on `most`, rather than hanging.
+            let mut done = self.done.subscribe();
+            let _ = tokio::time::timeout(WAIT, done.wait_for(|n| *n >= 1)).await;
+        }
+        drop(inside);
+        self.done.send_modify(|n| *n += 1);
         event.event_type.push_str("-v2");
         event.id = Uuid::new_v4();
         event.position = Position::START;
@@ -91,13 +109,19 @@ async fn records_go_through_the_transforms_concurrently_and_are_written_in_sourc
         current: AtomicUsize::new(0),
         most: AtomicUsize::new(0),
         calls: AtomicUsize::new(0),
+        done: tokio::sync::watch::Sender::new(0),
     });
     let summary = Pipeline::builder(
         MemoryReader::new(source.clone(), false),
         sink.clone(),
         store.clone(),
     )
-    .config(config())
+    .config(PipelineConfig {
+        // Longer than the first record's wait: it is never timed out and
+        // retried, however slow the machine.
+        call_timeout: WAIT * 3,
+        ..config()
+    })
     .transform(Shared(rename.clone()))
     .build()
     .run(CancellationToken::new())

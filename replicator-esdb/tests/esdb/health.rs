@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
+use replicator_core::retry::Backoff;
 use replicator_core::{
     Component, Event, EventStream, HealthReporter, Position, Reader, ReaderError, Sink, StartFrom,
 };
@@ -86,11 +87,9 @@ async fn reader_health_turns_unhealthy_while_the_source_is_stopped_and_back_with
     assert!(health.snapshot().healthy);
 
     source.stop().await;
-    eventually_within(
-        "the source reported unhealthy",
-        Duration::from_secs(10),
-        || async { !health.snapshot().healthy },
-    )
+    eventually("the source reported unhealthy", || async {
+        !health.snapshot().healthy
+    })
     .await;
     let failing = health.snapshot();
     eprintln!("while stopped: {failing:?}");
@@ -101,14 +100,22 @@ async fn reader_health_turns_unhealthy_while_the_source_is_stopped_and_back_with
             .is_some_and(|e| e.contains("resuming after")),
         "{failing:?}"
     );
-    // Still failing a little later: the reader keeps retrying, with backoff.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The reader keeps retrying, with backoff: three failed attempts in this
+    // failure, so two waits between them.
+    eventually("three failed attempts", || async {
+        health.snapshot().attempts >= 3
+    })
+    .await;
     let later = health.snapshot();
-    assert!(!later.healthy);
-    assert!(later.attempts >= 2, "{later:?}");
+    eprintln!("later: {later:?}");
+    assert!(!later.healthy, "{later:?}");
     assert!(
-        later.attempts < 40,
-        "retries must back off, not spin: {later:?}"
+        later.for_how_long >= least_backoff(later.attempts),
+        "retries must back off, not spin: {} attempts within {:?} of the first; \
+         the reader's backoff waits at least {:?} between them: {later:?}",
+        later.attempts,
+        later.for_how_long,
+        least_backoff(later.attempts)
     );
 
     source.restart().await.expect("source restarts");
@@ -118,13 +125,27 @@ async fn reader_health_turns_unhealthy_while_the_source_is_stopped_and_back_with
         collected.has(&want)
     })
     .await;
-    eventually_within(
-        "the source reported healthy again",
-        Duration::from_secs(10),
-        || async { health.snapshot().healthy },
-    )
+    eventually("the source reported healthy again", || async {
+        health.snapshot().healthy
+    })
     .await;
     collected.task.abort();
+}
+
+/// The shortest time the reader's [`Backoff`] (the workspace default) can
+/// take between the first and the last of `attempts` failed attempts: each
+/// wait is at least half its step. A failure's `for_how_long` runs from its
+/// first attempt, so it is at least this however slow the machine is;
+/// retrying without waiting would make it microseconds.
+fn least_backoff(attempts: u64) -> Duration {
+    let mut backoff = Backoff::default();
+    (1..attempts)
+        .map(|_| {
+            let least = backoff.step() / 2;
+            backoff.next_delay();
+            least
+        })
+        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -260,6 +281,7 @@ fn sink_at(connection_string: String, request_timeout: Duration) -> EsdbSink {
         connection_string,
         partition_count: 2,
         revisions: Default::default(),
+        order: Default::default(),
     })
     .expect("sink")
     .with_request_timeout(request_timeout)

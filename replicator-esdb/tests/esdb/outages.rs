@@ -1,8 +1,6 @@
 //! Source and target outages mid-run: replication resumes by itself and the
 //! target ends up an exact copy.
 
-use std::time::Duration;
-
 use replicator_core::memory::MemoryCheckpointStore;
 use replicator_core::Pipeline;
 use tokio_util::sync::CancellationToken;
@@ -28,9 +26,18 @@ async fn source_then_target_outages_heal_by_themselves() {
     let run = tokio::spawn(pipeline.run(cancel.clone()));
 
     let written_now = || progress.borrow().written;
+    let source_failures = || progress.borrow().components.source.failures_total;
+    let target_failures = || progress.borrow().components.target.failures_total;
     eventually("some progress", || async { written_now() > 200 }).await;
+
+    // Each server comes back only once the pipeline has failed against it,
+    // so the outage is one the pipeline went through, however fast it runs.
+    let failed = source_failures();
     source.stop().await;
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    eventually("a failed read of the stopped source", || async {
+        source_failures() > failed
+    })
+    .await;
     source.restart().await.expect("source restarts");
     // Catch-up may have finished before the outage: new events prove that the
     // reader reconnected by itself.
@@ -41,33 +48,54 @@ async fn source_then_target_outages_heal_by_themselves() {
     })
     .await;
 
+    // Events written while the target is down: the pipeline has work for it.
+    let failed = target_failures();
     target.stop().await;
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    target.restart().await.expect("target restarts");
-
     populate(&source_client, 8, 300).await;
-    // Both sides drop every connection while new events keep coming.
-    let more = async {
-        for i in 0..60 {
-            let stream = format!("during-drops-{}", i % 7);
-            append_retrying(&source_client, &stream, &user_event(&stream, i, i)).await;
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    };
-    let drops = async {
-        for _ in 0..3 {
-            tokio::time::sleep(Duration::from_millis(150)).await;
-            source.faults().drop_connections();
-            target.faults().drop_connections();
-        }
-    };
-    tokio::join!(more, drops);
-
-    let target_client = client(&target);
-    eventually("the target to catch up", || async {
-        in_sync(&source_client, &target_client).await
+    eventually("a failed write to the stopped target", || async {
+        target_failures() > failed
     })
     .await;
+    target.restart().await.expect("target restarts");
+
+    // Both sides drop every connection while the pipeline is mid-write: the
+    // target's write gate holds a write, so one is in flight when they drop.
+    // The held writes leave the gate writing nothing before it opens, so
+    // each round is a failed write the pipeline must make again.
+    let gate = target.faults();
+    for round in 0..3u64 {
+        gate.hold_writes_after(0);
+        for i in 0..20 {
+            let stream = format!("during-drops-{}", i % 7);
+            let n = round * 20 + i;
+            append_retrying(&source_client, &stream, &user_event(&stream, n, n)).await;
+        }
+        eventually("a write to the target held in flight", || async {
+            gate.held_writes() >= 1
+        })
+        .await;
+        let gone = gate.dropped_writes() + gate.held_writes();
+        source.faults().drop_connections();
+        gate.drop_connections();
+        tokio::time::timeout(PATIENCE, gate.wait_for_dropped_writes(gone))
+            .await
+            .expect("the held writes left the gate with their connections");
+        gate.release_writes();
+    }
+
+    // Replicated once the pipeline has processed the source's last record;
+    // then one comparison (two full snapshots, long on a slow machine) judges
+    // the copy, rather than comparing again and again against a deadline. A
+    // run that ended (failed) meanwhile shows its error below. (New clients:
+    // the next call on one whose connection was just dropped fails.)
+    let source_client = client(&source);
+    let head = all_positions(&source_client).await.last().copied();
+    eventually(
+        "the pipeline to process the source's last record",
+        || async { run.is_finished() || progress.borrow().processed >= head },
+    )
+    .await;
+    let target_client = client(&target);
     cancel.cancel();
     run.await
         .unwrap()

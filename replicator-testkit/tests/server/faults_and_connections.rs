@@ -99,16 +99,21 @@ async fn injected_append_failures_and_pause() {
 
     faults.pause();
     let paused_client = client.clone();
-    let mut append =
+    let append =
         tokio::spawn(async move { append_one(&paused_client, "s", json_event("E", 1)).await });
-    assert!(
-        tokio::time::timeout(Duration::from_millis(300), &mut append)
-            .await
-            .is_err(),
-        "no reply while paused"
-    );
+    // The append reached the server and waits there: no reply while paused.
+    tokio::time::timeout(Duration::from_secs(60), faults.wait_for_paused_calls(1))
+        .await
+        .expect("the append held by the pause");
+    assert!(!append.is_finished(), "a reply while paused: {append:?}");
     faults.resume();
     append.await.expect("task").expect("append after resume");
+    assert_eq!(faults.paused_calls(), 0);
+    assert_eq!(
+        read_stream(client, "s").await.expect("read").len(),
+        2,
+        "the held append was written once resumed"
+    );
 }
 
 #[tokio::test]

@@ -10,6 +10,7 @@ use replicator_testkit::{EsdbServer, PreloadEvent};
 use uuid::Uuid;
 
 use crate::common::client_for;
+use crate::subscriptions::next_event;
 
 fn event(n: u128) -> PreloadEvent {
     PreloadEvent {
@@ -88,11 +89,11 @@ async fn a_live_subscription_sees_preloaded_events() {
             &SubscribeToStreamOptions::default().start_from(StreamPosition::Start),
         )
         .await;
-    let first = subscription.next().await.expect("the appended event");
+    let first = next_event(&mut subscription).await;
     assert_eq!(first.get_original_event().revision, 0);
     // The subscription has read all there was: only the preload can wake it.
     server.preload("live", [event(7)]);
-    let second = subscription.next().await.expect("the preloaded event");
+    let second = next_event(&mut subscription).await;
     assert_eq!(second.get_original_event().id, Uuid::from_u128(7));
     assert_eq!(second.get_original_event().revision, 1);
 }
