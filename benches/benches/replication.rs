@@ -12,8 +12,10 @@
 //! - **bare loader**: what the target absorbs: events already in memory,
 //!   consecutive events of a stream in one append, 8 appends in flight,
 //!   `TCP_NODELAY`, nothing read.
-//! - **replicator**: our pipeline, `EsdbReader` → `EsdbSink`, per
-//!   `partitionCount`; each run is then compared with the source event by event.
+//! - **replicator**: our pipeline, `EsdbReader` → `EsdbSink`, in source order
+//!   (the default: one ordered writer) and in stream order per
+//!   `partitionCount`; each run is then compared with the source event by
+//!   event, and in source order for the order of the target's `$all` too.
 //!
 //! Servers, the workload generator and each replicator run are child
 //! processes (this binary, re-executed), so the peak memory and the CPU time
@@ -30,7 +32,8 @@
 //!
 //! `cargo bench -p replicator-benches --bench replication`
 //! Environment: EVENTS (20000), WORKLOADS ("small,mixed"), LATENCIES_MS
-//! ("0,4"), PARTITIONS ("1,8"), SEQUENTIAL_SAMPLE (1000 events; 0 leaves the
+//! ("0,4"), ORDERS ("source,stream"), PARTITIONS ("1,8": stream order's
+//! partitionCount rows), SEQUENTIAL_SAMPLE (1000 events; 0 leaves the
 //! sequential rows out). A debug build (`cargo test --all-targets` runs it as
 //! a smoke test) defaults to 2000 `small` events and a sample of 100.
 //!
@@ -55,7 +58,9 @@ use replicator_benches::{
 };
 use replicator_core::memory::MemoryCheckpointStore;
 use replicator_core::{ChangeKind, ContentType, Event, Pipeline, Reader, StartFrom};
-use replicator_esdb::{to_event_data, EsdbReader, EsdbReaderConfig, EsdbSink, EsdbSinkConfig};
+use replicator_esdb::{
+    to_event_data, EsdbReader, EsdbReaderConfig, EsdbSink, EsdbSinkConfig, WriteOrder,
+};
 use replicator_testkit::proto::event_store::client as pb;
 use replicator_testkit::{compare, workload, ServerOptions};
 use tokio_util::sync::CancellationToken;
@@ -223,17 +228,27 @@ fn append_chunks<'a>(events: &'a [&'a Event]) -> Vec<&'a [&'a Event]> {
 }
 
 /// One replication with the pipeline, in this (child) process.
-async fn replicate(source: &str, target: &str, partitions: usize) -> Result<String, BoxError> {
+async fn replicate(
+    source: &str,
+    target: &str,
+    order: WriteOrder,
+    partitions: usize,
+) -> Result<String, BoxError> {
     let reader = EsdbReader::new(EsdbReaderConfig {
         run_continuously: false,
         ..EsdbReaderConfig::new(source)
     })?;
     let sink = EsdbSink::new(EsdbSinkConfig {
         partition_count: partitions,
+        order,
         ..EsdbSinkConfig::new(target)
     })?;
     let started = Instant::now();
     let summary = Pipeline::builder(reader, sink, MemoryCheckpointStore::new())
+        .config(replicator_core::PipelineConfig {
+            max_batch_events: env_num("BATCH", 500) as usize,
+            ..Default::default()
+        })
         .build()
         .run(CancellationToken::new())
         .await?;
@@ -285,7 +300,7 @@ fn callgrind(events: usize) -> Result<Option<String>, BoxError> {
     let per_event = large.saturating_sub(small) / events as u64;
     Ok(Some(format!(
         "callgrind: {small} instructions for {events} events, {large} for {}: {per_event} \
-         instructions per event beyond start-up (small workload, partitionCount 1, 0 ms; \
+         instructions per event beyond start-up (small workload, source order, 0 ms; \
          `callgrind_annotate {}` and `{}` show where)",
         2 * events,
         small_out.display(),
@@ -312,7 +327,7 @@ fn callgrind_run(events: usize) -> Result<(u64, std::path::PathBuf), BoxError> {
         .arg("--tool=callgrind")
         .arg(format!("--callgrind-out-file={}", out.display()))
         .arg(std::env::current_exe()?)
-        .args(["--replicate", &source_url, &target_url, "1"])
+        .args(["--replicate", &source_url, &target_url, "source", "1"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .output()
@@ -434,19 +449,39 @@ async fn bench() -> Result<(), BoxError> {
             ));
             drop(target);
 
-            for partitions in env_list("PARTITIONS", "1,8") {
+            // Source order has one writer; stream order one per partition.
+            let mut writers = Vec::new();
+            for order in env_names("ORDERS", "source,stream") {
+                match order.as_str() {
+                    "source" => writers.push((order, 1)),
+                    "stream" => writers.extend(
+                        env_list("PARTITIONS", "1,8")
+                            .into_iter()
+                            .map(|p| (order.clone(), p)),
+                    ),
+                    other => return Err(format!("ORDERS: unknown order {other:?}").into()),
+                }
+            }
+            for (order, partitions) in writers {
                 let (target, target_url) = server(latency)?;
                 let servers_before = source.cpu_seconds() + target.cpu_seconds();
                 let (child, line) = ChildProcess::answering(&[
                     "--replicate".into(),
                     source_url.clone(),
                     target_url.clone(),
+                    order.clone(),
                     partitions.to_string(),
                 ])?;
                 let run = ReplicatorRun::parse(&line)?;
                 drop(child);
                 let servers = source.cpu_seconds() + target.cpu_seconds() - servers_before;
-                let report = compare::compare(&client(&source_url)?, &client(&target_url)?).await?;
+                let options = compare::CompareOptions {
+                    check_order: order == "source",
+                    ..compare::CompareOptions::default()
+                };
+                let report =
+                    compare::compare_with(&client(&source_url)?, &client(&target_url)?, &options)
+                        .await?;
                 assert!(
                     report.is_identical(),
                     "replication not exact: {:?}",
@@ -459,7 +494,10 @@ async fn bench() -> Result<(), BoxError> {
                         format!("{:.0} MiB", run.peak_rss_mib),
                     )),
                     ..row(
-                        &format!("replicator, partitionCount {partitions}"),
+                        &match order.as_str() {
+                            "source" => "replicator, source order".to_owned(),
+                            _ => format!("replicator, stream order, partitionCount {partitions}"),
+                        },
                         (run.written, run.elapsed),
                     )
                 });
@@ -513,7 +551,11 @@ fn main() -> Result<(), BoxError> {
             Ok(())
         }),
         Some("--replicate") => runtime.block_on(async {
-            let line = replicate(&args[1], &args[2], args[3].parse()?).await?;
+            let order = match args[3].as_str() {
+                "source" => WriteOrder::Source,
+                _ => WriteOrder::Stream,
+            };
+            let line = replicate(&args[1], &args[2], order, args[4].parse()?).await?;
             println!("{line}");
             Ok(())
         }),

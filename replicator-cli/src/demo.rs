@@ -189,6 +189,7 @@ pub async fn run(args: Args, cancel: CancellationToken) -> anyhow::Result<ExitCo
     let options = VerifyOptions {
         until: Until::End,
         concurrency: COMPARE_CONCURRENCY,
+        check_order: config.sink.order == replicator_esdb::WriteOrder::Source,
         ..VerifyOptions::default()
     };
     let sources: Vec<_> = (0..COMPARE_CONNECTIONS)
@@ -206,10 +207,15 @@ pub async fn run(args: Args, cancel: CancellationToken) -> anyhow::Result<ExitCo
     if identical {
         println!(
             "  compared:    {} streams, {} events in {compared_in} ({:.0} events/s): \
-             {IDENTICAL} (ids, types, data, metadata, stream metadata, deletes)",
+             {IDENTICAL} (ids, types, data, metadata, stream metadata, deletes{})",
             report.streams_compared,
             report.source_events,
-            report.source_events as f64 / report.seconds.max(f64::EPSILON)
+            report.source_events as f64 / report.seconds.max(f64::EPSILON),
+            if report.order_checked {
+                ", $all order"
+            } else {
+                ""
+            }
         );
     } else {
         println!("  compared in {compared_in}: THE TARGET DIFFERS FROM THE SOURCE:\n{report}");

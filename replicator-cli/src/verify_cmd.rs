@@ -1,7 +1,8 @@
 //! `replicator verify`: compares the target with the source through the
 //! clients (the engine is `replicator_esdb::verify`), up to the stored
-//! checkpoint by default. Exit code 0 identical, 1 differences, 2 could not
-//! verify.
+//! checkpoint by default, and the order of `$all` when `sink.order` promises
+//! it (`source`, the default). Exit code 0 identical, 1 differences (an order
+//! difference too), 2 could not verify.
 
 use std::io::IsTerminal as _;
 use std::path::PathBuf;
@@ -13,8 +14,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use replicator_core::CheckpointStore as _;
-use replicator_esdb::redact;
 use replicator_esdb::verify::{self, Until, VerifyOptions, VerifyProgress, VerifyReport};
+use replicator_esdb::{redact, WriteOrder};
 
 use crate::app;
 use crate::config::Config;
@@ -56,14 +57,30 @@ pub struct Args {
     json: bool,
 }
 
+/// What `verify` found, and why the order was not checked when it was not.
+struct Verified {
+    report: VerifyReport,
+    order_not_checked: Option<&'static str>,
+}
+
 /// Runs `verify`; every error is reported here with exit code 2.
 pub async fn run(args: Args) -> ExitCode {
     match verify_as_configured(&args).await {
-        Ok(report) => {
+        Ok(Verified {
+            report,
+            order_not_checked,
+        }) => {
             if args.json {
-                println!("{}", to_json(&report));
+                let mut json = to_json(&report);
+                if let Some(object) = json.as_object_mut() {
+                    object.insert("order_not_checked".into(), order_not_checked.into());
+                }
+                println!("{json}");
             } else {
                 println!("{report}");
+                if let Some(reason) = order_not_checked {
+                    println!("order not checked: {reason}");
+                }
                 println!("{}", rate(&report));
             }
             if report.is_identical() {
@@ -118,7 +135,7 @@ pub fn to_json(report: &VerifyReport) -> serde_json::Value {
     value
 }
 
-async fn verify_as_configured(args: &Args) -> anyhow::Result<VerifyReport> {
+async fn verify_as_configured(args: &Args) -> anyhow::Result<Verified> {
     let config = app::load_config(&args.config)?;
     let unapplied = unapplied_settings(&config);
     if !unapplied.is_empty() {
@@ -149,7 +166,13 @@ async fn verify_as_configured(args: &Args) -> anyhow::Result<VerifyReport> {
         max_streams: args.max_streams,
         request_timeout: config.call_timeout,
         progress: Some(progress.clone()),
+        // Only source order promises the target's `$all` in the source's order.
+        check_order: config.sink.order == WriteOrder::Source,
         ..VerifyOptions::default()
+    };
+    let order_not_checked = match config.sink.order {
+        WriteOrder::Source => None,
+        WriteOrder::Stream => Some("sink.order is stream"),
     };
     let bar = std::io::stderr().is_terminal().then(|| {
         let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
@@ -177,7 +200,10 @@ async fn verify_as_configured(args: &Args) -> anyhow::Result<VerifyReport> {
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    Ok(result?)
+    Ok(Verified {
+        report: result?,
+        order_not_checked,
+    })
 }
 
 fn draw(bar: &ProgressBar, progress: &VerifyProgress) {

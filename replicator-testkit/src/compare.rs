@@ -21,13 +21,21 @@
 //! - **stream metadata**: the latest `$metadata` event of `$$stream`, compared as JSON
 //!   (as raw bytes if it is not JSON). Not compared for tombstoned streams.
 //!
-//! Not compared: system streams (`$…`), positions, `created` timestamps, metadata
-//! event ids, and events that are only in `$all` but not readable from their stream.
+//! - **order** (unless [`CompareOptions::check_order`] is off): the user events
+//!   both servers hold must be in the same order in both `$all`s, as a replicator
+//!   writing in source order (`sink.order: source`) promises; the first pair in
+//!   another order is [`CompareReport::order`] and one [`Difference`] (field
+//!   `order`). See "Order" in [`replicator_esdb::verify`] for the rule and its
+//!   look-ahead bound.
+//!
+//! Not compared: system streams (`$…`), positions (other than for the order),
+//! `created` timestamps, metadata event ids, and events that are only in `$all` but
+//! not readable from their stream.
 
 use std::fmt;
 
 use eventstore::Client;
-use replicator_esdb::verify::{self, DifferenceKind, VerifyError, VerifyOptions};
+use replicator_esdb::verify::{self, DifferenceKind, OrderDifference, VerifyError, VerifyOptions};
 
 use crate::TestkitError;
 
@@ -44,6 +52,10 @@ pub struct CompareOptions {
     /// all of them). With the same [`crate::workload::WorkloadSpec::stream_prefix`],
     /// compares one workload on clusters that also hold other data.
     pub stream_prefix: String,
+    /// Also require the user events in the same `$all` order on both servers
+    /// (the default): right for a replication in source order (`sink.order:
+    /// source`), wrong for `sink.order: stream`, which keeps only each stream's.
+    pub check_order: bool,
 }
 
 impl Default for CompareOptions {
@@ -53,6 +65,7 @@ impl Default for CompareOptions {
             max_differences: 1_000,
             concurrency: 16,
             stream_prefix: String::new(),
+            check_order: true,
         }
     }
 }
@@ -66,7 +79,8 @@ pub struct Difference {
     pub revision: Option<u64>,
     /// What differs: `deleted` (tombstone or soft delete), `event id` (a missing,
     /// extra, duplicate or different event), `event type`, `content type`, `data`,
-    /// `metadata`, `revision`, `stream metadata`.
+    /// `metadata`, `revision`, `stream metadata`, `order` (the stream is the one of
+    /// the event the source has first).
     pub field: String,
     /// The source side, human-readable.
     pub source: String,
@@ -101,12 +115,15 @@ pub struct CompareReport {
     pub source_events: usize,
     /// Comparable events on the target.
     pub target_events: usize,
+    /// The first pair of user events in another `$all` order on the target (also
+    /// counted and listed as a difference), when [`CompareOptions::check_order`].
+    pub order: Option<OrderDifference>,
 }
 
 impl CompareReport {
-    /// No difference at all.
+    /// No difference at all (in the order either, when checked).
     pub fn is_identical(&self) -> bool {
-        self.difference_count == 0
+        self.difference_count == 0 && self.order.is_none()
     }
 }
 
@@ -156,6 +173,7 @@ pub async fn compare_with(
         stream_prefix: options.stream_prefix.clone(),
         max_per_stream: options.max_differences,
         max_streams: options.max_differences,
+        check_order: options.check_order,
         ..VerifyOptions::default()
     };
     let report = verify::verify(source, target, &engine)
@@ -176,6 +194,26 @@ pub async fn compare_with(
             },
         })?;
     let mut differences = Vec::new();
+    if let Some(order) = report
+        .order
+        .as_ref()
+        .filter(|_| options.max_differences > 0)
+    {
+        let (a, b) = (&order.first, &order.second);
+        differences.push(Difference {
+            stream: a.stream.clone(),
+            revision: None,
+            field: "order".to_owned(),
+            source: format!(
+                "{} ({:?}, {}) before {} ({:?}, {})",
+                a.id, a.stream, a.source_position, b.id, b.stream, b.source_position
+            ),
+            target: format!(
+                "{} at {} before {} at {}",
+                b.id, b.target_position, a.id, a.target_position
+            ),
+        });
+    }
     for stream in &report.streams {
         for d in &stream.differences {
             if differences.len() >= options.max_differences {
@@ -208,9 +246,10 @@ pub async fn compare_with(
     }
     Ok(CompareReport {
         differences,
-        difference_count: report.differences as usize,
+        difference_count: report.differences as usize + usize::from(report.order.is_some()),
         streams_compared: report.streams_compared as usize,
         source_events: report.source_events as usize,
         target_events: report.target_events as usize,
+        order: report.order,
     })
 }

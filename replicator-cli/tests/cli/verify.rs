@@ -1,5 +1,6 @@
 //! `replicator verify` as a user runs it: identical clusters, each kind of
-//! difference named, a source it cannot reach, a pair still replicating
+//! difference named, an order difference (checked with `sink.order: source`,
+//! not with `stream`), a source it cannot reach, a pair still replicating
 //! (`--until`, the stored checkpoint by default), and its peak memory on a
 //! workload larger than that bound.
 
@@ -147,6 +148,75 @@ async fn identical_after_a_run_then_each_difference_is_named_with_exit_code_1() 
     ] {
         assert!(out.contains(line), "{line:?} not in:\n{out}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_difference_is_exit_code_1_naming_the_pair_unless_sink_order_is_stream() {
+    let c = Clusters::start().await;
+    let (s, t) = (&c.source_client, &c.target_client);
+    let [a1, a2, b1, b2] = [(); 4].map(|()| Uuid::new_v4());
+    // The same events, each stream in the same order, the streams
+    // interleaved otherwise: a1 b1 a2 b2 on the source, a1 b1 b2 a2 on the
+    // target.
+    for (stream, id) in [("o-a", a1), ("o-b", b1), ("o-a", a2), ("o-b", b2)] {
+        append(s, stream, vec![event(id, "x")]).await;
+    }
+    for (stream, id) in [("o-a", a1), ("o-b", b1), ("o-b", b2), ("o-a", a2)] {
+        append(t, stream, vec![event(id, "x")]).await;
+    }
+
+    // sink.order: source (the default) promises the source's order.
+    let w = c.workdir("");
+    let o = run_async(&w, &["verify", "--until", "end"]).await;
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    let out = stdout(&o);
+    for line in [
+        format!("order differs: source has {a2} (\"o-a\", "),
+        format!(") before {b2} (\"o-b\", "),
+        format!("; the target has {b2} at "),
+        format!(" before {a2} at "),
+        ": the order differs".to_owned(),
+    ] {
+        assert!(out.contains(&line), "{line:?} not in:\n{out}");
+    }
+    let o = run_async(&w, &["verify", "--until", "end", "--json"]).await;
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let report = json_report(&o);
+    assert_eq!(report["identical"], false, "{report:#}");
+    assert_eq!(report["differences"], 0, "{report:#}");
+    assert_eq!(report["order_checked"], true, "{report:#}");
+    assert_eq!(report["order_not_checked"], Value::Null, "{report:#}");
+    let order = &report["order"];
+    assert_eq!(order["first"]["id"], a2.to_string(), "{order:#}");
+    assert_eq!(order["first"]["stream"], "o-a", "{order:#}");
+    assert_eq!(order["second"]["id"], b2.to_string(), "{order:#}");
+    let commit = |side: &str, event: &str| order[event][side]["commit"].as_u64().unwrap();
+    assert!(
+        commit("source_position", "first") < commit("source_position", "second")
+            && commit("target_position", "second") < commit("target_position", "first"),
+        "{order:#}"
+    );
+
+    // sink.order: stream promises only each stream's order: not checked, said.
+    let w = c.workdir_with("", "    order: stream\n", "");
+    let o = run_async(&w, &["verify", "--until", "end"]).await;
+    assert_ok(&o);
+    let out = stdout(&o);
+    for line in [
+        ": identical; order not checked",
+        "order not checked: sink.order is stream",
+    ] {
+        assert!(out.contains(line), "{line:?} not in:\n{out}");
+    }
+    let o = run_async(&w, &["verify", "--until", "end", "--json"]).await;
+    assert_ok(&o);
+    let report = json_report(&o);
+    assert_eq!(report["identical"], true, "{report:#}");
+    assert_eq!(report["order_checked"], false, "{report:#}");
+    assert_eq!(
+        report["order_not_checked"], "sink.order is stream",
+        "{report:#}"
+    );
 }
 
 #[test]

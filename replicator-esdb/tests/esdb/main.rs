@@ -11,3 +11,4 @@ mod proxy;
 mod reader;
 mod replay;
 mod scavenge;
+mod verify;

@@ -113,6 +113,50 @@ async fn same_seed_gives_identical_servers_and_changes_are_reported() {
 }
 
 #[tokio::test]
+async fn compare_checks_the_all_order_unless_told_not_to() {
+    let f = Fixture::new().await;
+    let (_b, target) = in_process().await;
+    let (a, b) = (f.stream("order-a"), f.stream("order-b"));
+    let (first, second) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    let append = |client: Client, stream: String, id: uuid::Uuid| async move {
+        client
+            .append_to_stream(
+                stream,
+                &AppendToStreamOptions::default(),
+                json_event("X", 1).id(id),
+            )
+            .await
+            .expect("append");
+    };
+    append(f.client.clone(), a.clone(), first).await;
+    append(f.client.clone(), b.clone(), second).await;
+    append(target.clone(), b.clone(), second).await;
+    append(target.clone(), a.clone(), first).await;
+
+    let report = compare(&f, &f.client, &target).await;
+    assert!(!report.is_identical(), "{report}");
+    let order = report.order.as_ref().expect("an order difference");
+    assert_eq!(
+        (order.first.id, order.second.id),
+        (first, second),
+        "{report}"
+    );
+    assert_eq!((&order.first.stream, &order.second.stream), (&a, &b));
+    assert_eq!(report.difference_count, 1, "{report}");
+    assert_eq!(report.differences[0].field, "order", "{report}");
+
+    let options = CompareOptions {
+        stream_prefix: f.prefix().to_owned(),
+        check_order: false,
+        ..CompareOptions::default()
+    };
+    let report = compare_with(&f.client, &target, &options)
+        .await
+        .expect("compare");
+    assert!(report.is_identical(), "{report}");
+}
+
+#[tokio::test]
 async fn different_seeds_differ() {
     let f = Fixture::new().await;
     let (_b, target) = in_process().await;
