@@ -241,7 +241,10 @@ async fn the_status_server_shows_a_known_run_and_a_failing_target() {
         assert_eq!(h["healthy"], true, "{name}: {s:#}");
         assert!(h["since"].as_str().unwrap().ends_with('Z'), "{name}: {s:#}");
     }
-    assert_eq!(s["config"]["partitions"], 4, "{s:#}");
+    // partitionCount 4 is configured, but source order (the default) has
+    // one ordered writer, and says so.
+    assert_eq!(s["config"]["order"], "source", "{s:#}");
+    assert_eq!(s["config"]["partitions"], 1, "{s:#}");
     assert_eq!(s["config"]["checkpoint_after"], 100, "{s:#}");
     assert_eq!(s["config"]["unhealthy_after_seconds"], 1, "{s:#}");
 

@@ -250,9 +250,11 @@ async fn a_js_partitioner_is_called_and_every_event_arrives_in_order() {
             .collect();
         expected.push((stream, append(&c.source_client, stream, &events).await));
     }
+    // A partitioner keys stream order's concurrent writers; source order
+    // has one writer and does not call it.
     let w = c.workdir_with(
         "",
-        "    partitioner: ./partition.js\n",
+        "    order: stream\n    partitioner: ./partition.js\n",
         "  runContinuously: false\n",
     );
     write(
