@@ -110,6 +110,26 @@ pub(crate) struct FaultState {
     /// Calls waiting for [`FaultHandle::resume`] now.
     held_by_pause: watch::Sender<usize>,
     gate: watch::Sender<WriteGate>,
+    /// Batch-append calls the server is serving now.
+    pub(crate) batch_calls: watch::Sender<usize>,
+}
+
+/// A write waiting at the gate, counted in [`WriteGate::held`] until it
+/// leaves, whichever way.
+struct Waiting<'g> {
+    gate: &'g watch::Sender<WriteGate>,
+    held: bool,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if self.held {
+            self.gate.send_modify(|gate| {
+                gate.held -= 1;
+                gate.dropped += 1;
+            });
+        }
+    }
 }
 
 /// [`FaultHandle::hold_writes_after`]'s state.
@@ -132,6 +152,7 @@ impl FaultState {
             paused: watch::Sender::new(false),
             held_by_pause: watch::Sender::new(0),
             gate: watch::Sender::new(WriteGate::default()),
+            batch_calls: watch::Sender::new(0),
         }
     }
 
@@ -144,9 +165,16 @@ impl FaultState {
             return true;
         }
         let mut changes = self.gate.subscribe();
-        let mut waiting = false;
+        // Counted as held while it waits; a call dropped while waiting (its
+        // client went away and the HTTP/2 server dropped it) leaves the
+        // count too.
+        let mut waiting = Waiting {
+            gate: &self.gate,
+            held: false,
+        };
         loop {
             let mut passed = false;
+            let was_held = waiting.held;
             self.gate.send_if_modified(|gate| {
                 passed = match &mut gate.budget {
                     None => true,
@@ -158,15 +186,15 @@ impl FaultState {
                 };
                 let spent = passed && gate.budget.is_some();
                 // Arriving at the gate, or leaving it after a wait.
-                let held_changed = passed == waiting;
-                if passed && waiting {
+                let held_changed = passed == was_held;
+                if passed && was_held {
                     gate.held -= 1;
-                } else if !passed && !waiting {
+                } else if !passed && !was_held {
                     gate.held += 1;
                 }
                 spent || held_changed
             });
-            waiting = !passed;
+            waiting.held = !passed;
             if passed {
                 return true;
             }
@@ -176,6 +204,7 @@ impl FaultState {
                     let _ = changed;
                 }
                 () = token.cancelled() => {
+                    waiting.held = false;
                     self.gate.send_modify(|gate| {
                         gate.held -= 1;
                         gate.dropped += 1;
@@ -304,10 +333,14 @@ impl FaultHandle {
     /// This is how a test decides where a copy is when it acts (a kill, a
     /// freeze), whatever the machine's speed: with the gate closed after `n`
     /// writes, the copier cannot finish, and exactly `n` writes are in the
-    /// store once [`FaultHandle::wait_for_held_writes`]`(1)` returns. A held write
-    /// whose connection the server drops ([`FaultHandle::drop_connections`],
-    /// a stop) writes nothing; one whose client went away is written when
-    /// released, as a real server commits a request it has received.
+    /// store once the budget is spent ([`FaultHandle::wait_for_gate_spent`])
+    /// and a write waits ([`FaultHandle::held_writes`]). A held write whose
+    /// connection the server drops ([`FaultHandle::drop_connections`], a
+    /// stop) writes nothing, and counts in [`FaultHandle::dropped_writes`];
+    /// so does a plain append whose client went away (the HTTP/2 server
+    /// drops its call). A batch-append request whose client went away is
+    /// written when released, as a real server commits a request it has
+    /// received.
     pub fn hold_writes_after(&self, writes: usize) {
         self.state
             .gate
@@ -325,11 +358,38 @@ impl FaultHandle {
         self.state.gate.borrow().held
     }
 
-    /// Returns once exactly `n` writes wait at the gate (at once if they do).
+    /// Returns once the server serves no batch-append call (at once if it
+    /// serves none): a client that went away (a killed process, a dropped
+    /// sink) has had its call ended, and nothing it sent can be written any
+    /// more. Tests that restart a writer wait for this, as an operator's
+    /// restart comes after the old process's connection is gone.
+    pub async fn wait_for_no_batch_calls(&self) {
+        let mut calls = self.state.batch_calls.subscribe();
+        // The sender lives as long as the state, so this cannot fail.
+        let _ = calls.wait_for(|n| *n == 0).await;
+    }
+
+    /// How many writes the gate still lets through: `None` when it is open.
+    pub fn gate_budget(&self) -> Option<usize> {
+        self.state.gate.borrow().budget
+    }
+
+    /// Returns once the gate closed by [`FaultHandle::hold_writes_after`]
+    /// has let through every write it allowed (at once if it has, or if the
+    /// gate is open).
+    pub async fn wait_for_gate_spent(&self) {
+        let mut gate = self.state.gate.subscribe();
+        // The sender lives as long as the state, so this cannot fail.
+        let _ = gate
+            .wait_for(|gate| gate.budget.is_none_or(|b| b == 0))
+            .await;
+    }
+
+    /// Returns once `n` or more writes wait at the gate (at once if they do).
     pub async fn wait_for_held_writes(&self, n: usize) {
         let mut gate = self.state.gate.subscribe();
         // The sender lives as long as the state, so this cannot fail.
-        let _ = gate.wait_for(|gate| gate.held == n).await;
+        let _ = gate.wait_for(|gate| gate.held >= n).await;
     }
 
     /// How many held writes have left the gate writing nothing because the

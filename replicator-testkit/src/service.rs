@@ -1089,7 +1089,11 @@ impl Streams for StreamsService {
         let mut requests = request.into_inner();
         let (tx, rx) = mpsc::channel(CHANNEL);
         let service = self.clone();
+        let calls = self.shared.faults.batch_calls.clone();
+        calls.send_modify(|n| *n += 1);
         tokio::spawn(async move {
+            // Counted until the call ends, however it ends.
+            let _call = CallCount(calls);
             let mut pending: HashMap<Uuid, PendingBatch> = HashMap::new();
             loop {
                 let next = tokio::select! {
@@ -1141,6 +1145,16 @@ impl Streams for StreamsService {
             }
         });
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// One batch-append call in [`crate::server::FaultState`]'s count, until
+/// dropped.
+struct CallCount(tokio::sync::watch::Sender<usize>);
+
+impl Drop for CallCount {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
     }
 }
 

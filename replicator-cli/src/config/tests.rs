@@ -687,5 +687,8 @@ fn the_order_is_the_sources_unless_stream_order_is_asked_for() {
         "    connectionString: esdb://target:2113\n    order: global\n",
     ));
     assert_eq!(key, "replicator.sink.order");
-    assert!(message.contains("\"global\"") && message.contains("`stream`"), "{message}");
+    assert!(
+        message.contains("\"global\"") && message.contains("`stream`"),
+        "{message}"
+    );
 }

@@ -495,25 +495,28 @@ mod tests {
 
     #[test]
     fn a_component_failing_past_the_threshold_makes_it_unready_but_live() {
-        let (tx, status) = status("  http:\n    unhealthyAfterSeconds: 5\n");
+        // A threshold of an hour, and failures a second and two hours old:
+        // far enough on either side that no pause of the test before its
+        // snapshot (taken at the real time) can move one across it.
+        let (tx, status) = status("  http:\n    unhealthyAfterSeconds: 3600\n");
         tx.send_modify(|p| p.state = PipelineState::Running);
         assert!(status.snapshot().ready());
         tx.send_modify(|p| {
             p.components.target.healthy = false;
-            p.components.target.since = SystemTime::now() - Duration::from_secs(2);
+            p.components.target.since = SystemTime::now() - Duration::from_secs(1);
             p.components.target.last_error =
                 Some("refused by esdb://writer:t4rget/pw@target".into());
         });
         assert!(status.snapshot().ready(), "failing, but not for long");
         tx.send_modify(|p| {
-            p.components.target.since = SystemTime::now() - Duration::from_secs(6);
+            p.components.target.since = SystemTime::now() - Duration::from_secs(2 * 3600);
         });
         let snap = status.snapshot();
         assert!(!snap.ready());
         assert!(snap.live());
         assert_eq!(snap.not_ready.len(), 1);
         assert!(
-            snap.not_ready[0].starts_with("target failing for 6"),
+            snap.not_ready[0].starts_with("target failing for 2h"),
             "{:?}",
             snap.not_ready
         );

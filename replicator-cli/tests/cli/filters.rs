@@ -5,7 +5,8 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::{
-    assert_fails_naming, assert_ok, command, run_async, stderr, stdout, Clusters, Workdir,
+    assert_fails_naming, assert_ok, command, gate_spent, run_async, stderr, stdout, Clusters,
+    Workdir,
 };
 
 /// Appends JSON events of these types to `stream` in one append, with
@@ -249,66 +250,80 @@ async fn original_metadata_adds_the_csharp_default_transform_keys_when_opted_in(
     assert_eq!(m, json!({ "user": "a" }));
 }
 
-/// Whether the checkpoint file exists and holds a position.
-fn checkpoint_stored(w: &Workdir) -> bool {
-    std::fs::read_to_string(w.path("checkpoint")).is_ok_and(|s| !s.trim().is_empty())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_with_an_event_type_filter_killed_mid_copy_and_restarted_writes_each_kept_event_once_in_order(
 ) {
     let c = Clusters::start().await;
-    let s = &c.source_client;
     const STREAMS: usize = 8;
-    const ROUNDS: usize = 60;
+    const ROUNDS: usize = 30;
     let mut kept: Vec<Vec<Uuid>> = vec![Vec::new(); STREAMS];
     // Streams interleave in $all, and every third event of each is left out
     // from the middle of its stream (the CLI then has the sink track target
-    // revisions). After a SIGKILL the restart replays from the checkpoint:
-    // nothing may be written twice or lost.
-    for _ in 0..ROUNDS {
-        // The streams of a round concurrently (the source's appends take a
-        // while each), in any order among themselves.
-        let mut appends = tokio::task::JoinSet::new();
-        for k in 0..STREAMS {
-            let s = s.clone();
-            appends.spawn(async move {
-                let stream = format!("orders-{k}");
-                let types = ["OrderPlaced", "OrderTest", "OrderShipped"];
-                (k, append(&s, &stream, &types, None).await)
-            });
-        }
-        while let Some(done) = appends.join_next().await {
-            let (k, ids) = done.unwrap();
-            kept[k].push(ids[0]);
-            kept[k].push(ids[2]);
-        }
-    }
+    // revisions). A first run copies what there is and stores a checkpoint;
+    // then the streams go on, and a run is killed mid-copy. The restart
+    // replays from that checkpoint, in the middle of every stream: nothing
+    // may be written twice or lost.
+    rounds(&c.source_client, ROUNDS, &mut kept).await;
     let w = c.workdir(
         "  runContinuously: false\n  restartOnFailure: false\n  checkpoint:\n    checkpointAfter: 1\n  filters:\n    - type: eventType\n      exclude: \"Test$\"\n",
     );
-    w.set_partitions(1);
-    // The kill lands after the target took exactly WRITES writes, with the
-    // next one held at its gate, so the run is mid-copy whatever the machine.
-    // One partition: those writes are the first records in source order, so
-    // the checkpoint covers them once stored.
-    const WRITES: usize = 3;
-    let mut child = c.start_held_run(&w, WRITES).await;
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !checkpoint_stored(&w) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "nothing checkpointed within 60 s of the held write"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    child.kill().await.unwrap();
-    let partial = ids_in_all(&c.target_client).await.len();
-    assert!(
-        partial > 0 && partial < STREAMS * ROUNDS * 2,
-        "killed mid-copy: {partial}"
+    assert_ok(&run_async(&w, &["run"]).await);
+    let first = ids_in_all(&c.target_client).await.len();
+    assert_eq!(
+        first,
+        STREAMS * ROUNDS * 2,
+        "the first run copies what there is"
     );
-    c.release_target_writes();
+
+    rounds(&c.source_client, ROUNDS, &mut kept).await;
+    // Then a run whose target writes go through one at a time, killed
+    // after the first that adds events: it is mid-copy whatever the machine
+    // (each stream has new events, so the copy needs an append to each),
+    // and has written past the stored checkpoint. (Its first writes may
+    // write nothing: the sink asks the target where each known stream ends
+    // with an append the target refuses.)
+    let gate = c.target.faults();
+    gate.hold_writes_after(0);
+    let mut cmd = command(w.dir.path());
+    cmd.arg("run");
+    let mut child = tokio::process::Command::from(cmd)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut writes = 0;
+    let partial = loop {
+        assert!(
+            writes < 100,
+            "none of {writes} target writes of the run added events"
+        );
+        gate.hold_writes_after(1);
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(120);
+        while !gate_spent(&gate) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the run made no write {} within 120 s",
+                writes + 1
+            );
+            tokio::select! {
+                status = child.wait() => panic!(
+                    "the run ended ({status:?}) after {writes} target writes: the copy \
+                     needs one to each of {STREAMS} streams"
+                ),
+                () = tokio::time::sleep(std::time::Duration::from_millis(2)) => {}
+            }
+        }
+        writes += 1;
+        let now = ids_in_all(&c.target_client).await.len();
+        if now > first {
+            break now;
+        }
+    };
+    child.kill().await.unwrap();
+    assert!(
+        partial < STREAMS * ROUNDS * 4,
+        "killed mid-copy, after {writes} writes: {partial}"
+    );
+    gate.release_writes();
 
     let o = run_async(&w, &["run"]).await;
     assert_ok(&o);
@@ -319,5 +334,29 @@ async fn a_run_with_an_event_type_filter_killed_mid_copy_and_restarted_writes_ea
             want,
             "{stream}: each kept event once, in order"
         );
+    }
+}
+
+/// Appends `rounds` rounds to the streams `orders-0…`: in each, three
+/// events to every stream, the second of which the filter leaves out;
+/// records the ids of the others in `kept`.
+async fn rounds(client: &eventstore::Client, rounds: usize, kept: &mut [Vec<Uuid>]) {
+    for _ in 0..rounds {
+        // The streams of a round concurrently (the source's appends take a
+        // while each), in any order among themselves.
+        let mut appends = tokio::task::JoinSet::new();
+        for k in 0..kept.len() {
+            let client = client.clone();
+            appends.spawn(async move {
+                let stream = format!("orders-{k}");
+                let types = ["OrderPlaced", "OrderTest", "OrderShipped"];
+                (k, append(&client, &stream, &types, None).await)
+            });
+        }
+        while let Some(done) = appends.join_next().await {
+            let (k, ids) = done.unwrap();
+            kept[k].push(ids[0]);
+            kept[k].push(ids[2]);
+        }
     }
 }

@@ -1,6 +1,6 @@
 //! The `replicator` binary as a user runs it: configuration errors, the
 //! `checkpoint show|delete|seed` commands on the file and MongoDB stores,
-//! `run` against in-process servers (here, and killed at random moments in
+//! `run` against in-process servers (here, and killed mid-copy in
 //! [`restart`], following the source live in [`live`], through its status
 //! server in [`status`], through outages of the source, the target and the
 //! checkpoint store in [`outages`]), and `demo`.
@@ -8,7 +8,9 @@
 //! The `run` tests replicate between real clusters instead when
 //! `ESDB_SOURCE_URL` and/or `ESDB_TARGET_URL` hold connection strings (see
 //! [`Clusters`] and the README): each such test needs fresh, empty clusters.
-//! `demo` always uses its own in-process servers, by design.
+//! Those that decide where a copy is with the in-process target's write gate
+//! ([`restart`], the filter kill test) need `ESDB_TARGET_URL` unset. `demo`
+//! always uses its own in-process servers, by design.
 
 #[cfg(feature = "demo")]
 mod demo;
@@ -16,6 +18,7 @@ mod deploy;
 mod filters;
 mod live;
 mod map_position;
+mod order;
 mod outages;
 mod restart;
 mod scavenge;
@@ -487,8 +490,8 @@ impl Clusters {
     /// returns the child once a write waits at the target: from then on the
     /// run is mid-copy, exactly `writes` writes in, whatever the machine's
     /// speed, until the test calls `release_target_writes`. Panics (naming the
-    /// cause) when the run ends or nothing waits within two minutes: the
-    /// workload fits in `writes` writes.
+    /// cause) when the run ends or nothing waits within two minutes (only a
+    /// stall, or a workload that fits in `writes` writes).
     async fn start_held_run(&self, w: &Workdir, writes: usize) -> tokio::process::Child {
         let faults = self.target.faults();
         faults.hold_writes_after(writes);
@@ -499,7 +502,7 @@ impl Clusters {
             .spawn()
             .unwrap();
         tokio::select! {
-            () = faults.wait_for_held_writes(1) => child,
+            () = faults.wait_for_held_writes(1) => {}
             status = child.wait() => panic!(
                 "the run ended ({status:?}) before its write {} reached the target: \
                  the workload fits in {writes} writes",
@@ -509,6 +512,7 @@ impl Clusters {
                 panic!("no write reached the target's gate within 120 s")
             }
         }
+        child
     }
 
     /// Opens the target's gate closed by [`Clusters::start_held_run`].
@@ -527,6 +531,12 @@ impl Clusters {
             .await
             .expect("the source is empty")
     }
+}
+
+/// Whether the in-process target's gate let through all the writes
+/// [`replicator_testkit::FaultHandle::hold_writes_after`] allowed.
+fn gate_spent(faults: &replicator_testkit::FaultHandle) -> bool {
+    faults.gate_budget() == Some(0)
 }
 
 /// The last position in a server's `$all`, `None` while it is empty.

@@ -135,9 +135,12 @@ async fn with_partition_count_8_the_targets_all_is_in_the_sources_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn through_a_sigkill_mid_copy_the_targets_all_is_in_the_sources_order() {
     let (c, source, w) = prepared(Some(8)).await;
-    // Killed with 6 target writes done and the 7th held at the target: a
-    // copy whose checkpoint lags what is written, with requests in flight.
-    let mut child = c.start_held_run(&w, 6).await;
+    // Killed with 100 target writes done and the next held at the target:
+    // a copy whose checkpoint lags what is written, with requests in flight.
+    // (The first batch's streams, at most 44, are first asked where they
+    // end, each by an append the target refuses: that leaves 56 appends at
+    // least, of 1,200.)
+    let mut child = c.start_held_run(&w, 100).await;
     child.kill().await.unwrap();
     let partial = user_events(&c.target.connection_string()).await;
     assert!(

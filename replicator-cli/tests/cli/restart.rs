@@ -1,69 +1,50 @@
-//! `replicator run` killed with SIGKILL at random moments and restarted until a
-//! run catches up by itself: no event may be lost or duplicated, whatever the
-//! moment of the kill (mid-append, between an append and its checkpoint, while
-//! the checkpoint file is written, while replaying after a restart).
+//! `replicator run` killed with SIGKILL mid-copy, again and again, then left
+//! to finish: no event may be lost or duplicated, wherever in the copy the
+//! kill lands (mid-append, between an append and its checkpoint, while
+//! replaying after a restart, right after a write the target took, or with
+//! writes sent that the target takes only later or never).
 //!
-//! The moments are random points of each run's progress rather than of the
-//! clock: a run is killed once it has grown the target's `$all` by a randomly
-//! drawn amount, plus a random few milliseconds. Growth only comes from new
-//! writes, so every kill lands after the run got past its replay and while it
-//! was writing. A clock-based schedule either misses the replication on a fast
-//! machine (it is done before the second kill) or never lets it progress on a
-//! slow one. The test follows the target's growth with a subscription, which
-//! the server pushes to at once; polling with reads would be too coarse (each
-//! request costs ~44 ms with the `eventstore` client here). The draws come
-//! from a seeded generator, so a failure names the seed and the kill history.
+//! The test decides where each run is when it dies, whatever the machine's
+//! speed: the in-process target's write gate
+//! ([`replicator_testkit::FaultHandle::hold_writes_after`]) lets a run make
+//! a number of writes and holds every further one, and the run is killed as
+//! soon as that many went through (the last one often not yet acknowledged
+//! to it). The numbers come from a seeded generator and grow from run to
+//! run, so the kills move on through the copy even when a run replays from
+//! far back (`checkpointAfter: 1000`), and each stays below the writes the
+//! copy certainly still needs ([`streams_left`]): a run cannot finish before
+//! its kill, on a fast machine or a slow one. The writes the dead run left
+//! at the gate are then, also drawn, dropped with their connections (sent,
+//! never written) or kept there, to be written among the next run's first
+//! writes. A failure names the seed and the kill history.
+//!
+//! The target must be in-process (its gate is); the source may be a real
+//! cluster (`ESDB_SOURCE_URL`).
 
+use std::collections::HashSet;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use replicator_checkpoint::FileCheckpointStore;
 use replicator_core::{Checkpoint, CheckpointStore as _, Position};
-use replicator_testkit::workload::{self, Rng};
-use tokio::sync::watch;
+use replicator_testkit::compare::{compare_with, CompareOptions};
+use replicator_testkit::workload::{self, Rng, WorkloadSpec};
+use replicator_testkit::FaultHandle;
 
 use crate::{command, end_position, Clusters, Workdir};
 
 /// Runs killed per test; the run after them is left to finish.
 const KILLS: u64 = 6;
-/// A run that catches up before its kill point ends the test early, provided
-/// at least this many runs were killed before it (a fast machine can copy the
-/// rest of the source between two draws).
-const MIN_KILLS: u64 = 3;
-/// A run is killed once it has grown the target's `$all` (in log bytes) by a
-/// share of the source's size drawn from these per-mille bounds. Their sum
-/// over [`KILLS`] runs stays well below the whole (skipped records are not
-/// written, so the target ends up a little smaller), so every kill finds
-/// work left to do.
-const GROWTH_PER_MILLE: (u64, u64) = (15, 90);
-/// Extra random wait after the share is passed, so the kill falls at any
-/// phase of the in-flight appends, not right after the one that passed it.
-const JITTER_MS: (u64, u64) = (0, 10);
-/// A reader-to-sink buffer of 100 records instead of 1000, so the target
-/// grows in small steps and kills can land between them.
-const SMALL_BATCHES: (&str, &str) = ("", "    bufferSize: 100\n");
-/// Each append to the in-process target takes this long, like a target a
-/// network hop away: a run then spends long enough writing for a kill to
-/// land where it was drawn (with an instant target the replicator copies the
-/// workload faster than the test can react to the target's growth).
-const TARGET_APPEND_LATENCY: Duration = Duration::from_millis(10);
-/// How long one run may take to reach its kill point or to finish (a hang fails).
-const RUN_DEADLINE: Duration = Duration::from_secs(120);
-
-/// The commit position of the last record the target's `$all` has, kept up
-/// to date by a subscription (ends with the test's runtime).
-fn follow_end(client: eventstore::Client) -> watch::Receiver<u64> {
-    let (tx, rx) = watch::channel(0);
-    tokio::spawn(async move {
-        let options = eventstore::SubscribeToAllOptions::default()
-            .position(eventstore::StreamPosition::Start);
-        let mut subscription = client.subscribe_to_all(&options).await;
-        while let Ok(event) = subscription.next().await {
-            tx.send_replace(event.get_original_event().position.commit);
-        }
-    });
-    rx
-}
+/// User streams of the workload: the more, the longer the copy certainly
+/// needs more writes (see [`streams_left`]).
+const STREAMS: usize = 600;
+/// Each run may make this many more target writes (appends, deletes,
+/// tombstones) than the run before it, drawn per run; fewer when
+/// [`streams_left`] requires.
+const MORE_WRITES: (u64, u64) = (20, 120);
+/// How long one run may take to make its writes or to finish: only a stall
+/// misses it.
+const RUN_DEADLINE: Duration = Duration::from_secs(300);
 
 async fn stored(w: &Workdir) -> Option<Checkpoint> {
     FileCheckpointStore::new(w.path("checkpoint"))
@@ -76,108 +57,133 @@ fn show(p: Option<Position>) -> String {
     p.map_or("none".to_owned(), |p| p.to_string())
 }
 
-/// Replicates `events` generated events with `checkpoint_after`, killing
-/// [`KILLS`] runs at random moments drawn from `seed`, then checks the target
-/// and the checkpoint.
-async fn replicate_through_kills(events: usize, checkpoint_after: u64, seed: u64) {
-    let c = Clusters::start_with(TARGET_APPEND_LATENCY).await;
-    workload::generate(&c.source_client, &workload::WorkloadSpec::new(seed, events))
+/// A new client of the target: the test drops the target's connections
+/// (the dead runs'), and with them those of any client it holds.
+fn target_client(c: &Clusters) -> eventstore::Client {
+    eventstore::Client::new(c.target.connection_string().parse().unwrap()).unwrap()
+}
+
+/// The user streams in which the target still lacks something of the
+/// source's. A write (one append, delete or tombstone) goes to one stream,
+/// so a run cannot leave none in fewer writes than that. (A duplicate on the
+/// target would count too; the final comparison fails the test for it
+/// anyway. An order difference is no stream to write.)
+async fn streams_left(c: &Clusters) -> u64 {
+    let options = CompareOptions {
+        max_differences: usize::MAX,
+        ..CompareOptions::default()
+    };
+    let report = compare_with(&c.source_client, &target_client(c), &options)
         .await
         .unwrap();
-    let end = c.source_end_position().await;
-    let w = c.workdir_with(
-        SMALL_BATCHES.0,
-        SMALL_BATCHES.1,
-        &format!(
-            "  runContinuously: false\n  restartOnFailure: false\n  checkpoint:\n    checkpointAfter: {checkpoint_after}\n"
-        ),
-    );
+    let streams: HashSet<&str> = report
+        .differences
+        .iter()
+        .filter(|d| d.field != "order")
+        .map(|d| d.stream.as_str())
+        .collect();
+    streams.len() as u64
+}
 
-    let mut target_end = follow_end(c.target_client.clone());
+/// Returns once the gate let through the writes it allowed, or the run's
+/// exit status if it ends first.
+async fn gate_spent_or_ended(
+    faults: &FaultHandle,
+    child: &mut tokio::process::Child,
+) -> Option<std::process::ExitStatus> {
+    tokio::select! {
+        () = faults.wait_for_gate_spent() => None,
+        status = child.wait() => Some(status.unwrap()),
+    }
+}
+
+/// Replicates `events` generated events with `checkpoint_after`, killing
+/// [`KILLS`] runs mid-copy at points drawn from `seed`, then checks the
+/// target and the checkpoint.
+async fn replicate_through_kills(events: usize, checkpoint_after: u64, seed: u64) {
+    let c = Clusters::start().await;
+    let spec = WorkloadSpec {
+        streams: Some(STREAMS),
+        ..WorkloadSpec::new(seed, events)
+    };
+    workload::generate(&c.source_client, &spec).await.unwrap();
+    let end = c.source_end_position().await;
+    let w = c.workdir(&format!(
+        "  runContinuously: false\n  restartOnFailure: false\n  checkpoint:\n    checkpointAfter: {checkpoint_after}\n"
+    ));
+
+    let faults = c.target.faults();
+    // Closed from the start: between runs, nothing passes.
+    faults.hold_writes_after(0);
     let mut rng = Rng(seed);
     let mut history = vec![format!("seed {seed}; the source ends at {end}")];
-    for attempt in 0..=KILLS {
+    let mut writes = 0;
+    for attempt in 0..KILLS {
         let log = w.path(&format!("run-{attempt}.log"));
-        let mut cmd = command(w.dir.path());
-        cmd.arg("run")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap());
-        let mut child = tokio::process::Command::from(cmd)
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let started = Instant::now();
-        let failed = |status: std::process::ExitStatus, history: &[String]| {
-            format!(
-                "run {attempt} exited with {status}\nits log:\n{}\nhistory: {history:#?}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            )
-        };
+        // The kills to come, this one included, share what is left, so the
+        // last one still finds the copy unfinished (a kept write of a dead
+        // run, passing with the next run's writes, is one of them).
+        let left = streams_left(&c).await;
+        let share = left.saturating_sub(1) / (KILLS - attempt);
+        assert!(
+            share >= 1,
+            "run {attempt}: {left} streams left to copy, too few to kill a run mid-copy: \
+             {history:#?}"
+        );
+        writes = (writes + rng.between(MORE_WRITES.0, MORE_WRITES.1)).min(share);
+        let drop = rng.between(0, 1) == 1;
+        faults.hold_writes_after(writes as usize);
 
-        if attempt == KILLS {
-            let status = tokio::time::timeout(RUN_DEADLINE, child.wait())
-                .await
-                .unwrap_or_else(|_| {
-                    panic!("the last run did not catch up in {RUN_DEADLINE:?}: {history:#?}")
-                })
-                .unwrap();
-            assert!(status.success(), "{}", failed(status, &history));
-            break;
-        }
-
-        let share = rng.between(GROWTH_PER_MILLE.0, GROWTH_PER_MILLE.1);
-        let kill_at = *target_end.borrow() + end.commit / 1000 * share;
-        let jitter = Duration::from_millis(rng.between(JITTER_MS.0, JITTER_MS.1));
-        let reached = tokio::time::timeout(RUN_DEADLINE, async {
-            tokio::select! {
-                status = child.wait() => Err(status.unwrap()),
-                seen = target_end.wait_for(|&p| p >= kill_at) => {
-                    seen.expect("the subscription to the target ended");
-                    Ok(())
-                }
-            }
-        })
-        .await
-        .unwrap_or_else(|_| {
-            panic!(
-                "run {attempt} did not grow the target by {share}‰ of the source in \
-                 {RUN_DEADLINE:?}: {history:#?}"
-            )
-        });
-        tokio::time::sleep(jitter).await;
-        let ended = match reached {
-            Err(status) => Some(status),
-            Ok(()) => child.try_wait().unwrap(),
-        };
+        let mut child = spawn_run(&w, &log);
+        let ended = tokio::time::timeout(RUN_DEADLINE, gate_spent_or_ended(&faults, &mut child))
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "run {attempt} neither made {writes} writes nor ended in {RUN_DEADLINE:?}: \
+                     {history:#?}"
+                )
+            });
         if let Some(status) = ended {
-            assert!(
-                attempt >= MIN_KILLS,
-                "run {attempt} ended by itself before its kill point ({share}‰ of the source),                  after only {attempt} kills ({})",
-                failed(status, &history)
+            panic!(
+                "run {attempt} ended ({status}) within {writes} writes, with {left} streams \
+                 left to copy: some were left incomplete\nits log:\n{}\nhistory: {history:#?}",
+                std::fs::read_to_string(&log).unwrap_or_default()
             );
-            assert!(status.success(), "{}", failed(status, &history));
-            history.push(format!("run {attempt}: caught up before its kill point"));
-            break;
         }
         child.kill().await.unwrap();
-        let elapsed = started.elapsed();
-        // The next run's growth counts from what this one left, once the
-        // subscription has delivered all of it.
-        let left = end_position(&c.target_client).await.map_or(0, |p| p.commit);
-        target_end
-            .wait_for(|&p| p >= left)
-            .await
-            .expect("the subscription to the target ended");
+        let held = faults.held_writes();
+        if drop {
+            faults.drop_connections();
+        }
         history.push(format!(
-            "run {attempt}: SIGKILL after {elapsed:?} at +{share}‰ + {jitter:?}: target at {left}, \
-             checkpoint {}",
+            "run {attempt}: SIGKILL after {writes} writes; then {held} at the gate, {}: target at \
+             {}, checkpoint {}",
+            if drop { "dropped" } else { "kept" },
+            show(end_position(&target_client(&c)).await),
             show(stored(&w).await.map(|c| c.source))
         ));
     }
 
+    faults.release_writes();
+    let log = w.path("run-last.log");
+    let status = tokio::time::timeout(RUN_DEADLINE, spawn_run(&w, &log).wait())
+        .await
+        .unwrap_or_else(|_| {
+            panic!("the last run did not catch up in {RUN_DEADLINE:?}: {history:#?}")
+        })
+        .unwrap();
+    assert!(
+        status.success(),
+        "the last run exited with {status}\nits log:\n{}\nhistory: {history:#?}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+
     // Per stream, the target must hold the source's events, in order, each
     // once: a duplicate or a gap shows as a difference.
-    let report = c.compare().await;
+    let target = target_client(&c);
+    let report = replicator_testkit::compare::compare(&c.source_client, &target)
+        .await
+        .unwrap();
     assert!(report.is_identical(), "{history:#?}\n{report}");
     assert!(report.source_events > events / 2, "{report}");
     let last = stored(&w)
@@ -190,16 +196,28 @@ async fn replicate_through_kills(events: usize, checkpoint_after: u64, seed: u64
     assert!(last.target.is_some(), "{last:?}");
     eprintln!(
         "checkpointAfter {checkpoint_after}: {history:#?}\ntarget ends at {}\n{report}",
-        show(end_position(&c.target_client).await)
+        show(end_position(&target).await)
     );
 }
 
+/// `replicator run` in `w`, logging to `log`.
+fn spawn_run(w: &Workdir, log: &std::path::Path) -> tokio::process::Child {
+    let mut cmd = command(w.dir.path());
+    cmd.arg("run")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap());
+    tokio::process::Command::from(cmd)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_at_random_moments_loses_and_duplicates_nothing_checkpointing_every_event() {
+async fn sigkill_mid_copy_loses_and_duplicates_nothing_checkpointing_every_event() {
     replicate_through_kills(6_000, 1, 0x5EED_0001).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_at_random_moments_loses_and_duplicates_nothing_checkpointing_every_1000() {
+async fn sigkill_mid_copy_loses_and_duplicates_nothing_checkpointing_every_1000() {
     replicate_through_kills(6_000, 1_000, 0x5EED_1000).await;
 }

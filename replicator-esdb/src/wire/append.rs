@@ -54,6 +54,16 @@ struct Pending {
 pub(crate) struct BatchSession {
     requests: mpsc::UnboundedSender<Bytes>,
     pending: Arc<Mutex<Pending>>,
+    /// The call's task: aborted when the session is dropped, which resets
+    /// the call, so the server skips what it has not written yet (as when
+    /// the process dies), instead of writing it later.
+    call: tokio::task::AbortHandle,
+}
+
+impl Drop for BatchSession {
+    fn drop(&mut self) {
+        self.call.abort();
+    }
 }
 
 impl BatchSession {
@@ -70,7 +80,7 @@ impl BatchSession {
         let request = channel.request(outgoing);
         let channel = channel.clone();
         let answers = Arc::clone(&pending);
-        tokio::spawn(async move {
+        let call = tokio::spawn(async move {
             let ended = match run(&channel, request, &answers).await {
                 Ok(()) => eventstore::Error::ServerError("the batch-append call ended".to_owned()),
                 Err(error) => error,
@@ -82,7 +92,11 @@ impl BatchSession {
             }
             pending.ended = Some(ended);
         });
-        BatchSession { requests, pending }
+        BatchSession {
+            requests,
+            pending,
+            call: call.abort_handle(),
+        }
     }
 
     /// Appends `events` to `stream` at `expected`, as one request.

@@ -339,6 +339,12 @@ async fn run_case(case: Case) -> Result<(), TestCaseError> {
         }
         failures.abort_all();
         faults.fail_next_appends(0);
+        // As an operator's restart: the crashed run's connection is gone
+        // (its batch-append call reset) before the next run starts, so
+        // nothing it sent is written after the next run's writes.
+        tokio::time::timeout(PATIENCE, faults.wait_for_no_batch_calls())
+            .await
+            .expect("the crashed run's batch-append call did not end");
     }
     let last = pipeline(&case, &source, &target, &store);
     tokio::time::timeout(PATIENCE, last.run(CancellationToken::new()))

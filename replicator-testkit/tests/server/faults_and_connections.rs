@@ -176,7 +176,7 @@ async fn the_write_gate_lets_n_writes_through_then_holds_the_rest_until_released
         .await
         .expect("task")
         .expect_err("a held batch whose connection dropped fails");
-    tokio::time::timeout(Duration::from_secs(10), faults.wait_for_held_writes(0))
+    tokio::time::timeout(Duration::from_secs(10), faults.wait_for_dropped_writes(1))
         .await
         .expect("the dropped write left the gate");
     faults.release_writes();
