@@ -16,9 +16,10 @@
 //!   server`), all but `faults_and_connections`, which needs the in-process server.
 //! - `ESDB_SOURCE_URL` and `ESDB_TARGET_URL`: the source and the target cluster of
 //!   the CLI's `replicator run` tests (`cargo test -p replicator-cli --test cli`: the
-//!   full run, SIGTERM, `restart::` SIGKILL and `live::` tests; `demo::` is
-//!   in-process by design). Either may be set alone; the other side stays
-//!   in-process.
+//!   full run, SIGTERM and `live::` tests; `demo::` is in-process by design,
+//!   and the SIGKILL tests hold writes at the in-process target's write gate,
+//!   so they need `ESDB_TARGET_URL` unset). Either may be set alone; the
+//!   other side stays in-process.
 //!
 //! The value is a connection string as the `eventstore` client takes it, with TLS
 //! settings and credentials in it, for example

@@ -1022,7 +1022,7 @@ impl Sink for EsdbSink {
         }
     }
 
-    /// With source order, [`ordered::PIPELINED_BATCHES`] batches in flight,
+    /// With source order, 4 batches in flight,
     /// sent in order on one call.
     fn pipelined_writes(&self) -> usize {
         match self.order {
