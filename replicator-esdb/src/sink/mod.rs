@@ -696,7 +696,7 @@ impl EsdbSink {
     /// failed write: the streams written before the failure are ahead of
     /// the batch's records, and its retry must find them on the target as
     /// replays instead of appending them after themselves.
-    fn forget_tracked(&self, batch: &[Event]) {
+    pub(super) fn forget_tracked(&self, batch: &[Event]) {
         if self.revisions != RevisionMode::Tracked {
             return;
         }

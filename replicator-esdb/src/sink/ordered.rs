@@ -134,6 +134,30 @@ impl Drop for Ticket<'_> {
     }
 }
 
+/// What a batch that failed, or was dropped unfinished, leaves behind.
+struct Failed<'s, 'b> {
+    sink: &'s EsdbSink,
+    batch: &'b [Event],
+    armed: bool,
+}
+
+impl Drop for Failed<'_, '_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        // What an earlier attempt taught about these streams may be ahead
+        // of the target now (tracked revisions of requests answered before
+        // the failure): the retry asks again.
+        self.sink.forget_tracked(self.batch);
+        self.sink.order().pending_next.clear();
+        // The batches started before this failure was seen and not yet sent
+        // must not pass it: they fail too, and the pipeline writes them
+        // again after this one.
+        self.sink.turns.failures.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
 /// Where a resolved run goes.
 enum Resolved {
     /// Every record is on the target already.
@@ -177,18 +201,14 @@ impl EsdbSink {
     pub(super) async fn write_in_order(&self, batch: &[Event]) -> Result<WriteAck, SinkError> {
         // Taken at the first poll, with the turn's place in the queue.
         let failures = self.turns.failures.load(Ordering::SeqCst);
+        // A failure, or the write dropped unfinished (its deadline passed).
+        let mut failed = Failed {
+            sink: self,
+            batch,
+            armed: true,
+        };
         let result = self.write_in_turn(batch, failures).await;
-        if result.is_err() {
-            // What an earlier attempt taught about these streams may be
-            // ahead of the target now (tracked revisions of requests that
-            // were answered before the failure): the retry asks again.
-            self.forget_tracked(batch);
-            self.order().pending_next.clear();
-            // The batches started before this failure was seen and not yet
-            // sent must not pass it: they fail too, and the pipeline writes
-            // them again after this one.
-            self.turns.failures.fetch_add(1, Ordering::SeqCst);
-        }
+        failed.armed = result.is_err();
         result
     }
 
