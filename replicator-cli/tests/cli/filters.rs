@@ -5,8 +5,8 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::{
-    assert_fails_naming, assert_ok, command, gate_spent, run_async, stderr, stdout, Clusters,
-    Workdir,
+    assert_fails_naming, assert_ok, command, gate_spent_or_ended, run_async, stderr, stdout,
+    Clusters, Workdir,
 };
 
 /// Appends JSON events of these types to `stream` in one append, with
@@ -297,20 +297,17 @@ async fn a_run_with_an_event_type_filter_killed_mid_copy_and_restarted_writes_ea
             "none of {writes} target writes of the run added events"
         );
         gate.hold_writes_after(1);
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(120);
-        while !gate_spent(&gate) {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the run made no write {} within 120 s",
-                writes + 1
+        let ended = tokio::time::timeout(
+            std::time::Duration::from_secs(120),
+            gate_spent_or_ended(&gate, &mut child),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("the run made no write {} within 120 s", writes + 1));
+        if let Some(status) = ended {
+            panic!(
+                "the run ended ({status:?}) after {writes} target writes: the copy needs one \
+                 to each of {STREAMS} streams"
             );
-            tokio::select! {
-                status = child.wait() => panic!(
-                    "the run ended ({status:?}) after {writes} target writes: the copy \
-                     needs one to each of {STREAMS} streams"
-                ),
-                () = tokio::time::sleep(std::time::Duration::from_millis(2)) => {}
-            }
         }
         writes += 1;
         let now = ids_in_all(&c.target_client).await.len();

@@ -533,10 +533,17 @@ impl Clusters {
     }
 }
 
-/// Whether the in-process target's gate let through all the writes
-/// [`replicator_testkit::FaultHandle::hold_writes_after`] allowed.
-fn gate_spent(faults: &replicator_testkit::FaultHandle) -> bool {
-    faults.gate_budget() == Some(0)
+/// Returns once the in-process target's gate let through the writes
+/// [`replicator_testkit::FaultHandle::hold_writes_after`] allowed, or the
+/// run's exit status if it ends first.
+async fn gate_spent_or_ended(
+    faults: &replicator_testkit::FaultHandle,
+    child: &mut tokio::process::Child,
+) -> Option<std::process::ExitStatus> {
+    tokio::select! {
+        () = faults.wait_for_gate_spent() => None,
+        status = child.wait() => Some(status.unwrap()),
+    }
 }
 
 /// The last position in a server's `$all`, `None` while it is empty.

@@ -29,9 +29,8 @@ use replicator_checkpoint::FileCheckpointStore;
 use replicator_core::{Checkpoint, CheckpointStore as _, Position};
 use replicator_testkit::compare::{compare_with, CompareOptions};
 use replicator_testkit::workload::{self, Rng, WorkloadSpec};
-use replicator_testkit::FaultHandle;
 
-use crate::{command, end_position, Clusters, Workdir};
+use crate::{command, end_position, gate_spent_or_ended, Clusters, Workdir};
 
 /// Runs killed per test; the run after them is left to finish.
 const KILLS: u64 = 6;
@@ -83,18 +82,6 @@ async fn streams_left(c: &Clusters) -> u64 {
         .map(|d| d.stream.as_str())
         .collect();
     streams.len() as u64
-}
-
-/// Returns once the gate let through the writes it allowed, or the run's
-/// exit status if it ends first.
-async fn gate_spent_or_ended(
-    faults: &FaultHandle,
-    child: &mut tokio::process::Child,
-) -> Option<std::process::ExitStatus> {
-    tokio::select! {
-        () = faults.wait_for_gate_spent() => None,
-        status = child.wait() => Some(status.unwrap()),
-    }
 }
 
 /// Replicates `events` generated events with `checkpoint_after`, killing
