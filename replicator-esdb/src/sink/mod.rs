@@ -1022,14 +1022,11 @@ impl Sink for EsdbSink {
         }
     }
 
-    /// With source order, 4 batches in flight, sent in order on one call
-    /// (one with [`RevisionMode::Tracked`]).
+    /// With source order, 4 batches in flight, sent in order on one call.
     fn pipelined_writes(&self) -> usize {
-        match (self.order, self.revisions) {
-            (WriteOrder::Source, RevisionMode::FromSource) => ordered::PIPELINED_BATCHES,
-            // Tracked revisions chain each batch's expectations to the
-            // outcome of the batches before it: one batch at a time.
-            (WriteOrder::Source, RevisionMode::Tracked) | (WriteOrder::Stream, _) => 1,
+        match self.order {
+            WriteOrder::Source => ordered::PIPELINED_BATCHES,
+            WriteOrder::Stream => 1,
         }
     }
 

@@ -35,7 +35,7 @@ use replicator_core::{ErrorKind, Event, Position, SinkError, WriteAck};
 use tracing::{debug, warn};
 
 use super::{log_note, refusal, EsdbSink, RunError, STREAMS_IN_FLIGHT};
-use crate::connection::{describe, error_kind};
+use crate::connection::{describe, error_kind, head};
 use crate::plan::{
     sequence, Action, AppendRun, Done, Expected, Guess, Reply, Step, PROBE_REVISION,
 };
@@ -60,6 +60,9 @@ pub(super) struct OrderState {
     pending_next: HashMap<String, u64>,
     /// The replay horizon is passed (see the module docs).
     horizon_passed: bool,
+    /// Where the target's `$all` ended when the sink (re)entered the replay
+    /// region (`Some(None)`: empty); `None` until asked.
+    replay_end: Option<Option<Position>>,
     /// The session the last batch was sent on.
     last_session: Option<std::sync::Weak<BatchSession>>,
 }
@@ -150,7 +153,13 @@ impl Drop for Failed<'_, '_> {
         // of the target now (tracked revisions of requests answered before
         // the failure): the retry asks again.
         self.sink.forget_tracked(self.batch);
-        self.sink.order().pending_next.clear();
+        let mut order = self.sink.order();
+        order.pending_next.clear();
+        // What the target holds of the requests sent is a prefix of them, of
+        // unknown length: the retry is in a replay region again.
+        order.horizon_passed = false;
+        order.replay_end = None;
+        drop(order);
         // The batches started before this failure was seen and not yet sent
         // must not pass it: they fail too, and the pipeline writes them
         // again after this one.
@@ -236,6 +245,7 @@ impl EsdbSink {
                 batch[0].target_stream()
             )));
         }
+        let replaying = self.replaying(generation, &client, batch).await?;
         let mut resolved = self.resolve_uncertain(generation, &client, &steps).await?;
         let Some(session) = session else {
             // No batch append (an old server, or none can be opened now):
@@ -268,30 +278,22 @@ impl EsdbSink {
                     continue;
                 }
             };
-            if self.shifted_metadata(events).is_some() {
-                // A renumbered stream's metadata, its `$tb` moved: rare, so
-                // alone, after what is in flight.
-                self.settle(&mut in_flight, &mut outcome).await;
-                if outcome.transient.is_some() {
-                    break;
-                }
-                ticket.wait_for_earlier().await;
-                self.settle_refused(&steps, &mut outcome).await?;
-                let position = self.write_stream_plan(std::slice::from_ref(step)).await?;
-                outcome.position = outcome.position.max(position);
-                outcome.last_written = Some(index);
-                continue;
-            }
-            let (from, expected) = match resolved.remove(&index) {
+            // A renumbered stream's metadata has its `$tb` moved (rare):
+            // written alone, below.
+            let shifted = self.shifted_metadata(events).is_some();
+            let planned = match resolved.remove(&index) {
+                _ if shifted => None,
                 Some(Resolved::Written(done)) => {
                     outcome.position = outcome.position.max(done.position);
-                    self.learn(
-                        stream,
-                        events,
-                        done,
-                        self.is_tracked(stream),
-                        self.offset(stream),
-                    );
+                    let tracked = self.is_tracked(stream);
+                    if tracked {
+                        // The stream's later runs in this batch go after
+                        // what the target holds.
+                        if let Some(last) = done.last_revision.filter(|_| !done.deleted) {
+                            next.insert(stream, last + 1);
+                        }
+                    }
+                    self.learn(stream, events, done, tracked, self.offset(stream));
                     continue;
                 }
                 Some(Resolved::Send { from, expected }) => {
@@ -301,30 +303,69 @@ impl EsdbSink {
                         let at = expected.next_revision() as i64;
                         self.remember_offset(stream, at - events[from].revision as i64);
                     }
-                    (from, expected)
+                    Some((from, expected))
                 }
-                None => (0, self.certain_expected(stream, events, &next)),
+                None => self
+                    .certain_expected(stream, events, &next)
+                    .map(|expected| (0, expected)),
             };
-            let after = expected.next_revision() + (events.len() - from) as u64;
-            if self.is_tracked(stream) {
-                next.insert(stream, after);
-                self.order().pending_next.insert(stream.to_owned(), after);
-            } else {
-                self.remember_known(stream);
-            }
-            match session.send(stream, expected.into(), &events[from..]) {
-                Ok(answer) => in_flight.push(InFlight {
-                    step: index,
-                    stream,
-                    events: &events[from..],
-                    first: expected.next_revision(),
-                    answer,
-                }),
-                Err(error) => {
-                    outcome.transient =
-                        Some(self.session_error(generation, &session, error, events[from]));
+            let Some((from, expected)) = planned else {
+                // Not certain here (a renumbered stream's metadata, its `$tb`
+                // moved; a tracked stream found deleted earlier in the
+                // batch): rare, so alone, after what is in flight, with the
+                // replay logic.
+                self.settle(&mut in_flight, &mut outcome).await;
+                if outcome.transient.is_some() {
                     break;
                 }
+                ticket.wait_for_earlier().await;
+                self.settle_refused(&steps, &mut outcome).await?;
+                let position = self.write_stream_plan(std::slice::from_ref(step)).await?;
+                outcome.position = outcome.position.max(position);
+                outcome.last_written = Some(index);
+                // A tracked stream's later runs go after what this wrote.
+                self.order().pending_next.remove(stream);
+                match self.tracked_next(stream) {
+                    Some(after) => next.insert(stream, after),
+                    None => next.remove(stream),
+                };
+                continue;
+            };
+            // In a replay region a request of several records could straddle
+            // the end of what the target holds: refused (the server's
+            // `CommitDecision.CorruptedIdempotency`) while later requests are
+            // written. One record per request cannot.
+            let size = if replaying { 1 } else { events.len() };
+            let tracked = self.is_tracked(stream);
+            let mut expected = expected;
+            let mut broken = false;
+            for part in events[from..].chunks(size.max(1)) {
+                let after = expected.next_revision() + part.len() as u64;
+                if tracked {
+                    next.insert(stream, after);
+                    self.order().pending_next.insert(stream.to_owned(), after);
+                } else {
+                    self.remember_known(stream);
+                }
+                match session.send(stream, expected.into(), part) {
+                    Ok(answer) => in_flight.push(InFlight {
+                        step: index,
+                        stream,
+                        events: part,
+                        first: expected.next_revision(),
+                        answer,
+                    }),
+                    Err(error) => {
+                        outcome.transient =
+                            Some(self.session_error(generation, &session, error, part[0]));
+                        broken = true;
+                        break;
+                    }
+                }
+                expected = Expected::before(after);
+            }
+            if broken {
+                break;
             }
         }
         // The next batch may send now; this one waits for its answers.
@@ -401,6 +442,7 @@ impl EsdbSink {
                     outcome.position = outcome.position.max(position);
                     outcome.last_written = Some(sent.step);
                     self.succeeded();
+                    self.past_replay_end(position);
                     // Not the stream's last revision from the answer: a
                     // server adds a `$tb` record of its own after metadata
                     // written to a soft-deleted stream.
@@ -439,25 +481,22 @@ impl EsdbSink {
         }
     }
 
-    /// The expected revision of a run of a stream whose state is certain.
+    /// The expected revision of a run of a stream whose state is certain;
+    /// `None` for a tracked stream whose revision is not known here.
     fn certain_expected(
         &self,
         stream: &str,
         events: &[&Event],
         next: &HashMap<&str, u64>,
-    ) -> Expected {
+    ) -> Option<Expected> {
         if self.is_tracked(stream) {
             // A later run of a stream whose first run in this batch was
-            // sent: `next` has it. Without it (a bug), the guess is one no
-            // stream has, refused and settled by the replay logic, never
-            // "no stream", which a soft-deleted stream would accept.
-            return next
-                .get(stream)
-                .map_or(Expected::Exact(PROBE_REVISION), |&n| Expected::before(n));
+            // sent or found written: `next` has it.
+            return next.get(stream).map(|&n| Expected::before(n));
         }
         let (guess, _) = self.guess(stream, events, false);
         match guess {
-            Guess::At(revision) => Expected::before(revision),
+            Guess::At(revision) => Some(Expected::before(revision)),
             _ => unreachable!("a stream of source revisions always has a guess"),
         }
     }
@@ -468,20 +507,86 @@ impl EsdbSink {
     fn certain(&self, stream: &str, events: &[&Event]) -> Option<Expected> {
         if self.is_tracked(stream) {
             let pending = self.order().pending_next.get(stream).copied();
-            let next = pending.or_else(|| {
-                self.tracked
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get(stream)
-                    .map(|last| last + 1)
-            });
-            return next.map(Expected::before);
+            return pending
+                .or_else(|| self.tracked_next(stream))
+                .map(Expected::before);
         }
         let order = self.order();
         let certain = order.known.contains(stream)
             || (order.horizon_passed && events[0].revision == 0 && self.offset(stream) == 0);
         drop(order);
-        certain.then(|| self.certain_expected(stream, events, &HashMap::new()))
+        if !certain {
+            return None;
+        }
+        self.certain_expected(stream, events, &HashMap::new())
+    }
+
+    /// Whether the batch is in a replay region: the records the target may
+    /// hold already from an earlier run or a failed attempt are not all
+    /// behind. Entering one, the sink asks where the target's `$all` ends:
+    /// the first answer after that position is a record written now, and
+    /// what follows it in the source's order cannot be on the target.
+    async fn replaying(
+        &self,
+        generation: u64,
+        client: &Client,
+        batch: &[Event],
+    ) -> Result<bool, SinkError> {
+        let known = {
+            let order = self.order();
+            order
+                .horizon_passed
+                .then_some(false)
+                .or(order.replay_end.map(|_| true))
+        };
+        if let Some(replaying) = known {
+            return Ok(replaying);
+        }
+        let end = match tokio::time::timeout(self.request_timeout, head(client)).await {
+            Ok(Ok(end)) => end,
+            Ok(Err(error)) => {
+                self.failed(generation, &error);
+                return Err(super::sink_error(
+                    error,
+                    "reading where the target's $all ends",
+                    &batch[0],
+                ));
+            }
+            Err(_) => {
+                return Err(SinkError::transient(format!(
+                    "reading where the target's $all ends (before event {}, source position \
+                     {}): no answer within {:?}",
+                    batch[0].id, batch[0].position, self.request_timeout
+                )))
+            }
+        };
+        let mut order = self.order();
+        order.replay_end = Some(end);
+        if end.is_none() {
+            // An empty target holds nothing to replay.
+            order.horizon_passed = true;
+        }
+        Ok(!order.horizon_passed)
+    }
+
+    /// Notes an answer's position: past the replay region's end, the
+    /// horizon is passed.
+    fn past_replay_end(&self, position: Option<Position>) {
+        let mut order = self.order();
+        if let (Some(Some(end)), Some(at)) = (order.replay_end, position) {
+            if at > end {
+                order.horizon_passed = true;
+            }
+        }
+    }
+
+    /// A tracked stream's next target revision as the target last confirmed.
+    fn tracked_next(&self, stream: &str) -> Option<u64> {
+        self.tracked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(stream)
+            .map(|last| last + 1)
     }
 
     fn order(&self) -> std::sync::MutexGuard<'_, OrderState> {

@@ -4,8 +4,7 @@
 //! restarts from the stored checkpoint, target failures in the middle of a
 //! pipeline of appends. The target must end with every kept event exactly
 //! once, in source order per target stream, and with source order (the
-//! default) in the source's `$all` order across streams (for the cases
-//! without injected target failures: see the known gap in `run_case`).
+//! default) in the source's `$all` order across streams.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -369,12 +368,7 @@ async fn run_case(case: Case) -> Result<(), TestCaseError> {
         got.keys().collect::<Vec<_>>(),
         want.keys().collect::<Vec<_>>()
     );
-    // Known gap (issue 21, open): with tracked revisions and target failures
-    // injected mid-pipeline, cases were found whose `$all` order differs (each
-    // stream stays exact, asserted above); the order is asserted here for the
-    // cases with crashes only. Source revisions with connection cuts are
-    // checked for order by `outages.rs` and the CLI's `order.rs`.
-    if case.order == WriteOrder::Source && case.failures.is_empty() {
+    if case.order == WriteOrder::Source {
         // Across streams too: the target's `$all` holds the kept events in
         // the source's `$all` order.
         let kept: Vec<Uuid> = user_events_in_all(&source)
