@@ -24,6 +24,13 @@
 //! records: what the target holds of this replicator's writes is a prefix of
 //! the source's order, so it holds nothing after that record either, and a
 //! stream that starts after it cannot exist on the target yet.
+//!
+//! A *replay region*: from the sink's start, and after every failed batch,
+//! the target may hold a prefix of the records about to be sent, ending in
+//! the middle of a run. A request of several records straddling that end is
+//! refused (partly idempotent) while the requests behind it are written, so
+//! until an answer lies past where the target's `$all` ended on entering the
+//! region, every request carries one record ([`EsdbSink::replaying`]).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
