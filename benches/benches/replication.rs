@@ -32,7 +32,8 @@
 //!
 //! `cargo bench -p replicator-benches --bench replication`
 //! Environment: EVENTS (20000), WORKLOADS ("small,mixed"), LATENCIES_MS
-//! ("0,4"), ORDERS ("source,stream"), PARTITIONS ("1,8": stream order's
+//! ("0,4"), ORDERS ("source,stream"; `read` adds the reader's ceiling: the
+//! same pipeline into an in-memory sink), PARTITIONS ("1,8": stream order's
 //! partitionCount rows), SEQUENTIAL_SAMPLE (1000 events; 0 leaves the
 //! sequential rows out). A debug build (`cargo test --all-targets` runs it as
 //! a smoke test) defaults to 2000 `small` events and a sample of 100.
@@ -56,7 +57,7 @@ use replicator_benches::{
     cpu_seconds, env_list, env_num, load_small_events, nodelay_client, peak_rss_mib, print_table,
     rate, serve, BoxError, ChildProcess, Proposed,
 };
-use replicator_core::memory::MemoryCheckpointStore;
+use replicator_core::memory::{MemoryCheckpointStore, MemorySink};
 use replicator_core::{ChangeKind, ContentType, Event, Pipeline, Reader, StartFrom};
 use replicator_esdb::{
     to_event_data, EsdbReader, EsdbReaderConfig, EsdbSink, EsdbSinkConfig, WriteOrder,
@@ -231,27 +232,40 @@ fn append_chunks<'a>(events: &'a [&'a Event]) -> Vec<&'a [&'a Event]> {
 async fn replicate(
     source: &str,
     target: &str,
-    order: WriteOrder,
+    order: Option<WriteOrder>,
     partitions: usize,
 ) -> Result<String, BoxError> {
     let reader = EsdbReader::new(EsdbReaderConfig {
         run_continuously: false,
         ..EsdbReaderConfig::new(source)
     })?;
-    let sink = EsdbSink::new(EsdbSinkConfig {
-        partition_count: partitions,
-        order,
-        ..EsdbSinkConfig::new(target)
-    })?;
+    let config = replicator_core::PipelineConfig {
+        max_batch_events: env_num("BATCH", 500) as usize,
+        ..Default::default()
+    };
     let started = Instant::now();
-    let summary = Pipeline::builder(reader, sink, MemoryCheckpointStore::new())
-        .config(replicator_core::PipelineConfig {
-            max_batch_events: env_num("BATCH", 500) as usize,
-            ..Default::default()
-        })
-        .build()
-        .run(CancellationToken::new())
-        .await?;
+    let summary = match order {
+        Some(order) => {
+            let sink = EsdbSink::new(EsdbSinkConfig {
+                partition_count: partitions,
+                order,
+                ..EsdbSinkConfig::new(target)
+            })?;
+            Pipeline::builder(reader, sink, MemoryCheckpointStore::new())
+                .config(config)
+                .build()
+                .run(CancellationToken::new())
+                .await?
+        }
+        // The reader's ceiling: the same pipeline into memory.
+        None => {
+            Pipeline::builder(reader, MemorySink::new(), MemoryCheckpointStore::new())
+                .config(config)
+                .build()
+                .run(CancellationToken::new())
+                .await?
+        }
+    };
     let elapsed = started.elapsed();
     Ok(format!(
         "{} {} {} {}",
@@ -453,7 +467,7 @@ async fn bench() -> Result<(), BoxError> {
             let mut writers = Vec::new();
             for order in env_names("ORDERS", "source,stream") {
                 match order.as_str() {
-                    "source" => writers.push((order, 1)),
+                    "source" | "read" => writers.push((order, 1)),
                     "stream" => writers.extend(
                         env_list("PARTITIONS", "1,8")
                             .into_iter()
@@ -475,18 +489,23 @@ async fn bench() -> Result<(), BoxError> {
                 let run = ReplicatorRun::parse(&line)?;
                 drop(child);
                 let servers = source.cpu_seconds() + target.cpu_seconds() - servers_before;
-                let options = compare::CompareOptions {
-                    check_order: order == "source",
-                    ..compare::CompareOptions::default()
-                };
-                let report =
-                    compare::compare_with(&client(&source_url)?, &client(&target_url)?, &options)
-                        .await?;
-                assert!(
-                    report.is_identical(),
-                    "replication not exact: {:?}",
-                    report.differences
-                );
+                if order != "read" {
+                    let options = compare::CompareOptions {
+                        check_order: order == "source",
+                        ..compare::CompareOptions::default()
+                    };
+                    let report = compare::compare_with(
+                        &client(&source_url)?,
+                        &client(&target_url)?,
+                        &options,
+                    )
+                    .await?;
+                    assert!(
+                        report.is_identical(),
+                        "replication not exact: {:?}",
+                        report.differences
+                    );
+                }
                 rows.push(Row {
                     cost: Some((
                         per_event_us(run.cpu_seconds, run.written),
@@ -496,6 +515,7 @@ async fn bench() -> Result<(), BoxError> {
                     ..row(
                         &match order.as_str() {
                             "source" => "replicator, source order".to_owned(),
+                            "read" => "reader alone (pipeline into memory)".to_owned(),
                             _ => format!("replicator, stream order, partitionCount {partitions}"),
                         },
                         (run.written, run.elapsed),
@@ -552,8 +572,9 @@ fn main() -> Result<(), BoxError> {
         }),
         Some("--replicate") => runtime.block_on(async {
             let order = match args[3].as_str() {
-                "source" => WriteOrder::Source,
-                _ => WriteOrder::Stream,
+                "source" => Some(WriteOrder::Source),
+                "read" => None,
+                _ => Some(WriteOrder::Stream),
             };
             let line = replicate(&args[1], &args[2], order, args[4].parse()?).await?;
             println!("{line}");
