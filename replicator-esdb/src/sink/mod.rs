@@ -739,16 +739,32 @@ impl EsdbSink {
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(stream);
         }
-        let options = TombstoneStreamOptions::default().expected_revision(ExpectedRevision::Any);
-        match within(
-            self.request_timeout,
-            client.tombstone_stream(stream, &options),
-        )
-        .await
-        {
+        // On the batch-append session's channel when there is one: no
+        // delayed ACK (`wire::tombstone`), and the same node.
+        let session = self.batch_session(generation).await;
+        let answer = match &session {
+            Some(session) => {
+                within(
+                    self.request_timeout,
+                    crate::wire::tombstone::tombstone(session.channel(), stream),
+                )
+                .await
+            }
+            None => {
+                let options =
+                    TombstoneStreamOptions::default().expected_revision(ExpectedRevision::Any);
+                within(
+                    self.request_timeout,
+                    client.tombstone_stream(stream, &options),
+                )
+                .await
+                .map(|position| position.map(convert_position))
+            }
+        };
+        match answer {
             Ok(position) => {
                 self.succeeded();
-                Ok(position.map(convert_position))
+                Ok(position)
             }
             Err(eventstore::Error::ResourceDeleted) => Ok(None),
             Err(error) => {

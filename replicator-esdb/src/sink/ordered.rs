@@ -47,6 +47,7 @@ use crate::plan::{
     sequence, Action, AppendRun, Done, Expected, Guess, Reply, Step, PROBE_REVISION,
 };
 use crate::wire::append::{BatchSession, PendingAppend};
+use crate::wire::read::last_position;
 
 /// Streams [`OrderState::known`] holds at most (about 100 bytes each): a
 /// stream forgotten is resolved again on its next write, nothing more.
@@ -549,7 +550,16 @@ impl EsdbSink {
         if let Some(replaying) = known {
             return Ok(replaying);
         }
-        let end = match tokio::time::timeout(self.request_timeout, head(client)).await {
+        // On the batch-append session's channel (no delayed ACK) when there
+        // is one.
+        let session = self.batch_session(generation).await;
+        let asked = async {
+            match &session {
+                Some(session) => last_position(session.channel()).await,
+                None => head(client).await,
+            }
+        };
+        let end = match tokio::time::timeout(self.request_timeout, asked).await {
             Ok(Ok(end)) => end,
             Ok(Err(error)) => {
                 self.failed(generation, &error);

@@ -58,6 +58,8 @@ pub(crate) struct BatchSession {
     /// the call, so the server skips what it has not written yet (as when
     /// the process dies), instead of writing it later.
     call: tokio::task::AbortHandle,
+    /// The channel the call is on, for other calls to the same node.
+    channel: WireChannel,
 }
 
 impl Drop for BatchSession {
@@ -78,6 +80,7 @@ impl BatchSession {
             receiver.recv().await.map(|request| (request, receiver))
         });
         let request = channel.request(outgoing);
+        let channel_for_calls = channel.clone();
         let channel = channel.clone();
         let answers = Arc::clone(&pending);
         let call = tokio::spawn(async move {
@@ -96,7 +99,13 @@ impl BatchSession {
             requests,
             pending,
             call: call.abort_handle(),
+            channel: channel_for_calls,
         }
+    }
+
+    /// The channel the session's call is on.
+    pub(crate) fn channel(&self) -> &WireChannel {
+        &self.channel
     }
 
     /// Appends `events` to `stream` at `expected`, as one request.

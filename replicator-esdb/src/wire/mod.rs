@@ -6,9 +6,12 @@
 //! into its own types. The calls made for every event go through
 //! [`channel::WireChannel`] instead, with messages read and written by hand
 //! from and into the pipeline's [`replicator_core::Event`]:
-//! - the `$all` subscription of the reader ([`read::AllSubscription`]).
+//! - the `$all` subscription of the reader ([`read::AllSubscription`]);
+//! - the sink's batch-append session ([`append::BatchSession`]) and its
+//!   tombstones ([`tombstone::tombstone`]), which with source order the whole
+//!   pipeline waits for.
 //!
-//! Everything else (reads of pages and heads, plain appends, deletes,
+//! Everything else (reads of pages and heads, plain appends, soft deletes,
 //! metadata, verification) stays on the client: rare calls, and the client's
 //! semantics are what the rest of the crate is written against. Errors are
 //! turned into the client's [`eventstore::Error`] with its own
@@ -18,3 +21,4 @@ pub(crate) mod append;
 pub(crate) mod channel;
 pub(crate) mod proto;
 pub(crate) mod read;
+pub(crate) mod tombstone;

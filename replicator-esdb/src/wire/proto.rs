@@ -18,7 +18,7 @@ pub(crate) struct ReadReq {
     pub options: Option<ReadOptions>,
 }
 
-/// `ReadReq.Options`, for a forward read or subscription of `$all`.
+/// `ReadReq.Options`, for a subscription or a read of `$all`.
 #[derive(Clone, PartialEq, prost::Message)]
 pub(crate) struct ReadOptions {
     /// `all = 2` of the `stream_option` oneof.
@@ -29,6 +29,9 @@ pub(crate) struct ReadOptions {
     pub read_direction: i32,
     #[prost(bool, tag = "4")]
     pub resolve_links: bool,
+    /// `count = 5` of the `count_option` oneof.
+    #[prost(uint64, optional, tag = "5")]
+    pub count: Option<u64>,
     /// `subscription = 6` of the `count_option` oneof.
     #[prost(message, optional, tag = "6")]
     pub subscription: Option<Empty>,
@@ -39,13 +42,15 @@ pub(crate) struct ReadOptions {
     pub uuid_option: Option<UuidOption>,
 }
 
-/// `ReadReq.Options.AllOptions`: `position = 1` or `start = 2`.
+/// `ReadReq.Options.AllOptions`: `position = 1`, `start = 2` or `end = 3`.
 #[derive(Clone, Copy, PartialEq, prost::Message)]
 pub(crate) struct AllOptions {
     #[prost(message, optional, tag = "1")]
     pub position: Option<AllPosition>,
     #[prost(message, optional, tag = "2")]
     pub start: Option<Empty>,
+    #[prost(message, optional, tag = "3")]
+    pub end: Option<Empty>,
 }
 
 /// `ReadReq.Options.Position`.
@@ -164,4 +169,36 @@ impl WireUuid {
             (None, None) => None,
         }
     }
+}
+
+/// `event_store.client.StreamIdentifier`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct StreamIdentifier {
+    #[prost(bytes = "vec", tag = "3")]
+    pub stream_name: Vec<u8>,
+}
+
+/// `event_store.client.streams.TombstoneReq`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct TombstoneReq {
+    #[prost(message, optional, tag = "1")]
+    pub options: Option<TombstoneOptions>,
+}
+
+/// `TombstoneReq.Options`, with `any = 4` of the expected revision oneof
+/// (the only one the sink states).
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct TombstoneOptions {
+    #[prost(message, optional, tag = "1")]
+    pub stream_identifier: Option<StreamIdentifier>,
+    #[prost(message, optional, tag = "4")]
+    pub any: Option<Empty>,
+}
+
+/// `event_store.client.streams.TombstoneResp`: `position = 1` or
+/// `no_position = 2`.
+#[derive(Clone, Copy, PartialEq, prost::Message)]
+pub(crate) struct TombstoneResp {
+    #[prost(message, optional, tag = "1")]
+    pub position: Option<AllPosition>,
 }

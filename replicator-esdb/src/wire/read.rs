@@ -56,10 +56,12 @@ impl AllSubscription {
                     prepare_position: position.prepare,
                 }),
                 start: None,
+                end: None,
             },
             None => AllOptions {
                 position: None,
                 start: Some(Empty {}),
+                end: None,
             },
         };
         let request = ReadReq {
@@ -67,6 +69,7 @@ impl AllSubscription {
                 all: Some(all),
                 read_direction: 0,
                 resolve_links: false,
+                count: None,
                 subscription: Some(Empty {}),
                 no_filter: Some(Empty {}),
                 // Ids as text, as the client asks for them (asking for
@@ -98,6 +101,50 @@ impl AllSubscription {
             Err(status) => Err(eventstore::Error::from_grpc(status)),
         }
     }
+}
+
+/// The position of the last record in `$all` (`None`: empty), read
+/// backwards from its end on `channel`: without the `eventstore` client's
+/// delayed ACK, which the sink would wait for at the start of every replay
+/// region.
+pub(crate) async fn last_position(
+    channel: &WireChannel,
+) -> Result<Option<Position>, eventstore::Error> {
+    let request = ReadReq {
+        options: Some(ReadOptions {
+            all: Some(AllOptions {
+                position: None,
+                start: None,
+                end: Some(Empty {}),
+            }),
+            // Backwards.
+            read_direction: 1,
+            resolve_links: false,
+            count: Some(1),
+            subscription: None,
+            no_filter: Some(Empty {}),
+            uuid_option: Some(UuidOption {
+                string: Some(Empty {}),
+            }),
+        }),
+    };
+    let mut grpc = channel.grpc().await.map_err(eventstore::Error::from_grpc)?;
+    let path = http::uri::PathAndQuery::from_static("/event_store.client.streams.Streams/Read");
+    let mut answers = grpc
+        .server_streaming(channel.request(request), path, ReadCodec)
+        .await
+        .map_err(eventstore::Error::from_grpc)?
+        .into_inner();
+    while let Some(item) = answers
+        .message()
+        .await
+        .map_err(eventstore::Error::from_grpc)?
+    {
+        if let ReadItem::Event(event) = item {
+            return Ok(Some(event.position));
+        }
+    }
+    Ok(None)
 }
 
 /// Sends a `ReadReq`, decodes `ReadResp`s into [`ReadItem`]s.
