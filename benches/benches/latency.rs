@@ -3,7 +3,8 @@
 //!
 //! Each case starts fresh testkit servers and, for the replicator cases, a
 //! running pipeline (`EsdbReader` following the source continuously →
-//! `EsdbSink`) with `partitionCount` 1 and 8. A timed appender then writes
+//! `EsdbSink`) in source order (the default) and in stream order with
+//! `partitionCount` 8. A timed appender then writes
 //! events to the source at a steady trickle, one per append, and a
 //! subscriber on the target's `$all` notes when each arrives. The latency of
 //! an event is its arrival on the target minus the source's acknowledgement
@@ -30,7 +31,8 @@
 //! - `EVENTS` (300; 30 in a debug build, which `cargo test --all-targets`
 //!   runs as a smoke test): timed events per case;
 //! - `RATE` (50): timed events per second;
-//! - `PARTITIONS` ("1,8"): the replicator's `partitionCount`s;
+//! - `ORDERS` ("source,stream"): the sink's orders;
+//! - `PARTITIONS` ("8"): stream order's `partitionCount`s;
 //! - `LOAD` ("0,1"): run without (0) and with (1) the background writer;
 //! - `LOAD_BATCH` (1): events per append of the background writer;
 //! - `STAGES` (0): with 1, the replicator also notes when each timed event
@@ -58,14 +60,15 @@ use async_trait::async_trait;
 use eventstore::{Client, StreamPosition, SubscribeToAllOptions, SubscriptionEvent};
 use futures::StreamExt;
 use replicator_benches::{
-    append_request, env_list, env_num, nodelay_client, print_table, serve, ChildProcess, Proposed,
+    append_request, env_list, env_names, env_num, nodelay_client, print_table, serve, ChildProcess,
+    Proposed,
 };
 use replicator_core::memory::MemoryCheckpointStore;
 use replicator_core::{
     Event, EventStream, HeadProbe, Pipeline, Reader, ReaderError, Sink, SinkError, StartFrom,
     WriteAck,
 };
-use replicator_esdb::{EsdbReader, EsdbReaderConfig, EsdbSink, EsdbSinkConfig};
+use replicator_esdb::{EsdbReader, EsdbReaderConfig, EsdbSink, EsdbSinkConfig, WriteOrder};
 use replicator_testkit::proto::event_store::client as pb;
 use replicator_testkit::{workload, ServerOptions};
 use tokio::sync::mpsc;
@@ -457,27 +460,43 @@ async fn bench() -> Result<(), BoxError> {
         rows.push(latency_row("source alone (baseline)", load, &measured));
         drop(source);
 
-        for partitions in env_list("PARTITIONS", "1,8") {
+        let mut writers = Vec::new();
+        for order in env_names("ORDERS", "source,stream") {
+            match order.as_str() {
+                "source" => writers.push((order, 1)),
+                "stream" => writers.extend(
+                    env_list("PARTITIONS", "8")
+                        .into_iter()
+                        .map(|p| (order.clone(), p)),
+                ),
+                other => return Err(format!("ORDERS: unknown order {other:?}").into()),
+            }
+        }
+        for (order, partitions) in writers {
             let (_source, source_url) = ChildProcess::answering(&["--serve".into()])?;
             preload(&source_url).await?;
             let (_target, target_url) = ChildProcess::answering(&["--serve".into()])?;
-            let log = stage_log_path(partitions, load);
+            let log = stage_log_path(&order, partitions, load);
             let _ = std::fs::remove_file(&log);
             let mut args = vec![
                 "--replicate".into(),
                 source_url.clone(),
                 target_url.clone(),
+                order.clone(),
                 partitions.to_string(),
             ];
             if stages {
                 args.push(log.display().to_string());
             }
             let replicator = match std::env::var("BINARY") {
-                Ok(binary) => run_binary(&binary, &source_url, &target_url, partitions)?,
+                Ok(binary) => run_binary(&binary, &source_url, &target_url, &order, partitions)?,
                 Err(_) => ChildProcess::answering(&args)?.0,
             };
             let measured = measure(&source_url, &target_url, load, events, rate).await?;
-            let case = format!("replicator, partitionCount {partitions}");
+            let case = match order.as_str() {
+                "source" => "replicator, source order".to_owned(),
+                _ => format!("replicator, stream order, partitionCount {partitions}"),
+            };
             rows.push(latency_row(&case, load, &measured));
             drop(replicator);
             if stages {
@@ -530,6 +549,7 @@ fn run_binary(
     binary: &str,
     source: &str,
     target: &str,
+    order: &str,
     partitions: u64,
 ) -> Result<ChildProcess, BoxError> {
     let dir = std::env::temp_dir().join(format!("replicator-latency-{}", std::process::id()));
@@ -540,7 +560,7 @@ fn run_binary(
         &config,
         format!(
             "replicator:\n  reader:\n    connectionString: {}\n  sink:\n    connectionString: {}\n    \
-             partitionCount: {partitions}\n  checkpoint:\n    type: file\n    path: {}\n    \
+             order: {order}\n    partitionCount: {partitions}\n  checkpoint:\n    type: file\n    path: {}\n    \
              checkpointAfter: {}\n",
             user_url(source),
             user_url(target),
@@ -564,9 +584,9 @@ fn user_url(url: &str) -> String {
     }
 }
 
-fn stage_log_path(partitions: u64, load: bool) -> PathBuf {
+fn stage_log_path(order: &str, partitions: u64, load: bool) -> PathBuf {
     std::env::temp_dir().join(format!(
-        "replicator-latency-{}-{partitions}-{load}.log",
+        "replicator-latency-{}-{order}-{partitions}-{load}.log",
         std::process::id()
     ))
 }
@@ -661,6 +681,7 @@ impl Sink for StagedSink {
 async fn replicate(
     source: &str,
     target: &str,
+    order: WriteOrder,
     partitions: usize,
     log: Option<&str>,
 ) -> Result<(), BoxError> {
@@ -670,6 +691,7 @@ async fn replicate(
     })?;
     let sink = EsdbSink::new(EsdbSinkConfig {
         partition_count: partitions,
+        order,
         ..EsdbSinkConfig::new(user_url(target))
     })?;
     let store = MemoryCheckpointStore::new();
@@ -715,8 +737,12 @@ fn main() -> Result<(), BoxError> {
         Some("--replicate") => runtime.block_on(replicate(
             &args[1],
             &args[2],
-            args[3].parse()?,
-            args.get(4).map(String::as_str),
+            match args[3].as_str() {
+                "source" => WriteOrder::Source,
+                _ => WriteOrder::Stream,
+            },
+            args[4].parse()?,
+            args.get(5).map(String::as_str),
         )),
         Some("--load") => runtime.block_on(load(&args[1], args[2].parse()?)),
         // cargo bench passes `--bench`; anything else runs the benchmark.

@@ -54,8 +54,8 @@ use std::time::{Duration, Instant};
 use eventstore::{AppendToStreamOptions, Client, ExpectedRevision};
 use futures::{StreamExt, TryStreamExt};
 use replicator_benches::{
-    cpu_seconds, env_list, env_num, load_small_events, nodelay_client, peak_rss_mib, print_table,
-    rate, serve, BoxError, ChildProcess, Proposed,
+    cpu_seconds, env_list, env_names, env_num, load_small_events, nodelay_client, peak_rss_mib,
+    print_table, rate, serve, BoxError, ChildProcess, Proposed,
 };
 use replicator_core::memory::{MemoryCheckpointStore, MemorySink};
 use replicator_core::{ChangeKind, ContentType, Event, Pipeline, Reader, StartFrom};
@@ -65,15 +65,6 @@ use replicator_esdb::{
 use replicator_testkit::proto::event_store::client as pb;
 use replicator_testkit::{compare, workload, ServerOptions};
 use tokio_util::sync::CancellationToken;
-
-fn env_names(name: &str, default: &str) -> Vec<String> {
-    std::env::var(name)
-        .unwrap_or_else(|_| default.to_owned())
-        .split(',')
-        .map(|v| v.trim().to_owned())
-        .filter(|v| !v.is_empty())
-        .collect()
-}
 
 /// The workloads a source can be filled with; see the module docs.
 const WORKLOADS: [&str; 3] = ["small", "streams", "mixed"];

@@ -326,3 +326,14 @@ mod tests {
         assert!(process_rss_mib("self").expect("/proc/self/status") > 0.0);
     }
 }
+
+/// A comma-separated list of names from the environment variable `name`,
+/// or from `default` when it is unset.
+pub fn env_names(name: &str, default: &str) -> Vec<String> {
+    std::env::var(name)
+        .unwrap_or_else(|_| default.to_owned())
+        .split(',')
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+        .collect()
+}
