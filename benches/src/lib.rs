@@ -300,6 +300,17 @@ pub fn print_table(headers: &[&str], rows: &[Vec<String>]) {
     }
 }
 
+/// A comma-separated list of names from the environment variable `name`,
+/// or from `default` when it is unset.
+pub fn env_names(name: &str, default: &str) -> Vec<String> {
+    std::env::var(name)
+        .unwrap_or_else(|_| default.to_owned())
+        .split(',')
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -325,15 +336,4 @@ mod tests {
         );
         assert!(process_rss_mib("self").expect("/proc/self/status") > 0.0);
     }
-}
-
-/// A comma-separated list of names from the environment variable `name`,
-/// or from `default` when it is unset.
-pub fn env_names(name: &str, default: &str) -> Vec<String> {
-    std::env::var(name)
-        .unwrap_or_else(|_| default.to_owned())
-        .split(',')
-        .map(|v| v.trim().to_owned())
-        .filter(|v| !v.is_empty())
-        .collect()
 }
