@@ -34,7 +34,8 @@
 //! Environment: EVENTS (20000), WORKLOADS ("small,mixed"), LATENCIES_MS
 //! ("0,4"), ORDERS ("source,stream"; `read` adds the reader's ceiling: the
 //! same pipeline into an in-memory sink), PARTITIONS ("1,8": stream order's
-//! partitionCount rows), SEQUENTIAL_SAMPLE (1000 events; 0 leaves the
+//! partitionCount rows), RUNS (1; each replicator row is then the median of
+//! this many runs, the writers taking turns), SEQUENTIAL_SAMPLE (1000 events; 0 leaves the
 //! sequential rows out). A debug build (`cargo test --all-targets` runs it as
 //! a smoke test) defaults to 2000 `small` events and a sample of 100.
 //!
@@ -267,6 +268,45 @@ async fn replicate(
     ))
 }
 
+/// One replicator run of `order` (`read`: into memory) from the source at
+/// `source_url` into a fresh target, checked against the source (and for
+/// source order, in `$all` order); the run and the servers' CPU seconds
+/// during it.
+async fn replicate_once(
+    source: &ChildProcess,
+    source_url: &str,
+    latency: u64,
+    order: &str,
+    partitions: u64,
+) -> Result<(ReplicatorRun, f64), BoxError> {
+    let (target, target_url) = server(latency)?;
+    let servers_before = source.cpu_seconds() + target.cpu_seconds();
+    let (child, line) = ChildProcess::answering(&[
+        "--replicate".into(),
+        source_url.to_owned(),
+        target_url.clone(),
+        order.to_owned(),
+        partitions.to_string(),
+    ])?;
+    let run = ReplicatorRun::parse(&line)?;
+    drop(child);
+    let servers = source.cpu_seconds() + target.cpu_seconds() - servers_before;
+    if order != "read" {
+        let options = compare::CompareOptions {
+            check_order: order == "source",
+            ..compare::CompareOptions::default()
+        };
+        let report =
+            compare::compare_with(&client(source_url)?, &client(&target_url)?, &options).await?;
+        assert!(
+            report.is_identical(),
+            "replication not exact: {:?}",
+            report.differences
+        );
+    }
+    Ok((run, servers))
+}
+
 /// What one replicator child reported.
 struct ReplicatorRun {
     written: u64,
@@ -395,6 +435,7 @@ async fn bench() -> Result<(), BoxError> {
     let smoke = cfg!(debug_assertions);
     let events = env_num("EVENTS", if smoke { 2_000 } else { 20_000 }) as usize;
     let sample = env_num("SEQUENTIAL_SAMPLE", if smoke { 100 } else { 1_000 }) as usize;
+    let runs = env_num("RUNS", 1).max(1);
     let workloads = env_names("WORKLOADS", if smoke { "small" } else { "small,mixed" });
     if let Some(unknown) = workloads.iter().find(|w| !WORKLOADS.contains(&w.as_str())) {
         return Err(format!("WORKLOADS: unknown workload {unknown:?} ({WORKLOADS:?})").into());
@@ -467,36 +508,21 @@ async fn bench() -> Result<(), BoxError> {
                     other => return Err(format!("ORDERS: unknown order {other:?}").into()),
                 }
             }
-            for (order, partitions) in writers {
-                let (target, target_url) = server(latency)?;
-                let servers_before = source.cpu_seconds() + target.cpu_seconds();
-                let (child, line) = ChildProcess::answering(&[
-                    "--replicate".into(),
-                    source_url.clone(),
-                    target_url.clone(),
-                    order.clone(),
-                    partitions.to_string(),
-                ])?;
-                let run = ReplicatorRun::parse(&line)?;
-                drop(child);
-                let servers = source.cpu_seconds() + target.cpu_seconds() - servers_before;
-                if order != "read" {
-                    let options = compare::CompareOptions {
-                        check_order: order == "source",
-                        ..compare::CompareOptions::default()
-                    };
-                    let report = compare::compare_with(
-                        &client(&source_url)?,
-                        &client(&target_url)?,
-                        &options,
-                    )
-                    .await?;
-                    assert!(
-                        report.is_identical(),
-                        "replication not exact: {:?}",
-                        report.differences
+            // Each writer's runs take turns with the other writers', so a
+            // machine that gets busier or quieter meanwhile shifts them all.
+            let mut results: Vec<Vec<(ReplicatorRun, f64)>> =
+                writers.iter().map(|_| Vec::new()).collect();
+            for _ in 0..runs {
+                for ((order, partitions), results) in writers.iter().zip(&mut results) {
+                    results.push(
+                        replicate_once(&source, &source_url, latency, order, *partitions).await?,
                     );
                 }
+            }
+            for ((order, partitions), mut results) in writers.into_iter().zip(results) {
+                // The median run by time (the upper one of two middles).
+                results.sort_by_key(|(run, _)| run.elapsed);
+                let (run, servers) = results.swap_remove(results.len() / 2);
                 rows.push(Row {
                     cost: Some((
                         per_event_us(run.cpu_seconds, run.written),
