@@ -1,37 +1,30 @@
-//! Printing times without a calendar crate.
+//! Printing times: instants as RFC 3339 (the calendar is the `time` crate's),
+//! durations as `replicator_core::health::short`.
 
 use std::time::SystemTime;
+
+use time::OffsetDateTime;
 
 /// `t` as RFC 3339 in UTC, to the second (`2024-02-29T13:05:09Z`).
 pub fn rfc3339(t: SystemTime) -> String {
     let secs = match t.duration_since(SystemTime::UNIX_EPOCH) {
-        Ok(d) => d.as_secs(),
-        Err(_) => return "before 1970".to_owned(),
+        Ok(after) => i64::try_from(after.as_secs()).ok(),
+        Err(before) => i64::try_from(before.duration().as_secs_f64().ceil() as u64)
+            .ok()
+            .map(|s| -s),
     };
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
-}
-
-/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's
-/// `civil_from_days`, for non-negative day counts).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z % 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + u64::from(m <= 2);
-    (y, m, d)
+    match secs.and_then(|s| OffsetDateTime::from_unix_timestamp(s).ok()) {
+        Some(t) => format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second()
+        ),
+        None => format!("{t:?} (outside the calendar's range)"),
+    }
 }
 
 pub use replicator_core::health::short;
@@ -53,6 +46,9 @@ mod tests {
         // 2000-03-01, after the century leap day.
         assert_eq!(rfc3339(at(951_868_800)), "2000-03-01T00:00:00Z");
         assert_eq!(rfc3339(at(1_767_225_600)), "2026-01-01T00:00:00Z");
+        // Before the epoch, to the second below.
+        let before = SystemTime::UNIX_EPOCH - Duration::from_millis(500);
+        assert_eq!(rfc3339(before), "1969-12-31T23:59:59Z");
     }
 
     #[test]
