@@ -7,13 +7,13 @@ use time::OffsetDateTime;
 
 /// `t` as RFC 3339 in UTC, to the second (`2024-02-29T13:05:09Z`).
 pub fn rfc3339(t: SystemTime) -> String {
-    let secs = match t.duration_since(SystemTime::UNIX_EPOCH) {
-        Ok(after) => i64::try_from(after.as_secs()).ok(),
-        Err(before) => i64::try_from(before.duration().as_secs_f64().ceil() as u64)
+    let nanos = match t.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(after) => i128::try_from(after.as_nanos()).ok(),
+        Err(before) => i128::try_from(before.duration().as_nanos())
             .ok()
-            .map(|s| -s),
+            .map(|n| -n),
     };
-    match secs.and_then(|s| OffsetDateTime::from_unix_timestamp(s).ok()) {
+    match nanos.and_then(|n| OffsetDateTime::from_unix_timestamp_nanos(n).ok()) {
         Some(t) => format!(
             "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
             t.year(),

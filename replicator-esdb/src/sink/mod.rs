@@ -482,12 +482,7 @@ impl EsdbSink {
     /// the renumbering offset that guess used.
     fn guess(&self, stream: &str, events: &[&Event], tracked: bool) -> (Guess, i64) {
         if tracked {
-            let guess = self
-                .tracked
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(stream)
-                .map(|&last| Guess::At(last + 1));
+            let guess = self.tracked_next(stream).map(Guess::At);
             // Not known: a run that starts its source stream most likely
             // starts the target stream too (no read for a fresh stream).
             let guess = guess.unwrap_or(match events[0].revision {
@@ -503,6 +498,15 @@ impl EsdbSink {
                 u64::try_from(events[0].revision as i64 + offset).unwrap_or(events[0].revision);
             (Guess::At(revision), offset)
         }
+    }
+
+    /// A tracked stream's next target revision as the target last confirmed.
+    fn tracked_next(&self, stream: &str) -> Option<u64> {
+        self.tracked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(stream)
+            .map(|last| last + 1)
     }
 
     /// Remembers what a finished run taught about its target stream: the

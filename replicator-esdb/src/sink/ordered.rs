@@ -42,7 +42,7 @@ use replicator_core::{ErrorKind, Event, Position, SinkError, WriteAck};
 use tracing::{debug, warn};
 
 use super::{log_note, refusal, EsdbSink, RunError, STREAMS_IN_FLIGHT};
-use crate::connection::{describe, error_kind, head};
+use crate::connection::{describe, error_kind, within};
 use crate::plan::{
     sequence, Action, AppendRun, Done, Expected, Guess, Reply, Step, PROBE_REVISION,
 };
@@ -253,14 +253,15 @@ impl EsdbSink {
                 batch[0].target_stream()
             )));
         }
-        let replaying = self.replaying(generation, &client, batch).await?;
-        let mut resolved = self.resolve_uncertain(generation, &client, &steps).await?;
         let Some(session) = session else {
             // No batch append (an old server, or none can be opened now):
-            // one append at a time, which keeps the order too.
+            // one append at a time, which keeps the order too (each refusal
+            // is settled before the next append).
             ticket.wait_for_earlier().await;
             return self.write_one_by_one(&steps).await;
         };
+        let replaying = self.replaying(generation, &session, batch).await?;
+        let mut resolved = self.resolve_uncertain(generation, &client, &steps).await?;
         self.order().last_session = Some(Arc::downgrade(&session));
 
         let mut outcome = Outcome::default();
@@ -537,7 +538,7 @@ impl EsdbSink {
     async fn replaying(
         &self,
         generation: u64,
-        client: &Client,
+        session: &BatchSession,
         batch: &[Event],
     ) -> Result<bool, SinkError> {
         let known = {
@@ -550,33 +551,13 @@ impl EsdbSink {
         if let Some(replaying) = known {
             return Ok(replaying);
         }
-        // On the batch-append session's channel (no delayed ACK) when there
-        // is one.
-        let session = self.batch_session(generation).await;
-        let asked = async {
-            match &session {
-                Some(session) => last_position(session.channel()).await,
-                None => head(client).await,
-            }
-        };
-        let end = match tokio::time::timeout(self.request_timeout, asked).await {
-            Ok(Ok(end)) => end,
-            Ok(Err(error)) => {
+        // On the session's channel: no delayed ACK.
+        let end = within(self.request_timeout, last_position(session.channel()))
+            .await
+            .map_err(|error| {
                 self.failed(generation, &error);
-                return Err(super::sink_error(
-                    error,
-                    "reading where the target's $all ends",
-                    &batch[0],
-                ));
-            }
-            Err(_) => {
-                return Err(SinkError::transient(format!(
-                    "reading where the target's $all ends (before event {}, source position \
-                     {}): no answer within {:?}",
-                    batch[0].id, batch[0].position, self.request_timeout
-                )))
-            }
-        };
+                super::sink_error(error, "reading where the target's $all ends", &batch[0])
+            })?;
         let mut order = self.order();
         order.replay_end = Some(end);
         if end.is_none() {
@@ -595,15 +576,6 @@ impl EsdbSink {
                 order.horizon_passed = true;
             }
         }
-    }
-
-    /// A tracked stream's next target revision as the target last confirmed.
-    fn tracked_next(&self, stream: &str) -> Option<u64> {
-        self.tracked
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(stream)
-            .map(|last| last + 1)
     }
 
     fn order(&self) -> std::sync::MutexGuard<'_, OrderState> {

@@ -80,11 +80,10 @@ impl BatchSession {
             receiver.recv().await.map(|request| (request, receiver))
         });
         let request = channel.request(outgoing);
-        let channel_for_calls = channel.clone();
-        let channel = channel.clone();
+        let call_channel = channel.clone();
         let answers = Arc::clone(&pending);
         let call = tokio::spawn(async move {
-            let ended = match run(&channel, request, &answers).await {
+            let ended = match run(&call_channel, request, &answers).await {
                 Ok(()) => eventstore::Error::ServerError("the batch-append call ended".to_owned()),
                 Err(error) => error,
             };
@@ -99,7 +98,7 @@ impl BatchSession {
             requests,
             pending,
             call: call.abort_handle(),
-            channel: channel_for_calls,
+            channel: channel.clone(),
         }
     }
 

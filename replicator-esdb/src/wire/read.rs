@@ -79,14 +79,8 @@ impl AllSubscription {
                 }),
             }),
         };
-        let mut grpc = channel.grpc().await.map_err(eventstore::Error::from_grpc)?;
-        let path = http::uri::PathAndQuery::from_static("/event_store.client.streams.Streams/Read");
-        let response = grpc
-            .server_streaming(channel.request(request), path, ReadCodec)
-            .await
-            .map_err(eventstore::Error::from_grpc)?;
         Ok(AllSubscription {
-            stream: response.into_inner(),
+            stream: read_call(channel, request).await?,
         })
     }
 
@@ -128,13 +122,7 @@ pub(crate) async fn last_position(
             }),
         }),
     };
-    let mut grpc = channel.grpc().await.map_err(eventstore::Error::from_grpc)?;
-    let path = http::uri::PathAndQuery::from_static("/event_store.client.streams.Streams/Read");
-    let mut answers = grpc
-        .server_streaming(channel.request(request), path, ReadCodec)
-        .await
-        .map_err(eventstore::Error::from_grpc)?
-        .into_inner();
+    let mut answers = read_call(channel, request).await?;
     while let Some(item) = answers
         .message()
         .await
@@ -145,6 +133,20 @@ pub(crate) async fn last_position(
         }
     }
     Ok(None)
+}
+
+/// Makes a `Streams.Read` call; returns once the server has answered it.
+async fn read_call(
+    channel: &WireChannel,
+    request: ReadReq,
+) -> Result<tonic::Streaming<ReadItem>, eventstore::Error> {
+    let mut grpc = channel.grpc().await.map_err(eventstore::Error::from_grpc)?;
+    let path = http::uri::PathAndQuery::from_static("/event_store.client.streams.Streams/Read");
+    Ok(grpc
+        .server_streaming(channel.request(request), path, ReadCodec)
+        .await
+        .map_err(eventstore::Error::from_grpc)?
+        .into_inner())
 }
 
 /// Sends a `ReadReq`, decodes `ReadResp`s into [`ReadItem`]s.
