@@ -5,8 +5,8 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::{
-    assert_fails_naming, assert_ok, command, gate_spent_or_ended, run_async, stderr, stdout,
-    Clusters, Workdir,
+    assert_fails_naming, assert_ok, command, gate_spent_or_ended, run_async, spawn_run, stderr,
+    stdout, Clusters, Workdir,
 };
 
 /// Appends JSON events of these types to `stream` in one append, with
@@ -284,12 +284,7 @@ async fn a_run_with_an_event_type_filter_killed_mid_copy_and_restarted_writes_ea
     // with an append the target refuses.)
     let gate = c.target.faults();
     gate.hold_writes_after(0);
-    let mut cmd = command(w.dir.path());
-    cmd.arg("run");
-    let mut child = tokio::process::Command::from(cmd)
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = spawn_run(&w, None);
     let mut writes = 0;
     let partial = loop {
         assert!(

@@ -495,12 +495,7 @@ impl Clusters {
     async fn start_held_run(&self, w: &Workdir, writes: usize) -> tokio::process::Child {
         let faults = self.target.faults();
         faults.hold_writes_after(writes);
-        let mut cmd = command(w.dir.path());
-        cmd.arg("run");
-        let mut child = tokio::process::Command::from(cmd)
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
+        let mut child = spawn_run(w, None);
         tokio::select! {
             () = faults.wait_for_held_writes(1) => {}
             status = child.wait() => panic!(
@@ -544,6 +539,21 @@ async fn gate_spent_or_ended(
         () = faults.wait_for_gate_spent() => None,
         status = child.wait() => Some(status.unwrap()),
     }
+}
+
+/// Starts `replicator run` in `w`, killed when the handle is dropped; with
+/// `log`, its standard error goes there and its standard output nowhere.
+fn spawn_run(w: &Workdir, log: Option<&std::path::Path>) -> tokio::process::Child {
+    let mut cmd = command(w.dir.path());
+    cmd.arg("run");
+    if let Some(log) = log {
+        cmd.stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap());
+    }
+    tokio::process::Command::from(cmd)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
 }
 
 /// The last position in a server's `$all`, `None` while it is empty.

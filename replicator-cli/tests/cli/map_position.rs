@@ -17,7 +17,6 @@
 //! count is printed.
 
 use std::collections::HashSet;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,7 +27,7 @@ use replicator_testkit::workload::{generate, Rng, WorkloadSpec};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::{assert_ok, command, run_async, stdout, Clusters, Workdir};
+use crate::{assert_ok, run_async, spawn_run, stdout, Clusters, Workdir};
 
 /// A record of `$all`: a user event (one the replicator appends), or another.
 struct Record {
@@ -355,14 +354,7 @@ async fn with_source_order_a_consumer_resumes_exactly_at_100_random_positions_of
     };
     generate(&c.source_client, &spec).await.unwrap();
     let w = c.workdir("  checkpoint:\n    checkpointAfter: 1\n");
-    let mut cmd = command(w.dir.path());
-    cmd.arg("run")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(w.path("run.log")).unwrap());
-    let mut run = tokio::process::Command::from(cmd)
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut run = spawn_run(&w, Some(&w.path("run.log")));
     wait_until_caught_up(&c, &w, &mut run).await;
 
     // The source keeps being written (one small workload after another)

@@ -22,7 +22,6 @@
 //! cluster (`ESDB_SOURCE_URL`).
 
 use std::collections::HashSet;
-use std::process::Stdio;
 use std::time::Duration;
 
 use replicator_checkpoint::FileCheckpointStore;
@@ -30,7 +29,7 @@ use replicator_core::{Checkpoint, CheckpointStore as _, Position};
 use replicator_testkit::compare::{compare_with, CompareOptions};
 use replicator_testkit::workload::{self, Rng, WorkloadSpec};
 
-use crate::{command, end_position, gate_spent_or_ended, Clusters, Workdir};
+use crate::{end_position, gate_spent_or_ended, spawn_run, Clusters, Workdir};
 
 /// Runs killed per test; the run after them is left to finish.
 const KILLS: u64 = 6;
@@ -121,7 +120,7 @@ async fn replicate_through_kills(events: usize, checkpoint_after: u64, seed: u64
         let drop = rng.between(0, 1) == 1;
         faults.hold_writes_after(writes as usize);
 
-        let mut child = spawn_run(&w, &log);
+        let mut child = spawn_run(&w, Some(&log));
         let ended = tokio::time::timeout(RUN_DEADLINE, gate_spent_or_ended(&faults, &mut child))
             .await
             .unwrap_or_else(|_| {
@@ -153,7 +152,7 @@ async fn replicate_through_kills(events: usize, checkpoint_after: u64, seed: u64
 
     faults.release_writes();
     let log = w.path("run-last.log");
-    let status = tokio::time::timeout(RUN_DEADLINE, spawn_run(&w, &log).wait())
+    let status = tokio::time::timeout(RUN_DEADLINE, spawn_run(&w, Some(&log)).wait())
         .await
         .unwrap_or_else(|_| {
             panic!("the last run did not catch up in {RUN_DEADLINE:?}: {history:#?}")
@@ -185,18 +184,6 @@ async fn replicate_through_kills(events: usize, checkpoint_after: u64, seed: u64
         "checkpointAfter {checkpoint_after}: {history:#?}\ntarget ends at {}\n{report}",
         show(end_position(&target).await)
     );
-}
-
-/// `replicator run` in `w`, logging to `log`.
-fn spawn_run(w: &Workdir, log: &std::path::Path) -> tokio::process::Child {
-    let mut cmd = command(w.dir.path());
-    cmd.arg("run")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap());
-    tokio::process::Command::from(cmd)
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
