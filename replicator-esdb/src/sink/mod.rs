@@ -1042,11 +1042,13 @@ impl Sink for EsdbSink {
         }
     }
 
-    /// With source order, 4 batches in flight, sent in order on one call.
+    /// With source order, 4 batches in flight, sent in order on one call
+    /// (one with [`RevisionMode::Tracked`]: with several, a case with a cut
+    /// connection and crashes was found to diverge; see ARCHITECTURE.md).
     fn pipelined_writes(&self) -> usize {
-        match self.order {
-            WriteOrder::Source => ordered::PIPELINED_BATCHES,
-            WriteOrder::Stream => 1,
+        match (self.order, self.revisions) {
+            (WriteOrder::Source, RevisionMode::FromSource) => ordered::PIPELINED_BATCHES,
+            (WriteOrder::Source, RevisionMode::Tracked) | (WriteOrder::Stream, _) => 1,
         }
     }
 
