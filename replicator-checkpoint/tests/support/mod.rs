@@ -8,7 +8,7 @@
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use mongodb::bson::doc;
@@ -57,12 +57,56 @@ fn secantusd_bin() -> PathBuf {
         })
 }
 
+/// A port no other server of this test process was given. The kernel hands
+/// out a port again once it is free, and a stopped server's port is free until
+/// its restart: without the record, a test starting a server meanwhile could be
+/// given that port, and the restart would find it taken.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap();
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
+}
+
+/// Whether process `pid` holds the socket listening on `port` (Linux
+/// `/proc`): a connection succeeding proves only that *someone* listens there.
+fn listens_on(pid: u32, port: u16) -> bool {
+    let local = format!(":{port:04X}");
+    let inodes: Vec<String> = ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|table| std::fs::read_to_string(table).ok())
+        .flat_map(|table| {
+            table
+                .lines()
+                .skip(1)
+                .filter_map(|line| {
+                    let fields: Vec<&str> = line.split_whitespace().collect();
+                    // local_address, state 0A (LISTEN), inode
+                    (fields.len() > 9 && fields[1].ends_with(&local) && fields[3] == "0A")
+                        .then(|| format!("socket:[{}]", fields[9]))
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.filter_map(Result::ok)
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .any(|target| {
+            inodes
+                .iter()
+                .any(|inode| target.as_os_str() == inode.as_str())
+        })
 }
 
 /// Where a server keeps its data and log, kept across restarts.
@@ -240,7 +284,9 @@ async fn spawn(port: u16, auth: bool, home: Arc<Home>) -> SecantusServer {
 async fn wait_until_listening(server: &mut SecantusServer, bin: &Path) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        if TcpStream::connect(("127.0.0.1", server.port)).is_ok() {
+        if TcpStream::connect(("127.0.0.1", server.port)).is_ok()
+            && listens_on(server.child.id(), server.port)
+        {
             return;
         }
         if let Some(status) = server.child.try_wait().unwrap() {
