@@ -25,11 +25,11 @@ use tokio::sync::watch;
 use crate::config::{Config, SeederConfig, StoreConfig, TransformConfig};
 
 pub use command::{show, DEFAULT_URL};
-pub use server::StatusServer;
+pub(crate) use server::StatusServer;
 
 /// What the status server reads, shared with `replicator run`.
 #[derive(Clone)]
-pub struct Status {
+pub(crate) struct Status {
     progress: watch::Receiver<Progress>,
     runs: Arc<Runs>,
     settings: Arc<Settings>,
