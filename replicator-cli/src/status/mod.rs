@@ -5,8 +5,8 @@
 //! It reads one progress channel and one set of health reporters that outlive
 //! the pipeline's restarts (`restartOnFailure`), so it answers the same way
 //! before the first pipeline, between restarts and while one runs. Each
-//! request takes one [`Snapshot`]; the verdicts (live, ready) are decided here
-//! once and rendered by [`json`], [`metrics`] and the [`page`].
+//! request takes one `Snapshot`; the verdicts (live, ready) are decided here
+//! once and rendered by the `json`, `metrics` and `page` modules.
 
 mod command;
 mod json;
