@@ -41,7 +41,9 @@ pub fn load_config(path: &Path) -> anyhow::Result<Config> {
 ///
 /// # Errors
 /// When the MongoDB store cannot be reached or used.
-pub async fn open_store(config: &CheckpointConfig) -> anyhow::Result<Arc<dyn CheckpointStore>> {
+pub(crate) async fn open_store(
+    config: &CheckpointConfig,
+) -> anyhow::Result<Arc<dyn CheckpointStore>> {
     Ok(match &config.store {
         StoreConfig::File { path } => Arc::new(FileCheckpointStore::new(path)),
         StoreConfig::Mongo {
@@ -165,20 +167,7 @@ fn build_pipeline(
     // Half the pipeline's call deadline per request: a call may make several
     // requests, and a hung one should fail with an error saying which.
     .with_request_timeout(config.call_timeout / 2);
-    let sink = EsdbSink::new(EsdbSinkConfig {
-        connection_string: config.sink.connection_string.clone(),
-        partition_count: config.sink.partition_count(),
-        // Target revisions follow source revisions unless a transform
-        // renames streams or leaves out events from the middle of one.
-        revisions: if stages.transforms.iter().all(|t| t.keeps_revisions()) {
-            RevisionMode::FromSource
-        } else {
-            RevisionMode::Tracked
-        },
-        order: config.sink.order,
-    })
-    .context("cannot create the sink (replicator.sink)")?
-    .with_request_timeout(config.call_timeout / 2);
+    let sink = build_sink(config, &stages)?;
     let mut builder = Pipeline::builder(reader, sink, store)
         .config(PipelineConfig {
             checkpoint_after: config.checkpoint.checkpoint_after,
@@ -197,6 +186,29 @@ fn build_pipeline(
         }
     }
     Ok(builder.build())
+}
+
+/// Builds the sink: as many writers as `sink.partitionCount` with stream
+/// order, one with source order; target revisions follow the source's
+/// unless one of `stages` renames streams or leaves out events.
+///
+/// # Errors
+/// When the connection string cannot be parsed.
+fn build_sink(config: &Config, stages: &Stages) -> anyhow::Result<EsdbSink> {
+    Ok(EsdbSink::new(EsdbSinkConfig {
+        connection_string: config.sink.connection_string.clone(),
+        partition_count: config.sink.partition_count(),
+        // Target revisions follow source revisions unless a transform
+        // renames streams or leaves out events from the middle of one.
+        revisions: if stages.transforms.iter().all(|t| t.keeps_revisions()) {
+            RevisionMode::FromSource
+        } else {
+            RevisionMode::Tracked
+        },
+        order: config.sink.order,
+    })
+    .context("cannot create the sink (replicator.sink)")?
+    .with_request_timeout(config.call_timeout / 2))
 }
 
 /// `replicator run`: replicates until the source is caught up (with
@@ -381,3 +393,6 @@ pub fn shutdown_on_signals() -> anyhow::Result<CancellationToken> {
     });
     Ok(cancel)
 }
+
+#[cfg(test)]
+mod tests;

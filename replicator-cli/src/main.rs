@@ -1,26 +1,17 @@
 //! `replicator`: copies every event from one EventStoreDB/KurrentDB cluster to
 //! another, configured by the C# Replicator's `appsettings.yaml`.
 //!
-//! This binary only turns configuration into components ([`app`]) and commands
-//! into calls; the replication itself lives in the library crates.
+//! This binary only parses its arguments and calls the command they name in
+//! the `replicator_cli` library: configuration, wiring and commands live
+//! there, the replication itself in the library crates below it.
 
-mod app;
-mod checkpoint_cmd;
-mod config;
-#[cfg(feature = "demo")]
-mod demo;
-mod map_position_cmd;
-mod report;
-mod status;
-mod time;
-mod verify_cmd;
-
-use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use tracing_subscriber::EnvFilter;
+#[cfg(feature = "demo")]
+use replicator_cli::demo;
+use replicator_cli::{app, checkpoint_cmd, config, map_position_cmd, report, status, verify_cmd};
 
 /// Replicates an EventStoreDB / KurrentDB cluster's `$all` into another cluster.
 #[derive(Debug, Parser)]
@@ -125,7 +116,7 @@ enum CheckpointCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    report::init_logging(matches!(cli.log_format, LogFormat::Json));
     match run(cli) {
         Ok(code) => code,
         Err(error) => {
@@ -135,25 +126,6 @@ fn main() -> ExitCode {
             }
             ExitCode::FAILURE
         }
-    }
-}
-
-/// The log filter when RUST_LOG is not set. The `eventstore` client logs an
-/// ERROR line for every failed connection attempt, which our reader and sink
-/// already report (with what they do about it) as warnings.
-const DEFAULT_LOG_FILTER: &str = "info,eventstore=off";
-
-fn init_logging(format: LogFormat) {
-    report::init(matches!(format, LogFormat::Json));
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(report::LogWriter)
-        .with_ansi(std::io::stderr().is_terminal());
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
     }
 }
 

@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::EnvFilter;
 
 use crate::time;
 
@@ -22,15 +23,38 @@ static BAR: OnceLock<ProgressBar> = OnceLock::new();
 /// Whether `replicator run` draws a live line (set once at start-up).
 static TERMINAL: OnceLock<bool> = OnceLock::new();
 
+/// The log filter when RUST_LOG is not set. The `eventstore` client logs an
+/// ERROR line for every failed connection attempt, which our reader and sink
+/// already report (with what they do about it) as warnings.
+const DEFAULT_LOG_FILTER: &str = "info,eventstore=off";
+
+/// Sets up the process's logging on stderr: the level from RUST_LOG (default
+/// `info`), text or (`json`) one JSON object per line, scrolling above the
+/// live progress line of `replicator run` when one is drawn.
+pub fn init_logging(json: bool) {
+    init(json);
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(LogWriter)
+        .with_ansi(io::stderr().is_terminal());
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
 /// Decides once whether to draw a live line: stderr is a terminal and the
 /// logs are text.
-pub fn init(json_logs: bool) {
+fn init(json_logs: bool) {
     let _ = TERMINAL.set(!json_logs && io::stderr().is_terminal());
 }
 
 /// Reports progress until `ended` fires, then once more: a live line on a
 /// terminal (see [`init`]), else a log line every `every`.
-pub async fn report_progress(
+pub(crate) async fn report_progress(
     mut progress: watch::Receiver<Progress>,
     every: Duration,
     ended: CancellationToken,
@@ -103,7 +127,7 @@ fn terminal_line(p: &Progress) -> String {
 }
 
 /// One progress log line: INFO while healthy, WARN otherwise.
-pub fn log_progress(p: &Progress) {
+pub(crate) fn log_progress(p: &Progress) {
     let show = |pos: Option<Position>| pos.map_or("-".to_owned(), |p| p.to_string());
     let state = match &p.state {
         PipelineState::Retrying { attempts, error } => {
@@ -190,7 +214,7 @@ fn thousands(n: u64) -> String {
 /// The log writer: stderr, with the live line (if any) lifted out of the way
 /// while a log line is written, so logs scroll above it.
 #[derive(Clone, Copy, Default)]
-pub struct LogWriter;
+pub(crate) struct LogWriter;
 
 impl<'a> MakeWriter<'a> for LogWriter {
     type Writer = LineWriter;
@@ -201,7 +225,7 @@ impl<'a> MakeWriter<'a> for LogWriter {
 }
 
 /// Buffers one log event and writes it at once when dropped.
-pub struct LineWriter(Vec<u8>);
+pub(crate) struct LineWriter(Vec<u8>);
 
 impl Write for LineWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {

@@ -5,8 +5,8 @@
 //! It reads one progress channel and one set of health reporters that outlive
 //! the pipeline's restarts (`restartOnFailure`), so it answers the same way
 //! before the first pipeline, between restarts and while one runs. Each
-//! request takes one [`Snapshot`]; the verdicts (live, ready) are decided here
-//! once and rendered by [`json`], [`metrics`] and the [`page`].
+//! request takes one `Snapshot`; the verdicts (live, ready) are decided here
+//! once and rendered by the `json`, `metrics` and `page` modules.
 
 mod command;
 mod json;
@@ -25,11 +25,11 @@ use tokio::sync::watch;
 use crate::config::{Config, SeederConfig, StoreConfig, TransformConfig};
 
 pub use command::{show, DEFAULT_URL};
-pub use server::StatusServer;
+pub(crate) use server::StatusServer;
 
 /// What the status server reads, shared with `replicator run`.
 #[derive(Clone)]
-pub struct Status {
+pub(crate) struct Status {
     progress: watch::Receiver<Progress>,
     runs: Arc<Runs>,
     settings: Arc<Settings>,

@@ -20,7 +20,7 @@ use super::{metrics, page, Status};
 const STOP_GRACE: Duration = Duration::from_secs(2);
 
 /// A running status server.
-pub struct StatusServer {
+pub(crate) struct StatusServer {
     stop: CancellationToken,
     task: JoinHandle<()>,
 }

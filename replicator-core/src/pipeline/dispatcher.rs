@@ -7,14 +7,14 @@ use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
-use tokio::task::{Id, JoinError, JoinSet};
+use tokio::task::{AbortHandle, Id, JoinError, JoinSet};
 use tokio::time::{interval, sleep_until, timeout, Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::checkpointer::{Checkpointer, Frontier, Stored};
 use super::head::{poll_head, HeadSample};
-use super::progress::{Estimate, HeadTracker, RateWindow};
+use super::progress::Meters;
 use super::tracker::Tracker;
 use super::transform::{transformed, Item, Partitions};
 use super::writer::{probe_idle_target, LastWrite, Writer, WriterMsg};
@@ -58,6 +58,100 @@ enum ReaderEnd {
     Stopped,
 }
 
+/// The tasks of one run, and the ends of their channels the dispatcher holds.
+struct Tasks {
+    /// Dropping it (a crash, or the caller dropping the run) aborts them all.
+    set: JoinSet<TaskEnd>,
+    names: HashMap<Id, String>,
+    /// To the checkpointer; `None` once the final frontier is handed over.
+    frontier: Option<watch::Sender<Option<Frontier>>>,
+    /// From the checkpointer: what it stored.
+    stored: watch::Receiver<Stored>,
+    head: watch::Receiver<HeadSample>,
+    head_poller: Option<AbortHandle>,
+    idle_probe: AbortHandle,
+    read: mpsc::Receiver<Item>,
+    stop_reading: CancellationToken,
+    acks: mpsc::UnboundedReceiver<WriterMsg>,
+    /// One per writer; cleared when dispatching stops, so that the writers
+    /// empty them and exit.
+    queues: Vec<mpsc::Sender<(u64, Event)>>,
+}
+
+/// Where the dispatcher loop stands.
+struct Dispatch {
+    /// Read and sequenced, waiting for room in its partition's queue.
+    pending: Option<(usize, u64, Event)>,
+    /// The reader's stream ended (caught up, not running continuously).
+    reader_ended: bool,
+    /// The reader task's failure, reported once what it delivered is
+    /// dispatched.
+    reader_broke: Option<PipelineError>,
+    /// The reader's queue may still hold or get records.
+    read_open: bool,
+    /// The reader ended and everything it delivered was dispatched.
+    completed: bool,
+    /// The first failure: what the run returns.
+    failure: Option<PipelineError>,
+    /// When draining gives up; set once the run is stopping.
+    deadline: Option<Instant>,
+    stop_writing: CancellationToken,
+    /// How long draining may take ([`PipelineConfig::shutdown_deadline`]).
+    grace: Duration,
+}
+
+/// What a failure does to the writes already handed to the writers.
+#[derive(Debug, Clone, Copy)]
+enum Writers {
+    /// They are written and checkpointed before the run stops: the failure
+    /// comes after them in the source (the reader, a transform, the
+    /// partitioner).
+    Finish,
+    /// The writers stop retrying now: the target or a task failed.
+    Stop,
+}
+
+/// How the dispatcher loop ended.
+enum LoopEnd {
+    /// Every writer exited: everything dispatched is settled.
+    Drained,
+    /// The shutdown deadline passed with writes in flight.
+    DeadlinePassed,
+}
+
+impl Dispatch {
+    fn new(grace: Duration) -> Self {
+        Dispatch {
+            pending: None,
+            reader_ended: false,
+            reader_broke: None,
+            read_open: true,
+            completed: false,
+            failure: None,
+            deadline: None,
+            stop_writing: CancellationToken::new(),
+            grace,
+        }
+    }
+
+    /// Stopping, on a deadline or because the reader completed: nothing more
+    /// is read or dispatched.
+    fn closing(&self) -> bool {
+        self.deadline.is_some() || self.completed
+    }
+
+    /// Stops the run on `error`: the first failure is the one the run
+    /// returns, and what is in flight drains until the shutdown deadline.
+    fn fail(&mut self, error: PipelineError, writers: Writers) {
+        self.failure.get_or_insert(error);
+        if let Writers::Stop = writers {
+            self.stop_writing.cancel();
+        }
+        let grace = self.grace;
+        self.deadline.get_or_insert_with(|| Instant::now() + grace);
+    }
+}
+
 /// The state of one [`super::Pipeline::run`].
 pub(super) struct Run {
     sink: Arc<dyn Sink>,
@@ -85,8 +179,8 @@ pub(super) struct Run {
     lower_bound: Option<(Position, bool)>,
     retrying: Vec<Option<(u32, String)>>,
     stats: Progress,
-    rates: RateWindow,
-    heads: HeadTracker,
+    /// Rates, lag and the distance to the source head.
+    meters: Meters,
     loaded: Option<Checkpoint>,
     transforms: Vec<Arc<dyn Transform>>,
     /// One reporter per transform, merged into the `transform` component.
@@ -129,8 +223,7 @@ impl Run {
             lower_bound,
             retrying: vec![None; partitions],
             stats,
-            rates: RateWindow::default(),
-            heads: HeadTracker::default(),
+            meters: Meters::default(),
             loaded: parts.loaded,
             transform_health: parts
                 .transforms
@@ -147,10 +240,26 @@ impl Run {
         stream: EventStream,
         cancel: CancellationToken,
     ) -> Result<RunSummary, PipelineError> {
-        let config = self.config.clone();
+        let mut dispatch = Dispatch::new(self.config.shutdown_deadline);
+        let mut tasks = self.spawn(stream, &cancel, &dispatch.stop_writing);
+        self.publish(&tasks.stored);
+        match self.dispatch(&mut tasks, &mut dispatch, &cancel).await? {
+            LoopEnd::Drained => self.finish(tasks, dispatch).await,
+            LoopEnd::DeadlinePassed => Err(self.abandon(tasks, dispatch).await),
+        }
+    }
+
+    /// Starts the checkpointer, the head poller (with a probe), the reader,
+    /// the idle-target probe and one writer per partition.
+    fn spawn(
+        &self,
+        stream: EventStream,
+        cancel: &CancellationToken,
+        stop_writing: &CancellationToken,
+    ) -> Tasks {
+        let config = &self.config;
         let partitions = self.retrying.len();
-        // Dropping `tasks` (a crash, or the caller dropping `run`) aborts them all.
-        let mut tasks: JoinSet<TaskEnd> = JoinSet::new();
+        let mut set: JoinSet<TaskEnd> = JoinSet::new();
         let mut names: HashMap<Id, String> = HashMap::new();
 
         let (frontier_tx, frontier_rx) = watch::channel(None::<Frontier>);
@@ -165,14 +274,13 @@ impl Run {
             stored: stored_tx,
         };
         let handle =
-            tasks.spawn(async move { TaskEnd::Checkpointer(checkpointer.run(frontier_rx).await) });
+            set.spawn(async move { TaskEnd::Checkpointer(checkpointer.run(frontier_rx).await) });
         names.insert(handle.id(), "checkpointer".into());
-        let mut frontier_tx = Some(frontier_tx);
 
-        let (head_tx, mut head_rx) = watch::channel::<HeadSample>(None);
-        let head_task = self.probe.clone().map(|probe| {
+        let (head_tx, head_rx) = watch::channel::<HeadSample>(None);
+        let head_poller = self.probe.clone().map(|probe| {
             let task = poll_head(probe, config.clone(), self.probe_health.clone(), head_tx);
-            let handle = tasks.spawn(async move {
+            let handle = set.spawn(async move {
                 task.await;
                 TaskEnd::Head
             });
@@ -181,16 +289,16 @@ impl Run {
         });
 
         let stop_reading = cancel.child_token();
-        let (read_tx, mut read_rx) = mpsc::channel(config.buffer_size);
-        let items = transformed(stream, &self.transforms, &config, &self.transform_health);
-        let handle = tasks.spawn({
+        let (read_tx, read_rx) = mpsc::channel(config.buffer_size);
+        let items = transformed(stream, &self.transforms, config, &self.transform_health);
+        let handle = set.spawn({
             let stop = stop_reading.clone();
             async move { TaskEnd::Reader(read_loop(items, read_tx, stop).await) }
         });
         names.insert(handle.id(), "reader".into());
 
         let last_write: LastWrite = Arc::new(std::sync::Mutex::new(Instant::now()));
-        let idle_probe = tasks.spawn({
+        let idle_probe = set.spawn({
             let probe = probe_idle_target(
                 self.sink.clone(),
                 config.clone(),
@@ -204,8 +312,7 @@ impl Run {
         });
         names.insert(idle_probe.id(), "target idle probe".into());
 
-        let (ack_tx, mut ack_rx) = mpsc::unbounded_channel();
-        let stop_writing = CancellationToken::new();
+        let (ack_tx, ack_rx) = mpsc::unbounded_channel();
         let mut queues = Vec::with_capacity(partitions);
         for partition in 0..partitions {
             // Room for the batches a writer may have in flight at once.
@@ -221,238 +328,330 @@ impl Run {
                 health: self.health.target.clone(),
                 last_write: last_write.clone(),
             };
-            let handle = tasks.spawn(async move {
+            let handle = set.spawn(async move {
                 writer.run(rx).await;
                 TaskEnd::Writer
             });
             names.insert(handle.id(), format!("writer {partition}"));
         }
-        // Only writers hold senders now: `ack_rx` ends when the last writer exits.
+        // Only writers hold senders now: `acks` ends when the last writer exits.
         drop(ack_tx);
 
-        let mut ticker = interval(config.publish_interval);
-        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut pending: Option<(usize, u64, Event)> = None;
-        let mut reader_ended = false;
-        let mut reader_broke: Option<PipelineError> = None;
-        let mut read_open = true;
-        let mut completed = false;
-        let mut failure: Option<PipelineError> = None;
-        let mut deadline: Option<Instant> = None;
-        self.publish(&stored_rx);
+        Tasks {
+            set,
+            names,
+            frontier: Some(frontier_tx),
+            stored: stored_rx,
+            head: head_rx,
+            head_poller,
+            idle_probe,
+            read: read_rx,
+            stop_reading,
+            acks: ack_rx,
+            queues,
+        }
+    }
 
+    /// The dispatcher loop: hands what the reader delivers to the writers,
+    /// takes their acknowledgements, watches the tasks and publishes the
+    /// progress, until every writer has exited or the shutdown deadline
+    /// passes.
+    ///
+    /// # Errors
+    /// A record out of order ends the run at once (dropping the tasks aborts
+    /// them); every other failure drains first (see [`Dispatch::fail`]).
+    async fn dispatch(
+        &mut self,
+        t: &mut Tasks,
+        d: &mut Dispatch,
+        cancel: &CancellationToken,
+    ) -> Result<LoopEnd, PipelineError> {
+        let mut ticker = interval(self.config.publish_interval);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
-            if reader_ended && !read_open {
-                completed = true;
+            if d.reader_ended && !d.read_open {
+                d.completed = true;
             }
-            let closing = deadline.is_some() || completed;
-            if closing && !queues.is_empty() {
-                // Stop dispatching: drop what was read but not handed to a writer
-                // (it is re-read next run) and let the writers empty their queues.
-                if let Some((_, _, event)) = pending.take() {
-                    debug!(position = %event.position, "Dropping undispatched event");
-                    self.tracker.forget_last();
-                }
-                queues.clear();
-                stop_reading.cancel();
+            let closing = d.closing();
+            if closing && !t.queues.is_empty() {
+                self.stop_dispatching(t, d);
             }
+            // Borrowed apart from `t` and `d`, which the other branches use.
+            let (queues, pending) = (&t.queues, &d.pending);
 
             tokio::select! {
                 biased;
-                msg = ack_rx.recv() => match msg {
-                    Some(WriterMsg::Written { seqs, target, partition, bytes, latency }) => {
-                        self.retrying[partition] = None;
-                        for &seq in &seqs {
-                            self.partitions.written(seq);
-                        }
-                        self.stats.batch_size.observe(seqs.len() as f64);
-                        self.stats.append_latency.observe(latency.as_secs_f64());
-                        self.stats.bytes_written += bytes;
-                        self.on_written(&seqs, target);
-                        self.send_frontier(frontier_tx.as_ref(), false);
-                    }
-                    Some(WriterMsg::Retrying { partition, attempts, error }) => {
-                        self.stats.sink_retries += 1;
-                        self.retrying[partition] = Some((attempts, error));
-                        self.publish(&stored_rx);
-                    }
-                    Some(WriterMsg::Failed(error)) => {
-                        warn!(%error, "Sink failed permanently; draining");
-                        failure.get_or_insert(PipelineError::Sink { last_processed: None, source: error });
-                        stop_writing.cancel();
-                        deadline.get_or_insert_with(|| Instant::now() + config.shutdown_deadline);
-                    }
+                msg = t.acks.recv() => match msg {
+                    Some(msg) => self.on_writer(msg, t, d),
                     // Every writer has exited: everything dispatched is settled.
-                    None => break,
+                    None => return Ok(LoopEnd::Drained),
                 },
-                Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
-                    match self.on_task_end(joined, &names) {
-                        Ok(Some(ReaderEnd::Ended)) => reader_ended = true,
-                        Ok(_) => {}
-                        // Like a final `Err` from the stream: first replicate
-                        // what the reader delivered before it broke.
-                        Err(error) if read_open && is_reader(&error) => reader_broke = Some(error),
-                        Err(error) => {
-                            warn!(%error, "Stopping; draining what is in flight");
-                            failure.get_or_insert(error);
-                            stop_writing.cancel();
-                            deadline.get_or_insert_with(|| Instant::now() + config.shutdown_deadline);
-                        }
-                    }
-                }
-                _ = cancel.cancelled(), if deadline.is_none() => {
+                Some(joined) = t.set.join_next(), if !t.set.is_empty() => self.on_task(joined, t, d),
+                _ = cancel.cancelled(), if d.deadline.is_none() => {
                     info!("Cancellation requested; draining in-flight writes");
-                    deadline = Some(Instant::now() + config.shutdown_deadline);
+                    d.deadline = Some(Instant::now() + d.grace);
                     self.stats.state = PipelineState::Draining;
-                    self.publish(&stored_rx);
+                    self.publish(&t.stored);
                 }
-                _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
-                    stop_writing.cancel();
-                    stop_reading.cancel();
-                    let in_flight = self.tracker.in_flight();
-                    warn!(in_flight, "Shutdown deadline passed; abandoning in-flight writes");
-                    // Keep only the checkpointer: it gets one call deadline to
-                    // store what was acknowledged.
-                    self.send_frontier(frontier_tx.as_ref(), true);
-                    drop(frontier_tx.take());
-                    let stored = self.settle(&mut tasks, &names, Instant::now() + config.call_timeout, &stored_rx).await;
-                    self.publish(&stored_rx);
-                    return Err(failure.or(stored.err()).unwrap_or(PipelineError::ShutdownTimeout { in_flight }));
+                _ = sleep_until(d.deadline.unwrap_or_else(Instant::now)), if d.deadline.is_some() => {
+                    return Ok(LoopEnd::DeadlinePassed);
                 }
                 permit = async { queues[pending.as_ref().map_or(0, |p| p.0)].reserve().await }, if pending.is_some() && !closing => {
-                    match permit {
-                        Ok(permit) => {
-                            let (partition, seq, event) = pending.take().expect("guarded by pending.is_some()");
-                            self.partitions.sent(seq, &event, partition);
-                            permit.send((seq, event));
-                        }
-                        Err(_) => {
-                            // The writer is gone without a word: its task end
-                            // says why (a panic); never spin on its queue.
-                            let partition = pending.as_ref().map_or(0, |p| p.0);
-                            failure.get_or_insert(PipelineError::TaskEnded {
-                                task: format!("writer {partition}"),
-                                reason: "its queue closed while replicating".into(),
-                            });
-                            stop_writing.cancel();
-                            deadline.get_or_insert_with(|| Instant::now() + config.shutdown_deadline);
-                        }
-                    }
+                    self.on_room(permit, d);
                 }
-                item = read_rx.recv(), if read_open && pending.is_none() && !closing => match item {
-                    None => {
-                        read_open = false;
-                        if let Some(error) = reader_broke.take() {
-                            warn!(%error, "Stopping; draining what is in flight");
-                            failure.get_or_insert(error);
-                            deadline.get_or_insert_with(|| Instant::now() + config.shutdown_deadline);
-                        }
-                    }
-                    // The reader's error, or a transform's permanent one: what
-                    // came before it is written and checkpointed.
-                    Some(Err(error)) => {
-                        warn!(%error, "Reading or transforming failed; draining");
-                        failure.get_or_insert(error);
-                        deadline.get_or_insert_with(|| Instant::now() + config.shutdown_deadline);
-                    }
-                    Some(Ok(event)) => {
-                        self.check_order(&event)?;
-                        let seq = self.tracker.push(event.position, event.created);
-                        self.stats.read += 1;
-                        match event.kind {
-                            ChangeKind::Skip(reason) => {
-                                self.stats.skipped += 1;
-                                self.stats.skipped_by_reason.add(reason);
-                                self.tracker.complete(seq);
-                                self.on_processed();
-                                self.send_frontier(frontier_tx.as_ref(), false);
-                            }
-                            _ => match self.partitions.choose(&event) {
-                                // Room in the partition's queue (the common
-                                // case): handed over now rather than on the
-                                // next turn of this loop.
-                                Ok(partition) => match queues[partition].try_reserve() {
-                                    Ok(permit) => {
-                                        self.partitions.sent(seq, &event, partition);
-                                        permit.send((seq, event));
-                                    }
-                                    Err(_) => pending = Some((partition, seq, event)),
-                                },
-                                Err(error) => {
-                                    // Not dispatched: the checkpoint stays before it.
-                                    self.tracker.forget_last();
-                                    warn!(%error, "Partitioner failed; draining");
-                                    failure.get_or_insert(error);
-                                    deadline.get_or_insert_with(|| Instant::now() + config.shutdown_deadline);
-                                }
-                            },
-                        }
-                    }
-                },
+                item = t.read.recv(), if d.read_open && d.pending.is_none() && !closing => {
+                    self.on_read(item, t, d)?;
+                }
                 _ = ticker.tick() => {
-                    if head_rx.has_changed().unwrap_or(false) {
-                        if let Some((at, head)) = *head_rx.borrow_and_update() {
-                            self.heads.head(at, head);
-                            self.stats.source_head = head;
-                            self.stats.source_head_at = Some(SystemTime::now() - at.elapsed());
-                        }
-                    }
-                    self.check_stall(read_open && pending.is_none() && !closing && read_rx.is_empty());
-                    self.send_frontier(frontier_tx.as_ref(), true);
-                    self.publish(&stored_rx);
+                    self.take_head(&mut t.head);
+                    self.on_tick(t, d);
                 }
             }
         }
+    }
 
-        // Every writer has exited. Stop the reader and the head poller, hand
-        // the checkpointer the final frontier and let it store it.
-        stop_reading.cancel();
-        if let Some(handle) = head_task {
+    /// Stops dispatching: drops what was read but not handed to a writer (it
+    /// is re-read next run) and lets the writers empty their queues.
+    fn stop_dispatching(&mut self, t: &mut Tasks, d: &mut Dispatch) {
+        if let Some((_, _, event)) = d.pending.take() {
+            debug!(position = %event.position, "Dropping undispatched event");
+            self.tracker.forget_last();
+        }
+        t.queues.clear();
+        t.stop_reading.cancel();
+    }
+
+    /// A writer's report: a batch written, a write being retried, or a
+    /// permanent failure.
+    fn on_writer(&mut self, msg: WriterMsg, t: &Tasks, d: &mut Dispatch) {
+        match msg {
+            WriterMsg::Written {
+                seqs,
+                target,
+                partition,
+                bytes,
+                latency,
+            } => {
+                self.retrying[partition] = None;
+                for &seq in &seqs {
+                    self.partitions.written(seq);
+                }
+                self.stats.batch_size.observe(seqs.len() as f64);
+                self.stats.append_latency.observe(latency.as_secs_f64());
+                self.stats.bytes_written += bytes;
+                self.on_written(&seqs, target);
+                self.send_frontier(t.frontier.as_ref(), false);
+            }
+            WriterMsg::Retrying {
+                partition,
+                attempts,
+                error,
+            } => {
+                self.stats.sink_retries += 1;
+                self.retrying[partition] = Some((attempts, error));
+                self.publish(&t.stored);
+            }
+            WriterMsg::Failed(error) => {
+                warn!(%error, "Sink failed permanently; draining");
+                let error = PipelineError::Sink {
+                    last_processed: None,
+                    source: error,
+                };
+                d.fail(error, Writers::Stop);
+            }
+        }
+    }
+
+    /// A task ended: the reader's end is noted; any other failure stops the
+    /// run.
+    fn on_task(&mut self, joined: Result<TaskEnd, JoinError>, t: &Tasks, d: &mut Dispatch) {
+        match self.on_task_end(joined, &t.names) {
+            Ok(Some(ReaderEnd::Ended)) => d.reader_ended = true,
+            Ok(_) => {}
+            // Like a final `Err` from the stream: first replicate what the
+            // reader delivered before it broke.
+            Err(error) if d.read_open && is_reader(&error) => d.reader_broke = Some(error),
+            Err(error) => {
+                warn!(%error, "Stopping; draining what is in flight");
+                d.fail(error, Writers::Stop);
+            }
+        }
+    }
+
+    /// Room in the queue of the pending record's partition: hands it over.
+    fn on_room(
+        &mut self,
+        permit: Result<mpsc::Permit<'_, (u64, Event)>, mpsc::error::SendError<()>>,
+        d: &mut Dispatch,
+    ) {
+        match permit {
+            Ok(permit) => {
+                let (partition, seq, event) =
+                    d.pending.take().expect("guarded by pending.is_some()");
+                self.partitions.sent(seq, &event, partition);
+                permit.send((seq, event));
+            }
+            Err(_) => {
+                // The writer is gone without a word: its task end says why (a
+                // panic); never spin on its queue.
+                let partition = d.pending.as_ref().map_or(0, |p| p.0);
+                let error = PipelineError::TaskEnded {
+                    task: format!("writer {partition}"),
+                    reason: "its queue closed while replicating".into(),
+                };
+                d.fail(error, Writers::Stop);
+            }
+        }
+    }
+
+    /// What the reader delivered: its end, its final error (or a transform's
+    /// permanent one), or a record.
+    ///
+    /// # Errors
+    /// A record out of order.
+    fn on_read(
+        &mut self,
+        item: Option<Item>,
+        t: &Tasks,
+        d: &mut Dispatch,
+    ) -> Result<(), PipelineError> {
+        match item {
+            None => {
+                d.read_open = false;
+                if let Some(error) = d.reader_broke.take() {
+                    warn!(%error, "Stopping; draining what is in flight");
+                    d.fail(error, Writers::Finish);
+                }
+            }
+            // What came before the error is written and checkpointed.
+            Some(Err(error)) => {
+                warn!(%error, "Reading or transforming failed; draining");
+                d.fail(error, Writers::Finish);
+            }
+            Some(Ok(event)) => self.on_event(event, t, d)?,
+        }
+        Ok(())
+    }
+
+    /// Sequences a record, then skips it or hands it to its partition's
+    /// writer (or holds it until that writer's queue has room).
+    ///
+    /// # Errors
+    /// A record out of order.
+    fn on_event(&mut self, event: Event, t: &Tasks, d: &mut Dispatch) -> Result<(), PipelineError> {
+        self.check_order(&event)?;
+        let seq = self.tracker.push(event.position, event.created);
+        self.stats.read += 1;
+        match event.kind {
+            ChangeKind::Skip(reason) => {
+                self.stats.skipped += 1;
+                self.stats.skipped_by_reason.add(reason);
+                self.tracker.complete(seq);
+                self.on_processed();
+                self.send_frontier(t.frontier.as_ref(), false);
+            }
+            _ => match self.partitions.choose(&event) {
+                // Room in the partition's queue (the common case): handed
+                // over now rather than on the next turn of the loop.
+                Ok(partition) => match t.queues[partition].try_reserve() {
+                    Ok(permit) => {
+                        self.partitions.sent(seq, &event, partition);
+                        permit.send((seq, event));
+                    }
+                    Err(_) => d.pending = Some((partition, seq, event)),
+                },
+                Err(error) => {
+                    // Not dispatched: the checkpoint stays before it.
+                    self.tracker.forget_last();
+                    warn!(%error, "Partitioner failed; draining");
+                    d.fail(error, Writers::Finish);
+                }
+            },
+        }
+        Ok(())
+    }
+
+    /// Takes the head poller's latest sample, if there is a new one.
+    fn take_head(&mut self, head: &mut watch::Receiver<HeadSample>) {
+        if head.has_changed().unwrap_or(false) {
+            if let Some((at, head)) = *head.borrow_and_update() {
+                self.meters.head(at, head);
+                self.stats.source_head = head;
+                self.stats.source_head_at = Some(SystemTime::now() - at.elapsed());
+            }
+        }
+    }
+
+    /// The publish interval (after [`Run::take_head`]): checks for a stalled
+    /// reader, hands the frontier over and publishes.
+    fn on_tick(&mut self, t: &Tasks, d: &Dispatch) {
+        self.check_stall(d.read_open && d.pending.is_none() && !d.closing() && t.read.is_empty());
+        self.send_frontier(t.frontier.as_ref(), true);
+        self.publish(&t.stored);
+    }
+
+    /// Hands the checkpointer the final frontier and closes its channel: it
+    /// stores that and ends.
+    fn last_frontier(&mut self, t: &mut Tasks) {
+        self.send_frontier(t.frontier.as_ref(), true);
+        drop(t.frontier.take());
+    }
+
+    /// Every writer has exited: stops the reader and the pollers, lets the
+    /// checkpointer store the final frontier until the deadline, and says
+    /// how the run ended.
+    ///
+    /// # Errors
+    /// The first failure of the run, else of the tasks' ends.
+    async fn finish(&mut self, mut t: Tasks, d: Dispatch) -> Result<RunSummary, PipelineError> {
+        t.stop_reading.cancel();
+        if let Some(handle) = &t.head_poller {
             handle.abort();
         }
-        idle_probe.abort();
-        self.send_frontier(frontier_tx.as_ref(), true);
-        drop(frontier_tx.take());
-        let until = deadline.unwrap_or_else(|| Instant::now() + config.shutdown_deadline);
-        let settled = self.settle(&mut tasks, &names, until, &stored_rx).await;
-        self.publish(&stored_rx);
-        let stored = stored_rx.borrow().checkpoint.clone();
-        let last_processed = stored.as_ref().filter(|c| !c.seed).map(|c| c.source);
-        match failure.or(settled.err()) {
-            Some(PipelineError::Reader { source, .. }) => Err(PipelineError::Reader {
-                last_processed,
-                source,
-            }),
-            Some(PipelineError::Sink { source, .. }) => Err(PipelineError::Sink {
-                last_processed,
-                source,
-            }),
-            Some(PipelineError::Transform {
-                stream,
-                revision,
-                event_id,
-                position,
-                source,
-                ..
-            }) => Err(PipelineError::Transform {
-                stream,
-                revision,
-                event_id,
-                position,
-                last_processed,
-                source,
-            }),
-            Some(other) => Err(other),
+        t.idle_probe.abort();
+        self.last_frontier(&mut t);
+        let until = d.deadline.unwrap_or_else(|| Instant::now() + d.grace);
+        let settled = self.settle(&mut t.set, &t.names, until, &t.stored).await;
+        self.publish(&t.stored);
+        // The checkpointer's channel starts with the loaded checkpoint, so
+        // this is the last stored one or the loaded one.
+        let stored = t.stored.borrow().checkpoint.clone();
+        match d.failure.or(settled.err()) {
+            Some(error) => {
+                let last_processed = stored.as_ref().filter(|c| !c.seed).map(|c| c.source);
+                Err(with_last_processed(error, last_processed))
+            }
             None => Ok(RunSummary {
                 read: self.stats.read,
                 written: self.stats.written,
                 skipped: self.stats.skipped,
-                // The checkpointer's channel starts with the loaded
-                // checkpoint, so this is the last stored one or the loaded one.
                 checkpoint: stored,
-                completed,
+                completed: d.completed,
             }),
         }
+    }
+
+    /// The shutdown deadline passed: abandons the writes in flight and gives
+    /// the checkpointer one call deadline to store what was acknowledged.
+    /// Returns the first failure of the run, else of the tasks' ends, else
+    /// [`PipelineError::ShutdownTimeout`].
+    async fn abandon(&mut self, mut t: Tasks, d: Dispatch) -> PipelineError {
+        d.stop_writing.cancel();
+        t.stop_reading.cancel();
+        let in_flight = self.tracker.in_flight();
+        warn!(
+            in_flight,
+            "Shutdown deadline passed; abandoning in-flight writes"
+        );
+        // Keep only the checkpointer: it gets one call deadline to store what
+        // was acknowledged.
+        self.last_frontier(&mut t);
+        let until = Instant::now() + self.config.call_timeout;
+        let stored = self.settle(&mut t.set, &t.names, until, &t.stored).await;
+        self.publish(&t.stored);
+        d.failure
+            .or(stored.err())
+            .unwrap_or(PipelineError::ShutdownTimeout { in_flight })
     }
 
     /// Waits for the remaining tasks (the checkpointer's final store above
@@ -621,37 +820,8 @@ impl Run {
             stats.checkpoints_stored = stored.stores;
             stats.unstored = self.processed - stored.processed;
         }
-        self.heads.processed(self.frontier);
-        let (rate, bytes_rate) =
-            self.rates
-                .sample(now, self.processed, self.frontier.map_or(0, |p| p.commit));
-        stats.events_per_second = rate;
-        stats.caught_up = self.heads.caught_up();
-        stats.lag = self.heads.lag(now, stats.processed_created);
-        match (stats.source_head, stats.source_head_at) {
-            (Some(head), _) => {
-                let estimate = Estimate::new(
-                    head.commit,
-                    self.frontier.map_or(0, |p| p.commit),
-                    self.lower_bound.map_or(0, |(p, _)| p.commit),
-                    self.processed,
-                    stats.caught_up,
-                    bytes_rate,
-                );
-                stats.gap_bytes = Some(estimate.gap_bytes);
-                stats.gap_events = estimate.gap_events;
-                stats.percent = Some(estimate.percent);
-                stats.eta = estimate.eta;
-            }
-            (None, Some(_)) => {
-                // The source is empty.
-                stats.gap_bytes = Some(0);
-                stats.gap_events = Some(0);
-                stats.percent = Some(100.0);
-                stats.eta = Some(Duration::ZERO);
-            }
-            (None, None) => {}
-        }
+        let start = self.lower_bound.map_or(0, |(p, _)| p.commit);
+        self.meters.measure(stats, now, self.processed, start);
         if matches!(
             stats.state,
             PipelineState::Running | PipelineState::Retrying { .. }
@@ -679,6 +849,37 @@ impl Run {
         stats.components.transform = merge(&transform);
         let stats = &self.stats;
         self.progress.send_modify(|p| p.clone_from(stats));
+    }
+}
+
+/// `error` with the source position of the last stored checkpoint, for the
+/// errors that carry one.
+fn with_last_processed(error: PipelineError, last_processed: Option<Position>) -> PipelineError {
+    match error {
+        PipelineError::Reader { source, .. } => PipelineError::Reader {
+            last_processed,
+            source,
+        },
+        PipelineError::Sink { source, .. } => PipelineError::Sink {
+            last_processed,
+            source,
+        },
+        PipelineError::Transform {
+            stream,
+            revision,
+            event_id,
+            position,
+            source,
+            ..
+        } => PipelineError::Transform {
+            stream,
+            revision,
+            event_id,
+            position,
+            last_processed,
+            source,
+        },
+        other => other,
     }
 }
 

@@ -307,13 +307,13 @@ pub const RATE_WINDOW: Duration = Duration::from_secs(20);
 /// Samples of (time, processed count, processed commit position) for moving
 /// rates.
 #[derive(Debug, Default)]
-pub(crate) struct RateWindow {
+struct RateWindow {
     samples: VecDeque<(Instant, u64, u64)>,
 }
 
 impl RateWindow {
     /// Adds a sample and returns (events/s, log bytes/s) over the window.
-    pub(crate) fn sample(&mut self, now: Instant, count: u64, commit: u64) -> (f64, f64) {
+    fn sample(&mut self, now: Instant, count: u64, commit: u64) -> (f64, f64) {
         self.samples.push_back((now, count, commit));
         while self
             .samples
@@ -336,7 +336,7 @@ impl RateWindow {
 
 /// Head samples not yet passed by the processed frontier, for the lag.
 #[derive(Debug, Default)]
-pub(crate) struct HeadTracker {
+struct HeadTracker {
     /// (when probed, head) in probe order, not yet processed.
     pending: VecDeque<(Instant, Position)>,
     /// When the newest head that is fully processed was probed.
@@ -347,7 +347,7 @@ pub(crate) struct HeadTracker {
 impl HeadTracker {
     const MAX_SAMPLES: usize = 4096;
 
-    pub(crate) fn head(&mut self, at: Instant, head: Option<Position>) {
+    fn head(&mut self, at: Instant, head: Option<Position>) {
         self.probed = true;
         if let Some(head) = head {
             if self.pending.back().is_none_or(|(_, h)| head > *h) {
@@ -362,7 +362,7 @@ impl HeadTracker {
         }
     }
 
-    pub(crate) fn processed(&mut self, processed: Option<Position>) {
+    fn processed(&mut self, processed: Option<Position>) {
         while let Some((at, head)) = self.pending.front() {
             if processed.is_some_and(|p| p >= *head) {
                 self.replicated_at = Some(*at);
@@ -374,16 +374,12 @@ impl HeadTracker {
     }
 
     /// Everything up to the newest probed head is processed.
-    pub(crate) fn caught_up(&self) -> bool {
+    fn caught_up(&self) -> bool {
         self.probed && self.pending.is_empty()
     }
 
     /// See [`Progress::lag`].
-    pub(crate) fn lag(
-        &self,
-        now: Instant,
-        processed_created: Option<SystemTime>,
-    ) -> Option<Duration> {
+    fn lag(&self, now: Instant, processed_created: Option<SystemTime>) -> Option<Duration> {
         if self.caught_up() {
             return Some(Duration::ZERO);
         }
@@ -397,23 +393,23 @@ impl HeadTracker {
 /// How far the copy is from the source's head, from log positions: what
 /// [`Progress`] shows as gap, events left, percent and ETA.
 #[derive(Debug, Clone, PartialEq)]
-pub(super) struct Estimate {
+struct Estimate {
     /// Log bytes between the frontier and the head.
-    pub(super) gap_bytes: u64,
+    gap_bytes: u64,
     /// Records left, from the log bytes per record of this run so far;
     /// `None` until 100 records were processed (too few to say).
-    pub(super) gap_events: Option<u64>,
+    gap_events: Option<u64>,
     /// Share of the head's log processed, 100 when caught up.
-    pub(super) percent: f64,
+    percent: f64,
     /// Time left at the recent byte rate; `None` while nothing moves.
-    pub(super) eta: Option<Duration>,
+    eta: Option<Duration>,
 }
 
 impl Estimate {
     /// `head` and `done` are commit positions of the source head and of the
     /// frontier, `start` the one this run started from, `processed` the
     /// records processed in this run, `bytes_rate` log bytes per second.
-    pub(super) fn new(
+    fn new(
         head: u64,
         done: u64,
         start: u64,
@@ -444,6 +440,64 @@ impl Estimate {
             gap_events,
             percent,
             eta,
+        }
+    }
+}
+
+/// The moving parts behind [`Progress`]'s rate, lag and distance to the
+/// source head: fed the head samples, and the frontier on every publish.
+#[derive(Debug, Default)]
+pub(super) struct Meters {
+    rates: RateWindow,
+    heads: HeadTracker,
+}
+
+impl Meters {
+    /// A head probed at `at` (`None`: the source is empty).
+    pub(super) fn head(&mut self, at: Instant, head: Option<Position>) {
+        self.heads.head(at, head);
+    }
+
+    /// Sets `progress`'s rate, catch-up, lag, gap, percent and ETA at `now`
+    /// from its frontier ([`Progress::processed`]) and source head, the
+    /// records `processed` in this run and the commit position it started
+    /// from (`start`).
+    pub(super) fn measure(
+        &mut self,
+        progress: &mut Progress,
+        now: Instant,
+        processed: u64,
+        start: u64,
+    ) {
+        let done = progress.processed.map_or(0, |p| p.commit);
+        self.heads.processed(progress.processed);
+        let (rate, bytes_rate) = self.rates.sample(now, processed, done);
+        progress.events_per_second = rate;
+        progress.caught_up = self.heads.caught_up();
+        progress.lag = self.heads.lag(now, progress.processed_created);
+        match (progress.source_head, progress.source_head_at) {
+            (Some(head), _) => {
+                let estimate = Estimate::new(
+                    head.commit,
+                    done,
+                    start,
+                    processed,
+                    progress.caught_up,
+                    bytes_rate,
+                );
+                progress.gap_bytes = Some(estimate.gap_bytes);
+                progress.gap_events = estimate.gap_events;
+                progress.percent = Some(estimate.percent);
+                progress.eta = estimate.eta;
+            }
+            (None, Some(_)) => {
+                // The source is empty.
+                progress.gap_bytes = Some(0);
+                progress.gap_events = Some(0);
+                progress.percent = Some(100.0);
+                progress.eta = Some(Duration::ZERO);
+            }
+            (None, None) => {}
         }
     }
 }
@@ -557,5 +611,33 @@ mod tests {
         // Samples older than the window drop out.
         let (events, _) = w.sample(t0 + Duration::from_secs(40), 1000, 4000);
         assert_eq!(events, 0.0);
+    }
+
+    #[test]
+    fn measuring_an_empty_source_shows_nothing_left_and_a_head_ahead_shows_the_gap() {
+        let now = Instant::now();
+        let mut meters = Meters::default();
+        let mut p = Progress {
+            source_head_at: Some(SystemTime::now()),
+            ..Progress::default()
+        };
+        meters.head(now, None);
+        meters.measure(&mut p, now, 0, 0);
+        assert!(p.caught_up);
+        assert_eq!((p.gap_bytes, p.gap_events), (Some(0), Some(0)));
+        assert_eq!((p.percent, p.eta), (Some(100.0), Some(Duration::ZERO)));
+
+        let mut meters = Meters::default();
+        let mut p = Progress {
+            processed: Some(Position::at(1_000)),
+            source_head: Some(Position::at(4_000)),
+            ..Progress::default()
+        };
+        meters.head(now, p.source_head);
+        meters.measure(&mut p, now, 10, 0);
+        assert!(!p.caught_up);
+        assert_eq!(p.gap_bytes, Some(3_000));
+        assert_eq!(p.percent, Some(25.0));
+        assert_eq!(p.eta, None, "nothing moved yet");
     }
 }
