@@ -18,7 +18,6 @@
 #![warn(missing_docs)]
 
 pub mod cluster;
-pub mod conformance;
 mod error;
 #[allow(missing_docs)]
 pub mod proto;
