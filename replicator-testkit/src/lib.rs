@@ -19,13 +19,17 @@
 
 pub mod cluster;
 mod error;
+mod faults;
 #[allow(missing_docs)]
 pub mod proto;
 pub mod security;
 mod server;
 mod service;
+mod shared;
 mod store;
 pub mod workload;
 
 pub use error::TestkitError;
-pub use server::{EsdbServer, FaultHandle, PreloadEvent, ServerOptions};
+pub use faults::FaultHandle;
+pub use server::{EsdbServer, PreloadEvent};
+pub use shared::ServerOptions;

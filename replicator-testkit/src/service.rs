@@ -87,7 +87,7 @@ use crate::proto::streams::{
     TombstoneReq, TombstoneResp,
 };
 use crate::security::{self, Access, Principal};
-use crate::server::Shared;
+use crate::shared::Shared;
 use crate::store::{Expected, Proposed, ReadFailure, Record, Store, WriteOutcome};
 
 /// Records taken from the store per lock: large enough to stream fast, small enough
@@ -1148,7 +1148,7 @@ impl Streams for StreamsService {
     }
 }
 
-/// One batch-append call in [`crate::server::FaultState`]'s count, until
+/// One batch-append call in [`crate::faults::FaultState`]'s count, until
 /// dropped.
 struct CallCount(tokio::sync::watch::Sender<usize>);
 
