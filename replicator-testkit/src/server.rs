@@ -17,10 +17,10 @@ use tonic::codegen::Service as _;
 use tonic::service::Routes;
 use tracing::{debug, warn};
 
+use crate::faults::{FaultHandle, FaultState};
 use crate::proto::gossip::gossip_server::GossipServer;
 use crate::proto::server_features::server_features_server::ServerFeaturesServer;
 use crate::proto::streams::streams_server::StreamsServer;
-use crate::faults::{FaultHandle, FaultState};
 use crate::service::{FeaturesService, GossipService, StreamsService};
 use crate::shared::{ServerOptions, Shared};
 use crate::store::{Expected, Proposed, Store, WriteOutcome, BINARY, JSON};

@@ -66,9 +66,13 @@ fn target_client(c: &Clusters) -> eventstore::Client {
 /// target would count too; the final comparison fails the test for it
 /// anyway. An order difference is no stream to write.)
 async fn streams_left(c: &Clusters) -> u64 {
-    let report = verify(&c.source_client, &target_client(c), &VerifyOptions::default())
-        .await
-        .unwrap();
+    let report = verify(
+        &c.source_client,
+        &target_client(c),
+        &VerifyOptions::default(),
+    )
+    .await
+    .unwrap();
     // Counted exactly however many are listed; the order is reported apart.
     report.streams_differing
 }

@@ -182,9 +182,7 @@ async fn verify_checks_the_all_order_unless_told_not_to() {
         check_order: false,
         ..VerifyOptions::default()
     };
-    let report = verify(&source, &target, &options)
-        .await
-        .expect("verify");
+    let report = verify(&source, &target, &options).await.expect("verify");
     assert!(report.is_identical(), "{report}");
 }
 

@@ -18,7 +18,9 @@ pub(super) fn append_size(event: &Proposed) -> usize {
     event.data.len() + event.custom_metadata.len() + 2 * event.event_type.encode_utf16().count()
 }
 
-pub(super) fn expected_from_append(option: Option<append_req::options::ExpectedStreamRevision>) -> Expected {
+pub(super) fn expected_from_append(
+    option: Option<append_req::options::ExpectedStreamRevision>,
+) -> Expected {
     use append_req::options::ExpectedStreamRevision as E;
     match option {
         Some(E::Revision(r)) => Expected::Exact(r),
@@ -83,7 +85,10 @@ pub(super) fn append_reply(outcome: WriteOutcome, stream: &str) -> Result<Append
 }
 
 /// Delete and tombstone replies share a shape; this is the part they have in common.
-pub(super) fn deletion_position(outcome: WriteOutcome, stream: &str) -> Result<Option<u64>, Status> {
+pub(super) fn deletion_position(
+    outcome: WriteOutcome,
+    stream: &str,
+) -> Result<Option<u64>, Status> {
     match outcome {
         WriteOutcome::Success { position, .. } => Ok(position),
         WriteOutcome::WrongExpected { current, expected } => {

@@ -31,7 +31,11 @@ fn pack_detail(name: &str, message: &impl prost::Message) -> prost_types::Any {
 
 /// The error of one failed batch append, as the real server builds it: the
 /// `google.rpc.Status` message is the detail's type name, the code depends on it.
-pub(super) fn batch_error(code: Code, name: &str, detail: &impl prost::Message) -> batch_append_resp::Result {
+pub(super) fn batch_error(
+    code: Code,
+    name: &str,
+    detail: &impl prost::Message,
+) -> batch_append_resp::Result {
     batch_append_resp::Result::Error(RpcStatus {
         code: code as i32,
         message: name.to_owned(),
