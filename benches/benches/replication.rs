@@ -60,11 +60,12 @@ use replicator_benches::{
 };
 use replicator_core::memory::{MemoryCheckpointStore, MemorySink};
 use replicator_core::{ChangeKind, ContentType, Event, Pipeline, Reader, StartFrom};
+use replicator_esdb::verify::{verify, VerifyOptions};
 use replicator_esdb::{
     to_event_data, EsdbReader, EsdbReaderConfig, EsdbSink, EsdbSinkConfig, WriteOrder,
 };
 use replicator_testkit::proto::event_store::client as pb;
-use replicator_testkit::{compare, workload, ServerOptions};
+use replicator_testkit::{workload, ServerOptions};
 use tokio_util::sync::CancellationToken;
 
 /// The workloads a source can be filled with; see the module docs.
@@ -292,17 +293,12 @@ async fn replicate_once(
     drop(child);
     let servers = source.cpu_seconds() + target.cpu_seconds() - servers_before;
     if order != "read" {
-        let options = compare::CompareOptions {
+        let options = VerifyOptions {
             check_order: order == "source",
-            ..compare::CompareOptions::default()
+            ..VerifyOptions::default()
         };
-        let report =
-            compare::compare_with(&client(source_url)?, &client(&target_url)?, &options).await?;
-        assert!(
-            report.is_identical(),
-            "replication not exact: {:?}",
-            report.differences
-        );
+        let report = verify(&client(source_url)?, &client(&target_url)?, &options).await?;
+        assert!(report.is_identical(), "replication not exact: {report}");
     }
     Ok((run, servers))
 }

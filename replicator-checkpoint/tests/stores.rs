@@ -14,8 +14,8 @@ use std::time::{Duration, SystemTime};
 use mongodb::bson::{doc, Bson, Document};
 use replicator_checkpoint::chaser::read_chaser;
 use replicator_checkpoint::{seed_if_empty, FileCheckpointStore, MongoCheckpointStore};
+use replicator_core::conformance::check_store;
 use replicator_core::{Checkpoint, CheckpointStore, Position, StartFrom};
-use replicator_testkit::conformance::check_store;
 
 use support::{mongo_url, unique_name, SecantusServer};
 

@@ -4,8 +4,16 @@
 //! A replication is a [`Pipeline`] built from a reader of the source, a sink
 //! for the target and a checkpoint store; see [`Pipeline`] for a runnable
 //! example with the in-memory parts of [`memory`].
+//!
+//! # Features
+//! - `conformance`: the module `conformance`, the contract every
+//!   [`CheckpointStore`] must keep as a test suite (`check_store`), for the
+//!   tests of a custom store: turn it on in the store crate's
+//!   `[dev-dependencies]`.
 #![warn(missing_docs)]
 
+#[cfg(feature = "conformance")]
+pub mod conformance;
 pub mod error;
 pub mod health;
 pub mod memory;

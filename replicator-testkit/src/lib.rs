@@ -1,8 +1,9 @@
 //! Test kit for the replicator: an in-process EventStoreDB-protocol gRPC server that
 //! the real `eventstore` client talks to ([`EsdbServer`]), fault injection
-//! ([`FaultHandle`]), a seeded workload generator ([`workload`]) and a comparison of
-//! two servers' contents ([`compare`]), and [`cluster::TestCluster`], which lets every
-//! test run against a real cluster instead when an environment variable names one.
+//! ([`FaultHandle`]), a seeded workload generator ([`workload`]), and
+//! [`cluster::TestCluster`], which lets every test run against a real cluster instead
+//! when an environment variable names one. To compare what two servers hold, use
+//! `replicator_esdb::verify` (the testkit depends on `replicator-core` only).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -17,16 +18,18 @@
 #![warn(missing_docs)]
 
 pub mod cluster;
-pub mod compare;
-pub mod conformance;
 mod error;
+mod faults;
 #[allow(missing_docs)]
 pub mod proto;
 pub mod security;
 mod server;
 mod service;
+mod shared;
 mod store;
 pub mod workload;
 
 pub use error::TestkitError;
-pub use server::{EsdbServer, FaultHandle, PreloadEvent, ServerOptions};
+pub use faults::FaultHandle;
+pub use server::{EsdbServer, PreloadEvent};
+pub use shared::ServerOptions;

@@ -3,7 +3,7 @@
 //! The same [`WorkloadSpec`] always produces the same history: the same streams, event
 //! ids, types, data, metadata, stream metadata, deletions and order of writes. Two
 //! servers given the same spec therefore hold the same user data (positions and
-//! `created` timestamps aside), which is what [`crate::compare`] checks.
+//! `created` timestamps aside), which is what `replicator_esdb::verify` checks.
 //!
 //! The history mixes what a replicator meets in production:
 //! - many streams written interleaved, with plain names, unicode names and names of
@@ -71,8 +71,8 @@ pub struct WorkloadSpec {
     pub pipeline: usize,
     /// Put in front of every user stream name (empty by default), so that several
     /// workloads can share a cluster: a test against a real, persistent cluster uses
-    /// a fresh prefix per run and compares with the same
-    /// [`crate::compare::CompareOptions::stream_prefix`].
+    /// a fresh prefix per run and compares with the same `stream_prefix` of
+    /// `replicator_esdb::verify::VerifyOptions`.
     pub stream_prefix: String,
 }
 

@@ -94,7 +94,7 @@ async fn events_appended_after_catching_up_reach_the_target_once_while_the_run_g
     assert!(report.is_identical(), "{report}");
     assert_eq!(
         report.source_events,
-        history.source_events + LIVE_EVENTS as usize,
+        history.source_events + LIVE_EVENTS,
         "{report}"
     );
 }

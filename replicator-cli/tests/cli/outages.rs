@@ -34,7 +34,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use replicator_testkit::compare::{compare_with, CompareOptions};
+use replicator_esdb::verify::{verify, VerifyOptions};
 use replicator_testkit::{EsdbServer, FaultHandle};
 use serde_json::Value;
 use tokio::time::Instant;
@@ -177,13 +177,13 @@ async fn write_events(client: &eventstore::Client, count: u64) {
 /// Asserts the target holds exactly the source's user streams: every event
 /// once, at the same revision (a lost event or a duplicate shows).
 async fn assert_identical(source: &eventstore::Client, target: &eventstore::Client, events: u64) {
-    let options = CompareOptions {
+    let options = VerifyOptions {
         compare_revisions: true,
-        ..CompareOptions::default()
+        ..VerifyOptions::default()
     };
-    let report = compare_with(source, target, &options).await.unwrap();
+    let report = verify(source, target, &options).await.unwrap();
     assert!(report.is_identical(), "{report}");
-    assert_eq!(report.source_events as u64, events, "{report}");
+    assert_eq!(report.source_events, events, "{report}");
 }
 
 fn written(s: &Value) -> u64 {

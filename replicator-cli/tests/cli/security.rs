@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use replicator_esdb::verify::{verify, VerifyOptions};
 use replicator_testkit::security::{TestCertificates, User};
 use replicator_testkit::{EsdbServer, ServerOptions};
 use tempfile::TempDir;
@@ -132,10 +133,10 @@ async fn run_copies_a_workload_over_tls_with_private_cas_and_credentials() {
     let o = run_within(&w, Duration::from_secs(300)).await;
     assert_ok(&o);
     assert_no_password(&o);
-    let report = replicator_testkit::compare::compare(&source_client, &target_client)
+    let report = verify(&source_client, &target_client, &VerifyOptions::default())
         .await
-        .expect("compare");
-    assert!(report.is_identical(), "{:#?}", report.differences);
+        .expect("verify");
+    assert!(report.is_identical(), "{report}");
     assert!(report.source_events > 200, "{report:?}");
 }
 

@@ -2,16 +2,16 @@
 //! through the real client, a comparison of two servers, pipeline runs.
 //!
 //! The workload ([`populate`]) and the judge ([`snapshot`], [`difference`])
-//! here are deliberately a second oracle beside the testkit's
-//! (`replicator_testkit::workload`, `replicator_testkit::compare`), which the
+//! here are deliberately a second oracle beside the testkit's workload
+//! (`replicator_testkit::workload`) and `replicator_esdb::verify`, which the
 //! CLI tests use:
-//! - they judge something stricter: the testkit compares what a user reads
+//! - they judge something stricter: `verify` compares what a user reads
 //!   (readable events, the latest stream metadata, revisions optional, events
 //!   hidden by `$tb`/`$maxCount`/soft deletes left out); this judge compares
 //!   every record each user stream and its `$$` stream has in `$all`, hidden
 //!   or not, with revisions, ids, types, payloads and tombstone records, plus
 //!   how each stream reads. That is what the sink's plan must reproduce, and
-//!   the testkit's view would not see a wrong hidden record or revision;
+//!   `verify`'s view would not see a wrong hidden record or revision;
 //! - being written independently, a blind spot or bug in one judge does not
 //!   silently turn both suites green.
 //!

@@ -65,8 +65,8 @@ async fn payloads_are_preserved_byte_for_byte() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_testkit_workload_passes_the_testkit_comparison() {
-    use replicator_testkit::compare::{compare_with, CompareOptions};
+async fn the_testkit_workload_passes_verify() {
+    use replicator_esdb::verify::{verify, VerifyOptions};
     use replicator_testkit::workload::{generate, WorkloadSpec};
 
     let source = source().await;
@@ -83,13 +83,13 @@ async fn the_testkit_workload_passes_the_testkit_comparison() {
 
     replicate(&source, &target, &MemoryCheckpointStore::new(), 100).await;
 
-    let options = CompareOptions {
+    let options = VerifyOptions {
         compare_revisions: true,
-        ..CompareOptions::default()
+        ..VerifyOptions::default()
     };
-    let report = compare_with(&client(&source), &client(&target), &options)
+    let report = verify(&client(&source), &client(&target), &options)
         .await
-        .expect("compare");
+        .expect("verify");
     assert!(report.is_identical(), "{report}");
     assert!(report.streams_compared > 0 && report.source_events > 0);
     // And our own, stricter comparison (metadata history, event ids, how

@@ -12,3 +12,4 @@ mod reader;
 mod replay;
 mod scavenge;
 mod verify;
+mod workload_and_verify;

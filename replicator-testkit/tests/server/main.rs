@@ -19,4 +19,4 @@ mod reads_and_writes;
 mod security;
 mod subscriptions;
 mod wire_errors;
-mod workload_and_compare;
+mod workload;

@@ -1,14 +1,22 @@
 //! The contract every [`CheckpointStore`] must keep, as a test suite.
 //!
-//! Run [`check_store`] from a test of your own store: it panics with a message
+//! Behind the `conformance` feature: a store's author turns it on for the
+//! store's tests only,
+//!
+//! ```toml
+//! [dev-dependencies]
+//! replicator-core = { version = "0.1", features = ["conformance"] }
+//! ```
+//!
+//! and runs [`check_store`] from a test of the store: it panics with a message
 //! saying which rule was broken. It needs a Tokio runtime (it spawns tasks to
 //! store concurrently), so call it from `#[tokio::test]`:
 //!
 //! ```
 //! use std::collections::HashMap;
 //!
+//! use replicator_core::conformance::check_store;
 //! use replicator_core::memory::MemoryCheckpointStore;
-//! use replicator_testkit::conformance::check_store;
 //!
 //! # #[tokio::main]
 //! # async fn main() {
@@ -46,7 +54,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use replicator_core::{Checkpoint, CheckpointStore, Position, StartFrom};
+use crate::{Checkpoint, CheckpointStore, Position, StartFrom};
 
 /// How far apart a stored and a loaded `taken_at` may be: stores may keep
 /// milliseconds only.
@@ -368,8 +376,9 @@ mod tests {
     use std::collections::HashMap;
 
     use async_trait::async_trait;
-    use replicator_core::memory::MemoryCheckpointStore;
-    use replicator_core::CheckpointError;
+
+    use crate::memory::MemoryCheckpointStore;
+    use crate::CheckpointError;
 
     use super::*;
 

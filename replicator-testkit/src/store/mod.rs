@@ -24,8 +24,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use uuid::Uuid;
+
+mod memory;
+
+use memory::{Arena, Segmented};
 
 /// `$tb` value the server writes on a soft delete (the .NET `long.MaxValue`).
 pub(crate) const SOFT_DELETED_TB: u64 = i64::MAX as u64;
@@ -175,115 +179,6 @@ impl StreamState {
     fn last_revision(&self) -> Option<u64> {
         let live = self.entries.len() - usize::from(self.tombstoned);
         (live > 0).then(|| live as u64 - 1)
-    }
-}
-
-/// Elements per segment of a [`Segmented`].
-const SEGMENT: usize = 1024;
-
-/// An append-only vector in fixed segments: growing never copies, and the spare
-/// capacity is at most one segment.
-#[derive(Debug)]
-struct Segmented<T> {
-    segments: Vec<Vec<T>>,
-    len: usize,
-}
-
-impl<T> Default for Segmented<T> {
-    fn default() -> Self {
-        Segmented {
-            segments: Vec::new(),
-            len: 0,
-        }
-    }
-}
-
-impl<T> Segmented<T> {
-    fn len(&self) -> usize {
-        self.len
-    }
-
-    fn push(&mut self, value: T) {
-        if self.len.is_multiple_of(SEGMENT) {
-            self.segments.push(Vec::with_capacity(SEGMENT));
-        }
-        if let Some(segment) = self.segments.last_mut() {
-            segment.push(value);
-            self.len += 1;
-        }
-    }
-
-    fn get(&self, index: usize) -> Option<&T> {
-        self.segments.get(index / SEGMENT)?.get(index % SEGMENT)
-    }
-
-    fn get_mut(&mut self, index: usize) -> Option<&mut T> {
-        self.segments
-            .get_mut(index / SEGMENT)?
-            .get_mut(index % SEGMENT)
-    }
-
-    /// Elements from `from` on, in order.
-    fn iter_from(&self, from: usize) -> impl Iterator<Item = &T> {
-        let first = self
-            .segments
-            .get(from / SEGMENT)
-            .map_or(&[][..], |s| s.get(from % SEGMENT..).unwrap_or_default());
-        let rest = self.segments.iter().skip(from / SEGMENT + 1);
-        first.iter().chain(rest.flatten())
-    }
-
-    /// Like [`slice::partition_point`]: the number of leading elements for which
-    /// `pred` holds, when it holds for a prefix.
-    fn partition_point(&self, pred: impl Fn(&T) -> bool) -> usize {
-        let full = self
-            .segments
-            .partition_point(|s| s.last().is_some_and(&pred));
-        match self.segments.get(full) {
-            Some(segment) => full * SEGMENT + segment.partition_point(pred),
-            None => self.len,
-        }
-    }
-}
-
-impl<T> std::ops::Index<usize> for Segmented<T> {
-    type Output = T;
-
-    fn index(&self, index: usize) -> &T {
-        &self.segments[index / SEGMENT][index % SEGMENT]
-    }
-}
-
-/// Size of an [`Arena`] chunk.
-const ARENA_CHUNK: usize = 1024 * 1024;
-/// Payloads larger than this get a buffer of their own, so a chunk never ends in a
-/// large unused tail.
-const ARENA_LARGEST: usize = ARENA_CHUNK / 16;
-
-/// Payload storage: small payloads are packed into shared chunks.
-#[derive(Debug, Default)]
-struct Arena {
-    /// The free tail of the current chunk; the `Bytes` handed out share its buffer.
-    free: BytesMut,
-}
-
-impl Arena {
-    /// `parts` copied, one after the other, into exactly their length.
-    fn store(&mut self, parts: [&[u8]; 2]) -> Bytes {
-        let len = parts[0].len() + parts[1].len();
-        if len == 0 {
-            return Bytes::new();
-        }
-        if len > ARENA_LARGEST {
-            let mut own = BytesMut::with_capacity(len);
-            parts.iter().for_each(|p| own.extend_from_slice(p));
-            return own.freeze();
-        }
-        if self.free.capacity() < len {
-            self.free = BytesMut::with_capacity(ARENA_CHUNK);
-        }
-        parts.iter().for_each(|p| self.free.extend_from_slice(p));
-        self.free.split().freeze()
     }
 }
 
@@ -743,6 +638,7 @@ fn metadata_event(body: &serde_json::Value) -> Proposed {
 
 #[cfg(test)]
 mod tests {
+    use super::memory::{ARENA_CHUNK, ARENA_LARGEST, SEGMENT};
     use super::*;
 
     fn event(id: u128) -> Proposed {
