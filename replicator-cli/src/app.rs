@@ -58,6 +58,22 @@ pub(crate) async fn open_store(
     })
 }
 
+/// Clients of the configured source and target, for the commands that read
+/// both clusters themselves (`verify`, `map-position`).
+///
+/// # Errors
+/// When a connection string does not parse (named, password hidden).
+pub fn clients(config: &Config) -> anyhow::Result<(eventstore::Client, eventstore::Client)> {
+    let client = |key: &str, connection_string: &str| {
+        replicator_esdb::cluster::client(connection_string)
+            .with_context(|| format!("no client for replicator.{key}.connectionString"))
+    };
+    Ok((
+        client("reader", &config.reader.connection_string)?,
+        client("sink", &config.sink.connection_string)?,
+    ))
+}
+
 /// Seeds the store from the configured seeder when it holds no checkpoint.
 ///
 /// # Errors

@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use replicator_core::Position;
+use replicator_esdb::cluster;
 use replicator_esdb::verify::{self, Until, VerifyOptions};
 use replicator_testkit::{workload, EsdbServer, ServerOptions};
 use tokio_util::sync::CancellationToken;
@@ -167,7 +167,9 @@ pub async fn run(args: Args, cancel: CancellationToken) -> anyhow::Result<ExitCo
         .load()
         .await
         .context("cannot read the final checkpoint")?;
-    let source_end = last_position(&source_client).await?;
+    let source_end = cluster::head(&source_client)
+        .await
+        .context("cannot read the source's $all")?;
     let Some(stored) = stored else {
         bail!("no checkpoint was stored in {}", checkpoint.display());
     };
@@ -273,34 +275,7 @@ fn demo_config(
 }
 
 fn client(server: &EsdbServer) -> anyhow::Result<eventstore::Client> {
-    let settings = server
-        .connection_string()
-        .parse()
-        .context("the testkit's connection string does not parse")?;
-    eventstore::Client::new(settings).context("cannot create a client")
-}
-
-/// The position of the last record in `$all`, `None` when it is empty.
-async fn last_position(client: &eventstore::Client) -> anyhow::Result<Option<Position>> {
-    let options = eventstore::ReadAllOptions::default()
-        .position(eventstore::StreamPosition::End)
-        .backwards()
-        .max_count(1);
-    let mut stream = client
-        .read_all(&options)
-        .await
-        .context("cannot read the source's $all")?;
-    let last = stream
-        .next()
-        .await
-        .context("cannot read the source's $all")?;
-    Ok(last.map(|e| {
-        let p = e.get_original_event().position;
-        Position {
-            commit: p.commit,
-            prepare: p.prepare,
-        }
-    }))
+    cluster::client(&server.connection_string()).context("cannot create a client")
 }
 
 /// The process's peak resident set size in KiB (`VmHWM`), on Linux.

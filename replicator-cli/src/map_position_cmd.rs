@@ -12,7 +12,6 @@ use replicator_esdb::WriteOrder;
 use serde_json::json;
 
 use crate::app;
-use crate::verify_cmd::clients;
 
 /// `replicator map-position` options.
 #[derive(Debug, clap::Args)]
@@ -68,36 +67,6 @@ impl From<Order> for WriteOrder {
     }
 }
 
-/// Parses a position: `COMMIT`, `COMMIT/PREPARE` or `C:COMMIT/P:PREPARE` (as
-/// the replicator prints them).
-///
-/// # Errors
-/// When it is none of those, naming it.
-pub fn parse_position(text: &str) -> anyhow::Result<Position> {
-    let trimmed = text.trim();
-    let (commit, prepare) = match trimmed.split_once('/') {
-        Some((commit, prepare)) => (
-            commit.strip_prefix("C:").unwrap_or(commit),
-            Some(prepare.strip_prefix("P:").unwrap_or(prepare)),
-        ),
-        None => (trimmed.strip_prefix("C:").unwrap_or(trimmed), None),
-    };
-    let number = |part: &str| {
-        part.trim().parse::<u64>().with_context(|| {
-            format!(
-                "`{text}` is not a position: expected COMMIT, COMMIT/PREPARE or \
-                 C:COMMIT/P:PREPARE (non-negative integers)"
-            )
-        })
-    };
-    let commit = number(commit)?;
-    let prepare = prepare.map_or(Ok(commit), number)?;
-    if prepare > commit {
-        bail!("`{text}` is not a position: the prepare part is after the commit part");
-    }
-    Ok(Position { commit, prepare })
-}
-
 /// Runs `map-position`; exit code 0 when every position mapped, 1 when some
 /// are past what has been replicated, 2 when it could not map.
 pub async fn run(args: Args) -> ExitCode {
@@ -135,7 +104,7 @@ fn inputs(args: &Args) -> anyhow::Result<Vec<String>> {
 async fn map_all(args: &Args) -> anyhow::Result<bool> {
     let config = app::load_config(&args.config)?;
     let inputs = inputs(args)?;
-    let (source, target) = clients(&config)?;
+    let (source, target) = app::clients(&config)?;
     let stored = app::open_store(&config.checkpoint)
         .await?
         .load()
@@ -161,8 +130,8 @@ async fn map_all(args: &Args) -> anyhow::Result<bool> {
     }
     let positions = inputs
         .iter()
-        .map(|input| parse_position(input))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+        .map(|input| input.parse::<Position>())
+        .collect::<Result<Vec<_>, _>>()?;
     if !args.json {
         match MapMode::of(order) {
             MapMode::Exact => println!(
@@ -258,37 +227,4 @@ fn show_revision(m: &RevisionMapping, as_json: bool) -> String {
         ),
         m.note
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn positions_parse_in_every_printed_form() {
-        assert_eq!(parse_position("42").unwrap(), Position::at(42));
-        assert_eq!(
-            parse_position("42/40").unwrap(),
-            Position {
-                commit: 42,
-                prepare: 40
-            }
-        );
-        assert_eq!(
-            parse_position(" C:42/P:40 ").unwrap(),
-            Position {
-                commit: 42,
-                prepare: 40
-            }
-        );
-        assert_eq!(parse_position("C:7").unwrap(), Position::at(7));
-    }
-
-    #[test]
-    fn a_bad_position_is_named() {
-        for bad in ["", "x", "-1", "1/2", "3/y"] {
-            let error = parse_position(bad).unwrap_err().to_string();
-            assert!(error.contains(&format!("`{bad}`")), "{error}");
-        }
-    }
 }

@@ -13,13 +13,12 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use replicator_core::CheckpointStore as _;
+use replicator_core::{CheckpointStore as _, Position};
 use replicator_esdb::verify::{self, Until, VerifyOptions, VerifyProgress, VerifyReport};
-use replicator_esdb::{redact, WriteOrder};
+use replicator_esdb::WriteOrder;
 
 use crate::app;
 use crate::config::Config;
-use crate::map_position_cmd::parse_position;
 
 /// Exit code when the target differs.
 const DIFFERENT: u8 = 1;
@@ -148,13 +147,13 @@ async fn verify_as_configured(args: &Args) -> anyhow::Result<Verified> {
     }
     let until = match args.until.as_deref() {
         Some("end") => Until::End,
-        Some(text) => Until::Including(parse_position(text).context("--until")?),
+        Some(text) => Until::Including(text.parse::<Position>().context("--until")?),
         None => stored_until(&config).await?,
     };
     let mut sources = Vec::new();
     let mut targets = Vec::new();
     for _ in 0..args.connections.max(1) {
-        let (source, target) = clients(&config)?;
+        let (source, target) = app::clients(&config)?;
         sources.push(source);
         targets.push(target);
     }
@@ -263,27 +262,4 @@ async fn stored_until(config: &Config) -> anyhow::Result<Until> {
             config.checkpoint.store
         ),
     }
-}
-
-/// Clients of the configured source and target.
-///
-/// # Errors
-/// When a connection string does not parse (named, password hidden).
-pub fn clients(config: &Config) -> anyhow::Result<(eventstore::Client, eventstore::Client)> {
-    let client = |key: &str, connection_string: &str| -> anyhow::Result<eventstore::Client> {
-        let settings = connection_string
-            .parse::<eventstore::ClientSettings>()
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "replicator.{key}.connectionString `{}` is not a valid connection string: {e}",
-                    redact(connection_string)
-                )
-            })?;
-        eventstore::Client::new(settings)
-            .with_context(|| format!("cannot create a client for replicator.{key}"))
-    };
-    Ok((
-        client("reader", &config.reader.connection_string)?,
-        client("sink", &config.sink.connection_string)?,
-    ))
 }

@@ -27,7 +27,9 @@ pub use error::{
     BoxError, CheckpointError, ErrorKind, PipelineError, ReaderError, SinkError, TransformError,
 };
 pub use health::{Component, ComponentHealth, ComponentsHealth, Health, HealthReporter};
-pub use model::{ChangeKind, Checkpoint, ContentType, Event, Position, SkipReason, StartFrom};
+pub use model::{
+    ChangeKind, Checkpoint, ContentType, Event, ParsePositionError, Position, SkipReason, StartFrom,
+};
 pub use pipeline::{
     Pipeline, PipelineBuilder, PipelineConfig, PipelineState, Progress, RunSummary,
 };

@@ -1,6 +1,7 @@
 //! The data the pipeline carries: positions, events and checkpoints.
 
 use std::fmt;
+use std::str::FromStr;
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -41,6 +42,64 @@ impl Position {
 impl fmt::Display for Position {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "C:{}/P:{}", self.commit, self.prepare)
+    }
+}
+
+/// Reads a position as people write it: `COMMIT`, `COMMIT/PREPARE` or
+/// `C:COMMIT/P:PREPARE` (as [`Display`](fmt::Display) prints it), with
+/// surrounding whitespace ignored. A lone `COMMIT` is [`Position::at`].
+impl FromStr for Position {
+    type Err = ParsePositionError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let trimmed = text.trim();
+        let (commit, prepare) = match trimmed.split_once('/') {
+            Some((commit, prepare)) => (
+                commit.strip_prefix("C:").unwrap_or(commit),
+                Some(prepare.strip_prefix("P:").unwrap_or(prepare)),
+            ),
+            None => (trimmed.strip_prefix("C:").unwrap_or(trimmed), None),
+        };
+        let number = |part: &str| {
+            part.trim().parse::<u64>().map_err(|_| ParsePositionError {
+                text: text.to_owned(),
+                reason: ParsePositionReason::NotNumbers,
+            })
+        };
+        let commit = number(commit)?;
+        let prepare = prepare.map_or(Ok(commit), number)?;
+        if prepare > commit {
+            return Err(ParsePositionError {
+                text: text.to_owned(),
+                reason: ParsePositionReason::PrepareAfterCommit,
+            });
+        }
+        Ok(Position { commit, prepare })
+    }
+}
+
+/// Text that is not a [`Position`]; the message quotes it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{text}` is not a position: {reason}")]
+pub struct ParsePositionError {
+    text: String,
+    reason: ParsePositionReason,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ParsePositionReason {
+    NotNumbers,
+    PrepareAfterCommit,
+}
+
+impl fmt::Display for ParsePositionReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ParsePositionReason::NotNumbers => {
+                "expected COMMIT, COMMIT/PREPARE or C:COMMIT/P:PREPARE (non-negative integers)"
+            }
+            ParsePositionReason::PrepareAfterCommit => "the prepare part is after the commit part",
+        })
     }
 }
 
@@ -216,6 +275,39 @@ impl Checkpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn positions_parse_in_every_printed_form() {
+        assert_eq!("42".parse(), Ok(Position::at(42)));
+        assert_eq!(
+            "42/40".parse(),
+            Ok(Position {
+                commit: 42,
+                prepare: 40
+            })
+        );
+        assert_eq!(
+            " C:42/P:40 ".parse(),
+            Ok(Position {
+                commit: 42,
+                prepare: 40
+            })
+        );
+        assert_eq!("C:7".parse(), Ok(Position::at(7)));
+        let printed = Position {
+            commit: 9,
+            prepare: 3,
+        };
+        assert_eq!(printed.to_string().parse(), Ok(printed));
+    }
+
+    #[test]
+    fn a_bad_position_is_named() {
+        for bad in ["", "x", "-1", "1/2", "3/y"] {
+            let error = bad.parse::<Position>().unwrap_err().to_string();
+            assert!(error.contains(&format!("`{bad}`")), "{error}");
+        }
+    }
 
     #[test]
     fn positions_order_by_commit_then_prepare() {

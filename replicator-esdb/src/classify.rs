@@ -5,6 +5,8 @@ use std::time::SystemTime;
 
 use replicator_core::{ChangeKind, ContentType, Event, Position, SkipReason};
 
+use crate::cluster::ClientPosition as _;
+
 /// Event type of a stream-metadata record (in the `$$stream` metadata stream).
 pub const METADATA_EVENT_TYPE: &str = "$metadata";
 /// Event type of a tombstone record, written by a hard delete.
@@ -88,10 +90,7 @@ pub fn to_event(record: eventstore::RecordedEvent) -> Event {
             ContentType::Binary
         },
         created: SystemTime::from(record.created),
-        position: Position {
-            commit: record.position.commit,
-            prepare: record.position.prepare,
-        },
+        position: Position::from_client(record.position),
         stream: record.stream_id,
         event_type: record.event_type,
         data: record.data,

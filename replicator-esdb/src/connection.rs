@@ -1,25 +1,12 @@
-//! Connection strings, client (re)building and error classification shared by
-//! the reader and the sink.
+//! Client (re)building, error classification and redaction shared by the
+//! reader and the sink (connection strings, deadlines and the head of `$all`
+//! are in [`crate::cluster`]).
 
-use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use eventstore::{Client, ClientSettings, ReadAllOptions, StreamPosition};
-use replicator_core::{ErrorKind, Position};
-
-/// Parses a connection string, naming the problem without echoing credentials.
-pub(crate) fn parse_settings(connection_string: &str) -> Result<ClientSettings, String> {
-    if connection_string.trim().is_empty() {
-        return Err("the connection string is empty".to_owned());
-    }
-    connection_string.parse::<ClientSettings>().map_err(|e| {
-        format!(
-            "invalid connection string `{}`: {e}",
-            redact(connection_string)
-        )
-    })
-}
+use eventstore::{Client, ClientSettings};
+use replicator_core::ErrorKind;
 
 /// A connection string with any password replaced by `***`, fit for logs.
 ///
@@ -127,18 +114,6 @@ pub(crate) fn needs_new_client(error: &eventstore::Error) -> bool {
 /// frozen server acts on nothing.
 pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Runs `request`, turning "no answer within `limit`" into
-/// [`eventstore::Error::DeadlineExceeded`]. Dropping a request future of the
-/// client cancels the request.
-pub(crate) async fn within<T>(
-    limit: Duration,
-    request: impl Future<Output = Result<T, eventstore::Error>>,
-) -> Result<T, eventstore::Error> {
-    tokio::time::timeout(limit, request)
-        .await
-        .unwrap_or(Err(eventstore::Error::DeadlineExceeded))
-}
-
 /// Whether a raw gRPC status code means "try again later": cancelled (1),
 /// unknown (2), deadline exceeded (4), resource exhausted (8), aborted (10),
 /// internal (13), unavailable (14). Compared by number because the client does
@@ -197,25 +172,6 @@ fn next_generation() -> u64 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
-/// The position of the last record in `$all`, if any.
-pub(crate) async fn head(
-    client: &eventstore::Client,
-) -> Result<Option<Position>, eventstore::Error> {
-    let options = ReadAllOptions::default()
-        .backwards()
-        .position(StreamPosition::End)
-        .max_count(1);
-    let mut read = client.read_all(&options).await?;
-    Ok(read
-        .next()
-        .await?
-        .and_then(|resolved| resolved.link.or(resolved.event))
-        .map(|record| Position {
-            commit: record.position.commit,
-            prepare: record.position.prepare,
-        }))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -253,15 +209,6 @@ mod tests {
             assert!(!shown.contains(secret), "{raw} → {shown}");
             assert!(shown.contains("***"), "{raw} → {shown}");
         }
-    }
-
-    #[test]
-    fn bad_connection_strings_are_named_without_their_password() {
-        let err = parse_settings("http://admin:secret@host").unwrap_err();
-        assert!(err.contains("admin:***@host"), "{err}");
-        assert!(!err.contains("secret"), "{err}");
-        assert!(parse_settings("  ").unwrap_err().contains("empty"));
-        assert!(parse_settings("esdb://localhost:2113?tls=false").is_ok());
     }
 
     #[test]

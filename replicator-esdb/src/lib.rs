@@ -13,6 +13,9 @@
 //! - [`ScavengeFilter`] leaves out the events a scavenge of the source would
 //!   remove (`replicator.scavenge: true`), from the source's stream metadata
 //!   read once ahead and kept current.
+//! - [`cluster`] is how each of them, and the CLI's commands, reach a
+//!   cluster: a client from a connection string, the head of `$all`, our
+//!   positions to and from the client's.
 //!
 //! Every request either makes has a deadline (10 s by default), so a hung
 //! server is noticed and retried, never waited on forever.
@@ -31,7 +34,9 @@
 #![warn(missing_docs)]
 
 mod classify;
+pub mod cluster;
 mod connection;
+mod encode;
 mod plan;
 pub mod position_map;
 mod reader;
@@ -46,9 +51,10 @@ pub use classify::{
     TOMBSTONE_EVENT_TYPE,
 };
 pub use connection::redact;
+pub use encode::to_event_data;
 pub use reader::{EsdbReader, EsdbReaderConfig};
 pub use scavenge::ScavengeFilter;
 pub use sink::{
-    to_event_data, EsdbSink, EsdbSinkConfig, RevisionMode, WriteOrder, DEFAULT_MAX_APPEND_BYTES,
+    EsdbSink, EsdbSinkConfig, RevisionMode, WriteOrder, DEFAULT_MAX_APPEND_BYTES,
     DEFAULT_REPLAY_SEARCH_DEPTH, WRITE_CHECK_STREAM,
 };

@@ -77,11 +77,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use eventstore::{Client, ReadAllOptions, ReadStreamOptions, ResolvedEvent, StreamPosition};
+use futures::TryFutureExt as _;
 use replicator_core::{ChangeKind, Position};
 use serde::Serialize;
 use uuid::Uuid;
 
 use crate::classify::{classify, TOMBSTONE_EVENT_TYPE};
+use crate::cluster::{head, within, ClientPosition as _, RequestError, SOURCE, TARGET};
 use crate::verify::{request, settle, VerifyError};
 use crate::WriteOrder;
 
@@ -196,17 +198,6 @@ pub struct RevisionMapping {
     pub note: String,
 }
 
-const SOURCE: &str = "source";
-const TARGET: &str = "target";
-
-fn position_of(event: &ResolvedEvent) -> Position {
-    let p = event.get_original_event().position;
-    Position {
-        commit: p.commit,
-        prepare: p.prepare,
-    }
-}
-
 fn appended(event: &ResolvedEvent) -> bool {
     kind_of(event) == ChangeKind::Append
 }
@@ -214,13 +205,6 @@ fn appended(event: &ResolvedEvent) -> bool {
 fn kind_of(event: &ResolvedEvent) -> ChangeKind {
     let e = event.get_original_event();
     classify(&e.stream_id, &e.event_type, &e.data)
-}
-
-fn esdb_position(p: Position) -> StreamPosition<eventstore::Position> {
-    StreamPosition::Position(eventstore::Position {
-        commit: p.commit,
-        prepare: p.prepare,
-    })
 }
 
 /// `; {note}`, or nothing for an empty note.
@@ -292,7 +276,7 @@ impl Unlocated {
             } else {
                 Bytes::new()
             },
-            position: position_of(event),
+            position: Position::of(event),
         }
     }
 }
@@ -324,13 +308,13 @@ async fn walk_back(
     // is inclusive), then those before it (a backward read is not).
     let operation = || format!("reading $all at {position}");
     let at = ReadAllOptions::default()
-        .position(esdb_position(position))
+        .position(StreamPosition::Position(position.to_client()))
         .max_count(1);
     let mut first = request(SOURCE, operation, timeout, source.read_all(&at)).await?;
     let at_position = request(SOURCE, operation, timeout, first.next()).await?;
     drop(first);
     let before = ReadAllOptions::default()
-        .position(esdb_position(position))
+        .position(StreamPosition::Position(position.to_client()))
         .backwards()
         .max_count(usize::MAX);
     let mut backwards = request(SOURCE, operation, timeout, source.read_all(&before)).await?;
@@ -349,7 +333,7 @@ async fn walk_back(
                 None => break,
             },
         };
-        let here = position_of(&event);
+        let here = Position::of(&event);
         if here > position || previous == Some(here) {
             continue;
         }
@@ -482,7 +466,9 @@ async fn search_after(
         None => "reading $all from the start".to_owned(),
     };
     let read = ReadAllOptions::default()
-        .position(after.map_or(StreamPosition::Start, esdb_position))
+        .position(after.map_or(StreamPosition::Start, |p| {
+            StreamPosition::Position(p.to_client())
+        }))
         .max_count(usize::MAX);
     let mut reader = request(TARGET, operation, timeout, target.read_all(&read)).await?;
     let mut sought = Sought::new(sought);
@@ -499,7 +485,7 @@ async fn search_after(
         let Some(event) = request(TARGET, operation, timeout, reader.next()).await? else {
             break Stop::End;
         };
-        let here = position_of(&event);
+        let here = Position::of(&event);
         if after.is_some_and(|a| here <= a) {
             continue;
         }
@@ -659,7 +645,7 @@ async fn conservative(
     let timeout = options.request_timeout;
     let operation = || format!("reading $all after {position}");
     let after = ReadAllOptions::default()
-        .position(esdb_position(position))
+        .position(StreamPosition::Position(position.to_client()))
         .max_count(usize::MAX);
     let mut forward = request(SOURCE, operation, timeout, source.read_all(&after)).await?;
     let mut unprocessed: HashSet<Uuid> = HashSet::new();
@@ -669,7 +655,7 @@ async fn conservative(
             source_exhausted = true;
             break;
         };
-        if position_of(&event) > position && appended(&event) {
+        if Position::of(&event) > position && appended(&event) {
             unprocessed.insert(event.get_original_event().id);
         }
     }
@@ -679,13 +665,7 @@ async fn conservative(
         // (the position is within the checkpoint): the whole target is
         // processed, resume at its end and see nothing twice.
         let operation = || "reading the end of $all".to_owned();
-        let end = ReadAllOptions::default()
-            .position(StreamPosition::End)
-            .backwards()
-            .max_count(1);
-        let mut reader = request(TARGET, operation, timeout, target.read_all(&end)).await?;
-        if let Some(last) = request(TARGET, operation, timeout, reader.next()).await? {
-            let last = position_of(&last);
+        if let Some(last) = request(TARGET, operation, timeout, head(target)).await? {
             let at_end = format!(
                 "the consumer has processed every user event of the source: resume at the end \
                  of the target's $all ({last}), nothing is seen twice{}",
@@ -704,7 +684,7 @@ async fn conservative(
 
     let operation = || format!("reading $all before {}", anchor.target_position);
     let before = ReadAllOptions::default()
-        .position(esdb_position(anchor.target_position))
+        .position(StreamPosition::Position(anchor.target_position.to_client()))
         .backwards()
         .max_count(usize::MAX);
     let mut backwards = request(TARGET, operation, timeout, target.read_all(&before)).await?;
@@ -721,7 +701,7 @@ async fn conservative(
             }
             break;
         };
-        let here = position_of(&event);
+        let here = Position::of(&event);
         if here >= anchor.target_position {
             continue;
         }
@@ -797,7 +777,7 @@ async fn locate(
         revision: e.revision,
         target_revision,
         event_id: e.id,
-        source_position: position_of(event),
+        source_position: Position::of(event),
         target_position,
     }))
 }
@@ -820,24 +800,28 @@ async fn find_in_target_stream(
             .backwards()
             .max_count(options.window.max(1)),
     ] {
-        let mut reader =
-            match tokio::time::timeout(timeout, target.read_stream(stream, &read_options)).await {
-                Ok(Err(
-                    eventstore::Error::ResourceNotFound | eventstore::Error::ResourceDeleted,
-                )) => return Ok(None),
-                other => settle(TARGET, operation, timeout, other)?,
-            };
+        let mut reader = match within(
+            timeout,
+            target.read_stream(stream, &read_options).err_into(),
+        )
+        .await
+        {
+            Err(RequestError::Failed(
+                eventstore::Error::ResourceNotFound | eventstore::Error::ResourceDeleted,
+            )) => return Ok(None),
+            other => settle(TARGET, operation, other)?,
+        };
         loop {
-            let next = match tokio::time::timeout(timeout, reader.next()).await {
-                Ok(Err(
+            let next = match within(timeout, reader.next().err_into()).await {
+                Err(RequestError::Failed(
                     eventstore::Error::ResourceNotFound | eventstore::Error::ResourceDeleted,
                 )) => return Ok(None),
-                other => settle(TARGET, operation, timeout, other)?,
+                other => settle(TARGET, operation, other)?,
             };
             let Some(found) = next else { break };
             let r = found.get_original_event();
             if r.id == id {
-                return Ok(Some((r.revision, position_of(&found))));
+                return Ok(Some((r.revision, Position::of(&found))));
             }
         }
     }
@@ -862,16 +846,20 @@ pub async fn map_revision(
         .position(StreamPosition::Position(revision))
         .backwards()
         .max_count(options.window.max(1));
-    let mut reader =
-        match tokio::time::timeout(timeout, source.read_stream(stream, &read_options)).await {
-            Ok(Err(eventstore::Error::ResourceNotFound)) => None,
-            other => Some(settle(SOURCE, operation, timeout, other)?),
-        };
+    let mut reader = match within(
+        timeout,
+        source.read_stream(stream, &read_options).err_into(),
+    )
+    .await
+    {
+        Err(RequestError::Failed(eventstore::Error::ResourceNotFound)) => None,
+        other => Some(settle(SOURCE, operation, other)?),
+    };
     let mut passed_over = 0usize;
     while let Some(stream_reader) = reader.as_mut() {
-        let next = match tokio::time::timeout(timeout, stream_reader.next()).await {
-            Ok(Err(eventstore::Error::ResourceNotFound)) => None,
-            other => settle(SOURCE, operation, timeout, other)?,
+        let next = match within(timeout, stream_reader.next().err_into()).await {
+            Err(RequestError::Failed(eventstore::Error::ResourceNotFound)) => None,
+            other => settle(SOURCE, operation, other)?,
         };
         let Some(event) = next else { break };
         let e = event.get_original_event();

@@ -18,9 +18,8 @@ use tokio::time::{Instant, Sleep};
 use tracing::{debug, info};
 
 use crate::classify::to_event;
-use crate::connection::{
-    describe, error_kind, head, parse_settings, redact, within, ClientCell, REQUEST_TIMEOUT,
-};
+use crate::cluster::{self, head, within, ClientPosition as _};
+use crate::connection::{describe, error_kind, redact, ClientCell, REQUEST_TIMEOUT};
 use crate::wire::channel::WireChannel;
 use crate::wire::read::{AllSubscription, ReadItem};
 
@@ -133,7 +132,7 @@ impl EsdbReader {
     /// A permanent [`ReaderError`] when the connection string does not parse
     /// or `page_size` is 0.
     pub fn new(config: EsdbReaderConfig) -> Result<Self, ReaderError> {
-        let settings = parse_settings(&config.connection_string)
+        let settings = cluster::settings(&config.connection_string)
             .map_err(|e| ReaderError::permanent(format!("reader: {e}")))?;
         if config.page_size == 0 {
             return Err(ReaderError::permanent(
@@ -570,10 +569,10 @@ impl ReadState {
             // `read_all` is inclusive: ask for one more, the record at `last`
             // comes back and is dropped.
             (Some(last), _) => (
-                StreamPosition::Position(to_client(last)),
+                StreamPosition::Position(last.to_client()),
                 self.page_size.saturating_add(1),
             ),
-            (None, Some(floor)) => (StreamPosition::Position(to_client(floor)), self.page_size),
+            (None, Some(floor)) => (StreamPosition::Position(floor.to_client()), self.page_size),
             (None, None) => (StreamPosition::Start, self.page_size),
         };
         let options = ReadAllOptions::default()
@@ -769,13 +768,6 @@ async fn next_live(
 /// A position for the logs: `C:…/P:…`, or `none`.
 fn shown(position: Option<Position>) -> String {
     position.map_or_else(|| "none".to_owned(), |p| p.to_string())
-}
-
-fn to_client(position: Position) -> eventstore::Position {
-    eventstore::Position {
-        commit: position.commit,
-        prepare: position.prepare,
-    }
 }
 
 #[cfg(test)]

@@ -20,9 +20,8 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::classify::{METADATA_EVENT_TYPE, TOMBSTONE_EVENT_TYPE};
-use crate::connection::{
-    describe, error_kind, head, parse_settings, redact, within, ClientCell, REQUEST_TIMEOUT,
-};
+use crate::cluster::{self, head, within, ClientPosition as _};
+use crate::connection::{describe, error_kind, redact, ClientCell, REQUEST_TIMEOUT};
 use crate::retention::{Catalog, Verdict};
 
 /// How long [`ScavengeFilter::apply`] waits for the start-up pass before
@@ -155,7 +154,7 @@ impl ScavengeFilter {
     /// # Errors
     /// A permanent [`ReaderError`] when the connection string does not parse.
     pub fn new(connection_string: &str) -> Result<Self, ReaderError> {
-        let settings = parse_settings(connection_string)
+        let settings = cluster::settings(connection_string)
             .map_err(|e| ReaderError::permanent(format!("scavenge filter: {e}")))?;
         let (status, _) = watch::channel(PassStatus::Running {
             records: 0,
@@ -450,10 +449,7 @@ impl Shared {
             .regex(PASS_FILTER)
             .max(32);
         let from = match *resume {
-            Some(at) => StreamPosition::Position(eventstore::Position {
-                commit: at.commit,
-                prepare: at.prepare,
-            }),
+            Some(at) => StreamPosition::Position(at.to_client()),
             None => StreamPosition::Start,
         };
         let options = SubscribeToAllOptions::default()
@@ -494,10 +490,7 @@ impl Shared {
                     let Some(record) = resolved.event else {
                         continue;
                     };
-                    let position = Position {
-                        commit: record.position.commit,
-                        prepare: record.position.prepare,
-                    };
+                    let position = Position::from_client(record.position);
                     *records += 1;
                     self.learn(&record.stream_id, &record.event_type, &record.data);
                     *resume = Some(position);
@@ -513,10 +506,7 @@ impl Shared {
                     }
                 }
                 SubscriptionEvent::Checkpoint(at) => {
-                    let at = Position {
-                        commit: at.commit,
-                        prepare: at.prepare,
-                    };
+                    let at = Position::from_client(at);
                     if resume.is_none_or(|r| at > r) {
                         *resume = Some(at);
                     }

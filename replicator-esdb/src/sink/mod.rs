@@ -16,16 +16,14 @@ use eventstore::{
 };
 use futures::{FutureExt, StreamExt};
 use replicator_core::health::short;
-use replicator_core::{
-    ChangeKind, ContentType, ErrorKind, Event, Position, Sink, SinkError, WriteAck,
-};
-use serde::ser::{Serialize, SerializeStruct, Serializer};
+use replicator_core::{ChangeKind, ErrorKind, Event, Position, Sink, SinkError, WriteAck};
 use tracing::{debug, warn};
 
+use crate::cluster::{self, within, ClientPosition as _};
 use crate::connection::{
-    describe, error_kind, needs_new_client, parse_settings, redact, within, ClientCell,
-    REQUEST_TIMEOUT,
+    describe, error_kind, needs_new_client, redact, ClientCell, REQUEST_TIMEOUT,
 };
+use crate::encode::to_event_data;
 use crate::plan::{
     plan, shift_truncate_before, Action, AppendRun, Divergence, Done, Expected, Guess, Note, Reply,
     Step, TargetRecord, PROBE_REVISION,
@@ -308,7 +306,7 @@ impl EsdbSink {
     /// A permanent [`SinkError`] when the connection string does not parse or
     /// `partition_count` is 0.
     pub fn new(config: EsdbSinkConfig) -> Result<Self, SinkError> {
-        let settings = parse_settings(&config.connection_string)
+        let settings = cluster::settings(&config.connection_string)
             .map_err(|e| SinkError::permanent(format!("sink: {e}")))?;
         if config.partition_count == 0 {
             return Err(SinkError::permanent(
@@ -688,7 +686,7 @@ impl EsdbSink {
                         id: record.id,
                         event_type: record.event_type,
                         data: record.data,
-                        position: convert_position(record.position),
+                        position: Position::from_client(record.position),
                     });
                 }
             }
@@ -762,7 +760,7 @@ impl EsdbSink {
                     client.tombstone_stream(stream, &options),
                 )
                 .await
-                .map(|position| position.map(convert_position))
+                .map(|position| position.map(Position::from_client))
             }
         };
         match answer {
@@ -1113,7 +1111,7 @@ async fn append(
     let options = AppendToStreamOptions::default().expected_revision(expected);
     let result = client.append_to_stream(stream, &options, data).await?;
     Ok((
-        convert_position(result.position),
+        Position::from_client(result.position),
         result.next_expected_version,
     ))
 }
@@ -1141,7 +1139,7 @@ async fn read_records(
                         id: record.id,
                         event_type: record.event_type,
                         data: record.data,
-                        position: convert_position(record.position),
+                        position: Position::from_client(record.position),
                     });
                 }
             }
@@ -1149,65 +1147,6 @@ async fn read_records(
             Err(eventstore::Error::ResourceNotFound) => return Ok(records),
             Err(e) => return Err(e),
         }
-    }
-}
-
-fn convert_position(position: eventstore::Position) -> Position {
-    Position {
-        commit: position.commit,
-        prepare: position.prepare,
-    }
-}
-
-/// Builds what the client sends for `event`: id, type, data, user metadata and
-/// content type, every byte kept (see [`EsdbSink`] for the one exception).
-pub fn to_event_data(event: &Event) -> EventData {
-    let data = match json_text(event) {
-        Some(json) => EventData::json(&event.event_type, &VerbatimJson(json))
-            .expect("verbatim JSON serialisation cannot fail"),
-        None => EventData::binary(&event.event_type, event.data.clone()),
-    };
-    data.id(event.id).metadata(event.metadata.clone())
-}
-
-/// The data of an event written as JSON: marked JSON and UTF-8 text. Data
-/// marked JSON that is not UTF-8 is written as binary, with a warning; the
-/// rule of both append paths (the client's and [`crate::wire::append`]).
-pub(crate) fn json_text(event: &Event) -> Option<&str> {
-    match event.content_type {
-        ContentType::Json => match std::str::from_utf8(&event.data) {
-            Ok(json) => Some(json),
-            Err(_) => {
-                warn!(
-                    stream = %event.stream,
-                    id = %event.id,
-                    "Event marked JSON holds bytes that are not UTF-8: written as binary"
-                );
-                None
-            }
-        },
-        ContentType::Binary => None,
-    }
-}
-
-/// Serialises to exactly the wrapped text, whether or not it is valid JSON.
-///
-/// The client only sends JSON content through `serde_json::to_vec`. A
-/// `RawValue` would keep valid JSON as is, but it cannot hold empty data
-/// (common: events "without data") or text with surrounding whitespace, and
-/// it refuses invalid JSON that the source server accepted. So this emits the
-/// text through the same path `RawValue` uses; the unit test
-/// `json_data_is_sent_verbatim` proves the bytes survive.
-struct VerbatimJson<'a>(&'a str);
-
-/// serde_json's marker for "write this string unchanged" (its `RawValue`).
-const RAW_VALUE_TOKEN: &str = "$serde_json::private::RawValue";
-
-impl Serialize for VerbatimJson<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut raw = serializer.serialize_struct(RAW_VALUE_TOKEN, 1)?;
-        raw.serialize_field(RAW_VALUE_TOKEN, self.0)?;
-        raw.end()
     }
 }
 
@@ -1236,21 +1175,6 @@ fn sink_error(error: eventstore::Error, doing: &str, event: &Event) -> SinkError
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn json_data_is_sent_verbatim() {
-        for text in [
-            r#"{"b":1,  "a":[1,2] }"#,
-            "",
-            "  {\"padded\":true}\n",
-            "not json at all",
-            "{\"unicode\":\"\u{e9}\u{1F600}\\u00e9\"}",
-            "1.000000000000000000001",
-        ] {
-            let bytes = serde_json::to_vec(&VerbatimJson(text)).unwrap();
-            assert_eq!(bytes, text.as_bytes(), "{text:?}");
-        }
-    }
 
     #[test]
     fn bad_configuration_is_named() {

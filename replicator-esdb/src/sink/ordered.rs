@@ -42,7 +42,8 @@ use replicator_core::{ErrorKind, Event, Position, SinkError, WriteAck};
 use tracing::{debug, warn};
 
 use super::{log_note, refusal, EsdbSink, RunError, STREAMS_IN_FLIGHT};
-use crate::connection::{describe, error_kind, within};
+use crate::cluster::within;
+use crate::connection::{describe, error_kind};
 use crate::plan::{
     sequence, Action, AppendRun, Done, Expected, Guess, Reply, Step, PROBE_REVISION,
 };

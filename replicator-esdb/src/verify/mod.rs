@@ -102,11 +102,13 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use eventstore::{Client, ReadAllOptions, ReadStreamOptions, StreamPosition};
 use futures::stream::{self, StreamExt as _};
+use futures::TryFutureExt as _;
 use replicator_core::{ChangeKind, Position};
 use serde::Serialize;
 use uuid::Uuid;
 
 use crate::classify::{classify, METADATA_EVENT_TYPE};
+use crate::cluster::{within, ClientPosition as _, RequestError, TimedOut, SOURCE, TARGET};
 use crate::connection::describe;
 
 mod order;
@@ -620,9 +622,6 @@ async fn compare_streams(
     Ok(report)
 }
 
-const SOURCE: &str = "source";
-const TARGET: &str = "target";
-
 /// Flags of a stream name: where it was seen.
 const ON_SOURCE: u8 = 1;
 const ON_TARGET: u8 = 2;
@@ -659,10 +658,7 @@ async fn list_streams(
     while let Some(event) = request(side, operation, options.request_timeout, reader.next()).await?
     {
         let record = event.get_original_event();
-        let position = Position {
-            commit: record.position.commit,
-            prepare: record.position.prepare,
-        };
+        let position = Position::from_client(record.position);
         if side == SOURCE {
             if !options.until.covers(position) {
                 break;
@@ -693,42 +689,36 @@ async fn list_streams(
     Ok(())
 }
 
-/// Awaits one client request with a deadline, naming the side and operation
-/// when it fails.
+/// Awaits one client request with a deadline ([`within`]), naming the side
+/// and operation when it fails.
 pub(crate) async fn request<T>(
     side: &'static str,
     operation: impl FnOnce() -> String,
     timeout: Duration,
     future: impl std::future::Future<Output = Result<T, eventstore::Error>>,
 ) -> Result<T, VerifyError> {
-    settle(
-        side,
-        operation,
-        timeout,
-        tokio::time::timeout(timeout, future).await,
-    )
+    settle(side, operation, within(timeout, future.err_into()).await)
 }
 
-/// The outcome of a request awaited with `timeout`, as [`request`] names it
-/// (for callers that first look at some outcomes themselves).
+/// The outcome of a request awaited [`within`] a deadline, as [`request`]
+/// names it (for callers that first look at some outcomes themselves).
 pub(crate) fn settle<T>(
     side: &'static str,
     operation: impl FnOnce() -> String,
-    timeout: Duration,
-    outcome: Result<Result<T, eventstore::Error>, tokio::time::error::Elapsed>,
+    outcome: Result<T, RequestError>,
 ) -> Result<T, VerifyError> {
     match outcome {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(source)) => Err(VerifyError::Read {
+        Ok(value) => Ok(value),
+        Err(RequestError::Failed(source)) => Err(VerifyError::Read {
             side,
             operation: operation(),
             message: describe(&source),
             source,
         }),
-        Err(_) => Err(VerifyError::Timeout {
+        Err(RequestError::TimedOut(TimedOut { limit })) => Err(VerifyError::Timeout {
             side,
             operation: operation(),
-            timeout,
+            timeout: limit,
         }),
     }
 }
@@ -917,16 +907,19 @@ impl<'a> Side<'a> {
             },
         };
         let read_options = ReadStreamOptions::default().max_count(usize::MAX);
-        let opened = tokio::time::timeout(this.timeout, client.read_stream(stream, &read_options));
+        let opened = within(
+            this.timeout,
+            client.read_stream(stream, &read_options).err_into(),
+        );
         match opened.await {
-            Ok(Ok(reader)) => this.reader = Some(reader),
-            Ok(Err(error)) => this.end_with(error)?,
-            Err(_) => {
-                return Err(VerifyError::Timeout {
+            Ok(reader) => this.reader = Some(reader),
+            Err(RequestError::Failed(error)) => this.end_with(error)?,
+            Err(timed_out) => {
+                return settle(
                     side,
-                    operation: format!("reading stream {stream:?}"),
-                    timeout: this.timeout,
-                })
+                    || format!("reading stream {stream:?}"),
+                    Err(timed_out),
+                )
             }
         }
         // The first page says whether the stream is there at all.
@@ -965,14 +958,15 @@ impl<'a> Side<'a> {
                 self.exhausted = true;
                 break;
             };
-            let next = match tokio::time::timeout(self.timeout, reader.next()).await {
-                Ok(next) => next,
-                Err(_) => {
-                    return Err(VerifyError::Timeout {
-                        side: self.side,
-                        operation: format!("reading stream {:?}", self.stream),
-                        timeout: self.timeout,
-                    })
+            let next = match within(self.timeout, reader.next().err_into()).await {
+                Ok(next) => Ok(next),
+                Err(RequestError::Failed(error)) => Err(error),
+                Err(timed_out) => {
+                    return settle(
+                        self.side,
+                        || format!("reading stream {:?}", self.stream),
+                        Err(timed_out),
+                    )
                 }
             };
             match next {
@@ -986,10 +980,7 @@ impl<'a> Side<'a> {
                     let event = VerifiedEvent {
                         stream: record.stream_id.clone(),
                         revision: record.revision,
-                        position: Position {
-                            commit: record.position.commit,
-                            prepare: record.position.prepare,
-                        },
+                        position: Position::from_client(record.position),
                         id: record.id,
                         event_type: record.event_type.clone(),
                         is_json: record.is_json,
@@ -1101,23 +1092,25 @@ async fn read_metadata(
     let operation = || format!("reading the metadata of {stream:?}");
     let timeout = options.request_timeout;
     let mut metadata = Metadata::default();
-    let mut reader = match tokio::time::timeout(
+    let mut reader = match within(
         timeout,
-        client.read_stream(metastream.as_str(), &read_options),
+        client
+            .read_stream(metastream.as_str(), &read_options)
+            .err_into(),
     )
     .await
     {
-        Ok(Err(eventstore::Error::ResourceNotFound | eventstore::Error::ResourceDeleted)) => {
-            return Ok(metadata)
-        }
-        outcome => settle(side, operation, timeout, outcome)?,
+        Err(RequestError::Failed(
+            eventstore::Error::ResourceNotFound | eventstore::Error::ResourceDeleted,
+        )) => return Ok(metadata),
+        outcome => settle(side, operation, outcome)?,
     };
     loop {
-        let next = match tokio::time::timeout(timeout, reader.next()).await {
-            Ok(Err(eventstore::Error::ResourceNotFound | eventstore::Error::ResourceDeleted)) => {
-                return Ok(metadata)
-            }
-            outcome => settle(side, operation, timeout, outcome)?,
+        let next = match within(timeout, reader.next().err_into()).await {
+            Err(RequestError::Failed(
+                eventstore::Error::ResourceNotFound | eventstore::Error::ResourceDeleted,
+            )) => return Ok(metadata),
+            outcome => settle(side, operation, outcome)?,
         };
         let Some(resolved) = next else {
             return Ok(metadata);
@@ -1127,10 +1120,7 @@ async fn read_metadata(
             continue;
         }
         let body = MetadataBody::parse(&record.data);
-        let position = Position {
-            commit: record.position.commit,
-            prepare: record.position.prepare,
-        };
+        let position = Position::from_client(record.position);
         if metadata.latest.is_none() {
             metadata.latest = Some(body.clone());
         }

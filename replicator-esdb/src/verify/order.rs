@@ -14,8 +14,9 @@ use replicator_core::{ChangeKind, Position};
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::{request, VerifiedEvent, VerifyError, VerifyOptions, SOURCE, TARGET};
+use super::{request, VerifiedEvent, VerifyError, VerifyOptions};
 use crate::classify::classify;
+use crate::cluster::{ClientPosition as _, SOURCE, TARGET};
 
 /// A user event of an [`OrderDifference`], where each side's `$all` has it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -347,10 +348,7 @@ impl<'a> AllReader<'a> {
                 return Ok(None);
             };
             let record = resolved.get_original_event();
-            let position = Position {
-                commit: record.position.commit,
-                prepare: record.position.prepare,
-            };
+            let position = Position::from_client(record.position);
             if self.side == SOURCE && !options.until.covers(position) {
                 self.reader = None;
                 return Ok(None);

@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 use super::channel::WireChannel;
 use super::proto::BatchAppendResp;
-use crate::sink::json_text;
+use crate::encode::json_text;
 
 /// How far ahead the deadline each request carries for the server lies.
 ///
@@ -211,10 +211,7 @@ async fn run(
         };
         let result = match (answer.success, answer.error) {
             (Some(success), _) => Ok((
-                success.position.map(|p| Position {
-                    commit: p.commit_position,
-                    prepare: p.prepare_position,
-                }),
+                success.position.map(Position::from),
                 success.current_revision,
             )),
             (None, Some(error)) => Err(eventstore::Error::Grpc {

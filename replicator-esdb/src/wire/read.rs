@@ -51,10 +51,7 @@ impl AllSubscription {
     ) -> Result<Self, eventstore::Error> {
         let all = match after {
             Some(position) => AllOptions {
-                position: Some(AllPosition {
-                    commit_position: position.commit,
-                    prepare_position: position.prepare,
-                }),
+                position: Some(AllPosition::from(position)),
                 start: None,
                 end: None,
             },

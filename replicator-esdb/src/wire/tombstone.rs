@@ -36,8 +36,5 @@ pub(crate) async fn tombstone(
         .await
         .map_err(eventstore::Error::from_grpc)?
         .into_inner();
-    Ok(answer.position.map(|p| Position {
-        commit: p.commit_position,
-        prepare: p.prepare_position,
-    }))
+    Ok(answer.position.map(Position::from))
 }

@@ -1,0 +1,68 @@
+//! A connection string to a client.
+
+use eventstore::{Client, ClientSettings, ClientSettingsParseError};
+
+use crate::connection::redact;
+
+/// Why a connection string gives no client. No message shows a password.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The connection string is empty or only whitespace.
+    #[error("the connection string is empty")]
+    Empty,
+    /// The connection string does not parse. The parser's message is part of
+    /// this one, since the reader and the sink show only this line.
+    #[error("invalid connection string `{connection_string}`: {error}")]
+    Invalid {
+        /// The connection string, its password replaced by `***`.
+        connection_string: String,
+        /// What the `eventstore` client's parser says.
+        error: ClientSettingsParseError,
+    },
+    /// The settings parsed, but the client refused them.
+    #[error("cannot create a client")]
+    Client(#[source] eventstore::Error),
+}
+
+/// Parses a connection string (`esdb://…`, `esdb+discover://…`).
+///
+/// # Errors
+/// [`ConnectError::Empty`] or [`ConnectError::Invalid`], naming the string
+/// without its password.
+pub fn settings(connection_string: &str) -> Result<ClientSettings, ConnectError> {
+    if connection_string.trim().is_empty() {
+        return Err(ConnectError::Empty);
+    }
+    connection_string
+        .parse::<ClientSettings>()
+        .map_err(|error| ConnectError::Invalid {
+            connection_string: redact(connection_string),
+            error,
+        })
+}
+
+/// A client of the cluster `connection_string` names. It connects on its
+/// first request, so this needs no server, but does need a tokio runtime.
+///
+/// # Errors
+/// As [`settings`], or [`ConnectError::Client`] when the client cannot be
+/// created from them.
+pub fn client(connection_string: &str) -> Result<Client, ConnectError> {
+    Client::new(settings(connection_string)?).map_err(ConnectError::Client)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_connection_strings_are_named_without_their_password() {
+        let err = settings("http://admin:secret@host")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("admin:***@host"), "{err}");
+        assert!(!err.contains("secret"), "{err}");
+        assert!(settings("  ").unwrap_err().to_string().contains("empty"));
+        assert!(settings("esdb://localhost:2113?tls=false").is_ok());
+    }
+}
