@@ -3,6 +3,7 @@
 
 use std::time::SystemTime;
 
+use time::macros::format_description;
 use time::OffsetDateTime;
 
 /// `t` as RFC 3339 in UTC, to the second (`2024-02-29T13:05:09Z`).
@@ -13,18 +14,11 @@ pub fn rfc3339(t: SystemTime) -> String {
             .ok()
             .map(|n| -n),
     };
-    match nanos.and_then(|n| OffsetDateTime::from_unix_timestamp_nanos(n).ok()) {
-        Some(t) => format!(
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-            t.year(),
-            u8::from(t.month()),
-            t.day(),
-            t.hour(),
-            t.minute(),
-            t.second()
-        ),
-        None => format!("{t:?} (outside the calendar's range)"),
-    }
+    let seconds = format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
+    nanos
+        .and_then(|n| OffsetDateTime::from_unix_timestamp_nanos(n).ok())
+        .and_then(|t| t.format(seconds).ok())
+        .unwrap_or_else(|| format!("{t:?} (outside the calendar's range)"))
 }
 
 pub use replicator_core::health::short;

@@ -143,15 +143,11 @@ fn with_original(event: &Event) -> Option<Bytes> {
 /// `2022-02-28T16:24:40.06+00:00`.
 pub fn dotnet_date(t: SystemTime) -> String {
     let t = time::OffsetDateTime::from(t);
-    let mut out = format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    );
+    let seconds =
+        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]");
+    let mut out = t
+        .format(seconds)
+        .expect("a UTC time with a four-digit year formats");
     // .NET keeps 100 ns ticks and drops trailing zeros.
     let ticks = t.nanosecond() / 100;
     if ticks > 0 {
