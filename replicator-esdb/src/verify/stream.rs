@@ -1,13 +1,16 @@
-//! One stream compared on both sides: its deletion state, its metadata, then
-//! its events in stream order.
+//! One stream compared on both sides, in steps: its deletion state
+//! (tombstones, then soft deletes), its metadata, then its events in stream
+//! order. A step that finds the stream deleted on either side ends the
+//! comparison of that stream.
 
 use std::collections::{HashSet, VecDeque};
+use std::ops::ControlFlow;
 use std::sync::atomic::Ordering;
 
 use eventstore::Client;
 use uuid::Uuid;
 
-use super::metadata::{read_metadata, show_metadata, MetadataBody};
+use super::metadata::{read_metadata, show_metadata, Metadata, MetadataBody};
 use super::report::{difference, StreamOutcome};
 use super::side::Side;
 use super::{
@@ -16,30 +19,8 @@ use super::{
 };
 use crate::cluster::{SOURCE, TARGET};
 
-fn describe_bytes(bytes: &[u8]) -> String {
-    const SHOWN: usize = 60;
-    match std::str::from_utf8(bytes) {
-        Ok(text) if text.len() <= SHOWN => format!("{text:?}"),
-        Ok(text) => {
-            let cut = (0..=SHOWN)
-                .rev()
-                .find(|&i| text.is_char_boundary(i))
-                .unwrap_or(0);
-            format!("{:?}… ({} bytes)", &text[..cut], bytes.len())
-        }
-        Err(_) => format!("{} binary bytes", bytes.len()),
-    }
-}
-
-fn content_type(is_json: bool) -> String {
-    if is_json {
-        "application/json"
-    } else {
-        "application/octet-stream"
-    }
-    .to_owned()
-}
-
+/// Compares the stream `name` (with the `flags` the listing gave it) on both
+/// sides.
 pub(super) async fn compare_stream(
     source_client: &Client,
     target_client: &Client,
@@ -47,7 +28,6 @@ pub(super) async fn compare_stream(
     flags: u8,
     options: &VerifyOptions,
 ) -> Result<StreamOutcome, VerifyError> {
-    let max = options.max_per_stream;
     let mut out = StreamOutcome::default();
     let (source, target, source_meta, target_meta) = futures::try_join!(
         Side::open(source_client, SOURCE, name, options),
@@ -56,16 +36,37 @@ pub(super) async fn compare_stream(
         read_metadata(target_client, TARGET, name, options),
     )?;
     let (mut source, mut target) = (source, target);
+    if compare_tombstones(&mut out, options, flags, &source, &target).is_break() {
+        return Ok(out);
+    }
+    if compare_soft_deletes(&mut out, options, &source_meta, &target_meta).is_break() {
+        return Ok(out);
+    }
+    compare_stream_metadata(&mut out, options, &source_meta, &target_meta);
+    EventComparison::new(&mut out, options)
+        .run(&mut source, &mut target)
+        .await?;
+    Ok(out)
+}
 
-    // Deletion: tombstones first.
+/// Deletion, tombstones first: a stream tombstoned on either side is compared
+/// no further.
+fn compare_tombstones(
+    out: &mut StreamOutcome,
+    options: &VerifyOptions,
+    flags: u8,
+    source: &Side<'_>,
+    target: &Side<'_>,
+) -> ControlFlow<()> {
+    let max = options.max_per_stream;
     let tombstone_covered = flags & TOMBSTONED_BY_UNTIL != 0 || options.until == Until::End;
     let state = |t: bool| if t { "tombstoned" } else { "not tombstoned" }.to_owned();
     match (source.tombstoned, target.tombstoned) {
-        (true, true) => return Ok(out),
+        (true, true) => ControlFlow::Break(()),
         (true, false) if !tombstone_covered => {
             // Tombstoned on the source after `until`: nothing left to compare.
             out.changed_after_until = true;
-            return Ok(out);
+            ControlFlow::Break(())
         }
         (true, false) | (false, true) => {
             out.push(
@@ -78,13 +79,27 @@ pub(super) async fn compare_stream(
                     state(target.tombstoned),
                 ),
             );
-            return Ok(out);
+            ControlFlow::Break(())
         }
-        (false, false) => {}
+        (false, false) => ControlFlow::Continue(()),
     }
+}
 
-    // Soft deletes and metadata. Target metadata equal to the source's latest
-    // (newer than `until`) is in flight, not a difference.
+/// Whether the target's metadata is the source's latest, newer than `until`:
+/// in flight, not a difference.
+fn metadata_in_flight(source_meta: &Metadata, target_meta: &Metadata) -> bool {
+    target_meta.latest.is_some() && target_meta.latest == source_meta.latest
+}
+
+/// Soft deletes: a stream soft-deleted on the source after `until`, or on
+/// one side only (metadata in flight aside), is compared no further.
+fn compare_soft_deletes(
+    out: &mut StreamOutcome,
+    options: &VerifyOptions,
+    source_meta: &Metadata,
+    target_meta: &Metadata,
+) -> ControlFlow<()> {
+    let max = options.max_per_stream;
     let source_soft = source_meta
         .latest_covered
         .as_ref()
@@ -100,9 +115,9 @@ pub(super) async fn compare_stream(
     if source_soft_now && !source_soft {
         // Soft-deleted on the source after `until`: its events no longer read.
         out.changed_after_until = true;
-        return Ok(out);
+        return ControlFlow::Break(());
     }
-    let in_flight = target_meta.latest.is_some() && target_meta.latest == source_meta.latest;
+    let in_flight = metadata_in_flight(source_meta, target_meta);
     if source_soft != target_soft && !in_flight {
         let state = |s: bool| {
             if s {
@@ -122,11 +137,23 @@ pub(super) async fn compare_stream(
                 state(target_soft),
             ),
         );
-        return Ok(out);
+        return ControlFlow::Break(());
     }
+    ControlFlow::Continue(())
+}
+
+/// Stream metadata: the target's latest against the source's latest within
+/// `until` (metadata in flight aside).
+fn compare_stream_metadata(
+    out: &mut StreamOutcome,
+    options: &VerifyOptions,
+    source_meta: &Metadata,
+    target_meta: &Metadata,
+) {
+    let in_flight = metadata_in_flight(source_meta, target_meta);
     if target_meta.latest != source_meta.latest_covered && !in_flight {
         out.push(
-            max,
+            options.max_per_stream,
             difference(
                 DifferenceKind::Metadata,
                 None,
@@ -136,119 +163,169 @@ pub(super) async fn compare_stream(
             ),
         );
     }
+}
 
-    // Events, in stream order.
-    let progress = options.progress.as_deref();
-    let mut recent: VecDeque<Uuid> = VecDeque::new();
-    let mut recent_set: HashSet<Uuid> = HashSet::new();
-    let remember = |id: Uuid, recent: &mut VecDeque<Uuid>, set: &mut HashSet<Uuid>| {
-        if options.duplicate_window == 0 {
-            return;
-        }
-        if recent.len() >= options.duplicate_window {
-            if let Some(old) = recent.pop_front() {
-                set.remove(&old);
-            }
-        }
-        recent.push_back(id);
-        set.insert(id);
-    };
-    let covered = |e: &VerifiedEvent| options.until.covers(e.position);
-    let count_source = |out: &mut StreamOutcome, e: &VerifiedEvent| {
-        out.source_events += 1;
-        out.source_bytes += (e.data.len() + e.metadata.len()) as u64;
-        if let Some(p) = progress {
-            p.events_compared.fetch_add(1, Ordering::Relaxed);
-        }
-    };
-    loop {
-        let s = source.peek().await?.cloned();
-        let t = target.peek().await?.cloned();
-        match (s, t) {
-            (None, None) => break,
-            (Some(s), None) => {
-                source.pop();
-                if covered(&s) {
-                    count_source(&mut out, &s);
-                    out.push(
-                        max,
-                        difference(
-                            DifferenceKind::Missing,
-                            Some(s.revision),
-                            "",
-                            s.id.to_string(),
-                            "none".to_owned(),
-                        ),
-                    );
-                }
-            }
-            (None, Some(t)) => {
-                target.pop();
-                out.target_events += 1;
-                out.push(max, extra_or_duplicate(&t, &recent_set));
-            }
-            (Some(s), Some(t)) if s.id == t.id => {
-                source.pop();
-                target.pop();
-                if covered(&s) {
-                    count_source(&mut out, &s);
-                }
-                out.target_events += 1;
-                compare_events(&mut out, options, &s, &t);
-                remember(s.id, &mut recent, &mut recent_set);
-            }
-            (Some(s), Some(t)) => {
-                if recent_set.contains(&t.id) {
-                    target.pop();
-                    out.target_events += 1;
-                    out.push(max, extra_or_duplicate(&t, &recent_set));
-                } else if let Some(k) = source.find_ahead(t.id, options).await? {
-                    // The source events before the target's are not on the target.
-                    for _ in 0..k {
-                        let missing = source.pop().expect("found ahead");
-                        count_source(&mut out, &missing);
-                        out.push(
-                            max,
-                            difference(
-                                DifferenceKind::Missing,
-                                Some(missing.revision),
-                                "",
-                                missing.id.to_string(),
-                                "none".to_owned(),
-                            ),
-                        );
-                    }
-                } else if let Some(l) = target.find_ahead(s.id, options).await? {
-                    for _ in 0..l {
-                        let extra = target.pop().expect("found ahead");
-                        out.target_events += 1;
-                        out.push(max, extra_or_duplicate(&extra, &recent_set));
-                    }
-                } else if !covered(&s) {
-                    // The source's event is in flight; the target's is unknown.
-                    target.pop();
-                    out.target_events += 1;
-                    out.push(max, extra_or_duplicate(&t, &recent_set));
-                } else {
-                    source.pop();
-                    target.pop();
-                    count_source(&mut out, &s);
-                    out.target_events += 1;
-                    out.push(
-                        max,
-                        difference(
-                            DifferenceKind::Content,
-                            Some(s.revision),
-                            "event id",
-                            s.id.to_string(),
-                            t.id.to_string(),
-                        ),
-                    );
-                }
-            }
+/// The events of both sides, in stream order: matched by id, with a page of
+/// look-ahead per side telling a missing event from an extra one.
+struct EventComparison<'o> {
+    out: &'o mut StreamOutcome,
+    options: &'o VerifyOptions,
+    /// The last matched ids, oldest first (at most
+    /// [`VerifyOptions::duplicate_window`]), and the same as a set: a target
+    /// event repeating one of them is a duplicate.
+    recent: VecDeque<Uuid>,
+    recent_set: HashSet<Uuid>,
+}
+
+impl<'o> EventComparison<'o> {
+    fn new(out: &'o mut StreamOutcome, options: &'o VerifyOptions) -> Self {
+        EventComparison {
+            out,
+            options,
+            recent: VecDeque::new(),
+            recent_set: HashSet::new(),
         }
     }
-    Ok(out)
+
+    /// Compares the heads of both sides until both end.
+    async fn run(
+        mut self,
+        source: &mut Side<'_>,
+        target: &mut Side<'_>,
+    ) -> Result<(), VerifyError> {
+        loop {
+            let s = source.peek().await?.cloned();
+            let t = target.peek().await?.cloned();
+            match (s, t) {
+                (None, None) => break,
+                (Some(s), None) => {
+                    source.pop();
+                    if self.covered(&s) {
+                        self.missing(&s);
+                    }
+                }
+                (None, Some(t)) => {
+                    target.pop();
+                    self.extra(&t);
+                }
+                (Some(s), Some(t)) if s.id == t.id => {
+                    source.pop();
+                    target.pop();
+                    self.matched(&s, &t);
+                }
+                (Some(s), Some(t)) => self.differing_heads(source, target, &s, &t).await?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Heads with different ids: a repeat of a matched target event, source
+    /// events missing before the target's head, extra target events before
+    /// the source's, the target's head beside a source event in flight, or
+    /// else one event in place of another.
+    async fn differing_heads(
+        &mut self,
+        source: &mut Side<'_>,
+        target: &mut Side<'_>,
+        s: &VerifiedEvent,
+        t: &VerifiedEvent,
+    ) -> Result<(), VerifyError> {
+        if self.recent_set.contains(&t.id) {
+            target.pop();
+            self.extra(t);
+        } else if let Some(k) = source.find_ahead(t.id, self.options).await? {
+            // The source events before the target's are not on the target.
+            for _ in 0..k {
+                let missing = source.pop().expect("found ahead");
+                self.missing(&missing);
+            }
+        } else if let Some(l) = target.find_ahead(s.id, self.options).await? {
+            for _ in 0..l {
+                let extra = target.pop().expect("found ahead");
+                self.extra(&extra);
+            }
+        } else if !self.covered(s) {
+            // The source's event is in flight; the target's is unknown.
+            target.pop();
+            self.extra(t);
+        } else {
+            source.pop();
+            target.pop();
+            self.count_source(s);
+            self.out.target_events += 1;
+            self.out.push(
+                self.options.max_per_stream,
+                difference(
+                    DifferenceKind::Content,
+                    Some(s.revision),
+                    "event id",
+                    s.id.to_string(),
+                    t.id.to_string(),
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// The same event on both sides: its content compared.
+    fn matched(&mut self, s: &VerifiedEvent, t: &VerifiedEvent) {
+        if self.covered(s) {
+            self.count_source(s);
+        }
+        self.out.target_events += 1;
+        compare_events(self.out, self.options, s, t);
+        self.remember(s.id);
+    }
+
+    /// A source event the target lacks.
+    fn missing(&mut self, s: &VerifiedEvent) {
+        self.count_source(s);
+        self.out.push(
+            self.options.max_per_stream,
+            difference(
+                DifferenceKind::Missing,
+                Some(s.revision),
+                "",
+                s.id.to_string(),
+                "none".to_owned(),
+            ),
+        );
+    }
+
+    /// A target event no source event accounts for (or a duplicate).
+    fn extra(&mut self, t: &VerifiedEvent) {
+        self.out.target_events += 1;
+        self.out.push(
+            self.options.max_per_stream,
+            extra_or_duplicate(t, &self.recent_set),
+        );
+    }
+
+    fn covered(&self, e: &VerifiedEvent) -> bool {
+        self.options.until.covers(e.position)
+    }
+
+    fn count_source(&mut self, e: &VerifiedEvent) {
+        self.out.source_events += 1;
+        self.out.source_bytes += (e.data.len() + e.metadata.len()) as u64;
+        if let Some(p) = self.options.progress.as_deref() {
+            p.events_compared.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn remember(&mut self, id: Uuid) {
+        let window = self.options.duplicate_window;
+        if window == 0 {
+            return;
+        }
+        if self.recent.len() >= window {
+            if let Some(old) = self.recent.pop_front() {
+                self.recent_set.remove(&old);
+            }
+        }
+        self.recent.push_back(id);
+        self.recent_set.insert(id);
+    }
 }
 
 fn extra_or_duplicate(t: &VerifiedEvent, recent: &HashSet<Uuid>) -> Difference {
@@ -303,4 +380,28 @@ fn compare_events(
             describe_bytes(&t.metadata),
         );
     }
+}
+
+fn describe_bytes(bytes: &[u8]) -> String {
+    const SHOWN: usize = 60;
+    match std::str::from_utf8(bytes) {
+        Ok(text) if text.len() <= SHOWN => format!("{text:?}"),
+        Ok(text) => {
+            let cut = (0..=SHOWN)
+                .rev()
+                .find(|&i| text.is_char_boundary(i))
+                .unwrap_or(0);
+            format!("{:?}… ({} bytes)", &text[..cut], bytes.len())
+        }
+        Err(_) => format!("{} binary bytes", bytes.len()),
+    }
+}
+
+fn content_type(is_json: bool) -> String {
+    if is_json {
+        "application/json"
+    } else {
+        "application/octet-stream"
+    }
+    .to_owned()
 }
