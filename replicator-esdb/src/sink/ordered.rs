@@ -41,7 +41,8 @@ use futures::{FutureExt, StreamExt};
 use replicator_core::{ErrorKind, Event, Position, SinkError, WriteAck};
 use tracing::{debug, warn};
 
-use super::{log_note, refusal, EsdbSink, RunError, STREAMS_IN_FLIGHT};
+use super::run::{log_note, refusal, RunError};
+use super::{EsdbSink, STREAMS_IN_FLIGHT};
 use crate::cluster::within;
 use crate::connection::{describe, error_kind};
 use crate::plan::{
