@@ -19,7 +19,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use replicator_testkit::security::User;
+use replicator_testkit::security::{TestCertificates, User};
 use replicator_testkit::{EsdbServer, ServerOptions};
 
 fn python() -> PathBuf {
@@ -102,12 +102,15 @@ fn node_modules() -> PathBuf {
     modules
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn node_client_tcp_conformance_suite_passes() {
+/// Runs the node suite against a fresh in-process server with a TCP port (TLS
+/// with `tls`) and checks that every test passed.
+async fn run_node_suite(tls: Option<TestCertificates>) {
     let modules = node_modules();
+    let over_tls = tls.is_some();
     let server = EsdbServer::start_with(ServerOptions {
         tcp_port: Some(0),
         users: Some(vec![User::admin(), User::new("reader", "secret")]),
+        tls,
         ..ServerOptions::default()
     })
     .await
@@ -121,6 +124,7 @@ async fn node_client_tcp_conformance_suite_passes() {
         .env("ES_TCP", format!("tcp://{address}"))
         .env("ES_ADMIN", "admin:changeit")
         .env("ES_USER", "reader:secret")
+        .env("ES_TLS", if over_tls { "1" } else { "0" })
         .output()
         .await
         .expect("running node --test");
@@ -128,7 +132,7 @@ async fn node_client_tcp_conformance_suite_passes() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         output.status.success(),
-        "the node-eventstore-client TCP suite failed ({}):\n{stdout}\n{stderr}",
+        "the node-eventstore-client TCP suite (TLS: {over_tls}) failed ({}):\n{stdout}\n{stderr}",
         output.status
     );
     // Only passes: nothing failed, skipped, cancelled or left to do.
@@ -145,4 +149,15 @@ async fn node_client_tcp_conformance_suite_passes() {
     for name in ["fail", "cancelled", "skipped", "todo"] {
         assert_eq!(count(name), Some(0), "{name} in the TAP summary:\n{stdout}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_client_tcp_conformance_suite_passes() {
+    run_node_suite(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_client_tcp_conformance_suite_passes_over_tls() {
+    let certificates = TestCertificates::generate(&[]).expect("test certificates");
+    run_node_suite(Some(certificates)).await;
 }

@@ -2,7 +2,9 @@
 // client, node-eventstore-client (pinned in package.json). Run by
 // replicator-testkit/tests/conformance.rs with `node --test`, against a server
 // whose TCP endpoint is ES_TCP (tcp://HOST:PORT), with the administrator
-// ES_ADMIN (NAME:PASSWORD) and the ordinary user ES_USER (NAME:PASSWORD).
+// ES_ADMIN (NAME:PASSWORD) and the ordinary user ES_USER (NAME:PASSWORD); with
+// ES_TLS=1 over TLS (the client cannot be given a CA: it does not validate the
+// server's certificate).
 'use strict';
 
 const { test } = require('node:test');
@@ -23,6 +25,9 @@ const streamName = (what) => `node-${what}-${run}`;
 // A connection that has finished the handshake (Authenticate, IdentifyClient).
 async function connect(credentials, name) {
   const settings = { maxReconnections: 0, maxRetries: 0 };
+  if (process.env.ES_TLS === '1') {
+    Object.assign(settings, { useSslConnection: true, validateServer: false, targetHost: 'localhost' });
+  }
   if (credentials) settings.defaultUserCredentials = credentials;
   const connection = esc.createConnection(settings, endpoint, name);
   connection.on('error', () => {});
