@@ -29,6 +29,6 @@ pub mod google {
 }
 
 pub use event_store::client as shared;
-/// The legacy TCP protocol's messages, as [`crate::tcp`] speaks them.
+/// The legacy TCP protocol's messages, as the TCP service (`ServerOptions::tcp_port`) speaks them.
 pub use event_store::client::messages as tcp;
 pub use event_store::client::{gossip, server_features, streams};
