@@ -434,3 +434,38 @@ async fn tcp_all_pages_follow_v5_positions() {
     );
     assert_eq!(too_big.result, Some(ReadAllResult::Error as i32));
 }
+
+#[tokio::test]
+async fn tcp_connections_end_with_dropped_connections_and_the_port_survives_restarts() {
+    let server = secure_tcp_server(None).await;
+    let address = server.tcp_address();
+    let mut raw = Raw::connect(&server).await;
+    let body = write("kept", &[uuid::Uuid::new_v4()]);
+    assert_eq!(
+        raw.call(WRITE_EVENTS, 1, ADMIN, &body).await.command,
+        WRITE_EVENTS_COMPLETED
+    );
+    server.faults().drop_connections();
+    assert!(
+        raw.recv().await.is_none(),
+        "dropped connections close TCP ones too"
+    );
+
+    server.restart().await.expect("restart");
+    assert_eq!(server.tcp_address(), address);
+    let mut raw = Raw::connect(&server).await;
+    let request = ReadEvent {
+        event_stream_id: "kept".to_owned(),
+        event_number: -1,
+        resolve_link_tos: false,
+        require_master: true,
+    };
+    let answer = raw
+        .call(READ_EVENT, 2, ADMIN, &request.encode_to_vec())
+        .await;
+    let read = ReadEventCompleted::decode(&answer.body[..]).unwrap();
+    assert_eq!(
+        read.result, 0,
+        "the event written before the restart is there"
+    );
+}
