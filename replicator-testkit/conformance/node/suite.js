@@ -7,7 +7,11 @@
 // server's certificate).
 'use strict';
 
-const { test } = require('node:test');
+const nodeTest = require('node:test');
+
+// An upper bound, so that a server that never answers fails the test instead of
+// hanging it; every step normally takes milliseconds.
+const test = (name, body) => nodeTest(name, { timeout: 60_000 }, body);
 const assert = require('node:assert/strict');
 const { randomUUID } = require('node:crypto');
 const esc = require('node-eventstore-client');
