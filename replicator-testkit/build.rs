@@ -1,6 +1,7 @@
 //! Compiles the protocol definitions in `proto/` with protox (pure Rust, no `protoc`)
 //! and generates the tonic servers the in-process EventStoreDB server implements,
-//! and clients (the benchmarks use one as a baseline writer with TCP_NODELAY set).
+//! and clients (the benchmarks use one as a baseline writer with TCP_NODELAY set),
+//! and the proto2 messages of the legacy TCP protocol (`proto/tcp.proto`).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
@@ -9,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/streams.proto",
         "proto/serverfeatures.proto",
         "proto/gossip.proto",
+        "proto/tcp.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");

@@ -27,6 +27,7 @@ mod server;
 mod service;
 mod shared;
 mod store;
+mod tcp;
 pub mod workload;
 
 pub use error::TestkitError;

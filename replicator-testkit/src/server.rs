@@ -1,7 +1,7 @@
 //! [`EsdbServer`]: the in-process server, its lifecycle (start, stop, restart on the
 //! same port with the same data), the listener and the connections. Its options
 //! and state are in `shared`, its fault injection in `faults`, the gRPC services
-//! in `service`.
+//! in `service`, the legacy TCP protocol in `tcp`.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -61,6 +61,8 @@ impl PreloadEvent {
 struct Running {
     stop: CancellationToken,
     task: JoinHandle<()>,
+    /// The TCP-protocol listener, when the server has one.
+    tcp_task: Option<JoinHandle<()>>,
 }
 
 /// An EventStoreDB-protocol gRPC server running inside this process.
@@ -78,6 +80,8 @@ struct Running {
 pub struct EsdbServer {
     shared: Arc<Shared>,
     running: Mutex<Option<Running>>,
+    /// Where the TCP-protocol service listens (kept across restarts).
+    tcp_address: Option<SocketAddr>,
 }
 
 impl std::fmt::Debug for EsdbServer {
@@ -109,6 +113,14 @@ impl EsdbServer {
             .unwrap_or_else(|| "127.0.0.1".to_owned());
         let listener = bind(&host, options.port.unwrap_or(0)).await?;
         let port = listener.local_addr()?.port();
+        let tcp_listener = match options.tcp_port {
+            Some(tcp_port) => Some(bind(&host, tcp_port).await?),
+            None => None,
+        };
+        let tcp_address = match &tcp_listener {
+            Some(listener) => Some(listener.local_addr()?),
+            None => None,
+        };
         let shared = Arc::new(Shared {
             store: Mutex::new(Store::default()),
             appended: watch::Sender::new(0),
@@ -123,8 +135,9 @@ impl EsdbServer {
         let server = EsdbServer {
             shared,
             running: Mutex::new(None),
+            tcp_address,
         };
-        server.spawn(listener);
+        server.spawn(listener, tcp_listener);
         Ok(server)
     }
 
@@ -160,6 +173,24 @@ impl EsdbServer {
     /// The port the server listens on (kept across restarts).
     pub fn port(&self) -> u16 {
         self.shared.port.load(Ordering::SeqCst)
+    }
+
+    /// Where the legacy TCP-protocol service listens (kept across restarts);
+    /// `None` unless [`ServerOptions::tcp_port`] was set.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> std::io::Result<()> {
+    /// use replicator_testkit::{EsdbServer, ServerOptions};
+    ///
+    /// let options = ServerOptions { tcp_port: Some(0), ..ServerOptions::default() };
+    /// let server = EsdbServer::start_with(options).await?;
+    /// let address = server.tcp_address().expect("asked for a TCP port");
+    /// // node-eventstore-client: createConnection({}, `tcp://${address}`)
+    /// println!("tcp://{address}");
+    /// # Ok(()) }
+    /// ```
+    pub fn tcp_address(&self) -> Option<SocketAddr> {
+        self.tcp_address
     }
 
     /// Appends `events` to `stream` straight into the store, without a client or
@@ -215,6 +246,11 @@ impl EsdbServer {
             if let Err(error) = running.task.await {
                 warn!(%error, "Listener task failed");
             }
+            if let Some(task) = running.tcp_task {
+                if let Err(error) = task.await {
+                    warn!(%error, "TCP listener task failed");
+                }
+            }
         }
     }
 
@@ -224,19 +260,12 @@ impl EsdbServer {
     /// When the port cannot be bound again (for example, another process took it).
     pub async fn restart(&self) -> std::io::Result<()> {
         self.stop().await;
-        let mut attempts = 0;
-        let listener = loop {
-            match bind(&self.shared.host, self.port()).await {
-                Ok(listener) => break listener,
-                // The old socket can linger for a moment after close.
-                Err(error) if error.kind() == std::io::ErrorKind::AddrInUse && attempts < 50 => {
-                    attempts += 1;
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Err(error) => return Err(error),
-            }
+        let listener = rebind(&self.shared.host, self.port()).await?;
+        let tcp_listener = match self.tcp_address {
+            Some(address) => Some(rebind(&self.shared.host, address.port()).await?),
+            None => None,
         };
-        self.spawn(listener);
+        self.spawn(listener, tcp_listener);
         Ok(())
     }
 
@@ -246,14 +275,25 @@ impl EsdbServer {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn spawn(&self, listener: TcpListener) {
+    fn spawn(&self, listener: TcpListener, tcp_listener: Option<TcpListener>) {
         let stop = CancellationToken::new();
         let task = tokio::spawn(accept_loop(
             listener,
             Arc::clone(&self.shared),
             stop.clone(),
         ));
-        *self.lock_running() = Some(Running { stop, task });
+        let tcp_task = tcp_listener.map(|listener| {
+            tokio::spawn(crate::tcp::accept_loop(
+                listener,
+                Arc::clone(&self.shared),
+                stop.clone(),
+            ))
+        });
+        *self.lock_running() = Some(Running {
+            stop,
+            task,
+            tcp_task,
+        });
     }
 }
 
@@ -262,6 +302,22 @@ impl Drop for EsdbServer {
         if let Some(running) = self.lock_running().take() {
             self.shared.faults.drop_all();
             running.stop.cancel();
+        }
+    }
+}
+
+/// Binds `port` again after a stop, waiting out a socket that lingers.
+async fn rebind(host: &str, port: u16) -> std::io::Result<TcpListener> {
+    let mut attempts = 0;
+    loop {
+        match bind(host, port).await {
+            Ok(listener) => return Ok(listener),
+            // The old socket can linger for a moment after close.
+            Err(error) if error.kind() == std::io::ErrorKind::AddrInUse && attempts < 50 => {
+                attempts += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(error) => return Err(error),
         }
     }
 }

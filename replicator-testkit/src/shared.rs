@@ -36,8 +36,22 @@ pub struct ServerOptions {
     /// HTTP/2, as an insecure node.
     pub tls: Option<crate::security::TestCertificates>,
     /// Require basic authentication with these users and apply the default access
-    /// rules (see [`crate::security`]); `None`: every call is allowed.
+    /// rules (see [`crate::security`]); `None`: every call is allowed. The TCP
+    /// service applies the same users and rules.
     pub users: Option<Vec<crate::security::User>>,
+    /// Also serve the legacy TCP protocol of EventStoreDB v5 (the .NET
+    /// `EventStore.ClientAPI`, `node-eventstore-client`) on this port, over the
+    /// same store: `Some(0)` picks a free port, `None` (the default) serves gRPC
+    /// only. TLS when [`ServerOptions::tls`] is set. The address is
+    /// [`EsdbServer::tcp_address`](crate::EsdbServer::tcp_address); what the
+    /// service answers is in `docs/tcp-protocol.md` and the README.
+    pub tcp_port: Option<u16>,
+    /// How long a TCP connection may be silent before the server sends its own
+    /// HeartbeatRequest; default 2 s (v5's external TCP default).
+    pub tcp_heartbeat_interval: Option<Duration>,
+    /// How long the server then waits for any frame before it closes the
+    /// connection; default 1 s (v5's).
+    pub tcp_heartbeat_timeout: Option<Duration>,
 }
 
 /// State shared by the services, the listener and the fault handle.

@@ -1,7 +1,8 @@
 //! `esdb-testkit`: serves the in-process EventStoreDB-protocol server out of process,
 //! for scripts, other languages' clients and benchmarks. Prints the connection string
-//! on stdout (without credentials; with `tlsCaFile=` when serving TLS), then serves
-//! until killed.
+//! on stdout (without credentials; with `tlsCaFile=` when serving TLS), and with
+//! `--tcp-port` the legacy TCP endpoint (`tcp://HOST:PORT`) on a second line, then
+//! serves until killed.
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -22,6 +23,10 @@ struct Args {
     /// Port to listen on (0 picks a free one).
     #[arg(long, default_value_t = 2113)]
     port: u16,
+    /// Also serve the legacy EventStoreDB v5 TCP protocol on this port (0 picks a
+    /// free one; v5's default is 1113), over the same data; TLS with --tls-ca-out.
+    #[arg(long)]
+    tcp_port: Option<u16>,
     /// Delay added before each write is answered, to simulate a remote cluster.
     #[arg(long, default_value_t = 0)]
     append_latency_ms: u64,
@@ -94,6 +99,7 @@ fn run() -> anyhow::Result<ExitCode> {
             max_append_size: args.max_append_size,
             tls,
             users: (!users.is_empty()).then_some(users),
+            tcp_port: args.tcp_port,
             ..ServerOptions::default()
         };
         let server = EsdbServer::start_with(options)
@@ -102,6 +108,9 @@ fn run() -> anyhow::Result<ExitCode> {
         let mut stdout = std::io::stdout();
         let url = server.connection_string_with(None, args.tls_ca_out.as_deref());
         writeln!(stdout, "{url}").context("writing to stdout")?;
+        if let Some(address) = server.tcp_address() {
+            writeln!(stdout, "tcp://{address}").context("writing to stdout")?;
+        }
         stdout.flush().context("writing to stdout")?;
         tokio::signal::ctrl_c()
             .await

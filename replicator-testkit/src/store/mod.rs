@@ -260,6 +260,19 @@ impl Store {
             .collect()
     }
 
+    /// Position just past the last record: the writer checkpoint.
+    pub(crate) fn end_position(&self) -> u64 {
+        self.next_position
+    }
+
+    /// Position just past the record at log index `index` (where the next one
+    /// starts): the legacy TCP protocol pages `$all` by record ends.
+    pub(crate) fn end_of(&self, index: usize) -> u64 {
+        self.log
+            .get(index + 1)
+            .map_or(self.next_position, |next| next.position)
+    }
+
     /// First log index whose position is `>= position`.
     pub(crate) fn index_at_or_after(&self, position: u64) -> usize {
         self.log.partition_point(|r| r.position < position)

@@ -18,5 +18,6 @@ mod preload;
 mod reads_and_writes;
 mod security;
 mod subscriptions;
+mod tcp;
 mod wire_errors;
 mod workload;

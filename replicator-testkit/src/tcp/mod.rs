@@ -1,0 +1,110 @@
+//! The legacy TCP protocol of EventStoreDB v5 (the protocol of the .NET
+//! `EventStore.ClientAPI`, `node-eventstore-client` and `eventstore` ≤ 0.8), served
+//! on a port of its own ([`crate::ServerOptions::tcp_port`]) over the same store as
+//! the gRPC services: an event written through one is read through the other.
+//! TLS when the server has a certificate ([`crate::ServerOptions::tls`]), as v20+
+//! nodes serve external TCP; plain otherwise, as v5's default port.
+//!
+//! The protocol facts, with their sources, are in `docs/tcp-protocol.md`. What this
+//! service answers:
+//!
+//! - **Connection**: HeartbeatRequest → HeartbeatResponse (same correlation id);
+//!   after `tcp_heartbeat_interval` (default 2 s, v5's) without a frame the server
+//!   sends its own HeartbeatRequest and closes the connection when nothing arrives
+//!   within `tcp_heartbeat_timeout` (default 1 s). Ping → Pong (same body).
+//!   IdentifyClient → ClientIdentified. Authenticate → Authenticated, or
+//!   NotAuthenticated `Unauthorized` (then every later frame without credentials
+//!   gets NotAuthenticated `Not Authenticated`, as v5), or `No user credentials
+//!   provided.`. Credentials in a frame's header override the connection's for that
+//!   frame. Users and access rules are those of [`crate::security`]; without users
+//!   everything is allowed.
+//! - **Errors**: a length prefix ≤ 0 or over 64 MiB, or a header that cannot be
+//!   parsed → BadRequest with a zero correlation id, then the connection closes; the
+//!   TrustedWrite flag → BadRequest and close; a body that cannot be decoded, an
+//!   unknown command, or a transaction command (TransactionStart/Write/Commit: not
+//!   supported yet) → BadRequest `Could not unwrap network package for command …`,
+//!   and the connection stays open. Missing `required` fields decode as their
+//!   defaults (proto3 clients leave them out).
+//! - **Writes**: WriteEvents → WriteEventsCompleted (Success with first/last event
+//!   numbers and prepare = commit = the last event's position; WrongExpectedVersion
+//!   with `current_version`; StreamDeleted; AccessDenied). DeleteStream (soft, or
+//!   `hard_delete`) → DeleteStreamCompleted with the same results.
+//! - **Reads**: ReadEvent (-1: the last event), ReadStreamEventsForward/Backward and
+//!   ReadAllEventsForward/Backward, paged as v5 pages them (at most 4096 per page).
+//!   Every event is "commit-alike": commit = prepare = its log position.
+//! - **Subscriptions**: SubscribeToStream (a stream, or `""` for `$all`) →
+//!   SubscriptionConfirmation, then StreamEventAppeared for every later event;
+//!   UnsubscribeFromStream → SubscriptionDropped(Unsubscribed); refused access →
+//!   SubscriptionDropped(AccessDenied).
+//!
+//! The fault injection of [`crate::FaultHandle`] applies to TCP only through
+//! `drop_connections` (and stopping the server); `append_latency` and
+//! `read_latency` apply.
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::shared::Shared;
+
+mod connection;
+mod frame;
+mod ops;
+
+/// Accepts TCP-protocol connections until `stop` is cancelled.
+pub(crate) async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+) {
+    let tls = match shared.options.tls.as_ref().map(|c| c.server_config()) {
+        Some(Ok(config)) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))),
+        Some(Err(error)) => {
+            warn!(%error, "Unusable TLS certificate; not serving TCP");
+            return;
+        }
+        None => None,
+    };
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, peer)) => {
+                    debug!(%peer, "TCP-protocol connection accepted");
+                    let _ = tcp.set_nodelay(true);
+                    let (shared, token) = (Arc::clone(&shared), shared.faults.token());
+                    match tls.clone() {
+                        None => {
+                            connections.spawn(connection::serve(tcp, shared, token));
+                        }
+                        Some(acceptor) => {
+                            connections.spawn(async move {
+                                match acceptor.accept(tcp).await {
+                                    Ok(stream) => connection::serve(stream, shared, token).await,
+                                    Err(error) => debug!(%peer, %error, "TLS handshake failed"),
+                                }
+                            });
+                        }
+                    }
+                }
+                Err(error) => {
+                    warn!(%error, "Accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    drop(listener);
+    let drain = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(std::time::Duration::from_secs(2), drain)
+        .await
+        .is_err()
+    {
+        connections.abort_all();
+    }
+}
