@@ -132,6 +132,19 @@ impl fmt::Display for ConnectionString {
     }
 }
 
+/// Compares the string as written (config tests compare what was read).
+impl PartialEq<str> for ConnectionString {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<&str> for ConnectionString {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
 impl FromStr for ConnectionString {
     type Err = Infallible;
 

@@ -2,7 +2,7 @@
 
 use eventstore::{Client, ClientSettings, ClientSettingsParseError};
 
-use crate::connection::redact;
+use replicator_core::secret::ConnectionString;
 
 /// Why a connection string gives no client. No message shows a password.
 #[derive(Debug, thiserror::Error)]
@@ -29,14 +29,15 @@ pub enum ConnectError {
 /// # Errors
 /// [`ConnectError::Empty`] or [`ConnectError::Invalid`], naming the string
 /// without its password.
-pub fn settings(connection_string: &str) -> Result<ClientSettings, ConnectError> {
-    if connection_string.trim().is_empty() {
+pub fn settings(connection_string: &ConnectionString) -> Result<ClientSettings, ConnectError> {
+    if connection_string.is_blank() {
         return Err(ConnectError::Empty);
     }
     connection_string
+        .expose()
         .parse::<ClientSettings>()
         .map_err(|error| ConnectError::Invalid {
-            connection_string: redact(connection_string),
+            connection_string: connection_string.to_string(),
             error,
         })
 }
@@ -47,7 +48,7 @@ pub fn settings(connection_string: &str) -> Result<ClientSettings, ConnectError>
 /// # Errors
 /// As [`settings`], or [`ConnectError::Client`] when the client cannot be
 /// created from them.
-pub fn client(connection_string: &str) -> Result<Client, ConnectError> {
+pub fn client(connection_string: &ConnectionString) -> Result<Client, ConnectError> {
     Client::new(settings(connection_string)?).map_err(ConnectError::Client)
 }
 
@@ -57,12 +58,15 @@ mod tests {
 
     #[test]
     fn bad_connection_strings_are_named_without_their_password() {
-        let err = settings("http://admin:secret@host")
+        let err = settings(&"http://admin:secret@host".into())
             .unwrap_err()
             .to_string();
         assert!(err.contains("admin:***@host"), "{err}");
         assert!(!err.contains("secret"), "{err}");
-        assert!(settings("  ").unwrap_err().to_string().contains("empty"));
-        assert!(settings("esdb://localhost:2113?tls=false").is_ok());
+        assert!(settings(&"  ".into())
+            .unwrap_err()
+            .to_string()
+            .contains("empty"));
+        assert!(settings(&"esdb://localhost:2113?tls=false".into()).is_ok());
     }
 }

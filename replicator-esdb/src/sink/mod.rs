@@ -16,13 +16,12 @@ use eventstore::{
 };
 use futures::{FutureExt, StreamExt};
 use replicator_core::health::short;
+use replicator_core::secret::ConnectionString;
 use replicator_core::{ChangeKind, ErrorKind, Event, Position, Sink, SinkError, WriteAck};
 use tracing::{debug, warn};
 
 use crate::cluster::{self, within, ClientPosition as _};
-use crate::connection::{
-    describe, error_kind, needs_new_client, redact, ClientCell, REQUEST_TIMEOUT,
-};
+use crate::connection::{describe, error_kind, needs_new_client, ClientCell, REQUEST_TIMEOUT};
 use crate::encode::to_event_data;
 use crate::plan::{
     plan, shift_truncate_before, Action, AppendRun, Divergence, Done, Expected, Guess, Note, Reply,
@@ -57,11 +56,12 @@ const MAX_REMEMBERED_OFFSETS: usize = 100_000;
 const MAX_TRACKED_STREAMS: usize = 100_000;
 
 /// Configuration of an [`EsdbSink`].
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EsdbSinkConfig {
     /// Connection string of the target, e.g.
-    /// `esdb://admin:changeit@target:2113?tls=false`.
-    pub connection_string: String,
+    /// `esdb://admin:changeit@target:2113?tls=false` (printed without its
+    /// password).
+    pub connection_string: ConnectionString,
     /// With [`WriteOrder::Stream`], how many batches may be written at once
     /// (at least 1): streams are hashed onto this many partitions; each
     /// stream keeps its order. With write latencies of a few milliseconds, 8
@@ -128,24 +128,13 @@ pub enum RevisionMode {
 
 impl EsdbSinkConfig {
     /// A configuration with the recommended 8 partitions.
-    pub fn new(connection_string: impl Into<String>) -> Self {
+    pub fn new(connection_string: impl Into<ConnectionString>) -> Self {
         EsdbSinkConfig {
             connection_string: connection_string.into(),
             partition_count: 8,
             revisions: RevisionMode::FromSource,
             order: WriteOrder::Source,
         }
-    }
-}
-
-impl fmt::Debug for EsdbSinkConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EsdbSinkConfig")
-            .field("connection_string", &redact(&self.connection_string))
-            .field("partition_count", &self.partition_count)
-            .field("revisions", &self.revisions)
-            .field("order", &self.order)
-            .finish()
     }
 }
 
