@@ -1,8 +1,8 @@
 //! A connection string to a client.
 
-use eventstore::{Client, ClientSettings, ClientSettingsParseError};
+use eventstore::{Client, ClientSettings};
 
-use replicator_core::secret::ConnectionString;
+use replicator_core::secret::{ConnectionString, Scrubber};
 
 /// Why a connection string gives no client. No message shows a password.
 #[derive(Debug, thiserror::Error)]
@@ -12,12 +12,13 @@ pub enum ConnectError {
     Empty,
     /// The connection string does not parse. The parser's message is part of
     /// this one, since the reader and the sink show only this line.
-    #[error("invalid connection string `{connection_string}`: {error}")]
+    #[error("invalid connection string `{connection_string}`: {reason}")]
     Invalid {
         /// The connection string, its password replaced by `***`.
         connection_string: String,
-        /// What the `eventstore` client's parser says.
-        error: ClientSettingsParseError,
+        /// What the `eventstore` client's parser says, scrubbed: it quotes
+        /// the whole string, password included.
+        reason: String,
     },
     /// The settings parsed, but the client refused them.
     #[error("cannot create a client")]
@@ -38,7 +39,7 @@ pub fn settings(connection_string: &ConnectionString) -> Result<ClientSettings, 
         .parse::<ClientSettings>()
         .map_err(|error| ConnectError::Invalid {
             connection_string: connection_string.to_string(),
-            error,
+            reason: Scrubber::of([connection_string]).scrub(&error.to_string()),
         })
 }
 
@@ -63,6 +64,12 @@ mod tests {
             .to_string();
         assert!(err.contains("admin:***@host"), "{err}");
         assert!(!err.contains("secret"), "{err}");
+        // The parser quotes the whole string in its message.
+        let err = settings(&"esdb://admin:r4w/p@ss?w0rd@h:2113?tls=false".into())
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("p@ss"), "{err}");
+        assert!(!err.contains("r4w"), "{err}");
         assert!(settings(&"  ".into())
             .unwrap_err()
             .to_string()
