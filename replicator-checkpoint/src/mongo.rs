@@ -12,6 +12,7 @@ use mongodb::options::{Acknowledgment, ClientOptions, CollectionOptions, WriteCo
 use mongodb::{Client, Collection};
 use replicator_core::health::short;
 use replicator_core::retry::Backoff;
+use replicator_core::secret::{ConnectionString, Scrubber};
 use replicator_core::{Checkpoint, CheckpointError, CheckpointStore, Position};
 use tokio::time::Instant;
 
@@ -112,8 +113,8 @@ pub struct MongoCheckpointStore {
     /// Where the document lives, for messages: database, collection, id and
     /// the connection string without its password.
     location: String,
-    /// The password, so that it can be scrubbed from the driver's messages.
-    secrets: Vec<String>,
+    /// Hides the password in the driver's messages.
+    scrubber: Scrubber,
     retry_budget: Duration,
     /// The longest one attempt may take.
     attempt_timeout: Duration,
@@ -152,12 +153,13 @@ impl MongoCheckpointStore {
     ///
     /// The messages never contain the password.
     pub async fn connect(
-        url: &str,
+        url: impl Into<ConnectionString>,
         database: &str,
         instance_id: &str,
     ) -> Result<Self, CheckpointError> {
-        let redacted = redact_url(url);
-        let secrets = url_password(url).into_iter().collect::<Vec<_>>();
+        let url = url.into();
+        let redacted = url.to_string();
+        let mut scrubber = Scrubber::of([&url]);
         if database.is_empty() {
             return Err(CheckpointError::permanent(
                 "the MongoDB checkpoint database name is empty",
@@ -168,8 +170,8 @@ impl MongoCheckpointStore {
                 "the MongoDB checkpoint instance id is empty",
             ));
         }
-        let mut options = ClientOptions::parse(url).await.map_err(|error| {
-            let detail = scrub(&describe(&error), &secrets);
+        let mut options = ClientOptions::parse(url.expose()).await.map_err(|error| {
+            let detail = scrubber.scrub(&describe(&error));
             let message = format!("invalid MongoDB connection string {redacted}: {detail}");
             if is_transient(&error) {
                 CheckpointError::transient(message)
@@ -177,11 +179,9 @@ impl MongoCheckpointStore {
                 CheckpointError::permanent(message)
             }
         })?;
-        let mut secrets = secrets;
+        // The driver's own decoding, should it differ from ours.
         if let Some(password) = options.credential.as_ref().and_then(|c| c.password.clone()) {
-            if !password.is_empty() && !secrets.contains(&password) {
-                secrets.push(password);
-            }
+            scrubber.add(password);
         }
         options
             .app_name
@@ -195,7 +195,7 @@ impl MongoCheckpointStore {
         let client = Client::with_options(options.clone()).map_err(|error| {
             CheckpointError::permanent(format!(
                 "cannot create a MongoDB client for {redacted}: {}",
-                scrub(&describe(&error), &secrets)
+                scrubber.scrub(&describe(&error))
             ))
         })?;
         // A checkpoint must survive a crash of the server too.
@@ -215,7 +215,7 @@ impl MongoCheckpointStore {
             collection,
             instance_id: instance_id.to_owned(),
             location: format!("document {instance_id:?} of {database}.{COLLECTION} at {redacted}"),
-            secrets,
+            scrubber,
             retry_budget: DEFAULT_RETRY_BUDGET,
             attempt_timeout: server_selection_timeout.saturating_add(ATTEMPT_MARGIN),
             retries: AtomicU64::new(0),
@@ -265,7 +265,7 @@ impl MongoCheckpointStore {
         let message = format!(
             "cannot {doing} ({}): {}",
             self.location,
-            scrub(&describe(error), &self.secrets)
+            self.scrubber.scrub(&describe(error))
         );
         if is_transient(error) {
             CheckpointError::transient(message)
@@ -545,111 +545,9 @@ fn is_transient(error: &MongoError) -> bool {
     }
 }
 
-/// The connection string with its password replaced by `***`, for messages.
-pub(crate) fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        // Not a URL at all: it may be anything, the password included.
-        return "(unparseable connection string)".to_owned();
-    };
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, hosts)) => {
-            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
-            let password = if userinfo.contains(':') { ":***" } else { "" };
-            format!("{scheme}://{user}{password}@{hosts}{tail}")
-        }
-        None => url.to_owned(),
-    }
-}
-
-/// The password in the connection string, as written and percent-decoded.
-fn url_password(url: &str) -> Vec<String> {
-    let Some((_, rest)) = url.split_once("://") else {
-        return Vec::new();
-    };
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let Some((userinfo, _)) = rest[..authority_end].rsplit_once('@') else {
-        return Vec::new();
-    };
-    let Some((_, password)) = userinfo.split_once(':') else {
-        return Vec::new();
-    };
-    let mut secrets = Vec::new();
-    if !password.is_empty() {
-        secrets.push(password.to_owned());
-        let decoded = percent_decode(password);
-        if decoded != password {
-            secrets.push(decoded);
-        }
-    }
-    secrets
-}
-
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let (Some(high), Some(low)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                out.push((high * 16 + low) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// `text` with every secret replaced by `***`.
-fn scrub(text: &str, secrets: &[String]) -> String {
-    secrets
-        .iter()
-        .filter(|secret| !secret.is_empty())
-        .fold(text.to_owned(), |text, secret| {
-            text.replace(secret.as_str(), "***")
-        })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn redacts_the_password_of_a_connection_string() {
-        assert_eq!(
-            redact_url("mongodb://admin:s3cret@db1:27017,db2/?authSource=admin"),
-            "mongodb://admin:***@db1:27017,db2/?authSource=admin"
-        );
-        assert_eq!(
-            redact_url("mongodb+srv://u:p%40ss@cluster.example/db"),
-            "mongodb+srv://u:***@cluster.example/db"
-        );
-        assert_eq!(redact_url("mongodb://db1:27017"), "mongodb://db1:27017");
-        assert_eq!(redact_url("mongodb://user@db1"), "mongodb://user@db1");
-        assert!(!redact_url("garbage:hunter2").contains("hunter2"));
-    }
-
-    #[test]
-    fn finds_the_password_as_written_and_decoded() {
-        assert_eq!(
-            url_password("mongodb://u:p%40ss@h/"),
-            vec!["p%40ss", "p@ss"]
-        );
-        assert_eq!(url_password("mongodb://u:pass@h"), vec!["pass"]);
-        assert!(url_password("mongodb://u@h").is_empty());
-        assert!(url_password("mongodb://h:27017").is_empty());
-    }
-
-    #[test]
-    fn scrubs_secrets() {
-        let secrets = vec!["hunter2".to_owned()];
-        assert_eq!(scrub("bad hunter2 here", &secrets), "bad *** here");
-    }
 
     #[test]
     fn reads_integers_however_they_were_typed() {
@@ -665,24 +563,5 @@ mod tests {
             Ok(9_007_199_254_740_991)
         );
         assert!(to_u64(&Bson::Double(9_007_199_254_740_992.0)).is_err());
-    }
-
-    #[test]
-    fn percent_decoding_of_passwords_keeps_what_is_not_an_escape() {
-        // The decoded form is scrubbed from logs too: it must be exact.
-        assert_eq!(percent_decode("p%41ss%2fw0rd"), "pAss/w0rd");
-        assert_eq!(percent_decode("%41"), "A");
-        assert_eq!(percent_decode("p12"), "p12", "only `%` starts an escape");
-        assert_eq!(
-            percent_decode("a%4"),
-            "a%4",
-            "an escape cut short at the end"
-        );
-        assert_eq!(percent_decode("ab%"), "ab%");
-        assert_eq!(percent_decode("%zz1"), "%zz1");
-        assert_eq!(
-            url_password("mongodb://u:p%40ss@h"),
-            vec!["p%40ss".to_owned(), "p@ss".to_owned()]
-        );
     }
 }

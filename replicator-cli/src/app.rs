@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use replicator_checkpoint::{chaser, seed_if_empty, FileCheckpointStore, MongoCheckpointStore};
+use replicator_core::secret::ConnectionString;
 use replicator_core::{
     CheckpointStore, Partitioner, Pipeline, PipelineConfig, PipelineError, RunSummary, Transform,
 };
@@ -20,8 +21,6 @@ use replicator_transform::original::OriginalMetadata;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
-
-use replicator_esdb::redact;
 
 use crate::config::{CheckpointConfig, Config, SeederConfig, StoreConfig, TransformConfig};
 use crate::status::{Status, StatusServer};
@@ -51,7 +50,7 @@ pub(crate) async fn open_store(
             database,
             instance_id,
         } => Arc::new(
-            MongoCheckpointStore::connect(connection_string, database, instance_id)
+            MongoCheckpointStore::connect(connection_string.clone(), database, instance_id)
                 .await
                 .with_context(|| format!("cannot open the checkpoint store ({})", config.store))?,
         ),
@@ -64,7 +63,7 @@ pub(crate) async fn open_store(
 /// # Errors
 /// When a connection string does not parse (named, password hidden).
 pub fn clients(config: &Config) -> anyhow::Result<(eventstore::Client, eventstore::Client)> {
-    let client = |key: &str, connection_string: &str| {
+    let client = |key: &str, connection_string: &ConnectionString| {
         replicator_esdb::cluster::client(connection_string)
             .with_context(|| format!("no client for replicator.{key}.connectionString"))
     };
@@ -117,7 +116,7 @@ fn build_stages(config: &Config) -> anyhow::Result<Stages> {
     }
     let scavenge = if config.scavenge {
         let filter = Arc::new(
-            ScavengeFilter::new(&config.reader.connection_string)
+            ScavengeFilter::new(config.reader.connection_string.clone())
                 .context("replicator.scavenge: cannot read the source's stream metadata")?,
         );
         transforms.push(filter.clone());
@@ -142,7 +141,7 @@ fn build_stages(config: &Config) -> anyhow::Result<Stages> {
                 .with_time_limit(config.call_timeout / 2),
         )),
         TransformConfig::Http { url, in_flight } => transforms.push(Arc::new(
-            HttpTransform::with_timeout(url, in_flight.get(), config.call_timeout / 2)
+            HttpTransform::with_timeout(url.clone(), in_flight.get(), config.call_timeout / 2)
                 .context("replicator.transform.config")?,
         )),
     }
@@ -237,8 +236,8 @@ fn build_sink(config: &Config, stages: &Stages) -> anyhow::Result<EsdbSink> {
 /// the pipeline fails and `restartOnFailure` is off.
 pub async fn replicate(config: &Config, cancel: CancellationToken) -> anyhow::Result<RunSummary> {
     info!(
-        source = %redact(&config.reader.connection_string),
-        target = %redact(&config.sink.connection_string),
+        source = %config.reader.connection_string,
+        target = %config.sink.connection_string,
         checkpoint = %config.checkpoint.store,
         checkpoint_after = config.checkpoint.checkpoint_after,
         checkpoint_interval = ?config.checkpoint.checkpoint_interval,

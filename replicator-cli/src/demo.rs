@@ -275,7 +275,7 @@ fn demo_config(
 }
 
 fn client(server: &EsdbServer) -> anyhow::Result<eventstore::Client> {
-    cluster::client(&server.connection_string()).context("cannot create a client")
+    cluster::client(&server.connection_string().into()).context("cannot create a client")
 }
 
 /// The process's peak resident set size in KiB (`VmHWM`), on Linux.

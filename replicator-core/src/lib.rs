@@ -20,6 +20,7 @@ pub mod memory;
 pub mod model;
 pub mod pipeline;
 pub mod retry;
+pub mod secret;
 pub mod traits;
 pub mod transform;
 
@@ -33,5 +34,6 @@ pub use model::{
 pub use pipeline::{
     Pipeline, PipelineBuilder, PipelineConfig, PipelineState, Progress, RunSummary,
 };
+pub use secret::ConnectionString;
 pub use traits::{CheckpointStore, EventStream, HeadProbe, Reader, Sink, WriteAck};
 pub use transform::{Partitioner, Transform};

@@ -1,4 +1,4 @@
-//! Client (re)building, error classification and redaction shared by the
+//! Client (re)building and error classification shared by the
 //! reader and the sink (connection strings, deadlines and the head of `$all`
 //! are in [`crate::cluster`]).
 
@@ -7,30 +7,6 @@ use std::time::Duration;
 
 use eventstore::{Client, ClientSettings};
 use replicator_core::ErrorKind;
-
-/// A connection string with any password replaced by `***`, fit for logs.
-///
-/// Errs on the side of hiding: a password holding an unescaped `/`, `?` or
-/// `@`, or a string without a `scheme://`, still has everything between the
-/// first `:` of its user info and the `@` masked.
-pub fn redact(connection_string: &str) -> String {
-    let (scheme, rest) = connection_string
-        .find("://")
-        .map_or(("", connection_string), |i| {
-            connection_string.split_at(i + 3)
-        });
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    // The user info normally ends at the authority's last '@'; when the
-    // authority has none, a '/' or '?' inside the password cut it short, so
-    // take the first '@' anywhere rather than print the password.
-    let Some(at) = rest[..authority_end].rfind('@').or_else(|| rest.find('@')) else {
-        return connection_string.to_owned();
-    };
-    match rest[..at].split_once(':') {
-        Some((user, _password)) => format!("{scheme}{user}:***{}", &rest[at..]),
-        None => connection_string.to_owned(),
-    }
-}
 
 /// Whether retrying an operation that failed with `error` can succeed.
 ///
@@ -175,41 +151,6 @@ fn next_generation() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn passwords_are_redacted_and_nothing_else_changes() {
-        assert_eq!(
-            redact("esdb://admin:changeit@localhost:2113?tls=false"),
-            "esdb://admin:***@localhost:2113?tls=false"
-        );
-        assert_eq!(
-            redact("esdb://localhost:2113?tls=false"),
-            "esdb://localhost:2113?tls=false"
-        );
-        assert_eq!(
-            redact("esdb+discover://u:p@a:1,b:2/?x=y"),
-            "esdb+discover://u:***@a:1,b:2/?x=y"
-        );
-        assert_eq!(
-            redact("mongodb://u:p@m/x?a=b@c"),
-            "mongodb://u:***@m/x?a=b@c"
-        );
-    }
-
-    #[test]
-    fn odd_passwords_and_missing_schemes_are_still_hidden() {
-        for (raw, secret) in [
-            ("esdb://admin:p?ss@host:2113?tls=false", "p?ss"),
-            ("esdb://admin:pa/ss@host:2113", "pa/ss"),
-            ("esdb://admin:p@ss@host:2113", "p@ss"),
-            ("admin:secret@host:2113", "secret"),
-            ("esdb:/admin:secret@host", "secret"),
-        ] {
-            let shown = redact(raw);
-            assert!(!shown.contains(secret), "{raw} → {shown}");
-            assert!(shown.contains("***"), "{raw} → {shown}");
-        }
-    }
 
     #[test]
     fn grpc_statuses_are_described_without_the_debug_dump() {

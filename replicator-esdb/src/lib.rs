@@ -50,7 +50,6 @@ pub use classify::{
     classify, to_event, LINK_EVENT_TYPE, METADATA_EVENT_TYPE, SOFT_DELETE_TRUNCATE_BEFORE,
     TOMBSTONE_EVENT_TYPE,
 };
-pub use connection::redact;
 pub use encode::to_event_data;
 pub use reader::{EsdbReader, EsdbReaderConfig};
 pub use scavenge::ScavengeFilter;

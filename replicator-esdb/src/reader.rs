@@ -11,6 +11,7 @@ use eventstore::{ClientSettings, Endpoint, ReadAllOptions, StreamPosition};
 use futures::StreamExt;
 use replicator_core::health::{short, Component, HealthReporter};
 use replicator_core::retry::Backoff;
+use replicator_core::secret::ConnectionString;
 use replicator_core::{
     ErrorKind, Event, EventStream, HeadProbe, Position, Reader, ReaderError, StartFrom,
 };
@@ -19,16 +20,17 @@ use tracing::{debug, info};
 
 use crate::classify::to_event;
 use crate::cluster::{self, head, within, ClientPosition as _};
-use crate::connection::{describe, error_kind, redact, ClientCell, REQUEST_TIMEOUT};
+use crate::connection::{describe, error_kind, ClientCell, REQUEST_TIMEOUT};
 use crate::wire::channel::WireChannel;
 use crate::wire::read::{AllSubscription, ReadItem};
 
 /// Configuration of an [`EsdbReader`].
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EsdbReaderConfig {
     /// Connection string of the source, e.g.
-    /// `esdb://admin:changeit@source:2113?tls=false`.
-    pub connection_string: String,
+    /// `esdb://admin:changeit@source:2113?tls=false` (printed without its
+    /// password).
+    pub connection_string: ConnectionString,
     /// How many records the first read asks for when starting at a seed
     /// (inclusive; at least 1). Catch-up itself streams through one
     /// subscription.
@@ -41,22 +43,12 @@ pub struct EsdbReaderConfig {
 impl EsdbReaderConfig {
     /// A configuration with pages of 1024 records (the C# replicator's
     /// default), running continuously.
-    pub fn new(connection_string: impl Into<String>) -> Self {
+    pub fn new(connection_string: impl Into<ConnectionString>) -> Self {
         EsdbReaderConfig {
             connection_string: connection_string.into(),
             page_size: 1024,
             run_continuously: true,
         }
-    }
-}
-
-impl fmt::Debug for EsdbReaderConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EsdbReaderConfig")
-            .field("connection_string", &redact(&self.connection_string))
-            .field("page_size", &self.page_size)
-            .field("run_continuously", &self.run_continuously)
-            .finish()
     }
 }
 

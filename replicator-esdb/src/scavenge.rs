@@ -11,6 +11,7 @@ use eventstore::{
     ReadStreamOptions, StreamPosition, SubscribeToAllOptions, SubscriptionEvent, SubscriptionFilter,
 };
 use replicator_core::retry::Backoff;
+use replicator_core::secret::ConnectionString;
 use replicator_core::{
     ChangeKind, ErrorKind, Event, HealthReporter, Position, ReaderError, SkipReason, Transform,
     TransformError,
@@ -21,7 +22,7 @@ use tracing::{debug, info, warn};
 
 use crate::classify::{METADATA_EVENT_TYPE, TOMBSTONE_EVENT_TYPE};
 use crate::cluster::{self, head, within, ClientPosition as _};
-use crate::connection::{describe, error_kind, redact, ClientCell, REQUEST_TIMEOUT};
+use crate::connection::{describe, error_kind, ClientCell, REQUEST_TIMEOUT};
 use crate::retention::{Catalog, Verdict};
 
 /// How long [`ScavengeFilter::apply`] waits for the start-up pass before
@@ -108,7 +109,7 @@ pub struct ScavengeFilter {
 }
 
 struct Shared {
-    connection_string: String,
+    connection_string: ConnectionString,
     request_timeout: Duration,
     /// The pass and the backward reads each take a client from here.
     client: ClientCell,
@@ -140,7 +141,7 @@ enum PassStatus {
 impl fmt::Debug for ScavengeFilter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ScavengeFilter")
-            .field("source", &redact(&self.shared.connection_string))
+            .field("source", &self.shared.connection_string)
             .field("status", &*self.shared.status.borrow())
             .finish_non_exhaustive()
     }
@@ -153,8 +154,9 @@ impl ScavengeFilter {
     ///
     /// # Errors
     /// A permanent [`ReaderError`] when the connection string does not parse.
-    pub fn new(connection_string: &str) -> Result<Self, ReaderError> {
-        let settings = cluster::settings(connection_string)
+    pub fn new(connection_string: impl Into<ConnectionString>) -> Result<Self, ReaderError> {
+        let connection_string = connection_string.into();
+        let settings = cluster::settings(&connection_string)
             .map_err(|e| ReaderError::permanent(format!("scavenge filter: {e}")))?;
         let (status, _) = watch::channel(PassStatus::Running {
             records: 0,
@@ -164,7 +166,7 @@ impl ScavengeFilter {
         Ok(ScavengeFilter {
             shared: Arc::new(Shared {
                 client: ClientCell::new(settings),
-                connection_string: connection_string.to_owned(),
+                connection_string,
                 request_timeout: REQUEST_TIMEOUT,
                 catalog: Mutex::new(Catalog::default()),
                 reads: Mutex::new(HashMap::new()),

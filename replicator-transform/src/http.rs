@@ -31,6 +31,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use replicator_core::secret::{ConnectionString, Scrubber};
 use replicator_core::{ChangeKind, Event, SkipReason, Transform, TransformError};
 use serde::{Deserialize, Serialize};
 
@@ -43,7 +44,7 @@ pub enum HttpError {
     /// The URL does not parse or is not `http`/`https`.
     #[error("the HTTP transform URL `{url}` is not an http(s) URL: {reason}")]
     Url {
-        /// The URL as configured.
+        /// The URL as configured, credentials hidden.
         url: String,
         /// Why.
         reason: String,
@@ -68,17 +69,25 @@ struct HttpEvent<'a> {
 pub struct HttpTransform {
     client: reqwest::Client,
     url: reqwest::Url,
+    /// The URL for logs and messages, credentials hidden.
+    shown: String,
+    /// Hides the URL's credentials in the HTTP client's errors.
+    scrubber: Scrubber,
     in_flight: usize,
     not_text: AtomicU64,
 }
 
 impl HttpTransform {
     /// A transform POSTing to `url` with up to `in_flight` requests at once
-    /// (at least 1) and the [`DEFAULT_TIMEOUT`] per request.
+    /// (at least 1) and the [`DEFAULT_TIMEOUT`] per request. Logs, errors and
+    /// [`Transform::name`] show the URL without its credentials.
     ///
     /// # Errors
     /// [`HttpError`] for a URL that is not http(s).
-    pub fn new(url: &str, in_flight: usize) -> Result<HttpTransform, HttpError> {
+    pub fn new(
+        url: impl Into<ConnectionString>,
+        in_flight: usize,
+    ) -> Result<HttpTransform, HttpError> {
         HttpTransform::with_timeout(url, in_flight, DEFAULT_TIMEOUT)
     }
 
@@ -87,15 +96,17 @@ impl HttpTransform {
     /// # Errors
     /// [`HttpError`] for a URL that is not http(s).
     pub fn with_timeout(
-        url: &str,
+        url: impl Into<ConnectionString>,
         in_flight: usize,
         timeout: Duration,
     ) -> Result<HttpTransform, HttpError> {
+        let url = url.into();
+        let shown = url.to_string();
         let bad = |reason: String| HttpError::Url {
-            url: url.to_string(),
+            url: shown.clone(),
             reason,
         };
-        let parsed = reqwest::Url::parse(url).map_err(|e| bad(e.to_string()))?;
+        let parsed = reqwest::Url::parse(url.expose()).map_err(|e| bad(e.to_string()))?;
         if !matches!(parsed.scheme(), "http" | "https") {
             return Err(bad(format!("the scheme is `{}`", parsed.scheme())));
         }
@@ -107,6 +118,8 @@ impl HttpTransform {
         Ok(HttpTransform {
             client,
             url: parsed,
+            shown,
+            scrubber: Scrubber::of([&url]),
             in_flight: in_flight.max(1),
             not_text: AtomicU64::new(0),
         })
@@ -126,7 +139,7 @@ impl HttpTransform {
         }
         if power == count {
             tracing::warn!(
-                url = %self.url,
+                url = %self.shown,
                 stream = %event.stream,
                 revision = event.revision,
                 passed_unchanged = count,
@@ -150,7 +163,7 @@ fn excerpt(body: &[u8]) -> String {
 #[async_trait]
 impl Transform for HttpTransform {
     fn name(&self) -> String {
-        format!("http transform {}", self.url)
+        format!("http transform {}", self.shown)
     }
 
     async fn apply(&self, event: Event) -> Result<Event, TransformError> {
@@ -177,13 +190,18 @@ impl Transform for HttpTransform {
             .send()
             .await
             .map_err(|e| {
-                TransformError::transient(format!("POST {} failed: {e}", self.url)).with_source(e)
+                let e = e.without_url();
+                let error = self.scrubber.scrub(&e.to_string());
+                TransformError::transient(format!("POST {} failed: {error}", self.shown))
+                    .with_source(e)
             })?;
         let status = response.status();
         let answer = response.bytes().await.map_err(|e| {
+            let e = e.without_url();
             TransformError::transient(format!(
-                "reading the answer of POST {} ({status}) failed: {e}",
-                self.url
+                "reading the answer of POST {} ({status}) failed: {}",
+                self.shown,
+                self.scrubber.scrub(&e.to_string())
             ))
             .with_source(e)
         })?;
@@ -196,7 +214,7 @@ impl Transform for HttpTransform {
         if !status.is_success() {
             return Err(TransformError::transient(format!(
                 "POST {} answered {status}: {}",
-                self.url,
+                self.shown,
                 excerpt(&answer)
             )));
         }
@@ -204,14 +222,14 @@ impl Transform for HttpTransform {
             TransformError::permanent(format!(
                 "POST {} answered {status} with a body that is not {{\"EventType\", \
                  \"StreamName\", \"Payload\", \"Metadata\"}} JSON ({e}): {}",
-                self.url,
+                self.shown,
                 excerpt(&answer)
             ))
         })?;
         if replaced.stream_name.trim().is_empty() || replaced.event_type.trim().is_empty() {
             return Err(TransformError::permanent(format!(
                 "POST {} answered {status} with a blank StreamName or EventType: {}",
-                self.url,
+                self.shown,
                 excerpt(&answer)
             )));
         }

@@ -26,7 +26,8 @@ use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use replicator_esdb::{redact, WriteOrder};
+use replicator_core::secret::ConnectionString;
+use replicator_esdb::WriteOrder;
 pub use replicator_transform::filter::FilterKind;
 use serde_json::Value;
 
@@ -161,8 +162,8 @@ pub enum TransformConfig {
     },
     /// `type: http`: one POST per event to `transform.config`.
     Http {
-        /// `transform.config`.
-        url: String,
+        /// `transform.config` (printed without its credentials).
+        url: ConnectionString,
         /// `transform.bufferSize`: requests in flight at once.
         in_flight: NonZeroUsize,
     },
@@ -192,20 +193,20 @@ pub struct HttpConfig {
 }
 
 /// The source cluster.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReaderConfig {
-    /// `reader.connectionString`.
-    pub connection_string: String,
+    /// `reader.connectionString` (printed without its password).
+    pub connection_string: ConnectionString,
     /// `reader.pageSize`: records of the first read at a seed (catch-up
     /// itself streams through one subscription).
     pub page_size: NonZeroUsize,
 }
 
 /// The target cluster.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SinkConfig {
-    /// `sink.connectionString`.
-    pub connection_string: String,
+    /// `sink.connectionString` (printed without its password).
+    pub connection_string: ConnectionString,
     /// `sink.partitionCount` as given; see [`SinkConfig::partition_count`].
     pub partition_count: Option<NonZeroUsize>,
     /// `sink.order`: `source` (the default) keeps the source's `$all` order
@@ -252,7 +253,7 @@ pub struct CheckpointConfig {
 }
 
 /// `checkpoint.type` and its settings.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreConfig {
     /// `type: file`.
     File {
@@ -261,8 +262,9 @@ pub enum StoreConfig {
     },
     /// `type: mongo`.
     Mongo {
-        /// `checkpoint.path`: the connection string (may hold a password).
-        connection_string: String,
+        /// `checkpoint.path`: the connection string (printed without its
+        /// password).
+        connection_string: ConnectionString,
         /// `checkpoint.database`.
         database: String,
         /// `checkpoint.instanceId`.
@@ -280,46 +282,6 @@ pub enum SeederConfig {
     },
 }
 
-// The Debug impls hide passwords in connection strings: configs get logged.
-impl fmt::Debug for ReaderConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ReaderConfig")
-            .field("connection_string", &redact(&self.connection_string))
-            .field("page_size", &self.page_size)
-            .finish()
-    }
-}
-
-impl fmt::Debug for SinkConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SinkConfig")
-            .field("connection_string", &redact(&self.connection_string))
-            .field("partition_count", &self.partition_count)
-            .field("order", &self.order)
-            .field("partitioner", &self.partitioner)
-            .field("buffer_size", &self.buffer_size)
-            .finish()
-    }
-}
-
-impl fmt::Debug for StoreConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            StoreConfig::File { path } => f.debug_struct("File").field("path", path).finish(),
-            StoreConfig::Mongo {
-                connection_string,
-                database,
-                instance_id,
-            } => f
-                .debug_struct("Mongo")
-                .field("connection_string", &redact(connection_string))
-                .field("database", database)
-                .field("instance_id", instance_id)
-                .finish(),
-        }
-    }
-}
-
 impl fmt::Display for StoreConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -330,8 +292,7 @@ impl fmt::Display for StoreConfig {
                 instance_id,
             } => write!(
                 f,
-                "mongo {}, database {database}, collection checkpoint, instance {instance_id}",
-                redact(connection_string)
+                "mongo {connection_string}, database {database}, collection checkpoint, instance {instance_id}",
             ),
         }
     }

@@ -12,6 +12,7 @@ use super::{
     CheckpointConfig, Config, ConfigError, FilterConfig, FilterKind, HttpConfig, ReaderConfig,
     SeederConfig, SinkConfig, StoreConfig, TransformConfig, DEFAULT_HTTP_LISTEN,
 };
+use replicator_core::secret::ConnectionString;
 use replicator_esdb::WriteOrder;
 use replicator_transform::filter::Filter;
 
@@ -96,7 +97,8 @@ fn validate(r: raw::Replicator) -> Result<Config, ConfigError> {
         connection_string: required(
             reader.connection_string,
             "replicator.reader.connectionString",
-        )?,
+        )?
+        .into(),
         page_size: positive_usize(reader.page_size, 1024, "replicator.reader.pageSize")?,
     };
 
@@ -117,7 +119,8 @@ fn validate(r: raw::Replicator) -> Result<Config, ConfigError> {
         ));
     }
     let sink = SinkConfig {
-        connection_string: required(sink.connection_string, "replicator.sink.connectionString")?,
+        connection_string: required(sink.connection_string, "replicator.sink.connectionString")?
+            .into(),
         partition_count: match sink.partition_count {
             None => None,
             v => Some(positive_usize(v, 1, "replicator.sink.partitionCount")?),
@@ -265,11 +268,14 @@ fn validate_transform(t: raw::Transform) -> Result<TransformConfig, ConfigError>
         if !(url.starts_with("http://") || url.starts_with("https://")) {
             return Err(ConfigError::key(
                 "replicator.transform.config",
-                format!("{url:?} is not an http:// or https:// URL"),
+                format!(
+                    "{:?} is not an http:// or https:// URL",
+                    ConnectionString::from(&url)
+                ),
             ));
         }
         Ok(TransformConfig::Http {
-            url,
+            url: url.into(),
             in_flight: in_flight()?,
         })
     } else {
@@ -346,7 +352,7 @@ fn validate_checkpoint(c: raw::Checkpoint) -> Result<CheckpointConfig, ConfigErr
             ));
         }
         StoreConfig::Mongo {
-            connection_string,
+            connection_string: connection_string.into(),
             database: non_empty(c.database, "replicator", "replicator.checkpoint.database")?,
             instance_id: non_empty(c.instance_id, "default", "replicator.checkpoint.instanceId")?,
         }

@@ -18,8 +18,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use replicator_core::secret::Scrubber;
 use replicator_core::{Component, ComponentHealth, PipelineState, Position, Progress};
-use replicator_esdb::redact;
 use tokio::sync::watch;
 
 use crate::config::{Config, SeederConfig, StoreConfig, TransformConfig};
@@ -252,9 +252,9 @@ pub(crate) struct Settings {
     pub started_at: SystemTime,
     /// The configuration summary, passwords hidden.
     pub summary: ConfigSummary,
-    /// Passwords of the configured connection strings, hidden wherever they
-    /// appear in an error message.
-    secrets: Vec<String>,
+    /// Hides the passwords of the configured connection strings and URL
+    /// in error messages.
+    scrubber: Scrubber,
 }
 
 /// What `/api/status` shows of the configuration (passwords hidden).
@@ -289,31 +289,32 @@ const MIN_LIVE_BOUND: Duration = Duration::from_secs(60);
 
 impl Settings {
     fn new(config: &Config) -> Self {
-        let mut secrets: Vec<String> = [
-            Some(config.reader.connection_string.as_str()),
-            Some(config.sink.connection_string.as_str()),
-            match &config.checkpoint.store {
-                StoreConfig::Mongo {
-                    connection_string, ..
-                } => Some(connection_string.as_str()),
-                StoreConfig::File { .. } => None,
-            },
-        ]
-        .into_iter()
-        .flatten()
-        .filter_map(password_of)
-        // Shorter ones would blank out ordinary words of every message.
-        .filter(|p| p.len() >= 4)
-        .collect();
-        secrets.sort_by_key(|p| std::cmp::Reverse(p.len()));
-        secrets.dedup();
+        let transform_url = match &config.transform {
+            TransformConfig::Http { url, .. } => Some(url),
+            _ => None,
+        };
+        let store_url = match &config.checkpoint.store {
+            StoreConfig::Mongo {
+                connection_string, ..
+            } => Some(connection_string),
+            StoreConfig::File { .. } => None,
+        };
+        let scrubber = Scrubber::of(
+            [
+                &config.reader.connection_string,
+                &config.sink.connection_string,
+            ]
+            .into_iter()
+            .chain(store_url)
+            .chain(transform_url),
+        );
         Settings {
             unhealthy_after: config.http.unhealthy_after,
             live_bound: MIN_LIVE_BOUND.max(config.call_timeout * 3),
             started_at: SystemTime::now(),
             summary: ConfigSummary {
-                source: redact(&config.reader.connection_string),
-                target: redact(&config.sink.connection_string),
+                source: config.reader.connection_string.to_string(),
+                target: config.sink.connection_string.to_string(),
                 order: config.sink.order.to_string(),
                 partitions: config.sink.writers(),
                 buffer_size: config.sink.buffer_size.get(),
@@ -357,7 +358,7 @@ impl Settings {
                         format!("js {} ({in_flight} at once)", path.display())
                     }
                     TransformConfig::Http { url, in_flight } => {
-                        format!("http {} ({in_flight} at once)", redact(url))
+                        format!("http {url} ({in_flight} at once)")
                     }
                 },
                 partitioner: config
@@ -366,61 +367,16 @@ impl Settings {
                     .as_ref()
                     .map(|p| p.display().to_string()),
             },
-            secrets,
+            scrubber,
         }
     }
 
-    /// `text` (an error message) with every password hidden: any word that
-    /// looks like a connection string with credentials goes through
-    /// [`redact`], and the configured passwords are blanked wherever they
-    /// appear.
+    /// `text` (an error message) with every password hidden: the
+    /// configured ones wherever they appear, and those of any word that
+    /// looks like a connection string (see [`Scrubber`]).
     pub fn scrub(&self, text: &str) -> String {
-        let mut out = String::with_capacity(text.len());
-        let mut word = String::new();
-        for ch in text.chars() {
-            if ch.is_whitespace() {
-                out.push_str(&redact_word(&word));
-                word.clear();
-                out.push(ch);
-            } else {
-                word.push(ch);
-            }
-        }
-        out.push_str(&redact_word(&word));
-        for secret in &self.secrets {
-            out = out.replace(secret.as_str(), "***");
-        }
-        out
+        self.scrubber.scrub(text)
     }
-}
-
-fn redact_word(word: &str) -> String {
-    if word.contains('@') {
-        redact(word)
-    } else {
-        word.to_owned()
-    }
-}
-
-/// The password in `connection_string`: what [`redact`] hides.
-fn password_of(connection_string: &str) -> Option<String> {
-    let hidden = redact(connection_string);
-    if hidden == connection_string {
-        return None;
-    }
-    let prefix = connection_string
-        .bytes()
-        .zip(hidden.bytes())
-        .take_while(|(a, b)| a == b)
-        .count();
-    let suffix = connection_string[prefix..]
-        .bytes()
-        .rev()
-        .zip(hidden[prefix..].bytes().rev())
-        .take_while(|(a, b)| a == b)
-        .count();
-    let password = &connection_string[prefix..connection_string.len() - suffix];
-    (!password.is_empty()).then(|| password.to_owned())
 }
 
 #[cfg(test)]
@@ -469,11 +425,6 @@ mod tests {
 
     #[test]
     fn passwords_are_found_and_hidden_in_any_message() {
-        assert_eq!(
-            password_of("esdb://admin:changeit@h:2113").as_deref(),
-            Some("changeit")
-        );
-        assert_eq!(password_of("esdb://h:2113"), None);
         let (_, status) =
             status("  checkpoint:\n    type: mongo\n    path: mongodb://u:m0ngo-pass@db:27017\n");
         let s = &status.settings;

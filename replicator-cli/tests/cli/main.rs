@@ -22,6 +22,7 @@ mod order;
 mod outages;
 mod restart;
 mod scavenge;
+mod secrets;
 mod security;
 mod status;
 mod transforms;

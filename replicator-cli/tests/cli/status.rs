@@ -625,7 +625,7 @@ async fn run_chromium(url: &str, profile: &Path, args: &[&str]) -> std::process:
 }
 
 /// The page's DOM after it polled `/api/status` a few times.
-async fn chromium_dom(url: &str, profile: &Path) -> String {
+pub(crate) async fn chromium_dom(url: &str, profile: &Path) -> String {
     let o = run_chromium(url, profile, &["--virtual-time-budget=4000", "--dump-dom"]).await;
     String::from_utf8(o.stdout).unwrap()
 }

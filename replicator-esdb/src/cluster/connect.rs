@@ -1,8 +1,8 @@
 //! A connection string to a client.
 
-use eventstore::{Client, ClientSettings, ClientSettingsParseError};
+use eventstore::{Client, ClientSettings};
 
-use crate::connection::redact;
+use replicator_core::secret::{ConnectionString, Scrubber};
 
 /// Why a connection string gives no client. No message shows a password.
 #[derive(Debug, thiserror::Error)]
@@ -12,12 +12,13 @@ pub enum ConnectError {
     Empty,
     /// The connection string does not parse. The parser's message is part of
     /// this one, since the reader and the sink show only this line.
-    #[error("invalid connection string `{connection_string}`: {error}")]
+    #[error("invalid connection string `{connection_string}`: {reason}")]
     Invalid {
         /// The connection string, its password replaced by `***`.
         connection_string: String,
-        /// What the `eventstore` client's parser says.
-        error: ClientSettingsParseError,
+        /// What the `eventstore` client's parser says, scrubbed: it quotes
+        /// the whole string, password included.
+        reason: String,
     },
     /// The settings parsed, but the client refused them.
     #[error("cannot create a client")]
@@ -29,15 +30,16 @@ pub enum ConnectError {
 /// # Errors
 /// [`ConnectError::Empty`] or [`ConnectError::Invalid`], naming the string
 /// without its password.
-pub fn settings(connection_string: &str) -> Result<ClientSettings, ConnectError> {
-    if connection_string.trim().is_empty() {
+pub fn settings(connection_string: &ConnectionString) -> Result<ClientSettings, ConnectError> {
+    if connection_string.is_blank() {
         return Err(ConnectError::Empty);
     }
     connection_string
+        .expose()
         .parse::<ClientSettings>()
         .map_err(|error| ConnectError::Invalid {
-            connection_string: redact(connection_string),
-            error,
+            connection_string: connection_string.to_string(),
+            reason: Scrubber::of([connection_string]).scrub(&error.to_string()),
         })
 }
 
@@ -47,7 +49,7 @@ pub fn settings(connection_string: &str) -> Result<ClientSettings, ConnectError>
 /// # Errors
 /// As [`settings`], or [`ConnectError::Client`] when the client cannot be
 /// created from them.
-pub fn client(connection_string: &str) -> Result<Client, ConnectError> {
+pub fn client(connection_string: &ConnectionString) -> Result<Client, ConnectError> {
     Client::new(settings(connection_string)?).map_err(ConnectError::Client)
 }
 
@@ -57,12 +59,21 @@ mod tests {
 
     #[test]
     fn bad_connection_strings_are_named_without_their_password() {
-        let err = settings("http://admin:secret@host")
+        let err = settings(&"http://admin:secret@host".into())
             .unwrap_err()
             .to_string();
         assert!(err.contains("admin:***@host"), "{err}");
         assert!(!err.contains("secret"), "{err}");
-        assert!(settings("  ").unwrap_err().to_string().contains("empty"));
-        assert!(settings("esdb://localhost:2113?tls=false").is_ok());
+        // The parser quotes the whole string in its message.
+        let err = settings(&"esdb://admin:r4w/p@ss?w0rd@h:2113?tls=false".into())
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("p@ss"), "{err}");
+        assert!(!err.contains("r4w"), "{err}");
+        assert!(settings(&"  ".into())
+            .unwrap_err()
+            .to_string()
+            .contains("empty"));
+        assert!(settings(&"esdb://localhost:2113?tls=false".into()).is_ok());
     }
 }

@@ -3,14 +3,15 @@
 
 use std::fmt;
 
-use crate::connection::redact;
+use replicator_core::secret::ConnectionString;
 
 /// Configuration of an [`EsdbSink`](super::EsdbSink).
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EsdbSinkConfig {
     /// Connection string of the target, e.g.
-    /// `esdb://admin:changeit@target:2113?tls=false`.
-    pub connection_string: String,
+    /// `esdb://admin:changeit@target:2113?tls=false` (printed without its
+    /// password).
+    pub connection_string: ConnectionString,
     /// With [`WriteOrder::Stream`], how many batches may be written at once
     /// (at least 1): streams are hashed onto this many partitions; each
     /// stream keeps its order. With write latencies of a few milliseconds, 8
@@ -80,24 +81,13 @@ pub enum RevisionMode {
 
 impl EsdbSinkConfig {
     /// A configuration with the recommended 8 partitions.
-    pub fn new(connection_string: impl Into<String>) -> Self {
+    pub fn new(connection_string: impl Into<ConnectionString>) -> Self {
         EsdbSinkConfig {
             connection_string: connection_string.into(),
             partition_count: 8,
             revisions: RevisionMode::FromSource,
             order: WriteOrder::Source,
         }
-    }
-}
-
-impl fmt::Debug for EsdbSinkConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EsdbSinkConfig")
-            .field("connection_string", &redact(&self.connection_string))
-            .field("partition_count", &self.partition_count)
-            .field("revisions", &self.revisions)
-            .field("order", &self.order)
-            .finish()
     }
 }
 

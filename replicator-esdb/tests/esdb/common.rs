@@ -74,7 +74,7 @@ pub fn client(server: &TestCluster) -> Client {
 
 pub fn reader(server: &TestCluster, page_size: usize, run_continuously: bool) -> EsdbReader {
     EsdbReader::new(EsdbReaderConfig {
-        connection_string: server.connection_string(),
+        connection_string: server.connection_string().into(),
         page_size,
         run_continuously,
     })
@@ -83,7 +83,7 @@ pub fn reader(server: &TestCluster, page_size: usize, run_continuously: bool) ->
 
 pub fn sink(server: &TestCluster, partition_count: usize) -> EsdbSink {
     EsdbSink::new(EsdbSinkConfig {
-        connection_string: server.connection_string(),
+        connection_string: server.connection_string().into(),
         partition_count,
         revisions: Default::default(),
         order: Default::default(),

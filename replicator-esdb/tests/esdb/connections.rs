@@ -21,13 +21,13 @@ async fn copy_through(source_url: &str, target: &EsdbServer, target_url: &str) {
     let target_client = eventstore::Client::new(target_url.parse().unwrap()).unwrap();
     populate(&source_client, 11, 200).await;
     let reader = EsdbReader::new(EsdbReaderConfig {
-        connection_string: source_url.to_owned(),
+        connection_string: source_url.into(),
         page_size: 100,
         run_continuously: false,
     })
     .expect("reader");
     let sink = EsdbSink::new(EsdbSinkConfig {
-        connection_string: target_url.to_owned(),
+        connection_string: target_url.into(),
         partition_count: 4,
         revisions: Default::default(),
         order: Default::default(),

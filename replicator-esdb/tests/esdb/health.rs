@@ -56,7 +56,7 @@ impl Collected {
 
 fn reader_at(connection_string: String, request_timeout: Duration) -> EsdbReader {
     EsdbReader::new(EsdbReaderConfig {
-        connection_string,
+        connection_string: connection_string.into(),
         page_size: 50,
         run_continuously: true,
     })
@@ -278,7 +278,7 @@ async fn the_head_probe_finds_the_last_record_without_disturbing_the_stream() {
 
 fn sink_at(connection_string: String, request_timeout: Duration) -> EsdbSink {
     EsdbSink::new(EsdbSinkConfig {
-        connection_string,
+        connection_string: connection_string.into(),
         partition_count: 2,
         revisions: Default::default(),
         order: Default::default(),

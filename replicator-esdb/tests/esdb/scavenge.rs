@@ -184,7 +184,7 @@ async fn the_filter_keeps_exactly_what_the_source_still_reads() {
     })
     .await;
 
-    let filter = ScavengeFilter::new(&source.connection_string()).expect("filter");
+    let filter = ScavengeFilter::new(source.connection_string()).expect("filter");
     filter.prepare().await.expect("prepare");
     let events = filtered(&source, &filter).await;
     let kept = kept(&events);
@@ -223,7 +223,7 @@ async fn metadata_written_after_start_applies_to_later_events() {
     let source = source().await;
     let client = client(&source);
     append(&client, "early", 2).await;
-    let filter = ScavengeFilter::new(&source.connection_string()).expect("filter");
+    let filter = ScavengeFilter::new(source.connection_string()).expect("filter");
     filter.prepare().await.expect("prepare");
     assert_eq!(filter.tracked_streams(), 0);
 
@@ -262,7 +262,7 @@ async fn a_source_down_during_the_pass_is_a_transient_error_until_it_is_back() {
     assert_eq!((event.stream.as_str(), event.revision), ("capped", 0));
 
     source.stop().await;
-    let filter = ScavengeFilter::new(&source.connection_string())
+    let filter = ScavengeFilter::new(source.connection_string())
         .expect("filter")
         .with_request_timeout(Duration::from_millis(500));
     let error = filter
@@ -307,7 +307,7 @@ async fn a_source_down_during_the_pass_is_a_transient_error_until_it_is_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_empty_source_needs_no_metadata() {
     let source = source().await;
-    let filter = ScavengeFilter::new(&source.connection_string()).expect("filter");
+    let filter = ScavengeFilter::new(source.connection_string()).expect("filter");
     filter.prepare().await.expect("prepare");
     assert_eq!(filter.tracked_streams(), 0);
     // A stream that appears afterwards with a limit is followed from the
@@ -346,7 +346,7 @@ async fn a_scavenged_copy_holds_exactly_the_events_the_source_still_reads() {
         .expect("soft delete");
     append(&client, "recreated", 2).await;
 
-    let filter = ScavengeFilter::new(&source.connection_string()).expect("filter");
+    let filter = ScavengeFilter::new(source.connection_string()).expect("filter");
     filter.prepare().await.expect("prepare");
     let store = replicator_core::memory::MemoryCheckpointStore::default();
     let pipeline =
@@ -419,7 +419,7 @@ async fn a_source_user_who_may_not_read_all_is_a_permanent_error_saying_so() {
     })
     .await
     .expect("server");
-    let filter = ScavengeFilter::new(&server.connection_string_with(Some(("ops", "secret")), None))
+    let filter = ScavengeFilter::new(server.connection_string_with(Some(("ops", "secret")), None))
         .expect("filter");
     let error = tokio::time::timeout(PATIENCE, filter.prepare())
         .await
@@ -438,7 +438,7 @@ async fn a_live_stream_with_new_metadata_is_scavenged_as_it_arrives() {
     let client = client(&source);
     let target_client = crate::common::client(&target);
     append(&client, "before", 1).await;
-    let filter = ScavengeFilter::new(&source.connection_string()).expect("filter");
+    let filter = ScavengeFilter::new(source.connection_string()).expect("filter");
     filter.prepare().await.expect("prepare");
     let store = replicator_core::memory::MemoryCheckpointStore::default();
     let pipeline =

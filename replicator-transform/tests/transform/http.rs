@@ -158,7 +158,7 @@ async fn connection_refused_and_timeouts_are_transient() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let t = HttpTransform::new(&format!("http://127.0.0.1:{port}/t"), 1).unwrap();
+    let t = HttpTransform::new(format!("http://127.0.0.1:{port}/t"), 1).unwrap();
     let err = t.apply(event("s", 0, "T", "{}", "")).await.unwrap_err();
     assert!(err.is_transient(), "{err}");
     assert!(
