@@ -6,8 +6,6 @@
 //! `SECANTUSD_BIN` (the restart and authentication tests start servers of their
 //! own with it). Without them these tests fail; they never skip.
 
-mod support;
-
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
@@ -17,7 +15,7 @@ use replicator_checkpoint::{seed_if_empty, FileCheckpointStore, MongoCheckpointS
 use replicator_core::conformance::check_store;
 use replicator_core::{Checkpoint, CheckpointStore, Position, StartFrom};
 
-use support::{mongo_url, unique_name, SecantusServer};
+use replicator_testkit::support::mongo::{mongo_url, unique_name, SecantusServer};
 
 /// Longest a test waits for something that only a broken store would never
 /// do (not a measure of speed).

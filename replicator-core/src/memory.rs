@@ -3,16 +3,14 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::SystemTime;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use futures::stream;
 use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::error::{CheckpointError, ReaderError, SinkError};
-use crate::model::{ChangeKind, Checkpoint, ContentType, Event, Position, StartFrom};
+use crate::model::{Checkpoint, Event, Position, StartFrom};
 use crate::traits::{CheckpointStore, EventStream, HeadProbe, Reader, Sink, WriteAck};
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -73,18 +71,9 @@ impl MemorySource {
         let position = lock(&self.events)
             .last()
             .map_or(128, |e| e.position.commit + 64 + e.payload_len() as u64);
-        let event = Event {
-            id: Uuid::new_v4(),
-            stream: stream.to_owned(),
-            revision,
-            event_type: "Event".to_owned(),
-            data: Bytes::from(data),
-            metadata: Bytes::new(),
-            content_type: ContentType::Json,
-            created: SystemTime::now(),
-            position: Position::at(position),
-            kind: ChangeKind::Append,
-        };
+        let event = Event::new(stream, "Event", data)
+            .with_revision(revision)
+            .with_position(Position::at(position));
         self.push(event.clone());
         event
     }

@@ -182,6 +182,90 @@ pub struct Event {
 }
 
 impl Event {
+    /// An event of `event_type` to append to `stream`, with JSON `data`: a new
+    /// id, revision 0, no metadata, created now, at the start of `$all`.
+    ///
+    /// Readers fill in every field from what they read; this and the `with_…`
+    /// methods are for events made up by hand (tests, examples, memory
+    /// sources):
+    ///
+    /// ```
+    /// use replicator_core::{ChangeKind, ContentType, Event, Position};
+    ///
+    /// let event = Event::new("orders-1", "OrderPlaced", r#"{"total":3}"#)
+    ///     .with_revision(7)
+    ///     .with_position(Position::at(1_234));
+    /// assert_eq!(event.kind, ChangeKind::Append);
+    /// assert_eq!(event.content_type, ContentType::Json);
+    /// assert!(event.metadata.is_empty());
+    /// ```
+    pub fn new(
+        stream: impl Into<String>,
+        event_type: impl Into<String>,
+        data: impl Into<Bytes>,
+    ) -> Self {
+        Event {
+            id: Uuid::new_v4(),
+            stream: stream.into(),
+            revision: 0,
+            event_type: event_type.into(),
+            data: data.into(),
+            metadata: Bytes::new(),
+            content_type: ContentType::Json,
+            created: SystemTime::now(),
+            position: Position::START,
+            kind: ChangeKind::Append,
+        }
+    }
+
+    /// The same event with id `id`.
+    #[must_use]
+    pub fn with_id(self, id: Uuid) -> Self {
+        Event { id, ..self }
+    }
+
+    /// The same event at `revision` of its stream.
+    #[must_use]
+    pub fn with_revision(self, revision: u64) -> Self {
+        Event { revision, ..self }
+    }
+
+    /// The same event with the user metadata `metadata`.
+    #[must_use]
+    pub fn with_metadata(self, metadata: impl Into<Bytes>) -> Self {
+        Event {
+            metadata: metadata.into(),
+            ..self
+        }
+    }
+
+    /// The same event with its data encoded as `content_type`.
+    #[must_use]
+    pub fn with_content_type(self, content_type: ContentType) -> Self {
+        Event {
+            content_type,
+            ..self
+        }
+    }
+
+    /// The same event created at `created`.
+    #[must_use]
+    pub fn with_created(self, created: SystemTime) -> Self {
+        Event { created, ..self }
+    }
+
+    /// The same event at `position` in the source `$all`.
+    #[must_use]
+    pub fn with_position(self, position: Position) -> Self {
+        Event { position, ..self }
+    }
+
+    /// The same record meaning `kind` for the target.
+    #[must_use]
+    pub fn with_kind(self, kind: ChangeKind) -> Self {
+        Event { kind, ..self }
+    }
+
     /// The target stream this change affects: the stream itself, or for a
     /// `$$stream` metadata record the stream whose metadata it is.
     ///
@@ -328,18 +412,8 @@ mod tests {
 
     #[test]
     fn metadata_and_soft_delete_target_the_stream_not_its_metadata_stream() {
-        let mut e = Event {
-            id: Uuid::nil(),
-            stream: "$$orders-1".into(),
-            revision: 0,
-            event_type: "$metadata".into(),
-            data: Bytes::new(),
-            metadata: Bytes::new(),
-            content_type: ContentType::Json,
-            created: SystemTime::UNIX_EPOCH,
-            position: Position::START,
-            kind: ChangeKind::StreamMetadata,
-        };
+        let mut e = Event::new("$$orders-1", "$metadata", Bytes::new())
+            .with_kind(ChangeKind::StreamMetadata);
         assert_eq!(e.target_stream(), "orders-1");
         e.kind = ChangeKind::SoftDelete;
         assert_eq!(e.target_stream(), "orders-1");

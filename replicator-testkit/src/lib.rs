@@ -2,7 +2,9 @@
 //! the real `eventstore` client talks to ([`EsdbServer`]), fault injection
 //! ([`FaultHandle`]), a seeded workload generator ([`workload`]), and
 //! [`cluster::TestCluster`], which lets every test run against a real cluster instead
-//! when an environment variable names one. To compare what two servers hold, use
+//! when an environment variable names one, and what the workspace's tests share
+//! besides ([`support`]: bounded waits, clients, the end of `$all`, and with the
+//! `mongo` feature a MongoDB-protocol server of a test's own). To compare what two servers hold, use
 //! `replicator_esdb::verify` (the testkit depends on `replicator-core` only).
 //!
 //! ```no_run
@@ -27,6 +29,7 @@ mod server;
 mod service;
 mod shared;
 mod store;
+pub mod support;
 mod tcp;
 pub mod workload;
 

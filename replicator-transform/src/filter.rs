@@ -235,21 +235,12 @@ impl Transform for Filter {
 mod tests {
     use super::*;
     use bytes::Bytes;
-    use replicator_core::{ContentType, Position};
+    use replicator_core::Position;
 
     fn record(stream: &str, event_type: &str, kind: ChangeKind) -> Event {
-        Event {
-            id: uuid::Uuid::new_v4(),
-            stream: stream.into(),
-            revision: 0,
-            event_type: event_type.into(),
-            data: Bytes::new(),
-            metadata: Bytes::new(),
-            content_type: ContentType::Json,
-            created: std::time::SystemTime::now(),
-            position: Position::at(1),
-            kind,
-        }
+        Event::new(stream, event_type, Bytes::new())
+            .with_position(Position::at(1))
+            .with_kind(kind)
     }
 
     async fn kind_after(f: &Filter, e: Event) -> ChangeKind {

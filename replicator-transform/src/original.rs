@@ -163,21 +163,15 @@ pub fn dotnet_date(t: SystemTime) -> String {
 /// 2022-02-28T16:24:40.06Z, metadata `{"user":"a"}`.
 #[doc(hidden)]
 pub fn example_event() -> Event {
-    Event {
-        id: uuid::Uuid::nil(),
-        stream: "orders-1".into(),
-        revision: 7,
-        event_type: "OrderPlaced".into(),
-        data: Bytes::from_static(b"{}"),
-        metadata: Bytes::from_static(br#"{"user":"a"}"#),
-        content_type: replicator_core::ContentType::Json,
-        created: SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_646_065_480_060),
-        position: replicator_core::Position {
+    Event::new("orders-1", "OrderPlaced", Bytes::from_static(b"{}"))
+        .with_id(uuid::Uuid::nil())
+        .with_revision(7)
+        .with_metadata(Bytes::from_static(br#"{"user":"a"}"#))
+        .with_created(SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_646_065_480_060))
+        .with_position(replicator_core::Position {
             commit: 1234,
             prepare: 1200,
-        },
-        kind: ChangeKind::Append,
-    }
+        })
 }
 
 #[cfg(test)]

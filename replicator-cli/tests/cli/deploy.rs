@@ -10,9 +10,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use replicator_testkit::support::wait_for;
 use serde_json::Value;
 
-use crate::status::{wait_for, Running};
+use crate::status::Running;
 use crate::{assert_ok, command, stdout, Workdir};
 
 fn repo(path: &str) -> PathBuf {
@@ -358,7 +359,7 @@ async fn the_pod_configuration_runs_and_serves_the_probes_and_every_dashboard_me
         let (path, run) = (path.as_str(), &run);
         wait_for(
             &format!("{probe} {path} answering 200"),
-            30,
+            Duration::from_secs(30),
             || async move { (run.get(path).await.0 == 200).then_some(()) },
         )
         .await;

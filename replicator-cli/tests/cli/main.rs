@@ -34,6 +34,7 @@ use std::time::Duration;
 
 use replicator_esdb::verify::{verify, VerifyOptions, VerifyReport};
 use replicator_testkit::cluster::TestCluster;
+use replicator_testkit::support::last_position;
 use tempfile::TempDir;
 
 /// Appends JSON events `(type, data)` to `stream`, one append each; returns
@@ -528,7 +529,7 @@ impl Clusters {
 
     /// The last position in the source's `$all`.
     async fn source_end_position(&self) -> replicator_core::Position {
-        end_position(&self.source_client)
+        last_position(&self.source_client)
             .await
             .expect("the source is empty")
     }
@@ -560,21 +561,6 @@ fn spawn_run(w: &Workdir, log: Option<&std::path::Path>) -> tokio::process::Chil
         .kill_on_drop(true)
         .spawn()
         .unwrap()
-}
-
-/// The last position in a server's `$all`, `None` while it is empty.
-async fn end_position(client: &eventstore::Client) -> Option<replicator_core::Position> {
-    let options = eventstore::ReadAllOptions::default()
-        .position(eventstore::StreamPosition::End)
-        .backwards()
-        .max_count(1);
-    let mut stream = client.read_all(&options).await.unwrap();
-    let last = stream.next().await.unwrap()?;
-    let p = last.get_original_event().position;
-    Some(replicator_core::Position {
-        commit: p.commit,
-        prepare: p.prepare,
-    })
 }
 
 /// Runs the binary without blocking the runtime that serves the clusters.

@@ -28,13 +28,14 @@
 //! saying how to get it; it never skips.
 
 use std::io::BufRead as _;
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use replicator_esdb::verify::{verify, VerifyOptions};
+use replicator_testkit::support::mongo::SecantusServer;
+use replicator_testkit::support::{client, last_position};
 use replicator_testkit::{EsdbServer, FaultHandle};
 use serde_json::Value;
 use tokio::time::Instant;
@@ -348,7 +349,7 @@ async fn wait_complete(run: &Running, events: u64) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_mongo_checkpoint_store_does_not_stop_the_copy_and_is_reported() {
     let started = Instant::now();
-    let mongo = Secantus::start().await;
+    let mongo = SecantusServer::start().await;
     let c = Servers::start().await;
     write_events(&c.source_client, STEP).await;
     let w = c.workdir(&format!(
@@ -403,7 +404,7 @@ async fn a_frozen_mongo_checkpoint_store_does_not_stop_the_copy_and_is_reported(
     // The copy goes on after the store came back, and the stored
     // checkpoint catches up with it.
     write_events(&c.source_client, STEP).await;
-    let end = crate::end_position(&c.source_client).await.unwrap();
+    let end = last_position(&c.source_client).await.unwrap();
     wait_complete(&run, 4 * STEP).await;
     let s = run
         .wait_status(
@@ -597,10 +598,6 @@ async fn a_checkpoint_path_that_cannot_work_stops_the_run_before_replicating() {
         .expect("nothing may be replicated when the checkpoint cannot be stored");
 }
 
-fn client(connection_string: &str) -> eventstore::Client {
-    eventstore::Client::new(connection_string.parse().unwrap()).unwrap()
-}
-
 /// Sends `signal` (`-STOP`, `-CONT`) to the process `pid` this test started.
 fn signal(pid: u32, signal: &str) {
     let status = Command::new("kill")
@@ -750,88 +747,4 @@ fn build_esdb_testkit(dir: &Path) {
         "cargo build --bin esdb-testkit failed:\n{}",
         String::from_utf8_lossy(&o.stderr)
     );
-}
-
-/// A `secantusd-py` of this test's own on a free port, with its own storage:
-/// it can be frozen without disturbing other tests. Killed when dropped.
-struct Secantus {
-    process: ServerProcess,
-    port: u16,
-    _home: tempfile::TempDir,
-}
-
-impl Secantus {
-    async fn start() -> Self {
-        let bin = secantusd_bin();
-        let home = tempfile::tempdir().unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let log = std::fs::File::create(home.path().join("secantusd.log")).unwrap();
-        let mut child = Command::new(&bin)
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .arg("--storage-path")
-            .arg(home.path().join("data"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Some(status) = child.try_wait().unwrap() {
-                let log = std::fs::read_to_string(home.path().join("secantusd.log"));
-                panic!("{} exited ({status}): {log:?}", bin.display());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} did not listen on port {port} within 60s",
-                bin.display()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        Secantus {
-            process: ServerProcess(child),
-            port,
-            _home: home,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("mongodb://127.0.0.1:{}", self.port)
-    }
-
-    fn freeze(&self) {
-        self.process.freeze();
-    }
-
-    fn thaw(&self) {
-        self.process.thaw();
-    }
-}
-
-/// `SECANTUSD_BIN`, else `secantusd-py` on `PATH`; fails saying how to get
-/// one.
-fn secantusd_bin() -> PathBuf {
-    const HOW: &str = "run `eval \"$(scripts/start-mongo)\"; export SECANTUSD_BIN` from the \
-                       repository root (or scripts/test): it installs secantusdb";
-    if let Some(bin) = std::env::var_os("SECANTUSD_BIN").filter(|b| !b.is_empty()) {
-        let bin = PathBuf::from(bin);
-        assert!(
-            bin.is_file(),
-            "SECANTUSD_BIN={} is not a file: {HOW}",
-            bin.display()
-        );
-        return bin;
-    }
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|dir| dir.join("secantusd-py"))
-        .find(|bin| bin.is_file())
-        .unwrap_or_else(|| {
-            panic!("this test starts a MongoDB server of its own, but secantusd-py is neither in SECANTUSD_BIN nor on PATH: {HOW}")
-        })
 }

@@ -26,9 +26,10 @@ use std::time::Duration;
 use replicator_checkpoint::FileCheckpointStore;
 use replicator_core::{Checkpoint, CheckpointStore as _, Position};
 use replicator_esdb::verify::{verify, VerifyOptions};
+use replicator_testkit::support::{client, last_position};
 use replicator_testkit::workload::{self, Rng, WorkloadSpec};
 
-use crate::{end_position, gate_spent_or_ended, spawn_run, Clusters, Workdir};
+use crate::{gate_spent_or_ended, spawn_run, Clusters, Workdir};
 
 /// Runs killed per test; the run after them is left to finish.
 const KILLS: u64 = 6;
@@ -57,7 +58,7 @@ fn show(p: Option<Position>) -> String {
 /// A new client of the target: the test drops the target's connections
 /// (the dead runs'), and with them those of any client it holds.
 fn target_client(c: &Clusters) -> eventstore::Client {
-    eventstore::Client::new(c.target.connection_string().parse().unwrap()).unwrap()
+    client(&c.target.connection_string())
 }
 
 /// The user streams in which the target still lacks something of the
@@ -139,7 +140,7 @@ async fn replicate_through_kills(events: usize, checkpoint_after: u64, seed: u64
             "run {attempt}: SIGKILL after {writes} writes; then {held} at the gate, {}: target at \
              {}, checkpoint {}",
             if drop { "dropped" } else { "kept" },
-            show(end_position(&target_client(&c)).await),
+            show(last_position(&target_client(&c)).await),
             show(stored(&w).await.map(|c| c.source))
         ));
     }
@@ -176,7 +177,7 @@ async fn replicate_through_kills(events: usize, checkpoint_after: u64, seed: u64
     assert!(last.target.is_some(), "{last:?}");
     eprintln!(
         "checkpointAfter {checkpoint_after}: {history:#?}\ntarget ends at {}\n{report}",
-        show(end_position(&target).await)
+        show(last_position(&target).await)
     );
 }
 

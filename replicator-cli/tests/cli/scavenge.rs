@@ -4,6 +4,7 @@
 //! events.
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use serde_json::json;
 use uuid::Uuid;
@@ -134,13 +135,17 @@ async fn a_source_that_cannot_be_read_during_the_scavenge_pass_turns_readiness_r
     std::fs::write(&config, yaml).unwrap();
 
     let run = super::status::Running::start(&w, &[]).await;
-    let body = super::status::wait_for("readiness red naming the source", 60, || {
-        let run = &run;
-        async move {
-            let (code, body) = run.get("/health/ready").await;
-            (code == 503).then_some(body)
-        }
-    })
+    let body = replicator_testkit::support::wait_for(
+        "readiness red naming the source",
+        Duration::from_secs(60),
+        || {
+            let run = &run;
+            async move {
+                let (code, body) = run.get("/health/ready").await;
+                (code == 503).then_some(body)
+            }
+        },
+    )
     .await;
     assert!(
         body.contains("source") && body.contains("scavenge filter"),

@@ -60,8 +60,7 @@ impl SecureServer {
     }
 
     fn admin_client(&self) -> eventstore::Client {
-        eventstore::Client::new(self.url("admin", ADMIN_PASSWORD).parse().expect("settings"))
-            .expect("client")
+        replicator_testkit::support::client(&self.url("admin", ADMIN_PASSWORD))
     }
 }
 

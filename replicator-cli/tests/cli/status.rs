@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use replicator_testkit::support::wait_for;
 use serde_json::Value;
 use tokio::process::Child;
 use tokio::time::Instant;
@@ -52,17 +53,21 @@ impl Running {
             log,
             url: String::new(),
         };
-        running.url = wait_for("the status server's address in the log", 30, || {
-            let log = running.log();
-            async move {
-                let start = log.find("listening on http://")? + "listening on ".len();
-                let url: String = log[start..]
-                    .chars()
-                    .take_while(|c| !c.is_whitespace())
-                    .collect();
-                Some(url)
-            }
-        })
+        running.url = wait_for(
+            "the status server's address in the log",
+            Duration::from_secs(30),
+            || {
+                let log = running.log();
+                async move {
+                    let start = log.find("listening on http://")? + "listening on ".len();
+                    let url: String = log[start..]
+                        .chars()
+                        .take_while(|c| !c.is_whitespace())
+                        .collect();
+                    Some(url)
+                }
+            },
+        )
         .await;
         running
     }
@@ -142,22 +147,6 @@ fn http() -> reqwest::Client {
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap()
-}
-
-/// Polls `probe` until it returns something, failing after `secs`.
-pub(crate) async fn wait_for<T, F, Fut>(what: &str, secs: u64, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(value) = probe().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {secs}s");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// Binary events numbered by `range`, each with a new id.
@@ -360,10 +349,14 @@ async fn the_status_server_shows_a_known_run_and_a_failing_target() {
         )
         .await
         .unwrap();
-    let (code, body) = wait_for("readiness 503 with the target stopped", 60, || async {
-        let (code, body) = run.json("/health/ready").await;
-        (code == 503).then_some((code, body))
-    })
+    let (code, body) = wait_for(
+        "readiness 503 with the target stopped",
+        Duration::from_secs(60),
+        || async {
+            let (code, body) = run.json("/health/ready").await;
+            (code == 503).then_some((code, body))
+        },
+    )
     .await;
     assert_eq!(code, 503);
     assert_eq!(body["status"], "unhealthy", "{body:#}");

@@ -224,21 +224,12 @@ impl Partitions {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{ChangeKind, ContentType, Position};
+    use crate::model::{ChangeKind, Position};
 
     fn event(stream: &str, n: u64) -> Event {
-        Event {
-            id: uuid::Uuid::new_v4(),
-            stream: stream.into(),
-            revision: n,
-            event_type: "E".into(),
-            data: bytes::Bytes::new(),
-            metadata: bytes::Bytes::new(),
-            content_type: ContentType::Json,
-            created: std::time::SystemTime::now(),
-            position: Position::at(n),
-            kind: ChangeKind::Append,
-        }
+        Event::new(stream, "E", bytes::Bytes::new())
+            .with_revision(n)
+            .with_position(Position::at(n))
     }
 
     /// Keys each record by its revision: one stream's records get many keys.

@@ -2,37 +2,28 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use futures::StreamExt;
 use replicator_core::memory::{MemoryCheckpointStore, MemorySink, MemorySource};
 use replicator_core::{
-    ChangeKind, ContentType, Event, Position, Progress, Sink, SinkError, SkipReason, WriteAck,
+    ChangeKind, Event, Position, Progress, Sink, SinkError, SkipReason, WriteAck,
 };
 use tokio::sync::{watch, Notify};
 use tokio::time::timeout;
-use uuid::Uuid;
 
 /// Builds a record of `stream` at `position`.
 pub fn event(stream: &str, revision: u64, position: u64, kind: ChangeKind) -> Event {
-    Event {
-        id: Uuid::new_v4(),
-        stream: stream.to_owned(),
-        revision,
-        event_type: match kind {
-            ChangeKind::StreamMetadata => "$metadata".into(),
-            ChangeKind::Skip(SkipReason::SystemEvent) => "$statsCollected".into(),
-            _ => "OrderPlaced".into(),
-        },
-        data: Bytes::from(format!("{{\"n\":{position}}}")),
-        metadata: Bytes::new(),
-        content_type: ContentType::Json,
-        created: SystemTime::now(),
-        position: Position::at(position),
-        kind,
-    }
+    let event_type = match kind {
+        ChangeKind::StreamMetadata => "$metadata",
+        ChangeKind::Skip(SkipReason::SystemEvent) => "$statsCollected",
+        _ => "OrderPlaced",
+    };
+    Event::new(stream, event_type, format!("{{\"n\":{position}}}"))
+        .with_revision(revision)
+        .with_position(Position::at(position))
+        .with_kind(kind)
 }
 
 /// A source of `n` user events spread over `streams` streams, 37 log bytes

@@ -26,13 +26,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use eventstore::{
-    AppendToStreamOptions, Client, ClientSettings, DeleteStreamOptions, EventData,
-    ExpectedRevision, ReadAllOptions, ReadStreamOptions, TombstoneStreamOptions,
+    AppendToStreamOptions, Client, DeleteStreamOptions, EventData, ExpectedRevision,
+    ReadAllOptions, ReadStreamOptions, TombstoneStreamOptions,
 };
 use replicator_core::memory::MemoryCheckpointStore;
 use replicator_core::{ContentType, Event, Pipeline, PipelineConfig, Position, RunSummary};
 use replicator_esdb::{to_event_data, EsdbReader, EsdbReaderConfig, EsdbSink, EsdbSinkConfig};
 use replicator_testkit::cluster::TestCluster;
+pub use replicator_testkit::support::{client, eventually};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -65,11 +66,6 @@ async fn cluster(var: &str) -> TestCluster {
     TestCluster::empty_from_env_with(var, Default::default())
         .await
         .unwrap_or_else(|e| panic!("{e}"))
-}
-
-pub fn client(server: &TestCluster) -> Client {
-    let settings: ClientSettings = server.connection_string().parse().expect("settings");
-    Client::new(settings).expect("client")
 }
 
 pub fn reader(server: &TestCluster, page_size: usize, run_continuously: bool) -> EsdbReader {
@@ -164,18 +160,9 @@ pub fn user_event(stream: &str, pick: u64, n: u64) -> Event {
         1 => format!(r#"{{"correlation":"{n}"}}"#).into(),
         _ => Bytes::from_static(b"\x01raw"),
     };
-    Event {
-        id: Uuid::new_v4(),
-        stream: stream.to_owned(),
-        revision: 0,
-        event_type: format!("Type{}", pick % 5),
-        data,
-        metadata,
-        content_type,
-        created: std::time::SystemTime::now(),
-        position: Position::START,
-        kind: replicator_core::ChangeKind::Append,
-    }
+    Event::new(stream, format!("Type{}", pick % 5), data)
+        .with_metadata(metadata)
+        .with_content_type(content_type)
 }
 
 /// What a workload wrote.
@@ -226,13 +213,7 @@ pub async fn populate(client: &Client, seed: u64, operations: usize) -> Written 
                     1 => format!(r#"{{"owner":"team-{op}","nested":{{"a":[1,2]}}}}"#),
                     _ => "{}".to_owned(),
                 };
-                let event = to_event_data(&Event {
-                    event_type: "$metadata".into(),
-                    data: body.into(),
-                    metadata: Bytes::new(),
-                    content_type: ContentType::Json,
-                    ..user_event(&stream, 0, op)
-                });
+                let event = to_event_data(&Event::new(stream.as_str(), "$metadata", body));
                 client
                     .append_to_stream(format!("$${stream}"), &any, event)
                     .await
@@ -462,33 +443,6 @@ pub async fn append_retrying(client: &Client, stream: &str, event: &Event) {
         }
     }
     panic!("could not append to {stream} in 100 attempts");
-}
-
-/// Waits until `check` holds, polling; panics with `what` after [`PATIENCE`].
-pub async fn eventually<F, Fut>(what: &str, check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    eventually_within(what, PATIENCE, check).await;
-}
-
-/// Waits until `check` holds, polling; panics with `what` after `limit`.
-/// Returns how long it took.
-pub async fn eventually_within<F, Fut>(what: &str, limit: Duration, mut check: F) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let started = tokio::time::Instant::now();
-    while !check().await {
-        assert!(
-            started.elapsed() < limit,
-            "timed out after {limit:?} waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    started.elapsed()
 }
 
 /// The positions of every record of `$all`, in order.

@@ -199,7 +199,7 @@ fn pipeline(
 /// the document without `$tb` (the server writes `$tb` records of its own,
 /// with its own ids and revisions).
 async fn streams_of(server: &TestCluster) -> BTreeMap<String, Vec<String>> {
-    let client = client(server);
+    let client = client(&server.connection_string());
     let mut read = client
         .read_all(&ReadAllOptions::default().max_count(usize::MAX))
         .await
@@ -232,7 +232,7 @@ async fn streams_of(server: &TestCluster) -> BTreeMap<String, Vec<String>> {
 
 /// The ids of the user events in `$all`, in its order.
 async fn user_events_in_all(server: &TestCluster) -> Vec<Uuid> {
-    let client = client(server);
+    let client = client(&server.connection_string());
     let mut read = client
         .read_all(&ReadAllOptions::default().max_count(usize::MAX))
         .await
@@ -250,7 +250,7 @@ async fn user_events_in_all(server: &TestCluster) -> Vec<Uuid> {
 async fn run_case(case: Case) -> Result<(), TestCaseError> {
     let source = source().await;
     let target = target().await;
-    let writer = client(&source);
+    let writer = client(&source.connection_string());
     let any = AppendToStreamOptions::default().expected_revision(ExpectedRevision::Any);
     let mut want: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut existing = std::collections::HashSet::new();
@@ -422,18 +422,18 @@ async fn metadata_on_a_soft_deleted_stream_with_events_left_out_is_written_once(
     let mut position = 0;
     let mut record = |stream: &str, revision: u64, kind: ChangeKind, data: &str| {
         position += 100;
-        Event {
-            revision,
-            kind,
-            event_type: match kind {
-                ChangeKind::Append => "Happened".into(),
-                _ => "$metadata".into(),
-            },
-            data: bytes::Bytes::copy_from_slice(data.as_bytes()),
-            content_type: replicator_core::ContentType::Json,
-            position: replicator_core::Position::at(position),
-            ..user_event(stream, 0, revision)
-        }
+        let event_type = match kind {
+            ChangeKind::Append => "Happened",
+            _ => "$metadata",
+        };
+        Event::new(
+            stream,
+            event_type,
+            bytes::Bytes::copy_from_slice(data.as_bytes()),
+        )
+        .with_revision(revision)
+        .with_kind(kind)
+        .with_position(replicator_core::Position::at(position))
     };
     // Source revisions 0 and 2 of `x` were left out: the target holds 1 and 3
     // at revisions 0 and 1.
@@ -457,7 +457,7 @@ async fn metadata_on_a_soft_deleted_stream_with_events_left_out_is_written_once(
     ];
     sink.write(&batch).await.expect("first write");
     sink.write(&batch).await.expect("replay");
-    let metadata = snapshot(&client(&target)).await.streams["$$x"].clone();
+    let metadata = snapshot(&client(&target.connection_string())).await.streams["$$x"].clone();
     let bodies: Vec<_> = metadata
         .iter()
         .map(|r| String::from_utf8_lossy(&r.data).into_owned())
@@ -483,29 +483,23 @@ async fn a_replay_onto_a_stream_soft_deleted_since_is_not_written_twice() {
         })
         .expect("sink")
     };
-    let event = |revision: u64, position: u64| Event {
-        revision,
-        position: replicator_core::Position::at(position),
-        ..user_event("y", revision, revision)
+    let event = |revision: u64, position: u64| {
+        user_event("y", revision, revision)
+            .with_revision(revision)
+            .with_position(replicator_core::Position::at(position))
     };
     // Source revision 0 was left out by a filter.
     let events = vec![event(1, 100), event(2, 200)];
-    let delete = Event {
-        kind: ChangeKind::SoftDelete,
-        event_type: "$metadata".into(),
-        data: r#"{"$tb":9223372036854775807}"#.into(),
-        content_type: replicator_core::ContentType::Json,
-        ..event(0, 300)
-    };
-    let delete = Event {
-        stream: "$$y".into(),
-        revision: 0,
-        ..delete
-    };
+    let delete = Event::new("$$y", "$metadata", r#"{"$tb":9223372036854775807}"#)
+        .with_kind(ChangeKind::SoftDelete)
+        .with_position(replicator_core::Position::at(300));
     let mut batch = events.clone();
     batch.push(delete);
     tracked().write(&batch).await.expect("first run");
-    assert_eq!(read_stream(&client(&target), "y").await, Readable::NotFound);
+    assert_eq!(
+        read_stream(&client(&target.connection_string()), "y").await,
+        Readable::NotFound
+    );
 
     // A restarted replicator replays the window after a checkpoint past the
     // first event, then the stream is revived.
@@ -516,7 +510,7 @@ async fn a_replay_onto_a_stream_soft_deleted_since_is_not_written_twice() {
         .write(std::slice::from_ref(&revival))
         .await
         .expect("revival");
-    let held: Vec<Uuid> = snapshot(&client(&target)).await.streams["y"]
+    let held: Vec<Uuid> = snapshot(&client(&target.connection_string())).await.streams["y"]
         .iter()
         .map(|r| r.id.expect("an event"))
         .collect();

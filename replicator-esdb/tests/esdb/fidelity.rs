@@ -8,7 +8,7 @@ use crate::common::*;
 async fn a_generated_workload_is_replicated_exactly() {
     let source = source().await;
     let target = target().await;
-    let written = populate(&client(&source), 1, 1_500).await;
+    let written = populate(&client(&source.connection_string()), 1, 1_500).await;
     assert!(
         written.soft_deletes > 0
             && written.revivals > 0
@@ -20,8 +20,8 @@ async fn a_generated_workload_is_replicated_exactly() {
     let store = MemoryCheckpointStore::new();
     let summary = replicate(&source, &target, &store, 100).await;
 
-    let want = snapshot(&client(&source)).await;
-    let got = snapshot(&client(&target)).await;
+    let want = snapshot(&client(&source.connection_string())).await;
+    let got = snapshot(&client(&target.connection_string())).await;
     assert_replica(&want, &got);
     assert!(summary.completed);
     assert_eq!(summary.read as usize, want.total_records);
@@ -38,7 +38,7 @@ async fn a_generated_workload_is_replicated_exactly() {
 async fn payloads_are_preserved_byte_for_byte() {
     let source = source().await;
     let target = target().await;
-    let source_client = client(&source);
+    let source_client = client(&source.connection_string());
     // Every payload kind `user_event` makes, in one stream, twice over.
     let events: Vec<_> = (0..48)
         .map(|i| replicator_esdb::to_event_data(&user_event("payloads", i, i)))
@@ -51,7 +51,7 @@ async fn payloads_are_preserved_byte_for_byte() {
     replicate(&source, &target, &MemoryCheckpointStore::new(), 10).await;
 
     let want = snapshot(&source_client).await;
-    let got = snapshot(&client(&target)).await;
+    let got = snapshot(&client(&target.connection_string())).await;
     assert_eq!(want.streams["payloads"].len(), 48);
     assert_replica(&want, &got);
     let empty = got.streams["payloads"]
@@ -73,9 +73,12 @@ async fn the_testkit_workload_passes_verify() {
     let target = target().await;
     // Every feature on, including events over 1 MiB (larger than one append's
     // byte cap) and links and system events that must not be copied.
-    let summary = generate(&client(&source), &WorkloadSpec::new(11, 2_000))
-        .await
-        .expect("workload");
+    let summary = generate(
+        &client(&source.connection_string()),
+        &WorkloadSpec::new(11, 2_000),
+    )
+    .await
+    .expect("workload");
     assert!(
         summary.large_events > 0 && summary.revived_streams > 0,
         "{summary:?}"
@@ -87,15 +90,19 @@ async fn the_testkit_workload_passes_verify() {
         compare_revisions: true,
         ..VerifyOptions::default()
     };
-    let report = verify(&client(&source), &client(&target), &options)
-        .await
-        .expect("verify");
+    let report = verify(
+        &client(&source.connection_string()),
+        &client(&target.connection_string()),
+        &options,
+    )
+    .await
+    .expect("verify");
     assert!(report.is_identical(), "{report}");
     assert!(report.streams_compared > 0 && report.source_events > 0);
     // And our own, stricter comparison (metadata history, event ids, how
     // every stream reads).
     assert_replica(
-        &snapshot(&client(&source)).await,
-        &snapshot(&client(&target)).await,
+        &snapshot(&client(&source.connection_string())).await,
+        &snapshot(&client(&target.connection_string())).await,
     );
 }

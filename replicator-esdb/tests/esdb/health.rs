@@ -75,7 +75,7 @@ async fn append_some(client: &eventstore::Client, stream: &str, count: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reader_health_turns_unhealthy_while_the_source_is_stopped_and_back_with_no_loss() {
     let source = source().await;
-    let source_client = client(&source);
+    let source_client = client(&source.connection_string());
     populate(&source_client, 3, 200).await;
 
     let health = HealthReporter::new(Component::Source);
@@ -83,11 +83,11 @@ async fn reader_health_turns_unhealthy_while_the_source_is_stopped_and_back_with
     reader.report_health_to(health.clone());
     let collected = Collected::start(reader.read(StartFrom::Beginning).await.expect("read"));
     let want = all_positions(&source_client).await;
-    eventually("the reader to catch up", || collected.has(&want)).await;
+    eventually("the reader to catch up", PATIENCE, || collected.has(&want)).await;
     assert!(health.snapshot().healthy);
 
     source.stop().await;
-    eventually("the source reported unhealthy", || async {
+    eventually("the source reported unhealthy", PATIENCE, || async {
         !health.snapshot().healthy
     })
     .await;
@@ -102,7 +102,7 @@ async fn reader_health_turns_unhealthy_while_the_source_is_stopped_and_back_with
     );
     // The reader keeps retrying, with backoff: three failed attempts in this
     // failure, so two waits between them.
-    eventually("three failed attempts", || async {
+    eventually("three failed attempts", PATIENCE, || async {
         health.snapshot().attempts >= 3
     })
     .await;
@@ -121,11 +121,11 @@ async fn reader_health_turns_unhealthy_while_the_source_is_stopped_and_back_with
     source.restart().await.expect("source restarts");
     append_some(&source_client, "after-restart", 25).await;
     let want = all_positions(&source_client).await;
-    eventually("everything, once, after the restart", || {
+    eventually("everything, once, after the restart", PATIENCE, || {
         collected.has(&want)
     })
     .await;
-    eventually("the source reported healthy again", || async {
+    eventually("the source reported healthy again", PATIENCE, || async {
         health.snapshot().healthy
     })
     .await;
@@ -151,7 +151,7 @@ fn least_backoff(attempts: u64) -> Duration {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_source_is_noticed_within_the_deadline_and_reading_resumes_after_it_thaws() {
     let source = source().await;
-    let source_client = client(&source);
+    let source_client = client(&source.connection_string());
     populate(&source_client, 4, 150).await;
     let proxy = FreezingProxy::in_front_of(&source).await;
 
@@ -160,12 +160,12 @@ async fn a_frozen_source_is_noticed_within_the_deadline_and_reading_resumes_afte
     reader.report_health_to(health.clone());
     let collected = Collected::start(reader.read(StartFrom::Beginning).await.expect("read"));
     let want = all_positions(&source_client).await;
-    eventually("the reader to catch up", || collected.has(&want)).await;
+    eventually("the reader to catch up", PATIENCE, || collected.has(&want)).await;
 
     proxy.freeze();
     // Written while the source looks frozen to the reader.
     append_some(&source_client, "while-frozen", 10).await;
-    let took = eventually_within(
+    let took = eventually(
         "a frozen source reported unhealthy",
         // The watchdog: a quiet second, then a probe with a 1 s deadline.
         Duration::from_secs(8),
@@ -180,8 +180,11 @@ async fn a_frozen_source_is_noticed_within_the_deadline_and_reading_resumes_afte
     proxy.thaw();
     append_some(&source_client, "after-thaw", 10).await;
     let want = all_positions(&source_client).await;
-    eventually("everything, once, after the thaw", || collected.has(&want)).await;
-    eventually_within(
+    eventually("everything, once, after the thaw", PATIENCE, || {
+        collected.has(&want)
+    })
+    .await;
+    eventually(
         "the source reported healthy again",
         Duration::from_secs(10),
         || async { health.snapshot().healthy },
@@ -198,7 +201,7 @@ async fn a_frozen_source_is_noticed_within_the_deadline_and_reading_resumes_afte
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_keepalive_alone_ends_a_subscription_to_a_frozen_source() {
     let source = source().await;
-    let source_client = client(&source);
+    let source_client = client(&source.connection_string());
     populate(&source_client, 5, 20).await;
     let proxy = FreezingProxy::in_front_of(&source).await;
 
@@ -207,10 +210,10 @@ async fn http2_keepalive_alone_ends_a_subscription_to_a_frozen_source() {
     reader.report_health_to(health.clone());
     let collected = Collected::start(reader.read(StartFrom::Beginning).await.expect("read"));
     let want = all_positions(&source_client).await;
-    eventually("the reader to catch up", || collected.has(&want)).await;
+    eventually("the reader to catch up", PATIENCE, || collected.has(&want)).await;
 
     proxy.freeze();
-    let took = eventually_within(
+    let took = eventually(
         "keepalive to end the frozen subscription",
         Duration::from_secs(35),
         || async { !health.snapshot().healthy },
@@ -227,7 +230,10 @@ async fn http2_keepalive_alone_ends_a_subscription_to_a_frozen_source() {
     proxy.thaw();
     append_some(&source_client, "after-thaw", 5).await;
     let want = all_positions(&source_client).await;
-    eventually("everything, once, after the thaw", || collected.has(&want)).await;
+    eventually("everything, once, after the thaw", PATIENCE, || {
+        collected.has(&want)
+    })
+    .await;
     collected.task.abort();
 }
 
@@ -243,7 +249,7 @@ async fn the_head_probe_finds_the_last_record_without_disturbing_the_stream() {
     assert_eq!(probe.head().await.expect("head of an empty $all"), None);
 
     let source = source().await;
-    let source_client = client(&source);
+    let source_client = client(&source.connection_string());
     populate(&source_client, 6, 120).await;
     let mut reader = reader_at(source.connection_string(), Duration::from_secs(2));
     let probe = reader.head_probe().expect("head probe");
@@ -259,7 +265,10 @@ async fn the_head_probe_finds_the_last_record_without_disturbing_the_stream() {
         assert!(head >= *all.last().unwrap());
     }
     let want = all_positions(&source_client).await;
-    eventually("everything, once, while probed", || collected.has(&want)).await;
+    eventually("everything, once, while probed", PATIENCE, || {
+        collected.has(&want)
+    })
+    .await;
     assert_eq!(probe.head().await.expect("head"), want.last().copied());
 
     // A stopped source: a transient error, within the deadline.
@@ -290,7 +299,7 @@ fn sink_at(connection_string: String, request_timeout: Duration) -> EsdbSink {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sink_check_writes_nothing_and_an_unreachable_target_is_transient() {
     let target = target().await;
-    let target_client = client(&target);
+    let target_client = client(&target.connection_string());
     let sink = sink_at(target.connection_string(), Duration::from_secs(2));
     let before = all_positions(&target_client).await;
     sink.check()
@@ -324,7 +333,7 @@ async fn the_sink_check_writes_nothing_and_an_unreachable_target_is_transient() 
 
     // The same sink recovers once the target is back (its client is rebuilt).
     target.restart().await.expect("target restarts");
-    eventually_within(
+    eventually(
         "the check to pass again",
         Duration::from_secs(10),
         || async { sink.check().await.is_ok() },
@@ -349,7 +358,7 @@ async fn the_sink_check_writes_nothing_and_an_unreachable_target_is_transient() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_target_fails_a_write_within_the_deadline_and_the_retry_succeeds() {
     let target = target().await;
-    let target_client = client(&target);
+    let target_client = client(&target.connection_string());
     let proxy = FreezingProxy::in_front_of(&target).await;
     let sink = sink_at(proxy.connection_string(), Duration::from_secs(1));
     let events: Vec<Event> = (0..6)
@@ -375,7 +384,7 @@ async fn a_frozen_target_fails_a_write_within_the_deadline_and_the_retry_succeed
     assert!(took < Duration::from_secs(5), "the write took {took:?}");
 
     proxy.thaw();
-    eventually_within(
+    eventually(
         "a retried write to succeed",
         Duration::from_secs(15),
         || async { sink.write(&events[3..]).await.is_ok() },

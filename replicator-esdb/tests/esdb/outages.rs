@@ -11,7 +11,7 @@ use crate::common::*;
 async fn source_then_target_outages_heal_by_themselves() {
     let source = source().await;
     let target = target().await;
-    let source_client = client(&source);
+    let source_client = client(&source.connection_string());
     populate(&source_client, 7, 1_500).await;
 
     let pipeline = Pipeline::builder(
@@ -28,13 +28,13 @@ async fn source_then_target_outages_heal_by_themselves() {
     let written_now = || progress.borrow().written;
     let source_failures = || progress.borrow().components.source.failures_total;
     let target_failures = || progress.borrow().components.target.failures_total;
-    eventually("some progress", || async { written_now() > 200 }).await;
+    eventually("some progress", PATIENCE, || async { written_now() > 200 }).await;
 
     // Each server comes back only once the pipeline has failed against it,
     // so the outage is one the pipeline went through, however fast it runs.
     let failed = source_failures();
     source.stop().await;
-    eventually("a failed read of the stopped source", || async {
+    eventually("a failed read of the stopped source", PATIENCE, || async {
         source_failures() > failed
     })
     .await;
@@ -43,7 +43,7 @@ async fn source_then_target_outages_heal_by_themselves() {
     // reader reconnected by itself.
     let before = written_now();
     populate(&source_client, 9, 300).await;
-    eventually("progress after the source came back", || async {
+    eventually("progress after the source came back", PATIENCE, || async {
         written_now() > before + 200
     })
     .await;
@@ -52,7 +52,7 @@ async fn source_then_target_outages_heal_by_themselves() {
     let failed = target_failures();
     target.stop().await;
     populate(&source_client, 8, 300).await;
-    eventually("a failed write to the stopped target", || async {
+    eventually("a failed write to the stopped target", PATIENCE, || async {
         target_failures() > failed
     })
     .await;
@@ -70,7 +70,7 @@ async fn source_then_target_outages_heal_by_themselves() {
             let n = round * 20 + i;
             append_retrying(&source_client, &stream, &user_event(&stream, n, n)).await;
         }
-        eventually("a write to the target held in flight", || async {
+        eventually("a write to the target held in flight", PATIENCE, || async {
             gate.held_writes() >= 1
         })
         .await;
@@ -88,14 +88,15 @@ async fn source_then_target_outages_heal_by_themselves() {
     // the copy, rather than comparing again and again against a deadline. A
     // run that ended (failed) meanwhile shows its error below. (New clients:
     // the next call on one whose connection was just dropped fails.)
-    let source_client = client(&source);
+    let source_client = client(&source.connection_string());
     let head = all_positions(&source_client).await.last().copied();
     eventually(
         "the pipeline to process the source's last record",
+        PATIENCE,
         || async { run.is_finished() || progress.borrow().processed >= head },
     )
     .await;
-    let target_client = client(&target);
+    let target_client = client(&target.connection_string());
     cancel.cancel();
     run.await
         .unwrap()
@@ -110,7 +111,7 @@ async fn source_then_target_outages_heal_by_themselves() {
 async fn starting_while_both_servers_are_down_recovers_once_they_are_up() {
     let source = source().await;
     let target = target().await;
-    let source_client = client(&source);
+    let source_client = client(&source.connection_string());
     populate(&source_client, 10, 100).await;
     // A client whose first connection fails never connects again: the reader
     // and sink must build new ones.
@@ -129,14 +130,18 @@ async fn starting_while_both_servers_are_down_recovers_once_they_are_up() {
     // Each server comes back only once the pipeline has failed against it (a
     // failed attempt counted in its health), so reconnecting is what is
     // tested. The start-up checks the target first, then the source.
-    eventually("a failed attempt against the stopped target", || async {
-        progress.borrow().components.target.failures_total >= 1
-    })
+    eventually(
+        "a failed attempt against the stopped target",
+        PATIENCE,
+        || async { progress.borrow().components.target.failures_total >= 1 },
+    )
     .await;
     target.restart().await.expect("target restarts");
-    eventually("a failed attempt against the stopped source", || async {
-        progress.borrow().components.source.failures_total >= 1
-    })
+    eventually(
+        "a failed attempt against the stopped source",
+        PATIENCE,
+        || async { progress.borrow().components.source.failures_total >= 1 },
+    )
     .await;
     source.restart().await.expect("source restarts");
 
@@ -148,6 +153,6 @@ async fn starting_while_both_servers_are_down_recovers_once_they_are_up() {
     assert!(summary.completed);
     assert_replica(
         &snapshot(&source_client).await,
-        &snapshot(&client(&target)).await,
+        &snapshot(&client(&target.connection_string())).await,
     );
 }

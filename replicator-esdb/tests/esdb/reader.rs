@@ -26,8 +26,8 @@ async fn read_to_end(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_record_is_handed_on_once_in_strictly_increasing_order() {
     let source = source().await;
-    populate(&client(&source), 4, 300).await;
-    let want = snapshot(&client(&source)).await;
+    populate(&client(&source.connection_string()), 4, 300).await;
+    let want = snapshot(&client(&source.connection_string())).await;
     for page_size in [1, 7, 1000] {
         let events = read_to_end(&source, page_size, StartFrom::Beginning).await;
         assert_eq!(events.len(), want.total_records, "page size {page_size}");
@@ -44,7 +44,7 @@ async fn every_record_is_handed_on_once_in_strictly_increasing_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_seed_is_inclusive_and_a_checkpoint_exclusive() {
     let source = source().await;
-    populate(&client(&source), 5, 120).await;
+    populate(&client(&source.connection_string()), 5, 120).await;
     let all = read_to_end(&source, 50, StartFrom::Beginning).await;
     let positions: Vec<Position> = all.iter().map(|e| e.position).collect();
     for k in [0, 1, positions.len() / 2, positions.len() - 1] {
@@ -67,7 +67,7 @@ async fn a_seed_is_inclusive_and_a_checkpoint_exclusive() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_seed_past_the_end_hands_on_the_next_records_written() {
     let source = source().await;
-    let source_client = client(&source);
+    let source_client = client(&source.connection_string());
     populate(&source_client, 9, 40).await;
     let all = read_to_end(&source, 100, StartFrom::Beginning).await;
     let end = all.last().expect("records").position;
@@ -121,7 +121,7 @@ async fn a_seed_past_the_end_hands_on_the_next_records_written() {
 async fn events_written_while_running_appear_on_the_target() {
     let source = source().await;
     let target = target().await;
-    let source_client = client(&source);
+    let source_client = client(&source.connection_string());
     populate(&source_client, 6, 200).await;
 
     let pipeline = Pipeline::builder(
@@ -133,8 +133,8 @@ async fn events_written_while_running_appear_on_the_target() {
     .build();
     let cancel = CancellationToken::new();
     let run = tokio::spawn(pipeline.run(cancel.clone()));
-    let target_client = client(&target);
-    eventually("the initial catch-up", || async {
+    let target_client = client(&target.connection_string());
+    eventually("the initial catch-up", PATIENCE, || async {
         in_sync(&source_client, &target_client).await
     })
     .await;
@@ -149,7 +149,7 @@ async fn events_written_while_running_appear_on_the_target() {
             .append_to_stream("live", &Default::default(), to_event_data(&event))
             .await
             .expect("live append");
-        eventually("a live event on the target", || async {
+        eventually("a live event on the target", PATIENCE, || async {
             matches!(read_stream(&target_client, "live").await,
                 Readable::Events(events) if events.iter().any(|(_, e)| *e == id))
         })

@@ -10,11 +10,11 @@ use crate::common::*;
 async fn restarting_from_old_checkpoints_changes_nothing_on_the_target() {
     let source = source().await;
     let target = target().await;
-    populate(&client(&source), 2, 800).await;
+    populate(&client(&source.connection_string()), 2, 800).await;
     let store = MemoryCheckpointStore::new();
     replicate(&source, &target, &store, 25).await;
-    let want = snapshot(&client(&source)).await;
-    let before = snapshot(&client(&target)).await;
+    let want = snapshot(&client(&source.connection_string())).await;
+    let before = snapshot(&client(&target.connection_string())).await;
     assert_replica(&want, &before);
 
     let history = store.history();
@@ -35,7 +35,7 @@ async fn restarting_from_old_checkpoints_changes_nothing_on_the_target() {
             old.store(checkpoint).await.unwrap();
         }
         replicate(&source, &target, &old, 25).await;
-        let after = snapshot(&client(&target)).await;
+        let after = snapshot(&client(&target.connection_string())).await;
         assert_eq!(
             before.total_records,
             after.total_records,
@@ -48,10 +48,10 @@ async fn restarting_from_old_checkpoints_changes_nothing_on_the_target() {
 
 fn numbered(stream: &str, revisions: std::ops::Range<u64>) -> Vec<Event> {
     revisions
-        .map(|r| Event {
-            revision: r,
-            position: Position::at(1_000 + r),
-            ..user_event(stream, r, r)
+        .map(|r| {
+            user_event(stream, r, r)
+                .with_revision(r)
+                .with_position(Position::at(1_000 + r))
         })
         .collect()
 }
@@ -66,7 +66,7 @@ async fn a_partly_written_batch_is_completed_without_duplicates() {
     let ack = sink.write(&events).await.expect("replayed batch");
     assert!(ack.target_position > first_ack.target_position);
 
-    let records = snapshot(&client(&target)).await.streams["orders"].clone();
+    let records = snapshot(&client(&target.connection_string())).await.streams["orders"].clone();
     let ids: Vec<_> = records.iter().map(|r| r.id.unwrap()).collect();
     let want: Vec<_> = events.iter().map(|e| e.id).collect();
     assert_eq!(ids, want);
@@ -76,7 +76,10 @@ async fn a_partly_written_batch_is_completed_without_duplicates() {
     // An older batch replayed in full is a no-op that reports where it lies.
     let ack = sink.write(&events[2..6]).await.expect("old batch");
     assert!(ack.target_position.is_some());
-    assert_eq!(snapshot(&client(&target)).await.streams["orders"], records);
+    assert_eq!(
+        snapshot(&client(&target.connection_string())).await.streams["orders"],
+        records
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -96,7 +99,7 @@ async fn replayed_tombstones_and_writes_to_tombstoned_streams_succeed() {
         .await
         .expect("replay onto a tombstoned stream");
     assert_eq!(
-        read_stream(&client(&target), "gone").await,
+        read_stream(&client(&target.connection_string()), "gone").await,
         Readable::Deleted
     );
 }
@@ -119,7 +122,7 @@ async fn a_target_that_is_not_a_replica_is_a_permanent_error_naming_stream_and_e
 async fn injected_append_failures_are_transient_and_retried_to_an_exact_copy() {
     let source = source().await;
     let target = target().await;
-    populate(&client(&source), 3, 400).await;
+    populate(&client(&source.connection_string()), 3, 400).await;
 
     let direct = sink(&target, 1);
     // Two: however many requests a write makes (a batch append and a plain
@@ -143,15 +146,15 @@ async fn injected_append_failures_are_transient_and_retried_to_an_exact_copy() {
         );
     }
     assert_eq!(
-        snapshot(&client(&target)).await.streams["probe"].len(),
+        snapshot(&client(&target.connection_string())).await.streams["probe"].len(),
         1,
         "written once"
     );
 
     target.faults().fail_next_appends(25);
     replicate(&source, &target, &MemoryCheckpointStore::new(), 50).await;
-    let want = snapshot(&client(&source)).await;
-    let mut got = snapshot(&client(&target)).await;
+    let want = snapshot(&client(&source.connection_string())).await;
+    let mut got = snapshot(&client(&target.connection_string())).await;
     got.streams.remove("probe");
     got.readable.remove("probe");
     assert_replica(&want, &got);
@@ -174,7 +177,7 @@ async fn a_stream_whose_first_events_the_source_lost_is_renumbered_and_replays_s
         .expect("replay after restart");
     restarted.write(&events).await.expect("replay and continue");
 
-    let records = snapshot(&client(&target)).await.streams["scavenged"].clone();
+    let records = snapshot(&client(&target.connection_string())).await.streams["scavenged"].clone();
     let ids: Vec<_> = records.iter().map(|r| r.id.unwrap()).collect();
     assert_eq!(ids, events.iter().map(|e| e.id).collect::<Vec<_>>());
     let revisions: Vec<_> = records.iter().map(|r| r.revision).collect();
@@ -187,18 +190,13 @@ async fn a_renumbered_streams_truncate_before_keeps_hiding_what_the_source_hides
     // The source lost revisions 0..5 of this stream, then truncated it
     // before revision 7: a source read returns revisions 7..11.
     let events = numbered("truncated", 5..11);
-    let metadata = Event {
-        id: uuid::Uuid::new_v4(),
-        stream: "$$truncated".into(),
-        revision: 0,
-        event_type: "$metadata".into(),
-        data: bytes::Bytes::from_static(br#"{"$tb":7,"owner":"ops"}"#),
-        metadata: bytes::Bytes::new(),
-        content_type: replicator_core::ContentType::Json,
-        created: std::time::SystemTime::now(),
-        position: Position::at(2_000),
-        kind: ChangeKind::StreamMetadata,
-    };
+    let metadata = Event::new(
+        "$$truncated",
+        "$metadata",
+        bytes::Bytes::from_static(br#"{"$tb":7,"owner":"ops"}"#),
+    )
+    .with_kind(ChangeKind::StreamMetadata)
+    .with_position(Position::at(2_000));
     let mut batch = events.clone();
     batch.push(metadata.clone());
     sink(&target, 1).write(&batch).await.expect("write");
@@ -206,7 +204,7 @@ async fn a_renumbered_streams_truncate_before_keeps_hiding_what_the_source_hides
     let same = sink(&target, 1);
     same.write(&batch).await.expect("replay");
 
-    let client = client(&target);
+    let client = client(&target.connection_string());
     let records = snapshot(&client).await.streams["$$truncated"].clone();
     assert_eq!(records.len(), 1, "the metadata record is written once");
     let document: serde_json::Value = serde_json::from_slice(&records[0].data).unwrap();

@@ -127,7 +127,7 @@ async fn readable(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_filter_keeps_exactly_what_the_source_still_reads() {
     let source = source().await;
-    let client = client(&source);
+    let client = client(&source.connection_string());
     // Streams without metadata, or with metadata that limits nothing.
     for i in 0..40 {
         append(&client, &format!("plain-{i}"), 2).await;
@@ -179,7 +179,7 @@ async fn the_filter_keeps_exactly_what_the_source_still_reads() {
     set_metadata(&client, "expired", serde_json::json!({"$maxAge": 1})).await;
     append(&client, "young", 2).await;
     set_metadata(&client, "young", serde_json::json!({"$maxAge": 3600})).await;
-    eventually("the source hides the expired events", || async {
+    eventually("the source hides the expired events", PATIENCE, || async {
         matches!(read_stream(&client, "expired").await, Readable::Events(e) if e.is_empty())
     })
     .await;
@@ -221,7 +221,7 @@ async fn the_filter_keeps_exactly_what_the_source_still_reads() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metadata_written_after_start_applies_to_later_events() {
     let source = source().await;
-    let client = client(&source);
+    let client = client(&source.connection_string());
     append(&client, "early", 2).await;
     let filter = ScavengeFilter::new(source.connection_string()).expect("filter");
     filter.prepare().await.expect("prepare");
@@ -251,7 +251,7 @@ async fn metadata_written_after_start_applies_to_later_events() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_source_down_during_the_pass_is_a_transient_error_until_it_is_back() {
     let source = source().await;
-    let client = client(&source);
+    let client = client(&source.connection_string());
     append(&client, "capped", 4).await;
     set_metadata(&client, "capped", serde_json::json!({"$maxCount": 1})).await;
     let event = {
@@ -277,7 +277,7 @@ async fn a_source_down_during_the_pass_is_a_transient_error_until_it_is_back() {
         "{error}"
     );
     // Once the first attempt has failed, the answer says why at once.
-    eventually("the filter reports the failed attempt", || {
+    eventually("the filter reports the failed attempt", PATIENCE, || {
         let filter = &filter;
         let event = event.clone();
         async move {
@@ -312,7 +312,7 @@ async fn an_empty_source_needs_no_metadata() {
     assert_eq!(filter.tracked_streams(), 0);
     // A stream that appears afterwards with a limit is followed from the
     // records passing through.
-    let client = client(&source);
+    let client = client(&source.connection_string());
     set_metadata(&client, "new", serde_json::json!({"$tb": 2})).await;
     append(&client, "new", 3).await;
     let after = kept(&filtered(&source, &filter).await);
@@ -323,7 +323,7 @@ async fn an_empty_source_needs_no_metadata() {
 async fn a_scavenged_copy_holds_exactly_the_events_the_source_still_reads() {
     let source = source().await;
     let target = target().await;
-    let client = client(&source);
+    let client = client(&source.connection_string());
     append(&client, "plain", 2).await;
     append(&client, "capped", 6).await;
     set_metadata(&client, "capped", serde_json::json!({"$maxCount": 2})).await;
@@ -365,7 +365,7 @@ async fn a_scavenged_copy_holds_exactly_the_events_the_source_still_reads() {
     // capped 4, truncated 3, soft-deleted 3, tombstoned 3, recreated 3.
     assert_eq!(progress.borrow().skipped_by_reason.scavenged, 16);
 
-    let target_client = crate::common::client(&target);
+    let target_client = crate::common::client(&target.connection_string());
     let ids = |readable: Readable| match readable {
         Readable::Events(events) => Ok(events.into_iter().map(|(_, id)| id).collect::<Vec<_>>()),
         Readable::NotFound => Err("not found"),
@@ -435,8 +435,8 @@ async fn a_source_user_who_may_not_read_all_is_a_permanent_error_saying_so() {
 async fn a_live_stream_with_new_metadata_is_scavenged_as_it_arrives() {
     let source = source().await;
     let target = target().await;
-    let client = client(&source);
-    let target_client = crate::common::client(&target);
+    let client = client(&source.connection_string());
+    let target_client = crate::common::client(&target.connection_string());
     append(&client, "before", 1).await;
     let filter = ScavengeFilter::new(source.connection_string()).expect("filter");
     filter.prepare().await.expect("prepare");
@@ -449,7 +449,7 @@ async fn a_live_stream_with_new_metadata_is_scavenged_as_it_arrives() {
     let progress = pipeline.progress();
     let cancel = tokio_util::sync::CancellationToken::new();
     let run = tokio::spawn(pipeline.run(cancel.clone()));
-    eventually("the copy catches up", || async {
+    eventually("the copy catches up", PATIENCE, || async {
         matches!(read_stream(&target_client, "before").await, Readable::Events(e) if e.len() == 1)
     })
     .await;
@@ -462,11 +462,15 @@ async fn a_live_stream_with_new_metadata_is_scavenged_as_it_arrives() {
         panic!("live reads on the source");
     };
     let last = on_source.last().expect("an event").1;
-    eventually("the live stream's last event is copied", || async {
-        // Renumbered on the target: compare ids.
-        matches!(read_stream(&target_client, "live").await,
+    eventually(
+        "the live stream's last event is copied",
+        PATIENCE,
+        || async {
+            // Renumbered on the target: compare ids.
+            matches!(read_stream(&target_client, "live").await,
             Readable::Events(e) if e.iter().map(|(_, id)| *id).eq([last]))
-    })
+        },
+    )
     .await;
     cancel.cancel();
     tokio::time::timeout(PATIENCE, run)

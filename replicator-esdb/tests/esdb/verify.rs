@@ -42,7 +42,10 @@ async fn positions(client: &Client) -> HashMap<Uuid, Position> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_first_pair_in_another_order_is_named_with_both_positions() {
     let (source, target) = (source().await, target().await);
-    let (s, t) = (client(&source), client(&target));
+    let (s, t) = (
+        client(&source.connection_string()),
+        client(&target.connection_string()),
+    );
     let [a1, a2, b1, b2, only_source, only_target] = [(); 6].map(|()| Uuid::new_v4());
     // The source: a1 b1 (a missing one) a2 b2. The target: (an extra one)
     // a1 b1 b2 a2. Each stream holds its events in the same order on both.
@@ -121,12 +124,12 @@ async fn the_first_pair_in_another_order_is_named_with_both_positions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replication_in_source_order_keeps_the_order() {
     let (source, target) = (source().await, target().await);
-    populate(&client(&source), 7, 600).await;
+    populate(&client(&source.connection_string()), 7, 600).await;
     let store = MemoryCheckpointStore::new();
     replicate(&source, &target, &store, 100).await;
     let report = verify(
-        &client(&source),
-        &client(&target),
+        &client(&source.connection_string()),
+        &client(&target.connection_string()),
         &VerifyOptions::default(),
     )
     .await

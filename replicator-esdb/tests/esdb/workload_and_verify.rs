@@ -71,7 +71,7 @@ fn differing_streams(report: &VerifyReport) -> Vec<&str> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn same_seed_gives_identical_servers_and_changes_are_reported() {
     let cluster = source().await;
-    let source = client(&cluster);
+    let source = client(&cluster.connection_string());
     let prefix = new_prefix();
     let (_b, target) = in_process().await;
     let spec = WorkloadSpec {
@@ -145,7 +145,7 @@ async fn same_seed_gives_identical_servers_and_changes_are_reported() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_checks_the_all_order_unless_told_not_to() {
     let cluster = source().await;
-    let source = client(&cluster);
+    let source = client(&cluster.connection_string());
     let prefix = new_prefix();
     let (_b, target) = in_process().await;
     let (a, b) = (format!("{prefix}order-a"), format!("{prefix}order-b"));
@@ -189,7 +189,7 @@ async fn verify_checks_the_all_order_unless_told_not_to() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn different_seeds_differ() {
     let cluster = source().await;
-    let source = client(&cluster);
+    let source = client(&cluster.connection_string());
     let prefix = new_prefix();
     let (_b, target) = in_process().await;
     generate(&source, &spec(&prefix, 1, 50))

@@ -7,20 +7,12 @@
 //! only from where it ended when the test began ([`Fixture::all`]). On a fresh
 //! in-process server both change nothing: `$all` starts empty.
 
-use eventstore::{
-    Client, ClientSettings, EventData, Position, ReadAllOptions, ResolvedEvent, StreamPosition,
-};
+use eventstore::{Client, EventData, Position, ReadAllOptions, ResolvedEvent, StreamPosition};
 use replicator_testkit::cluster::TestCluster;
+use replicator_testkit::support::last_position;
 
 /// The variable that points these tests at a real cluster.
 pub const VAR: &str = "ESDB_URL";
-
-pub fn client_for(connection_string: &str) -> Client {
-    let settings: ClientSettings = connection_string
-        .parse()
-        .unwrap_or_else(|e| panic!("bad connection string {connection_string}: {e}"));
-    Client::new(settings).expect("client")
-}
 
 /// One test's cluster, its client, and where `$all` ended when the test began.
 pub struct Fixture {
@@ -37,7 +29,10 @@ impl Fixture {
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         let client = cluster.client();
-        let start = last_position(&client).await;
+        let start = last_position(&client).await.map(|p| Position {
+            commit: p.commit,
+            prepare: p.prepare,
+        });
         Fixture {
             cluster,
             client,
@@ -79,20 +74,6 @@ impl Fixture {
         }
         events
     }
-}
-
-/// The position of the last record in `$all`, `None` while it is empty.
-pub async fn last_position(client: &Client) -> Option<Position> {
-    let options = ReadAllOptions::default()
-        .position(StreamPosition::End)
-        .backwards()
-        .max_count(1);
-    let mut reader = client
-        .read_all(&options)
-        .await
-        .expect("read $all backwards");
-    let last = reader.next().await.expect("read $all backwards")?;
-    Some(last.get_original_event().position)
 }
 
 /// Appends one event to `stream` with the default options (any revision).

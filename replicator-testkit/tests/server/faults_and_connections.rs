@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use eventstore::{Error, RetryOptions, StreamPosition, SubscribeToAllOptions, SubscriptionEvent};
 use replicator_testkit::cluster::require_in_process;
+use replicator_testkit::support;
 use replicator_testkit::{EsdbServer, ServerOptions};
 
-use crate::common::{append_one, client_for, json_event, read_stream, Fixture, VAR};
+use crate::common::{append_one, json_event, read_stream, Fixture, VAR};
 use crate::subscriptions::{next, next_event};
 
 #[tokio::test]
@@ -206,13 +207,13 @@ async fn cluster_connection_string_discovers_through_gossip() {
         "esdb://127.0.0.1:{dead_port},127.0.0.1:{}?tls=false&discoveryInterval=0",
         server.port()
     );
-    let client = client_for(&seeds);
+    let client = support::client(&seeds);
     append_one(&client, "c", json_event("E", 0))
         .await
         .expect("append through a cluster connection string");
     assert_eq!(read_stream(&client, "c").await.expect("read").len(), 1);
     // The other server saw nothing: gossip pointed the client at the first one.
-    let direct = client_for(&other.connection_string());
+    let direct = support::client(&other.connection_string());
     assert!(matches!(
         read_stream(&direct, "c").await,
         Err(Error::ResourceNotFound)
@@ -229,7 +230,7 @@ async fn latency_options_delay_replies() {
     })
     .await
     .expect("server");
-    let client = client_for(&server.connection_string());
+    let client = support::client(&server.connection_string());
     let started = std::time::Instant::now();
     append_one(&client, "s", json_event("E", 0))
         .await
@@ -264,7 +265,7 @@ async fn binary_serves_a_client_from_another_process() {
             connection_string.starts_with("esdb://127.0.0.1:"),
             "{connection_string}"
         );
-        let client = client_for(connection_string);
+        let client = support::client(connection_string);
         append_one(&client, "remote", json_event("E", 0))
             .await
             .expect("append to the child");

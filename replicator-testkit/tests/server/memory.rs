@@ -12,8 +12,7 @@ use std::process::{Child, Command, Stdio};
 
 use eventstore::{BatchAppendOptions, Client, EventData, ExpectedRevision};
 use futures::StreamExt as _;
-
-use crate::common::client_for;
+use replicator_testkit::support;
 
 /// Bytes an event may hold beyond its data and custom metadata.
 const BUDGET: u64 = 500;
@@ -106,7 +105,7 @@ async fn append(client: &Client, events: u64, streams: u64, prefix: &str) {
 /// events' payload.
 async fn held_per_event(streams: u64) -> u64 {
     let server = ServerProcess::start();
-    let client = client_for(&server.url);
+    let client = support::client(&server.url);
     // Connection buffers and the server's first allocations are not the events'.
     append(&client, 1_000, 100, "warm-up-").await;
     let before = server.rss_bytes();

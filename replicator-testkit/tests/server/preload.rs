@@ -6,10 +6,10 @@ use eventstore::{
     AppendToStreamOptions, EventData, ExpectedRevision, ReadStreamOptions, StreamPosition,
     SubscribeToStreamOptions,
 };
+use replicator_testkit::support;
 use replicator_testkit::{EsdbServer, PreloadEvent};
 use uuid::Uuid;
 
-use crate::common::client_for;
 use crate::subscriptions::next_event;
 
 fn event(n: u128) -> PreloadEvent {
@@ -28,7 +28,7 @@ async fn preloaded_events_read_as_appended_ones() {
     assert_eq!(server.preload("s", (1..=3).map(event)), Some(2));
     // Appending the same ids again is an idempotent repeat, as over gRPC.
     assert_eq!(server.preload("s", (1..=3).map(event)), Some(2));
-    let client = client_for(&server.connection_string());
+    let client = support::client(&server.connection_string());
     let mut read = client
         .read_stream("s", &ReadStreamOptions::default())
         .await
@@ -74,7 +74,7 @@ async fn preloaded_events_read_as_appended_ones() {
 #[tokio::test]
 async fn a_live_subscription_sees_preloaded_events() {
     let server = EsdbServer::start().await.expect("server");
-    let client = client_for(&server.connection_string());
+    let client = support::client(&server.connection_string());
     client
         .append_to_stream(
             "live",
@@ -102,7 +102,7 @@ async fn a_live_subscription_sees_preloaded_events() {
 async fn a_tombstoned_stream_takes_no_preloaded_events() {
     let server = EsdbServer::start().await.expect("server");
     server.preload("gone", [event(1)]);
-    let client = client_for(&server.connection_string());
+    let client = support::client(&server.connection_string());
     client
         .tombstone_stream("gone", &Default::default())
         .await

@@ -7,6 +7,7 @@ use eventstore::{
     ReadStreamOptions,
 };
 use replicator_testkit::security::{TestCertificates, User};
+use replicator_testkit::support;
 use replicator_testkit::{EsdbServer, ServerOptions};
 
 use crate::common::json_event;
@@ -40,7 +41,7 @@ impl Secure {
         let url = self
             .server
             .connection_string_with(credentials, Some(&self.ca_file));
-        Client::new(url.parse().expect("settings")).expect("client")
+        support::client(&url)
     }
 }
 
@@ -97,7 +98,7 @@ async fn a_client_that_does_not_trust_the_ca_cannot_connect() {
     let url = secure
         .server
         .connection_string_with(Some(("admin", "changeit")), None);
-    let client = Client::new(url.parse().expect("settings")).expect("client");
+    let client = support::client(&url);
     let error = tokio::time::timeout(std::time::Duration::from_secs(30), append(&client, "s"))
         .await
         .expect("the client gives up")

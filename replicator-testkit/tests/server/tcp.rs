@@ -17,7 +17,7 @@ use replicator_testkit::{EsdbServer, ServerOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::common::client_for;
+use replicator_testkit::support::client;
 
 /// An upper bound for an answer that should come at once: a hung server fails
 /// the test instead of hanging it.
@@ -262,7 +262,7 @@ async fn tcp_and_grpc_share_the_store_with_ids_in_dotnet_order() {
     })
     .await
     .unwrap();
-    let client = client_for(&server.connection_string());
+    let client = client(&server.connection_string());
     let id = uuid::Uuid::parse_str("00112233-4455-6677-8899-aabbccddeeff").unwrap();
     let event = EventData::json("T", &serde_json::json!({"a": 1}))
         .unwrap()

@@ -223,8 +223,7 @@ async fn a_batch_whose_deadline_is_over_times_out_at_once() {
 }
 
 async fn server_tombstone(server: &EsdbServer, stream: &str) {
-    let client = eventstore::Client::new(server.connection_string().parse().expect("settings"))
-        .expect("client");
+    let client = replicator_testkit::support::client(&server.connection_string());
     client
         .tombstone_stream(stream, &Default::default())
         .await

@@ -6,23 +6,15 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use replicator_core::{ChangeKind, ContentType, Event, Position};
-use uuid::Uuid;
+use replicator_core::{Event, Position};
 
 /// An appended JSON event of `stream` at `revision`.
 pub fn event(stream: &str, revision: u64, event_type: &str, data: &str, metadata: &str) -> Event {
-    Event {
-        id: Uuid::new_v4(),
-        stream: stream.into(),
-        revision,
-        event_type: event_type.into(),
-        data: Bytes::copy_from_slice(data.as_bytes()),
-        metadata: Bytes::copy_from_slice(metadata.as_bytes()),
-        content_type: ContentType::Json,
-        created: SystemTime::UNIX_EPOCH + Duration::from_millis(1_600_000_000_123),
-        position: Position::at(1000 + revision * 100),
-        kind: ChangeKind::Append,
-    }
+    Event::new(stream, event_type, Bytes::copy_from_slice(data.as_bytes()))
+        .with_revision(revision)
+        .with_metadata(Bytes::copy_from_slice(metadata.as_bytes()))
+        .with_created(SystemTime::UNIX_EPOCH + Duration::from_millis(1_600_000_000_123))
+        .with_position(Position::at(1000 + revision * 100))
 }
 
 /// A script in a temporary directory (kept while the guard lives).

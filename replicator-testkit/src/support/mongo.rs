@@ -1,23 +1,29 @@
-//! Test servers speaking the MongoDB wire protocol.
+//! Servers speaking the MongoDB wire protocol, for the checkpoint store's
+//! tests and the CLI's (the `mongo` feature).
 //!
-//! Most tests share the server at `MONGODB_URL` (started by `scripts/start-mongo`);
-//! the restart and authentication tests start a `secantusd-py` of their own,
-//! found through `SECANTUSD_BIN` or on `PATH`. When neither is there the tests
-//! fail with a message saying so: they never skip.
+//! Most tests share the server at `MONGODB_URL` (started by
+//! `scripts/start-mongo`); tests that restart, freeze or secure a server
+//! start a `secantusd-py` of their own ([`SecantusServer`]), found through
+//! `SECANTUSD_BIN` or on `PATH`. When neither is there the tests fail with a
+//! message saying how to get one: they never skip.
 
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use mongodb::bson::doc;
+
+use super::{free_port, listens_on};
 
 const HOW_TO_START: &str = "run `eval \"$(scripts/start-mongo)\"` from the repository root \
                             (it installs and starts secantusdb and exports MONGODB_URL and \
                             SECANTUSD_BIN), or set MONGODB_URL to a MongoDB server";
 
-/// The shared test server.
+/// The shared test server, `MONGODB_URL`.
+///
+/// # Panics
+/// When `MONGODB_URL` is not set, saying how to start one.
 pub fn mongo_url() -> String {
     match std::env::var("MONGODB_URL") {
         Ok(url) if !url.is_empty() => url,
@@ -29,11 +35,12 @@ pub fn mongo_url() -> String {
 pub fn unique_name(prefix: &str) -> String {
     let nanos = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
+        .unwrap_or_default()
         .as_nanos();
     format!("rt_{prefix}_{}_{nanos}", std::process::id())
 }
 
+/// `SECANTUSD_BIN`, else `secantusd-py` on `PATH`.
 fn secantusd_bin() -> PathBuf {
     if let Some(bin) = std::env::var_os("SECANTUSD_BIN").filter(|bin| !bin.is_empty()) {
         let bin = PathBuf::from(bin);
@@ -51,61 +58,9 @@ fn secantusd_bin() -> PathBuf {
         .find(|bin| bin.is_file())
         .unwrap_or_else(|| {
             panic!(
-                "this test starts and restarts a server of its own, but secantusd-py is \
+                "this test starts a server of its own, but secantusd-py is \
                  neither in SECANTUSD_BIN nor on PATH: {HOW_TO_START}"
             )
-        })
-}
-
-/// A port no other server of this test process was given. The kernel hands
-/// out a port again once it is free, and a stopped server's port is free until
-/// its restart: without the record, a test starting a server meanwhile could be
-/// given that port, and the restart would find it taken.
-fn free_port() -> u16 {
-    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
-    let mut given = GIVEN.lock().unwrap();
-    loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        if !given.contains(&port) {
-            given.push(port);
-            return port;
-        }
-    }
-}
-
-/// Whether process `pid` holds the socket listening on `port` (Linux
-/// `/proc`): a connection succeeding proves only that *someone* listens there.
-fn listens_on(pid: u32, port: u16) -> bool {
-    let local = format!(":{port:04X}");
-    let inodes: Vec<String> = ["/proc/net/tcp", "/proc/net/tcp6"]
-        .iter()
-        .filter_map(|table| std::fs::read_to_string(table).ok())
-        .flat_map(|table| {
-            table
-                .lines()
-                .skip(1)
-                .filter_map(|line| {
-                    let fields: Vec<&str> = line.split_whitespace().collect();
-                    // local_address, state 0A (LISTEN), inode
-                    (fields.len() > 9 && fields[1].ends_with(&local) && fields[3] == "0A")
-                        .then(|| format!("socket:[{}]", fields[9]))
-                })
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return false;
-    };
-    fds.filter_map(Result::ok)
-        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
-        .any(|target| {
-            inodes
-                .iter()
-                .any(|inode| target.as_os_str() == inode.as_str())
         })
 }
 
@@ -128,7 +83,9 @@ impl Home {
     }
 }
 
-/// A running `secantusd-py` on a port of its own; killed when dropped.
+/// A running `secantusd-py` of the test's own, on a port no other server of
+/// the process was given ([`free_port`]), with storage of its own; killed
+/// when dropped.
 pub struct SecantusServer {
     child: Child,
     port: u16,
@@ -144,23 +101,33 @@ pub struct StoppedServer {
 }
 
 impl SecantusServer {
-    /// Starts a new server with empty storage.
+    /// Starts a new server with empty storage; returns once the server
+    /// process itself listens on its port.
+    ///
+    /// # Panics
+    /// When there is no `secantusd-py`, or it exits or does not listen
+    /// within 60 s (with the end of its log).
     pub async fn start() -> SecantusServer {
         let home = Arc::new(Home {
-            dir: tempfile::tempdir().unwrap(),
+            dir: tempfile::tempdir().expect("a temporary directory"),
         });
         spawn(free_port(), false, home).await
     }
 
+    /// The port it listens on.
     pub fn port(&self) -> u16 {
         self.port
     }
 
+    /// Its connection string, without credentials.
     pub fn url(&self) -> String {
         format!("mongodb://127.0.0.1:{}", self.port)
     }
 
     /// Creates a user who may read and write the `replicator` database.
+    ///
+    /// # Panics
+    /// When the server refuses.
     pub async fn create_user(&self, name: &str, password: &str) {
         self.create_user_with_role(name, password, "readWrite")
             .await;
@@ -168,8 +135,13 @@ impl SecantusServer {
 
     /// Creates a user with `role` (`read`, `readWrite`…) on the `replicator`
     /// database.
+    ///
+    /// # Panics
+    /// When the server refuses.
     pub async fn create_user_with_role(&self, name: &str, password: &str, role: &str) {
-        let client = mongodb::Client::with_uri_str(self.url()).await.unwrap();
+        let client = mongodb::Client::with_uri_str(self.url())
+            .await
+            .expect("a MongoDB client");
         client
             .database("admin")
             .run_command(doc! {
@@ -178,7 +150,7 @@ impl SecantusServer {
                 "roles": [{ "role": role, "db": "replicator" }],
             })
             .await
-            .unwrap();
+            .expect("createUser");
     }
 
     /// Freezes the server (SIGSTOP): its port stays open and the kernel keeps
@@ -195,7 +167,10 @@ impl SecantusServer {
 
     fn signal(&self, signal: &str) {
         let pid = self.child.id().to_string();
-        let status = Command::new("kill").args([signal, &pid]).status().unwrap();
+        let status = Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .expect("run kill");
         assert!(
             status.success(),
             "cannot send {signal} to secantusd-py {pid}"
@@ -209,13 +184,20 @@ impl SecantusServer {
         stopped.restart().await
     }
 
-    /// Stops the server gracefully, as an operator or orchestrator would.
+    /// Stops the server gracefully (SIGTERM), as an operator or orchestrator
+    /// would.
+    ///
+    /// # Panics
+    /// When it has not exited 30 s after the signal.
     pub async fn stop(mut self) -> StoppedServer {
-        let pid = self.child.id().to_string();
-        let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        assert!(status.success(), "cannot signal secantusd-py {pid}");
+        self.signal("-TERM");
         let deadline = Instant::now() + Duration::from_secs(30);
-        while self.child.try_wait().unwrap().is_none() {
+        while self
+            .child
+            .try_wait()
+            .expect("wait for secantusd-py")
+            .is_none()
+        {
             assert!(
                 Instant::now() < deadline,
                 "secantusd-py did not stop within 30 s of SIGTERM"
@@ -251,7 +233,7 @@ async fn spawn(port: u16, auth: bool, home: Arc<Home>) -> SecantusServer {
         .create(true)
         .append(true)
         .open(home.log())
-        .unwrap();
+        .expect("open the server's log");
     let mut command = Command::new(&bin);
     command
         .args([
@@ -263,7 +245,7 @@ async fn spawn(port: u16, auth: bool, home: Arc<Home>) -> SecantusServer {
         ])
         .arg(home.storage())
         .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
+        .stdout(log.try_clone().expect("the server's log"))
         .stderr(log);
     if auth {
         command.arg("--auth");
@@ -281,15 +263,17 @@ async fn spawn(port: u16, auth: bool, home: Arc<Home>) -> SecantusServer {
     server
 }
 
+/// Until the server process itself holds the listening socket: a
+/// connection succeeding proves only that someone listens on the port.
 async fn wait_until_listening(server: &mut SecantusServer, bin: &Path) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        if TcpStream::connect(("127.0.0.1", server.port)).is_ok()
+        if std::net::TcpStream::connect(("127.0.0.1", server.port)).is_ok()
             && listens_on(server.child.id(), server.port)
         {
             return;
         }
-        if let Some(status) = server.child.try_wait().unwrap() {
+        if let Some(status) = server.child.try_wait().expect("wait for secantusd-py") {
             panic!(
                 "{} exited ({status}) before listening on port {}:\n{}",
                 bin.display(),
