@@ -22,6 +22,7 @@
 pub mod cluster;
 mod error;
 mod faults;
+mod listen;
 #[allow(missing_docs)]
 pub mod proto;
 pub mod security;

@@ -11,13 +11,14 @@ use std::time::Duration;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::codegen::Service as _;
 use tonic::service::Routes;
 use tracing::{debug, warn};
 
 use crate::faults::{FaultHandle, FaultState};
+use crate::listen::{self, Io};
 use crate::proto::gossip::gossip_server::GossipServer;
 use crate::proto::server_features::server_features_server::ServerFeaturesServer;
 use crate::proto::streams::streams_server::StreamsServer;
@@ -360,51 +361,8 @@ fn routes(shared: &Arc<Shared>) -> Routes {
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
     let routes = routes(&shared);
-    let tls = match shared.options.tls.as_ref().map(|c| c.server_config()) {
-        Some(Ok(config)) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))),
-        Some(Err(error)) => {
-            warn!(%error, "Unusable TLS certificate; not serving");
-            return;
-        }
-        None => None,
-    };
-    let mut connections = JoinSet::new();
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, peer)) => {
-                    debug!(%peer, "Connection accepted");
-                    // Latency of small replies matters more than packet count here.
-                    let _ = tcp.set_nodelay(true);
-                    let (routes, token) = (routes.clone(), shared.faults.token());
-                    match tls.clone() {
-                        None => {
-                            connections.spawn(serve_connection(tcp, routes, token));
-                        }
-                        Some(acceptor) => {
-                            connections.spawn(async move {
-                                match acceptor.accept(tcp).await {
-                                    Ok(stream) => serve_connection(stream, routes, token).await,
-                                    Err(error) => debug!(%peer, %error, "TLS handshake failed"),
-                                }
-                            });
-                        }
-                    }
-                }
-                Err(error) => {
-                    warn!(%error, "Accept failed");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            },
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-        }
-    }
-    drop(listener);
-    let drain = async { while connections.join_next().await.is_some() {} };
-    if tokio::time::timeout(CLOSE_GRACE * 4, drain).await.is_err() {
-        connections.abort_all();
-    }
+    let serve = move |io: Box<dyn Io>, token| serve_connection(io, routes.clone(), token);
+    listen::accept_loop(listener, shared, stop, "gRPC", CLOSE_GRACE * 4, serve).await;
 }
 
 async fn serve_connection<S>(io: S, routes: Routes, token: CancellationToken)

@@ -43,11 +43,12 @@
 
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
-use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use std::time::Duration;
 
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::listen::{self, Io};
 use crate::shared::Shared;
 
 mod connection;
@@ -60,51 +61,7 @@ pub(crate) async fn accept_loop(
     shared: Arc<Shared>,
     stop: CancellationToken,
 ) {
-    let tls = match shared.options.tls.as_ref().map(|c| c.server_config()) {
-        Some(Ok(config)) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))),
-        Some(Err(error)) => {
-            warn!(%error, "Unusable TLS certificate; not serving TCP");
-            return;
-        }
-        None => None,
-    };
-    let mut connections = JoinSet::new();
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, peer)) => {
-                    debug!(%peer, "TCP-protocol connection accepted");
-                    let _ = tcp.set_nodelay(true);
-                    let (shared, token) = (Arc::clone(&shared), shared.faults.token());
-                    match tls.clone() {
-                        None => {
-                            connections.spawn(connection::serve(tcp, shared, token));
-                        }
-                        Some(acceptor) => {
-                            connections.spawn(async move {
-                                match acceptor.accept(tcp).await {
-                                    Ok(stream) => connection::serve(stream, shared, token).await,
-                                    Err(error) => debug!(%peer, %error, "TLS handshake failed"),
-                                }
-                            });
-                        }
-                    }
-                }
-                Err(error) => {
-                    warn!(%error, "Accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                }
-            },
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-        }
-    }
-    drop(listener);
-    let drain = async { while connections.join_next().await.is_some() {} };
-    if tokio::time::timeout(std::time::Duration::from_secs(2), drain)
-        .await
-        .is_err()
-    {
-        connections.abort_all();
-    }
+    let serving = Arc::clone(&shared);
+    let serve = move |io: Box<dyn Io>, token| connection::serve(io, Arc::clone(&serving), token);
+    listen::accept_loop(listener, shared, stop, "TCP", Duration::from_secs(2), serve).await;
 }
