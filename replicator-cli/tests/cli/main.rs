@@ -25,6 +25,7 @@ mod scavenge;
 mod secrets;
 mod security;
 mod status;
+mod tcp_source;
 mod transforms;
 mod verify;
 
