@@ -55,7 +55,10 @@ async fn a_tcp_source_is_replicated_and_a_second_run_resumes_after_the_checkpoin
     let more = append_json(
         &source_client,
         "after-first-run",
-        &[("A", serde_json::json!({"n": 1})), ("B", serde_json::json!({"n": 2}))],
+        &[
+            ("A", serde_json::json!({"n": 1})),
+            ("B", serde_json::json!({"n": 2})),
+        ],
     )
     .await;
     assert_ok(&run_async(&w, &["run"]).await);

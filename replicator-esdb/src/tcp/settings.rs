@@ -96,7 +96,24 @@ impl TcpSettings {
             operation_timeout: Duration::from_millis(7000),
         };
         let mut tls = false;
-        for (key, value) in pairs(text.expose())? {
+        let written = text.expose().trim_start();
+        if written
+            .find("://")
+            .is_some_and(|i| !written[..i].contains(['=', ';']))
+        {
+            return Err(error(
+                "is a URL; a TCP source takes the .NET form \
+                 `ConnectTo=tcp://user:password@host:1113; HeartBeatTimeout=1500; …`",
+            ));
+        }
+        for (key, value) in pairs(written)? {
+            if !key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == ' ' || c == '_')
+            {
+                // Not a name: it may hold a password typed in the wrong place.
+                return Err(error("has a setting whose name is not a name (not shown)"));
+            }
             let normal: String = key
                 .chars()
                 .filter(|c| !c.is_whitespace())
@@ -371,12 +388,18 @@ mod tests {
         assert!(e.to_string().contains("`HeartbeatTimeout`"), "{e}");
         let e = parse("ConnectTo=tcp://h:1113; UseSslConnection=true").unwrap_err();
         assert!(e.to_string().contains("UseSslConnection"), "{e}");
+        let e = parse("esdb://admin:hunter2@h:2113?tls=false").unwrap_err();
+        assert!(e.to_string().contains("ConnectTo=tcp://"), "{e}");
+        let e = parse("ConnectTo=tcp://h:1113; admin:hunter2@x=1").unwrap_err();
+        assert!(e.to_string().contains("not a name"), "{e}");
         let e = parse("HeartbeatTimeout=10").unwrap_err();
         assert!(e.to_string().contains("ConnectTo"), "{e}");
         for e in [
             parse("ConnectTo=tcp://admin:hunter2@h:1113; Colour=blue").unwrap_err(),
             parse("ConnectTo=discover://admin:hunter2@h:2113").unwrap_err(),
             parse("ConnectTo=tcp://admin:hunter2@h:port").unwrap_err(),
+            parse("esdb://admin:hunter2@h:2113?tls=false").unwrap_err(),
+            parse("ConnectTo=tcp://h:1113; admin:hunter2@x=1").unwrap_err(),
         ] {
             assert!(!e.to_string().contains("hunter2"), "{e}");
         }
