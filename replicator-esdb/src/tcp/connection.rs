@@ -2,20 +2,22 @@
 //! handshake (Authenticate, IdentifyClient), heartbeats both ways and one
 //! request at a time.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use prost::Message;
 use replicator_core::health::short;
 use replicator_core::ErrorKind;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::time::{sleep_until, timeout_at, Instant};
 use uuid::Uuid;
 
 use super::proto::{IdentifyClient, NotHandled};
-use super::settings::TcpSettings;
+use super::settings::{TcpSettings, Tls};
+use crate::wire::channel::NoVerification;
 
 /// Largest frame accepted (everything after the length prefix): the v5
 /// framers' default.
@@ -101,6 +103,9 @@ pub enum TcpError {
     /// The node sent a frame larger than [`MAX_FRAME`]: a page too large.
     #[error("the source sent a frame of {0} bytes, over the 64 MiB limit")]
     FrameTooLarge(usize),
+    /// TLS cannot be set up as the connection string asks.
+    #[error("TLS to the source cannot be set up: {0}")]
+    Tls(String),
     /// An answer that does not follow the protocol.
     #[error("the source sent an answer that does not follow the protocol: {0}")]
     Protocol(String),
@@ -115,6 +120,7 @@ impl TcpError {
             TcpError::NotAuthenticated { .. }
             | TcpError::AccessDenied { .. }
             | TcpError::BadRequest(_)
+            | TcpError::Tls(_)
             | TcpError::Server(_) => ErrorKind::Permanent,
             TcpError::Io { .. }
             | TcpError::Closed
@@ -135,10 +141,14 @@ pub(crate) struct Frame {
     pub(crate) body: Bytes,
 }
 
+/// A plain or TLS stream.
+trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
+
 /// An open, identified connection.
 pub(crate) struct Connection {
-    read: OwnedReadHalf,
-    write: OwnedWriteHalf,
+    read: ReadHalf<Box<dyn Stream>>,
+    write: WriteHalf<Box<dyn Stream>>,
     buffer: BytesMut,
     settings: TcpSettings,
     address: String,
@@ -171,7 +181,25 @@ impl Connection {
             })?;
         // One small request, one answer: never wait for a delayed ACK.
         let _ = stream.set_nodelay(true);
-        let (read, write) = stream.into_split();
+        let stream: Box<dyn Stream> = match &settings.tls {
+            None => Box::new(stream),
+            Some(tls) => {
+                let (connector, name) = tls_connector(settings, tls)?;
+                let stream = timeout_at(deadline, connector.connect(name, stream))
+                    .await
+                    .map_err(|_| TcpError::Timeout {
+                        what: "a TLS handshake",
+                        after: settings.operation_timeout,
+                    })?
+                    .map_err(|source| TcpError::Io {
+                        doing: "a TLS handshake with",
+                        address: address.clone(),
+                        source,
+                    })?;
+                Box::new(stream)
+            }
+        };
+        let (read, write) = tokio::io::split(stream);
         let mut connection = Connection {
             read,
             write,
@@ -417,6 +445,37 @@ impl Connection {
                 source,
             })
     }
+}
+
+/// The TLS connector and the name the node's certificate must carry:
+/// `ValidateServer=true` checks it against the platform's roots, `false`
+/// accepts any certificate (v5's default).
+fn tls_connector(
+    settings: &TcpSettings,
+    tls: &Tls,
+) -> Result<(tokio_rustls::TlsConnector, ServerName<'static>), TcpError> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    if tls.validate {
+        for cert in rustls_native_certs::load_native_certs().certs {
+            // One the platform has but rustls cannot use is skipped.
+            let _ = roots.add(cert);
+        }
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TcpError::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    if !tls.validate {
+        config
+            .dangerous()
+            .set_certificate_verifier(Arc::new(NoVerification(provider)));
+    }
+    let host = tls.target_host.as_deref().unwrap_or(&settings.host);
+    let name = ServerName::try_from(host.to_owned())
+        .map_err(|_| TcpError::Tls(format!("`{host}` is not a host name for TLS")))?;
+    Ok((tokio_rustls::TlsConnector::from(Arc::new(config)), name))
 }
 
 /// A server's UTF-8 text (BadRequest, NotAuthenticated), repaired if need be.

@@ -70,6 +70,19 @@ pub(crate) struct TcpSettings {
     /// `OperationTimeout`: the deadline of a connection attempt and of each
     /// request (7000 ms).
     pub(crate) operation_timeout: Duration,
+    /// `UseSslConnection=true`: TLS, how it checks the node.
+    pub(crate) tls: Option<Tls>,
+}
+
+/// TLS to the node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Tls {
+    /// `ValidateServer`: check the node's certificate against the platform's
+    /// trusted roots and its name (default false, as in v5).
+    pub(crate) validate: bool,
+    /// `TargetHost`: the name the certificate must carry; the host of
+    /// `ConnectTo` when absent.
+    pub(crate) target_host: Option<String>,
 }
 
 /// A connection string that cannot be used; the message names the setting
@@ -94,8 +107,11 @@ impl TcpSettings {
             heartbeat_interval: Duration::from_millis(750),
             heartbeat_timeout: Duration::from_millis(1500),
             operation_timeout: Duration::from_millis(7000),
+            tls: None,
         };
         let mut tls = false;
+        let mut validate = false;
+        let mut target_host = None;
         let written = text.expose().trim_start();
         if written
             .find("://")
@@ -131,11 +147,9 @@ impl TcpSettings {
                 "heartbeattimeout" => settings.heartbeat_timeout = millis(&key, &value)?,
                 "operationtimeout" => settings.operation_timeout = millis(&key, &value)?,
                 "usesslconnection" => tls = boolean(&key, &value)?,
-                // Only meaningful over TLS.
-                "validateserver" | "targethost" => {
-                    if normal == "validateserver" {
-                        boolean(&key, &value)?;
-                    }
+                "validateserver" => validate = boolean(&key, &value)?,
+                "targethost" => {
+                    target_host = Some(value.trim().to_owned()).filter(|h| !h.is_empty())
                 }
                 "gossipseeds" | "clusterdns" | "customhttpmessagehandler" => {
                     return Err(error(format!(
@@ -148,10 +162,10 @@ impl TcpSettings {
             }
         }
         if tls {
-            return Err(error(
-                "sets `UseSslConnection=true`, which is not supported yet: the TCP reader \
-                 connects in the clear (v5's default; its external TCP port, 1113, is plain)",
-            ));
+            settings.tls = Some(Tls {
+                validate,
+                target_host,
+            });
         }
         let Some(connect_to) = connect_to else {
             return Err(error("has no `ConnectTo=tcp://host:port`"));
@@ -386,8 +400,23 @@ mod tests {
         assert!(e.to_string().contains("port"), "{e}");
         let e = parse("ConnectTo=tcp://h:1113; HeartbeatTimeout=1.5s").unwrap_err();
         assert!(e.to_string().contains("`HeartbeatTimeout`"), "{e}");
-        let e = parse("ConnectTo=tcp://h:1113; UseSslConnection=true").unwrap_err();
-        assert!(e.to_string().contains("UseSslConnection"), "{e}");
+        let s =
+            parse("ConnectTo=tcp://h:1115; UseSslConnection=true; TargetHost=es.local").unwrap();
+        assert_eq!(
+            s.tls,
+            Some(Tls {
+                validate: false,
+                target_host: Some("es.local".into())
+            })
+        );
+        assert_eq!(
+            parse("ConnectTo=tcp://h:1113; ValidateServer=true")
+                .unwrap()
+                .tls,
+            None
+        );
+        let e = parse("ConnectTo=tcp://h:1113; UseSslConnection=yes").unwrap_err();
+        assert!(e.to_string().contains("`UseSslConnection`"), "{e}");
         let e = parse("esdb://admin:hunter2@h:2113?tls=false").unwrap_err();
         assert!(e.to_string().contains("ConnectTo=tcp://"), "{e}");
         let e = parse("ConnectTo=tcp://h:1113; admin:hunter2@x=1").unwrap_err();

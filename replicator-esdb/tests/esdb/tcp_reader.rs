@@ -232,3 +232,42 @@ async fn the_head_probe_says_where_all_ends() {
         .expect("head");
     assert_eq!(head, all.last().map(|e| e.position));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_it_hands_on_what_grpc_hands_on() {
+    logs();
+    let certificates = replicator_testkit::security::TestCertificates::generate(&[]).unwrap();
+    let ca = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(ca.path(), &certificates.ca_pem).unwrap();
+    let server = EsdbServer::start_with(ServerOptions {
+        tcp_port: Some(0),
+        tls: Some(certificates),
+        ..Default::default()
+    })
+    .await
+    .expect("server");
+    let grpc_text = server.connection_string_with(None, Some(ca.path()));
+    let client = eventstore::Client::new(grpc_text.parse().unwrap()).unwrap();
+    populate(&client, 15, 80).await;
+    let mut grpc = replicator_esdb::EsdbReader::new(replicator_esdb::EsdbReaderConfig {
+        connection_string: grpc_text.into(),
+        page_size: 100,
+        run_continuously: false,
+    })
+    .expect("reader");
+    let grpc = collect(grpc.read(StartFrom::Beginning).await.expect("read")).await;
+    // The test CA is in no platform store: the certificate is not validated.
+    let text = format!(
+        "ConnectTo=tcp://{}; UseSslConnection=true; ValidateServer=false",
+        server.tcp_address().unwrap()
+    );
+    let mut tcp = TcpReader::new(TcpReaderConfig {
+        run_continuously: false,
+        page_size: 25,
+        ..TcpReaderConfig::new(text)
+    })
+    .expect("reader");
+    let tcp = collect(tcp.read(StartFrom::Beginning).await.expect("read")).await;
+    assert!(!grpc.is_empty());
+    assert_same(&tcp, &grpc, "over TLS");
+}
