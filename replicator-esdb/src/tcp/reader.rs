@@ -431,12 +431,33 @@ struct TcpHeadProbe {
 }
 
 impl TcpHeadProbe {
+    /// Asks on the kept connection; when that fails transiently, once more on
+    /// a new one (a kept connection may have been closed while idle: the
+    /// node closes connections that do not answer its heartbeats).
     async fn ask(&self) -> Result<Option<Position>, TcpError> {
         let mut slot = self.connection.lock().await;
-        let connection = match &mut *slot {
-            Some(connection) => connection,
-            None => slot.insert(Connection::open(&self.settings).await?),
-        };
+        let mut retried = false;
+        loop {
+            let reused = slot.is_some();
+            let connection = match &mut *slot {
+                Some(connection) => connection,
+                None => slot.insert(Connection::open(&self.settings).await?),
+            };
+            match Self::ask_on(connection).await {
+                Ok(head) => return Ok(head),
+                Err(error) => {
+                    *slot = None;
+                    if reused && !retried && error.kind() == ErrorKind::Transient {
+                        retried = true;
+                        continue;
+                    }
+                    return Err(error);
+                }
+            }
+        }
+    }
+
+    async fn ask_on(connection: &mut Connection) -> Result<Option<Position>, TcpError> {
         let request = ReadAllEvents {
             commit_position: -1,
             prepare_position: -1,
@@ -444,21 +465,14 @@ impl TcpHeadProbe {
             resolve_link_tos: false,
             require_master: false,
         };
-        let answer = connection
+        let frame = connection
             .request(
                 command::READ_ALL_BACKWARD,
                 request.encode_to_vec(),
                 command::READ_ALL_BACKWARD_COMPLETED,
                 "ReadAllEventsBackward",
             )
-            .await;
-        let frame = match answer {
-            Ok(frame) => frame,
-            Err(error) => {
-                *slot = None;
-                return Err(error);
-            }
-        };
+            .await?;
         let page = ReadAllEventsCompleted::decode(frame.body)
             .map_err(|e| TcpError::Protocol(format!("an undecodable $all page: {e}")))?;
         check_result(&page, connection)?;

@@ -231,6 +231,20 @@ async fn the_head_probe_says_where_all_ends() {
         .await
         .expect("head");
     assert_eq!(head, all.last().map(|e| e.position));
+
+    // The probe keeps its connection between asks; one closed meanwhile (as
+    // the node closes idle connections that miss its heartbeats) is
+    // replaced, not reported as a failure.
+    server.faults().drop_connections();
+    append_retrying(
+        &grpc_client(&server),
+        "after-probe",
+        &user_event("after-probe", 0, 0),
+    )
+    .await;
+    let all = read_grpc(&server, StartFrom::Beginning).await;
+    let head = reader.head_probe().unwrap().head().await.expect("head");
+    assert_eq!(head, all.last().map(|e| e.position));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
