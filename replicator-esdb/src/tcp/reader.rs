@@ -234,7 +234,29 @@ impl ReadState {
     }
 
     /// Reads the page at the cursor; `false` when it was empty (caught up).
+    ///
+    /// A kept connection that fails transiently is replaced at once, once,
+    /// without a report: while the pipeline holds the reader back
+    /// (backpressure) nobody reads the connection, and the node closes a
+    /// connection that misses its heartbeats. A new one that fails is a
+    /// failure.
     async fn read_page(&mut self) -> Result<bool, TcpError> {
+        let reused = self.connection.is_some();
+        match self.read_page_once().await {
+            Err(error)
+                if reused
+                    && error.kind() == ErrorKind::Transient
+                    && !matches!(error, TcpError::FrameTooLarge(_)) =>
+            {
+                debug!(%error, "The kept connection to the source failed; reconnecting");
+                self.connection = None;
+                self.read_page_once().await
+            }
+            outcome => outcome,
+        }
+    }
+
+    async fn read_page_once(&mut self) -> Result<bool, TcpError> {
         let connection = match &mut self.connection {
             Some(connection) => connection,
             None => self

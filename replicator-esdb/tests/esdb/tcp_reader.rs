@@ -285,3 +285,34 @@ async fn over_tls_it_hands_on_what_grpc_hands_on() {
     assert!(!grpc.is_empty());
     assert_same(&tcp, &grpc, "over TLS");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_lost_while_held_back_is_replaced_without_a_failure() {
+    let server = tcp_server(None).await;
+    populate(&grpc_client(&server), 16, 40).await;
+    let all = read_grpc(&server, StartFrom::Beginning).await;
+    let mut reader = tcp_reader(&server, 5, false);
+    let health =
+        replicator_core::health::HealthReporter::new(replicator_core::health::Component::Source);
+    reader.report_health_to(health.clone());
+    let mut stream = reader.read(StartFrom::Beginning).await.expect("read");
+    let mut seen = Vec::new();
+    while let Some(event) = tokio::time::timeout(PATIENCE, stream.next())
+        .await
+        .expect("records")
+    {
+        seen.push(event.expect("no error"));
+        // The pipeline holding the reader back: its connection goes unread,
+        // and the node closes it (here: cut deterministically).
+        if seen.len() % 5 == 0 {
+            server.faults().drop_connections();
+        }
+    }
+    assert_same(&seen, &all, "across cut connections");
+    assert_eq!(
+        health.snapshot().failures_total,
+        0,
+        "{:?}",
+        health.snapshot()
+    );
+}
