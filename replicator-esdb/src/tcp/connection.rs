@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 use tokio::time::{sleep_until, timeout_at, Instant};
 use uuid::Uuid;
 
-use super::proto::{IdentifyClient, NotHandled};
+use super::proto::{IdentifyClient, NotHandled, SubscribeToStream};
 use super::settings::{TcpSettings, Tls};
 use crate::wire::channel::NoVerification;
 
@@ -34,6 +34,9 @@ pub(crate) mod command {
     pub(crate) const READ_ALL_FORWARD_COMPLETED: u8 = 0xB7;
     pub(crate) const READ_ALL_BACKWARD: u8 = 0xB8;
     pub(crate) const READ_ALL_BACKWARD_COMPLETED: u8 = 0xB9;
+    pub(crate) const SUBSCRIBE_TO_STREAM: u8 = 0xC0;
+    pub(crate) const SUBSCRIPTION_CONFIRMATION: u8 = 0xC1;
+    pub(crate) const STREAM_EVENT_APPEARED: u8 = 0xC2;
     pub(crate) const BAD_REQUEST: u8 = 0xF0;
     pub(crate) const NOT_HANDLED: u8 = 0xF1;
     pub(crate) const AUTHENTICATE: u8 = 0xF2;
@@ -156,6 +159,11 @@ pub(crate) struct Connection {
     heard: Instant,
     /// When our unanswered HeartbeatRequest went out.
     asked: Option<Instant>,
+    /// Correlation id of our `$all` subscription while the node keeps it.
+    subscription: Option<[u8; 16]>,
+    /// The subscription confirmed, or said an event appeared, since
+    /// [`Connection::wait_for_news`] last returned.
+    news: bool,
 }
 
 impl Connection {
@@ -208,6 +216,8 @@ impl Connection {
             address,
             heard: Instant::now(),
             asked: None,
+            subscription: None,
+            news: false,
         };
         if settings.credentials.is_some() {
             connection
@@ -265,6 +275,7 @@ impl Connection {
                 return Err(TcpError::BadRequest(text(&frame.body)));
             }
             if frame.correlation != correlation {
+                self.on_other(&frame);
                 continue;
             }
             return match frame.command {
@@ -293,10 +304,53 @@ impl Connection {
         }
     }
 
-    /// Stays on the connection until `until`, answering heartbeats.
-    pub(crate) async fn idle(&mut self, until: Instant) -> Result<(), TcpError> {
-        while self.receive(until).await?.is_some() {}
+    /// Subscribes to `$all` (live only, links not resolved), unless a
+    /// subscription is open. Its events are only news: a sign to read the
+    /// next page. Not waited for; see [`Connection::wait_for_news`].
+    pub(crate) async fn subscribe(&mut self) -> Result<(), TcpError> {
+        if self.subscription.is_some() {
+            return Ok(());
+        }
+        let correlation = Uuid::new_v4().to_bytes_le();
+        let body = SubscribeToStream {
+            event_stream_id: String::new(),
+            resolve_link_tos: false,
+        }
+        .encode_to_vec();
+        self.send(command::SUBSCRIBE_TO_STREAM, correlation, false, &body)
+            .await?;
+        self.subscription = Some(correlation);
         Ok(())
+    }
+
+    /// Waits until the subscription has news (it was confirmed, or an event
+    /// appeared, also while a request was answered) or until `until`,
+    /// answering heartbeats meanwhile.
+    pub(crate) async fn wait_for_news(&mut self, until: Instant) -> Result<(), TcpError> {
+        while !self.news {
+            match self.receive(until).await? {
+                Some(frame) => self.on_other(&frame),
+                None => break,
+            }
+        }
+        self.news = false;
+        Ok(())
+    }
+
+    /// A frame that answers none of the requests waited for: the
+    /// subscription's, or a late answer to an abandoned request (ignored).
+    fn on_other(&mut self, frame: &Frame) {
+        if Some(frame.correlation) != self.subscription {
+            return;
+        }
+        match frame.command {
+            command::SUBSCRIPTION_CONFIRMATION | command::STREAM_EVENT_APPEARED => {
+                self.news = true;
+            }
+            // Dropped (access denied, unsubscribed), refused or not handled:
+            // reading goes on by polling alone.
+            _ => self.subscription = None,
+        }
     }
 
     /// The login of the credentials, for error texts.

@@ -110,3 +110,12 @@ pub(crate) struct IdentifyClient {
     #[prost(string, optional, tag = "2")]
     pub connection_name: Option<String>,
 }
+
+/// `SubscribeToStream` (`""`: `$all`).
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct SubscribeToStream {
+    #[prost(string, required, tag = "1")]
+    pub event_stream_id: String,
+    #[prost(bool, required, tag = "2")]
+    pub resolve_link_tos: bool,
+}

@@ -42,8 +42,8 @@ pub struct TcpReaderConfig {
     /// `true`: keep following the source once caught up. `false`: end at the
     /// first empty page.
     pub run_continuously: bool,
-    /// Once caught up, how long to wait after an empty page before asking
-    /// again (500 ms by default).
+    /// Once caught up, the longest wait after an empty page before asking
+    /// again when the live subscription brings no news (500 ms by default).
     pub poll_interval: Duration,
 }
 
@@ -73,10 +73,16 @@ impl TcpReaderConfig {
 /// seed ([`StartFrom::At`]) inclusive; positions strictly increase.
 ///
 /// # Live
-/// Once an empty page says the reader is caught up, it asks again every
-/// [`TcpReaderConfig::poll_interval`], a page at a time; without
-/// `run_continuously` the stream ends there instead. (A `SubscribeToStream`
-/// hand-over would cut the latency; it is not done yet.)
+/// Without `run_continuously` the stream ends at the first empty page.
+/// Otherwise, once an empty page says the reader is caught up, it subscribes
+/// to `$all` on the same connection and reads the next page as soon as the
+/// subscription is confirmed or says an event appeared, and at the latest
+/// after [`TcpReaderConfig::poll_interval`]. The subscription's events are
+/// only that signal: every record still comes from a page, each from where
+/// the last ended, so a late, lost or refused subscription costs latency,
+/// never a gap or a repeat (reading again once it is confirmed covers what
+/// was written before it started). While live, records travel twice (the
+/// subscription and the page).
 ///
 /// # Connection and outages
 /// The connection authenticates when the connection string has credentials,
@@ -219,7 +225,10 @@ impl ReadState {
                     }
                     let until = Instant::now() + self.poll_interval;
                     match self.connection.as_mut() {
-                        Some(connection) => connection.idle(until).await,
+                        Some(connection) => match connection.subscribe().await {
+                            Ok(()) => connection.wait_for_news(until).await,
+                            Err(error) => Err(error),
+                        },
                         None => Ok(()),
                     }
                 }

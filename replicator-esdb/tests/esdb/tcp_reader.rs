@@ -141,13 +141,20 @@ async fn a_checkpoint_resumes_exactly_after_it_and_a_seed_at_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn live_records_arrive_also_across_a_dropped_connection() {
+async fn live_records_arrive_at_once_also_across_a_dropped_connection() {
     let server = tcp_server(None).await;
     let client = grpc_client(&server);
     populate(&client, 13, 60).await;
     let before = read_grpc(&server, StartFrom::Beginning).await;
 
-    let mut reader = tcp_reader(&server, 16, true);
+    // Polling alone would wait an hour: live records must come through the
+    // subscription's news.
+    let mut reader = TcpReader::new(TcpReaderConfig {
+        page_size: 16,
+        poll_interval: Duration::from_secs(3600),
+        ..TcpReaderConfig::new(connect_to(&server, ""))
+    })
+    .expect("reader");
     let mut stream = reader.read(StartFrom::Beginning).await.expect("read");
     let mut seen = Vec::new();
     while seen.len() < before.len() {
