@@ -103,7 +103,8 @@ pub enum TcpError {
     /// The node answered a read with an error.
     #[error("the source answered with an error: {0}")]
     Server(String),
-    /// The node sent a frame larger than [`MAX_FRAME`]: a page too large.
+    /// The node sent a frame larger than 64 MiB (the v5 framers' limit): a
+    /// page too large.
     #[error("the source sent a frame of {0} bytes, over the 64 MiB limit")]
     FrameTooLarge(usize),
     /// TLS cannot be set up as the connection string asks.
