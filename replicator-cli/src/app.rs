@@ -12,7 +12,7 @@ use replicator_core::{
 };
 use replicator_esdb::{
     EsdbReader, EsdbReaderConfig, EsdbSink, EsdbSinkConfig, RevisionMode, ScavengeFilter,
-    WriteOrder,
+    TcpReader, TcpReaderConfig, WriteOrder,
 };
 use replicator_transform::filter::Filter;
 use replicator_transform::http::HttpTransform;
@@ -22,7 +22,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::config::{CheckpointConfig, Config, SeederConfig, StoreConfig, TransformConfig};
+use crate::config::{
+    CheckpointConfig, Config, ReaderProtocol, SeederConfig, StoreConfig, TransformConfig,
+};
 use crate::status::{Status, StatusServer};
 use crate::time;
 use replicator_core::Health;
@@ -63,6 +65,12 @@ pub(crate) async fn open_store(
 /// # Errors
 /// When a connection string does not parse (named, password hidden).
 pub fn clients(config: &Config) -> anyhow::Result<(eventstore::Client, eventstore::Client)> {
+    if config.reader.protocol == ReaderProtocol::Tcp {
+        anyhow::bail!(
+            "this command reads the source over gRPC, and replicator.reader.protocol is tcp: \
+             give it a copy of the configuration whose reader is the source's gRPC address"
+        );
+    }
     let client = |key: &str, connection_string: &ConnectionString| {
         replicator_esdb::cluster::client(connection_string)
             .with_context(|| format!("no client for replicator.{key}.connectionString"))
@@ -173,17 +181,35 @@ fn build_pipeline(
     progress: &watch::Sender<replicator_core::Progress>,
     stages: Stages,
 ) -> anyhow::Result<Pipeline> {
-    let reader = EsdbReader::new(EsdbReaderConfig {
-        connection_string: config.reader.connection_string.clone(),
-        page_size: config.reader.page_size.get(),
-        run_continuously: config.run_continuously,
-    })
-    .context("cannot create the reader (replicator.reader)")?
-    // Half the pipeline's call deadline per request: a call may make several
-    // requests, and a hung one should fail with an error saying which.
-    .with_request_timeout(config.call_timeout / 2);
     let sink = build_sink(config, &stages)?;
-    let mut builder = Pipeline::builder(reader, sink, store)
+    let context = "cannot create the reader (replicator.reader)";
+    let builder = match config.reader.protocol {
+        ReaderProtocol::Grpc => {
+            let reader = EsdbReader::new(EsdbReaderConfig {
+                connection_string: config.reader.connection_string.clone(),
+                page_size: config.reader.page_size.get(),
+                run_continuously: config.run_continuously,
+            })
+            .context(context)?
+            // Half the pipeline's call deadline per request: a call may make
+            // several requests, and a hung one should fail with an error
+            // saying which.
+            .with_request_timeout(config.call_timeout / 2);
+            Pipeline::builder(reader, sink, store)
+        }
+        ReaderProtocol::Tcp => {
+            // Its deadlines come from the connection string
+            // (OperationTimeout, HeartbeatTimeout), as for the C# tool.
+            let reader = TcpReader::new(TcpReaderConfig {
+                page_size: config.reader.page_size.get(),
+                run_continuously: config.run_continuously,
+                ..TcpReaderConfig::new(config.reader.connection_string.clone())
+            })
+            .context(context)?;
+            Pipeline::builder(reader, sink, store)
+        }
+    };
+    let mut builder = builder
         .config(PipelineConfig {
             checkpoint_after: config.checkpoint.checkpoint_after,
             checkpoint_interval: config.checkpoint.checkpoint_interval,

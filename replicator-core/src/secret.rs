@@ -44,6 +44,11 @@
 //!    `pwd`, `secret`, `token`, `key`, `sig` or `credential` (any case) have
 //!    their value hidden (`?apiKey=***`).
 //!
+//! 4. **.NET ClientAPI settings** (`ConnectTo=tcp://…; DefaultUserCredentials=user:password`,
+//!    the form of a v5 source): the password of a `DefaultUserCredentials`
+//!    setting (the whole value when it has no `:`) is hidden, whatever the case
+//!    and spacing of the key.
+//!
 //! The secrets a [`Scrubber`] looks for in free text are the hidden parts,
 //! as written and percent-decoded, and for rule 2 the part after the user
 //! info's first `:` as well.
@@ -352,7 +357,55 @@ fn hidden_parts(text: &str) -> Vec<Hidden> {
             start += pair.len() + 1;
         }
     }
-    parts
+    settings_parts(text, parts)
+}
+
+/// Rule 4: adds to `parts` the credentials of a .NET ClientAPI connection
+/// string's `DefaultUserCredentials=user:password` setting (the key in any
+/// case, with or without spaces), then puts the parts in order, merging any
+/// that overlap.
+fn settings_parts(text: &str, mut parts: Vec<Hidden>) -> Vec<Hidden> {
+    let mut start = 0;
+    for setting in text.split(';') {
+        if let Some((key, value)) = setting.split_once('=') {
+            let key: String = key
+                .chars()
+                .filter(|c| !c.is_whitespace())
+                .flat_map(char::to_lowercase)
+                .collect();
+            if key == "defaultusercredentials" {
+                let value_start = start + key_len(setting, value);
+                let secret = match value.find(':') {
+                    Some(colon) => value_start + colon + 1..start + setting.trim_end().len(),
+                    None => value_start..start + setting.trim_end().len(),
+                };
+                if !secret.is_empty() {
+                    parts.push(Hidden {
+                        range: secret,
+                        user_info: false,
+                    });
+                }
+            }
+        }
+        start += setting.len() + 1;
+    }
+    parts.sort_by_key(|p| p.range.start);
+    let mut merged: Vec<Hidden> = Vec::with_capacity(parts.len());
+    for part in parts {
+        match merged.last_mut() {
+            Some(last) if part.range.start <= last.range.end => {
+                last.range.end = last.range.end.max(part.range.end);
+                last.user_info |= part.user_info;
+            }
+            _ => merged.push(part),
+        }
+    }
+    merged
+}
+
+/// Where `value` (the text after the first `=` of `setting`) starts in it.
+fn key_len(setting: &str, value: &str) -> usize {
+    setting.len() - value.len()
 }
 
 /// `text` with its `%XX` escapes decoded (bytes that are not UTF-8 become
@@ -378,6 +431,25 @@ fn percent_decode(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn dotnet_default_user_credentials_are_hidden() {
+        let text = ConnectionString::from(
+            "ConnectTo=tcp://admin:changeit@es1:1113; Default User Credentials = ops:s3cr3t ;HeartBeatTimeout=500",
+        );
+        assert_eq!(
+            text.to_string(),
+            "ConnectTo=tcp://admin:***@es1:1113; Default User Credentials = ops:*** ;HeartBeatTimeout=500"
+        );
+        let text =
+            ConnectionString::from("ConnectTo=tcp://es1:1113;defaultusercredentials=opsonly");
+        assert_eq!(
+            text.to_string(),
+            "ConnectTo=tcp://es1:1113;defaultusercredentials=***"
+        );
+        let secrets = ConnectionString::from("DefaultUserCredentials=ops:s3cr3t").secrets();
+        assert!(secrets.contains(&"s3cr3t".to_owned()), "{secrets:?}");
+    }
+
     use super::*;
 
     fn shown(text: &str) -> String {

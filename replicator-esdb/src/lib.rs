@@ -7,6 +7,9 @@
 //!   outages by reconnecting and resuming after the last record it handed on,
 //!   reporting the source's health meanwhile. It also offers the pipeline a
 //!   probe of the source's `$all` head.
+//! - [`TcpReader`] reads the `$all` of an EventStoreDB v5 source over the
+//!   legacy TCP protocol ([`tcp`]), in pages, classifying each record as
+//!   [`EsdbReader`] does.
 //! - [`EsdbSink`] writes to the target: batched appends per stream,
 //!   concurrent across streams, with expected revisions and event ids so that
 //!   replays leave the target unchanged.
@@ -43,6 +46,7 @@ mod reader;
 mod retention;
 mod scavenge;
 mod sink;
+pub mod tcp;
 pub mod verify;
 mod wire;
 
@@ -57,3 +61,4 @@ pub use sink::{
     EsdbSink, EsdbSinkConfig, RevisionMode, WriteOrder, DEFAULT_MAX_APPEND_BYTES,
     DEFAULT_REPLAY_SEARCH_DEPTH, WRITE_CHECK_STREAM,
 };
+pub use tcp::{TcpReader, TcpReaderConfig};

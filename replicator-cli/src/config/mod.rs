@@ -195,11 +195,27 @@ pub struct HttpConfig {
 /// The source cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReaderConfig {
-    /// `reader.connectionString` (printed without its password).
+    /// `reader.connectionString` (printed without its password): an
+    /// `esdb://` URL for gRPC, a .NET ClientAPI string
+    /// (`ConnectTo=tcp://…`) for TCP.
     pub connection_string: ConnectionString,
-    /// `reader.pageSize`: records of the first read at a seed (catch-up
-    /// itself streams through one subscription).
+    /// `reader.protocol`.
+    pub protocol: ReaderProtocol,
+    /// `reader.pageSize`: with gRPC, records of the first read at a seed
+    /// (catch-up itself streams through one subscription); with TCP, the
+    /// records of every `$all` page (at most 4096).
     pub page_size: NonZeroUsize,
+}
+
+/// `reader.protocol`: how the source is read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ReaderProtocol {
+    /// `grpc` (the default): EventStoreDB 20+ and KurrentDB.
+    #[default]
+    Grpc,
+    /// `tcp`: the legacy TCP protocol of EventStoreDB v5 (and of later
+    /// versions with external TCP enabled).
+    Tcp,
 }
 
 /// The target cluster.

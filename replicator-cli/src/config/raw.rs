@@ -58,7 +58,7 @@ pub(super) struct Http {
 pub(super) struct Reader {
     /// The source cluster's connection string.
     pub connection_string: Option<String>,
-    /// `grpc` (or absent); `tcp` is unsupported.
+    /// `grpc` (or absent), or `tcp` (EventStoreDB v5).
     pub protocol: Option<String>,
     /// Events per read request.
     pub page_size: Option<u64>,

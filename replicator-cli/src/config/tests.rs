@@ -209,8 +209,12 @@ fn quoted_numbers_and_booleans_are_accepted() {
 #[test]
 fn each_unsupported_key_is_an_error_naming_it() {
     let cases = [
-        ("  reader:\n    connectionString: esdb://a\n    protocol: tcp\n  sink:\n    connectionString: esdb://b\n",
-         "replicator.reader.protocol", "tcp"),
+        ("  reader:\n    connectionString: esdb://a\n    protocol: udp\n  sink:\n    connectionString: esdb://b\n",
+         "replicator.reader.protocol", "udp"),
+        ("  reader:\n    connectionString: ConnectTo=tcp://a:1113\n    protocol: tcp\n    pageSize: 5000\n  sink:\n    connectionString: esdb://b\n",
+         "replicator.reader.pageSize", "4096"),
+        ("  reader:\n    connectionString: ConnectTo=tcp://a:1113\n    protocol: tcp\n  sink:\n    connectionString: esdb://b\n  scavenge: true\n",
+         "replicator.scavenge", "tcp"),
         ("  reader:\n    connectionString: esdb://a\n  sink:\n    connectionString: esdb://b\n    protocol: kafka\n",
          "replicator.sink.protocol", "kafka"),
         ("  reader:\n    connectionString: esdb://a\n  sink:\n    connectionString: esdb://b\n    protocol: tcp\n",
@@ -691,4 +695,19 @@ fn the_order_is_the_sources_unless_stream_order_is_asked_for() {
         message.contains("\"global\"") && message.contains("`stream`"),
         "{message}"
     );
+}
+
+#[test]
+fn the_tcp_reader_is_configured_with_its_page_size() {
+    let c = load(
+        "replicator:\n  reader:\n    connectionString: ConnectTo=tcp://admin:changeit@a:1113\n    \
+         protocol: TCP\n    pageSize: 200\n  sink:\n    connectionString: esdb://b\n",
+    )
+    .unwrap();
+    assert_eq!(c.reader.protocol, super::ReaderProtocol::Tcp);
+    assert_eq!(c.reader.page_size.get(), 200);
+    assert!(!format!("{c:?}").contains("changeit"));
+    let c = load(MINIMAL).unwrap();
+    assert_eq!(c.reader.protocol, super::ReaderProtocol::Grpc);
+    assert_eq!(c.reader.page_size.get(), 1024);
 }

@@ -10,7 +10,7 @@ use serde_json::Value;
 use super::raw;
 use super::{
     CheckpointConfig, Config, ConfigError, FilterConfig, FilterKind, HttpConfig, ReaderConfig,
-    SeederConfig, SinkConfig, StoreConfig, TransformConfig, DEFAULT_HTTP_LISTEN,
+    ReaderProtocol, SeederConfig, SinkConfig, StoreConfig, TransformConfig, DEFAULT_HTTP_LISTEN,
 };
 use replicator_core::secret::ConnectionString;
 use replicator_esdb::WriteOrder;
@@ -78,15 +78,17 @@ fn is_set(v: &Option<Value>) -> bool {
 
 fn validate(r: raw::Replicator) -> Result<Config, ConfigError> {
     let reader = r.reader.unwrap_or_default();
-    if let Some(p) = is_grpc(reader.protocol.as_deref()) {
-        return Err(ConfigError::key(
-            "replicator.reader.protocol",
-            format!(
-                "{p:?} is not supported: only `grpc` is (the legacy TCP protocol is not); \
-                 remove the key or set it to grpc"
-            ),
-        ));
-    }
+    let protocol = match reader.protocol.as_deref().map(str::trim) {
+        None | Some("") => ReaderProtocol::Grpc,
+        Some(p) if p.eq_ignore_ascii_case("grpc") => ReaderProtocol::Grpc,
+        Some(p) if p.eq_ignore_ascii_case("tcp") => ReaderProtocol::Tcp,
+        Some(p) => {
+            return Err(ConfigError::key(
+                "replicator.reader.protocol",
+                format!("{p:?} is not a protocol: use grpc (the default) or tcp"),
+            ))
+        }
+    };
     if is_set(&reader.auth) {
         return Err(ConfigError::key(
             "replicator.reader.auth",
@@ -99,8 +101,25 @@ fn validate(r: raw::Replicator) -> Result<Config, ConfigError> {
             "replicator.reader.connectionString",
         )?
         .into(),
+        protocol,
         page_size: positive_usize(reader.page_size, 1024, "replicator.reader.pageSize")?,
     };
+    if protocol == ReaderProtocol::Tcp && reader.page_size.get() > 4096 {
+        return Err(ConfigError::key(
+            "replicator.reader.pageSize",
+            format!(
+                "{} is too large for reader.protocol: tcp (at most 4096, the server's limit)",
+                reader.page_size
+            ),
+        ));
+    }
+    if protocol == ReaderProtocol::Tcp && r.scavenge == Some(true) {
+        return Err(ConfigError::key(
+            "replicator.scavenge",
+            "not supported yet with reader.protocol: tcp (the scavenge filter reads the \
+             source's stream metadata over gRPC); remove it or set it to false",
+        ));
+    }
 
     let sink = r.sink.unwrap_or_default();
     if let Some(p) = is_grpc(sink.protocol.as_deref()) {

@@ -25,6 +25,7 @@ mod scavenge;
 mod secrets;
 mod security;
 mod status;
+mod tcp_source;
 mod transforms;
 mod verify;
 
@@ -186,10 +187,20 @@ fn run_rejects_each_unsupported_key_by_name() {
     let w = Workdir::with_config("");
     let yaml = std::fs::read_to_string(w.path("config/appsettings.yaml"))
         .unwrap()
-        .replace("protocol: grpc", "protocol: tcp");
+        .replace("protocol: grpc", "protocol: udp");
     std::fs::write(w.path("mine.yaml"), yaml).unwrap();
     let o = w.run(&["run", "--config", "mine.yaml"], &[]);
-    assert_fails_naming(&o, &["replicator.reader.protocol", "tcp", "mine.yaml"]);
+    assert_fails_naming(&o, &["replicator.reader.protocol", "udp", "mine.yaml"]);
+    // A gRPC URL given to the TCP reader: the form it wants is named, the
+    // password is not shown.
+    let w = Workdir::with_config("");
+    let yaml = std::fs::read_to_string(w.path("config/appsettings.yaml"))
+        .unwrap()
+        .replace("protocol: grpc", "protocol: tcp");
+    std::fs::write(w.path("config/appsettings.yaml"), yaml).unwrap();
+    let o = w.run(&["run"], &[]);
+    assert_fails_naming(&o, &["replicator.reader", "ConnectTo=tcp://"]);
+    assert!(!stderr(&o).contains("changeit"), "{}", stderr(&o));
 }
 
 #[test]

@@ -214,10 +214,11 @@ fn tls_config(settings: &ClientSettings) -> Result<rustls::ClientConfig, eventst
     Ok(config)
 }
 
-/// `tlsVerifyCert=false`: any certificate is accepted (its signatures are
+/// `tlsVerifyCert=false` (and the TCP reader's `ValidateServer=false`): any
+/// certificate is accepted (its signatures are
 /// still checked with the provider's algorithms).
 #[derive(Debug)]
-struct NoVerification(std::sync::Arc<rustls::crypto::CryptoProvider>);
+pub(crate) struct NoVerification(pub(crate) std::sync::Arc<rustls::crypto::CryptoProvider>);
 
 impl rustls::client::danger::ServerCertVerifier for NoVerification {
     fn verify_server_cert(

@@ -11,5 +11,6 @@ mod proxy;
 mod reader;
 mod replay;
 mod scavenge;
+mod tcp_reader;
 mod verify;
 mod workload_and_verify;

@@ -1,0 +1,121 @@
+//! The few v5 `ClientMessageDtos.proto` messages the reader sends or reads
+//! (proto2, package `EventStore.Client.Messages`; field numbers from
+//! docs/tcp-protocol.md §3), as hand-written `prost` messages. `required`
+//! fields are always written: the .NET server's protobuf-net refuses a
+//! message without them. Enums are read as plain `int32`.
+
+/// `EventRecord`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct EventRecord {
+    #[prost(string, required, tag = "1")]
+    pub event_stream_id: String,
+    #[prost(int64, required, tag = "2")]
+    pub event_number: i64,
+    /// .NET GUID byte order.
+    #[prost(bytes = "bytes", required, tag = "3")]
+    pub event_id: bytes::Bytes,
+    #[prost(string, required, tag = "4")]
+    pub event_type: String,
+    /// 1: JSON, 0: binary.
+    #[prost(int32, required, tag = "5")]
+    pub data_content_type: i32,
+    #[prost(int32, required, tag = "6")]
+    pub metadata_content_type: i32,
+    #[prost(bytes = "bytes", required, tag = "7")]
+    pub data: bytes::Bytes,
+    #[prost(bytes = "bytes", optional, tag = "8")]
+    pub metadata: Option<bytes::Bytes>,
+    /// .NET `DateTime.ToBinary()`.
+    #[prost(int64, optional, tag = "9")]
+    pub created: Option<i64>,
+    /// Milliseconds since the Unix epoch.
+    #[prost(int64, optional, tag = "10")]
+    pub created_epoch: Option<i64>,
+}
+
+/// `ResolvedEvent`, one record of a `$all` read. `event` is `optional`
+/// (proto2 says `required`): an unresolvable link may leave it out.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct ResolvedEvent {
+    #[prost(message, optional, tag = "1")]
+    pub event: Option<EventRecord>,
+    #[prost(message, optional, tag = "2")]
+    pub link: Option<EventRecord>,
+    #[prost(int64, required, tag = "3")]
+    pub commit_position: i64,
+    #[prost(int64, required, tag = "4")]
+    pub prepare_position: i64,
+}
+
+/// `ReadAllEvents`, sent with ReadAllEventsForward (0xB6) and Backward (0xB8).
+#[derive(Clone, Copy, PartialEq, prost::Message)]
+pub(crate) struct ReadAllEvents {
+    #[prost(int64, required, tag = "1")]
+    pub commit_position: i64,
+    #[prost(int64, required, tag = "2")]
+    pub prepare_position: i64,
+    #[prost(int32, required, tag = "3")]
+    pub max_count: i32,
+    #[prost(bool, required, tag = "4")]
+    pub resolve_link_tos: bool,
+    #[prost(bool, required, tag = "5")]
+    pub require_master: bool,
+}
+
+/// `ReadAllEventsCompleted.ReadAllResult`.
+pub(crate) mod read_all_result {
+    pub(crate) const SUCCESS: i32 = 0;
+    pub(crate) const NOT_MODIFIED: i32 = 1;
+    pub(crate) const ERROR: i32 = 2;
+    pub(crate) const ACCESS_DENIED: i32 = 3;
+}
+
+/// `ReadAllEventsCompleted`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct ReadAllEventsCompleted {
+    #[prost(int64, required, tag = "1")]
+    pub commit_position: i64,
+    #[prost(int64, required, tag = "2")]
+    pub prepare_position: i64,
+    #[prost(message, repeated, tag = "3")]
+    pub events: Vec<ResolvedEvent>,
+    #[prost(int64, required, tag = "4")]
+    pub next_commit_position: i64,
+    #[prost(int64, required, tag = "5")]
+    pub next_prepare_position: i64,
+    /// Absent means Success.
+    #[prost(int32, optional, tag = "6")]
+    pub result: Option<i32>,
+    #[prost(string, optional, tag = "7")]
+    pub error: Option<String>,
+}
+
+/// `NotHandled`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct NotHandled {
+    /// NotReady = 0, TooBusy = 1, NotMaster = 2 (KurrentDB: NotLeader),
+    /// IsReadOnly = 3 (KurrentDB).
+    #[prost(int32, required, tag = "1")]
+    pub reason: i32,
+    #[prost(bytes = "bytes", optional, tag = "2")]
+    pub additional_info: Option<bytes::Bytes>,
+}
+
+/// `IdentifyClient`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct IdentifyClient {
+    /// 1: 64-bit event numbers (docs §3.6).
+    #[prost(int32, required, tag = "1")]
+    pub version: i32,
+    #[prost(string, optional, tag = "2")]
+    pub connection_name: Option<String>,
+}
+
+/// `SubscribeToStream` (`""`: `$all`).
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct SubscribeToStream {
+    #[prost(string, required, tag = "1")]
+    pub event_stream_id: String,
+    #[prost(bool, required, tag = "2")]
+    pub resolve_link_tos: bool,
+}
