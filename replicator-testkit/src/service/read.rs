@@ -56,7 +56,7 @@ impl Item {
                 event,
                 link,
                 position: Some(read_resp::read_event::Position::CommitPosition(
-                    self.original.position,
+                    self.original.commit_position,
                 )),
             })),
         }
@@ -237,8 +237,11 @@ impl StreamsService {
             Source::All(option) => {
                 let len = self.shared.read(Store::len);
                 // Forwards from a position is inclusive; backwards from one is not.
+                // Both compare (commit, prepare), the order of `$all`.
                 let mut cursor = self.shared.read(|s| match option {
-                    Some(AllOption::Position(p)) => s.index_at_or_after(p.commit_position),
+                    Some(AllOption::Position(p)) => {
+                        s.index_at_or_after(p.commit_position, p.prepare_position)
+                    }
                     Some(AllOption::End(())) => len,
                     Some(AllOption::Start(())) => 0,
                     None if plan.backwards => len,
@@ -384,7 +387,9 @@ impl StreamsService {
         // A stream subscription's cursor is a revision, an `$all` one a log index.
         let mut cursor: u64 = match &plan.source {
             Source::All(option) => self.shared.read(|s| match option {
-                Some(AllOption::Position(p)) => s.index_after(p.commit_position),
+                Some(AllOption::Position(p)) => {
+                    s.index_after(p.commit_position, p.prepare_position)
+                }
                 Some(AllOption::End(())) => s.len(),
                 _ => 0,
             }) as u64,
@@ -480,11 +485,10 @@ impl StreamsService {
                 if let Some(filter) = &plan.filter {
                     considered += 1;
                     if considered.is_multiple_of(filter.checkpoint_interval) {
-                        let position = item.original.position;
                         let reply = ReadResp {
                             content: Some(read_resp::Content::Checkpoint(read_resp::Checkpoint {
-                                commit_position: position,
-                                prepare_position: position,
+                                commit_position: item.original.commit_position,
+                                prepare_position: item.original.prepare_position,
                             })),
                         };
                         if !send(&tx, &token, reply).await {

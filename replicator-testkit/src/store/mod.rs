@@ -41,6 +41,9 @@ const FIRST_POSITION: u64 = 4_096;
 /// Bytes of fixed per-record overhead, so positions advance like a real log's byte
 /// offsets (by the record size), never by one.
 const RECORD_OVERHEAD: u64 = 96;
+/// Size of a transaction's commit record (and of its TransactionEnd prepare): no
+/// stream, no data.
+const COMMIT_RECORD: u64 = RECORD_OVERHEAD;
 
 /// Content type of JSON events.
 pub(crate) const JSON: &str = "application/json";
@@ -60,13 +63,25 @@ pub(crate) struct Record {
     pub custom_metadata: Bytes,
     /// 100 ns ticks since the Unix epoch, as the real server sends `created`.
     pub created_ticks: i64,
-    /// Commit and prepare position (equal for ordinary appends).
-    pub position: u64,
+    /// Commit position: the position of the transaction's commit record, or for an
+    /// ordinary append ("commit-alike") the record's own position.
+    pub commit_position: u64,
+    /// Prepare position: the record's own position in the log.
+    pub prepare_position: u64,
+    /// Where the record ends (and the next one in the log starts).
+    pub prepare_end: u64,
+    /// Where the commit record ends: for an ordinary append, `prepare_end`.
+    pub commit_end: u64,
 }
 
 impl Record {
     pub(crate) fn is_link(&self) -> bool {
         &*self.event_type == "$>"
+    }
+
+    /// Whether an explicit transaction wrote it (commit ≠ prepare).
+    pub(crate) fn in_transaction(&self) -> bool {
+        self.commit_position != self.prepare_position
     }
 }
 
@@ -77,7 +92,11 @@ struct Slot {
     /// Data, then custom metadata.
     payload: Bytes,
     revision: u64,
+    /// Prepare position: where the record itself sits in the log.
     position: u64,
+    /// Commit position: `position` for an ordinary append, the commit record's for an
+    /// explicit transaction's events.
+    commit: u64,
     created_ticks: i64,
     /// Number of the stream in [`Store::streams`].
     stream: u32,
@@ -124,6 +143,27 @@ pub(crate) enum WriteOutcome {
     },
     /// The stream is tombstoned.
     StreamDeleted,
+}
+
+/// An explicit transaction started and not yet committed: its prepares hold
+/// positions in the log but are kept out of it (and out of every read) until the
+/// commit.
+#[derive(Debug)]
+struct Pending {
+    stream: String,
+    expected: Expected,
+    /// The events written so far, each with its prepare position.
+    events: Vec<(Proposed, u64)>,
+}
+
+/// Outcome of a transaction request that names a transaction id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum TransactionOutcome {
+    /// The id is not that of a pending transaction (never started, or already
+    /// committed): v5's `InvalidTransaction`.
+    Unknown,
+    /// The transaction's outcome.
+    Done(WriteOutcome),
 }
 
 /// Why a stream cannot be read.
@@ -196,6 +236,8 @@ pub(crate) struct Store {
     ids: HashMap<Uuid, u32>,
     payloads: Arena,
     next_position: u64,
+    /// Pending transactions by id (the position of their TransactionBegin record).
+    transactions: HashMap<u64, Pending>,
 }
 
 impl Default for Store {
@@ -209,6 +251,7 @@ impl Default for Store {
             ids: HashMap::new(),
             payloads: Arena::default(),
             next_position: FIRST_POSITION,
+            transactions: HashMap::new(),
         }
     }
 }
@@ -236,8 +279,29 @@ impl Store {
         self.log.len()
     }
 
+    /// Size of a record in the log, from what it holds.
+    fn size(&self, slot: &Slot) -> u64 {
+        record_size(
+            &self.streams[slot.stream as usize].name,
+            &self.names[slot.event_type as usize],
+            slot.payload.len(),
+        )
+    }
+
+    /// (commit end, prepare end) of a record: where a backward read of `$all` from
+    /// just past it starts.
+    fn ends(&self, slot: &Slot) -> (u64, u64) {
+        let prepare_end = slot.position + self.size(slot);
+        if slot.commit == slot.position {
+            (prepare_end, prepare_end)
+        } else {
+            (slot.commit + COMMIT_RECORD, prepare_end)
+        }
+    }
+
     fn record(&self, slot: &Slot) -> Record {
         let data_len = slot.data_len as usize;
+        let (commit_end, prepare_end) = self.ends(slot);
         Record {
             stream: Arc::clone(&self.streams[slot.stream as usize].name),
             revision: slot.revision,
@@ -247,7 +311,10 @@ impl Store {
             data: slot.payload.slice(..data_len),
             custom_metadata: slot.payload.slice(data_len..),
             created_ticks: slot.created_ticks,
-            position: slot.position,
+            commit_position: slot.commit,
+            prepare_position: slot.position,
+            prepare_end,
+            commit_end,
         }
     }
 
@@ -265,22 +332,25 @@ impl Store {
         self.next_position
     }
 
-    /// Position just past the record at log index `index` (where the next one
-    /// starts): the legacy TCP protocol pages `$all` by record ends.
-    pub(crate) fn end_of(&self, index: usize) -> u64 {
+    /// First log index whose (commit, prepare) position is `>= (commit, prepare)`.
+    /// The log is in `$all` order: by commit position, then prepare position.
+    pub(crate) fn index_at_or_after(&self, commit: u64, prepare: u64) -> usize {
         self.log
-            .get(index + 1)
-            .map_or(self.next_position, |next| next.position)
+            .partition_point(|r| (r.commit, r.position) < (commit, prepare))
     }
 
-    /// First log index whose position is `>= position`.
-    pub(crate) fn index_at_or_after(&self, position: u64) -> usize {
-        self.log.partition_point(|r| r.position < position)
+    /// First log index whose (commit, prepare) position is `> (commit, prepare)`.
+    pub(crate) fn index_after(&self, commit: u64, prepare: u64) -> usize {
+        self.log
+            .partition_point(|r| (r.commit, r.position) <= (commit, prepare))
     }
 
-    /// First log index whose position is `> position`.
-    pub(crate) fn index_after(&self, position: u64) -> usize {
-        self.log.partition_point(|r| r.position <= position)
+    /// First log index whose (commit end, prepare end) is `> (commit, prepare)`:
+    /// a backward read of `$all` from (commit, prepare) returns the records before
+    /// it (v5 `AllReader.ReadAllEventsBackward` compares record ends).
+    pub(crate) fn index_ending_after(&self, commit: u64, prepare: u64) -> usize {
+        self.log
+            .partition_point(|r| self.ends(r) <= (commit, prepare))
     }
 
     fn stream(&self, stream: &str) -> Option<&StreamState> {
@@ -472,7 +542,7 @@ impl Store {
         let last = &self.log[state.entries[start + events.len() - 1] as usize];
         Some(WriteOutcome::Success {
             current: Some(last.revision),
-            position: Some(last.position),
+            position: Some(last.commit),
         })
     }
 
@@ -556,6 +626,98 @@ impl Store {
         }
     }
 
+    /// TransactionStart: writes the TransactionBegin record and returns its
+    /// position, the transaction's id. Nothing is checked yet: v5 checks the
+    /// expected version at the commit.
+    pub(crate) fn start_transaction(&mut self, stream: &str, expected: Expected) -> u64 {
+        let id = self.reserve(record_size(stream, "", 0));
+        self.transactions.insert(
+            id,
+            Pending {
+                stream: stream.to_owned(),
+                expected,
+                events: Vec::new(),
+            },
+        );
+        id
+    }
+
+    /// TransactionWrite: writes the events' prepares, which take their places in
+    /// the log but stay invisible until the commit. `false` when `id` is not a
+    /// pending transaction.
+    pub(crate) fn write_transaction(&mut self, id: u64, events: Vec<Proposed>) -> bool {
+        let Some(stream) = self.transactions.get(&id).map(|t| t.stream.clone()) else {
+            return false;
+        };
+        let placed: Vec<(Proposed, u64)> = events
+            .into_iter()
+            .map(|event| {
+                let size = record_size(
+                    &stream,
+                    &event.event_type,
+                    event.data.len() + event.custom_metadata.len(),
+                );
+                let position = self.reserve(size);
+                (event, position)
+            })
+            .collect();
+        if let Some(pending) = self.transactions.get_mut(&id) {
+            pending.events.extend(placed);
+        }
+        true
+    }
+
+    /// Number of events written so far to the pending transaction `id` (0 when
+    /// there is none).
+    pub(crate) fn pending_events(&self, id: u64) -> usize {
+        self.transactions.get(&id).map_or(0, |t| t.events.len())
+    }
+
+    /// TransactionCommit: checks the expected version against the stream as it is
+    /// now, then writes the TransactionEnd prepare and the commit record at C, and
+    /// moves the transaction's events into the log, each committed at C with its
+    /// own prepare position, so `$all` holds them after everything committed
+    /// before C. The outcome's position is C. The transaction is over whatever
+    /// the outcome.
+    pub(crate) fn commit_transaction(&mut self, id: u64) -> TransactionOutcome {
+        let Some(Pending {
+            stream,
+            expected,
+            events,
+        }) = self.transactions.remove(&id)
+        else {
+            return TransactionOutcome::Unknown;
+        };
+        if self.tombstoned(&stream) {
+            return TransactionOutcome::Done(WriteOutcome::StreamDeleted);
+        }
+        let proposed: Vec<Proposed> = events.iter().map(|(event, _)| event.clone()).collect();
+        if let Some(repeat) = self.idempotent_repeat(&stream, expected, &proposed) {
+            return TransactionOutcome::Done(repeat);
+        }
+        if let Err(outcome) = self.check_expected(&stream, expected) {
+            return TransactionOutcome::Done(outcome);
+        }
+        if !events.is_empty() && self.soft_deleted(&stream) {
+            // Revived as by an append; the metadata record lies before the commit.
+            let recreate_from = self.last_revision(&stream).map_or(0, |r| r + 1);
+            self.rewrite_truncate_before(&stream, recreate_from);
+        }
+        self.reserve(record_size(&stream, "", 0));
+        let commit = self.reserve(COMMIT_RECORD);
+        let metadata: Vec<_> = events
+            .into_iter()
+            .filter_map(|(event, prepare)| self.push_at(&stream, event, prepare, commit))
+            .collect();
+        for (base, parsed) in metadata {
+            self.apply_metadata(&base, parsed);
+        }
+        TransactionOutcome::Done(WriteOutcome::Success {
+            current: self.last_revision(&stream),
+            position: Some(commit),
+        })
+    }
+
     fn rewrite_truncate_before(&mut self, stream: &str, truncate_before: u64) {
         let mut json = self
             .meta(stream)
@@ -570,6 +732,36 @@ impl Store {
 
     /// Writes one record at the end of the log and maintains the indexes.
     fn push(&mut self, stream: &str, event: Proposed) -> u64 {
+        let position = self.reserve(record_size(
+            stream,
+            &event.event_type,
+            event.data.len() + event.custom_metadata.len(),
+        ));
+        if let Some((base, parsed)) = self.push_at(stream, event, position, position) {
+            self.apply_metadata(&base, parsed);
+        }
+        position
+    }
+
+    /// Takes `size` bytes of the log: the position of a record written there.
+    fn reserve(&mut self, size: u64) -> u64 {
+        let position = self.next_position;
+        self.next_position += size;
+        position
+    }
+
+    /// Writes one record, whose place in the log is already reserved at `position`
+    /// (its prepare position) and which is committed at `commit`, at the end of the
+    /// log, and maintains the indexes. A `$metadata` record returns the metadata
+    /// for the caller to apply (after the rest of its transaction: applying it may
+    /// write a record, which must not come between a transaction's records).
+    fn push_at(
+        &mut self,
+        stream: &str,
+        event: Proposed,
+        position: u64,
+        commit: u64,
+    ) -> Option<(String, Option<StreamMeta>)> {
         let tombstone = event.event_type == "$streamDeleted" && metastream_of(stream).is_none();
         let index = number(self.log.len());
         let stream_number = self.stream_number(stream);
@@ -586,13 +778,6 @@ impl Store {
         };
         state.entries.push(index);
         state.tombstoned |= tombstone;
-        let position = self.next_position;
-        let size = RECORD_OVERHEAD
-            + (stream.len()
-                + event.event_type.len()
-                + event.data.len()
-                + event.custom_metadata.len()) as u64;
-        self.next_position += size;
         self.ids.entry(event.id).or_insert(index);
         let metadata_of = (event.event_type == "$metadata")
             .then(|| metastream_of(stream))
@@ -608,16 +793,14 @@ impl Store {
                 .store([&event.data[..], &event.custom_metadata[..]]),
             revision,
             position,
+            commit,
             created_ticks: now_ticks(),
             stream: stream_number,
             data_len: number(event.data.len()),
             event_type,
             content_type,
         });
-        if let Some(base) = metadata_of {
-            self.apply_metadata(&base, parsed);
-        }
-        position
+        metadata_of.map(|base| (base, parsed))
     }
 
     fn apply_metadata(&mut self, stream: &str, parsed: Option<StreamMeta>) {
@@ -637,6 +820,11 @@ impl Store {
             self.rewrite_truncate_before(stream, recreate_from);
         }
     }
+}
+
+/// Size of a prepare record in the log: fixed overhead plus what it holds.
+fn record_size(stream: &str, event_type: &str, payload: usize) -> u64 {
+    RECORD_OVERHEAD + (stream.len() + event_type.len() + payload) as u64
 }
 
 fn metadata_event(body: &serde_json::Value) -> Proposed {
@@ -675,8 +863,8 @@ mod tests {
     fn positions_increase_with_gaps() {
         let mut store = Store::default();
         store.append("s", Expected::Any, vec![event(1), event(2)]);
-        let a = store.log_slice(0, 1)[0].position;
-        let b = store.log_slice(1, 1)[0].position;
+        let a = store.log_slice(0, 1)[0].prepare_position;
+        let b = store.log_slice(1, 1)[0].prepare_position;
         assert!(a > 0 && b > a + 1);
     }
 
@@ -745,9 +933,15 @@ mod tests {
         assert_eq!(all.len(), count as usize);
         for (index, record) in all.iter().enumerate() {
             assert_eq!(record.id, Uuid::from_u128(index as u128));
-            assert_eq!(store.index_at_or_after(record.position), index);
-            assert_eq!(store.index_after(record.position), index + 1);
-            assert_eq!(store.index_at_or_after(record.position + 1), index + 1);
+            let p = record.prepare_position;
+            assert_eq!(record.commit_position, p);
+            assert_eq!(store.index_at_or_after(p, p), index);
+            assert_eq!(store.index_after(p, p), index + 1);
+            assert_eq!(store.index_at_or_after(p, p + 1), index + 1);
+            assert_eq!(store.index_at_or_after(p + 1, 0), index + 1);
+            assert_eq!(store.index_ending_after(p, p), index);
+            let end = record.prepare_end;
+            assert_eq!(store.index_ending_after(end, end), index + 1);
         }
         let across = store.log_slice(SEGMENT - 1, 3);
         let ids: Vec<_> = across.iter().map(|r| r.id.as_u128()).collect();
@@ -788,6 +982,66 @@ mod tests {
         assert_eq!(filled.len(), filler);
         assert!(filled.iter().all(|r| r.data == [7; 100][..]));
         assert!(filled.iter().all(|r| r.custom_metadata.is_empty()));
+    }
+
+    #[test]
+    fn a_transaction_is_invisible_until_committed_then_ordered_by_commit_and_prepare() {
+        let mut store = Store::default();
+        let id = store.start_transaction("t", Expected::NoStream);
+        assert!(store.write_transaction(id, vec![event(1)]));
+        store.append("s", Expected::Any, vec![event(2)]);
+        assert!(store.write_transaction(id, vec![event(3)]));
+        assert_eq!(store.len(), 1);
+        assert_eq!(store.readable("t"), Err(ReadFailure::NotFound));
+        let TransactionOutcome::Done(WriteOutcome::Success {
+            current: Some(1),
+            position: Some(commit),
+        }) = store.commit_transaction(id)
+        else {
+            panic!("the commit failed");
+        };
+        let all = store.log_slice(0, 10);
+        let ids: Vec<_> = all.iter().map(|r| r.id.as_u128()).collect();
+        assert_eq!(ids, [2, 1, 3]);
+        let (append, first, second) = (&all[0], &all[1], &all[2]);
+        assert_eq!(append.commit_position, append.prepare_position);
+        assert!(id < first.prepare_position && first.prepare_position < append.prepare_position);
+        assert!(append.prepare_position < second.prepare_position);
+        assert!(second.prepare_end < commit);
+        assert_eq!(
+            (first.commit_position, second.commit_position),
+            (commit, commit)
+        );
+        assert_eq!((first.revision, second.revision), (0, 1));
+        assert_eq!(store.index_at_or_after(commit, 0), 1);
+        assert_eq!(store.index_at_or_after(commit, first.prepare_end), 2);
+        assert_eq!(store.index_after(commit, second.prepare_position), 3);
+        assert_eq!(
+            store.index_ending_after(second.commit_end, second.prepare_position),
+            2
+        );
+        assert_eq!(
+            store.commit_transaction(id),
+            TransactionOutcome::Unknown,
+            "a committed transaction is over"
+        );
+        assert!(!store.write_transaction(id, vec![event(4)]));
+    }
+
+    #[test]
+    fn a_transaction_checks_the_expected_version_at_commit() {
+        let mut store = Store::default();
+        let id = store.start_transaction("t", Expected::NoStream);
+        assert!(store.write_transaction(id, vec![event(1)]));
+        store.append("t", Expected::Any, vec![event(2)]);
+        assert_eq!(
+            store.commit_transaction(id),
+            TransactionOutcome::Done(WriteOutcome::WrongExpected {
+                current: Some(0),
+                expected: Expected::NoStream
+            })
+        );
+        assert_eq!(store.len(), 1);
     }
 
     #[test]

@@ -216,6 +216,9 @@ impl Connection {
                 }
             }
             command::WRITE_EVENTS
+            | command::TRANSACTION_START
+            | command::TRANSACTION_WRITE
+            | command::TRANSACTION_COMMIT
             | command::DELETE_STREAM
             | command::READ_EVENT
             | command::READ_STREAM_FORWARD
@@ -242,12 +245,6 @@ impl Connection {
                 if self.work.send(work).await.is_err() {
                     return false;
                 }
-            }
-            command::TRANSACTION_START
-            | command::TRANSACTION_WRITE
-            | command::TRANSACTION_COMMIT => {
-                let error = "Transactions are not supported by the testkit server yet.";
-                self.send(ops::unwrap_failed(&frame, error)).await;
             }
             _ => self.send(ops::unwrap_failed(&frame, "")).await,
         }
@@ -304,6 +301,9 @@ async fn work(
         } = request;
         let answer = match frame.command {
             command::WRITE_EVENTS => ops::write_events(&shared, &principal, &frame).await,
+            command::TRANSACTION_START => ops::transaction_start(&shared, &principal, &frame).await,
+            command::TRANSACTION_WRITE => ops::transaction_write(&shared, &frame).await,
+            command::TRANSACTION_COMMIT => ops::transaction_commit(&shared, &frame).await,
             command::DELETE_STREAM => ops::delete_stream(&shared, &principal, &frame).await,
             command::READ_EVENT => ops::read_event(&shared, &principal, &frame).await,
             command::READ_STREAM_FORWARD => {

@@ -23,8 +23,11 @@ pub(crate) mod command {
     pub(crate) const WRITE_EVENTS: u8 = 0x82;
     pub(crate) const WRITE_EVENTS_COMPLETED: u8 = 0x83;
     pub(crate) const TRANSACTION_START: u8 = 0x84;
+    pub(crate) const TRANSACTION_START_COMPLETED: u8 = 0x85;
     pub(crate) const TRANSACTION_WRITE: u8 = 0x86;
+    pub(crate) const TRANSACTION_WRITE_COMPLETED: u8 = 0x87;
     pub(crate) const TRANSACTION_COMMIT: u8 = 0x88;
+    pub(crate) const TRANSACTION_COMMIT_COMPLETED: u8 = 0x89;
     pub(crate) const DELETE_STREAM: u8 = 0x8A;
     pub(crate) const DELETE_STREAM_COMPLETED: u8 = 0x8B;
     pub(crate) const READ_EVENT: u8 = 0xB0;

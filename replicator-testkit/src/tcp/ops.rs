@@ -15,15 +15,18 @@ use super::frame::{command, Frame};
 use crate::proto::tcp::{
     read_all_events_completed::ReadAllResult, read_event_completed::ReadEventResult,
     read_stream_events_completed::ReadStreamResult, subscription_dropped::SubscriptionDropReason,
-    DeleteStream, DeleteStreamCompleted, EventRecord, OperationResult, ReadAllEvents,
+    DeleteStream, DeleteStreamCompleted, EventRecord, NewEvent, OperationResult, ReadAllEvents,
     ReadAllEventsCompleted, ReadEvent, ReadEventCompleted, ReadStreamEvents,
     ReadStreamEventsCompleted, ResolvedEvent, ResolvedIndexedEvent, StreamEventAppeared,
-    SubscribeToStream, SubscriptionConfirmation, SubscriptionDropped, WriteEvents,
-    WriteEventsCompleted,
+    SubscribeToStream, SubscriptionConfirmation, SubscriptionDropped, TransactionCommit,
+    TransactionCommitCompleted, TransactionStart, TransactionStartCompleted, TransactionWrite,
+    TransactionWriteCompleted, WriteEvents, WriteEventsCompleted,
 };
 use crate::security::{self, Access, Principal};
 use crate::shared::Shared;
-use crate::store::{Expected, Proposed, ReadFailure, Record, Store, WriteOutcome, BINARY, JSON};
+use crate::store::{
+    Expected, Proposed, ReadFailure, Record, Store, TransactionOutcome, WriteOutcome, BINARY, JSON,
+};
 
 /// v5's `EventNumber.Invalid` (`int.MinValue`): the event numbers of a failed write.
 const INVALID_EVENT_NUMBER: i64 = i32::MIN as i64;
@@ -114,26 +117,51 @@ fn resolved_event(store: &Store, record: &Record, resolve: bool) -> ResolvedEven
     ResolvedEvent {
         event,
         link,
-        // Every write of this store is "commit-alike": commit = prepare.
-        commit_position: position(record.position),
-        prepare_position: position(record.position),
+        // Equal for an ordinary write ("commit-alike"); a transaction's events
+        // carry the commit record's position and their own.
+        commit_position: position(record.commit_position),
+        prepare_position: position(record.prepare_position),
     }
 }
 
-/// The position of the last record in the log (v5's `LastCommitPosition`), -1
-/// when the log is empty.
+/// The commit position of the last record in the log (v5's `LastCommitPosition`),
+/// -1 when the log is empty.
 fn last_commit_position(store: &Store) -> i64 {
     store
         .len()
         .checked_sub(1)
         .and_then(|last| store.log_slice(last, 1).pop())
-        .map_or(-1, |r| position(r.position))
+        .map_or(-1, |r| position(r.commit_position))
 }
 
 async fn delay(latency: std::time::Duration) {
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
+}
+
+/// The events of a write as the store takes them; ids arrive in .NET order.
+fn proposed(events: Vec<NewEvent>) -> Result<Vec<Proposed>, &'static str> {
+    events
+        .into_iter()
+        .map(|event| {
+            let Ok(id) = <[u8; 16]>::try_from(&event.event_id[..]) else {
+                return Err("an event id is not 16 bytes");
+            };
+            Ok(Proposed {
+                id: Uuid::from_bytes_le(id),
+                event_type: event.event_type,
+                content_type: if event.data_content_type == 1 {
+                    JSON
+                } else {
+                    BINARY
+                }
+                .to_owned(),
+                data: event.data,
+                custom_metadata: event.metadata.unwrap_or_default(),
+            })
+        })
+        .collect()
 }
 
 /// WriteEvents → WriteEventsCompleted.
@@ -169,24 +197,10 @@ pub(super) async fn write_events(shared: &Shared, principal: &Principal, request
             None,
         ));
     }
-    let mut events = Vec::with_capacity(dto.events.len());
-    for event in dto.events {
-        let Ok(id) = <[u8; 16]>::try_from(&event.event_id[..]) else {
-            return unwrap_failed(request, "an event id is not 16 bytes");
-        };
-        events.push(Proposed {
-            id: Uuid::from_bytes_le(id),
-            event_type: event.event_type,
-            content_type: if event.data_content_type == 1 {
-                JSON
-            } else {
-                BINARY
-            }
-            .to_owned(),
-            data: event.data,
-            custom_metadata: event.metadata.unwrap_or_default(),
-        });
-    }
+    let events = match proposed(dto.events) {
+        Ok(events) => events,
+        Err(error) => return unwrap_failed(request, error),
+    };
     let count = events.len() as i64;
     delay(shared.options.append_latency).await;
     let outcome = shared.write(|store| store.append(&stream, expected, events));
@@ -217,6 +231,136 @@ pub(super) async fn write_events(shared: &Shared, principal: &Principal, request
             failed(OperationResult::StreamDeleted, "Stream deleted.", None)
         }
     })
+}
+
+/// TransactionStart → TransactionStartCompleted: Success with the transaction
+/// id (the position of its TransactionBegin record, as v5's), or AccessDenied.
+/// Access is checked here, for the stream the transaction writes to: the later
+/// requests name only the id. The expected version is checked at the commit.
+pub(super) async fn transaction_start(
+    shared: &Shared,
+    principal: &Principal,
+    request: &Frame,
+) -> Frame {
+    let dto = match TransactionStart::decode(request.body.clone()) {
+        Ok(dto) => dto,
+        Err(error) => return unwrap_failed(request, error),
+    };
+    let Some(expected) = expected(dto.expected_version) else {
+        return unwrap_failed(
+            request,
+            format!("invalid expected version {}", dto.expected_version),
+        );
+    };
+    let stream = dto.event_stream_id;
+    let completed = if security::allowed(principal, &stream, Access::Write) {
+        delay(shared.options.append_latency).await;
+        let id = shared.write(|store| store.start_transaction(&stream, expected));
+        TransactionStartCompleted {
+            transaction_id: position(id),
+            result: OperationResult::Success as i32,
+            message: None,
+        }
+    } else {
+        TransactionStartCompleted {
+            transaction_id: -1,
+            result: OperationResult::AccessDenied as i32,
+            message: Some("Access denied.".to_owned()),
+        }
+    };
+    reply(request, command::TRANSACTION_START_COMPLETED, &completed)
+}
+
+/// A transaction id as the store keys it; a negative one names no transaction.
+fn transaction_id(id: i64) -> Option<u64> {
+    u64::try_from(id).ok()
+}
+
+/// TransactionWrite → TransactionWriteCompleted: Success, or InvalidTransaction
+/// for an id that is not a pending transaction. The events stay invisible until
+/// the commit.
+pub(super) async fn transaction_write(shared: &Shared, request: &Frame) -> Frame {
+    let dto = match TransactionWrite::decode(request.body.clone()) {
+        Ok(dto) => dto,
+        Err(error) => return unwrap_failed(request, error),
+    };
+    let events = match proposed(dto.events) {
+        Ok(events) => events,
+        Err(error) => return unwrap_failed(request, error),
+    };
+    delay(shared.options.append_latency).await;
+    let known = transaction_id(dto.transaction_id)
+        .is_some_and(|id| shared.write(|store| store.write_transaction(id, events)));
+    let completed = TransactionWriteCompleted {
+        transaction_id: dto.transaction_id,
+        result: if known {
+            OperationResult::Success
+        } else {
+            OperationResult::InvalidTransaction
+        } as i32,
+        message: (!known).then(|| "Invalid transaction.".to_owned()),
+    };
+    reply(request, command::TRANSACTION_WRITE_COMPLETED, &completed)
+}
+
+/// TransactionCommit → TransactionCommitCompleted: Success with first/last event
+/// numbers and prepare = commit = the commit record's position (docs/tcp-protocol.md
+/// §4.4); WrongExpectedVersion (checked now, against the stream as it is);
+/// StreamDeleted; InvalidTransaction for an id that is not a pending transaction.
+pub(super) async fn transaction_commit(shared: &Shared, request: &Frame) -> Frame {
+    let dto = match TransactionCommit::decode(request.body.clone()) {
+        Ok(dto) => dto,
+        Err(error) => return unwrap_failed(request, error),
+    };
+    let failed = |result: OperationResult, message: &str| TransactionCommitCompleted {
+        transaction_id: dto.transaction_id,
+        result: result as i32,
+        message: Some(message.to_owned()),
+        first_event_number: INVALID_EVENT_NUMBER,
+        last_event_number: INVALID_EVENT_NUMBER,
+        prepare_position: None,
+        commit_position: None,
+    };
+    delay(shared.options.append_latency).await;
+    let outcome = match transaction_id(dto.transaction_id) {
+        Some(id) => shared.write(|store| {
+            let count = store.pending_events(id);
+            (store.commit_transaction(id), count)
+        }),
+        None => (TransactionOutcome::Unknown, 0),
+    };
+    let completed = match outcome {
+        (TransactionOutcome::Unknown, _) => {
+            failed(OperationResult::InvalidTransaction, "Invalid transaction.")
+        }
+        (
+            TransactionOutcome::Done(WriteOutcome::Success {
+                current,
+                position: at,
+            }),
+            count,
+        ) => {
+            let last = current.map_or(-1, number);
+            let at = at.map_or(-1, position);
+            TransactionCommitCompleted {
+                transaction_id: dto.transaction_id,
+                result: OperationResult::Success as i32,
+                message: None,
+                first_event_number: last - count as i64 + 1,
+                last_event_number: last,
+                prepare_position: Some(at),
+                commit_position: Some(at),
+            }
+        }
+        (TransactionOutcome::Done(WriteOutcome::WrongExpected { .. }), _) => failed(
+            OperationResult::WrongExpectedVersion,
+            "Wrong expected version.",
+        ),
+        (TransactionOutcome::Done(WriteOutcome::StreamDeleted), _) => {
+            failed(OperationResult::StreamDeleted, "Stream deleted.")
+        }
+    };
+    reply(request, command::TRANSACTION_COMMIT_COMPLETED, &completed)
 }
 
 /// DeleteStream → DeleteStreamCompleted: a soft delete, or with `hard_delete` a
@@ -507,35 +651,35 @@ fn page_all(store: &Store, dto: &ReadAllEvents, forward: bool) -> ReadAllEventsC
     };
     let max = usize::try_from(dto.max_count).unwrap_or(0);
     let (cu, pu) = (c as u64, p as u64);
-    let len = store.len();
     let (records, next) = if forward {
-        // Inclusive: (P, P) >= (c, p), commit compared first.
-        let mut first = store.index_at_or_after(cu);
-        if first < len && store.log_slice(first, 1)[0].position == cu && cu < pu {
-            first += 1;
-        }
+        // Inclusive: (commit, prepare) >= (c, p).
+        let first = store.index_at_or_after(cu, pu);
         let records = store.log_slice(first, max);
-        // After a commit-alike record: (its end, 0).
-        let next =
-            (!records.is_empty()).then(|| (position(store.end_of(first + records.len() - 1)), 0));
+        // After a commit-alike record at P: (its end, 0); after a transaction's
+        // record: (its commit, its end), so the rest of the transaction follows.
+        let next = records.last().map(|r| {
+            if r.in_transaction() {
+                (position(r.commit_position), position(r.prepare_end))
+            } else {
+                (position(r.prepare_end), 0)
+            }
+        });
         (records, next)
     } else {
-        // Records whose (end, end) <= (c, p), newest first.
-        let mut top = store.index_after(cu);
-        while top > 0 {
-            let end = store.end_of(top - 1);
-            if end < cu || (end == cu && cu <= pu) {
-                break;
-            }
-            top -= 1;
-        }
+        // Records whose (commit end, prepare end) <= (c, p), newest first.
+        let top = store.index_ending_after(cu, pu);
         let from = top.saturating_sub(max);
         let mut records = store.log_slice(from, top - from);
         records.reverse();
-        // Before the oldest record returned: its own position, both ways.
-        let next = records
-            .last()
-            .map(|r| (position(r.position), position(r.position)));
+        // Before the oldest record returned: (P, P) for a commit-alike one, (its
+        // commit end, its own position) for a transaction's.
+        let next = records.last().map(|r| {
+            if r.in_transaction() {
+                (position(r.commit_end), position(r.prepare_position))
+            } else {
+                (position(r.prepare_position), position(r.prepare_position))
+            }
+        });
         (records, next)
     };
     let (next_commit, next_prepare) = next.unwrap_or((c, p));

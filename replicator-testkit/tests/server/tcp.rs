@@ -6,11 +6,16 @@
 
 use std::time::Duration;
 
-use eventstore::{EventData, ReadStreamOptions};
+use eventstore::{
+    EventData, Position, ReadAllOptions, ReadStreamOptions, StreamPosition, SubscribeToAllOptions,
+};
 use prost::Message;
 use replicator_testkit::proto::tcp::{
     read_all_events_completed::ReadAllResult, NewEvent, OperationResult, ReadAllEvents,
-    ReadAllEventsCompleted, ReadEvent, ReadEventCompleted, WriteEvents, WriteEventsCompleted,
+    ReadAllEventsCompleted, ReadEvent, ReadEventCompleted, StreamEventAppeared, SubscribeToStream,
+    SubscriptionConfirmation, TransactionCommit, TransactionCommitCompleted, TransactionStart,
+    TransactionStartCompleted, TransactionWrite, TransactionWriteCompleted, WriteEvents,
+    WriteEventsCompleted,
 };
 use replicator_testkit::security::User;
 use replicator_testkit::{EsdbServer, ServerOptions};
@@ -30,10 +35,18 @@ const PONG: u8 = 0x04;
 const WRITE_EVENTS: u8 = 0x82;
 const WRITE_EVENTS_COMPLETED: u8 = 0x83;
 const TRANSACTION_START: u8 = 0x84;
+const TRANSACTION_START_COMPLETED: u8 = 0x85;
+const TRANSACTION_WRITE: u8 = 0x86;
+const TRANSACTION_WRITE_COMPLETED: u8 = 0x87;
+const TRANSACTION_COMMIT: u8 = 0x88;
+const TRANSACTION_COMMIT_COMPLETED: u8 = 0x89;
 const READ_EVENT: u8 = 0xB0;
 const READ_EVENT_COMPLETED: u8 = 0xB1;
 const READ_ALL_FORWARD: u8 = 0xB6;
 const READ_ALL_BACKWARD: u8 = 0xB8;
+const SUBSCRIBE_TO_STREAM: u8 = 0xC0;
+const SUBSCRIPTION_CONFIRMATION: u8 = 0xC1;
+const STREAM_EVENT_APPEARED: u8 = 0xC2;
 const BAD_REQUEST: u8 = 0xF0;
 const AUTHENTICATE: u8 = 0xF2;
 const AUTHENTICATED: u8 = 0xF3;
@@ -127,21 +140,24 @@ async fn secure_tcp_server(heartbeat: Option<(Duration, Duration)>) -> EsdbServe
     .expect("server")
 }
 
+fn new_events(ids: &[uuid::Uuid]) -> Vec<NewEvent> {
+    ids.iter()
+        .map(|id| NewEvent {
+            event_id: id.to_bytes_le().to_vec().into(),
+            event_type: "T".to_owned(),
+            data_content_type: 1,
+            metadata_content_type: 0,
+            data: b"{}".to_vec().into(),
+            metadata: None,
+        })
+        .collect()
+}
+
 fn write(stream: &str, ids: &[uuid::Uuid]) -> Vec<u8> {
     WriteEvents {
         event_stream_id: stream.to_owned(),
         expected_version: -2,
-        events: ids
-            .iter()
-            .map(|id| NewEvent {
-                event_id: id.to_bytes_le().to_vec().into(),
-                event_type: "T".to_owned(),
-                data_content_type: 1,
-                metadata_content_type: 0,
-                data: b"{}".to_vec().into(),
-                metadata: None,
-            })
-            .collect(),
+        events: new_events(ids),
         require_master: true,
     }
     .encode_to_vec()
@@ -198,13 +214,9 @@ async fn tcp_authentication_ping_heartbeats_and_bad_requests() {
         (HEARTBEAT_RESPONSE, 0)
     );
 
-    // Per request: an unknown command, a transaction, an undecodable body.
+    // Per request: an unknown command, undecodable bodies.
     for (command, correlation) in [(0x77, 8), (TRANSACTION_START, 9), (READ_EVENT, 10)] {
-        let body: &[u8] = if command == READ_EVENT {
-            &[0xFF, 0xFF]
-        } else {
-            &[]
-        };
+        let body: &[u8] = if command == 0x77 { &[] } else { &[0xFF, 0xFF] };
         let bad = raw.call(command, correlation, None, body).await;
         assert_eq!(bad.command, BAD_REQUEST);
         let text = String::from_utf8(bad.body).unwrap();
@@ -468,4 +480,378 @@ async fn tcp_connections_end_with_dropped_connections_and_the_port_survives_rest
         read.result, 0,
         "the event written before the restart is there"
     );
+}
+
+/// Start, write and commit of an explicit transaction over `raw`.
+struct Transactions<'a>(&'a mut Raw);
+
+impl Transactions<'_> {
+    async fn start(&mut self, correlation: u8, stream: &str, expected: i64) -> i64 {
+        let request = TransactionStart {
+            event_stream_id: stream.to_owned(),
+            expected_version: expected,
+            require_master: true,
+        };
+        let answer = self
+            .0
+            .call(
+                TRANSACTION_START,
+                correlation,
+                None,
+                &request.encode_to_vec(),
+            )
+            .await;
+        assert_eq!(answer.command, TRANSACTION_START_COMPLETED);
+        let started = TransactionStartCompleted::decode(&answer.body[..]).unwrap();
+        assert_eq!(started.result, OperationResult::Success as i32);
+        started.transaction_id
+    }
+
+    async fn write(&mut self, correlation: u8, id: i64, ids: &[uuid::Uuid]) -> i32 {
+        let request = TransactionWrite {
+            transaction_id: id,
+            events: new_events(ids),
+            require_master: true,
+        };
+        let answer = self
+            .0
+            .call(
+                TRANSACTION_WRITE,
+                correlation,
+                None,
+                &request.encode_to_vec(),
+            )
+            .await;
+        assert_eq!(answer.command, TRANSACTION_WRITE_COMPLETED);
+        let written = TransactionWriteCompleted::decode(&answer.body[..]).unwrap();
+        assert_eq!(written.transaction_id, id);
+        written.result
+    }
+
+    async fn commit(&mut self, correlation: u8, id: i64) -> TransactionCommitCompleted {
+        let request = TransactionCommit {
+            transaction_id: id,
+            require_master: true,
+        };
+        let answer = self
+            .0
+            .call(
+                TRANSACTION_COMMIT,
+                correlation,
+                None,
+                &request.encode_to_vec(),
+            )
+            .await;
+        assert_eq!(answer.command, TRANSACTION_COMMIT_COMPLETED);
+        let committed = TransactionCommitCompleted::decode(&answer.body[..]).unwrap();
+        assert_eq!(committed.transaction_id, id);
+        committed
+    }
+}
+
+/// (commit, prepare) of each event of a page, and the page's next position.
+fn page_positions(answer: &Answer) -> (Vec<(i64, i64)>, (i64, i64)) {
+    let page = ReadAllEventsCompleted::decode(&answer.body[..]).unwrap();
+    assert_eq!(page.result, Some(ReadAllResult::Success as i32));
+    let events = page
+        .events
+        .iter()
+        .map(|e| (e.commit_position, e.prepare_position))
+        .collect();
+    (
+        events,
+        (page.next_commit_position, page.next_prepare_position),
+    )
+}
+
+/// A transaction whose writes interleave with an ordinary append (as v5 lays
+/// them out, docs/tcp-protocol.md §4.4): TransactionBegin at T, the first event's
+/// prepare at Q1, the append at P, the other events' prepares at Q2 < Q3, the
+/// commit at C. `$all`: P, then (C, Q1), (C, Q2), (C, Q3); pages resume inside the
+/// transaction exactly, both ways; nothing of it is visible before the commit.
+#[tokio::test]
+async fn tcp_transactions_commit_with_v5_positions_and_pages_resume_inside_them() {
+    let server = EsdbServer::start_with(ServerOptions {
+        tcp_port: Some(0),
+        ..ServerOptions::default()
+    })
+    .await
+    .unwrap();
+    let mut raw = Raw::connect(&server).await;
+    let mut watcher = Raw::connect(&server).await;
+    let subscribe = SubscribeToStream {
+        event_stream_id: String::new(),
+        resolve_link_tos: false,
+    };
+    let confirmation = watcher
+        .call(SUBSCRIBE_TO_STREAM, 1, None, &subscribe.encode_to_vec())
+        .await;
+    assert_eq!(confirmation.command, SUBSCRIPTION_CONFIRMATION);
+    SubscriptionConfirmation::decode(&confirmation.body[..]).unwrap();
+
+    let ids: Vec<uuid::Uuid> = (0..3).map(|_| uuid::Uuid::new_v4()).collect();
+    let plain = uuid::Uuid::new_v4();
+    let mut tx = Transactions(&mut raw);
+    let id = tx.start(1, "tx", -1).await;
+    assert!(id > 0, "the id is the TransactionBegin record's position");
+    assert_eq!(tx.write(2, id, &ids[..1]).await, 0);
+    let written =
+        tx.0.call(WRITE_EVENTS, 3, None, &write("plain", &[plain]))
+            .await;
+    let written = WriteEventsCompleted::decode(&written.body[..]).unwrap();
+    let p = written.commit_position.unwrap();
+    assert_eq!(written.prepare_position, Some(p));
+    assert_eq!(tx.write(4, id, &ids[1..]).await, 0);
+
+    let pending =
+        tx.0.call(READ_ALL_FORWARD, 5, None, &read_all(0, 0, 10))
+            .await;
+    assert_eq!(
+        page_positions(&pending).0,
+        vec![(p, p)],
+        "pending: invisible"
+    );
+
+    let committed = tx.commit(6, id).await;
+    assert_eq!(committed.result, OperationResult::Success as i32);
+    assert_eq!(
+        (committed.first_event_number, committed.last_event_number),
+        (0, 2)
+    );
+    let c = committed.commit_position.unwrap();
+    assert_eq!(committed.prepare_position, Some(c));
+    assert!(c > p);
+
+    let all = raw
+        .call(READ_ALL_FORWARD, 7, None, &read_all(0, 0, 10))
+        .await;
+    let (events, end) = page_positions(&all);
+    assert_eq!(events.len(), 4);
+    assert_eq!(events[0], (p, p));
+    let q: Vec<i64> = events[1..].iter().map(|&(_, prepare)| prepare).collect();
+    assert!(events[1..].iter().all(|&(commit, _)| commit == c));
+    assert!(id < q[0] && q[0] < p && p < q[1] && q[1] < q[2] && q[2] < c);
+    let records = ReadAllEventsCompleted::decode(&all.body[..]).unwrap();
+    let numbers: Vec<(String, i64)> = records
+        .events
+        .iter()
+        .map(|e| {
+            let record = e.event.as_ref().unwrap();
+            (record.event_stream_id.clone(), record.event_number)
+        })
+        .collect();
+    let tx_stream = |n| ("tx".to_owned(), n);
+    assert_eq!(
+        numbers,
+        vec![
+            ("plain".to_owned(), 0),
+            tx_stream(0),
+            tx_stream(1),
+            tx_stream(2)
+        ]
+    );
+    // After a transaction's event: (its commit, its end). The first event ends where
+    // the next record of the log (the append) starts; the last where the next
+    // prepare (TransactionEnd) starts, before the commit.
+    assert_eq!(end.0, c);
+    assert!(q[2] < end.1 && end.1 < c);
+
+    // Forward pages of one event each resume exactly, inside the transaction too.
+    let mut from = (0, 0);
+    let mut paged = Vec::new();
+    let mut nexts = Vec::new();
+    for correlation in 10..20 {
+        let answer = raw
+            .call(
+                READ_ALL_FORWARD,
+                correlation,
+                None,
+                &read_all(from.0, from.1, 1),
+            )
+            .await;
+        let (page, next) = page_positions(&answer);
+        if page.is_empty() {
+            assert_eq!(next, from, "an empty page keeps the position");
+            break;
+        }
+        paged.extend(page);
+        nexts.push(next);
+        from = next;
+    }
+    assert_eq!(paged, events);
+    // (P's end, 0) after the append: the first transaction event's commit is past it.
+    assert_eq!(nexts[0].1, 0);
+    assert_eq!(
+        nexts[1],
+        (c, p),
+        "the first prepare ends where the append starts"
+    );
+    // Inclusive start, commit then prepare: (C, Q2) gives Q2; (C, Q2 + 1) gives Q3.
+    let at = raw
+        .call(READ_ALL_FORWARD, 20, None, &read_all(c, q[1], 1))
+        .await;
+    assert_eq!(page_positions(&at).0, vec![(c, q[1])]);
+    let past = raw
+        .call(READ_ALL_FORWARD, 21, None, &read_all(c, q[1] + 1, 1))
+        .await;
+    assert_eq!(page_positions(&past).0, vec![(c, q[2])]);
+
+    // Backward pages of one event each: after a transaction's event, (C's end, its
+    // own position); after the append, (P, P).
+    let mut from = (-1, -1);
+    let mut paged = Vec::new();
+    let mut nexts = Vec::new();
+    for correlation in 30..40 {
+        let answer = raw
+            .call(
+                READ_ALL_BACKWARD,
+                correlation,
+                None,
+                &read_all(from.0, from.1, 1),
+            )
+            .await;
+        let (page, next) = page_positions(&answer);
+        if page.is_empty() {
+            break;
+        }
+        paged.extend(page);
+        nexts.push(next);
+        from = next;
+    }
+    paged.reverse();
+    assert_eq!(paged, events);
+    let c_end = nexts[0].0;
+    assert!(c_end > c);
+    assert_eq!(nexts[..3], [(c_end, q[2]), (c_end, q[1]), (c_end, q[0])]);
+    assert_eq!(nexts[3], (p, p));
+
+    // The live subscription saw the append, then the transaction at its commit.
+    let mut seen = Vec::new();
+    while seen.len() < 4 {
+        let frame = watcher.recv().await.expect("an event");
+        assert_eq!(frame.command, STREAM_EVENT_APPEARED);
+        let event = StreamEventAppeared::decode(&frame.body[..]).unwrap().event;
+        seen.push((event.commit_position, event.prepare_position));
+    }
+    assert_eq!(seen, events);
+}
+
+/// The outcomes of a commit other than success: an id that is not a pending
+/// transaction (never started, or committed already), and an expected version
+/// that no longer holds at the commit (v5 checks it then, not at the start).
+#[tokio::test]
+async fn tcp_transaction_commits_fail_for_unknown_ids_and_stale_expected_versions() {
+    let server = EsdbServer::start_with(ServerOptions {
+        tcp_port: Some(0),
+        ..ServerOptions::default()
+    })
+    .await
+    .unwrap();
+    let mut raw = Raw::connect(&server).await;
+    let mut tx = Transactions(&mut raw);
+    let invalid = OperationResult::InvalidTransaction as i32;
+    assert_eq!(tx.write(1, 12_345, &[uuid::Uuid::new_v4()]).await, invalid);
+    assert_eq!(tx.commit(2, 12_345).await.result, invalid);
+
+    let id = tx.start(3, "stale", -1).await;
+    assert_eq!(tx.write(4, id, &[uuid::Uuid::new_v4()]).await, 0);
+    tx.0.call(
+        WRITE_EVENTS,
+        5,
+        None,
+        &write("stale", &[uuid::Uuid::new_v4()]),
+    )
+    .await;
+    let stale = tx.commit(6, id).await;
+    assert_eq!(stale.result, OperationResult::WrongExpectedVersion as i32);
+    assert_eq!(stale.commit_position, None);
+    assert_eq!(
+        tx.commit(7, id).await.result,
+        invalid,
+        "the transaction is over"
+    );
+    assert_eq!(tx.write(8, id, &[uuid::Uuid::new_v4()]).await, invalid);
+
+    let empty = tx.start(9, "empty", -2).await;
+    let committed = tx.commit(10, empty).await;
+    assert_eq!(committed.result, OperationResult::Success as i32);
+    assert_eq!(
+        (committed.first_event_number, committed.last_event_number),
+        (0, -1)
+    );
+}
+
+/// gRPC reads of a transaction's records: commit ≠ prepare, in (commit, prepare)
+/// order, and a position inside the transaction is honoured by reads (inclusive),
+/// backward reads and subscriptions (exclusive).
+#[tokio::test]
+async fn grpc_reads_carry_a_tcp_transaction_commit_and_prepare_positions() {
+    let server = EsdbServer::start_with(ServerOptions {
+        tcp_port: Some(0),
+        ..ServerOptions::default()
+    })
+    .await
+    .unwrap();
+    let mut raw = Raw::connect(&server).await;
+    let ids: Vec<uuid::Uuid> = (0..3).map(|_| uuid::Uuid::new_v4()).collect();
+    let mut tx = Transactions(&mut raw);
+    let id = tx.start(1, "tx", -2).await;
+    assert_eq!(tx.write(2, id, &ids[..1]).await, 0);
+    tx.0.call(
+        WRITE_EVENTS,
+        3,
+        None,
+        &write("plain", &[uuid::Uuid::new_v4()]),
+    )
+    .await;
+    assert_eq!(tx.write(4, id, &ids[1..]).await, 0);
+    let c = tx.commit(5, id).await.commit_position.unwrap() as u64;
+
+    let client = client(&server.connection_string());
+    let read = |options: ReadAllOptions| {
+        let client = client.clone();
+        async move {
+            let mut reader = client.read_all(&options).await.unwrap();
+            let mut read = Vec::new();
+            while let Some(event) = reader.next().await.unwrap() {
+                let event = event.get_original_event();
+                read.push((event.id, event.position));
+            }
+            read
+        }
+    };
+    let all = read(ReadAllOptions::default().max_count(10)).await;
+    assert_eq!(all.len(), 4);
+    let ours: Vec<(uuid::Uuid, Position)> = all[1..].to_vec();
+    assert_eq!(ours.iter().map(|(id, _)| *id).collect::<Vec<_>>(), ids);
+    for (_, position) in &ours {
+        assert_eq!(position.commit, c);
+        assert!(position.prepare < c, "commit ≠ prepare");
+    }
+    let plain = all[0].1;
+    assert_eq!(plain.commit, plain.prepare);
+    assert!(ours[0].1.prepare < plain.prepare && plain.prepare < ours[1].1.prepare);
+
+    let second = ours[1].1;
+    let from_second = read(
+        ReadAllOptions::default()
+            .position(StreamPosition::Position(second))
+            .max_count(10),
+    )
+    .await;
+    assert_eq!(from_second, ours[1..]);
+    let before_second = read(
+        ReadAllOptions::default()
+            .backwards()
+            .position(StreamPosition::Position(second))
+            .max_count(10),
+    )
+    .await;
+    assert_eq!(before_second, vec![ours[0], all[0]]);
+
+    let options = SubscribeToAllOptions::default().position(StreamPosition::Position(second));
+    let mut sub = client.subscribe_to_all(&options).await;
+    let event = sub.next().await.unwrap();
+    let event = event.get_original_event();
+    assert_eq!((event.id, event.position), ours[2]);
 }
