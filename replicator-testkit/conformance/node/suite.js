@@ -205,6 +205,50 @@ test('$all reads forward across pages: every event once, in order, until an empt
     assert.equal(newest.events[1].event.eventId, written[5].eventId);
   }));
 
+test('a transaction: written around an append, invisible until committed, then read at its commit', () =>
+  withConnection(admin, 'transaction', async (connection) => {
+    const stream = streamName('tx');
+    const plain = streamName('beside-tx');
+    const events = [jsonEvent('T0', {}), jsonEvent('T1', {}), jsonEvent('T2', {})];
+    const tx = await connection.startTransaction(stream, esc.expectedVersion.noStream);
+    await tx.write(events.slice(0, 1));
+    const beside = await connection.appendToStream(plain, esc.expectedVersion.noStream, [jsonEvent('P', {})]);
+    await tx.write(events.slice(1));
+    const pending = await connection.readStreamEventsForward(stream, 0, 10, false);
+    assert.equal(pending.status, 'streamNotFound', 'invisible until committed');
+
+    const committed = await tx.commit();
+    assert.equal(committed.nextExpectedVersion.toNumber(), 2);
+    const commit = committed.logPosition.commitPosition;
+    assert.ok(commit.compare(beside.logPosition.commitPosition) > 0);
+
+    const newest = await connection.readAllEventsBackward(esc.positions.end, 4, false);
+    const read = newest.events.slice().reverse();
+    assert.deepEqual(read.slice(1).map((e) => e.event.eventId), events.map((e) => e.eventId));
+    assert.equal(read[0].event.eventStreamId, plain);
+    for (const [i, resolved] of read.slice(1).entries()) {
+      assert.equal(resolved.event.eventNumber.toNumber(), i);
+      assert.ok(resolved.originalPosition.commitPosition.equals(commit), 'committed at C');
+      assert.ok(resolved.originalPosition.preparePosition.compare(commit) < 0, 'prepared before C');
+    }
+    const first = read[1].originalPosition.preparePosition;
+    assert.ok(first.compare(beside.logPosition.commitPosition) < 0, 'the first prepare precedes the append');
+
+    const forward = await connection.readStreamEventsForward(stream, 0, 10, false);
+    assert.deepEqual(forward.events.map((e) => e.event.eventId), events.map((e) => e.eventId));
+  }));
+
+test('a transaction whose expected version no longer holds at the commit fails with WrongExpectedVersionError', () =>
+  withConnection(admin, 'transaction-conflict', async (connection) => {
+    const stream = streamName('tx-conflict');
+    const tx = await connection.startTransaction(stream, esc.expectedVersion.noStream);
+    await tx.write([jsonEvent('Late', {})]);
+    await connection.appendToStream(stream, esc.expectedVersion.noStream, [jsonEvent('First', {})]);
+    await assert.rejects(tx.commit(), (error) => error.name === 'WrongExpectedVersionError');
+    const slice = await connection.readStreamEventsForward(stream, 0, 10, false);
+    assert.deepEqual(slice.events.map((e) => e.event.eventType), ['First']);
+  }));
+
 test('a subscription to $all receives live events, then drops on unsubscribe', () =>
   withConnection(admin, 'subscription', async (subscriber) => {
     const stream = streamName('live');
