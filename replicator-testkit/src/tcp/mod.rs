@@ -20,18 +20,25 @@
 //!   everything is allowed.
 //! - **Errors**: a length prefix ≤ 0 or over 64 MiB, or a header that cannot be
 //!   parsed → BadRequest with a zero correlation id, then the connection closes; the
-//!   TrustedWrite flag → BadRequest and close; a body that cannot be decoded, an
-//!   unknown command, or a transaction command (TransactionStart/Write/Commit: not
-//!   supported yet) → BadRequest `Could not unwrap network package for command …`,
+//!   TrustedWrite flag → BadRequest and close; a body that cannot be decoded or an
+//!   unknown command → BadRequest `Could not unwrap network package for command …`,
 //!   and the connection stays open. Missing `required` fields decode as their
 //!   defaults (proto3 clients leave them out).
 //! - **Writes**: WriteEvents → WriteEventsCompleted (Success with first/last event
 //!   numbers and prepare = commit = the last event's position; WrongExpectedVersion
 //!   with `current_version`; StreamDeleted; AccessDenied). DeleteStream (soft, or
 //!   `hard_delete`) → DeleteStreamCompleted with the same results.
+//! - **Transactions** (v5's explicit ones): TransactionStart → the id (the position
+//!   of its TransactionBegin record), or AccessDenied; TransactionWrite → Success,
+//!   the events taking log positions but staying invisible; TransactionCommit →
+//!   Success with first/last event numbers and prepare = commit = the commit
+//!   record's position, WrongExpectedVersion (checked at the commit), StreamDeleted.
+//!   An id that is not a pending transaction → InvalidTransaction.
 //! - **Reads**: ReadEvent (-1: the last event), ReadStreamEventsForward/Backward and
 //!   ReadAllEventsForward/Backward, paged as v5 pages them (at most 4096 per page).
-//!   Every event is "commit-alike": commit = prepare = its log position.
+//!   An ordinary write's events are "commit-alike" (commit = prepare = their log
+//!   position); a transaction's carry its commit position and their own, and
+//!   pages resume inside a transaction as v5's do.
 //! - **Subscriptions**: SubscribeToStream (a stream, or `""` for `$all`) →
 //!   SubscriptionConfirmation, then StreamEventAppeared for every later event;
 //!   UnsubscribeFromStream → SubscriptionDropped(Unsubscribed); refused access →
