@@ -323,3 +323,165 @@ async fn a_connection_lost_while_held_back_is_replaced_without_a_failure() {
         health.snapshot()
     );
 }
+
+/// One request over the testkit's TCP service and its answer (frames of
+/// docs/tcp-protocol.md §1.1; the node's heartbeats answered in between).
+async fn tcp_call(
+    connection: &mut tokio::net::TcpStream,
+    command: u8,
+    correlation: u8,
+    body: &[u8],
+) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    async fn send(connection: &mut tokio::net::TcpStream, command: u8, id: [u8; 16], body: &[u8]) {
+        let mut frame = vec![command, 0];
+        frame.extend(id);
+        frame.extend(body);
+        let mut bytes = (frame.len() as u32).to_le_bytes().to_vec();
+        bytes.extend(frame);
+        connection.write_all(&bytes).await.expect("send");
+    }
+    send(connection, command, [correlation; 16], body).await;
+    let answer = async {
+        loop {
+            let mut prefix = [0; 4];
+            connection.read_exact(&mut prefix).await.expect("an answer");
+            let mut data = vec![0; u32::from_le_bytes(prefix) as usize];
+            connection
+                .read_exact(&mut data)
+                .await
+                .expect("a whole frame");
+            let id: [u8; 16] = data[2..18].try_into().unwrap();
+            if data[0] == 0x01 {
+                send(connection, 0x02, id, &[]).await;
+            } else if id == [correlation; 16] {
+                assert_eq!(data[0], command + 1, "the Completed answer");
+                return data[18..].to_vec();
+            }
+        }
+    };
+    tokio::time::timeout(PATIENCE, answer)
+        .await
+        .expect("an answer in time")
+}
+
+/// Writes `ids` to `stream` in one v5 explicit transaction over the TCP service,
+/// with an ordinary gRPC append to `beside` between its first event and the
+/// others, as v5 lays them out: the first prepare before the append, the others
+/// after it, all committed after it.
+async fn transaction_around_an_append(
+    server: &EsdbServer,
+    stream: &str,
+    beside: &str,
+    ids: &[uuid::Uuid],
+) {
+    use prost::Message;
+    use replicator_testkit::proto::tcp::{
+        NewEvent, TransactionCommit, TransactionCommitCompleted, TransactionStart,
+        TransactionStartCompleted, TransactionWrite, TransactionWriteCompleted,
+    };
+    let address = server.tcp_address().expect("the TCP service");
+    let mut connection = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect");
+    let start = TransactionStart {
+        event_stream_id: stream.to_owned(),
+        expected_version: -2,
+        require_master: true,
+    };
+    let started = tcp_call(&mut connection, 0x84, 1, &start.encode_to_vec()).await;
+    let started = TransactionStartCompleted::decode(&started[..]).unwrap();
+    assert_eq!(started.result, 0, "started");
+    let id = started.transaction_id;
+    let events = |ids: &[uuid::Uuid]| -> Vec<NewEvent> {
+        ids.iter()
+            .map(|event_id| NewEvent {
+                event_id: event_id.to_bytes_le().to_vec().into(),
+                event_type: "InTransaction".to_owned(),
+                data_content_type: 1,
+                metadata_content_type: 1,
+                data: format!(r#"{{"id":"{event_id}"}}"#).into_bytes().into(),
+                metadata: Some(b"{}".to_vec().into()),
+            })
+            .collect()
+    };
+    for (correlation, batch) in [(2, &ids[..1]), (3, &ids[1..])] {
+        if correlation == 3 {
+            let event =
+                eventstore::EventData::json("Beside", &serde_json::json!({})).expect("json");
+            grpc_client(server)
+                .append_to_stream(beside, &Default::default(), event)
+                .await
+                .expect("append");
+        }
+        let write = TransactionWrite {
+            transaction_id: id,
+            events: events(batch),
+            require_master: true,
+        };
+        let written = tcp_call(&mut connection, 0x86, correlation, &write.encode_to_vec()).await;
+        assert_eq!(
+            TransactionWriteCompleted::decode(&written[..])
+                .unwrap()
+                .result,
+            0
+        );
+    }
+    let commit = TransactionCommit {
+        transaction_id: id,
+        require_master: true,
+    };
+    let committed = tcp_call(&mut connection, 0x88, 4, &commit.encode_to_vec()).await;
+    assert_eq!(
+        TransactionCommitCompleted::decode(&committed[..])
+            .unwrap()
+            .result,
+        0
+    );
+}
+
+/// v5 explicit transactions put records with commit ≠ prepare in `$all` (issue
+/// 23): the TCP reader hands on what the gRPC reader does for them, and a
+/// checkpoint inside a transaction (its commit, the prepare of its second record)
+/// resumes exactly at the next record, at any page size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transaction_records_read_as_grpc_reads_them_and_resume_inside_the_transaction() {
+    let server = tcp_server(None).await;
+    let client = grpc_client(&server);
+    populate(&client, 14, 20).await;
+    let ids: Vec<uuid::Uuid> = (0..3).map(|_| uuid::Uuid::new_v4()).collect();
+    transaction_around_an_append(&server, "txn", "beside-txn", &ids).await;
+    populate(&client, 15, 10).await;
+
+    let grpc = read_grpc(&server, StartFrom::Beginning).await;
+    let ours: Vec<&Event> = grpc.iter().filter(|e| &*e.stream == "txn").collect();
+    assert_eq!(ours.iter().map(|e| e.id).collect::<Vec<_>>(), ids);
+    let commit = ours[0].position.commit;
+    assert!(ours
+        .iter()
+        .all(|e| e.position.commit == commit && e.position.prepare < commit));
+    for page_size in [1, 2, 1024] {
+        let tcp = read_tcp(&server, page_size, StartFrom::Beginning).await;
+        assert_same(&tcp, &grpc, &format!("page size {page_size}"));
+    }
+
+    let positions: Vec<Position> = grpc.iter().map(|e| e.position).collect();
+    let inside = ours[1].position;
+    let k = positions.iter().position(|&p| p == inside).unwrap();
+    for page_size in [1, 2, 1024] {
+        let after = read_tcp(&server, page_size, StartFrom::After(inside)).await;
+        assert_eq!(
+            after.iter().map(|e| e.position).collect::<Vec<_>>(),
+            positions[k + 1..],
+            "After({inside}), page size {page_size}: from the transaction's third record on"
+        );
+        assert_eq!(after[0].id, ids[2]);
+        let at = read_tcp(&server, page_size, StartFrom::At(inside)).await;
+        assert_eq!(at.first().map(|e| e.id), Some(ids[1]), "At({inside})");
+    }
+    assert_same(
+        &read_tcp(&server, 2, StartFrom::After(inside)).await,
+        &read_grpc(&server, StartFrom::After(inside)).await,
+        "after a checkpoint inside the transaction",
+    );
+}
