@@ -257,13 +257,7 @@ impl EsdbSink {
         while let Some(resolved) = within(self.request_timeout, reader.next()).await? {
             if let Some(record) = resolved.event {
                 if record.stream_id == stream {
-                    records.push(TargetRecord {
-                        revision: record.revision,
-                        id: record.id,
-                        event_type: record.event_type,
-                        data: record.data,
-                        position: Position::from_client(record.position),
-                    });
+                    records.push(target_record(record));
                 }
             }
         }
@@ -397,18 +391,23 @@ async fn read_records(
         match within(timeout, reader.next()).await {
             Ok(Some(resolved)) => {
                 if let Some(record) = resolved.event {
-                    records.push(TargetRecord {
-                        revision: record.revision,
-                        id: record.id,
-                        event_type: record.event_type,
-                        data: record.data,
-                        position: Position::from_client(record.position),
-                    });
+                    records.push(target_record(record));
                 }
             }
             Ok(None) => return Ok(records),
             Err(eventstore::Error::ResourceNotFound) => return Ok(records),
             Err(e) => return Err(e),
         }
+    }
+}
+
+/// A record read back from the target, as the plan compares it.
+fn target_record(record: eventstore::RecordedEvent) -> TargetRecord {
+    TargetRecord {
+        revision: record.revision,
+        id: record.id,
+        event_type: record.event_type,
+        data: record.data,
+        position: Position::from_client(record.position),
     }
 }

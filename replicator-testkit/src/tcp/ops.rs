@@ -67,13 +67,16 @@ fn position(position: u64) -> i64 {
     i64::try_from(position).unwrap_or(i64::MAX)
 }
 
-/// The v5 expected version: -2 any, -1 no stream, -4 stream exists, else exact.
-fn expected(version: i64) -> Option<Expected> {
+/// The v5 expected version of `request`: -2 any, -1 no stream, -4 stream
+/// exists, else exact; any other negative number is the request's BadRequest.
+fn expected(request: &Frame, version: i64) -> Result<Expected, Frame> {
     match version {
-        -2 => Some(Expected::Any),
-        -1 => Some(Expected::NoStream),
-        -4 => Some(Expected::StreamExists),
-        n => u64::try_from(n).ok().map(Expected::Exact),
+        -2 => Ok(Expected::Any),
+        -1 => Ok(Expected::NoStream),
+        -4 => Ok(Expected::StreamExists),
+        n => u64::try_from(n)
+            .map(Expected::Exact)
+            .map_err(|_| unwrap_failed(request, format!("invalid expected version {n}"))),
     }
 }
 
@@ -170,11 +173,9 @@ pub(super) async fn write_events(shared: &Shared, principal: &Principal, request
         Ok(dto) => dto,
         Err(error) => return unwrap_failed(request, error),
     };
-    let Some(expected) = expected(dto.expected_version) else {
-        return unwrap_failed(
-            request,
-            format!("invalid expected version {}", dto.expected_version),
-        );
+    let expected = match expected(request, dto.expected_version) {
+        Ok(expected) => expected,
+        Err(bad_request) => return bad_request,
     };
     let failed =
         |result: OperationResult, message: &str, current: Option<i64>| WriteEventsCompleted {
@@ -246,11 +247,9 @@ pub(super) async fn transaction_start(
         Ok(dto) => dto,
         Err(error) => return unwrap_failed(request, error),
     };
-    let Some(expected) = expected(dto.expected_version) else {
-        return unwrap_failed(
-            request,
-            format!("invalid expected version {}", dto.expected_version),
-        );
+    let expected = match expected(request, dto.expected_version) {
+        Ok(expected) => expected,
+        Err(bad_request) => return bad_request,
     };
     let stream = dto.event_stream_id;
     let completed = if security::allowed(principal, &stream, Access::Write) {
@@ -374,11 +373,9 @@ pub(super) async fn delete_stream(
         Ok(dto) => dto,
         Err(error) => return unwrap_failed(request, error),
     };
-    let Some(expected) = expected(dto.expected_version) else {
-        return unwrap_failed(
-            request,
-            format!("invalid expected version {}", dto.expected_version),
-        );
+    let expected = match expected(request, dto.expected_version) {
+        Ok(expected) => expected,
+        Err(bad_request) => return bad_request,
     };
     let failed = |result: OperationResult, message: &str| DeleteStreamCompleted {
         result: result as i32,
