@@ -80,8 +80,9 @@ const TRANSIENT_CODES: &[i32] = &[
 ///
 /// It also reads the document the C# replicator wrote,
 /// `{ _id: "<instance id>", LogPosition: { EventNumber: <long>, EventPosition: <long> } }`,
-/// as a checkpoint after `EventPosition`, so its users keep their place (the
-/// C# format has no time: `taken_at` is then the Unix epoch).
+/// so its users keep their place: replication starts again at the commit
+/// `EventPosition` ([`Checkpoint::of_commit`]; the C# format has no time:
+/// `taken_at` is then the Unix epoch).
 ///
 /// Writes ask for a majority, journaled acknowledgement unless the connection
 /// string sets a write concern. The password of the connection string never
@@ -402,7 +403,7 @@ impl MongoCheckpointStore {
                     ))
                 })
             })?;
-        let mut checkpoint = Checkpoint::processed(Position::at(commit), None);
+        let mut checkpoint = Checkpoint::of_commit(commit);
         checkpoint.taken_at = SystemTime::UNIX_EPOCH;
         Ok(checkpoint)
     }

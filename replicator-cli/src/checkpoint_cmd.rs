@@ -71,9 +71,17 @@ fn describe(c: &Checkpoint, csharp: bool) -> String {
             ""
         }
     ));
+    // A commit position alone (the C# replicator's file or document) loads as
+    // an inclusive start at the commit's first record; a chaser seed has both
+    // parts.
+    let commit_only = c.seed && c.source.prepare == 0 && c.source.commit > 0;
     out.push_str(&format!(
         "seed:     {}\n",
-        if c.seed {
+        if commit_only {
+            "no (a commit position only, as the C# replicator stores it: that commit is read \
+             again from its first record, in case it is a v5 transaction processed in part; \
+             what the target holds of it is skipped as replays)"
+        } else if c.seed {
             "yes (from seeding, before any event was processed)"
         } else {
             "no"

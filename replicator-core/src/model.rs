@@ -179,6 +179,17 @@ pub struct Event {
     pub position: Position,
     /// What to do with it on the target.
     pub kind: ChangeKind,
+    /// The next record of the source's `$all` belongs to the same commit as
+    /// this one (an EventStoreDB v5 transaction's records share their commit
+    /// position, each at its own prepare position) and the reader delivers it
+    /// right behind this one, without waiting for the source.
+    ///
+    /// The pipeline hands a commit's records to the sink in one batch, so a
+    /// transaction lands on the target in one append. A reader that cannot
+    /// tell leaves it `false` (every record a commit of its own); a reader
+    /// that sets it must deliver the commit's next record promptly, since
+    /// the batch waits for it.
+    pub more_in_commit: bool,
 }
 
 impl Event {
@@ -215,6 +226,7 @@ impl Event {
             created: SystemTime::now(),
             position: Position::START,
             kind: ChangeKind::Append,
+            more_in_commit: false,
         }
     }
 
@@ -344,6 +356,18 @@ impl Checkpoint {
             taken_at: SystemTime::now(),
             seed: true,
         }
+    }
+
+    /// A checkpoint that knows only the commit position of the last record
+    /// processed, as the C# replicator stores it. Replication starts again at
+    /// that commit's first record (a seed at `C:commit/P:0`): a commit of
+    /// several records (an EventStoreDB v5 transaction, each record at
+    /// `C:commit/P:its own`) may have been processed only in part, and
+    /// resuming after `C:commit/P:commit`, as the C# replicator does, would
+    /// skip the rest of it. What the target already holds of the commit is
+    /// recognised as replays.
+    pub fn of_commit(commit: u64) -> Self {
+        Checkpoint::seeded(Position { commit, prepare: 0 })
     }
 
     /// Where a reader resumes from this checkpoint.

@@ -95,6 +95,7 @@ pub fn to_event(record: eventstore::RecordedEvent) -> Event {
         event_type: record.event_type,
         data: record.data,
         metadata: record.custom_metadata,
+        more_in_commit: false,
     }
 }
 

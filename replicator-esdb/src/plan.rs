@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 
 use replicator_core::{ChangeKind, Event, Position};
+use tracing::warn;
 use uuid::Uuid;
 
 /// Fixed per-event allowance (ids, type, protobuf framing) added to the payload
@@ -51,10 +52,7 @@ pub(crate) fn plan(batch: &[Event], max_append_bytes: usize) -> Vec<StreamPlan<'
     // common case) skip the lookup.
     let mut index: HashMap<&str, usize> = HashMap::new();
     let mut last: Option<usize> = None;
-    for event in batch {
-        if !event.kind.is_write() {
-            continue;
-        }
+    for (event, fit) in sized(batch, max_append_bytes) {
         let target = event.target_stream();
         let i = match last {
             Some(i) if plans[i].target_stream == target => i,
@@ -72,6 +70,7 @@ pub(crate) fn plan(batch: &[Event], max_append_bytes: usize) -> Vec<StreamPlan<'
             &mut plans[i].steps,
             &mut open_bytes[i],
             event,
+            fit,
             max_append_bytes,
         );
     }
@@ -87,19 +86,47 @@ pub(crate) fn plan(batch: &[Event], max_append_bytes: usize) -> Vec<StreamPlan<'
 pub(crate) fn sequence(batch: &[Event], max_append_bytes: usize) -> Vec<Step<'_>> {
     let mut steps = Vec::new();
     let mut open_bytes = 0;
-    for event in batch.iter().filter(|e| e.kind.is_write()) {
-        push_step(&mut steps, &mut open_bytes, event, max_append_bytes);
+    for (event, fit) in sized(batch, max_append_bytes) {
+        push_step(&mut steps, &mut open_bytes, event, fit, max_append_bytes);
     }
     steps
 }
 
+/// The writes of `batch`, each with the bytes that must fit in the append
+/// before it for it to join that append: its own size, or, for the first
+/// record of a commit of several ([`commits`]), the whole commit's. So a
+/// commit that fits in an append is never cut by the cap; one that does not
+/// is cut where the cap falls (logged).
+fn sized(batch: &[Event], max_append_bytes: usize) -> Vec<(&Event, usize)> {
+    let writes: Vec<&Event> = batch.iter().filter(|e| e.kind.is_write()).collect();
+    let mut sized = Vec::with_capacity(writes.len());
+    for commit in commits(&writes) {
+        let total: usize = commit.iter().map(|e| append_size(e)).sum();
+        if commit.len() > 1 && total > max_append_bytes {
+            warn!(
+                stream = %commit[0].stream,
+                position = %commit[0].position,
+                records = commit.len(),
+                bytes = total,
+                max_append_bytes,
+                "A transaction is larger than one append may be: written in several appends"
+            );
+        }
+        for (k, &event) in commit.iter().enumerate() {
+            sized.push((event, if k == 0 { total } else { append_size(event) }));
+        }
+    }
+    sized
+}
+
 /// Adds `event` (a write) to `steps`: to the last step when that is an append
-/// of plain events to the same stream with room for it (`open_bytes` is that
-/// step's size), else as a new step.
+/// of plain events to the same stream with room for `fit` bytes
+/// (`open_bytes` is that step's size), else as a new step.
 fn push_step<'a>(
     steps: &mut Vec<Step<'a>>,
     open_bytes: &mut usize,
     event: &'a Event,
+    fit: usize,
     max_append_bytes: usize,
 ) {
     match event.kind {
@@ -115,7 +142,7 @@ fn push_step<'a>(
                 if !alone
                     && events[0].kind == ChangeKind::Append
                     && *stream == event.stream
-                    && *open_bytes + size <= max_append_bytes
+                    && *open_bytes + fit <= max_append_bytes
                 {
                     events.push(event);
                     *open_bytes += size;
@@ -130,6 +157,41 @@ fn push_step<'a>(
         }
         ChangeKind::Skip(_) => unreachable!("only writes are planned"),
     }
+}
+
+/// Whether `next` is the record of `$all` after `previous` in the same commit
+/// (an EventStoreDB v5 transaction: a shared commit position, each record at
+/// its own prepare position).
+pub(crate) fn in_one_commit(previous: &Event, next: &Event) -> bool {
+    previous.more_in_commit
+        && next.position.commit == previous.position.commit
+        && next.position.prepare != next.position.commit
+}
+
+/// `events` cut where a commit ends: each piece one record, or one commit's
+/// consecutive records ([`in_one_commit`]).
+pub(crate) fn commits<'a, 'e>(events: &'a [&'e Event]) -> impl Iterator<Item = &'a [&'e Event]> {
+    events.chunk_by(|a, b| in_one_commit(a, b))
+}
+
+/// The requests of a run in a replay region: one per commit (a record, or a
+/// commit of several that fits in an append, which is always written whole),
+/// one per record for a commit too large for one append (written in several,
+/// so the target may hold part of it).
+pub(crate) fn replay_parts<'a, 'e>(
+    events: &'a [&'e Event],
+    max_append_bytes: usize,
+) -> Vec<&'a [&'e Event]> {
+    let mut parts = Vec::with_capacity(events.len());
+    for commit in commits(events) {
+        let total: usize = commit.iter().map(|e| append_size(e)).sum();
+        if commit.len() > 1 && total > max_append_bytes {
+            parts.extend(commit.chunks(1));
+        } else {
+            parts.push(commit);
+        }
+    }
+    parts
 }
 
 fn append_size(event: &Event) -> usize {

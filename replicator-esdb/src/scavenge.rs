@@ -680,6 +680,7 @@ mod tests {
             created: SystemTime::now(),
             position: Position::at(4096),
             kind: ChangeKind::Append,
+            more_in_commit: false,
         };
         for _ in 0..2 {
             let error = filter.apply(event.clone()).await.expect_err("failed pass");

@@ -229,6 +229,14 @@ impl EsdbServer {
         )
     }
 
+    /// How many records each write to `stream` carried, in the order written
+    /// (an append, or a committed v5 transaction, is one write: the real log
+    /// marks its first and last records). What a test checks to know whether
+    /// a client kept records together in one append.
+    pub fn writes_to(&self, stream: &str) -> Vec<usize> {
+        self.shared.read(|store| store.write_sizes(stream))
+    }
+
     /// A handle to inject faults.
     pub fn faults(&self) -> FaultHandle {
         FaultHandle {

@@ -74,38 +74,10 @@ fn python_client_conformance_suite_passes() {
     );
 }
 
-/// The `node_modules` holding node-eventstore-client, checked to load with `node`.
-fn node_modules() -> PathBuf {
-    let default =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/conformance-node/node_modules");
-    let modules: PathBuf =
-        std::env::var_os("NODE_EVENTSTORE_CLIENT_MODULES").map_or(default, Into::into);
-    let node = Command::new("node").arg("--version").output();
-    assert!(
-        node.as_ref().is_ok_and(|o| o.status.success()),
-        "`node` (20 or later) is needed for the node-eventstore-client TCP suite and is not on \
-         PATH: install Node.js, then run scripts/test"
-    );
-    let loads = Command::new("node")
-        .args(["-e", "require('node-eventstore-client')"])
-        .env("NODE_PATH", &modules)
-        .output()
-        .expect("running node");
-    assert!(
-        loads.status.success(),
-        "node cannot load node-eventstore-client from {}: run scripts/test (it installs \
-         replicator-testkit/conformance/node/package-lock.json into target/conformance-node), or \
-         set NODE_EVENTSTORE_CLIENT_MODULES to a node_modules that has it\n{}",
-        modules.display(),
-        String::from_utf8_lossy(&loads.stderr)
-    );
-    modules
-}
-
 /// Runs the node suite against a fresh in-process server with a TCP port (TLS
 /// with `tls`) and checks that every test passed.
 async fn run_node_suite(tls: Option<TestCertificates>) {
-    let modules = node_modules();
+    let modules = replicator_testkit::support::node::modules();
     let over_tls = tls.is_some();
     let server = EsdbServer::start_with(ServerOptions {
         tcp_port: Some(0),
@@ -116,7 +88,7 @@ async fn run_node_suite(tls: Option<TestCertificates>) {
     .await
     .expect("starting the in-process server");
     let address = server.tcp_address().expect("a TCP port");
-    let suite = Path::new(env!("CARGO_MANIFEST_DIR")).join("conformance/node/suite.js");
+    let suite = replicator_testkit::support::node::script("suite.js");
     let output = tokio::process::Command::new("node")
         .args(["--test", "--test-reporter=tap"])
         .arg(&suite)

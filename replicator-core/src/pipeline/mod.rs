@@ -34,6 +34,7 @@ mod checkpointer;
 mod config;
 mod dispatcher;
 mod head;
+mod parcel;
 mod progress;
 mod tracker;
 mod transform;

@@ -54,6 +54,15 @@ impl Tracker {
         self.slots.pop_back();
     }
 
+    /// Forgets slot `seq` and every newer one (records read but never
+    /// dispatched, and what was read after them); how many.
+    pub(super) fn forget_from(&mut self, seq: u64) -> usize {
+        let keep = usize::try_from(seq.saturating_sub(self.base)).unwrap_or(usize::MAX);
+        let dropped = self.slots.len().saturating_sub(keep);
+        self.slots.truncate(keep);
+        dropped
+    }
+
     /// Records read and not yet processed.
     pub(super) fn in_flight(&self) -> usize {
         self.slots.len()

@@ -94,11 +94,12 @@ async fn apply(
         match outcome {
             Ok(mut out) => {
                 health.success();
-                // The checkpoint is taken from the position and the sink
-                // recognises replays by id: whatever the transform returned,
-                // they stay the original's.
+                // The checkpoint is taken from the position, the sink
+                // recognises replays by id, and a commit stays one batch:
+                // whatever the transform returned, they stay the original's.
                 out.id = event.id;
                 out.position = event.position;
+                out.more_in_commit = event.more_in_commit;
                 return Ok(out);
             }
             Err(error) if error.is_transient() => {

@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use tokio::time::{timeout, Instant};
 use tokio_util::sync::CancellationToken;
 
+use super::parcel::Parcel;
 use super::PipelineConfig;
 use crate::error::SinkError;
 use crate::health::{short, HealthReporter};
@@ -114,9 +115,9 @@ struct Batch {
 type Written = (Batch, Result<WriteAck, SinkError>, Duration);
 
 impl Writer {
-    pub(super) async fn run(self, mut queue: mpsc::Receiver<(u64, Event)>) {
+    pub(super) async fn run(self, mut queue: mpsc::Receiver<Parcel>) {
         let depth = self.sink.pipelined_writes().max(1);
-        let mut carry: Option<(u64, Event)> = None;
+        let mut carry: Option<Parcel> = None;
         if depth > 1 {
             return self.run_pipelined(queue, depth).await;
         }
@@ -139,32 +140,20 @@ impl Writer {
     }
 
     /// A batch: `first` and what the queue holds behind it, up to the
-    /// batch limits; a record that does not fit is left in `carry`.
+    /// batch limits; a parcel that does not fit is left in `carry`.
     fn take_batch(
         &self,
-        first: (u64, Event),
-        queue: &mut mpsc::Receiver<(u64, Event)>,
-        carry: &mut Option<(u64, Event)>,
+        first: Parcel,
+        queue: &mut mpsc::Receiver<Parcel>,
+        carry: &mut Option<Parcel>,
     ) -> Batch {
-        let config = &self.config;
-        let mut bytes = first.1.payload_len();
-        let mut seqs = vec![first.0];
-        let mut events = vec![first.1];
-        while events.len() < config.max_batch_events {
-            let Ok(item) = queue.try_recv() else { break };
-            if bytes + item.1.payload_len() > config.max_batch_bytes {
-                *carry = Some(item);
-                break;
-            }
-            bytes += item.1.payload_len();
-            seqs.push(item.0);
-            events.push(item.1);
-        }
-        Batch {
-            seqs,
-            events,
-            bytes,
-        }
+        let mut batch = Batch {
+            seqs: Vec::with_capacity(first.len()),
+            events: Vec::with_capacity(first.len()),
+            bytes: 0,
+        };
+        self.add_to_batch(&mut batch, first, queue, carry);
+        batch
     }
 
     /// Reports a written batch; false when nobody listens any more.
@@ -186,8 +175,8 @@ impl Writer {
     /// the next batch fills up instead of going out small. After a failure
     /// the writes in flight are let finish, then the failed batches are
     /// written again one at a time, in order, before the pipeline goes on.
-    async fn run_pipelined(self, mut queue: mpsc::Receiver<(u64, Event)>, depth: usize) {
-        let mut carry: Option<(u64, Event)> = None;
+    async fn run_pipelined(self, mut queue: mpsc::Receiver<Parcel>, depth: usize) {
+        let mut carry: Option<Parcel> = None;
         let mut building: Option<Batch> = None;
         let mut in_flight: FuturesOrdered<BoxFuture<'static, Written>> = FuturesOrdered::new();
         let mut open = true;
@@ -245,24 +234,28 @@ impl Writer {
     }
 
     /// Adds `item` and what the queue holds behind it to `batch`, up to the
-    /// batch limits; a record that does not fit is left in `carry`.
+    /// batch limits; a parcel that does not fit is left in `carry`. An empty
+    /// batch takes any parcel whole: a commit is never split.
     fn add_to_batch(
         &self,
         batch: &mut Batch,
-        item: (u64, Event),
-        queue: &mut mpsc::Receiver<(u64, Event)>,
-        carry: &mut Option<(u64, Event)>,
+        item: Parcel,
+        queue: &mut mpsc::Receiver<Parcel>,
+        carry: &mut Option<Parcel>,
     ) {
         let config = &self.config;
         let mut next = Some(item);
-        while let Some(item) = next.take() {
-            if batch.bytes + item.1.payload_len() > config.max_batch_bytes {
-                *carry = Some(item);
+        while let Some(parcel) = next.take() {
+            let bytes = parcel.payload_len();
+            if !batch.events.is_empty()
+                && (batch.bytes + bytes > config.max_batch_bytes
+                    || batch.events.len() + parcel.len() > config.max_batch_events)
+            {
+                *carry = Some(parcel);
                 return;
             }
-            batch.bytes += item.1.payload_len();
-            batch.seqs.push(item.0);
-            batch.events.push(item.1);
+            batch.bytes += bytes;
+            parcel.unpack(&mut batch.seqs, &mut batch.events);
             if batch.events.len() < config.max_batch_events {
                 next = queue.try_recv().ok();
             }

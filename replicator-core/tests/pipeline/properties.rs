@@ -24,8 +24,9 @@ use crate::support::{event, Fault, ScriptedSink};
 
 #[derive(Debug, Clone)]
 struct Case {
-    /// (stream index, kind index, position gap) per record.
-    records: Vec<(usize, u8, u64)>,
+    /// (stream index, kind index, position gap, joins the previous record's
+    /// commit) per record.
+    records: Vec<(usize, u8, u64, bool)>,
     partitions: usize,
     max_batch_events: usize,
     buffer_size: usize,
@@ -47,7 +48,10 @@ fn fault() -> impl Strategy<Value = Fault> {
 
 fn case() -> impl Strategy<Value = Case> {
     (
-        prop::collection::vec((0usize..12, 0u8..20, 1u64..500), 1..250),
+        prop::collection::vec(
+            (0usize..12, 0u8..20, 1u64..500, prop::bool::weighted(0.3)),
+            1..250,
+        ),
         1usize..5,
         1usize..40,
         1usize..64,
@@ -92,11 +96,19 @@ fn case() -> impl Strategy<Value = Case> {
         )
 }
 
-fn build_source(records: &[(usize, u8, u64)]) -> MemorySource {
+/// The source: records of random kinds and streams; a record that joins the
+/// previous one's commit is of the same stream (as in a v5 transaction), and
+/// a commit of several records shares its commit position, each record at its
+/// own prepare position, all but the last marked `more_in_commit`.
+fn build_source(records: &[(usize, u8, u64, bool)]) -> MemorySource {
     let source = MemorySource::new();
     let mut revisions: HashMap<String, u64> = HashMap::new();
     let mut position = 0;
-    for &(stream, kind, gap) in records {
+    let mut commit: Vec<Event> = Vec::new();
+    let mut group_stream = 0;
+    for (i, &(stream, kind, gap, joins)) in records.iter().enumerate() {
+        let stream = if joins && i > 0 { group_stream } else { stream };
+        group_stream = stream;
         position += gap;
         let (name, kind) = match kind {
             0 => (format!("$$s-{stream}"), ChangeKind::StreamMetadata),
@@ -109,8 +121,23 @@ fn build_source(records: &[(usize, u8, u64)]) -> MemorySource {
             _ => (format!("s-{stream}"), ChangeKind::Append),
         };
         let revision = revisions.entry(name.clone()).or_default();
-        source.push(event(&name, *revision, position, kind));
+        commit.push(event(&name, *revision, position, kind));
         *revision += 1;
+        let next_joins = records.get(i + 1).is_some_and(|r| r.3);
+        if !next_joins {
+            position += 1;
+            let last = commit.len() - 1;
+            for (k, mut e) in commit.drain(..).enumerate() {
+                if last > 0 {
+                    e.position = Position {
+                        commit: position,
+                        prepare: e.position.prepare,
+                    };
+                    e.more_in_commit = k < last;
+                }
+                source.push(e);
+            }
+        }
     }
     source
 }
@@ -269,6 +296,31 @@ fn check(
         let got: Vec<usize> = sink.inner.log().iter().map(|e| index[&e.id]).collect();
         prop_assert_eq!(got, want, "one writer keeps the source's order");
     }
+    // A commit's records reach the sink in one write: all of them, or, after
+    // a restart from a checkpoint inside the commit, all after it.
+    for batch in sink.batches.lock().unwrap().iter() {
+        let mut commits: Vec<u64> = batch
+            .iter()
+            .filter(|p| p.commit != p.prepare)
+            .map(|p| p.commit)
+            .collect();
+        commits.dedup();
+        for c in commits {
+            let whole: Vec<Position> = events
+                .iter()
+                .filter(|e| e.kind.is_write() && e.position.commit == c)
+                .map(|e| e.position)
+                .collect();
+            let held: Vec<Position> = batch.iter().copied().filter(|p| p.commit == c).collect();
+            prop_assert!(
+                whole.ends_with(&held),
+                "commit {} split between writes: {:?} of {:?}",
+                c,
+                held,
+                whole
+            );
+        }
+    }
     let outside = sink.replays_outside_window.lock().unwrap().clone();
     prop_assert!(
         outside.is_empty(),
@@ -333,7 +385,7 @@ fn checkpoint_after_one_replays_only_the_unstored_window_whatever_the_crash_poin
     let mut largest = 0;
     for crash in 1..60 {
         let case = Case {
-            records: (0..80).map(|i| (i % 5, 10, 7)).collect(),
+            records: (0..80).map(|i| (i % 5, 10, 7, false)).collect(),
             partitions: 3,
             max_batch_events: 4,
             buffer_size: 8,

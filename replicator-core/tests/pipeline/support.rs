@@ -63,6 +63,8 @@ pub struct ScriptedSink {
     store: MemoryCheckpointStore,
     pub replays_outside_window: Arc<Mutex<Vec<String>>>,
     pub replays: Arc<AtomicUsize>,
+    /// The positions of each write's batch, in call order.
+    pub batches: Arc<Mutex<Vec<Vec<Position>>>>,
     /// [`Sink::pipelined_writes`]; with more than 1, writes apply in the
     /// order they were started, as an ordered target does.
     pipelined: usize,
@@ -97,6 +99,7 @@ impl ScriptedSink {
             store,
             replays_outside_window: Arc::default(),
             replays: Arc::default(),
+            batches: Arc::default(),
             pipelined: 1,
             ordered: Arc::default(),
         }
@@ -162,6 +165,10 @@ impl Sink for ScriptedSink {
 impl ScriptedSink {
     async fn scripted_write(&self, batch: &[Event]) -> Result<WriteAck, SinkError> {
         let call = self.calls.fetch_add(1, Ordering::SeqCst);
+        self.batches
+            .lock()
+            .unwrap()
+            .push(batch.iter().map(|e| e.position).collect());
         let fault = if self.script.is_empty() {
             Fault {
                 delay_ms: 0,

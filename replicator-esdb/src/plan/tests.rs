@@ -49,6 +49,7 @@ fn event(stream: &str, revision: u64, kind: ChangeKind, data: &[u8]) -> Event {
         created: SystemTime::UNIX_EPOCH,
         position: Position::at(revision),
         kind,
+        more_in_commit: false,
     }
 }
 
@@ -123,6 +124,66 @@ fn appends_are_capped_in_bytes_but_hold_at_least_one_record() {
 
     let plans = plan(&batch, 10);
     assert_eq!(plans[0].steps.len(), 5, "an oversized record still goes");
+}
+
+#[test]
+fn a_commit_that_fits_is_one_append_and_one_request_in_a_replay() {
+    let big = vec![7u8; 600];
+    // Records 1 to 3 are one v5 transaction committed at 1000; 0 and 4 are
+    // commits of their own.
+    let batch: Vec<Event> = (0..5u64)
+        .map(|r| {
+            let e = event("a", r, ChangeKind::Append, &big);
+            match r {
+                1..=3 => Event {
+                    position: Position {
+                        commit: 1000,
+                        prepare: 100 + r,
+                    },
+                    more_in_commit: r < 3,
+                    ..e
+                },
+                _ => e.with_position(Position::at(if r == 0 { 10 } else { 2000 })),
+            }
+        })
+        .collect();
+    let size = |cap| -> Vec<usize> {
+        plan(&batch, cap)[0]
+            .steps
+            .iter()
+            .map(|s| ids(s).len())
+            .collect()
+    };
+    // A record is 736 bytes with the allowance: 4 fit in 3_000, not in 2_500.
+    assert_eq!(
+        size(2_500),
+        [1, 3, 1],
+        "the commit does not join an append it would overflow"
+    );
+    assert_eq!(size(3_000), [4, 1], "it joins one it fits in");
+    assert_eq!(
+        size(1_500),
+        [1, 2, 2],
+        "one larger than an append is cut at the cap"
+    );
+    let sizes: Vec<usize> = sequence(&batch, 2_500)
+        .iter()
+        .map(|s| ids(s).len())
+        .collect();
+    assert_eq!(sizes, [1, 3, 1]);
+
+    let refs: Vec<&Event> = batch.iter().collect();
+    let pieces = |cap| -> Vec<usize> { replay_parts(&refs, cap).iter().map(|p| p.len()).collect() };
+    assert_eq!(
+        pieces(2_500),
+        [1, 3, 1],
+        "a replay region sends a commit whole"
+    );
+    assert_eq!(
+        pieces(1_500),
+        [1, 1, 1, 1, 1],
+        "or record by record when it is too large"
+    );
 }
 
 fn record(event: &Event, revision: u64) -> TargetRecord {

@@ -46,7 +46,7 @@ use super::{EsdbSink, STREAMS_IN_FLIGHT};
 use crate::cluster::within;
 use crate::connection::{describe, error_kind};
 use crate::plan::{
-    sequence, Action, AppendRun, Done, Expected, Guess, Reply, Step, PROBE_REVISION,
+    replay_parts, sequence, Action, AppendRun, Done, Expected, Guess, Reply, Step, PROBE_REVISION,
 };
 use crate::wire::append::{BatchSession, PendingAppend};
 use crate::wire::read::last_position;
@@ -345,12 +345,17 @@ impl EsdbSink {
             // In a replay region a request of several records could straddle
             // the end of what the target holds: refused (the server's
             // `CommitDecision.CorruptedIdempotency`) while later requests are
-            // written. One record per request cannot.
-            let size = if replaying { 1 } else { events.len() };
+            // written. One record per request cannot; nor can one commit per
+            // request, since a commit is always written whole.
+            let parts: Vec<&[&Event]> = if replaying {
+                replay_parts(&events[from..], self.max_append_bytes)
+            } else {
+                vec![&events[from..]]
+            };
             let tracked = self.is_tracked(stream);
             let mut expected = expected;
             let mut broken = false;
-            for part in events[from..].chunks(size.max(1)) {
+            for part in parts {
                 let after = expected.next_revision() + part.len() as u64;
                 if tracked {
                     next.insert(stream, after);

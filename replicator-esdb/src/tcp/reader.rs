@@ -161,6 +161,7 @@ impl Reader for TcpReader {
             last,
             floor,
             pending: VecDeque::new(),
+            open: Vec::new(),
             caught_up: false,
             done: false,
         };
@@ -197,7 +198,12 @@ struct ReadState {
     last: Option<Position>,
     /// An inclusive start: records before it are dropped.
     floor: Option<Position>,
+    /// Records ready to hand on.
     pending: VecDeque<Event>,
+    /// The records of the last commit read, held until the commit is known
+    /// to be whole (a later commit read, or the end of `$all`), so that its
+    /// records are handed on together, marked [`Event::more_in_commit`].
+    open: Vec<Event>,
     caught_up: bool,
     done: bool,
 }
@@ -301,6 +307,17 @@ impl ReadState {
             let event = to_event(record, position)?;
             self.accept(event);
         }
+        // A commit is whole once a later one is read, or at the end of
+        // `$all`: v5 makes a commit's records visible at once. A record that
+        // is a commit of its own (commit = prepare) is whole when read.
+        if received == 0
+            || self
+                .open
+                .last()
+                .is_some_and(|e| e.position.commit == e.position.prepare)
+        {
+            self.close_commit();
+        }
         let next = position(page.next_commit_position, page.next_prepare_position)?;
         if received > 0 && next <= self.cursor {
             return Err(TcpError::Protocol(format!(
@@ -314,8 +331,9 @@ impl ReadState {
         Ok(received > 0)
     }
 
-    /// Queues a record unless it is at or before the last one handed on or
-    /// before the inclusive start.
+    /// Takes a record unless it is at or before the last one taken or
+    /// before the inclusive start. It joins the open commit when it shares
+    /// its commit position; otherwise that commit is whole and handed on.
     fn accept(&mut self, event: Event) {
         if self.last.is_some_and(|last| event.position <= last)
             || self.floor.is_some_and(|floor| event.position < floor)
@@ -323,7 +341,18 @@ impl ReadState {
             return;
         }
         self.last = Some(event.position);
-        self.pending.push_back(event);
+        match self.open.last_mut() {
+            Some(previous) if previous.position.commit == event.position.commit => {
+                previous.more_in_commit = true;
+            }
+            _ => self.close_commit(),
+        }
+        self.open.push(event);
+    }
+
+    /// Hands the open commit's records on.
+    fn close_commit(&mut self) {
+        self.pending.extend(self.open.drain(..));
     }
 
     fn recovered(&mut self) {
@@ -431,6 +460,7 @@ fn to_event(record: EventRecord, position: Position) -> Result<Event, TcpError> 
         event_type: record.event_type,
         data: record.data,
         metadata: record.metadata.unwrap_or_default(),
+        more_in_commit: false,
     })
 }
 

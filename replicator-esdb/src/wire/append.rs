@@ -484,6 +484,7 @@ mod tests {
                 prepare: 1,
             },
             kind: ChangeKind::Append,
+            more_in_commit: false,
         }
     }
 

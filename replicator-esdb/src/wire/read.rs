@@ -322,6 +322,7 @@ fn decode_record(record: &Bytes) -> Result<Event, &'static str> {
         event_type,
         data,
         metadata,
+        more_in_commit: false,
     })
 }
 

@@ -463,6 +463,15 @@ async fn transaction_records_read_as_grpc_reads_them_and_resume_inside_the_trans
     for page_size in [1, 2, 1024] {
         let tcp = read_tcp(&server, page_size, StartFrom::Beginning).await;
         assert_same(&tcp, &grpc, &format!("page size {page_size}"));
+        // The transaction is one commit: every record but its last says the
+        // next is of the same commit, so the pipeline keeps them in one
+        // append; no other record does.
+        let marked: Vec<uuid::Uuid> = tcp
+            .iter()
+            .filter(|e| e.more_in_commit)
+            .map(|e| e.id)
+            .collect();
+        assert_eq!(marked, ids[..2], "page size {page_size}");
     }
 
     let positions: Vec<Position> = grpc.iter().map(|e| e.position).collect();
@@ -476,6 +485,7 @@ async fn transaction_records_read_as_grpc_reads_them_and_resume_inside_the_trans
             "After({inside}), page size {page_size}: from the transaction's third record on"
         );
         assert_eq!(after[0].id, ids[2]);
+        assert!(!after[0].more_in_commit, "the transaction's last record");
         let at = read_tcp(&server, page_size, StartFrom::At(inside)).await;
         assert_eq!(at.first().map(|e| e.id), Some(ids[1]), "At({inside})");
     }

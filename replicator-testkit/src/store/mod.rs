@@ -221,6 +221,10 @@ pub(crate) struct Store {
     next_position: u64,
     /// Pending transactions by id (the position of their TransactionBegin record).
     transactions: HashMap<u64, Pending>,
+    /// The log index of each write's first record, ascending: where the real
+    /// log's prepares carry the TransactionBegin flag (one per append, one per
+    /// committed transaction).
+    write_starts: Vec<u32>,
 }
 
 impl Default for Store {
@@ -235,6 +239,7 @@ impl Default for Store {
             payloads: Arena::default(),
             next_position: FIRST_POSITION,
             transactions: HashMap::new(),
+            write_starts: Vec::new(),
         }
     }
 }
@@ -558,6 +563,7 @@ impl Store {
             let recreate_from = self.last_revision(stream).map_or(0, |r| r + 1);
             self.rewrite_truncate_before(stream, recreate_from);
         }
+        self.begin_write();
         let mut position = 0;
         for event in events {
             position = self.push(stream, event);
@@ -566,6 +572,33 @@ impl Store {
             current: self.last_revision(stream),
             position: Some(position),
         }
+    }
+
+    /// Notes that the next record written begins a write.
+    pub(super) fn begin_write(&mut self) {
+        self.write_starts.push(number(self.log.len()));
+    }
+
+    /// How many records each write to `stream` carried, in the order written.
+    /// A record continues the write before it when it is the next record of
+    /// the log and no write began at it.
+    pub(crate) fn write_sizes(&self, stream: &str) -> Vec<usize> {
+        let Some(&n) = self.stream_numbers.get(stream) else {
+            return Vec::new();
+        };
+        let entries = &self.streams[n as usize].entries;
+        let mut sizes: Vec<usize> = Vec::new();
+        let mut previous: Option<u32> = None;
+        for &index in entries {
+            let continues = previous.is_some_and(|p| p + 1 == index)
+                && self.write_starts.binary_search(&index).is_err();
+            match sizes.last_mut() {
+                Some(size) if continues => *size += 1,
+                _ => sizes.push(1),
+            }
+            previous = Some(index);
+        }
+        sizes
     }
 
     /// Soft delete: checks `expected`, then writes `{"$tb": i64::MAX}` to `$$stream`.
@@ -577,6 +610,7 @@ impl Store {
             return outcome;
         }
         let body = serde_json::json!({ "$tb": SOFT_DELETED_TB });
+        self.begin_write();
         let position = self.push(&format!("$${stream}"), metadata_event(&body));
         WriteOutcome::Success {
             current: self.last_revision(stream),
@@ -593,6 +627,7 @@ impl Store {
             return outcome;
         }
         let current = self.last_revision(stream);
+        self.begin_write();
         let position = self.push(
             stream,
             Proposed {

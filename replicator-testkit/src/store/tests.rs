@@ -215,3 +215,23 @@ fn max_count_hides_old_events_from_stream_reads() {
     store.append("$$s", Expected::Any, vec![meta]);
     assert_eq!(store.readable("s"), Ok(1..3));
 }
+
+#[test]
+fn each_append_and_each_committed_transaction_is_one_write() {
+    let mut store = Store::default();
+    store.append("s", Expected::Any, vec![event(1), event(2), event(3)]);
+    store.append("s", Expected::Any, vec![event(4)]);
+    let id = store.start_transaction("s", Expected::Any);
+    assert!(store.write_transaction(id, vec![event(5)]));
+    store.append("other", Expected::Any, vec![event(6)]);
+    assert!(store.write_transaction(id, vec![event(7)]));
+    assert!(matches!(
+        store.commit_transaction(id),
+        TransactionOutcome::Done(WriteOutcome::Success { .. })
+    ));
+    store.append("s", Expected::Any, vec![event(8), event(9)]);
+    success(&store.tombstone("s", Expected::Any));
+    assert_eq!(store.write_sizes("s"), [3, 1, 2, 2, 1]);
+    assert_eq!(store.write_sizes("other"), [1]);
+    assert!(store.write_sizes("none").is_empty());
+}

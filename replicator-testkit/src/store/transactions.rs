@@ -105,6 +105,7 @@ impl Store {
         }
         self.reserve(record_size(&stream, "", 0));
         let commit = self.reserve(COMMIT_RECORD);
+        self.begin_write();
         let metadata: Vec<_> = events
             .into_iter()
             .filter_map(|(event, prepare)| self.push_at(&stream, event, prepare, commit))

@@ -1,5 +1,6 @@
 //! The dispatcher loop: its state, and one handler per `select!` branch.
 
+use std::collections::VecDeque;
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::{mpsc, watch};
@@ -11,6 +12,7 @@ use tracing::{debug, info, warn};
 use crate::error::PipelineError;
 use crate::model::{ChangeKind, Event};
 use crate::pipeline::head::HeadSample;
+use crate::pipeline::parcel::{OpenCommit, Parcel};
 use crate::pipeline::transform::Item;
 use crate::pipeline::writer::WriterMsg;
 use crate::pipeline::PipelineState;
@@ -21,8 +23,12 @@ use super::Run;
 
 /// Where the dispatcher loop stands.
 pub(super) struct Dispatch {
-    /// Read and sequenced, waiting for room in its partition's queue.
-    pub(super) pending: Option<(usize, u64, Event)>,
+    /// Read and sequenced, waiting in order for room in their partitions'
+    /// queues (nothing more is read meanwhile).
+    pub(super) pending: VecDeque<(usize, Parcel)>,
+    /// A commit whose last record is still to come: its records wait here
+    /// so that their writer gets all of them at once (`parcel.rs`).
+    pub(super) open_commit: Option<OpenCommit>,
     /// The reader's stream ended (caught up, not running continuously).
     pub(super) reader_ended: bool,
     /// The reader task's failure, reported once what it delivered is
@@ -64,7 +70,8 @@ pub(super) enum LoopEnd {
 impl Dispatch {
     pub(super) fn new(grace: Duration) -> Self {
         Dispatch {
-            pending: None,
+            pending: VecDeque::new(),
+            open_commit: None,
             reader_ended: false,
             reader_broke: None,
             read_open: true,
@@ -112,7 +119,7 @@ impl Run {
         let mut ticker = interval(self.config.publish_interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
-            if d.reader_ended && !d.read_open {
+            if d.reader_ended && !d.read_open && d.pending.is_empty() {
                 d.completed = true;
             }
             let closing = d.closing();
@@ -120,7 +127,7 @@ impl Run {
                 self.stop_dispatching(t, d);
             }
             // Borrowed apart from `t` and `d`, which the other branches use.
-            let (queues, pending) = (&t.queues, &d.pending);
+            let (queues, waiting) = (&t.queues, d.pending.front().map_or(0, |p| p.0));
 
             tokio::select! {
                 biased;
@@ -139,10 +146,10 @@ impl Run {
                 _ = sleep_until(d.deadline.unwrap_or_else(Instant::now)), if d.deadline.is_some() => {
                     return Ok(LoopEnd::DeadlinePassed);
                 }
-                permit = async { queues[pending.as_ref().map_or(0, |p| p.0)].reserve().await }, if pending.is_some() && !closing => {
-                    self.on_room(permit, d);
+                permit = async { queues[waiting].reserve().await }, if !d.pending.is_empty() && !closing => {
+                    self.on_room(permit, t, d);
                 }
-                item = t.read.recv(), if d.read_open && d.pending.is_none() && !closing => {
+                item = t.read.recv(), if d.read_open && d.pending.is_empty() && !closing => {
                     self.on_read(item, t, d)?;
                 }
                 _ = ticker.tick() => {
@@ -156,10 +163,18 @@ impl Run {
     /// Stops dispatching: drops what was read but not handed to a writer (it
     /// is re-read next run) and lets the writers empty their queues.
     fn stop_dispatching(&mut self, t: &mut Tasks, d: &mut Dispatch) {
-        if let Some((_, _, event)) = d.pending.take() {
-            debug!(position = %event.position, "Dropping undispatched event");
-            self.tracker.forget_last();
+        let open = d.open_commit.take();
+        let first = d
+            .pending
+            .iter()
+            .map(|(_, parcel)| parcel.first_seq())
+            .chain(open.as_ref().and_then(OpenCommit::first_seq))
+            .min();
+        if let Some(first) = first {
+            let dropped = self.tracker.forget_from(first);
+            debug!(dropped, "Dropping undispatched records");
         }
+        d.pending.clear();
         t.queues.clear();
         t.stop_reading.cancel();
     }
@@ -221,29 +236,42 @@ impl Run {
         }
     }
 
-    /// Room in the queue of the pending record's partition: hands it over.
+    /// Room in the queue of the first pending parcel's partition: hands it
+    /// over, and the ones behind it that find room at once.
     fn on_room(
         &mut self,
-        permit: Result<mpsc::Permit<'_, (u64, Event)>, mpsc::error::SendError<()>>,
+        permit: Result<mpsc::Permit<'_, Parcel>, mpsc::error::SendError<()>>,
+        t: &Tasks,
         d: &mut Dispatch,
     ) {
         match permit {
             Ok(permit) => {
-                let (partition, seq, event) =
-                    d.pending.take().expect("guarded by pending.is_some()");
-                self.partitions.sent(seq, &event, partition);
-                permit.send((seq, event));
+                let (_, parcel) = d.pending.pop_front().expect("guarded by a pending parcel");
+                permit.send(parcel);
+                self.hand_over(t, d);
             }
             Err(_) => {
                 // The writer is gone without a word: its task end says why (a
                 // panic); never spin on its queue.
-                let partition = d.pending.as_ref().map_or(0, |p| p.0);
+                let partition = d.pending.front().map_or(0, |p| p.0);
                 let error = PipelineError::TaskEnded {
                     task: format!("writer {partition}"),
                     reason: "its queue closed while replicating".into(),
                 };
                 d.fail(error, Writers::Stop);
             }
+        }
+    }
+
+    /// Hands the pending parcels over, in order, while their queues have
+    /// room; the rest wait for [`Run::on_room`].
+    fn hand_over(&mut self, t: &Tasks, d: &mut Dispatch) {
+        while let Some(&(partition, _)) = d.pending.front() {
+            let Ok(permit) = t.queues[partition].try_reserve() else {
+                return;
+            };
+            let (_, parcel) = d.pending.pop_front().expect("a front parcel");
+            permit.send(parcel);
         }
     }
 
@@ -264,6 +292,12 @@ impl Run {
                 if let Some(error) = d.reader_broke.take() {
                     warn!(%error, "Stopping; draining what is in flight");
                     d.fail(error, Writers::Finish);
+                } else if d.open_commit.is_some() {
+                    // The reader ended by itself: what it delivered is
+                    // written, even a commit it promised more of.
+                    warn!("The reader ended inside a commit");
+                    self.close_commit(d);
+                    self.hand_over(t, d);
                 }
             }
             // What came before the error is written and checkpointed.
@@ -277,7 +311,9 @@ impl Run {
     }
 
     /// Sequences a record, then skips it or hands it to its partition's
-    /// writer (or holds it until that writer's queue has room).
+    /// writer (or holds it until that writer's queue has room). A commit's
+    /// records ([`Event::more_in_commit`]) are held until its last one, then
+    /// handed over together.
     ///
     /// # Errors
     /// A record out of order.
@@ -285,6 +321,17 @@ impl Run {
         self.check_order(&event)?;
         let seq = self.tracker.push(event.position, event.created);
         self.stats.read += 1;
+        let commit = event.position.commit;
+        if d.open_commit
+            .as_ref()
+            .is_some_and(|open| open.commit != commit)
+        {
+            // The reader promised more of the commit and went on: hand over
+            // what there is rather than hold it.
+            warn!(position = %event.position, "A commit ended without its last record");
+            self.close_commit(d);
+        }
+        let more = event.more_in_commit;
         match event.kind {
             ChangeKind::Skip(reason) => {
                 self.stats.skipped += 1;
@@ -294,24 +341,37 @@ impl Run {
                 self.send_frontier(t.frontier.as_ref(), false);
             }
             _ => match self.partitions.choose(&event) {
-                // Room in the partition's queue (the common case): handed
-                // over now rather than on the next turn of the loop.
-                Ok(partition) => match t.queues[partition].try_reserve() {
-                    Ok(permit) => {
-                        self.partitions.sent(seq, &event, partition);
-                        permit.send((seq, event));
+                Ok(partition) => {
+                    self.partitions.sent(seq, &event, partition);
+                    if more || d.open_commit.is_some() {
+                        d.open_commit
+                            .get_or_insert_with(|| OpenCommit::new(commit))
+                            .push(partition, seq, event);
+                    } else {
+                        d.pending.push_back((partition, Parcel::One(seq, event)));
                     }
-                    Err(_) => d.pending = Some((partition, seq, event)),
-                },
+                }
                 Err(error) => {
                     // Not dispatched: the checkpoint stays before it.
                     self.tracker.forget_last();
                     warn!(%error, "Partitioner failed; draining");
                     d.fail(error, Writers::Finish);
+                    return Ok(());
                 }
             },
         }
+        if !more {
+            self.close_commit(d);
+        }
+        self.hand_over(t, d);
         Ok(())
+    }
+
+    /// Queues the open commit's records, one parcel per partition.
+    fn close_commit(&mut self, d: &mut Dispatch) {
+        if let Some(mut open) = d.open_commit.take() {
+            d.pending.extend(open.close());
+        }
     }
 
     /// Takes the head poller's latest sample, if there is a new one.
@@ -328,7 +388,7 @@ impl Run {
     /// The publish interval (after [`Run::take_head`]): checks for a stalled
     /// reader, hands the frontier over and publishes.
     fn on_tick(&mut self, t: &Tasks, d: &Dispatch) {
-        self.check_stall(d.read_open && d.pending.is_none() && !d.closing() && t.read.is_empty());
+        self.check_stall(d.read_open && d.pending.is_empty() && !d.closing() && t.read.is_empty());
         self.send_frontier(t.frontier.as_ref(), true);
         self.publish(&t.stored);
     }

@@ -10,9 +10,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::CheckpointError;
-use crate::model::Event;
 use crate::pipeline::checkpointer::{Checkpointer, Frontier, Stored};
 use crate::pipeline::head::{poll_head, HeadSample};
+use crate::pipeline::parcel::Parcel;
 use crate::pipeline::transform::{transformed, Item};
 use crate::pipeline::writer::{probe_idle_target, LastWrite, Writer, WriterMsg};
 use crate::traits::{EventStream, Sink};
@@ -54,7 +54,7 @@ pub(super) struct Tasks {
     pub(super) acks: mpsc::UnboundedReceiver<WriterMsg>,
     /// One per writer; cleared when dispatching stops, so that the writers
     /// empty them and exit.
-    pub(super) queues: Vec<mpsc::Sender<(u64, Event)>>,
+    pub(super) queues: Vec<mpsc::Sender<Parcel>>,
 }
 
 impl Run {
