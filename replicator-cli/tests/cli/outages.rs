@@ -553,6 +553,63 @@ async fn a_frozen_target_is_reported_within_the_call_deadline_and_the_copy_resum
     println!("took {:.1?}", started.elapsed());
 }
 
+/// An EventStoreDB v5 source read over TCP (`reader.protocol: tcp`) frozen
+/// mid-copy, as a partition without a reset looks: the reader's heartbeats
+/// go unanswered, readiness turns 503 naming the source, the copy stops short
+/// of the end; thawed, it resumes and the target ends up identical.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_tcp_source_is_reported_and_the_copy_resumes_when_it_thaws() {
+    let started = Instant::now();
+    let (source, tcp) = OutOfProcessEsdb::start_with_tcp().await;
+    let source_client = client(&source.connection_string);
+    let target = EsdbServer::start().await.unwrap();
+    let target_client = client(&target.connection_string());
+    write_events(&source_client, EVENTS).await;
+    let address = tcp.trim_start_matches("tcp://");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("config")).unwrap();
+    let yaml = format!(
+        "replicator:\n  reader:\n    connectionString: \"ConnectTo=tcp://{address}; \
+         UseSslConnection=false; HeartBeatTimeout=1000\"\n    protocol: tcp\n  sink:\n    \
+         connectionString: \"{}\"\n{}",
+        target.connection_string(),
+        settings("")
+    );
+    std::fs::write(dir.path().join("config/appsettings.yaml"), yaml).unwrap();
+    let w = Workdir { dir };
+    let gate = target.faults();
+    let run = start_held(&w, &gate).await;
+
+    // Frozen while the run is a few writes in; then the target takes what
+    // the run has read.
+    source.freeze();
+    let frozen = Instant::now();
+    gate.release_writes();
+    let body = wait_unready(&run, "source", frozen, unready_within()).await;
+    assert_eq!(body["components"]["target"]["healthy"], true, "{body:#}");
+    let s = hold_unready(
+        &run,
+        "source",
+        "the reader without anything more to hand on",
+        |s| s["in_flight"] == 0 && attempts(s, "source") >= 3,
+    )
+    .await;
+    assert!(written(&s) < EVENTS, "{s:#}");
+    assert_eq!(s["caught_up"], false, "{s:#}");
+    println!(
+        "{} of {EVENTS} events written while the source was frozen {:.1?}",
+        written(&s),
+        frozen.elapsed()
+    );
+
+    source.thaw();
+    wait_ready(&run, "the source thawed", back_within()).await;
+    wait_complete(&run, EVENTS).await;
+    run.stop().await;
+    assert_identical(&source_client, &target_client, EVENTS).await;
+    println!("took {:.1?}", started.elapsed());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_checkpoint_file_under_a_missing_directory_is_created() {
     let c = Clusters::start().await;
@@ -616,35 +673,59 @@ struct OutOfProcessEsdb {
 
 impl OutOfProcessEsdb {
     async fn start() -> Self {
+        Self::start_with(&[]).await.0
+    }
+
+    /// With the legacy TCP service too: also its `tcp://HOST:PORT`.
+    async fn start_with_tcp() -> (Self, String) {
+        let (server, mut lines) = Self::start_with(&["--tcp-port", "0"]).await;
+        let tcp = lines.pop().expect("the TCP endpoint");
+        assert!(tcp.starts_with("tcp://"), "esdb-testkit printed {tcp:?}");
+        (server, tcp)
+    }
+
+    /// Starts `esdb-testkit --port 0` with `args`; returns it and the lines
+    /// it printed after the connection string (one per extra endpoint).
+    async fn start_with(args: &[&str]) -> (Self, Vec<String>) {
         let mut child = Command::new(esdb_testkit_bin())
             .args(["--port", "0"])
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .spawn()
             .expect("cannot start esdb-testkit");
         let stdout = child.stdout.take().unwrap();
-        let line = tokio::time::timeout(
+        let expected = 1 + args.iter().filter(|a| a.ends_with("-port")).count();
+        let lines = tokio::time::timeout(
             Duration::from_secs(30),
             tokio::task::spawn_blocking(move || {
-                let mut line = String::new();
-                std::io::BufReader::new(stdout)
-                    .read_line(&mut line)
-                    .map(|_| line)
+                let mut stdout = std::io::BufReader::new(stdout);
+                let mut lines = Vec::new();
+                for _ in 0..expected {
+                    let mut line = String::new();
+                    stdout.read_line(&mut line)?;
+                    lines.push(line.trim().to_owned());
+                }
+                std::io::Result::Ok(lines)
             }),
         )
         .await
         .expect("esdb-testkit printed no connection string within 30s")
         .unwrap()
         .unwrap();
-        let connection_string = line.trim().to_owned();
+        let mut lines = lines.into_iter();
+        let connection_string = lines.next().unwrap_or_default();
         assert!(
             connection_string.starts_with("esdb://"),
-            "esdb-testkit printed {line:?}"
+            "esdb-testkit printed {connection_string:?}"
         );
-        OutOfProcessEsdb {
-            process: ServerProcess(child),
-            connection_string,
-        }
+        (
+            OutOfProcessEsdb {
+                process: ServerProcess(child),
+                connection_string,
+            },
+            lines.collect(),
+        )
     }
 
     /// SIGSTOP: connections stay open and the kernel keeps accepting new

@@ -281,3 +281,40 @@ async fn a_csharp_checkpoint_inside_a_transaction_resumes_at_its_commit() {
     assert!(report.is_identical(), "{report}");
     assert_eq!(&read_ids(&v5.target_client, "txn-a").await, txn_a);
 }
+
+/// Start-up errors of a TCP source name what is wrong and never show the
+/// password: wrong credentials name the user, an unsupported
+/// connection-string setting names the setting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_password_or_an_unknown_setting_stops_the_run_naming_it() {
+    let v5 = V5::start().await;
+    v5.write_workload().await;
+    let address = v5.source.tcp_address().unwrap();
+    for (connection, names) in [
+        (
+            format!("ConnectTo=tcp://admin:not-the-password@{address}; UseSslConnection=false"),
+            &["refused the credentials", "`admin`"][..],
+        ),
+        (
+            format!("ConnectTo=tcp://admin:not-the-password@{address}; Bogus=1"),
+            &["`Bogus`"][..],
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("config")).unwrap();
+        let yaml = format!(
+            "replicator:\n  reader:\n    connectionString: \"{connection}\"\n    protocol: tcp\n  \
+             sink:\n    connectionString: \"{}\"\n  runContinuously: false\n",
+            v5.target.connection_string()
+        );
+        std::fs::write(dir.path().join("config/appsettings.yaml"), yaml).unwrap();
+        let o = run_async(&Workdir { dir }, &["run"]).await;
+        let output = format!("{}{}", stdout(&o), stderr(&o));
+        assert!(!o.status.success(), "{output}");
+        for name in names {
+            assert!(output.contains(name), "{name} in:\n{output}");
+        }
+        assert!(!output.contains("not-the-password"), "{output}");
+        assert!(read_ids(&v5.target_client, "txn-first").await.is_empty());
+    }
+}
