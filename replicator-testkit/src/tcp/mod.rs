@@ -70,5 +70,5 @@ pub(crate) async fn accept_loop(
 ) {
     let serving = Arc::clone(&shared);
     let serve = move |io: Box<dyn Io>, token| connection::serve(io, Arc::clone(&serving), token);
-    listen::accept_loop(listener, shared, stop, "TCP", Duration::from_secs(2), serve).await;
+    listen::accept_loop(listener, shared, stop, "TCP", true, Duration::from_secs(2), serve).await;
 }
