@@ -187,7 +187,10 @@ fn answer<B>(shared: &Shared, request: &hyper::Request<B>) -> hyper::Response<St
             .expect("a valid response");
     }
     response
-        .header(hyper::header::CONTENT_TYPE, "application/json; charset=utf-8")
+        .header(
+            hyper::header::CONTENT_TYPE,
+            "application/json; charset=utf-8",
+        )
         .body(cluster_info(shared).to_string())
         .expect("a valid response")
 }
@@ -208,7 +211,10 @@ fn cluster_info(shared: &Shared) -> Value {
             .checked_sub(1)
             .and_then(|i| store.log_slice(i, 1).pop())
             .map_or(-1, |r| i64::try_from(r.commit_position).unwrap_or(i64::MAX));
-        (last, i64::try_from(store.end_position()).unwrap_or(i64::MAX))
+        (
+            last,
+            i64::try_from(store.end_position()).unwrap_or(i64::MAX),
+        )
     });
     let now = timestamp(SystemTime::now());
     let members: Vec<Value> = members

@@ -201,7 +201,9 @@ impl Connection {
     pub(crate) async fn open(settings: &TcpSettings) -> Result<Connection, TcpError> {
         let endpoint = match &settings.target {
             Target::Node(endpoint) => endpoint.clone(),
-            Target::Cluster(discovery) => discovery.discover().await?.choose(settings.tls.is_some()),
+            Target::Cluster(discovery) => {
+                discovery.discover().await?.choose(settings.tls.is_some())
+            }
         };
         Self::open_to(settings, endpoint).await
     }
@@ -623,7 +625,10 @@ fn leader(info: &MasterInfo) -> Option<NodeEndpoints> {
     };
     Some(NodeEndpoints {
         tcp: endpoint(&info.external_tcp_address, info.external_tcp_port)?,
-        secure_tcp: match (&info.external_secure_tcp_address, info.external_secure_tcp_port) {
+        secure_tcp: match (
+            &info.external_secure_tcp_address,
+            info.external_secure_tcp_port,
+        ) {
             (Some(host), Some(port)) => endpoint(host, port),
             _ => None,
         },

@@ -244,7 +244,7 @@ impl Discovery {
         };
         let candidates = match old {
             Some(members) => from_old_gossip(&members, failed.as_ref()),
-            None => self.from_settings().await?,
+            None => self.configured_seeds().await?,
         };
         if candidates.is_empty() {
             return Err("no gossip endpoint to ask".into());
@@ -275,7 +275,7 @@ impl Discovery {
 
     /// The seeds, in random order (v5.0.12 shuffles them), or every address
     /// of the DNS name with the gossip port.
-    async fn from_settings(&self) -> Result<Vec<GossipSeed>, String> {
+    async fn configured_seeds(&self) -> Result<Vec<GossipSeed>, String> {
         match &self.settings.seeds {
             Seeds::List(seeds) => {
                 let mut seeds = seeds.clone();
@@ -376,7 +376,9 @@ fn from_old_gossip(members: &[Member], failed: Option<&NodeEndpoints>) -> Vec<Go
     let mut nodes = Vec::new();
     let mut managers = Vec::new();
     for member in members {
-        if failed.is_some_and(|failed| failed.holds(&tcp(member)) || secure(member).is_some_and(|s| failed.holds(&s))) {
+        if failed.is_some_and(|failed| {
+            failed.holds(&tcp(member)) || secure(member).is_some_and(|s| failed.holds(&s))
+        }) {
             continue;
         }
         let (host, port) = match (&member.http_end_point_ip, member.http_end_point_port) {
@@ -386,7 +388,9 @@ fn from_old_gossip(members: &[Member], failed: Option<&NodeEndpoints>) -> Vec<Go
                 member.external_http_port,
             ),
         };
-        let Ok(port) = u16::try_from(port) else { continue };
+        let Ok(port) = u16::try_from(port) else {
+            continue;
+        };
         if host.is_empty() || port == 0 {
             continue;
         }

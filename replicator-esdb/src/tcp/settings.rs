@@ -393,7 +393,11 @@ fn port(key: &str, value: &str) -> Result<u16, SettingsError> {
         .parse::<u16>()
         .ok()
         .filter(|p| *p != 0)
-        .ok_or_else(|| error(format!("setting `{key}` must be a port (1 to 65535), not {value:?}")))
+        .ok_or_else(|| {
+            error(format!(
+                "setting `{key}` must be a port (1 to 65535), not {value:?}"
+            ))
+        })
 }
 
 /// `GossipSeeds`: `[http://|https://]host:port,…` (ES5 `ConnectionString.cs`:
@@ -505,11 +509,16 @@ fn connect_uri(uri: &str) -> Result<(Uri, Option<Credentials>), SettingsError> {
     }
     let port = match port {
         None => None,
-        Some(port) => Some(port.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| {
-            error(format!(
-                "setting `ConnectTo` has an invalid port {port:?} (host {host})"
-            ))
-        })?),
+        Some(port) => Some(
+            port.parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| {
+                    error(format!(
+                        "setting `ConnectTo` has an invalid port {port:?} (host {host})"
+                    ))
+                })?,
+        ),
     };
     let uri = if discover {
         Uri::Discover {
@@ -621,9 +630,11 @@ mod tests {
                 port: 2200
             }
         );
-        assert!(!parse("ConnectTo=tcp://h:1113; RequireLeader=false")
-            .unwrap()
-            .require_master);
+        assert!(
+            !parse("ConnectTo=tcp://h:1113; RequireLeader=false")
+                .unwrap()
+                .require_master
+        );
     }
 
     #[test]
@@ -634,11 +645,17 @@ mod tests {
             ("GossipSeeds=a:2113,", "`GossipSeeds`"),
             ("GossipSeeds=a:b:2113", "`GossipSeeds`"),
             ("GossipSeeds=a:99999", "`GossipSeeds`"),
-            ("ClusterDns=es; ExternalGossipPort=0", "`ExternalGossipPort`"),
+            (
+                "ClusterDns=es; ExternalGossipPort=0",
+                "`ExternalGossipPort`",
+            ),
             ("ClusterDns=es; GossipPort=x", "`GossipPort`"),
             ("ClusterDns=", "`ClusterDns`"),
             ("ClusterDns=es; NodePreference=Nearest", "`NodePreference`"),
-            ("ClusterDns=es; MaxDiscoverAttempts=0", "`MaxDiscoverAttempts`"),
+            (
+                "ClusterDns=es; MaxDiscoverAttempts=0",
+                "`MaxDiscoverAttempts`",
+            ),
             ("ClusterDns=es; GossipTimeout=1s", "`GossipTimeout`"),
             ("ClusterDns=es; RequireMaster=yes", "`RequireMaster`"),
             ("ConnectTo=discover://es:0", "port"),

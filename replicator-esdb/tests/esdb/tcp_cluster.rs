@@ -214,9 +214,7 @@ async fn a_leader_change_mid_read_loses_and_repeats_nothing() {
     c.set_role(Role::Follower {
         leader: on_b_leader,
     });
-    let on_b: Vec<Event> = (0..30)
-        .map(|i| user_event("after-b", i, i))
-        .collect();
+    let on_b: Vec<Event> = (0..30).map(|i| user_event("after-b", i, i)).collect();
     for node in [&b, &c] {
         let client = grpc_client(node);
         for event in &on_b {
@@ -332,9 +330,8 @@ async fn unreachable_seeds_are_a_transient_failure_naming_them() {
             held.push(socket);
         }
     });
-    let text = format!(
-        "GossipSeeds={refused},{silent_address}; GossipTimeout=200; MaxDiscoverAttempts=2"
-    );
+    let text =
+        format!("GossipSeeds={refused},{silent_address}; GossipTimeout=200; MaxDiscoverAttempts=2");
     let mut reader = reader(text, 100, true);
     let health = HealthReporter::new(Component::Source);
     reader.report_health_to(health.clone());

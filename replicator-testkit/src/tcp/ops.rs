@@ -12,19 +12,20 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::frame::{command, Frame};
+use crate::gossip::Role;
 use crate::proto::tcp::{
-    read_all_events_completed::ReadAllResult, read_event_completed::ReadEventResult,
-    read_stream_events_completed::ReadStreamResult, subscription_dropped::SubscriptionDropReason,
     not_handled::{MasterInfo, NotHandledReason},
+    read_all_events_completed::ReadAllResult,
+    read_event_completed::ReadEventResult,
+    read_stream_events_completed::ReadStreamResult,
+    subscription_dropped::SubscriptionDropReason,
     DeleteStream, DeleteStreamCompleted, EventRecord, NewEvent, NotHandled, OperationResult,
-    ReadAllEvents,
-    ReadAllEventsCompleted, ReadEvent, ReadEventCompleted, ReadStreamEvents,
+    ReadAllEvents, ReadAllEventsCompleted, ReadEvent, ReadEventCompleted, ReadStreamEvents,
     ReadStreamEventsCompleted, ResolvedEvent, ResolvedIndexedEvent, StreamEventAppeared,
     SubscribeToStream, SubscriptionConfirmation, SubscriptionDropped, TransactionCommit,
     TransactionCommitCompleted, TransactionStart, TransactionStartCompleted, TransactionWrite,
     TransactionWriteCompleted, WriteEvents, WriteEventsCompleted,
 };
-use crate::gossip::Role;
 use crate::security::{self, Access, Principal};
 use crate::shared::Shared;
 use crate::store::{
@@ -81,9 +82,7 @@ pub(super) fn not_handled(shared: &Shared, request: &Frame) -> Option<Frame> {
         command::DELETE_STREAM => (DeleteStream::decode(body).ok()?.require_master, true),
         command::TRANSACTION_START => (TransactionStart::decode(body).ok()?.require_master, true),
         command::TRANSACTION_WRITE => (TransactionWrite::decode(body).ok()?.require_master, true),
-        command::TRANSACTION_COMMIT => {
-            (TransactionCommit::decode(body).ok()?.require_master, true)
-        }
+        command::TRANSACTION_COMMIT => (TransactionCommit::decode(body).ok()?.require_master, true),
         _ => return None,
     };
     if !require_master {

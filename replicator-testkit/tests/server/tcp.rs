@@ -11,13 +11,12 @@ use eventstore::{
 };
 use prost::Message;
 use replicator_testkit::proto::tcp::{
-    read_all_events_completed::ReadAllResult, NewEvent, OperationResult, ReadAllEvents,
     not_handled::{MasterInfo, NotHandledReason},
-    NotHandled, ReadAllEventsCompleted, ReadEvent, ReadEventCompleted, StreamEventAppeared,
-    SubscribeToStream,
-    SubscriptionConfirmation, TransactionCommit, TransactionCommitCompleted, TransactionStart,
-    TransactionStartCompleted, TransactionWrite, TransactionWriteCompleted, WriteEvents,
-    WriteEventsCompleted,
+    read_all_events_completed::ReadAllResult,
+    NewEvent, NotHandled, OperationResult, ReadAllEvents, ReadAllEventsCompleted, ReadEvent,
+    ReadEventCompleted, StreamEventAppeared, SubscribeToStream, SubscriptionConfirmation,
+    TransactionCommit, TransactionCommitCompleted, TransactionStart, TransactionStartCompleted,
+    TransactionWrite, TransactionWriteCompleted, WriteEvents, WriteEventsCompleted,
 };
 use replicator_testkit::security::User;
 use replicator_testkit::{EsdbServer, NodeState, Role, ServerOptions};
@@ -864,7 +863,8 @@ async fn grpc_reads_carry_a_tcp_transaction_commit_and_prepare_positions() {
 async fn http_get(address: std::net::SocketAddr, path: &str) -> (String, String) {
     let exchange = async {
         let mut stream = TcpStream::connect(address).await.expect("connect");
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
         stream.write_all(request.as_bytes()).await.expect("send");
         let mut answer = Vec::new();
         stream.read_to_end(&mut answer).await.expect("read");
@@ -874,7 +874,10 @@ async fn http_get(address: std::net::SocketAddr, path: &str) -> (String, String)
         .await
         .expect("an answer in time");
     let (head, body) = answer.split_once("\r\n\r\n").expect("a head and a body");
-    (head.lines().next().unwrap_or_default().to_owned(), body.to_owned())
+    (
+        head.lines().next().unwrap_or_default().to_owned(),
+        body.to_owned(),
+    )
 }
 
 async fn gossip(server: &EsdbServer) -> serde_json::Value {
@@ -942,13 +945,18 @@ async fn gossip_lists_the_members_a_test_sets_with_v5_field_names() {
     assert_eq!(members[0]["state"], "Slave");
     assert_eq!(members[1]["state"], "Master");
     assert_eq!(members[1]["isAlive"], false);
-    assert_eq!(members[1]["externalTcpPort"], b.tcp_address().unwrap().port());
+    assert_eq!(
+        members[1]["externalTcpPort"],
+        b.tcp_address().unwrap().port()
+    );
 
     let (status, _) = http_get(a.gossip_address().unwrap(), "/info").await;
     assert_eq!(status, "HTTP/1.1 404 Not Found");
     // A stopped node answers nothing, and serves again after a restart.
     a.stop().await;
-    assert!(TcpStream::connect(a.gossip_address().unwrap()).await.is_err());
+    assert!(TcpStream::connect(a.gossip_address().unwrap())
+        .await
+        .is_err());
     a.restart().await.unwrap();
     assert_eq!(gossip(&a).await["members"].as_array().unwrap().len(), 2);
 }
@@ -972,7 +980,9 @@ async fn tcp_followers_answer_not_master_naming_the_leader() {
         leader: Some(leader.member(NodeState::Master)),
     });
     let mut raw = Raw::connect(&follower).await;
-    let answer = raw.call(READ_ALL_FORWARD, 1, None, &read_all(0, 0, 10)).await;
+    let answer = raw
+        .call(READ_ALL_FORWARD, 1, None, &read_all(0, 0, 10))
+        .await;
     let (reason, info) = not_handled(&answer);
     assert_eq!(reason, NotHandledReason::NotMaster as i32);
     let info = info.expect("the leader's endpoints");
@@ -1007,8 +1017,13 @@ async fn tcp_followers_answer_not_master_naming_the_leader() {
 
     // No leader known: reads are not ready, writes name this node.
     follower.set_role(Role::Follower { leader: None });
-    let answer = raw.call(READ_ALL_FORWARD, 5, None, &read_all(0, 0, 10)).await;
-    assert_eq!(not_handled(&answer), (NotHandledReason::NotReady as i32, None));
+    let answer = raw
+        .call(READ_ALL_FORWARD, 5, None, &read_all(0, 0, 10))
+        .await;
+    assert_eq!(
+        not_handled(&answer),
+        (NotHandledReason::NotReady as i32, None)
+    );
     let answer = raw
         .call(WRITE_EVENTS, 6, None, &write("s", &[uuid::Uuid::new_v4()]))
         .await;
@@ -1021,6 +1036,8 @@ async fn tcp_followers_answer_not_master_naming_the_leader() {
 
     // A leader again: served.
     follower.set_role(Role::Leader);
-    let answer = raw.call(READ_ALL_FORWARD, 7, None, &read_all(0, 0, 10)).await;
+    let answer = raw
+        .call(READ_ALL_FORWARD, 7, None, &read_all(0, 0, 10))
+        .await;
     assert_eq!(answer.command, READ_ALL_FORWARD + 1);
 }
