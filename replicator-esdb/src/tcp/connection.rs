@@ -302,6 +302,8 @@ impl Connection {
     ) -> Result<Frame, TcpError> {
         let mut redirects = 0;
         loop {
+            // Only this request's answer may redirect it.
+            self.redirect = None;
             let outcome = self.request_here(command, &body, expect, what).await;
             let Some(leader) = self.redirect.take() else {
                 return outcome;
