@@ -28,7 +28,7 @@ const DEFAULT_GOSSIP_PORT: u16 = 2113;
 
 /// Keys the .NET client knows that mean nothing for one reader: accepted, and
 /// ignored.
-const IGNORED: [&str; 11] = [
+const IGNORED: [&str; 12] = [
     "maxretries",
     "maxreconnections",
     "reconnectiondelay",
@@ -40,9 +40,9 @@ const IGNORED: [&str; 11] = [
     "maxqueuesize",
     "maxconcurrentitems",
     "compatibilitymode",
+    // v22 only.
+    "retryauthenticationontimeout",
 ];
-/// …and this one only on the v22 client.
-const IGNORED_V22: [&str; 1] = ["retryauthenticationontimeout"];
 
 /// Login and password sent in `Authenticate`.
 #[derive(Clone, PartialEq, Eq)]
@@ -235,7 +235,7 @@ impl TcpSettings {
                         "setting `{key}` is not supported: gossip over TLS follows ValidateServer"
                     )))
                 }
-                other if IGNORED.contains(&other) || IGNORED_V22.contains(&other) => {}
+                other if IGNORED.contains(&other) => {}
                 _ => return Err(error(format!("has an unknown setting `{key}`"))),
             }
         }
