@@ -22,6 +22,7 @@
 pub mod cluster;
 mod error;
 mod faults;
+mod gossip;
 mod listen;
 #[allow(missing_docs)]
 pub mod proto;
@@ -36,5 +37,6 @@ pub mod workload;
 
 pub use error::TestkitError;
 pub use faults::FaultHandle;
+pub use gossip::{GossipMember, NodeState, Role};
 pub use server::{EsdbServer, PreloadEvent};
 pub use shared::ServerOptions;

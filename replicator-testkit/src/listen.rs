@@ -1,5 +1,5 @@
 //! Accepting connections, plain or TLS, for both protocols the server speaks
-//! (gRPC and the legacy TCP protocol): one loop, each connection served by
+//! (gRPC and the legacy TCP protocol) and v5's HTTP gossip: one loop, each connection served by
 //! its protocol's own function.
 
 use std::future::Future;
@@ -22,19 +22,22 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
 /// by `serve` (with the connection's cancellation token from the fault
 /// state, which `drop_connections` cancels), over TLS when the server has a
 /// certificate. On stop, the connections get `drain` to end, then are
-/// aborted. `protocol` names the service in logs.
+/// aborted. `protocol` names the service in logs; `secure: false` serves
+/// plain whatever the server's TLS (v5's HTTP gossip).
 pub(crate) async fn accept_loop<F, Fut>(
     listener: TcpListener,
     shared: Arc<Shared>,
     stop: CancellationToken,
     protocol: &'static str,
+    secure: bool,
     drain: Duration,
     serve: F,
 ) where
     F: Fn(Box<dyn Io>, CancellationToken) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let tls = match shared.options.tls.as_ref().map(|c| c.server_config()) {
+    let certificate = shared.options.tls.as_ref().filter(|_| secure);
+    let tls = match certificate.map(|c| c.server_config()) {
         Some(Ok(config)) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))),
         Some(Err(error)) => {
             warn!(%error, protocol, "Unusable TLS certificate; not serving");

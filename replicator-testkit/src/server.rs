@@ -18,6 +18,7 @@ use tonic::service::Routes;
 use tracing::{debug, warn};
 
 use crate::faults::{FaultHandle, FaultState};
+use crate::gossip::{ClusterView, GossipMember, NodeState, Role};
 use crate::listen::{self, Io};
 use crate::proto::gossip::gossip_server::GossipServer;
 use crate::proto::server_features::server_features_server::ServerFeaturesServer;
@@ -64,6 +65,8 @@ struct Running {
     task: JoinHandle<()>,
     /// The TCP-protocol listener, when the server has one.
     tcp_task: Option<JoinHandle<()>>,
+    /// The HTTP gossip listener, when the server has one.
+    gossip_task: Option<JoinHandle<()>>,
 }
 
 /// An EventStoreDB-protocol gRPC server running inside this process.
@@ -122,6 +125,14 @@ impl EsdbServer {
             Some(listener) => Some(listener.local_addr()?),
             None => None,
         };
+        let gossip_listener = match options.gossip_port {
+            Some(gossip_port) => Some(bind(&host, gossip_port).await?),
+            None => None,
+        };
+        let gossip_address = match &gossip_listener {
+            Some(listener) => Some(listener.local_addr()?),
+            None => None,
+        };
         let shared = Arc::new(Shared {
             store: Mutex::new(Store::default()),
             appended: watch::Sender::new(0),
@@ -132,13 +143,16 @@ impl EsdbServer {
             instance_id: uuid::Uuid::new_v4(),
             plain_appends: Default::default(),
             batch_requests: Default::default(),
+            tcp_address,
+            gossip_address,
+            view: Mutex::new(ClusterView::default()),
         });
         let server = EsdbServer {
             shared,
             running: Mutex::new(None),
             tcp_address,
         };
-        server.spawn(listener, tcp_listener);
+        server.spawn(listener, tcp_listener, gossip_listener);
         Ok(server)
     }
 
@@ -192,6 +206,48 @@ impl EsdbServer {
     /// ```
     pub fn tcp_address(&self) -> Option<SocketAddr> {
         self.tcp_address
+    }
+
+    /// Where the HTTP gossip is served (kept across restarts); `None` unless
+    /// [`ServerOptions::gossip_port`] was set. A .NET ClientAPI connection
+    /// string reaches it as `GossipSeeds=ADDRESS`.
+    pub fn gossip_address(&self) -> Option<SocketAddr> {
+        self.shared.gossip_address
+    }
+
+    /// This server as a member of a v5 cluster's gossip, in `state`: its TCP
+    /// endpoint (also as the secure one when it serves TLS), its gossip
+    /// endpoint, alive. What [`EsdbServer::set_gossip`] and
+    /// [`Role::Follower`] take.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> std::io::Result<()> {
+    /// use replicator_testkit::{EsdbServer, NodeState, Role, ServerOptions};
+    ///
+    /// let options = || ServerOptions { tcp_port: Some(0), gossip_port: Some(0), ..ServerOptions::default() };
+    /// let (a, b) = (EsdbServer::start_with(options()).await?, EsdbServer::start_with(options()).await?);
+    /// let members = vec![a.member(NodeState::Master), b.member(NodeState::Slave)];
+    /// a.set_gossip(members.clone());
+    /// b.set_gossip(members);
+    /// b.set_role(Role::Follower { leader: Some(a.member(NodeState::Master)) });
+    /// // GossipSeeds=<b.gossip_address()> leads a v5 client to a.
+    /// # Ok(()) }
+    /// ```
+    pub fn member(&self, state: NodeState) -> GossipMember {
+        self.shared.own_member().with_state(state)
+    }
+
+    /// The members `GET /gossip` lists from now on (until this is called, this
+    /// server alone, as Master). Each server of a test "cluster" answers its
+    /// own list: set the same on all of them, as gossip converges.
+    pub fn set_gossip(&self, members: Vec<GossipMember>) {
+        self.shared.view().members = Some(members);
+    }
+
+    /// Makes this server a leader (the default) or a follower for TCP
+    /// requests that need the leader (see [`Role`]).
+    pub fn set_role(&self, role: Role) {
+        self.shared.view().role = role;
     }
 
     /// Appends `events` to `stream` straight into the store, without a client or
@@ -260,6 +316,11 @@ impl EsdbServer {
                     warn!(%error, "TCP listener task failed");
                 }
             }
+            if let Some(task) = running.gossip_task {
+                if let Err(error) = task.await {
+                    warn!(%error, "Gossip listener task failed");
+                }
+            }
         }
     }
 
@@ -274,7 +335,11 @@ impl EsdbServer {
             Some(address) => Some(rebind(&self.shared.host, address.port()).await?),
             None => None,
         };
-        self.spawn(listener, tcp_listener);
+        let gossip_listener = match self.shared.gossip_address {
+            Some(address) => Some(rebind(&self.shared.host, address.port()).await?),
+            None => None,
+        };
+        self.spawn(listener, tcp_listener, gossip_listener);
         Ok(())
     }
 
@@ -284,7 +349,12 @@ impl EsdbServer {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn spawn(&self, listener: TcpListener, tcp_listener: Option<TcpListener>) {
+    fn spawn(
+        &self,
+        listener: TcpListener,
+        tcp_listener: Option<TcpListener>,
+        gossip_listener: Option<TcpListener>,
+    ) {
         let stop = CancellationToken::new();
         let task = tokio::spawn(accept_loop(
             listener,
@@ -298,10 +368,18 @@ impl EsdbServer {
                 stop.clone(),
             ))
         });
+        let gossip_task = gossip_listener.map(|listener| {
+            tokio::spawn(crate::gossip::accept_loop(
+                listener,
+                Arc::clone(&self.shared),
+                stop.clone(),
+            ))
+        });
         *self.lock_running() = Some(Running {
             stop,
             task,
             tcp_task,
+            gossip_task,
         });
     }
 }
@@ -370,7 +448,7 @@ fn routes(shared: &Arc<Shared>) -> Routes {
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
     let routes = routes(&shared);
     let serve = move |io: Box<dyn Io>, token| serve_connection(io, routes.clone(), token);
-    listen::accept_loop(listener, shared, stop, "gRPC", CLOSE_GRACE * 4, serve).await;
+    listen::accept_loop(listener, shared, stop, "gRPC", true, CLOSE_GRACE * 4, serve).await;
 }
 
 async fn serve_connection<S>(io: S, routes: Routes, token: CancellationToken)

@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::faults::FaultState;
+use crate::gossip::{ClusterView, GossipMember, NodeState};
 use crate::store::Store;
 
 /// How an [`EsdbServer`](crate::EsdbServer) listens and behaves.
@@ -52,6 +53,13 @@ pub struct ServerOptions {
     /// How long the server then waits for any frame before it closes the
     /// connection; default 1 s (v5's).
     pub tcp_heartbeat_timeout: Option<Duration>,
+    /// Also serve v5's HTTP gossip (`GET /gossip?format=json`) on this port
+    /// (`Some(0)`: a free one), plain HTTP/1.1 whatever [`ServerOptions::tls`]
+    /// says, as a v5 node's external HTTP port. It lists this node alone as
+    /// Master until [`EsdbServer::set_gossip`](crate::EsdbServer::set_gossip)
+    /// says otherwise. The address is
+    /// [`EsdbServer::gossip_address`](crate::EsdbServer::gossip_address).
+    pub gossip_port: Option<u16>,
 }
 
 /// State shared by the services, the listener and the fault handle.
@@ -67,6 +75,11 @@ pub(crate) struct Shared {
     /// Append calls and batch-append requests answered so far.
     pub(crate) plain_appends: std::sync::atomic::AtomicU64,
     pub(crate) batch_requests: std::sync::atomic::AtomicU64,
+    /// Where the TCP service and the gossip listen, when they do.
+    pub(crate) tcp_address: Option<std::net::SocketAddr>,
+    pub(crate) gossip_address: Option<std::net::SocketAddr>,
+    /// The gossip's members and the node's role, as the test set them.
+    pub(crate) view: Mutex<ClusterView>,
 }
 
 impl Shared {
@@ -86,6 +99,33 @@ impl Shared {
             grew
         });
         result
+    }
+
+    pub(crate) fn view(&self) -> std::sync::MutexGuard<'_, ClusterView> {
+        self.view
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// This node as a gossip member, Master: its TCP endpoint (also the
+    /// secure one when it serves TLS, as its TCP port then does) and its
+    /// gossip endpoint (the gRPC one when it serves no gossip).
+    pub(crate) fn own_member(&self) -> GossipMember {
+        let port = self.port.load(std::sync::atomic::Ordering::SeqCst);
+        let grpc = self
+            .host
+            .parse()
+            .map(|ip| std::net::SocketAddr::new(ip, port))
+            .unwrap_or_else(|_| std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+        let tcp = self.tcp_address.unwrap_or(grpc);
+        GossipMember {
+            instance_id: self.instance_id,
+            state: NodeState::Master,
+            is_alive: true,
+            tcp,
+            secure_tcp: self.options.tls.as_ref().map(|_| tcp),
+            http: self.gossip_address.unwrap_or(grpc),
+        }
     }
 
     /// Runs `f` on the store without writing.

@@ -13,10 +13,12 @@ use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::time::{sleep_until, timeout_at, Instant};
+use tracing::info;
 use uuid::Uuid;
 
-use super::proto::{IdentifyClient, NotHandled, SubscribeToStream};
-use super::settings::{TcpSettings, Tls};
+use super::discovery::NodeEndpoints;
+use super::proto::{IdentifyClient, MasterInfo, NotHandled, SubscribeToStream};
+use super::settings::{Endpoint, Target, TcpSettings, Tls};
 use crate::wire::channel::NoVerification;
 
 /// Largest frame accepted (everything after the length prefix): the v5
@@ -25,6 +27,12 @@ pub(crate) const MAX_FRAME: usize = 64 * 1024 * 1024;
 /// Command, flags and correlation id.
 const MANDATORY: usize = 18;
 const FLAG_AUTHENTICATED: u8 = 0x01;
+/// NotHandled reason NotMaster (KurrentDB: NotLeader).
+const NOT_MASTER: i32 = 2;
+/// Redirects to a leader one request may follow (the .NET client's
+/// `MaxRetries` default), so that two nodes naming each other cannot hold a
+/// request forever.
+const MAX_REDIRECTS: usize = 10;
 
 /// TcpCommand bytes (ES5 `TcpCommand.cs`).
 pub(crate) mod command {
@@ -97,6 +105,19 @@ pub enum TcpError {
     /// leader and the request needs one).
     #[error("the source did not handle the request: {0}")]
     NotHandled(&'static str),
+    /// Cluster discovery found no node to connect to.
+    #[error(
+        "cluster discovery through the {seeds} found no node to connect to in {attempts} \
+         attempt(s): {problem}"
+    )]
+    Discovery {
+        /// The gossip seeds or DNS name asked.
+        seeds: String,
+        /// `MaxDiscoverAttempts`.
+        attempts: u32,
+        /// What the last attempt met, per candidate.
+        problem: String,
+    },
     /// The node could not make sense of a request.
     #[error("the source rejected a request as a bad request: {0}")]
     BadRequest(String),
@@ -131,6 +152,7 @@ impl TcpError {
             | TcpError::Timeout { .. }
             | TcpError::Silent { .. }
             | TcpError::NotHandled(_)
+            | TcpError::Discovery { .. }
             | TcpError::FrameTooLarge(_)
             | TcpError::Protocol(_) => ErrorKind::Transient,
         }
@@ -155,7 +177,11 @@ pub(crate) struct Connection {
     write: WriteHalf<Box<dyn Stream>>,
     buffer: BytesMut,
     settings: TcpSettings,
+    /// The node's endpoint.
+    endpoint: Endpoint,
     address: String,
+    /// The leader a NotHandled NotMaster named, taken by the request loop.
+    redirect: Option<NodeEndpoints>,
     /// When a frame last arrived.
     heard: Instant,
     /// When our unanswered HeartbeatRequest went out.
@@ -168,14 +194,23 @@ pub(crate) struct Connection {
 }
 
 impl Connection {
-    /// Connects, authenticates when the settings carry credentials and
-    /// identifies as a version-1 client, all within the operation timeout.
+    /// Connects to the node of `ConnectTo=tcp://`, or to the node cluster
+    /// discovery chooses (its secure TCP endpoint over TLS), then
+    /// authenticates when the settings carry credentials and identifies as a
+    /// version-1 client, within the operation timeout.
     pub(crate) async fn open(settings: &TcpSettings) -> Result<Connection, TcpError> {
-        let address = if settings.host.contains(':') {
-            format!("[{}]:{}", settings.host, settings.port)
-        } else {
-            format!("{}:{}", settings.host, settings.port)
+        let endpoint = match &settings.target {
+            Target::Node(endpoint) => endpoint.clone(),
+            Target::Cluster(discovery) => {
+                discovery.discover().await?.choose(settings.tls.is_some())
+            }
         };
+        Self::open_to(settings, endpoint).await
+    }
+
+    /// [`Connection::open`] to `endpoint`.
+    async fn open_to(settings: &TcpSettings, endpoint: Endpoint) -> Result<Connection, TcpError> {
+        let address = endpoint.to_string();
         let deadline = Instant::now() + settings.operation_timeout;
         let stream = timeout_at(deadline, TcpStream::connect(&address))
             .await
@@ -193,7 +228,7 @@ impl Connection {
         let stream: Box<dyn Stream> = match &settings.tls {
             None => Box::new(stream),
             Some(tls) => {
-                let (connector, name) = tls_connector(settings, tls)?;
+                let (connector, name) = tls_connector(tls, &endpoint.host)?;
                 let stream = timeout_at(deadline, connector.connect(name, stream))
                     .await
                     .map_err(|_| TcpError::Timeout {
@@ -214,7 +249,9 @@ impl Connection {
             write,
             buffer: BytesMut::with_capacity(64 * 1024),
             settings: settings.clone(),
+            endpoint,
             address,
+            redirect: None,
             heard: Instant::now(),
             asked: None,
             subscription: None,
@@ -222,9 +259,9 @@ impl Connection {
         };
         if settings.credentials.is_some() {
             connection
-                .request(
+                .request_here(
                     command::AUTHENTICATE,
-                    Vec::new(),
+                    &[],
                     command::AUTHENTICATED,
                     "Authenticate",
                 )
@@ -235,9 +272,9 @@ impl Connection {
             connection_name: Some(format!("replicator-{}", env!("CARGO_PKG_VERSION"))),
         };
         connection
-            .request(
+            .request_here(
                 command::IDENTIFY_CLIENT,
-                identify.encode_to_vec(),
+                &identify.encode_to_vec(),
                 command::CLIENT_IDENTIFIED,
                 "IdentifyClient",
             )
@@ -246,10 +283,15 @@ impl Connection {
     }
 
     /// Sends one request and waits for its answer (`expect`), answering
-    /// heartbeats meanwhile.
+    /// heartbeats meanwhile. A NotHandled NotMaster naming a leader (the
+    /// answer of a follower to a request with `require_master`) replaces
+    /// this connection with one to that leader, where the request is sent
+    /// again, as the .NET client's `ReconnectTo` does; the subscription, if
+    /// any, is left behind with the old connection.
     ///
     /// # Errors
-    /// See [`TcpError`]; NotAuthenticated, NotHandled and BadRequest answers
+    /// See [`TcpError`]; NotAuthenticated, NotHandled (also a NotMaster
+    /// naming this node, or after [`MAX_REDIRECTS`]) and BadRequest answers
     /// become errors.
     pub(crate) async fn request(
         &mut self,
@@ -258,11 +300,41 @@ impl Connection {
         expect: u8,
         what: &'static str,
     ) -> Result<Frame, TcpError> {
+        let mut redirects = 0;
+        loop {
+            // Only this request's answer may redirect it.
+            self.redirect = None;
+            let outcome = self.request_here(command, &body, expect, what).await;
+            let Some(leader) = self.redirect.take() else {
+                return outcome;
+            };
+            let endpoint = leader.choose(self.settings.tls.is_some());
+            if redirects == MAX_REDIRECTS || endpoint == self.endpoint {
+                return outcome;
+            }
+            redirects += 1;
+            info!(
+                node = %self.endpoint,
+                leader = %endpoint,
+                "The source node is not the leader; reconnecting to the leader it names"
+            );
+            *self = Connection::open_to(&self.settings, endpoint).await?;
+        }
+    }
+
+    /// [`Connection::request`] on this connection only.
+    async fn request_here(
+        &mut self,
+        command: u8,
+        body: &[u8],
+        expect: u8,
+        what: &'static str,
+    ) -> Result<Frame, TcpError> {
         let correlation = Uuid::new_v4().to_bytes_le();
         // Credentials travel only in Authenticate: the node keeps them as the
         // connection's default user (docs §1.3).
         let authenticate = command == command::AUTHENTICATE;
-        self.send(command, correlation, authenticate, &body).await?;
+        self.send(command, correlation, authenticate, body).await?;
         let deadline = Instant::now() + self.settings.operation_timeout;
         loop {
             let Some(frame) = self.receive(deadline).await? else {
@@ -286,9 +358,14 @@ impl Connection {
                     reason: text(&frame.body),
                 }),
                 command::NOT_HANDLED => {
-                    let reason = NotHandled::decode(frame.body)
-                        .map(|n| n.reason)
-                        .unwrap_or(-1);
+                    let answer = NotHandled::decode(frame.body).ok();
+                    let reason = answer.as_ref().map_or(-1, |n| n.reason);
+                    if reason == NOT_MASTER {
+                        self.redirect = answer
+                            .and_then(|n| n.additional_info)
+                            .and_then(|info| MasterInfo::decode(info).ok())
+                            .and_then(|info| leader(&info));
+                    }
                     Err(TcpError::NotHandled(match reason {
                         0 => "the node is not ready",
                         1 => "the node is too busy",
@@ -352,6 +429,11 @@ impl Connection {
             // reading goes on by polling alone.
             _ => self.subscription = None,
         }
+    }
+
+    /// `RequireMaster`, for the requests' `require_master`.
+    pub(crate) fn require_master(&self) -> bool {
+        self.settings.require_master
     }
 
     /// The login of the credentials, for error texts.
@@ -506,8 +588,8 @@ impl Connection {
 /// `ValidateServer=true` checks it against the platform's roots, `false`
 /// accepts any certificate (v5's default).
 fn tls_connector(
-    settings: &TcpSettings,
     tls: &Tls,
+    node_host: &str,
 ) -> Result<(tokio_rustls::TlsConnector, ServerName<'static>), TcpError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut roots = rustls::RootCertStore::empty();
@@ -527,10 +609,32 @@ fn tls_connector(
             .dangerous()
             .set_certificate_verifier(Arc::new(NoVerification(provider)));
     }
-    let host = tls.target_host.as_deref().unwrap_or(&settings.host);
+    let host = tls.target_host.as_deref().unwrap_or(node_host);
     let name = ServerName::try_from(host.to_owned())
         .map_err(|_| TcpError::Tls(format!("`{host}` is not a host name for TLS")))?;
     Ok((tokio_rustls::TlsConnector::from(Arc::new(config)), name))
+}
+
+/// The leader's endpoints a NotMaster answer names; `None` when it names no
+/// usable TCP endpoint.
+fn leader(info: &MasterInfo) -> Option<NodeEndpoints> {
+    let endpoint = |host: &str, port: i32| {
+        let port = u16::try_from(port).ok().filter(|p| *p > 0)?;
+        (!host.is_empty()).then(|| Endpoint {
+            host: host.to_owned(),
+            port,
+        })
+    };
+    Some(NodeEndpoints {
+        tcp: endpoint(&info.external_tcp_address, info.external_tcp_port)?,
+        secure_tcp: match (
+            &info.external_secure_tcp_address,
+            info.external_secure_tcp_port,
+        ) {
+            (Some(host), Some(port)) => endpoint(host, port),
+            _ => None,
+        },
+    })
 }
 
 /// A server's UTF-8 text (BadRequest, NotAuthenticated), repaired if need be.

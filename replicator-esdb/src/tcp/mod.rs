@@ -3,6 +3,7 @@
 //! is configured with.
 
 mod connection;
+mod discovery;
 mod proto;
 mod reader;
 mod settings;

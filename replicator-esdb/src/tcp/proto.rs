@@ -101,6 +101,24 @@ pub(crate) struct NotHandled {
     pub additional_info: Option<bytes::Bytes>,
 }
 
+/// `NotHandled.MasterInfo` (KurrentDB: `LeaderInfo`): the leader's
+/// endpoints, in `NotHandled.additional_info` when the reason is NotMaster.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct MasterInfo {
+    #[prost(string, required, tag = "1")]
+    pub external_tcp_address: String,
+    #[prost(int32, required, tag = "2")]
+    pub external_tcp_port: i32,
+    #[prost(string, required, tag = "3")]
+    pub external_http_address: String,
+    #[prost(int32, required, tag = "4")]
+    pub external_http_port: i32,
+    #[prost(string, optional, tag = "5")]
+    pub external_secure_tcp_address: Option<String>,
+    #[prost(int32, optional, tag = "6")]
+    pub external_secure_tcp_port: Option<i32>,
+}
+
 /// `IdentifyClient`.
 #[derive(Clone, PartialEq, prost::Message)]
 pub(crate) struct IdentifyClient {

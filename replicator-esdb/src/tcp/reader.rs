@@ -283,7 +283,7 @@ impl ReadState {
             prepare_position: as_wire(self.cursor.prepare),
             max_count: i32::try_from(self.page_size).unwrap_or(i32::MAX),
             resolve_link_tos: false,
-            require_master: false,
+            require_master: connection.require_master(),
         };
         let frame = connection
             .request(
@@ -524,7 +524,7 @@ impl TcpHeadProbe {
             prepare_position: -1,
             max_count: 1,
             resolve_link_tos: false,
-            require_master: false,
+            require_master: connection.require_master(),
         };
         let frame = connection
             .request(

@@ -11,6 +11,7 @@ mod proxy;
 mod reader;
 mod replay;
 mod scavenge;
+mod tcp_cluster;
 mod tcp_reader;
 mod verify;
 mod workload_and_verify;

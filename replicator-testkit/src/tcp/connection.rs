@@ -232,6 +232,10 @@ impl Connection {
                     self.send(refusal).await;
                     return true;
                 };
+                if let Some(refusal) = ops::not_handled(&self.shared, &frame) {
+                    self.send(refusal).await;
+                    return true;
+                }
                 let subscription = (frame.command == command::SUBSCRIBE_TO_STREAM).then(|| {
                     let token = self.token.child_token();
                     self.subscriptions.insert(frame.correlation, token.clone());

@@ -46,6 +46,7 @@ pub(crate) mod command {
     pub(crate) const UNSUBSCRIBE_FROM_STREAM: u8 = 0xC3;
     pub(crate) const SUBSCRIPTION_DROPPED: u8 = 0xC4;
     pub(crate) const BAD_REQUEST: u8 = 0xF0;
+    pub(crate) const NOT_HANDLED: u8 = 0xF1;
     pub(crate) const AUTHENTICATE: u8 = 0xF2;
     pub(crate) const AUTHENTICATED: u8 = 0xF3;
     pub(crate) const NOT_AUTHENTICATED: u8 = 0xF4;

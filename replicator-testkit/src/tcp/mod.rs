@@ -44,6 +44,10 @@
 //!   UnsubscribeFromStream → SubscriptionDropped(Unsubscribed); refused access →
 //!   SubscriptionDropped(AccessDenied).
 //!
+//! - **Followers**: with [`crate::EsdbServer::set_role`] `Role::Follower`, requests
+//!   with `require_master` get NotHandled NotMaster naming the leader (NotReady for
+//!   reads while no leader is known), as v5's `ClusterVNodeController` answers.
+//!
 //! The fault injection of [`crate::FaultHandle`] applies to TCP only through
 //! `drop_connections` (and stopping the server); `append_latency` and
 //! `read_latency` apply.
@@ -70,5 +74,14 @@ pub(crate) async fn accept_loop(
 ) {
     let serving = Arc::clone(&shared);
     let serve = move |io: Box<dyn Io>, token| connection::serve(io, Arc::clone(&serving), token);
-    listen::accept_loop(listener, shared, stop, "TCP", Duration::from_secs(2), serve).await;
+    listen::accept_loop(
+        listener,
+        shared,
+        stop,
+        "TCP",
+        true,
+        Duration::from_secs(2),
+        serve,
+    )
+    .await;
 }

@@ -12,11 +12,15 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::frame::{command, Frame};
+use crate::gossip::Role;
 use crate::proto::tcp::{
-    read_all_events_completed::ReadAllResult, read_event_completed::ReadEventResult,
-    read_stream_events_completed::ReadStreamResult, subscription_dropped::SubscriptionDropReason,
-    DeleteStream, DeleteStreamCompleted, EventRecord, NewEvent, OperationResult, ReadAllEvents,
-    ReadAllEventsCompleted, ReadEvent, ReadEventCompleted, ReadStreamEvents,
+    not_handled::{MasterInfo, NotHandledReason},
+    read_all_events_completed::ReadAllResult,
+    read_event_completed::ReadEventResult,
+    read_stream_events_completed::ReadStreamResult,
+    subscription_dropped::SubscriptionDropReason,
+    DeleteStream, DeleteStreamCompleted, EventRecord, NewEvent, NotHandled, OperationResult,
+    ReadAllEvents, ReadAllEventsCompleted, ReadEvent, ReadEventCompleted, ReadStreamEvents,
     ReadStreamEventsCompleted, ResolvedEvent, ResolvedIndexedEvent, StreamEventAppeared,
     SubscribeToStream, SubscriptionConfirmation, SubscriptionDropped, TransactionCommit,
     TransactionCommitCompleted, TransactionStart, TransactionStartCompleted, TransactionWrite,
@@ -53,6 +57,67 @@ pub(super) fn unwrap_failed(request: &Frame, error: impl Display) -> Frame {
             command::name(request.command)
         ),
     )
+}
+
+/// A follower's answer to a request with `require_master = true` (ES5
+/// `ClusterVNodeController.HandleAsNonMaster`): NotMaster naming the leader;
+/// with no leader known, NotReady for reads and NotMaster naming this node
+/// for writes (`_master ?? _nodeInfo`). `None`: the request is served (a
+/// leader, no `require_master`, a subscription, a body that does not decode).
+pub(super) fn not_handled(shared: &Shared, request: &Frame) -> Option<Frame> {
+    let leader = match &shared.view().role {
+        Role::Leader => return None,
+        Role::Follower { leader } => leader.clone(),
+    };
+    let body = request.body.clone();
+    let (require_master, write) = match request.command {
+        command::READ_EVENT => (ReadEvent::decode(body).ok()?.require_master, false),
+        command::READ_STREAM_FORWARD | command::READ_STREAM_BACKWARD => {
+            (ReadStreamEvents::decode(body).ok()?.require_master, false)
+        }
+        command::READ_ALL_FORWARD | command::READ_ALL_BACKWARD => {
+            (ReadAllEvents::decode(body).ok()?.require_master, false)
+        }
+        command::WRITE_EVENTS => (WriteEvents::decode(body).ok()?.require_master, true),
+        command::DELETE_STREAM => (DeleteStream::decode(body).ok()?.require_master, true),
+        command::TRANSACTION_START => (TransactionStart::decode(body).ok()?.require_master, true),
+        command::TRANSACTION_WRITE => (TransactionWrite::decode(body).ok()?.require_master, true),
+        command::TRANSACTION_COMMIT => (TransactionCommit::decode(body).ok()?.require_master, true),
+        _ => return None,
+    };
+    if !require_master {
+        return None;
+    }
+    let master = match leader {
+        Some(leader) => leader,
+        None if write => shared.own_member(),
+        None => {
+            return Some(reply(
+                request,
+                command::NOT_HANDLED,
+                &NotHandled {
+                    reason: NotHandledReason::NotReady as i32,
+                    additional_info: None,
+                },
+            ))
+        }
+    };
+    let info = MasterInfo {
+        external_tcp_address: master.tcp.ip().to_string(),
+        external_tcp_port: i32::from(master.tcp.port()),
+        external_http_address: master.http.ip().to_string(),
+        external_http_port: i32::from(master.http.port()),
+        external_secure_tcp_address: master.secure_tcp.map(|s| s.ip().to_string()),
+        external_secure_tcp_port: master.secure_tcp.map(|s| i32::from(s.port())),
+    };
+    Some(reply(
+        request,
+        command::NOT_HANDLED,
+        &NotHandled {
+            reason: NotHandledReason::NotMaster as i32,
+            additional_info: Some(info.encode_to_vec().into()),
+        },
+    ))
 }
 
 fn reply(request: &Frame, command: u8, message: &impl Message) -> Frame {

@@ -11,14 +11,15 @@ use eventstore::{
 };
 use prost::Message;
 use replicator_testkit::proto::tcp::{
-    read_all_events_completed::ReadAllResult, NewEvent, OperationResult, ReadAllEvents,
-    ReadAllEventsCompleted, ReadEvent, ReadEventCompleted, StreamEventAppeared, SubscribeToStream,
-    SubscriptionConfirmation, TransactionCommit, TransactionCommitCompleted, TransactionStart,
-    TransactionStartCompleted, TransactionWrite, TransactionWriteCompleted, WriteEvents,
-    WriteEventsCompleted,
+    not_handled::{MasterInfo, NotHandledReason},
+    read_all_events_completed::ReadAllResult,
+    NewEvent, NotHandled, OperationResult, ReadAllEvents, ReadAllEventsCompleted, ReadEvent,
+    ReadEventCompleted, StreamEventAppeared, SubscribeToStream, SubscriptionConfirmation,
+    TransactionCommit, TransactionCommitCompleted, TransactionStart, TransactionStartCompleted,
+    TransactionWrite, TransactionWriteCompleted, WriteEvents, WriteEventsCompleted,
 };
 use replicator_testkit::security::User;
-use replicator_testkit::{EsdbServer, ServerOptions};
+use replicator_testkit::{EsdbServer, NodeState, Role, ServerOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -48,6 +49,7 @@ const SUBSCRIBE_TO_STREAM: u8 = 0xC0;
 const SUBSCRIPTION_CONFIRMATION: u8 = 0xC1;
 const STREAM_EVENT_APPEARED: u8 = 0xC2;
 const BAD_REQUEST: u8 = 0xF0;
+const NOT_HANDLED: u8 = 0xF1;
 const AUTHENTICATE: u8 = 0xF2;
 const AUTHENTICATED: u8 = 0xF3;
 const NOT_AUTHENTICATED: u8 = 0xF4;
@@ -854,4 +856,188 @@ async fn grpc_reads_carry_a_tcp_transaction_commit_and_prepare_positions() {
     let event = sub.next().await.unwrap();
     let event = event.get_original_event();
     assert_eq!((event.id, event.position), ours[2]);
+}
+
+/// `GET path` over HTTP/1.1 on a connection of its own: the status line and
+/// the body.
+async fn http_get(address: std::net::SocketAddr, path: &str) -> (String, String) {
+    let exchange = async {
+        let mut stream = TcpStream::connect(address).await.expect("connect");
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.expect("send");
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await.expect("read");
+        String::from_utf8(answer).expect("UTF-8")
+    };
+    let answer = tokio::time::timeout(PATIENCE, exchange)
+        .await
+        .expect("an answer in time");
+    let (head, body) = answer.split_once("\r\n\r\n").expect("a head and a body");
+    (
+        head.lines().next().unwrap_or_default().to_owned(),
+        body.to_owned(),
+    )
+}
+
+async fn gossip(server: &EsdbServer) -> serde_json::Value {
+    let address = server.gossip_address().expect("the server serves gossip");
+    let (status, body) = http_get(address, "/gossip?format=json").await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    serde_json::from_str(&body).expect("JSON")
+}
+
+async fn node() -> EsdbServer {
+    EsdbServer::start_with(ServerOptions {
+        tcp_port: Some(0),
+        gossip_port: Some(0),
+        ..ServerOptions::default()
+    })
+    .await
+    .expect("server")
+}
+
+/// A v5 node's HTTP gossip: the members as the test sets them, with the v5
+/// field names and states as names.
+#[tokio::test]
+async fn gossip_lists_the_members_a_test_sets_with_v5_field_names() {
+    let (a, b) = (node().await, node().await);
+    let alone = gossip(&a).await;
+    let members = alone["members"].as_array().expect("members");
+    assert_eq!(members.len(), 1, "{alone}");
+    let me = &members[0];
+    let tcp = a.tcp_address().unwrap();
+    let http = a.gossip_address().unwrap();
+    assert_eq!(me["state"], "Master");
+    assert_eq!(me["isAlive"], true);
+    assert_eq!(me["externalTcpIp"], tcp.ip().to_string());
+    assert_eq!(me["externalTcpPort"], tcp.port());
+    assert_eq!(me["externalSecureTcpPort"], 0);
+    assert_eq!(me["externalHttpIp"], http.ip().to_string());
+    assert_eq!(me["externalHttpPort"], http.port());
+    for field in [
+        "instanceId",
+        "timeStamp",
+        "internalTcpIp",
+        "internalTcpPort",
+        "internalSecureTcpPort",
+        "internalHttpIp",
+        "internalHttpPort",
+        "lastCommitPosition",
+        "writerCheckpoint",
+        "chaserCheckpoint",
+        "epochPosition",
+        "epochNumber",
+        "epochId",
+        "nodePriority",
+    ] {
+        assert!(me.get(field).is_some(), "{field} missing from {me}");
+    }
+    assert_eq!(alone["serverPort"], http.port());
+
+    a.set_gossip(vec![
+        a.member(NodeState::Slave),
+        b.member(NodeState::Master).dead(),
+    ]);
+    let both = gossip(&a).await;
+    let members = both["members"].as_array().expect("members");
+    assert_eq!(members.len(), 2, "{both}");
+    assert_eq!(members[0]["state"], "Slave");
+    assert_eq!(members[1]["state"], "Master");
+    assert_eq!(members[1]["isAlive"], false);
+    assert_eq!(
+        members[1]["externalTcpPort"],
+        b.tcp_address().unwrap().port()
+    );
+
+    let (status, _) = http_get(a.gossip_address().unwrap(), "/info").await;
+    assert_eq!(status, "HTTP/1.1 404 Not Found");
+    // A stopped node answers nothing, and serves again after a restart.
+    a.stop().await;
+    assert!(TcpStream::connect(a.gossip_address().unwrap())
+        .await
+        .is_err());
+    a.restart().await.unwrap();
+    assert_eq!(gossip(&a).await["members"].as_array().unwrap().len(), 2);
+}
+
+fn not_handled(answer: &Answer) -> (i32, Option<MasterInfo>) {
+    assert_eq!(answer.command, NOT_HANDLED, "NotHandled expected");
+    let body = NotHandled::decode(answer.body.as_slice()).expect("NotHandled");
+    let info = body
+        .additional_info
+        .map(|info| MasterInfo::decode(info.as_ref()).expect("MasterInfo"));
+    (body.reason, info)
+}
+
+/// A follower answers requests with `require_master` as v5 does: NotMaster
+/// naming the leader, NotReady for reads while it knows none; the rest is
+/// served.
+#[tokio::test]
+async fn tcp_followers_answer_not_master_naming_the_leader() {
+    let (leader, follower) = (node().await, node().await);
+    follower.set_role(Role::Follower {
+        leader: Some(leader.member(NodeState::Master)),
+    });
+    let mut raw = Raw::connect(&follower).await;
+    let answer = raw
+        .call(READ_ALL_FORWARD, 1, None, &read_all(0, 0, 10))
+        .await;
+    let (reason, info) = not_handled(&answer);
+    assert_eq!(reason, NotHandledReason::NotMaster as i32);
+    let info = info.expect("the leader's endpoints");
+    let tcp = leader.tcp_address().unwrap();
+    assert_eq!(info.external_tcp_address, tcp.ip().to_string());
+    assert_eq!(info.external_tcp_port, i32::from(tcp.port()));
+    assert_eq!(
+        info.external_http_port,
+        i32::from(leader.gossip_address().unwrap().port())
+    );
+    assert_eq!(info.external_secure_tcp_port, None);
+    let answer = raw
+        .call(WRITE_EVENTS, 2, None, &write("s", &[uuid::Uuid::new_v4()]))
+        .await;
+    assert_eq!(not_handled(&answer).0, NotHandledReason::NotMaster as i32);
+
+    // Without require_master a follower reads, and subscriptions are served.
+    let mut lenient = ReadAllEvents::decode(read_all(0, 0, 10).as_slice()).unwrap();
+    lenient.require_master = false;
+    let answer = raw
+        .call(READ_ALL_FORWARD, 3, None, &lenient.encode_to_vec())
+        .await;
+    assert_eq!(answer.command, READ_ALL_FORWARD + 1);
+    let subscribe = SubscribeToStream {
+        event_stream_id: String::new(),
+        resolve_link_tos: false,
+    };
+    let answer = raw
+        .call(SUBSCRIBE_TO_STREAM, 4, None, &subscribe.encode_to_vec())
+        .await;
+    assert_eq!(answer.command, SUBSCRIPTION_CONFIRMATION);
+
+    // No leader known: reads are not ready, writes name this node.
+    follower.set_role(Role::Follower { leader: None });
+    let answer = raw
+        .call(READ_ALL_FORWARD, 5, None, &read_all(0, 0, 10))
+        .await;
+    assert_eq!(
+        not_handled(&answer),
+        (NotHandledReason::NotReady as i32, None)
+    );
+    let answer = raw
+        .call(WRITE_EVENTS, 6, None, &write("s", &[uuid::Uuid::new_v4()]))
+        .await;
+    let (reason, info) = not_handled(&answer);
+    assert_eq!(reason, NotHandledReason::NotMaster as i32);
+    assert_eq!(
+        info.unwrap().external_tcp_port,
+        i32::from(follower.tcp_address().unwrap().port())
+    );
+
+    // A leader again: served.
+    follower.set_role(Role::Leader);
+    let answer = raw
+        .call(READ_ALL_FORWARD, 7, None, &read_all(0, 0, 10))
+        .await;
+    assert_eq!(answer.command, READ_ALL_FORWARD + 1);
 }
