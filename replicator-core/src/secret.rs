@@ -322,7 +322,10 @@ fn hidden_parts(text: &str) -> Vec<Hidden> {
                 user_info: true,
             });
         }
-    } else if let Some(colon) = text.find(':') {
+    } else if let Some(colon) = text
+        .find(':')
+        .filter(|&colon| !in_credentials_setting(text, colon))
+    {
         let after = &text[colon + 1..];
         let digits = after
             .find(|c: char| !c.is_ascii_digit())
@@ -403,6 +406,19 @@ fn settings_parts(text: &str, mut parts: Vec<Hidden>) -> Vec<Hidden> {
     merged
 }
 
+/// Whether byte `at` of `text` lies in the value of a .NET
+/// `DefaultUserCredentials` setting, whose password rule 4 hides (and
+/// nothing after it: the settings behind it stay readable).
+fn in_credentials_setting(text: &str, at: usize) -> bool {
+    let start = text[..at].rfind(';').map_or(0, |i| i + 1);
+    text[start..at].split_once('=').is_some_and(|(key, _)| {
+        key.chars()
+            .filter(|c| !c.is_whitespace())
+            .flat_map(char::to_lowercase)
+            .eq("defaultusercredentials".chars())
+    })
+}
+
 /// Where `value` (the text after the first `=` of `setting`) starts in it.
 fn key_len(setting: &str, value: &str) -> usize {
     setting.len() - value.len()
@@ -445,6 +461,16 @@ mod tests {
         assert_eq!(
             text.to_string(),
             "ConnectTo=tcp://es1:1113;defaultusercredentials=***"
+        );
+        // Without a `ConnectTo` URL (cluster discovery), the settings after
+        // the credentials stay readable.
+        assert_eq!(
+            shown("GossipSeeds=a:2113,b:2113; DefaultUserCredentials=ops:s3cr3t; NodePreference=Master"),
+            "GossipSeeds=a:2113,b:2113; DefaultUserCredentials=ops:***; NodePreference=Master"
+        );
+        assert_eq!(
+            shown("ClusterDns=es; DefaultUserCredentials=ops:s3:cr3t"),
+            "ClusterDns=es; DefaultUserCredentials=ops:***"
         );
         let secrets = ConnectionString::from("DefaultUserCredentials=ops:s3cr3t").secrets();
         assert!(secrets.contains(&"s3cr3t".to_owned()), "{secrets:?}");
