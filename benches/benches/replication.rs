@@ -16,6 +16,9 @@
 //!   (the default: one ordered writer) and in stream order per
 //!   `partitionCount`; each run is then compared with the source event by
 //!   event, and in source order for the order of the target's `$all` too.
+//! - **replicator, TCP source**: the same in source order, with the source
+//!   read over the legacy TCP protocol (`TcpReader`, an EventStoreDB v5
+//!   source; pages of 1024) from the same server.
 //!
 //! Servers, the workload generator and each replicator run are child
 //! processes (this binary, re-executed), so the peak memory and the CPU time
@@ -32,8 +35,9 @@
 //!
 //! `cargo bench -p replicator-benches --bench replication`
 //! Environment: EVENTS (20000), WORKLOADS ("small,mixed"), LATENCIES_MS
-//! ("0,4"), ORDERS ("source,stream"; `read` adds the reader's ceiling: the
-//! same pipeline into an in-memory sink), PARTITIONS ("1,8": stream order's
+//! ("0,4"), ORDERS ("source,tcp,stream"; `tcp` is source order from the TCP
+//! source; `read` adds the reader's ceiling: the same pipeline into an
+//! in-memory sink), PARTITIONS ("1,8": stream order's
 //! partitionCount rows), RUNS (1; each replicator row is then the median of
 //! this many runs, the writers taking turns), SEQUENTIAL_SAMPLE (1000 events; 0 leaves the
 //! sequential rows out). A debug build (`cargo test --all-targets` runs it as
@@ -62,7 +66,8 @@ use replicator_core::memory::{MemoryCheckpointStore, MemorySink};
 use replicator_core::{ChangeKind, ContentType, Event, Pipeline, Reader, StartFrom};
 use replicator_esdb::verify::{verify, VerifyOptions};
 use replicator_esdb::{
-    to_event_data, EsdbReader, EsdbReaderConfig, EsdbSink, EsdbSinkConfig, WriteOrder,
+    to_event_data, EsdbReader, EsdbReaderConfig, EsdbSink, EsdbSinkConfig, TcpReader,
+    TcpReaderConfig, WriteOrder,
 };
 use replicator_testkit::proto::event_store::client as pb;
 use replicator_testkit::{workload, ServerOptions};
@@ -91,6 +96,14 @@ async fn generate(url: &str, events: usize, name: &str) -> Result<String, BoxErr
 /// A testkit server child with `append_latency_ms`, and its connection string.
 fn server(append_latency_ms: u64) -> Result<(ChildProcess, String), BoxError> {
     ChildProcess::answering(&["--serve".into(), append_latency_ms.to_string()])
+}
+
+/// A source: a testkit server child serving the legacy TCP protocol too; its
+/// connection string and the .NET connection string of its TCP endpoint.
+fn source_server() -> Result<(ChildProcess, String, String), BoxError> {
+    let (child, url) = ChildProcess::answering(&["--serve".into(), "0".into(), "tcp".into()])?;
+    let tcp = format!("ConnectTo=tcp://{}; UseSslConnection=false", child.line()?);
+    Ok((child, url, tcp))
 }
 
 fn client(url: &str) -> Result<Client, BoxError> {
@@ -223,15 +236,11 @@ fn append_chunks<'a>(events: &'a [&'a Event]) -> Vec<&'a [&'a Event]> {
 
 /// One replication with the pipeline, in this (child) process.
 async fn replicate(
-    source: &str,
+    reader: Box<dyn Reader>,
     target: &str,
     order: Option<WriteOrder>,
     partitions: usize,
 ) -> Result<String, BoxError> {
-    let reader = EsdbReader::new(EsdbReaderConfig {
-        run_continuously: false,
-        ..EsdbReaderConfig::new(source)
-    })?;
     let config = replicator_core::PipelineConfig {
         max_batch_events: env_num("BATCH", 500) as usize,
         ..Default::default()
@@ -276,6 +285,7 @@ async fn replicate(
 async fn replicate_once(
     source: &ChildProcess,
     source_url: &str,
+    read_from: &str,
     latency: u64,
     order: &str,
     partitions: u64,
@@ -284,7 +294,7 @@ async fn replicate_once(
     let servers_before = source.cpu_seconds() + target.cpu_seconds();
     let (child, line) = ChildProcess::answering(&[
         "--replicate".into(),
-        source_url.to_owned(),
+        read_from.to_owned(),
         target_url.clone(),
         order.to_owned(),
         partitions.to_string(),
@@ -294,7 +304,7 @@ async fn replicate_once(
     let servers = source.cpu_seconds() + target.cpu_seconds() - servers_before;
     if order != "read" {
         let options = VerifyOptions {
-            check_order: order == "source",
+            check_order: order == "source" || order == "tcp",
             ..VerifyOptions::default()
         };
         let report = verify(&client(source_url)?, &client(&target_url)?, &options).await?;
@@ -438,7 +448,7 @@ async fn bench() -> Result<(), BoxError> {
     }
     let mut table = Vec::new();
     for name in &workloads {
-        let (source, source_url) = server(0)?;
+        let (source, source_url, source_tcp) = source_server()?;
         let (_, generated) = ChildProcess::answering(&[
             "--generate".into(),
             source_url.clone(),
@@ -493,9 +503,9 @@ async fn bench() -> Result<(), BoxError> {
 
             // Source order has one writer; stream order one per partition.
             let mut writers = Vec::new();
-            for order in env_names("ORDERS", "source,stream") {
+            for order in env_names("ORDERS", "source,tcp,stream") {
                 match order.as_str() {
-                    "source" | "read" => writers.push((order, 1)),
+                    "source" | "tcp" | "read" => writers.push((order, 1)),
                     "stream" => writers.extend(
                         env_list("PARTITIONS", "1,8")
                             .into_iter()
@@ -510,8 +520,14 @@ async fn bench() -> Result<(), BoxError> {
                 writers.iter().map(|_| Vec::new()).collect();
             for _ in 0..runs {
                 for ((order, partitions), results) in writers.iter().zip(&mut results) {
+                    let from = if order == "tcp" {
+                        &source_tcp
+                    } else {
+                        &source_url
+                    };
                     results.push(
-                        replicate_once(&source, &source_url, latency, order, *partitions).await?,
+                        replicate_once(&source, &source_url, from, latency, order, *partitions)
+                            .await?,
                     );
                 }
             }
@@ -528,6 +544,7 @@ async fn bench() -> Result<(), BoxError> {
                     ..row(
                         &match order.as_str() {
                             "source" => "replicator, source order".to_owned(),
+                            "tcp" => "replicator, source order, TCP source (v5)".to_owned(),
                             "read" => "reader alone (pipeline into memory)".to_owned(),
                             _ => format!("replicator, stream order, partitionCount {partitions}"),
                         },
@@ -576,6 +593,7 @@ fn main() -> Result<(), BoxError> {
             let latency = args.get(1).and_then(|v| v.parse().ok()).unwrap_or(0);
             runtime.block_on(serve(ServerOptions {
                 append_latency: Duration::from_millis(latency),
+                tcp_port: (args.get(2).map(String::as_str) == Some("tcp")).then_some(0),
                 ..ServerOptions::default()
             }))
         }
@@ -585,11 +603,22 @@ fn main() -> Result<(), BoxError> {
         }),
         Some("--replicate") => runtime.block_on(async {
             let order = match args[3].as_str() {
-                "source" => Some(WriteOrder::Source),
+                "source" | "tcp" => Some(WriteOrder::Source),
                 "read" => None,
                 _ => Some(WriteOrder::Stream),
             };
-            let line = replicate(&args[1], &args[2], order, args[4].parse()?).await?;
+            let reader: Box<dyn Reader> = if args[3] == "tcp" {
+                Box::new(TcpReader::new(TcpReaderConfig {
+                    run_continuously: false,
+                    ..TcpReaderConfig::new(args[1].as_str())
+                })?)
+            } else {
+                Box::new(EsdbReader::new(EsdbReaderConfig {
+                    run_continuously: false,
+                    ..EsdbReaderConfig::new(&args[1])
+                })?)
+            };
+            let line = replicate(reader, &args[2], order, args[4].parse()?).await?;
             println!("{line}");
             Ok(())
         }),

@@ -116,13 +116,17 @@ impl Drop for ChildProcess {
 }
 
 /// The body of a `--serve` child: a testkit server with `options`, its
-/// connection string as the first line, serving until the parent kills it.
+/// connection string as the first line (and with a TCP port, its
+/// `HOST:PORT` as the second), serving until the parent kills it.
 ///
 /// # Errors
 /// The server cannot start.
 pub async fn serve(options: replicator_testkit::ServerOptions) -> Result<(), BoxError> {
     let server = replicator_testkit::EsdbServer::start_with(options).await?;
     println!("{}", server.connection_string());
+    if let Some(address) = server.tcp_address() {
+        println!("{address}");
+    }
     std::future::pending::<()>().await;
     Ok(())
 }

@@ -64,6 +64,23 @@ pub trait Reader: Send {
     }
 }
 
+/// A boxed reader is a reader: one chosen at run time (a gRPC or a TCP source)
+/// goes wherever a [`Reader`] does.
+#[async_trait]
+impl<R: Reader + ?Sized> Reader for Box<R> {
+    async fn read(&mut self, from: StartFrom) -> Result<EventStream, ReaderError> {
+        (**self).read(from).await
+    }
+
+    fn report_health_to(&mut self, health: HealthReporter) {
+        (**self).report_health_to(health);
+    }
+
+    fn head_probe(&self) -> Option<Arc<dyn HeadProbe>> {
+        (**self).head_probe()
+    }
+}
+
 /// Asks the source where its `$all` ends. See [`Reader::head_probe`].
 ///
 /// # Contract
