@@ -459,3 +459,101 @@ pub async fn all_positions(client: &Client) -> Vec<Position> {
     }
     positions
 }
+
+/// Sends one legacy TCP request (`command`, `correlation` as every byte of
+/// its id) on `connection` and returns the body of its `Completed` answer,
+/// answering the server's heartbeats meanwhile.
+pub async fn tcp_call(
+    connection: &mut tokio::net::TcpStream,
+    command: u8,
+    correlation: u8,
+    body: &[u8],
+) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    async fn send(connection: &mut tokio::net::TcpStream, command: u8, id: [u8; 16], body: &[u8]) {
+        let mut frame = vec![command, 0];
+        frame.extend(id);
+        frame.extend(body);
+        let mut bytes = (frame.len() as u32).to_le_bytes().to_vec();
+        bytes.extend(frame);
+        connection.write_all(&bytes).await.expect("send");
+    }
+    send(connection, command, [correlation; 16], body).await;
+    let answer = async {
+        loop {
+            let mut prefix = [0; 4];
+            connection.read_exact(&mut prefix).await.expect("an answer");
+            let mut data = vec![0; u32::from_le_bytes(prefix) as usize];
+            connection
+                .read_exact(&mut data)
+                .await
+                .expect("a whole frame");
+            let id: [u8; 16] = data[2..18].try_into().unwrap();
+            if data[0] == 0x01 {
+                send(connection, 0x02, id, &[]).await;
+            } else if id == [correlation; 16] {
+                assert_eq!(data[0], command + 1, "the Completed answer");
+                return data[18..].to_vec();
+            }
+        }
+    };
+    tokio::time::timeout(PATIENCE, answer)
+        .await
+        .expect("an answer in time")
+}
+
+/// Writes `events` to `stream` in one v5 explicit transaction over the TCP
+/// service at `address` (TransactionStart, TransactionWrite, TransactionCommit),
+/// as a v5 client does: its records end up with the commit's position and
+/// their own prepare positions.
+pub async fn tcp_transaction(address: std::net::SocketAddr, stream: &str, events: &[Event]) {
+    use prost::Message;
+    use replicator_testkit::proto::tcp::{
+        NewEvent, TransactionCommit, TransactionCommitCompleted, TransactionStart,
+        TransactionStartCompleted, TransactionWrite, TransactionWriteCompleted,
+    };
+    let mut connection = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect");
+    let start = TransactionStart {
+        event_stream_id: stream.to_owned(),
+        expected_version: -2,
+        require_master: true,
+    };
+    let started = tcp_call(&mut connection, 0x84, 1, &start.encode_to_vec()).await;
+    let started = TransactionStartCompleted::decode(&started[..]).unwrap();
+    assert_eq!(started.result, 0, "started");
+    let write = TransactionWrite {
+        transaction_id: started.transaction_id,
+        events: events
+            .iter()
+            .map(|event| NewEvent {
+                event_id: event.id.to_bytes_le().to_vec().into(),
+                event_type: event.event_type.clone(),
+                data_content_type: i32::from(event.content_type == ContentType::Json),
+                metadata_content_type: 0,
+                data: event.data.clone(),
+                metadata: Some(event.metadata.clone()),
+            })
+            .collect(),
+        require_master: true,
+    };
+    let written = tcp_call(&mut connection, 0x86, 2, &write.encode_to_vec()).await;
+    assert_eq!(
+        TransactionWriteCompleted::decode(&written[..])
+            .unwrap()
+            .result,
+        0
+    );
+    let commit = TransactionCommit {
+        transaction_id: started.transaction_id,
+        require_master: true,
+    };
+    let committed = tcp_call(&mut connection, 0x88, 3, &commit.encode_to_vec()).await;
+    assert_eq!(
+        TransactionCommitCompleted::decode(&committed[..])
+            .unwrap()
+            .result,
+        0
+    );
+}

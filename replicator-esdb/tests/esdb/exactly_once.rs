@@ -4,7 +4,8 @@
 //! restarts from the stored checkpoint, target failures in the middle of a
 //! pipeline of appends. The target must end with every kept event exactly
 //! once, in source order per target stream, and with source order (the
-//! default) in the source's `$all` order across streams.
+//! default) in the source's `$all` order across streams. Some cases read the
+//! source over TCP and write v5 transactions: each lands in one append.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use replicator_core::{
     SkipReason, StartFrom, Transform, TransformError,
 };
 use replicator_esdb::{
-    to_event_data, EsdbReader, EsdbSink, EsdbSinkConfig, RevisionMode, WriteOrder,
+    to_event_data, EsdbSink, EsdbSinkConfig, RevisionMode, TcpReader, TcpReaderConfig, WriteOrder,
 };
 use replicator_testkit::cluster::TestCluster;
 use tokio_util::sync::CancellationToken;
@@ -54,7 +55,7 @@ where
 /// written, as the pipeline's transform stage does, so this test depends on
 /// nothing but the `Transform` contract.
 struct Transformed {
-    inner: EsdbReader,
+    inner: Box<dyn Reader>,
     transform: Arc<dyn Transform>,
 }
 
@@ -109,6 +110,14 @@ struct Case {
     /// batch append, its whole call), or every connection is cut.
     failures: Vec<(u16, bool)>,
     order: WriteOrder,
+    /// Read the source over the legacy TCP protocol (`TcpReader`, pages of
+    /// 7 records) and write [`Case::transactions`] too.
+    tcp: bool,
+    /// With `tcp`: v5 explicit transactions, each of 2–4 events, written to
+    /// the stream of write `index % writes` right after it (a transaction's
+    /// records share a commit position): each must land on the target in one
+    /// append, whatever crashes, failures and drops.
+    transactions: Vec<(usize, u8)>,
 }
 
 fn cases() -> impl Strategy<Value = Case> {
@@ -122,6 +131,10 @@ fn cases() -> impl Strategy<Value = Case> {
         prop::collection::vec(1u16..120, 1..4),
         prop::collection::vec((1u16..120, any::<bool>()), 0..3),
         prop_oneof![3 => Just(WriteOrder::Source), 1 => Just(WriteOrder::Stream)],
+        // Last, so that the seeds of the regression file still make the
+        // cases they were saved for.
+        prop::bool::weighted(0.4),
+        prop::collection::vec((0usize..60, 2u8..5), 1..5),
     )
         .prop_map(
             |(
@@ -134,6 +147,8 @@ fn cases() -> impl Strategy<Value = Case> {
                 crashes,
                 failures,
                 order,
+                tcp,
+                transactions,
             )| Case {
                 writes,
                 renames,
@@ -144,6 +159,8 @@ fn cases() -> impl Strategy<Value = Case> {
                 crashes,
                 failures,
                 order,
+                tcp,
+                transactions,
             },
         )
 }
@@ -158,6 +175,15 @@ fn target_of(case: &Case, stream: &str) -> Option<String> {
 
 fn dropped(case: &Case, id: Uuid) -> bool {
     id.as_u128().is_multiple_of(u128::from(case.drop_one_in))
+}
+
+/// The source's TCP endpoint when the case reads over TCP and the source is
+/// in process.
+fn tcp_address(case: &Case, source: &TestCluster) -> Option<std::net::SocketAddr> {
+    if !case.tcp || source.is_external() {
+        return None;
+    }
+    source.server().tcp_address()
 }
 
 fn pipeline(
@@ -175,8 +201,19 @@ fn pipeline(
             Some(target_of(&rules, &event.stream).unwrap_or_else(|| event.stream.clone()))
         }
     });
+    let inner: Box<dyn Reader> = match tcp_address(case, source) {
+        Some(address) => Box::new(
+            TcpReader::new(TcpReaderConfig {
+                page_size: 7,
+                run_continuously: false,
+                ..TcpReaderConfig::new(format!("ConnectTo=tcp://{address}; UseSslConnection=false"))
+            })
+            .expect("TCP reader"),
+        ),
+        None => Box::new(reader(source, 7, false)),
+    };
     let reader = Transformed {
-        inner: reader(source, 7, false),
+        inner,
         transform: Arc::new(transform),
     };
     let sink = EsdbSink::new(EsdbSinkConfig {
@@ -248,9 +285,25 @@ async fn user_events_in_all(server: &TestCluster) -> Vec<Uuid> {
 }
 
 async fn run_case(case: Case) -> Result<(), TestCaseError> {
-    let source = source().await;
+    let source = if case.tcp {
+        TestCluster::empty_from_env_with(
+            "ESDB_SOURCE_URL",
+            replicator_testkit::ServerOptions {
+                tcp_port: Some(0),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+    } else {
+        source().await
+    };
+    // A source named by ESDB_SOURCE_URL has no TCP port of ours.
+    let tcp = tcp_address(&case, &source);
     let target = target().await;
     let writer = client(&source.connection_string());
+    // Each transaction's target stream and kept ids.
+    let mut transactions: Vec<(String, Vec<String>)> = Vec::new();
     let any = AppendToStreamOptions::default().expected_revision(ExpectedRevision::Any);
     let mut want: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut existing = std::collections::HashSet::new();
@@ -263,7 +316,7 @@ async fn run_case(case: Case) -> Result<(), TestCaseError> {
                     .delete_stream(name.as_str(), &Default::default())
                     .await
                     .expect("source soft delete");
-                deleted.insert(name);
+                deleted.insert(name.clone());
             }
             5 | 6 => {
                 let body = serde_json::json!({ "owner": format!("team-{i}") });
@@ -292,6 +345,27 @@ async fn run_case(case: Case) -> Result<(), TestCaseError> {
                 existing.insert(name.clone());
                 deleted.remove(&name);
             }
+        }
+        let Some(address) = tcp else { continue };
+        for &(index, size) in &case.transactions {
+            if index % case.writes.len() != i {
+                continue;
+            }
+            let events: Vec<Event> = (0..u64::from(size))
+                .map(|n| user_event(&name, n + i as u64, 1_000 + i as u64 * 10 + n))
+                .collect();
+            tcp_transaction(address, &name, &events).await;
+            let dst = target_of(&case, &name).expect("renamed");
+            let kept: Vec<String> = events
+                .iter()
+                .filter(|e| !dropped(&case, e.id))
+                .map(|e| e.id.to_string())
+                .collect();
+            want.entry(dst.clone()).or_default().extend(kept.clone());
+            transactions.push((dst, kept));
+            // A commit revives a soft-deleted stream, as an append does.
+            existing.insert(name.clone());
+            deleted.remove(&name);
         }
     }
     // Metadata streams are copied as they are (transforms do not rename them).
@@ -368,6 +442,27 @@ async fn run_case(case: Case) -> Result<(), TestCaseError> {
         got.keys().collect::<Vec<_>>(),
         want.keys().collect::<Vec<_>>()
     );
+    if !target.is_external() {
+        // Each transaction in one write on the target (the log's write
+        // boundaries): whatever crashed or failed, never a part of one.
+        for (stream, kept) in &transactions {
+            let ids = got.get(stream).map_or(&[][..], Vec::as_slice);
+            let sizes = target.server().writes_to(stream);
+            let write_of = |id: &String| {
+                let at = ids.iter().position(|held| held == id)?;
+                let mut end = 0;
+                sizes.iter().position(|size| {
+                    end += size;
+                    at < end
+                })
+            };
+            let writes: std::collections::BTreeSet<_> = kept.iter().map(write_of).collect();
+            prop_assert!(
+                writes.len() <= 1,
+                "a transaction of {stream} split between writes {writes:?} (writes {sizes:?})"
+            );
+        }
+    }
     if case.order == WriteOrder::Source {
         // Across streams too: the target's `$all` holds the kept events in
         // the source's `$all` order.

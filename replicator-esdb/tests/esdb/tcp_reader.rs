@@ -326,45 +326,6 @@ async fn a_connection_lost_while_held_back_is_replaced_without_a_failure() {
 
 /// One request over the testkit's TCP service and its answer (frames of
 /// docs/tcp-protocol.md §1.1; the node's heartbeats answered in between).
-async fn tcp_call(
-    connection: &mut tokio::net::TcpStream,
-    command: u8,
-    correlation: u8,
-    body: &[u8],
-) -> Vec<u8> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    async fn send(connection: &mut tokio::net::TcpStream, command: u8, id: [u8; 16], body: &[u8]) {
-        let mut frame = vec![command, 0];
-        frame.extend(id);
-        frame.extend(body);
-        let mut bytes = (frame.len() as u32).to_le_bytes().to_vec();
-        bytes.extend(frame);
-        connection.write_all(&bytes).await.expect("send");
-    }
-    send(connection, command, [correlation; 16], body).await;
-    let answer = async {
-        loop {
-            let mut prefix = [0; 4];
-            connection.read_exact(&mut prefix).await.expect("an answer");
-            let mut data = vec![0; u32::from_le_bytes(prefix) as usize];
-            connection
-                .read_exact(&mut data)
-                .await
-                .expect("a whole frame");
-            let id: [u8; 16] = data[2..18].try_into().unwrap();
-            if data[0] == 0x01 {
-                send(connection, 0x02, id, &[]).await;
-            } else if id == [correlation; 16] {
-                assert_eq!(data[0], command + 1, "the Completed answer");
-                return data[18..].to_vec();
-            }
-        }
-    };
-    tokio::time::timeout(PATIENCE, answer)
-        .await
-        .expect("an answer in time")
-}
-
 /// Writes `ids` to `stream` in one v5 explicit transaction over the TCP service,
 /// with an ordinary gRPC append to `beside` between its first event and the
 /// others, as v5 lays them out: the first prepare before the append, the others
