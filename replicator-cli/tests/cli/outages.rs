@@ -301,6 +301,31 @@ async fn hold_unready(
     }
 }
 
+/// The source out since `since` (`how`: stopped, frozen) while the run is
+/// mid-copy: readiness turns 503 naming the source (the target and the
+/// checkpoint store still healthy); the reader hands on what it had read
+/// ahead, then has nothing more, and the copy stops short of the end.
+async fn source_out(run: &Running, since: Instant, how: &str) {
+    let body = wait_unready(run, "source", since, unready_within()).await;
+    for component in ["target", "checkpoint"] {
+        assert_eq!(body["components"][component]["healthy"], true, "{body:#}");
+    }
+    let s = hold_unready(
+        run,
+        "source",
+        "the reader without anything more to hand on",
+        |s| s["in_flight"] == 0 && attempts(s, "source") >= 3,
+    )
+    .await;
+    assert!(written(&s) < EVENTS, "{s:#}");
+    assert_eq!(s["caught_up"], false, "{s:#}");
+    println!(
+        "{} of {EVENTS} events written while the source was {how} ({:.1?})",
+        written(&s),
+        since.elapsed()
+    );
+}
+
 fn attempts(s: &Value, component: &str) -> u64 {
     s["components"][component]["attempts"].as_u64().unwrap_or(0)
 }
@@ -443,26 +468,7 @@ async fn a_stopped_source_is_reported_and_the_copy_resumes_when_it_returns() {
     c.source.stop().await;
     let stopped = Instant::now();
     gate.release_writes();
-    let body = wait_unready(&run, "source", stopped, unready_within()).await;
-    assert_eq!(
-        body["components"]["checkpoint"]["healthy"], true,
-        "{body:#}"
-    );
-    // The reader hands on what it had read ahead, then has nothing more:
-    // the copy stops short of the end until the source is back.
-    let s = hold_unready(
-        &run,
-        "source",
-        "the reader without anything more to hand on",
-        |s| s["in_flight"] == 0 && attempts(s, "source") >= 3,
-    )
-    .await;
-    assert!(written(&s) < EVENTS, "{s:#}");
-    assert_eq!(s["caught_up"], false, "{s:#}");
-    println!(
-        "{} of {EVENTS} events written while the source was stopped",
-        written(&s)
-    );
+    source_out(&run, stopped, "stopped").await;
 
     c.source.restart().await.unwrap();
     wait_ready(&run, "the source restarted", back_within()).await;
@@ -585,22 +591,7 @@ async fn a_frozen_tcp_source_is_reported_and_the_copy_resumes_when_it_thaws() {
     source.freeze();
     let frozen = Instant::now();
     gate.release_writes();
-    let body = wait_unready(&run, "source", frozen, unready_within()).await;
-    assert_eq!(body["components"]["target"]["healthy"], true, "{body:#}");
-    let s = hold_unready(
-        &run,
-        "source",
-        "the reader without anything more to hand on",
-        |s| s["in_flight"] == 0 && attempts(s, "source") >= 3,
-    )
-    .await;
-    assert!(written(&s) < EVENTS, "{s:#}");
-    assert_eq!(s["caught_up"], false, "{s:#}");
-    println!(
-        "{} of {EVENTS} events written while the source was frozen {:.1?}",
-        written(&s),
-        frozen.elapsed()
-    );
+    source_out(&run, frozen, "frozen").await;
 
     source.thaw();
     wait_ready(&run, "the source thawed", back_within()).await;

@@ -113,14 +113,20 @@ impl V5 {
     /// A working directory replicating from the TCP source in pages of 3
     /// records (transactions straddle pages) until caught up.
     fn workdir(&self) -> Workdir {
+        self.workdir_with(&format!(
+            "ConnectTo=tcp://admin:changeit@{}; UseSslConnection=false",
+            self.source.tcp_address().unwrap()
+        ))
+    }
+
+    /// [`V5::workdir`] with the source's connection string `connection`.
+    fn workdir_with(&self, connection: &str) -> Workdir {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("config")).unwrap();
         let yaml = format!(
-            "replicator:\n  reader:\n    connectionString: \"ConnectTo=tcp://admin:changeit@{}; \
-             UseSslConnection=false\"\n    protocol: tcp\n    pageSize: 3\n  sink:\n    \
-             connectionString: \"{}\"\n  runContinuously: false\n  checkpoint:\n    \
-             checkpointAfter: 7\n",
-            self.source.tcp_address().unwrap(),
+            "replicator:\n  reader:\n    connectionString: \"{connection}\"\n    protocol: tcp\n    \
+             pageSize: 3\n  sink:\n    connectionString: \"{}\"\n  runContinuously: false\n  \
+             checkpoint:\n    checkpointAfter: 7\n",
             self.target.connection_string()
         );
         std::fs::write(dir.path().join("config/appsettings.yaml"), yaml).unwrap();
@@ -300,15 +306,7 @@ async fn a_wrong_password_or_an_unknown_setting_stops_the_run_naming_it() {
             &["`Bogus`"][..],
         ),
     ] {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("config")).unwrap();
-        let yaml = format!(
-            "replicator:\n  reader:\n    connectionString: \"{connection}\"\n    protocol: tcp\n  \
-             sink:\n    connectionString: \"{}\"\n  runContinuously: false\n",
-            v5.target.connection_string()
-        );
-        std::fs::write(dir.path().join("config/appsettings.yaml"), yaml).unwrap();
-        let o = run_async(&Workdir { dir }, &["run"]).await;
+        let o = run_async(&v5.workdir_with(&connection), &["run"]).await;
         let output = format!("{}{}", stdout(&o), stderr(&o));
         assert!(!o.status.success(), "{output}");
         for name in names {

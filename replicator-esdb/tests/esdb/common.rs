@@ -502,58 +502,105 @@ pub async fn tcp_call(
         .expect("an answer in time")
 }
 
+/// A v5 explicit transaction over the testkit's TCP service, as a v5 client
+/// writes one (TransactionStart, TransactionWrite…, TransactionCommit): its
+/// records end up with the commit's position and their own prepare positions.
+pub struct TcpTransaction {
+    connection: tokio::net::TcpStream,
+    id: i64,
+    correlation: u8,
+}
+
+impl TcpTransaction {
+    /// Starts a transaction on `stream` (expected version: any) at the TCP
+    /// endpoint `address`.
+    pub async fn start(address: std::net::SocketAddr, stream: &str) -> Self {
+        use prost::Message;
+        use replicator_testkit::proto::tcp::{TransactionStart, TransactionStartCompleted};
+        let mut connection = tokio::net::TcpStream::connect(address)
+            .await
+            .expect("connect");
+        let start = TransactionStart {
+            event_stream_id: stream.to_owned(),
+            expected_version: -2,
+            require_master: true,
+        };
+        let started = tcp_call(&mut connection, 0x84, 1, &start.encode_to_vec()).await;
+        let started = TransactionStartCompleted::decode(&started[..]).unwrap();
+        assert_eq!(started.result, 0, "started");
+        TcpTransaction {
+            connection,
+            id: started.transaction_id,
+            correlation: 1,
+        }
+    }
+
+    /// Writes `events` into it (invisible until the commit).
+    pub async fn write(&mut self, events: &[Event]) {
+        use prost::Message;
+        use replicator_testkit::proto::tcp::{
+            NewEvent, TransactionWrite, TransactionWriteCompleted,
+        };
+        let write = TransactionWrite {
+            transaction_id: self.id,
+            events: events
+                .iter()
+                .map(|event| NewEvent {
+                    event_id: event.id.to_bytes_le().to_vec().into(),
+                    event_type: event.event_type.clone(),
+                    data_content_type: i32::from(event.content_type == ContentType::Json),
+                    metadata_content_type: 0,
+                    data: event.data.clone(),
+                    metadata: Some(event.metadata.clone()),
+                })
+                .collect(),
+            require_master: true,
+        };
+        self.correlation += 1;
+        let written = tcp_call(
+            &mut self.connection,
+            0x86,
+            self.correlation,
+            &write.encode_to_vec(),
+        )
+        .await;
+        assert_eq!(
+            TransactionWriteCompleted::decode(&written[..])
+                .unwrap()
+                .result,
+            0
+        );
+    }
+
+    /// Commits it.
+    pub async fn commit(mut self) {
+        use prost::Message;
+        use replicator_testkit::proto::tcp::{TransactionCommit, TransactionCommitCompleted};
+        let commit = TransactionCommit {
+            transaction_id: self.id,
+            require_master: true,
+        };
+        self.correlation += 1;
+        let committed = tcp_call(
+            &mut self.connection,
+            0x88,
+            self.correlation,
+            &commit.encode_to_vec(),
+        )
+        .await;
+        assert_eq!(
+            TransactionCommitCompleted::decode(&committed[..])
+                .unwrap()
+                .result,
+            0
+        );
+    }
+}
+
 /// Writes `events` to `stream` in one v5 explicit transaction over the TCP
-/// service at `address` (TransactionStart, TransactionWrite, TransactionCommit),
-/// as a v5 client does: its records end up with the commit's position and
-/// their own prepare positions.
+/// service at `address` ([`TcpTransaction`]).
 pub async fn tcp_transaction(address: std::net::SocketAddr, stream: &str, events: &[Event]) {
-    use prost::Message;
-    use replicator_testkit::proto::tcp::{
-        NewEvent, TransactionCommit, TransactionCommitCompleted, TransactionStart,
-        TransactionStartCompleted, TransactionWrite, TransactionWriteCompleted,
-    };
-    let mut connection = tokio::net::TcpStream::connect(address)
-        .await
-        .expect("connect");
-    let start = TransactionStart {
-        event_stream_id: stream.to_owned(),
-        expected_version: -2,
-        require_master: true,
-    };
-    let started = tcp_call(&mut connection, 0x84, 1, &start.encode_to_vec()).await;
-    let started = TransactionStartCompleted::decode(&started[..]).unwrap();
-    assert_eq!(started.result, 0, "started");
-    let write = TransactionWrite {
-        transaction_id: started.transaction_id,
-        events: events
-            .iter()
-            .map(|event| NewEvent {
-                event_id: event.id.to_bytes_le().to_vec().into(),
-                event_type: event.event_type.clone(),
-                data_content_type: i32::from(event.content_type == ContentType::Json),
-                metadata_content_type: 0,
-                data: event.data.clone(),
-                metadata: Some(event.metadata.clone()),
-            })
-            .collect(),
-        require_master: true,
-    };
-    let written = tcp_call(&mut connection, 0x86, 2, &write.encode_to_vec()).await;
-    assert_eq!(
-        TransactionWriteCompleted::decode(&written[..])
-            .unwrap()
-            .result,
-        0
-    );
-    let commit = TransactionCommit {
-        transaction_id: started.transaction_id,
-        require_master: true,
-    };
-    let committed = tcp_call(&mut connection, 0x88, 3, &commit.encode_to_vec()).await;
-    assert_eq!(
-        TransactionCommitCompleted::decode(&committed[..])
-            .unwrap()
-            .result,
-        0
-    );
+    let mut transaction = TcpTransaction::start(address, stream).await;
+    transaction.write(events).await;
+    transaction.commit().await;
 }
