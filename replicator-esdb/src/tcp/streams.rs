@@ -26,8 +26,11 @@ use crate::cluster::{AllFrom, ClusterRead, Direction, ReadError, Record, Records
 
 /// The most records v5 serves in one page (`MaxPageSize`).
 const MAX_PAGE: usize = 4096;
-/// Records asked for per page at first; halved while a page is over the
-/// 64 MiB frame limit.
+/// Records asked for in a read's first page: most reads of `map-position`
+/// and the scavenge filter need a few records only.
+const FIRST_PAGE: usize = 32;
+/// The largest page asked for: each page doubles up to it. A page over the
+/// 64 MiB frame limit halves it for the rest of the read.
 const PAGE: usize = 1024;
 /// Idle connections kept for the next requests.
 const IDLE: usize = 16;
@@ -193,10 +196,33 @@ impl TcpSource {
     }
 }
 
-/// Halves `page` after a frame over the limit; `false` when it is 1 already.
-fn halved(page: &mut usize, error: &ReadError) -> bool {
-    if matches!(error, ReadError::Tcp(TcpError::FrameTooLarge(_))) && *page > 1 {
-        *page /= 2;
+/// How many records a read asks for per page.
+#[derive(Clone, Copy, Debug)]
+struct PageSize {
+    now: usize,
+    cap: usize,
+}
+
+impl PageSize {
+    fn new() -> Self {
+        PageSize {
+            now: FIRST_PAGE,
+            cap: PAGE.min(MAX_PAGE),
+        }
+    }
+
+    /// After a page was read: the next one is larger.
+    fn grow(&mut self) {
+        self.now = (self.now * 2).min(self.cap);
+    }
+}
+
+/// Halves the page size after a frame over the limit, for the rest of the
+/// read; `false` when it is 1 already.
+fn halved(page: &mut PageSize, error: &ReadError) -> bool {
+    if matches!(error, ReadError::Tcp(TcpError::FrameTooLarge(_))) && page.now > 1 {
+        page.now /= 2;
+        page.cap = page.now;
         return true;
     }
     false
@@ -210,7 +236,7 @@ struct StreamRead<'a> {
     /// The next page's start; `None` when the read is over.
     from: Option<i64>,
     left: usize,
-    page: usize,
+    page: PageSize,
     buffer: VecDeque<Record>,
 }
 
@@ -225,13 +251,16 @@ impl StreamRead<'_> {
                 return Some(Ok(record));
             }
             let from = self.from?;
-            let max = self.page.min(self.left);
+            let max = self.page.now.min(self.left);
             let page = match self
                 .source
                 .stream_page(self.stream, from, max, self.direction)
                 .await
             {
-                Ok(page) => page,
+                Ok(page) => {
+                    self.page.grow();
+                    page
+                }
                 Err(error) if halved(&mut self.page, &error) => continue,
                 Err(error) => {
                     self.from = None;
@@ -269,7 +298,7 @@ struct AllRead<'a> {
     /// A backward read's start: only records before it are handed on.
     before: Option<Position>,
     left: usize,
-    page: usize,
+    page: PageSize,
     buffer: VecDeque<(Position, Record)>,
 }
 
@@ -285,7 +314,7 @@ impl AllRead<'_> {
             }
             let cursor = self.cursor?;
             match self.read_page(cursor).await {
-                Ok(()) => {}
+                Ok(()) => self.page.grow(),
                 Err(error) if halved(&mut self.page, &error) => continue,
                 Err(error) => {
                     self.cursor = None;
@@ -296,7 +325,7 @@ impl AllRead<'_> {
     }
 
     async fn read_page(&mut self, cursor: (i64, i64)) -> Result<(), ReadError> {
-        let max = self.page.min(self.left);
+        let max = self.page.now.min(self.left);
         let page = self.source.all_page(cursor, max, self.direction).await?;
         let received = page.events.len();
         for resolved in page.events {
@@ -329,14 +358,17 @@ impl TcpSource {
     async fn earlier_in_transaction(
         &self,
         at: Position,
-        page: &mut usize,
+        page: &mut PageSize,
     ) -> Result<Vec<(Position, Record)>, ReadError> {
         let mut found = Vec::new();
         let mut cursor = (wire(at.commit), 0);
         loop {
-            let read = self.all_page(cursor, *page, Direction::Forwards).await;
+            let read = self.all_page(cursor, page.now, Direction::Forwards).await;
             let read = match read {
-                Ok(read) => read,
+                Ok(read) => {
+                    page.grow();
+                    read
+                }
                 Err(error) if halved(page, &error) => continue,
                 Err(error) => return Err(error),
             };
@@ -385,7 +417,7 @@ impl ClusterRead for TcpSource {
             direction,
             from,
             left: max,
-            page: PAGE.min(MAX_PAGE),
+            page: PageSize::new(),
             buffer: VecDeque::new(),
         };
         futures::stream::unfold(read, |mut read| async move {
@@ -420,7 +452,7 @@ impl ClusterRead for TcpSource {
             cursor,
             before,
             left: max,
-            page: PAGE.min(MAX_PAGE),
+            page: PageSize::new(),
             buffer: VecDeque::new(),
         };
         let inside_transaction = before.filter(|p| p.commit != p.prepare);

@@ -68,6 +68,27 @@ async fn cluster(var: &str) -> TestCluster {
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// A fresh in-process source that also serves the legacy TCP protocol of
+/// v5 (`ServerOptions::tcp_port`), on the same store as its gRPC service.
+/// In process only: with `ESDB_SOURCE_URL` set, [`tcp_connection_string`]
+/// fails saying so.
+pub async fn tcp_source() -> TestCluster {
+    logs();
+    let options = replicator_testkit::ServerOptions {
+        tcp_port: Some(0),
+        ..Default::default()
+    };
+    TestCluster::empty_from_env_with("ESDB_SOURCE_URL", options)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The .NET ClientAPI connection string of `cluster`'s TCP service.
+pub fn tcp_connection_string(cluster: &TestCluster) -> String {
+    let address = cluster.server().tcp_address().expect("the TCP service");
+    format!("ConnectTo=tcp://{address}; HeartBeatTimeout=1500; UseSslConnection=false")
+}
+
 pub fn reader(server: &TestCluster, page_size: usize, run_continuously: bool) -> EsdbReader {
     EsdbReader::new(EsdbReaderConfig {
         connection_string: server.connection_string().into(),

@@ -12,5 +12,6 @@ mod reader;
 mod replay;
 mod scavenge;
 mod tcp_reader;
+mod tcp_source;
 mod verify;
 mod workload_and_verify;

@@ -369,7 +369,7 @@ async fn tcp_call(
 /// with an ordinary gRPC append to `beside` between its first event and the
 /// others, as v5 lays them out: the first prepare before the append, the others
 /// after it, all committed after it.
-async fn transaction_around_an_append(
+pub(crate) async fn transaction_around_an_append(
     server: &EsdbServer,
     stream: &str,
     beside: &str,
