@@ -7,6 +7,7 @@ use futures::StreamExt;
 use replicator_core::{ErrorKind, Event, EventStream, Position, Reader, StartFrom};
 use replicator_esdb::{TcpReader, TcpReaderConfig};
 use replicator_testkit::security::User;
+use replicator_testkit::support::TcpTransaction;
 use replicator_testkit::{EsdbServer, ServerOptions};
 
 use crate::common::*;
@@ -324,47 +325,6 @@ async fn a_connection_lost_while_held_back_is_replaced_without_a_failure() {
     );
 }
 
-/// One request over the testkit's TCP service and its answer (frames of
-/// docs/tcp-protocol.md §1.1; the node's heartbeats answered in between).
-async fn tcp_call(
-    connection: &mut tokio::net::TcpStream,
-    command: u8,
-    correlation: u8,
-    body: &[u8],
-) -> Vec<u8> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    async fn send(connection: &mut tokio::net::TcpStream, command: u8, id: [u8; 16], body: &[u8]) {
-        let mut frame = vec![command, 0];
-        frame.extend(id);
-        frame.extend(body);
-        let mut bytes = (frame.len() as u32).to_le_bytes().to_vec();
-        bytes.extend(frame);
-        connection.write_all(&bytes).await.expect("send");
-    }
-    send(connection, command, [correlation; 16], body).await;
-    let answer = async {
-        loop {
-            let mut prefix = [0; 4];
-            connection.read_exact(&mut prefix).await.expect("an answer");
-            let mut data = vec![0; u32::from_le_bytes(prefix) as usize];
-            connection
-                .read_exact(&mut data)
-                .await
-                .expect("a whole frame");
-            let id: [u8; 16] = data[2..18].try_into().unwrap();
-            if data[0] == 0x01 {
-                send(connection, 0x02, id, &[]).await;
-            } else if id == [correlation; 16] {
-                assert_eq!(data[0], command + 1, "the Completed answer");
-                return data[18..].to_vec();
-            }
-        }
-    };
-    tokio::time::timeout(PATIENCE, answer)
-        .await
-        .expect("an answer in time")
-}
-
 /// Writes `ids` to `stream` in one v5 explicit transaction over the TCP service,
 /// with an ordinary gRPC append to `beside` between its first event and the
 /// others, as v5 lays them out: the first prepare before the append, the others
@@ -375,69 +335,16 @@ pub(crate) async fn transaction_around_an_append(
     beside: &str,
     ids: &[uuid::Uuid],
 ) {
-    use prost::Message;
-    use replicator_testkit::proto::tcp::{
-        NewEvent, TransactionCommit, TransactionCommitCompleted, TransactionStart,
-        TransactionStartCompleted, TransactionWrite, TransactionWriteCompleted,
-    };
     let address = server.tcp_address().expect("the TCP service");
-    let mut connection = tokio::net::TcpStream::connect(address)
+    let mut transaction = TcpTransaction::start(address, stream).await;
+    transaction.write(&ids[..1]).await;
+    let event = eventstore::EventData::json("Beside", &serde_json::json!({})).expect("json");
+    grpc_client(server)
+        .append_to_stream(beside, &Default::default(), event)
         .await
-        .expect("connect");
-    let start = TransactionStart {
-        event_stream_id: stream.to_owned(),
-        expected_version: -2,
-        require_master: true,
-    };
-    let started = tcp_call(&mut connection, 0x84, 1, &start.encode_to_vec()).await;
-    let started = TransactionStartCompleted::decode(&started[..]).unwrap();
-    assert_eq!(started.result, 0, "started");
-    let id = started.transaction_id;
-    let events = |ids: &[uuid::Uuid]| -> Vec<NewEvent> {
-        ids.iter()
-            .map(|event_id| NewEvent {
-                event_id: event_id.to_bytes_le().to_vec().into(),
-                event_type: "InTransaction".to_owned(),
-                data_content_type: 1,
-                metadata_content_type: 1,
-                data: format!(r#"{{"id":"{event_id}"}}"#).into_bytes().into(),
-                metadata: Some(b"{}".to_vec().into()),
-            })
-            .collect()
-    };
-    for (correlation, batch) in [(2, &ids[..1]), (3, &ids[1..])] {
-        if correlation == 3 {
-            let event =
-                eventstore::EventData::json("Beside", &serde_json::json!({})).expect("json");
-            grpc_client(server)
-                .append_to_stream(beside, &Default::default(), event)
-                .await
-                .expect("append");
-        }
-        let write = TransactionWrite {
-            transaction_id: id,
-            events: events(batch),
-            require_master: true,
-        };
-        let written = tcp_call(&mut connection, 0x86, correlation, &write.encode_to_vec()).await;
-        assert_eq!(
-            TransactionWriteCompleted::decode(&written[..])
-                .unwrap()
-                .result,
-            0
-        );
-    }
-    let commit = TransactionCommit {
-        transaction_id: id,
-        require_master: true,
-    };
-    let committed = tcp_call(&mut connection, 0x88, 4, &commit.encode_to_vec()).await;
-    assert_eq!(
-        TransactionCommitCompleted::decode(&committed[..])
-            .unwrap()
-            .result,
-        0
-    );
+        .expect("append");
+    transaction.write(&ids[1..]).await;
+    transaction.commit().await;
 }
 
 /// v5 explicit transactions put records with commit ≠ prepare in `$all` (issue

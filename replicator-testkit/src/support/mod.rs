@@ -1,5 +1,6 @@
 //! What the workspace's tests share beyond the server: waiting for a
-//! condition, a client from a connection string, the end of `$all`, and
+//! condition, a client from a connection string, the end of `$all`, a v5
+//! transaction over the TCP service ([`TcpTransaction`]), and
 //! (with the `mongo` feature) a MongoDB-protocol server of a test's own.
 //!
 //! Every wait here is bounded: a condition not met by its deadline fails the
@@ -22,6 +23,9 @@
 
 #[cfg(feature = "mongo")]
 pub mod mongo;
+mod tcp;
+
+pub use tcp::TcpTransaction;
 
 use std::future::Future;
 use std::net::TcpListener;
