@@ -190,7 +190,8 @@ fn grpc_record(event: &eventstore::ResolvedEvent) -> Record {
 /// A gRPC read, opened at the first poll.
 enum GrpcRead<O> {
     Opening(O),
-    Reading(eventstore::ReadStream),
+    // Boxed: the unfold state moves at each record.
+    Reading(Box<eventstore::ReadStream>),
 }
 
 impl ClusterRead for eventstore::Client {
@@ -219,7 +220,7 @@ impl ClusterRead for eventstore::Client {
                 GrpcRead::Reading(reader) => reader,
                 GrpcRead::Opening(options) => {
                     match eventstore::Client::read_stream(self, stream, &options).await {
-                        Ok(reader) => reader,
+                        Ok(reader) => Box::new(reader),
                         Err(error) => return Some((Err(error.into()), None)),
                     }
                 }
@@ -257,7 +258,7 @@ impl ClusterRead for eventstore::Client {
                 GrpcRead::Reading(reader) => reader,
                 GrpcRead::Opening(options) => {
                     match eventstore::Client::read_all(self, &options).await {
-                        Ok(reader) => reader,
+                        Ok(reader) => Box::new(reader),
                         Err(error) => return Some((Err(error.into()), None)),
                     }
                 }

@@ -52,7 +52,13 @@
 //!
 //! # `until`: verifying a pair that is still replicating
 //! With [`Until::Including`] (the stored checkpoint, by default, in the CLI)
-//! only source records up to that position must be on the target. Events of
+//! only source records up to that position must be on the target. Which
+//! source records those are is learnt from the listing (below): for each
+//! stream, the last revision of its events, and of its metadata stream's
+//! records, in the source's `$all` up to `until`. A stream's revisions grow
+//! with its `$all` positions, so a record is covered when its revision is at
+//! most that; this holds for a v5 source read over TCP too, whose stream
+//! reads carry no positions. Events of
 //! the source after it may be on the target already (in flight): a target
 //! event equal to the next source event is accepted whether or not the source
 //! event is covered; a covered source event the target lacks is *missing*; a
@@ -65,7 +71,8 @@
 //! Bounded, whatever the size of the clusters:
 //! - **Stream names.** Both clusters' `$all` are read once (the source up to
 //!   `until`) to list the user streams (a stream may exist on one side only).
-//!   Names are collected in a sorted in-memory set of at most
+//!   Names (with the two revisions above, for the source) are collected in
+//!   a sorted in-memory set of at most
 //!   [`VerifyOptions::names_in_memory`] names; a full set is written to an
 //!   anonymous temporary file as a sorted run, and the runs are merged
 //!   (deduplicated) while streaming them to the comparison. So memory holds at
@@ -84,6 +91,11 @@
 //! - **Report.** At most [`VerifyOptions::max_per_stream`] differences per
 //!   stream and [`VerifyOptions::max_streams`] differing streams are kept; the
 //!   totals stay exact.
+//!
+//! # Protocols
+//! Each side is read through [`ClusterRead`]: the gRPC
+//! [`eventstore::Client`], or a v5 source's [`TcpSource`](crate::tcp::TcpSource)
+//! (`reader.protocol: tcp`). The comparison is the same either way.
 //!
 //! # Filters and transforms
 //! [`VerifyOptions::expect`] maps each source event to what the target should
