@@ -269,3 +269,44 @@ async fn map_position_over_tcp_answers_what_it_answers_over_grpc() {
         assert_eq!(over_tcp.event_id, Some(ids[revision as usize]));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_user_who_may_not_read_all_is_an_error_naming_the_side_and_the_user() {
+    use replicator_testkit::security::User;
+    let source = replicator_testkit::EsdbServer::start_with(replicator_testkit::ServerOptions {
+        users: Some(vec![User::admin(), User::new("ops", "secret")]),
+        tcp_port: Some(0),
+        ..Default::default()
+    })
+    .await
+    .expect("server");
+    let target = target().await;
+    let address = source.tcp_address().expect("the TCP service");
+    let tcp = TcpSource::new(&ConnectionString::from(format!(
+        "ConnectTo=tcp://ops:secret@{address}; UseSslConnection=false"
+    )))
+    .expect("settings");
+    let error = verify(
+        &tcp,
+        &client(&target.connection_string()),
+        &VerifyOptions::default(),
+    )
+    .await
+    .expect_err("ops may not read $all");
+    let text = error.to_string();
+    assert!(text.starts_with("source: reading $all"), "{text}");
+    assert!(
+        text.contains("access to $all denied for user `ops`"),
+        "{text}"
+    );
+    assert!(!text.contains("secret"), "{text}");
+    let error = map_position(
+        &tcp,
+        &client(&target.connection_string()),
+        Position::at(0),
+        &MapOptions::default(),
+    )
+    .await
+    .expect_err("ops may not read $all");
+    assert!(error.to_string().contains("`ops`"), "{error}");
+}
