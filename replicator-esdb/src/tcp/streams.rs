@@ -29,9 +29,14 @@ const MAX_PAGE: usize = 4096;
 /// Records asked for in a read's first page: most reads of `map-position`
 /// and the scavenge filter need a few records only.
 const FIRST_PAGE: usize = 32;
-/// The largest page asked for: each page doubles up to it. A page over the
-/// 64 MiB frame limit halves it for the rest of the read.
+/// The largest page asked for: each page doubles up to it while pages stay
+/// small in bytes. A page over the 64 MiB frame limit halves it for the rest
+/// of the read.
 const PAGE: usize = 1024;
+/// Bytes (data and metadata) a page should hold at most: a larger one halves
+/// the next, so that a read of large events holds a few MiB at a time (verify
+/// reads many streams at once), not up to the 64 MiB frame limit.
+const PAGE_BYTES: usize = 4 * 1024 * 1024;
 /// Idle connections kept for the next requests.
 const IDLE: usize = 16;
 
@@ -211,9 +216,14 @@ impl PageSize {
         }
     }
 
-    /// After a page was read: the next one is larger.
-    fn grow(&mut self) {
-        self.now = (self.now * 2).min(self.cap);
+    /// After a page of `bytes` was read: the next one is larger while pages
+    /// stay under [`PAGE_BYTES`], smaller once they pass it.
+    fn after(&mut self, bytes: usize) {
+        if bytes > PAGE_BYTES {
+            self.now = (self.now / 2).max(1);
+        } else if bytes <= PAGE_BYTES / 2 {
+            self.now = (self.now * 2).min(self.cap);
+        }
     }
 }
 
@@ -258,7 +268,7 @@ impl StreamRead<'_> {
                 .await
             {
                 Ok(page) => {
-                    self.page.grow();
+                    self.page.after(stream_bytes(&page));
                     page
                 }
                 Err(error) if halved(&mut self.page, &error) => continue,
@@ -314,7 +324,7 @@ impl AllRead<'_> {
             }
             let cursor = self.cursor?;
             match self.read_page(cursor).await {
-                Ok(()) => self.page.grow(),
+                Ok(bytes) => self.page.after(bytes),
                 Err(error) if halved(&mut self.page, &error) => continue,
                 Err(error) => {
                     self.cursor = None;
@@ -324,10 +334,12 @@ impl AllRead<'_> {
         }
     }
 
-    async fn read_page(&mut self, cursor: (i64, i64)) -> Result<(), ReadError> {
+    /// Reads the page at `cursor`; returns its bytes.
+    async fn read_page(&mut self, cursor: (i64, i64)) -> Result<usize, ReadError> {
         let max = self.page.now.min(self.left);
         let page = self.source.all_page(cursor, max, self.direction).await?;
         let received = page.events.len();
+        let bytes = all_bytes(&page);
         for resolved in page.events {
             let position = position(resolved.commit_position, resolved.prepare_position)?;
             if self.before.is_some_and(|before| position >= before) {
@@ -343,7 +355,7 @@ impl AllRead<'_> {
         // An empty page is the end; a page that does not move on would be
         // read forever.
         self.cursor = (received > 0 && next != cursor).then_some(next);
-        Ok(())
+        Ok(bytes)
     }
 }
 
@@ -366,7 +378,7 @@ impl TcpSource {
             let read = self.all_page(cursor, page.now, Direction::Forwards).await;
             let read = match read {
                 Ok(read) => {
-                    page.grow();
+                    page.after(all_bytes(&read));
                     read
                 }
                 Err(error) if halved(page, &error) => continue,
@@ -476,6 +488,27 @@ impl ClusterRead for TcpSource {
     }
 }
 
+/// Bytes of a record's data and metadata.
+fn record_bytes(record: Option<&EventRecord>) -> usize {
+    record.map_or(0, |r| {
+        r.data.len() + r.metadata.as_ref().map_or(0, bytes::Bytes::len)
+    })
+}
+
+fn stream_bytes(page: &ReadStreamEventsCompleted) -> usize {
+    page.events
+        .iter()
+        .map(|e| record_bytes(e.event.as_ref()) + record_bytes(e.link.as_ref()))
+        .sum()
+}
+
+fn all_bytes(page: &ReadAllEventsCompleted) -> usize {
+    page.events
+        .iter()
+        .map(|e| record_bytes(e.event.as_ref()) + record_bytes(e.link.as_ref()))
+        .sum()
+}
+
 /// A position the node sent; negative parts are not positions of records.
 fn position(commit: i64, prepare: i64) -> Result<Position, TcpError> {
     match (u64::try_from(commit), u64::try_from(prepare)) {
@@ -514,6 +547,32 @@ fn record_of(record: EventRecord, position: Option<Position>) -> Result<Record, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pages_grow_while_small_and_shrink_when_large_in_bytes() {
+        let mut page = PageSize::new();
+        for _ in 0..10 {
+            page.after(1024);
+        }
+        assert_eq!(page.now, PAGE);
+        // Large events: the next pages halve until one holds under the bound.
+        page.after(PAGE_BYTES * 8);
+        assert_eq!(page.now, PAGE / 2);
+        page.after(PAGE_BYTES);
+        assert_eq!(page.now, PAGE / 2, "between half the bound and the bound");
+        for _ in 0..20 {
+            page.after(PAGE_BYTES + 1);
+        }
+        assert_eq!(page.now, 1, "never below one record");
+        // A frame over the limit caps the rest of the read.
+        let mut page = PageSize::new();
+        let too_large = ReadError::Tcp(TcpError::FrameTooLarge(MAX_FRAME_FOR_TESTS));
+        assert!(halved(&mut page, &too_large));
+        page.after(0);
+        assert_eq!(page.now, FIRST_PAGE / 2);
+    }
+
+    const MAX_FRAME_FOR_TESTS: usize = 64 * 1024 * 1024 + 1;
 
     #[test]
     fn records_take_dotnet_ids_and_json_from_the_content_type() {
