@@ -10,6 +10,8 @@ use replicator_core::secret::ConnectionString;
 use replicator_core::{
     CheckpointStore, Partitioner, Pipeline, PipelineConfig, PipelineError, RunSummary, Transform,
 };
+use replicator_esdb::cluster::SourceClient;
+use replicator_esdb::tcp::TcpSource;
 use replicator_esdb::{
     EsdbReader, EsdbReaderConfig, EsdbSink, EsdbSinkConfig, RevisionMode, ScavengeFilter,
     TcpReader, TcpReaderConfig, WriteOrder,
@@ -60,25 +62,27 @@ pub(crate) async fn open_store(
 }
 
 /// Clients of the configured source and target, for the commands that read
-/// both clusters themselves (`verify`, `map-position`).
+/// both clusters themselves (`verify`, `map-position`): the source over the
+/// protocol `reader.protocol` names (gRPC, or TCP for a v5 source), the
+/// target over gRPC.
 ///
 /// # Errors
 /// When a connection string does not parse (named, password hidden).
-pub fn clients(config: &Config) -> anyhow::Result<(eventstore::Client, eventstore::Client)> {
-    if config.reader.protocol == ReaderProtocol::Tcp {
-        anyhow::bail!(
-            "this command reads the source over gRPC, and replicator.reader.protocol is tcp: \
-             give it a copy of the configuration whose reader is the source's gRPC address"
-        );
-    }
+pub fn clients(config: &Config) -> anyhow::Result<(SourceClient, eventstore::Client)> {
     let client = |key: &str, connection_string: &ConnectionString| {
         replicator_esdb::cluster::client(connection_string)
             .with_context(|| format!("no client for replicator.{key}.connectionString"))
     };
-    Ok((
-        client("reader", &config.reader.connection_string)?,
-        client("sink", &config.sink.connection_string)?,
-    ))
+    let source = match config.reader.protocol {
+        ReaderProtocol::Grpc => {
+            SourceClient::Grpc(client("reader", &config.reader.connection_string)?)
+        }
+        ReaderProtocol::Tcp => SourceClient::Tcp(
+            TcpSource::new(&config.reader.connection_string)
+                .context("no client for replicator.reader.connectionString")?,
+        ),
+    };
+    Ok((source, client("sink", &config.sink.connection_string)?))
 }
 
 /// Seeds the store from the configured seeder when it holds no checkpoint.
@@ -123,9 +127,13 @@ fn build_stages(config: &Config) -> anyhow::Result<Stages> {
         transforms.push(Arc::new(filter));
     }
     let scavenge = if config.scavenge {
+        let connection_string = config.reader.connection_string.clone();
+        let filter = match config.reader.protocol {
+            ReaderProtocol::Grpc => ScavengeFilter::new(connection_string),
+            ReaderProtocol::Tcp => ScavengeFilter::over_tcp(connection_string),
+        };
         let filter = Arc::new(
-            ScavengeFilter::new(config.reader.connection_string.clone())
-                .context("replicator.scavenge: cannot read the source's stream metadata")?,
+            filter.context("replicator.scavenge: cannot read the source's stream metadata")?,
         );
         transforms.push(filter.clone());
         Some(filter)

@@ -18,7 +18,10 @@
 //!   read once ahead and kept current.
 //! - [`cluster`] is how each of them, and the CLI's commands, reach a
 //!   cluster: a client from a connection string, the head of `$all`, our
-//!   positions to and from the client's.
+//!   positions to and from the client's, and [`cluster::ClusterRead`], the
+//!   stream and `$all` reads that [`verify`], [`position_map`] and the
+//!   scavenge filter make over gRPC or, for a v5 source, over TCP
+//!   ([`tcp::TcpSource`]).
 //!
 //! Every request either makes has a deadline (10 s by default), so a hung
 //! server is noticed and retried, never waited on forever.

@@ -7,9 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use eventstore::{
-    ReadStreamOptions, StreamPosition, SubscribeToAllOptions, SubscriptionEvent, SubscriptionFilter,
-};
+use eventstore::{StreamPosition, SubscribeToAllOptions, SubscriptionEvent, SubscriptionFilter};
 use replicator_core::retry::Backoff;
 use replicator_core::secret::ConnectionString;
 use replicator_core::{
@@ -21,9 +19,13 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::classify::{METADATA_EVENT_TYPE, TOMBSTONE_EVENT_TYPE};
-use crate::cluster::{self, head, within, ClientPosition as _};
-use crate::connection::{describe, error_kind, ClientCell, REQUEST_TIMEOUT};
+use crate::cluster::{
+    self, head, next, next_within, within, AllFrom, ClientPosition as _, ClusterRead, Direction,
+    ReadError, StreamFrom,
+};
+use crate::connection::{ClientCell, REQUEST_TIMEOUT};
 use crate::retention::{Catalog, Verdict};
+use crate::tcp::TcpSource;
 
 /// How long [`ScavengeFilter::apply`] waits for the start-up pass before
 /// answering with a transient "still reading" error (the pipeline retries it,
@@ -96,6 +98,14 @@ const PASS_FILTER: &str = r"^\$(metadata|streamDeleted)$";
 /// - A backward read that fails is a transient or permanent error of
 ///   [`Transform::apply`] naming the stream, handled the same way.
 ///
+/// # A v5 source (TCP)
+/// Built with [`ScavengeFilter::over_tcp`], it reads the same through the
+/// legacy TCP protocol ([`TcpSource`]): v5 has no server-side filter, so the
+/// pass reads every record of `$all` up to the head, in pages, and keeps the
+/// metadata records and tombstones (the same catalog, one `$all` read at
+/// start-up); the last revision of a `$maxCount` stream is one
+/// ReadStreamEventsBackward.
+///
 /// # Use
 /// Build it with [`ScavengeFilter::new`] from the source's connection string,
 /// then call [`ScavengeFilter::prepare`] before the pipeline starts: the pass
@@ -111,8 +121,8 @@ pub struct ScavengeFilter {
 struct Shared {
     connection_string: ConnectionString,
     request_timeout: Duration,
-    /// The pass and the backward reads each take a client from here.
-    client: ClientCell,
+    /// What the pass and the backward reads read the source through.
+    source: Source,
     catalog: Mutex<Catalog>,
     /// Streams whose last revision is being read, so that concurrent events
     /// of one stream cost one read.
@@ -120,6 +130,14 @@ struct Shared {
     status: watch::Sender<PassStatus>,
     /// Told about each failed and the successful attempt of the pass.
     health: Mutex<Option<HealthReporter>>,
+}
+
+/// How the source is read.
+enum Source {
+    /// gRPC: the pass and the backward reads each take a client from here.
+    Grpc(ClientCell),
+    /// The legacy TCP protocol of v5.
+    Tcp(TcpSource),
 }
 
 /// Where the start-up pass is.
@@ -158,14 +176,36 @@ impl ScavengeFilter {
         let connection_string = connection_string.into();
         let settings = cluster::settings(&connection_string)
             .map_err(|e| ReaderError::permanent(format!("scavenge filter: {e}")))?;
+        Ok(Self::with_source(
+            connection_string,
+            Source::Grpc(ClientCell::new(settings)),
+        ))
+    }
+
+    /// A filter reading the metadata of a v5 source over the legacy TCP
+    /// protocol through `connection_string` (the TCP reader's, `ConnectTo=tcp://…`).
+    /// Nothing connects until [`ScavengeFilter::prepare`] or the first
+    /// [`Transform::apply`].
+    ///
+    /// # Errors
+    /// A permanent [`ReaderError`] naming the setting when the connection
+    /// string cannot be used.
+    pub fn over_tcp(connection_string: impl Into<ConnectionString>) -> Result<Self, ReaderError> {
+        let connection_string = connection_string.into();
+        let source = TcpSource::new(&connection_string)
+            .map_err(|e| ReaderError::permanent(format!("scavenge filter: {e}")))?;
+        Ok(Self::with_source(connection_string, Source::Tcp(source)))
+    }
+
+    fn with_source(connection_string: ConnectionString, source: Source) -> Self {
         let (status, _) = watch::channel(PassStatus::Running {
             records: 0,
             at: None,
             failure: None,
         });
-        Ok(ScavengeFilter {
+        ScavengeFilter {
             shared: Arc::new(Shared {
-                client: ClientCell::new(settings),
+                source,
                 connection_string,
                 request_timeout: REQUEST_TIMEOUT,
                 catalog: Mutex::new(Catalog::default()),
@@ -174,7 +214,7 @@ impl ScavengeFilter {
                 health: Mutex::new(None),
             }),
             pass: Mutex::new(None),
-        })
+        }
     }
 
     /// Sets the deadline of each request to the source (10 s by default, at
@@ -326,22 +366,24 @@ impl Transform for ScavengeFilter {
 /// Why one attempt of the pass failed.
 struct PassFailure {
     doing: &'static str,
-    error: eventstore::Error,
+    error: ReadError,
 }
 
 impl fmt::Display for PassFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.error {
-            eventstore::Error::DeadlineExceeded => {
+            ReadError::TimedOut(_) | ReadError::Grpc(eventstore::Error::DeadlineExceeded) => {
                 write!(f, "{}: no answer within the deadline", self.doing)
             }
-            eventstore::Error::AccessDenied => write!(
-                f,
-                "{}: access denied (the source connection string's user must be allowed to \
+            ReadError::AccessDenied | ReadError::Tcp(crate::tcp::TcpError::AccessDenied { .. }) => {
+                write!(
+                    f,
+                    "{}: access denied (the source connection string's user must be allowed to \
                  read $all)",
-                self.doing
-            ),
-            error => write!(f, "{}: {}", self.doing, describe(error)),
+                    self.doing
+                )
+            }
+            error => write!(f, "{}: {error}", self.doing),
         }
     }
 }
@@ -382,7 +424,7 @@ impl Shared {
                 }
                 Err(failure) => failure,
             };
-            if error_kind(&failure.error) == ErrorKind::Permanent {
+            if failure.error.kind() == ErrorKind::Permanent {
                 let message = format!(
                     "scavenge filter: reading the source's stream metadata failed: {failure}"
                 );
@@ -410,29 +452,110 @@ impl Shared {
                 at: resume,
                 failure: Some(failure.to_string()),
             });
-            if let Ok((generation, _)) = self.client.get() {
-                self.client.discard(generation);
+            if let Source::Grpc(cell) = &self.source {
+                if let Ok((generation, _)) = cell.get() {
+                    cell.discard(generation);
+                }
             }
             tokio::time::sleep(delay).await;
         }
     }
 
-    /// One attempt: subscribes after `resume` and reads until the end of the
-    /// pass. Returns the position the catalog covers.
+    /// One attempt: reads after `resume` until the end of the pass. Returns
+    /// the position the catalog covers.
     async fn pass_attempt(
         &self,
         resume: &mut Option<Position>,
         records: &mut u64,
         end: &mut Option<Option<Position>>,
     ) -> Result<Option<Position>, PassFailure> {
-        let (_, client) = self
-            .client
-            .get()
-            .map_err(failed("creating the source client"))?;
+        match &self.source {
+            Source::Grpc(cell) => {
+                let (_, client) = cell
+                    .get()
+                    .map_err(|e| failed("creating the source client")(e.into()))?;
+                self.grpc_pass_attempt(&client, resume, records, end).await
+            }
+            Source::Tcp(source) => self.tcp_pass_attempt(source, resume, records, end).await,
+        }
+    }
+
+    /// One attempt over TCP: v5 has no server-side filter, so `$all` is read
+    /// in pages after `resume` up to the head read at the pass's start,
+    /// keeping the metadata records and tombstones.
+    async fn tcp_pass_attempt(
+        &self,
+        source: &TcpSource,
+        resume: &mut Option<Position>,
+        records: &mut u64,
+        end: &mut Option<Option<Position>>,
+    ) -> Result<Option<Position>, PassFailure> {
         let end = match end {
             Some(end) => *end,
             None => {
-                let head = within(self.request_timeout, head(&client))
+                let mut last = source.all_records(AllFrom::End, Direction::Backwards, 1);
+                let head = next_within(self.request_timeout, &mut last)
+                    .await
+                    .map_err(failed("reading where the source's $all ends"))?
+                    .map(|(position, _)| position);
+                *end = Some(head);
+                head
+            }
+        };
+        let Some(end) = end else {
+            return Ok(None);
+        };
+        if resume.is_some_and(|at| at >= end) {
+            return Ok(*resume);
+        }
+        let from = resume.map_or(AllFrom::Start, AllFrom::Position);
+        let mut all = source.all_records(from, Direction::Forwards, usize::MAX);
+        let reading = failed("reading the source's stream metadata and tombstones");
+        let mut read = 0_u64;
+        loop {
+            let Some((position, record)) = within(self.request_timeout, next(&mut all))
+                .await
+                .map_err(reading)?
+            else {
+                return Ok(*resume);
+            };
+            if resume.is_some_and(|at| position <= at) {
+                continue;
+            }
+            if record.event_type == METADATA_EVENT_TYPE || record.event_type == TOMBSTONE_EVENT_TYPE
+            {
+                *records += 1;
+                self.learn(&record.stream, &record.event_type, &record.data);
+            }
+            *resume = Some(position);
+            if position >= end {
+                return Ok(Some(position));
+            }
+            read += 1;
+            if read.is_multiple_of(1024) {
+                self.status.send_replace(PassStatus::Running {
+                    records: *records,
+                    at: *resume,
+                    failure: None,
+                });
+            }
+        }
+    }
+
+    /// One attempt over gRPC: subscribes after `resume` with a server-side
+    /// filter and reads until the end of the pass.
+    async fn grpc_pass_attempt(
+        &self,
+        client: &eventstore::Client,
+        resume: &mut Option<Position>,
+        records: &mut u64,
+        end: &mut Option<Option<Position>>,
+    ) -> Result<Option<Position>, PassFailure> {
+        let failed = |doing| move |error: eventstore::Error| failed(doing)(error.into());
+        let end = match end {
+            Some(end) => *end,
+            None => {
+                let head = within(self.request_timeout, head(client))
                     .await
                     .map_err(failed("reading where the source's $all ends"))?;
                 *end = Some(head);
@@ -475,7 +598,7 @@ impl Shared {
                     // all, the records past it still update the catalog as they
                     // pass through the pipeline.
                     Err(eventstore::Error::DeadlineExceeded) if confirmed => {
-                        within(self.request_timeout, head(&client))
+                        within(self.request_timeout, head(client))
                             .await
                             .map_err(failed("reading where the source's $all ends"))?;
                         debug!(
@@ -601,34 +724,33 @@ impl Shared {
     /// The source's last revision of `stream`: one backward read.
     async fn last_revision(&self, stream: &str) -> Result<LastRevision, TransformError> {
         let doing = || format!("scavenge filter: reading the last revision of `{stream}`");
-        let (generation, client) = self.client.get().map_err(|error| {
-            TransformError::transient(format!("{}: {}", doing(), describe(&error)))
-                .with_source(error)
-        })?;
-        let options = ReadStreamOptions::default()
-            .backwards()
-            .position(StreamPosition::End)
-            .max_count(1);
-        let read = async {
-            let mut read = client.read_stream(stream, &options).await?;
-            read.next().await
+        let (generation, client);
+        let (reads, generation): (&dyn ClusterRead, _) = match &self.source {
+            Source::Grpc(cell) => {
+                (generation, client) = cell.get().map_err(|error| {
+                    TransformError::transient(format!("{}: {error}", doing())).with_source(error)
+                })?;
+                (&*client, Some(generation))
+            }
+            Source::Tcp(source) => (source, None),
         };
-        match within(self.request_timeout, read).await {
-            Ok(Some(resolved)) => Ok(resolved
-                .event
-                .map_or(LastRevision::Unknown, |e| LastRevision::At(e.revision))),
-            Ok(None) | Err(eventstore::Error::ResourceNotFound) => Ok(LastRevision::Unknown),
-            Err(eventstore::Error::ResourceDeleted) => Ok(LastRevision::Tombstoned),
+        let mut read = reads.stream_records(stream, StreamFrom::End, Direction::Backwards, 1);
+        match next_within(self.request_timeout, &mut read).await {
+            Ok(Some(record)) => Ok(LastRevision::At(record.revision)),
+            Ok(None) | Err(ReadError::NotFound) => Ok(LastRevision::Unknown),
+            Err(ReadError::Deleted) => Ok(LastRevision::Tombstoned),
             Err(error) => {
                 let message = match &error {
-                    eventstore::Error::DeadlineExceeded => {
+                    ReadError::TimedOut(_) => {
                         format!("{}: no answer within the deadline", doing())
                     }
-                    other => format!("{}: {}", doing(), describe(other)),
+                    other => format!("{}: {other}", doing()),
                 };
-                Err(match error_kind(&error) {
+                Err(match error.kind() {
                     ErrorKind::Transient => {
-                        self.client.discard(generation);
+                        if let (Source::Grpc(cell), Some(generation)) = (&self.source, generation) {
+                            cell.discard(generation);
+                        }
                         TransformError::transient(message)
                     }
                     ErrorKind::Permanent => TransformError::permanent(message),
@@ -647,8 +769,8 @@ enum LastRevision {
     Tombstoned,
 }
 
-/// Wraps a client error of the pass with what it was doing.
-fn failed(doing: &'static str) -> impl Fn(eventstore::Error) -> PassFailure + Copy {
+/// Wraps an error of the pass with what it was doing.
+fn failed(doing: &'static str) -> impl Fn(ReadError) -> PassFailure + Copy {
     move |error| PassFailure { doing, error }
 }
 
@@ -695,9 +817,9 @@ mod tests {
     fn access_denied_says_what_the_user_needs() {
         let failure = PassFailure {
             doing: "reading the source's stream metadata and tombstones",
-            error: eventstore::Error::AccessDenied,
+            error: eventstore::Error::AccessDenied.into(),
         };
-        assert_eq!(error_kind(&failure.error), ErrorKind::Permanent);
+        assert_eq!(failure.error.kind(), ErrorKind::Permanent);
         assert!(failure.to_string().contains("read $all"), "{failure}");
     }
 }

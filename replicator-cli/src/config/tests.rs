@@ -207,14 +207,22 @@ fn quoted_numbers_and_booleans_are_accepted() {
 }
 
 #[test]
+fn a_tcp_source_takes_the_scavenge_filter() {
+    let c = load(
+        "replicator:\n  reader:\n    connectionString: ConnectTo=tcp://a:1113\n    protocol: tcp\n  sink:\n    connectionString: esdb://b\n  scavenge: true\n",
+    )
+    .unwrap();
+    assert!(c.scavenge);
+    assert_eq!(c.reader.protocol, ReaderProtocol::Tcp);
+}
+
+#[test]
 fn each_unsupported_key_is_an_error_naming_it() {
     let cases = [
         ("  reader:\n    connectionString: esdb://a\n    protocol: udp\n  sink:\n    connectionString: esdb://b\n",
          "replicator.reader.protocol", "udp"),
         ("  reader:\n    connectionString: ConnectTo=tcp://a:1113\n    protocol: tcp\n    pageSize: 5000\n  sink:\n    connectionString: esdb://b\n",
          "replicator.reader.pageSize", "4096"),
-        ("  reader:\n    connectionString: ConnectTo=tcp://a:1113\n    protocol: tcp\n  sink:\n    connectionString: esdb://b\n  scavenge: true\n",
-         "replicator.scavenge", "tcp"),
         ("  reader:\n    connectionString: esdb://a\n  sink:\n    connectionString: esdb://b\n    protocol: kafka\n",
          "replicator.sink.protocol", "kafka"),
         ("  reader:\n    connectionString: esdb://a\n  sink:\n    connectionString: esdb://b\n    protocol: tcp\n",

@@ -113,13 +113,6 @@ fn validate(r: raw::Replicator) -> Result<Config, ConfigError> {
             ),
         ));
     }
-    if protocol == ReaderProtocol::Tcp && r.scavenge == Some(true) {
-        return Err(ConfigError::key(
-            "replicator.scavenge",
-            "not supported yet with reader.protocol: tcp (the scavenge filter reads the \
-             source's stream metadata over gRPC); remove it or set it to false",
-        ));
-    }
 
     let sink = r.sink.unwrap_or_default();
     if let Some(p) = is_grpc(sink.protocol.as_deref()) {

@@ -6,8 +6,9 @@ use std::time::Duration;
 /// A request that got no answer within its deadline. Neutral: each caller
 /// turns it into its own error (`From<TimedOut>`), so one helper serves the
 /// reader and the sink (for which it is the client's
-/// [`eventstore::Error::DeadlineExceeded`]) and verify (which names the side
-/// and the operation).
+/// [`eventstore::Error::DeadlineExceeded`]) and the reads of
+/// [`ClusterRead`](super::ClusterRead) ([`ReadError::TimedOut`](super::ReadError::TimedOut),
+/// which verify names with the side and the operation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("no answer within {limit:?}")]
 pub struct TimedOut {
@@ -21,28 +22,6 @@ pub struct TimedOut {
 impl From<TimedOut> for eventstore::Error {
     fn from(_: TimedOut) -> Self {
         eventstore::Error::DeadlineExceeded
-    }
-}
-
-/// A request's own error and its deadline kept apart, for callers that say
-/// which it was.
-#[derive(Debug)]
-pub(crate) enum RequestError {
-    /// The client answered with an error.
-    Failed(eventstore::Error),
-    /// No answer in time.
-    TimedOut(TimedOut),
-}
-
-impl From<eventstore::Error> for RequestError {
-    fn from(error: eventstore::Error) -> Self {
-        RequestError::Failed(error)
-    }
-}
-
-impl From<TimedOut> for RequestError {
-    fn from(timed_out: TimedOut) -> Self {
-        RequestError::TimedOut(timed_out)
     }
 }
 
@@ -71,12 +50,12 @@ mod tests {
             within(limit, silent).await,
             Err(eventstore::Error::DeadlineExceeded)
         ));
-        let silent = std::future::pending::<Result<(), RequestError>>();
+        let silent = std::future::pending::<Result<(), super::super::ReadError>>();
         assert!(matches!(
             within(limit, silent).await,
-            Err(RequestError::TimedOut(TimedOut { limit: l })) if l == limit
+            Err(super::super::ReadError::TimedOut(TimedOut { limit: l })) if l == limit
         ));
-        let answered = async { Ok::<_, RequestError>(7) };
+        let answered = async { Ok::<_, super::super::ReadError>(7) };
         assert_eq!(within(limit, answered).await.unwrap(), 7);
     }
 }

@@ -6,6 +6,10 @@
 //! - [`head`]: the position of the last record in `$all`.
 //! - [`ClientPosition`]: our [`Position`](replicator_core::Position) to and
 //!   from the client's.
+//! - [`ClusterRead`]: stream and `$all` reads whatever the protocol (the
+//!   gRPC client, or [`TcpSource`](crate::tcp::TcpSource) for a v5 source),
+//!   which `verify`, `map-position` and the scavenge filter read through;
+//!   [`SourceClient`] is either.
 //! - `within`: the deadline of one request, with a neutral [`TimedOut`]
 //!   error that each caller turns into its own.
 //!
@@ -16,12 +20,17 @@ mod connect;
 mod deadline;
 mod head;
 mod position;
+mod reads;
 
 pub use connect::{client, settings, ConnectError};
+pub(crate) use deadline::within;
 pub use deadline::TimedOut;
-pub(crate) use deadline::{within, RequestError};
 pub use head::head;
 pub use position::ClientPosition;
+pub(crate) use reads::{next, next_within};
+pub use reads::{
+    AllFrom, ClusterRead, Direction, ReadError, Record, Records, SourceClient, StreamFrom,
+};
 
 /// The two clusters, as errors and reports name them.
 pub(crate) const SOURCE: &str = "source";

@@ -3,19 +3,18 @@
 
 use std::collections::HashSet;
 
-use eventstore::{Client, ReadAllOptions, StreamPosition};
 use replicator_core::Position;
 use uuid::Uuid;
 
 use super::walk::Walk;
 use super::{and, appended, Anchor, MapMode, MapOptions, Mapping, Resume};
-use crate::cluster::{head, ClientPosition as _, SOURCE, TARGET};
-use crate::verify::{request, VerifyError};
+use crate::cluster::{AllFrom, ClusterRead, Direction, SOURCE, TARGET};
+use crate::verify::{next_record, VerifyError};
 
 /// [`MapMode::Anchor`]: the anchor, then [`conservative`].
-pub(super) async fn anchored(
-    source: &Client,
-    target: &Client,
+pub(super) async fn anchored<S: ClusterRead, T: ClusterRead>(
+    source: &S,
+    target: &T,
     position: Position,
     walk: Walk,
     options: &MapOptions,
@@ -51,9 +50,9 @@ pub(super) async fn anchored(
 
 /// The rule that loses nothing: resume before the earliest target record of an event
 /// not yet processed, when one precedes the anchor on the target.
-async fn conservative(
-    source: &Client,
-    target: &Client,
+async fn conservative<S: ClusterRead, T: ClusterRead>(
+    source: &S,
+    target: &T,
     position: Position,
     anchor: Anchor,
     note: String,
@@ -61,19 +60,18 @@ async fn conservative(
 ) -> Result<Mapping, VerifyError> {
     let timeout = options.request_timeout;
     let operation = || format!("reading $all after {position}");
-    let after = ReadAllOptions::default()
-        .position(StreamPosition::Position(position.to_client()))
-        .max_count(usize::MAX);
-    let mut forward = request(SOURCE, operation, timeout, source.read_all(&after)).await?;
+    let mut forward =
+        source.all_records(AllFrom::Position(position), Direction::Forwards, usize::MAX);
     let mut unprocessed: HashSet<Uuid> = HashSet::new();
     let mut source_exhausted = false;
     while unprocessed.len() < options.window {
-        let Some(event) = request(SOURCE, operation, timeout, forward.next()).await? else {
+        let Some((here, record)) = next_record(SOURCE, operation, timeout, &mut forward).await?
+        else {
             source_exhausted = true;
             break;
         };
-        if Position::of(&event) > position && appended(&event) {
-            unprocessed.insert(event.get_original_event().id);
+        if here > position && appended(&record) {
+            unprocessed.insert(record.id);
         }
     }
     drop(forward);
@@ -82,7 +80,11 @@ async fn conservative(
         // (the position is within the checkpoint): the whole target is
         // processed, resume at its end and see nothing twice.
         let operation = || "reading the end of $all".to_owned();
-        if let Some(last) = request(TARGET, operation, timeout, head(target)).await? {
+        let mut end = target.all_records(AllFrom::End, Direction::Backwards, 1);
+        let last = next_record(TARGET, operation, timeout, &mut end)
+            .await?
+            .map(|(last, _)| last);
+        if let Some(last) = last {
             let at_end = format!(
                 "the consumer has processed every user event of the source: resume at the end \
                  of the target's $all ({last}), nothing is seen twice{}",
@@ -100,11 +102,11 @@ async fn conservative(
     }
 
     let operation = || format!("reading $all before {}", anchor.target_position);
-    let before = ReadAllOptions::default()
-        .position(StreamPosition::Position(anchor.target_position.to_client()))
-        .backwards()
-        .max_count(usize::MAX);
-    let mut backwards = request(TARGET, operation, timeout, target.read_all(&before)).await?;
+    let mut backwards = target.all_records(
+        AllFrom::Position(anchor.target_position),
+        Direction::Backwards,
+        usize::MAX,
+    );
     // Records read since the earliest unprocessed one (processed ones among
     // them are seen twice), and the record before it (the resume point).
     let mut earliest: Option<(Position, usize)> = None;
@@ -112,13 +114,13 @@ async fn conservative(
     let mut processed_since = 0usize;
     let mut read = 0usize;
     while read < options.window {
-        let Some(event) = request(TARGET, operation, timeout, backwards.next()).await? else {
+        let Some((here, record)) = next_record(TARGET, operation, timeout, &mut backwards).await?
+        else {
             if earliest.is_some() && resume_after.is_none() {
                 resume_after = Some(None);
             }
             break;
         };
-        let here = Position::of(&event);
         if here >= anchor.target_position {
             continue;
         }
@@ -126,11 +128,10 @@ async fn conservative(
         if resume_after.is_none() && earliest.is_some() {
             resume_after = Some(Some(here));
         }
-        let id = event.get_original_event().id;
-        if unprocessed.contains(&id) {
+        if unprocessed.contains(&record.id) {
             earliest = Some((here, processed_since));
             resume_after = None;
-        } else if appended(&event) {
+        } else if appended(&record) {
             processed_since += 1;
         }
     }

@@ -3,15 +3,14 @@
 
 use std::collections::HashMap;
 
-use eventstore::{Client, ReadAllOptions, StreamPosition};
 use replicator_core::Position;
 use uuid::Uuid;
 
 use super::walk::{Unlocated, Walk};
 use super::{Anchor, MapMode, MapOptions, Mapping, Resume};
 use crate::classify::{classify, TOMBSTONE_EVENT_TYPE};
-use crate::cluster::{ClientPosition as _, TARGET};
-use crate::verify::{request, VerifyError};
+use crate::cluster::{AllFrom, ClusterRead, Direction, TARGET};
+use crate::verify::{next_record, VerifyError};
 
 /// Why [`search_after`] stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,8 +104,8 @@ struct Search {
 /// Searches the target's `$all` after `after` (from its start for `None`)
 /// for the records `sought`: with source order they sit there, before the
 /// first replicated record that follows the position.
-async fn search_after(
-    target: &Client,
+async fn search_after<T: ClusterRead>(
+    target: &T,
     after: Option<Position>,
     sought: &[Unlocated],
     options: &MapOptions,
@@ -116,12 +115,8 @@ async fn search_after(
         Some(p) => format!("reading $all after {p}"),
         None => "reading $all from the start".to_owned(),
     };
-    let read = ReadAllOptions::default()
-        .position(after.map_or(StreamPosition::Start, |p| {
-            StreamPosition::Position(p.to_client())
-        }))
-        .max_count(usize::MAX);
-    let mut reader = request(TARGET, operation, timeout, target.read_all(&read)).await?;
+    let from = after.map_or(AllFrom::Start, AllFrom::Position);
+    let mut reader = target.all_records(from, Direction::Forwards, usize::MAX);
     let mut sought = Sought::new(sought);
     let mut search = Search {
         last: None,
@@ -133,10 +128,9 @@ async fn search_after(
         if sought.done() {
             break Stop::AllFound;
         }
-        let Some(event) = request(TARGET, operation, timeout, reader.next()).await? else {
+        let Some((here, r)) = next_record(TARGET, operation, timeout, &mut reader).await? else {
             break Stop::End;
         };
-        let here = Position::of(&event);
         if after.is_some_and(|a| here <= a) {
             continue;
         }
@@ -144,8 +138,7 @@ async fn search_after(
             break Stop::Window;
         }
         read += 1;
-        let r = event.get_original_event();
-        match sought.see(r.id, &r.stream_id, &r.event_type, &r.data) {
+        match sought.see(r.id, &r.stream, &r.event_type, &r.data) {
             Seen::Replica(i) => {
                 let u = &sought.records[i];
                 search.found += 1;
@@ -167,8 +160,8 @@ async fn search_after(
 
 /// [`MapMode::Exact`]: the last replicated record at or before the position,
 /// on the target.
-pub(super) async fn exact(
-    target: &Client,
+pub(super) async fn exact<T: ClusterRead>(
+    target: &T,
     position: Position,
     walk: Walk,
     options: &MapOptions,

@@ -1,39 +1,39 @@
 //! A source event looked up on the target, by id in its stream.
 
-use eventstore::{Client, ReadStreamOptions, ResolvedEvent, StreamPosition};
-use futures::TryFutureExt as _;
 use replicator_core::Position;
 use uuid::Uuid;
 
 use super::{Anchor, MapOptions};
-use crate::cluster::{within, ClientPosition as _, RequestError, TARGET};
+use crate::cluster::{next_within, ClusterRead, Direction, ReadError, Record, StreamFrom, TARGET};
 use crate::verify::{settle, VerifyError};
 
-/// The source event `event` on the target, by id in its stream: at the same
-/// revision, else among the last `window` events of the target stream.
-pub(super) async fn locate(
-    target: &Client,
-    event: &ResolvedEvent,
+/// The source record `e` (at `position` on the source) on the target, by id
+/// in its stream: at the same revision, else among the last `window` events
+/// of the target stream.
+pub(super) async fn locate<T: ClusterRead>(
+    target: &T,
+    position: Position,
+    e: &Record,
     options: &MapOptions,
 ) -> Result<Option<Anchor>, VerifyError> {
-    let e = event.get_original_event();
     let Some((target_revision, target_position)) =
-        find_in_target_stream(target, &e.stream_id, e.revision, e.id, options).await?
+        find_in_target_stream(target, &e.stream, e.revision, e.id, options).await?
     else {
         return Ok(None);
     };
     Ok(Some(Anchor {
-        stream: e.stream_id.clone(),
+        stream: e.stream.clone(),
         revision: e.revision,
         target_revision,
         event_id: e.id,
-        source_position: Position::of(event),
+        source_position: position,
         target_position,
     }))
 }
 
-pub(super) async fn find_in_target_stream(
-    target: &Client,
+/// The target revision and position of the event `id` of `stream`.
+pub(super) async fn find_in_target_stream<T: ClusterRead>(
+    target: &T,
     stream: &str,
     revision: u64,
     id: Uuid,
@@ -41,37 +41,24 @@ pub(super) async fn find_in_target_stream(
 ) -> Result<Option<(u64, Position)>, VerifyError> {
     let timeout = options.request_timeout;
     let operation = || format!("reading stream {stream:?}");
-    for read_options in [
-        ReadStreamOptions::default()
-            .position(StreamPosition::Position(revision))
-            .max_count(1),
-        ReadStreamOptions::default()
-            .position(StreamPosition::End)
-            .backwards()
-            .max_count(options.window.max(1)),
+    for (from, direction, max) in [
+        (StreamFrom::Revision(revision), Direction::Forwards, 1),
+        (StreamFrom::End, Direction::Backwards, options.window.max(1)),
     ] {
-        let mut reader = match within(
-            timeout,
-            target.read_stream(stream, &read_options).err_into(),
-        )
-        .await
-        {
-            Err(RequestError::Failed(
-                eventstore::Error::ResourceNotFound | eventstore::Error::ResourceDeleted,
-            )) => return Ok(None),
-            other => settle(TARGET, operation, other)?,
-        };
+        let mut records = target.stream_records(stream, from, direction, max);
         loop {
-            let next = match within(timeout, reader.next().err_into()).await {
-                Err(RequestError::Failed(
-                    eventstore::Error::ResourceNotFound | eventstore::Error::ResourceDeleted,
-                )) => return Ok(None),
+            let next = match next_within(timeout, &mut records).await {
+                Err(ReadError::NotFound | ReadError::Deleted) => return Ok(None),
                 other => settle(TARGET, operation, other)?,
             };
             let Some(found) = next else { break };
-            let r = found.get_original_event();
-            if r.id == id {
-                return Ok(Some((r.revision, Position::of(&found))));
+            if found.id == id {
+                // The target is read over gRPC, whose stream reads carry
+                // positions.
+                let Some(position) = found.position else {
+                    return Ok(None);
+                };
+                return Ok(Some((found.revision, position)));
             }
         }
     }

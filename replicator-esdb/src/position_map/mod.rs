@@ -81,12 +81,12 @@
 
 use std::time::Duration;
 
-use eventstore::{Client, ResolvedEvent};
 use replicator_core::{ChangeKind, Position};
 use serde::Serialize;
 use uuid::Uuid;
 
 use crate::classify::classify;
+use crate::cluster::{ClusterRead, Record};
 use crate::verify::VerifyError;
 use crate::WriteOrder;
 
@@ -213,13 +213,12 @@ pub struct RevisionMapping {
     pub note: String,
 }
 
-fn appended(event: &ResolvedEvent) -> bool {
-    kind_of(event) == ChangeKind::Append
+fn appended(record: &Record) -> bool {
+    kind_of(record) == ChangeKind::Append
 }
 
-fn kind_of(event: &ResolvedEvent) -> ChangeKind {
-    let e = event.get_original_event();
-    classify(&e.stream_id, &e.event_type, &e.data)
+fn kind_of(record: &Record) -> ChangeKind {
+    classify(&record.stream, &record.event_type, &record.data)
 }
 
 /// `; {note}`, or nothing for an empty note.
@@ -232,13 +231,15 @@ fn and(note: &str) -> String {
 }
 
 /// Maps a consumer's source `$all` position to the target; see the
-/// [module docs](self).
+/// [module docs](self). Each cluster is read through [`ClusterRead`]: the
+/// gRPC [`eventstore::Client`], or a v5 source's
+/// [`TcpSource`](crate::tcp::TcpSource).
 ///
 /// # Errors
 /// When a read fails or times out.
-pub async fn map_position(
-    source: &Client,
-    target: &Client,
+pub async fn map_position<S: ClusterRead, T: ClusterRead>(
+    source: &S,
+    target: &T,
     position: Position,
     options: &MapOptions,
 ) -> Result<Mapping, VerifyError> {

@@ -1,11 +1,8 @@
 //! Stream revisions mapped to the target ([`map_revision`]).
 
-use eventstore::{Client, ReadStreamOptions, StreamPosition};
-use futures::TryFutureExt as _;
-
 use super::locate::find_in_target_stream;
 use super::{appended, MapOptions, RevisionMapping};
-use crate::cluster::{within, RequestError, SOURCE};
+use crate::cluster::{next_within, ClusterRead, Direction, ReadError, StreamFrom, SOURCE};
 use crate::verify::{settle, VerifyError};
 
 /// Maps a consumer's revision in `stream` to the target; see the
@@ -13,37 +10,29 @@ use crate::verify::{settle, VerifyError};
 ///
 /// # Errors
 /// When a read fails or times out.
-pub async fn map_revision(
-    source: &Client,
-    target: &Client,
+pub async fn map_revision<S: ClusterRead, T: ClusterRead>(
+    source: &S,
+    target: &T,
     stream: &str,
     revision: u64,
     options: &MapOptions,
 ) -> Result<RevisionMapping, VerifyError> {
     let timeout = options.request_timeout;
     let operation = || format!("reading stream {stream:?}");
-    let read_options = ReadStreamOptions::default()
-        .position(StreamPosition::Position(revision))
-        .backwards()
-        .max_count(options.window.max(1));
-    let mut reader = match within(
-        timeout,
-        source.read_stream(stream, &read_options).err_into(),
-    )
-    .await
-    {
-        Err(RequestError::Failed(eventstore::Error::ResourceNotFound)) => None,
-        other => Some(settle(SOURCE, operation, other)?),
-    };
+    let mut records = source.stream_records(
+        stream,
+        StreamFrom::Revision(revision),
+        Direction::Backwards,
+        options.window.max(1),
+    );
     let mut passed_over = 0usize;
-    while let Some(stream_reader) = reader.as_mut() {
-        let next = match within(timeout, stream_reader.next().err_into()).await {
-            Err(RequestError::Failed(eventstore::Error::ResourceNotFound)) => None,
+    loop {
+        let next = match next_within(timeout, &mut records).await {
+            Err(ReadError::NotFound) => None,
             other => settle(SOURCE, operation, other)?,
         };
-        let Some(event) = next else { break };
-        let e = event.get_original_event();
-        if e.revision > revision || !appended(&event) {
+        let Some(e) = next else { break };
+        if e.revision > revision || !appended(&e) {
             continue;
         }
         if let Some((target_revision, _)) =

@@ -2,14 +2,13 @@
 //! record its target stream returns, and the records passed over on the way.
 
 use bytes::Bytes;
-use eventstore::{Client, ReadAllOptions, ResolvedEvent, StreamPosition};
 use replicator_core::{ChangeKind, Position};
 use uuid::Uuid;
 
 use super::locate::locate;
 use super::{kind_of, Anchor, MapMode, MapOptions};
-use crate::cluster::{ClientPosition as _, SOURCE};
-use crate::verify::{request, VerifyError};
+use crate::cluster::{AllFrom, ClusterRead, Direction, Record, SOURCE};
+use crate::verify::{next_record, VerifyError};
 
 /// A replicated source record between the found one and the position that
 /// its target stream did not return.
@@ -25,11 +24,10 @@ pub(super) struct Unlocated {
 }
 
 impl Unlocated {
-    fn of(event: &ResolvedEvent) -> Self {
-        let e = event.get_original_event();
+    fn of(position: Position, e: &Record) -> Self {
         Unlocated {
             id: e.id,
-            stream: e.stream_id.clone(),
+            stream: e.stream.clone(),
             revision: e.revision,
             event_type: e.event_type.clone(),
             data: if e.event_type.starts_with('$') {
@@ -37,7 +35,7 @@ impl Unlocated {
             } else {
                 Bytes::new()
             },
-            position: Position::of(event),
+            position,
         }
     }
 }
@@ -57,9 +55,9 @@ pub(super) struct Walk {
 /// the target's stream returns: user events with [`MapMode::Anchor`], every
 /// replicated record with [`MapMode::Exact`] (tombstones are not looked up:
 /// the target server chose their ids).
-pub(super) async fn walk_back(
-    source: &Client,
-    target: &Client,
+pub(super) async fn walk_back<S: ClusterRead, T: ClusterRead>(
+    source: &S,
+    target: &T,
     position: Position,
     mode: MapMode,
     options: &MapOptions,
@@ -68,17 +66,14 @@ pub(super) async fn walk_back(
     // Candidates, newest first: the record at the position (a forward read
     // is inclusive), then those before it (a backward read is not).
     let operation = || format!("reading $all at {position}");
-    let at = ReadAllOptions::default()
-        .position(StreamPosition::Position(position.to_client()))
-        .max_count(1);
-    let mut first = request(SOURCE, operation, timeout, source.read_all(&at)).await?;
-    let at_position = request(SOURCE, operation, timeout, first.next()).await?;
+    let mut first = source.all_records(AllFrom::Position(position), Direction::Forwards, 1);
+    let at_position = next_record(SOURCE, operation, timeout, &mut first).await?;
     drop(first);
-    let before = ReadAllOptions::default()
-        .position(StreamPosition::Position(position.to_client()))
-        .backwards()
-        .max_count(usize::MAX);
-    let mut backwards = request(SOURCE, operation, timeout, source.read_all(&before)).await?;
+    let mut backwards = source.all_records(
+        AllFrom::Position(position),
+        Direction::Backwards,
+        usize::MAX,
+    );
     let mut pending = at_position.into_iter();
     let mut walk = Walk {
         found: None,
@@ -87,19 +82,18 @@ pub(super) async fn walk_back(
     };
     let mut previous: Option<Position> = None;
     loop {
-        let event = match pending.next() {
-            Some(event) => event,
-            None => match request(SOURCE, operation, timeout, backwards.next()).await? {
-                Some(event) => event,
+        let (here, record) = match pending.next() {
+            Some(item) => item,
+            None => match next_record(SOURCE, operation, timeout, &mut backwards).await? {
+                Some(item) => item,
                 None => break,
             },
         };
-        let here = Position::of(&event);
         if here > position || previous == Some(here) {
             continue;
         }
         previous = Some(here);
-        let kind = kind_of(&event);
+        let kind = kind_of(&record);
         let candidate = match mode {
             MapMode::Exact => kind.is_write(),
             MapMode::Anchor => kind == ChangeKind::Append,
@@ -108,12 +102,12 @@ pub(super) async fn walk_back(
             continue;
         }
         if kind != ChangeKind::Tombstone {
-            if let Some(found) = locate(target, &event, options).await? {
+            if let Some(found) = locate(target, here, &record, options).await? {
                 walk.found = Some(found);
                 break;
             }
         }
-        walk.passed_over.push(Unlocated::of(&event));
+        walk.passed_over.push(Unlocated::of(here, &record));
         if walk.passed_over.len() >= options.window {
             walk.gave_up = true;
             break;

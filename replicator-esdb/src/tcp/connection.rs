@@ -38,6 +38,10 @@ const MAX_REDIRECTS: usize = 10;
 pub(crate) mod command {
     pub(crate) const HEARTBEAT_REQUEST: u8 = 0x01;
     pub(crate) const HEARTBEAT_RESPONSE: u8 = 0x02;
+    pub(crate) const READ_STREAM_FORWARD: u8 = 0xB2;
+    pub(crate) const READ_STREAM_FORWARD_COMPLETED: u8 = 0xB3;
+    pub(crate) const READ_STREAM_BACKWARD: u8 = 0xB4;
+    pub(crate) const READ_STREAM_BACKWARD_COMPLETED: u8 = 0xB5;
     pub(crate) const READ_ALL_FORWARD: u8 = 0xB6;
     pub(crate) const READ_ALL_FORWARD_COMPLETED: u8 = 0xB7;
     pub(crate) const READ_ALL_BACKWARD: u8 = 0xB8;

@@ -47,6 +47,62 @@ pub(crate) struct ResolvedEvent {
     pub prepare_position: i64,
 }
 
+/// `ResolvedIndexedEvent`, one record of a stream read. `event` is
+/// `optional` (proto2 says `required`), as in [`ResolvedEvent`].
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct ResolvedIndexedEvent {
+    #[prost(message, optional, tag = "1")]
+    pub event: Option<EventRecord>,
+    #[prost(message, optional, tag = "2")]
+    pub link: Option<EventRecord>,
+}
+
+/// `ReadStreamEvents`, sent with ReadStreamEventsForward (0xB2) and
+/// Backward (0xB4).
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct ReadStreamEvents {
+    #[prost(string, required, tag = "1")]
+    pub event_stream_id: String,
+    /// Backwards, -1 is the stream's last event.
+    #[prost(int64, required, tag = "2")]
+    pub from_event_number: i64,
+    #[prost(int32, required, tag = "3")]
+    pub max_count: i32,
+    #[prost(bool, required, tag = "4")]
+    pub resolve_link_tos: bool,
+    #[prost(bool, required, tag = "5")]
+    pub require_master: bool,
+}
+
+/// `ReadStreamEventsCompleted.ReadStreamResult`.
+pub(crate) mod read_stream_result {
+    pub(crate) const SUCCESS: i32 = 0;
+    pub(crate) const NO_STREAM: i32 = 1;
+    pub(crate) const STREAM_DELETED: i32 = 2;
+    pub(crate) const NOT_MODIFIED: i32 = 3;
+    pub(crate) const ERROR: i32 = 4;
+    pub(crate) const ACCESS_DENIED: i32 = 5;
+}
+
+/// `ReadStreamEventsCompleted`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct ReadStreamEventsCompleted {
+    #[prost(message, repeated, tag = "1")]
+    pub events: Vec<ResolvedIndexedEvent>,
+    #[prost(int32, required, tag = "2")]
+    pub result: i32,
+    #[prost(int64, required, tag = "3")]
+    pub next_event_number: i64,
+    #[prost(int64, required, tag = "4")]
+    pub last_event_number: i64,
+    #[prost(bool, required, tag = "5")]
+    pub is_end_of_stream: bool,
+    #[prost(int64, required, tag = "6")]
+    pub last_commit_position: i64,
+    #[prost(string, optional, tag = "7")]
+    pub error: Option<String>,
+}
+
 /// `ReadAllEvents`, sent with ReadAllEventsForward (0xB6) and Backward (0xB8).
 #[derive(Clone, Copy, PartialEq, prost::Message)]
 pub(crate) struct ReadAllEvents {

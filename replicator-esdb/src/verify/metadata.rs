@@ -2,13 +2,11 @@
 //! `until`.
 
 use bytes::Bytes;
-use eventstore::{Client, ReadStreamOptions, StreamPosition};
-use futures::TryFutureExt as _;
-use replicator_core::{ChangeKind, Position};
+use replicator_core::ChangeKind;
 
 use super::{settle, VerifyError, VerifyOptions};
 use crate::classify::{classify, METADATA_EVENT_TYPE};
-use crate::cluster::{within, ClientPosition as _, RequestError, TARGET};
+use crate::cluster::{next_within, ClusterRead, Direction, ReadError, StreamFrom, TARGET};
 
 /// The latest stream metadata of a side: at the end, and the latest one
 /// within `until` (they differ while metadata is in flight).
@@ -54,53 +52,41 @@ pub(super) fn show_metadata(metadata: Option<&MetadataBody>) -> String {
 /// Metadata records read backwards at most, looking for the latest one within `until`.
 const METADATA_LOOKBACK: usize = 100;
 
-pub(super) async fn read_metadata(
-    client: &Client,
+/// The metadata of `stream` on `side`. `covered` says which records of its
+/// metadata stream `until` covers (on the target: all of them).
+pub(super) async fn read_metadata<C: ClusterRead>(
+    client: &C,
     side: &'static str,
     stream: &str,
+    covered: impl Fn(u64) -> bool,
     options: &VerifyOptions,
 ) -> Result<Metadata, VerifyError> {
     let metastream = format!("$${stream}");
-    let read_options = ReadStreamOptions::default()
-        .backwards()
-        .position(StreamPosition::End)
-        .max_count(METADATA_LOOKBACK);
     let operation = || format!("reading the metadata of {stream:?}");
     let timeout = options.request_timeout;
     let mut metadata = Metadata::default();
-    let mut reader = match within(
-        timeout,
-        client
-            .read_stream(metastream.as_str(), &read_options)
-            .err_into(),
-    )
-    .await
-    {
-        Err(RequestError::Failed(
-            eventstore::Error::ResourceNotFound | eventstore::Error::ResourceDeleted,
-        )) => return Ok(metadata),
-        outcome => settle(side, operation, outcome)?,
-    };
+    let mut records = client.stream_records(
+        &metastream,
+        StreamFrom::End,
+        Direction::Backwards,
+        METADATA_LOOKBACK,
+    );
     loop {
-        let next = match within(timeout, reader.next().err_into()).await {
-            Err(RequestError::Failed(
-                eventstore::Error::ResourceNotFound | eventstore::Error::ResourceDeleted,
-            )) => return Ok(metadata),
+        let next = match next_within(timeout, &mut records).await {
+            Err(ReadError::NotFound | ReadError::Deleted) => return Ok(metadata),
             outcome => settle(side, operation, outcome)?,
         };
-        let Some(resolved) = next else {
+        let Some(record) = next else {
             return Ok(metadata);
         };
-        let record = resolved.get_original_event();
         if record.event_type != METADATA_EVENT_TYPE {
             continue;
         }
         let body = MetadataBody::parse(&record.data);
-        let position = Position::from_client(record.position);
         if metadata.latest.is_none() {
             metadata.latest = Some(body.clone());
         }
-        if side == TARGET || options.until.covers(position) {
+        if side == TARGET || covered(record.revision) {
             metadata.latest_covered = Some(body);
             return Ok(metadata);
         }

@@ -52,7 +52,13 @@
 //!
 //! # `until`: verifying a pair that is still replicating
 //! With [`Until::Including`] (the stored checkpoint, by default, in the CLI)
-//! only source records up to that position must be on the target. Events of
+//! only source records up to that position must be on the target. Which
+//! source records those are is learnt from the listing (below): for each
+//! stream, the last revision of its events, and of its metadata stream's
+//! records, in the source's `$all` up to `until`. A stream's revisions grow
+//! with its `$all` positions, so a record is covered when its revision is at
+//! most that; this holds for a v5 source read over TCP too, whose stream
+//! reads carry no positions. Events of
 //! the source after it may be on the target already (in flight): a target
 //! event equal to the next source event is accepted whether or not the source
 //! event is covered; a covered source event the target lacks is *missing*; a
@@ -65,7 +71,8 @@
 //! Bounded, whatever the size of the clusters:
 //! - **Stream names.** Both clusters' `$all` are read once (the source up to
 //!   `until`) to list the user streams (a stream may exist on one side only).
-//!   Names are collected in a sorted in-memory set of at most
+//!   Names (with the two revisions above, for the source) are collected in
+//!   a sorted in-memory set of at most
 //!   [`VerifyOptions::names_in_memory`] names; a full set is written to an
 //!   anonymous temporary file as a sorted run, and the runs are merged
 //!   (deduplicated) while streaming them to the comparison. So memory holds at
@@ -85,6 +92,11 @@
 //!   stream and [`VerifyOptions::max_streams`] differing streams are kept; the
 //!   totals stay exact.
 //!
+//! # Protocols
+//! Each side is read through [`ClusterRead`]: the gRPC
+//! [`eventstore::Client`], or a v5 source's [`TcpSource`](crate::tcp::TcpSource)
+//! (`reader.protocol: tcp`). The comparison is the same either way.
+//!
 //! # Filters and transforms
 //! [`VerifyOptions::expect`] maps each source event to what the target should
 //! hold for it (`None`: nothing, it is filtered out). The default is the
@@ -103,14 +115,13 @@ use std::io;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use eventstore::{Client, ReadAllOptions};
 use futures::StreamExt as _;
-use futures::TryFutureExt as _;
-use replicator_core::{ChangeKind, Position};
+use replicator_core::ChangeKind;
 
 use crate::classify::classify;
-use crate::cluster::{within, ClientPosition as _, RequestError, TimedOut, SOURCE, TARGET};
-use crate::connection::describe;
+use crate::cluster::{
+    next, within, AllFrom, ClusterRead, Direction, ReadError, Records, SOURCE, TARGET,
+};
 
 mod metadata;
 mod options;
@@ -124,7 +135,7 @@ pub use options::{Expect, Until, VerifiedEvent, VerifyOptions, VerifyProgress};
 pub use order::{OrderDifference, OrderedEvent};
 pub use report::{Difference, DifferenceKind, StreamDifferences, VerifyReport};
 
-use sort::NameSet;
+use sort::{Listed, NameSet};
 use stream::compare_stream;
 
 /// Why a comparison could not be made.
@@ -137,11 +148,11 @@ pub enum VerifyError {
         side: &'static str,
         /// What was being read.
         operation: String,
-        /// The client's error, shortened.
+        /// The error, shortened.
         message: String,
-        /// The client's error.
+        /// The error (of the gRPC client or the TCP connection).
         #[source]
-        source: eventstore::Error,
+        source: ReadError,
     },
     /// A read got no answer within the request deadline.
     #[error("{side}: {operation} got no answer within {timeout:?} (is the cluster reachable?)")]
@@ -160,13 +171,18 @@ pub enum VerifyError {
 
 /// Compares `source` and `target`; see the [module docs](self).
 ///
+/// Each side is read through [`ClusterRead`]: the gRPC
+/// [`eventstore::Client`], or for a v5 source its
+/// [`TcpSource`](crate::tcp::TcpSource) (or either as a
+/// [`SourceClient`](crate::cluster::SourceClient)).
+///
 /// # Errors
 /// [`VerifyError`] when a read fails (other than for a missing or deleted
 /// stream) or times out, or the temporary files fail. Differences are not
 /// errors: they are in the report.
-pub async fn verify(
-    source: &Client,
-    target: &Client,
+pub async fn verify<S: ClusterRead, T: ClusterRead>(
+    source: &S,
+    target: &T,
     options: &VerifyOptions,
 ) -> Result<VerifyReport, VerifyError> {
     verify_pooled(
@@ -191,9 +207,9 @@ pub async fn verify(
 ///
 /// # Panics
 /// When `sources` or `targets` is empty.
-pub async fn verify_pooled(
-    sources: &[Client],
-    targets: &[Client],
+pub async fn verify_pooled<S: ClusterRead, T: ClusterRead>(
+    sources: &[S],
+    targets: &[T],
     options: &VerifyOptions,
 ) -> Result<VerifyReport, VerifyError> {
     assert!(
@@ -220,9 +236,9 @@ pub async fn verify_pooled(
 }
 
 /// Lists the user streams of both sides and compares them stream by stream.
-async fn compare_streams(
-    sources: &[Client],
-    targets: &[Client],
+async fn compare_streams<S: ClusterRead, T: ClusterRead>(
+    sources: &[S],
+    targets: &[T],
     options: &VerifyOptions,
 ) -> Result<VerifyReport, VerifyError> {
     let (source, target) = (&sources[0], &targets[0]);
@@ -239,8 +255,8 @@ async fn compare_streams(
         .map(|(index, entry)| async move {
             let source = &sources[index % sources.len()];
             let target = &targets[index % targets.len()];
-            let (name, flags) = entry.map_err(VerifyError::Spill)?;
-            let outcome = compare_stream(source, target, &name, flags, options).await?;
+            let (name, listed) = entry.map_err(VerifyError::Spill)?;
+            let outcome = compare_stream(source, target, &name, listed, options).await?;
             progress_ref
                 .streams_compared
                 .fetch_add(1, Ordering::Relaxed);
@@ -298,88 +314,104 @@ fn user_stream_of(stream: &str, event_type: &str, data: &[u8]) -> Option<(String
     Some((name.to_owned(), kind))
 }
 
-async fn list_streams(
-    client: &Client,
+async fn list_streams<C: ClusterRead>(
+    client: &C,
     side: &'static str,
     options: &VerifyOptions,
     progress: &VerifyProgress,
     names: &mut NameSet,
 ) -> Result<(), VerifyError> {
     let operation = || "reading $all to list its streams".to_owned();
-    let read_options = ReadAllOptions::default().max_count(usize::MAX);
-    let mut reader = request(
-        side,
-        operation,
-        options.request_timeout,
-        client.read_all(&read_options),
-    )
-    .await?;
-    while let Some(event) = request(side, operation, options.request_timeout, reader.next()).await?
+    let mut records = client.all_records(AllFrom::Start, Direction::Forwards, usize::MAX);
+    while let Some((position, record)) =
+        request(side, operation, options.request_timeout, next(&mut records)).await?
     {
-        let record = event.get_original_event();
-        let position = Position::from_client(record.position);
         if side == SOURCE {
             if !options.until.covers(position) {
                 break;
             }
             progress.records_listed.fetch_add(1, Ordering::Relaxed);
         }
-        let Some((name, kind)) =
-            user_stream_of(&record.stream_id, &record.event_type, &record.data)
+        let Some((name, kind)) = user_stream_of(&record.stream, &record.event_type, &record.data)
         else {
             continue;
         };
         if !name.starts_with(&options.stream_prefix) {
             continue;
         }
-        let flags = match (side, kind) {
-            (SOURCE, ChangeKind::Tombstone) => ON_SOURCE | TOMBSTONED_BY_UNTIL,
+        let revision = Some(record.revision);
+        let listed = match (side, kind) {
+            (SOURCE, ChangeKind::Tombstone) => Listed {
+                flags: ON_SOURCE | TOMBSTONED_BY_UNTIL,
+                ..Listed::default()
+            },
             (SOURCE, ChangeKind::Append) => {
                 progress.source_events_found.fetch_add(1, Ordering::Relaxed);
-                ON_SOURCE
+                Listed {
+                    flags: ON_SOURCE,
+                    events_until: revision,
+                    metadata_until: None,
+                }
             }
-            (SOURCE, _) => ON_SOURCE,
-            _ => ON_TARGET,
+            (SOURCE, _) => Listed {
+                flags: ON_SOURCE,
+                events_until: None,
+                metadata_until: revision,
+            },
+            _ => Listed {
+                flags: ON_TARGET,
+                ..Listed::default()
+            },
         };
-        if names.insert(name, flags).map_err(VerifyError::Spill)? {
+        if names.insert(name, listed).map_err(VerifyError::Spill)? {
             progress.streams_found.fetch_add(1, Ordering::Relaxed);
         }
     }
     Ok(())
 }
 
-/// Awaits one client request with a deadline ([`within`]), naming the side
-/// and operation when it fails.
+/// Awaits one read with a deadline ([`within`]), naming the side and
+/// operation when it fails.
 pub(crate) async fn request<T>(
     side: &'static str,
     operation: impl FnOnce() -> String,
     timeout: Duration,
-    future: impl std::future::Future<Output = Result<T, eventstore::Error>>,
+    future: impl std::future::Future<Output = Result<T, ReadError>>,
 ) -> Result<T, VerifyError> {
-    settle(side, operation, within(timeout, future.err_into()).await)
+    settle(side, operation, within(timeout, future).await)
 }
 
-/// The outcome of a request awaited [`within`] a deadline, as [`request`]
+/// The outcome of a read awaited [`within`] a deadline, as [`request`]
 /// names it (for callers that first look at some outcomes themselves).
 pub(crate) fn settle<T>(
     side: &'static str,
     operation: impl FnOnce() -> String,
-    outcome: Result<T, RequestError>,
+    outcome: Result<T, ReadError>,
 ) -> Result<T, VerifyError> {
     match outcome {
         Ok(value) => Ok(value),
-        Err(RequestError::Failed(source)) => Err(VerifyError::Read {
+        Err(ReadError::TimedOut(timed_out)) => Err(VerifyError::Timeout {
             side,
             operation: operation(),
-            message: describe(&source),
+            timeout: timed_out.limit,
+        }),
+        Err(source) => Err(VerifyError::Read {
+            side,
+            operation: operation(),
+            message: source.to_string(),
             source,
         }),
-        Err(RequestError::TimedOut(TimedOut { limit })) => Err(VerifyError::Timeout {
-            side,
-            operation: operation(),
-            timeout: limit,
-        }),
     }
+}
+
+/// The next record of `records` within `timeout`, named as [`request`] names it.
+pub(crate) async fn next_record<T>(
+    side: &'static str,
+    operation: impl FnOnce() -> String,
+    timeout: Duration,
+    records: &mut Records<'_, T>,
+) -> Result<Option<T>, VerifyError> {
+    request(side, operation, timeout, next(records)).await
 }
 
 #[cfg(test)]

@@ -52,8 +52,9 @@ pub struct VerifiedEvent {
     pub stream: String,
     /// Its revision in that stream.
     pub revision: u64,
-    /// Its `$all` position on its own cluster.
-    pub position: Position,
+    /// Its `$all` position on its own cluster, when the read gave one: not
+    /// from the stream reads of a v5 source over TCP, which carry none.
+    pub position: Option<Position>,
     /// Event id.
     pub id: Uuid,
     /// Event type.

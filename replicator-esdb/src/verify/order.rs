@@ -9,14 +9,13 @@ use std::fmt;
 use std::hash::Hash;
 use std::sync::Arc;
 
-use eventstore::{Client, ReadAllOptions};
 use replicator_core::{ChangeKind, Position};
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::{request, VerifiedEvent, VerifyError, VerifyOptions};
+use super::{next_record, VerifiedEvent, VerifyError, VerifyOptions};
 use crate::classify::classify;
-use crate::cluster::{ClientPosition as _, SOURCE, TARGET};
+use crate::cluster::{AllFrom, ClusterRead, Direction, Record, Records, SOURCE, TARGET};
 
 /// A user event of an [`OrderDifference`], where each side's `$all` has it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -250,15 +249,13 @@ type Key = Arc<(String, Uuid)>;
 ///
 /// # Errors
 /// [`VerifyError`] when a read fails or times out.
-pub(crate) async fn check_order(
-    source: &Client,
-    target: &Client,
+pub(crate) async fn check_order<S: ClusterRead, T: ClusterRead>(
+    source: &S,
+    target: &T,
     options: &VerifyOptions,
 ) -> Result<Option<OrderDifference>, VerifyError> {
-    let (mut source, mut target) = futures::try_join!(
-        AllReader::open(source, SOURCE, options),
-        AllReader::open(target, TARGET, options),
-    )?;
+    let mut source = AllReader::open(source, SOURCE, options);
+    let mut target = AllReader::open(target, TARGET, options);
     let mut matcher = Matcher::<Key, Position>::new(options.order_window);
     loop {
         match matcher.step() {
@@ -301,29 +298,21 @@ pub(crate) async fn check_order(
 /// compares.
 struct AllReader<'a> {
     side: &'static str,
-    reader: Option<eventstore::ReadStream>,
+    reader: Option<Records<'a, (Position, Record)>>,
     options: &'a VerifyOptions,
 }
 
 impl<'a> AllReader<'a> {
-    async fn open(
-        client: &Client,
+    fn open<C: ClusterRead>(
+        client: &'a C,
         side: &'static str,
         options: &'a VerifyOptions,
-    ) -> Result<AllReader<'a>, VerifyError> {
-        let read_options = ReadAllOptions::default().max_count(usize::MAX);
-        let reader = request(
+    ) -> AllReader<'a> {
+        AllReader {
             side,
-            operation,
-            options.request_timeout,
-            client.read_all(&read_options),
-        )
-        .await?;
-        Ok(AllReader {
-            side,
-            reader: Some(reader),
+            reader: Some(client.all_records(AllFrom::Start, Direction::Forwards, usize::MAX)),
             options,
-        })
+        }
     }
 
     async fn next_if(&mut self, wanted: bool) -> Result<Option<(Key, Position)>, VerifyError> {
@@ -342,40 +331,38 @@ impl<'a> AllReader<'a> {
             let Some(reader) = self.reader.as_mut() else {
                 return Ok(None);
             };
-            let next = request(self.side, operation, options.request_timeout, reader.next());
-            let Some(resolved) = next.await? else {
+            let next = next_record(self.side, operation, options.request_timeout, reader);
+            let Some((position, record)) = next.await? else {
                 self.reader = None;
                 return Ok(None);
             };
-            let record = resolved.get_original_event();
-            let position = Position::from_client(record.position);
             if self.side == SOURCE && !options.until.covers(position) {
                 self.reader = None;
                 return Ok(None);
             }
-            if classify(&record.stream_id, &record.event_type, &record.data) != ChangeKind::Append
-                || !record.stream_id.starts_with(&options.stream_prefix)
+            if classify(&record.stream, &record.event_type, &record.data) != ChangeKind::Append
+                || !record.stream.starts_with(&options.stream_prefix)
             {
                 continue;
             }
             let key = match (self.side, options.expect.as_ref()) {
                 (SOURCE, Some(expect)) => {
                     let event = VerifiedEvent {
-                        stream: record.stream_id.clone(),
+                        stream: record.stream,
                         revision: record.revision,
-                        position,
+                        position: Some(position),
                         id: record.id,
-                        event_type: record.event_type.clone(),
+                        event_type: record.event_type,
                         is_json: record.is_json,
-                        data: record.data.clone(),
-                        metadata: record.custom_metadata.clone(),
+                        data: record.data,
+                        metadata: record.metadata,
                     };
                     match expect(event) {
                         Some(expected) => (expected.stream, expected.id),
                         None => continue,
                     }
                 }
-                _ => (record.stream_id.clone(), record.id),
+                _ => (record.stream, record.id),
             };
             return Ok(Some((Arc::new(key), position)));
         }

@@ -3,22 +3,23 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use eventstore::{Client, ReadStreamOptions};
-use futures::TryFutureExt as _;
-use replicator_core::{ChangeKind, Position};
+use replicator_core::ChangeKind;
 use uuid::Uuid;
 
+use super::stream::Covered;
 use super::{settle, Expect, VerifiedEvent, VerifyError, VerifyOptions};
 use crate::classify::classify;
-use crate::cluster::{within, ClientPosition as _, RequestError, SOURCE};
-use crate::connection::describe;
+use crate::cluster::{next_within, ClusterRead, Direction, ReadError, Records, StreamFrom, SOURCE};
 
 /// One side of a stream, read lazily with a bounded look-ahead.
 pub(super) struct Side<'a> {
     side: &'static str,
     stream: &'a str,
-    reader: Option<eventstore::ReadStream>,
-    buffer: VecDeque<VerifiedEvent>,
+    reader: Option<Records<'a, crate::cluster::Record>>,
+    /// Each event with whether `until` covers it (always, on the target).
+    buffer: VecDeque<(VerifiedEvent, bool)>,
+    /// On the source: which records `until` covers.
+    covered: Option<Covered>,
     buffered_bytes: usize,
     exhausted: bool,
     pub(super) tombstoned: bool,
@@ -27,17 +28,24 @@ pub(super) struct Side<'a> {
 }
 
 impl<'a> Side<'a> {
-    pub(super) async fn open(
-        client: &Client,
+    pub(super) async fn open<C: ClusterRead>(
+        client: &'a C,
         side: &'static str,
         stream: &'a str,
+        covered: Option<Covered>,
         options: &'a VerifyOptions,
     ) -> Result<Side<'a>, VerifyError> {
         let mut this = Side {
             side,
             stream,
-            reader: None,
+            reader: Some(client.stream_records(
+                stream,
+                StreamFrom::Start,
+                Direction::Forwards,
+                usize::MAX,
+            )),
             buffer: VecDeque::new(),
+            covered,
             buffered_bytes: 0,
             exhausted: false,
             tombstoned: false,
@@ -48,22 +56,6 @@ impl<'a> Side<'a> {
                 None
             },
         };
-        let read_options = ReadStreamOptions::default().max_count(usize::MAX);
-        let opened = within(
-            this.timeout,
-            client.read_stream(stream, &read_options).err_into(),
-        );
-        match opened.await {
-            Ok(reader) => this.reader = Some(reader),
-            Err(RequestError::Failed(error)) => this.end_with(error)?,
-            Err(timed_out) => {
-                return settle(
-                    side,
-                    || format!("reading stream {stream:?}"),
-                    Err(timed_out),
-                )
-            }
-        }
         // The first page says whether the stream is there at all.
         this.fill(1).await?;
         Ok(this)
@@ -71,21 +63,20 @@ impl<'a> Side<'a> {
 
     /// A missing stream reads as empty, a tombstoned one as tombstoned; any
     /// other error stops the comparison.
-    fn end_with(&mut self, error: eventstore::Error) -> Result<(), VerifyError> {
+    fn end_with(&mut self, error: ReadError) -> Result<(), VerifyError> {
         self.reader = None;
         self.exhausted = true;
         match error {
-            eventstore::Error::ResourceNotFound => Ok(()),
-            eventstore::Error::ResourceDeleted => {
+            ReadError::NotFound => Ok(()),
+            ReadError::Deleted => {
                 self.tombstoned = true;
                 Ok(())
             }
-            source => Err(VerifyError::Read {
-                side: self.side,
-                operation: format!("reading stream {:?}", self.stream),
-                message: describe(&source),
-                source,
-            }),
+            error => settle(
+                self.side,
+                || format!("reading stream {:?}", self.stream),
+                Err(error),
+            ),
         }
     }
 
@@ -100,34 +91,24 @@ impl<'a> Side<'a> {
                 self.exhausted = true;
                 break;
             };
-            let next = match within(self.timeout, reader.next().err_into()).await {
-                Ok(next) => Ok(next),
-                Err(RequestError::Failed(error)) => Err(error),
-                Err(timed_out) => {
-                    return settle(
-                        self.side,
-                        || format!("reading stream {:?}", self.stream),
-                        Err(timed_out),
-                    )
-                }
-            };
-            match next {
-                Ok(Some(resolved)) => {
-                    let record = resolved.get_original_event();
-                    if classify(&record.stream_id, &record.event_type, &record.data)
+            match next_within(self.timeout, reader).await {
+                Ok(Some(record)) => {
+                    if classify(&record.stream, &record.event_type, &record.data)
                         != ChangeKind::Append
                     {
                         continue;
                     }
+                    // Before `expect`, which may renumber.
+                    let covered = self.covered.is_none_or(|c| c.event(record.revision));
                     let event = VerifiedEvent {
-                        stream: record.stream_id.clone(),
+                        stream: record.stream,
                         revision: record.revision,
-                        position: Position::from_client(record.position),
+                        position: record.position,
                         id: record.id,
-                        event_type: record.event_type.clone(),
+                        event_type: record.event_type,
                         is_json: record.is_json,
-                        data: record.data.clone(),
-                        metadata: record.custom_metadata.clone(),
+                        data: record.data,
+                        metadata: record.metadata,
                     };
                     let event = match self.expect {
                         Some(expect) => match expect(event) {
@@ -137,7 +118,7 @@ impl<'a> Side<'a> {
                         None => event,
                     };
                     self.buffered_bytes += event.data.len() + event.metadata.len();
-                    self.buffer.push_back(event);
+                    self.buffer.push_back((event, covered));
                 }
                 Ok(None) => {
                     self.exhausted = true;
@@ -155,11 +136,16 @@ impl<'a> Side<'a> {
 
     pub(super) async fn peek(&mut self) -> Result<Option<&VerifiedEvent>, VerifyError> {
         self.fill(1).await?;
-        Ok(self.buffer.front())
+        Ok(self.buffer.front().map(|(event, _)| event))
+    }
+
+    /// Whether `until` covers the head (what [`Side::peek`] shows).
+    pub(super) fn head_covered(&self) -> bool {
+        self.buffer.front().is_some_and(|(_, covered)| *covered)
     }
 
     pub(super) fn pop(&mut self) -> Option<VerifiedEvent> {
-        let event = self.buffer.pop_front()?;
+        let (event, _) = self.buffer.pop_front()?;
         self.buffered_bytes -= event.data.len() + event.metadata.len();
         Some(event)
     }
@@ -172,6 +158,6 @@ impl<'a> Side<'a> {
     ) -> Result<Option<usize>, VerifyError> {
         self.fill_to(options.page_events.max(2), options.page_bytes)
             .await?;
-        Ok(self.buffer.iter().position(|e| e.id == id))
+        Ok(self.buffer.iter().position(|(e, _)| e.id == id))
     }
 }

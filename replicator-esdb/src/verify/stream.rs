@@ -7,35 +7,73 @@ use std::collections::{HashSet, VecDeque};
 use std::ops::ControlFlow;
 use std::sync::atomic::Ordering;
 
-use eventstore::Client;
 use uuid::Uuid;
 
 use super::metadata::{read_metadata, show_metadata, Metadata, MetadataBody};
 use super::report::{difference, StreamOutcome};
 use super::side::Side;
+use super::sort::Listed;
 use super::{
     Difference, DifferenceKind, Until, VerifiedEvent, VerifyError, VerifyOptions,
     TOMBSTONED_BY_UNTIL,
 };
-use crate::cluster::{SOURCE, TARGET};
+use crate::cluster::{ClusterRead, SOURCE, TARGET};
 
-/// Compares the stream `name` (with the `flags` the listing gave it) on both
+/// Which of a stream's source records `until` covers: those the listing saw
+/// in the source's `$all` within it, by revision (a stream's revisions grow
+/// with its `$all` positions). By revision rather than position, because
+/// the v5 TCP protocol's stream reads carry no positions.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Covered {
+    /// `until` is the source's end: every record.
+    all: bool,
+    listed: Listed,
+}
+
+impl Covered {
+    fn new(options: &VerifyOptions, listed: Listed) -> Self {
+        Covered {
+            all: options.until == Until::End,
+            listed,
+        }
+    }
+
+    /// The stream's event at `revision`.
+    pub(super) fn event(&self, revision: u64) -> bool {
+        self.all || self.listed.events_until.is_some_and(|r| revision <= r)
+    }
+
+    /// Its metadata stream's record at `revision`.
+    fn metadata(&self, revision: u64) -> bool {
+        self.all || self.listed.metadata_until.is_some_and(|r| revision <= r)
+    }
+}
+
+/// Compares the stream `name` (with what the listing found of it) on both
 /// sides.
-pub(super) async fn compare_stream(
-    source_client: &Client,
-    target_client: &Client,
+pub(super) async fn compare_stream<S: ClusterRead, T: ClusterRead>(
+    source_client: &S,
+    target_client: &T,
     name: &str,
-    flags: u8,
+    listed: Listed,
     options: &VerifyOptions,
 ) -> Result<StreamOutcome, VerifyError> {
     let mut out = StreamOutcome::default();
+    let covered = Covered::new(options, listed);
     let (source, target, source_meta, target_meta) = futures::try_join!(
-        Side::open(source_client, SOURCE, name, options),
-        Side::open(target_client, TARGET, name, options),
-        read_metadata(source_client, SOURCE, name, options),
-        read_metadata(target_client, TARGET, name, options),
+        Side::open(source_client, SOURCE, name, Some(covered), options),
+        Side::open(target_client, TARGET, name, None, options),
+        read_metadata(
+            source_client,
+            SOURCE,
+            name,
+            |r| covered.metadata(r),
+            options
+        ),
+        read_metadata(target_client, TARGET, name, |_| true, options),
     )?;
     let (mut source, mut target) = (source, target);
+    let flags = listed.flags;
     if compare_tombstones(&mut out, options, flags, &source, &target).is_break() {
         return Ok(out);
     }
@@ -196,11 +234,12 @@ impl<'o> EventComparison<'o> {
         loop {
             let s = source.peek().await?.cloned();
             let t = target.peek().await?.cloned();
+            let covered = source.head_covered();
             match (s, t) {
                 (None, None) => break,
                 (Some(s), None) => {
                     source.pop();
-                    if self.covered(&s) {
+                    if covered {
                         self.missing(&s);
                     }
                 }
@@ -211,9 +250,12 @@ impl<'o> EventComparison<'o> {
                 (Some(s), Some(t)) if s.id == t.id => {
                     source.pop();
                     target.pop();
-                    self.matched(&s, &t);
+                    self.matched(&s, &t, covered);
                 }
-                (Some(s), Some(t)) => self.differing_heads(source, target, &s, &t).await?,
+                (Some(s), Some(t)) => {
+                    self.differing_heads(source, target, &s, &t, covered)
+                        .await?;
+                }
             }
         }
         Ok(())
@@ -229,6 +271,7 @@ impl<'o> EventComparison<'o> {
         target: &mut Side<'_>,
         s: &VerifiedEvent,
         t: &VerifiedEvent,
+        s_covered: bool,
     ) -> Result<(), VerifyError> {
         if self.recent_set.contains(&t.id) {
             target.pop();
@@ -244,7 +287,7 @@ impl<'o> EventComparison<'o> {
                 let extra = target.pop().expect("found ahead");
                 self.extra(&extra);
             }
-        } else if !self.covered(s) {
+        } else if !s_covered {
             // The source's event is in flight; the target's is unknown.
             target.pop();
             self.extra(t);
@@ -268,8 +311,8 @@ impl<'o> EventComparison<'o> {
     }
 
     /// The same event on both sides: its content compared.
-    fn matched(&mut self, s: &VerifiedEvent, t: &VerifiedEvent) {
-        if self.covered(s) {
+    fn matched(&mut self, s: &VerifiedEvent, t: &VerifiedEvent, s_covered: bool) {
+        if s_covered {
             self.count_source(s);
         }
         self.out.target_events += 1;
@@ -299,10 +342,6 @@ impl<'o> EventComparison<'o> {
             self.options.max_per_stream,
             extra_or_duplicate(t, &self.recent_set),
         );
-    }
-
-    fn covered(&self, e: &VerifiedEvent) -> bool {
-        self.options.until.covers(e.position)
     }
 
     fn count_source(&mut self, e: &VerifiedEvent) {

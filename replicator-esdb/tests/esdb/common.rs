@@ -33,6 +33,7 @@ use replicator_core::memory::MemoryCheckpointStore;
 use replicator_core::{ContentType, Event, Pipeline, PipelineConfig, Position, RunSummary};
 use replicator_esdb::{to_event_data, EsdbReader, EsdbReaderConfig, EsdbSink, EsdbSinkConfig};
 use replicator_testkit::cluster::TestCluster;
+pub use replicator_testkit::support::TcpTransaction;
 pub use replicator_testkit::support::{client, eventually};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -66,6 +67,27 @@ async fn cluster(var: &str) -> TestCluster {
     TestCluster::empty_from_env_with(var, Default::default())
         .await
         .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A fresh in-process source that also serves the legacy TCP protocol of
+/// v5 (`ServerOptions::tcp_port`), on the same store as its gRPC service.
+/// In process only: with `ESDB_SOURCE_URL` set, [`tcp_connection_string`]
+/// fails saying so.
+pub async fn tcp_source() -> TestCluster {
+    logs();
+    let options = replicator_testkit::ServerOptions {
+        tcp_port: Some(0),
+        ..Default::default()
+    };
+    TestCluster::empty_from_env_with("ESDB_SOURCE_URL", options)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The .NET ClientAPI connection string of `cluster`'s TCP service.
+pub fn tcp_connection_string(cluster: &TestCluster) -> String {
+    let address = cluster.server().tcp_address().expect("the TCP service");
+    format!("ConnectTo=tcp://{address}; HeartBeatTimeout=1500; UseSslConnection=false")
 }
 
 pub fn reader(server: &TestCluster, page_size: usize, run_continuously: bool) -> EsdbReader {
@@ -460,147 +482,10 @@ pub async fn all_positions(client: &Client) -> Vec<Position> {
     positions
 }
 
-/// Sends one legacy TCP request (`command`, `correlation` as every byte of
-/// its id) on `connection` and returns the body of its `Completed` answer,
-/// answering the server's heartbeats meanwhile.
-pub async fn tcp_call(
-    connection: &mut tokio::net::TcpStream,
-    command: u8,
-    correlation: u8,
-    body: &[u8],
-) -> Vec<u8> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    async fn send(connection: &mut tokio::net::TcpStream, command: u8, id: [u8; 16], body: &[u8]) {
-        let mut frame = vec![command, 0];
-        frame.extend(id);
-        frame.extend(body);
-        let mut bytes = (frame.len() as u32).to_le_bytes().to_vec();
-        bytes.extend(frame);
-        connection.write_all(&bytes).await.expect("send");
-    }
-    send(connection, command, [correlation; 16], body).await;
-    let answer = async {
-        loop {
-            let mut prefix = [0; 4];
-            connection.read_exact(&mut prefix).await.expect("an answer");
-            let mut data = vec![0; u32::from_le_bytes(prefix) as usize];
-            connection
-                .read_exact(&mut data)
-                .await
-                .expect("a whole frame");
-            let id: [u8; 16] = data[2..18].try_into().unwrap();
-            if data[0] == 0x01 {
-                send(connection, 0x02, id, &[]).await;
-            } else if id == [correlation; 16] {
-                assert_eq!(data[0], command + 1, "the Completed answer");
-                return data[18..].to_vec();
-            }
-        }
-    };
-    tokio::time::timeout(PATIENCE, answer)
-        .await
-        .expect("an answer in time")
-}
-
-/// A v5 explicit transaction over the testkit's TCP service, as a v5 client
-/// writes one (TransactionStart, TransactionWrite…, TransactionCommit): its
-/// records end up with the commit's position and their own prepare positions.
-pub struct TcpTransaction {
-    connection: tokio::net::TcpStream,
-    id: i64,
-    correlation: u8,
-}
-
-impl TcpTransaction {
-    /// Starts a transaction on `stream` (expected version: any) at the TCP
-    /// endpoint `address`.
-    pub async fn start(address: std::net::SocketAddr, stream: &str) -> Self {
-        use prost::Message;
-        use replicator_testkit::proto::tcp::{TransactionStart, TransactionStartCompleted};
-        let mut connection = tokio::net::TcpStream::connect(address)
-            .await
-            .expect("connect");
-        let start = TransactionStart {
-            event_stream_id: stream.to_owned(),
-            expected_version: -2,
-            require_master: true,
-        };
-        let started = tcp_call(&mut connection, 0x84, 1, &start.encode_to_vec()).await;
-        let started = TransactionStartCompleted::decode(&started[..]).unwrap();
-        assert_eq!(started.result, 0, "started");
-        TcpTransaction {
-            connection,
-            id: started.transaction_id,
-            correlation: 1,
-        }
-    }
-
-    /// Writes `events` into it (invisible until the commit).
-    pub async fn write(&mut self, events: &[Event]) {
-        use prost::Message;
-        use replicator_testkit::proto::tcp::{
-            NewEvent, TransactionWrite, TransactionWriteCompleted,
-        };
-        let write = TransactionWrite {
-            transaction_id: self.id,
-            events: events
-                .iter()
-                .map(|event| NewEvent {
-                    event_id: event.id.to_bytes_le().to_vec().into(),
-                    event_type: event.event_type.clone(),
-                    data_content_type: i32::from(event.content_type == ContentType::Json),
-                    metadata_content_type: 0,
-                    data: event.data.clone(),
-                    metadata: Some(event.metadata.clone()),
-                })
-                .collect(),
-            require_master: true,
-        };
-        self.correlation += 1;
-        let written = tcp_call(
-            &mut self.connection,
-            0x86,
-            self.correlation,
-            &write.encode_to_vec(),
-        )
-        .await;
-        assert_eq!(
-            TransactionWriteCompleted::decode(&written[..])
-                .unwrap()
-                .result,
-            0
-        );
-    }
-
-    /// Commits it.
-    pub async fn commit(mut self) {
-        use prost::Message;
-        use replicator_testkit::proto::tcp::{TransactionCommit, TransactionCommitCompleted};
-        let commit = TransactionCommit {
-            transaction_id: self.id,
-            require_master: true,
-        };
-        self.correlation += 1;
-        let committed = tcp_call(
-            &mut self.connection,
-            0x88,
-            self.correlation,
-            &commit.encode_to_vec(),
-        )
-        .await;
-        assert_eq!(
-            TransactionCommitCompleted::decode(&committed[..])
-                .unwrap()
-                .result,
-            0
-        );
-    }
-}
-
 /// Writes `events` to `stream` in one v5 explicit transaction over the TCP
 /// service at `address` ([`TcpTransaction`]).
 pub async fn tcp_transaction(address: std::net::SocketAddr, stream: &str, events: &[Event]) {
     let mut transaction = TcpTransaction::start(address, stream).await;
-    transaction.write(events).await;
+    transaction.write_events(events).await;
     transaction.commit().await;
 }

@@ -13,5 +13,6 @@ mod replay;
 mod scavenge;
 mod tcp_cluster;
 mod tcp_reader;
+mod tcp_source;
 mod verify;
 mod workload_and_verify;

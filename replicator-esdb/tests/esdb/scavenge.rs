@@ -126,7 +126,22 @@ async fn readable(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_filter_keeps_exactly_what_the_source_still_reads() {
-    let source = source().await;
+    keeps_exactly_what_the_source_still_reads(false).await;
+}
+
+/// The same with a v5 source: the filter reads the metadata and the last
+/// revisions over the legacy TCP protocol (`reader.protocol: tcp`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tcp_the_filter_keeps_exactly_what_the_source_still_reads() {
+    keeps_exactly_what_the_source_still_reads(true).await;
+}
+
+async fn keeps_exactly_what_the_source_still_reads(over_tcp: bool) {
+    let source = if over_tcp {
+        tcp_source().await
+    } else {
+        source().await
+    };
     let client = client(&source.connection_string());
     // Streams without metadata, or with metadata that limits nothing.
     for i in 0..40 {
@@ -184,7 +199,12 @@ async fn the_filter_keeps_exactly_what_the_source_still_reads() {
     })
     .await;
 
-    let filter = ScavengeFilter::new(source.connection_string()).expect("filter");
+    let filter = if over_tcp {
+        ScavengeFilter::over_tcp(tcp_connection_string(&source))
+    } else {
+        ScavengeFilter::new(source.connection_string())
+    }
+    .expect("filter");
     filter.prepare().await.expect("prepare");
     let events = filtered(&source, &filter).await;
     let kept = kept(&events);
@@ -421,6 +441,31 @@ async fn a_source_user_who_may_not_read_all_is_a_permanent_error_saying_so() {
     .expect("server");
     let filter = ScavengeFilter::new(server.connection_string_with(Some(("ops", "secret")), None))
         .expect("filter");
+    let error = tokio::time::timeout(PATIENCE, filter.prepare())
+        .await
+        .expect("a refusal is not retried for ever")
+        .expect_err("ops may not read $all");
+    assert!(!error.is_transient(), "{error}");
+    assert!(error.message().contains("access denied"), "{error}");
+    assert!(error.message().contains("read $all"), "{error}");
+    assert!(!error.message().contains("secret"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tcp_a_source_user_who_may_not_read_all_is_a_permanent_error_saying_so() {
+    use replicator_testkit::security::User;
+    let server = replicator_testkit::EsdbServer::start_with(replicator_testkit::ServerOptions {
+        users: Some(vec![User::admin(), User::new("ops", "secret")]),
+        tcp_port: Some(0),
+        ..Default::default()
+    })
+    .await
+    .expect("server");
+    let address = server.tcp_address().expect("the TCP service");
+    let filter = ScavengeFilter::over_tcp(format!(
+        "ConnectTo=tcp://ops:secret@{address}; UseSslConnection=false"
+    ))
+    .expect("filter");
     let error = tokio::time::timeout(PATIENCE, filter.prepare())
         .await
         .expect("a refusal is not retried for ever")

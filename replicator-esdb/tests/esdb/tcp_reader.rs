@@ -7,6 +7,7 @@ use futures::StreamExt;
 use replicator_core::{ErrorKind, Event, EventStream, Position, Reader, StartFrom};
 use replicator_esdb::{TcpReader, TcpReaderConfig};
 use replicator_testkit::security::User;
+use replicator_testkit::support::TcpTransaction;
 use replicator_testkit::{EsdbServer, ServerOptions};
 
 use crate::common::*;
@@ -328,29 +329,21 @@ async fn a_connection_lost_while_held_back_is_replaced_without_a_failure() {
 /// with an ordinary gRPC append to `beside` between its first event and the
 /// others, as v5 lays them out: the first prepare before the append, the others
 /// after it, all committed after it.
-async fn transaction_around_an_append(
+pub(crate) async fn transaction_around_an_append(
     server: &EsdbServer,
     stream: &str,
     beside: &str,
     ids: &[uuid::Uuid],
 ) {
-    let events: Vec<Event> = ids
-        .iter()
-        .map(|id| {
-            Event::new(stream, "InTransaction", format!(r#"{{"id":"{id}"}}"#))
-                .with_id(*id)
-                .with_metadata("{}")
-        })
-        .collect();
     let address = server.tcp_address().expect("the TCP service");
     let mut transaction = TcpTransaction::start(address, stream).await;
-    transaction.write(&events[..1]).await;
+    transaction.write(&ids[..1]).await;
     let event = eventstore::EventData::json("Beside", &serde_json::json!({})).expect("json");
     grpc_client(server)
         .append_to_stream(beside, &Default::default(), event)
         .await
         .expect("append");
-    transaction.write(&events[1..]).await;
+    transaction.write(&ids[1..]).await;
     transaction.commit().await;
 }
 

@@ -1,6 +1,8 @@
 //! What the workspace's tests share beyond the server: waiting for a
-//! condition, a client from a connection string, the end of `$all`, the
-//! independent TCP client ([`node`]), and (with the `mongo` feature) a MongoDB-protocol server of a test's own.
+//! condition, a client from a connection string, the end of `$all`, a v5
+//! transaction over the TCP service ([`TcpTransaction`]), the independent
+//! TCP client ([`node`]), and (with the `mongo` feature) a MongoDB-protocol
+//! server of a test's own.
 //!
 //! Every wait here is bounded: a condition not met by its deadline fails the
 //! test naming what it waited for, so a stall fails instead of hanging, and
@@ -23,6 +25,9 @@
 #[cfg(feature = "mongo")]
 pub mod mongo;
 pub mod node;
+mod tcp;
+
+pub use tcp::TcpTransaction;
 
 use std::future::Future;
 use std::net::TcpListener;
