@@ -71,13 +71,9 @@ fn describe(c: &Checkpoint, csharp: bool) -> String {
             ""
         }
     ));
-    // A commit position alone (the C# replicator's file or document) loads as
-    // an inclusive start at the commit's first record; a chaser seed has both
-    // parts.
-    let commit_only = c.seed && c.source.prepare == 0 && c.source.commit > 0;
     out.push_str(&format!(
         "seed:     {}\n",
-        if commit_only {
+        if commit_only(c) {
             "no (a commit position only, as the C# replicator stores it: that commit is read \
              again from its first record, in case it is a v5 transaction processed in part; \
              what the target holds of it is skipped as replays)"
@@ -88,6 +84,13 @@ fn describe(c: &Checkpoint, csharp: bool) -> String {
         }
     ));
     out
+}
+
+/// Whether `c` holds a commit position alone (the C# replicator's file or
+/// document), loaded as an inclusive start at that commit's first record
+/// ([`Checkpoint::of_commit`]); a chaser seed has both parts.
+fn commit_only(c: &Checkpoint) -> bool {
+    c.seed && c.source.prepare == 0 && c.source.commit > 0
 }
 
 /// Deletes the stored checkpoint, printing what it was so it can be restored.
@@ -110,7 +113,13 @@ pub async fn delete(config: &Config) -> anyhow::Result<ExitCode> {
             "deleted the checkpoint at source {}{} ({what}); the next run starts from the \
              beginning of $all, or from the configured seed",
             c.source,
-            if c.seed { " (a seed)" } else { "" }
+            if commit_only(&c) {
+                " (a C# replicator's commit position)"
+            } else if c.seed {
+                " (a seed)"
+            } else {
+                ""
+            }
         ),
         Err(e) => println!("deleted an unreadable checkpoint ({what}): {e}"),
     }
