@@ -318,6 +318,14 @@ pub struct JsRouter {
     path: PathBuf,
 }
 
+impl std::fmt::Debug for JsRouter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JsRouter")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
 impl JsRouter {
     /// Loads the script in one engine.
     ///

@@ -1,6 +1,7 @@
 //! What the workspace's tests share beyond the server: waiting for a
 //! condition, a client from a connection string, the end of `$all`, and
-//! (with the `mongo` feature) a MongoDB-protocol server of a test's own.
+//! (with the `mongo` feature) a MongoDB-protocol server of a test's own; a
+//! Kafka-protocol broker and an independent consumer ([`kafka`]).
 //!
 //! Every wait here is bounded: a condition not met by its deadline fails the
 //! test naming what it waited for, so a stall fails instead of hanging, and
@@ -20,6 +21,7 @@
 //! # }
 //! ```
 
+pub mod kafka;
 #[cfg(feature = "mongo")]
 pub mod mongo;
 

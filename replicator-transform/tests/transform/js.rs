@@ -444,8 +444,17 @@ function route(stream, eventType, data, meta) {
             key: key.map(Into::into),
         })
     };
-    let e = event("orders-1", 0, "Placed", r#"{"n":1}"#, r#"{"tenant":"acme"}"#);
-    assert_eq!(r.route(&e).await.unwrap(), route("all-orders", Some("acme")));
+    let e = event(
+        "orders-1",
+        0,
+        "Placed",
+        r#"{"n":1}"#,
+        r#"{"tenant":"acme"}"#,
+    );
+    assert_eq!(
+        r.route(&e).await.unwrap(),
+        route("all-orders", Some("acme"))
+    );
     let e = event("orders-1", 1, "NoKey", r#"{"n":2}"#, "");
     assert_eq!(r.route(&e).await.unwrap(), route("t-2", None));
     let e = event("orders-1", 2, "Default", "{}", "");
@@ -460,7 +469,10 @@ function route(stream, eventType, data, meta) {
     );
     let r = JsRouter::from_file(&one.path).unwrap();
     let e = event("orders-1", 0, "Placed", r#"{"n":7}"#, "");
-    assert_eq!(r.route(&e).await.unwrap(), route("Placed", Some("orders-1/7")));
+    assert_eq!(
+        r.route(&e).await.unwrap(),
+        route("Placed", Some("orders-1/7"))
+    );
 }
 
 #[tokio::test]
@@ -479,5 +491,14 @@ async fn a_route_without_a_topic_is_an_error_naming_the_file() {
     );
     let none = script("no-route.js", "function partition(e) { return 'x'; }");
     let err = JsRouter::from_file(&none.path).err().unwrap();
-    assert!(matches!(err, JsError::NoFunction { function: "route", .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            JsError::NoFunction {
+                function: "route",
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
