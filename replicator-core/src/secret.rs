@@ -331,8 +331,8 @@ fn hidden_parts(text: &str) -> Vec<Hidden> {
         let digits = after
             .find(|c: char| !c.is_ascii_digit())
             .unwrap_or(after.len());
-        let is_port =
-            digits > 0 && (digits == after.len() || after[digits..].starts_with(['/', '?', ',', ';']));
+        let is_port = digits > 0
+            && (digits == after.len() || after[digits..].starts_with(['/', '?', ',', ';']));
         if !is_port && !after.is_empty() {
             parts.push(Hidden {
                 range: colon + 1..text.len(),
@@ -459,7 +459,10 @@ mod tests {
             shown("bootstrap.servers=k:9092;ssl.key.password=pw"),
             "bootstrap.servers=k:9092;ssl.key.password=***"
         );
-        assert_eq!(shown("bootstrap.servers=k:9092"), "bootstrap.servers=k:9092");
+        assert_eq!(
+            shown("bootstrap.servers=k:9092"),
+            "bootstrap.servers=k:9092"
+        );
     }
 
     #[test]

@@ -215,8 +215,16 @@ fn each_unsupported_key_is_an_error_naming_it() {
          "replicator.reader.pageSize", "4096"),
         ("  reader:\n    connectionString: ConnectTo=tcp://a:1113\n    protocol: tcp\n  sink:\n    connectionString: esdb://b\n  scavenge: true\n",
          "replicator.scavenge", "tcp"),
+        ("  reader:\n    connectionString: esdb://a\n  sink:\n    connectionString: esdb://b\n    protocol: amqp\n",
+         "replicator.sink.protocol", "amqp"),
         ("  reader:\n    connectionString: esdb://a\n  sink:\n    connectionString: esdb://b\n    protocol: kafka\n",
-         "replicator.sink.protocol", "kafka"),
+         "replicator.sink.connectionString", "key=value"),
+        ("  reader:\n    connectionString: esdb://a\n  sink:\n    connectionString: bootstrap.servers=k:9092\n    protocol: kafka\n    order: stream\n",
+         "replicator.sink.order", "kafka"),
+        ("  reader:\n    connectionString: esdb://a\n  sink:\n    connectionString: bootstrap.servers=k:9092\n    protocol: kafka\n    deletes: purge\n",
+         "replicator.sink.deletes", "tombstone"),
+        ("  reader:\n    connectionString: esdb://a\n  sink:\n    connectionString: esdb://b\n    router: r.js\n",
+         "replicator.sink.router", "kafka"),
         ("  reader:\n    connectionString: esdb://a\n  sink:\n    connectionString: esdb://b\n    protocol: tcp\n",
          "replicator.sink.protocol", "tcp"),
         ("  reader:\n    connectionString: esdb://a\n    auth:\n      type: oauthClientCredentials\n  sink:\n    connectionString: esdb://b\n",
@@ -435,7 +443,7 @@ fn environment_errors_name_the_variable() {
 
 #[test]
 fn an_unsupported_value_from_the_environment_names_the_variable() {
-    let err = load_env(MINIMAL, &[("REPLICATOR_SINK_PROTOCOL", "kafka")]).unwrap_err();
+    let err = load_env(MINIMAL, &[("REPLICATOR_SINK_PROTOCOL", "amqp")]).unwrap_err();
     let msg = err.to_string();
     assert!(msg.contains("replicator.sink.protocol"), "{msg}");
     assert!(msg.contains("REPLICATOR_SINK_PROTOCOL"), "{msg}");

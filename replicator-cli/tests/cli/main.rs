@@ -213,7 +213,7 @@ fn run_rejects_an_unknown_key_by_its_full_path() {
 #[test]
 fn an_unsupported_value_from_the_environment_names_the_variable() {
     let w = Workdir::with_config("");
-    let o = w.run(&["run"], &[("REPLICATOR_SINK_PROTOCOL", "kafka")]);
+    let o = w.run(&["run"], &[("REPLICATOR_SINK_PROTOCOL", "amqp")]);
     assert_fails_naming(
         &o,
         &["replicator.sink.protocol", "REPLICATOR_SINK_PROTOCOL"],
