@@ -3,7 +3,7 @@
 //! `run` against in-process servers (here, and killed mid-copy in
 //! [`restart`], following the source live in [`live`], through its status
 //! server in [`status`], through outages of the source, the target and the
-//! checkpoint store in [`outages`]), and `demo`.
+//! checkpoint store in [`outages`], into Kafka in [`kafka`]), and `demo`.
 //!
 //! The `run` tests replicate between real clusters instead when
 //! `ESDB_SOURCE_URL` and/or `ESDB_TARGET_URL` hold connection strings (see
@@ -16,6 +16,7 @@
 mod demo;
 mod deploy;
 mod filters;
+mod kafka;
 mod live;
 mod map_position;
 mod order;
