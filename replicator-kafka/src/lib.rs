@@ -425,22 +425,22 @@ fn to_owned_headers(headers: &[(String, Vec<u8>)]) -> OwnedHeaders {
 /// is unusable (a fatal idempotence error: `restartOnFailure` makes a new one).
 fn is_permanent(error: &KafkaError) -> bool {
     use RDKafkaErrorCode as C;
-    match error.rdkafka_error_code() {
+    matches!(
+        error.rdkafka_error_code(),
         Some(
             C::MessageSizeTooLarge
-            | C::InvalidMessageSize
-            | C::InvalidMessage
-            | C::TopicAuthorizationFailed
-            | C::ClusterAuthorizationFailed
-            | C::InvalidTopic
-            | C::InvalidRecord
-            | C::Fatal
-            | C::InvalidConfig
-            | C::UnsupportedForMessageFormat
-            | C::PolicyViolation,
-        ) => true,
-        _ => false,
-    }
+                | C::InvalidMessageSize
+                | C::InvalidMessage
+                | C::TopicAuthorizationFailed
+                | C::ClusterAuthorizationFailed
+                | C::InvalidTopic
+                | C::InvalidRecord
+                | C::Fatal
+                | C::InvalidConfig
+                | C::UnsupportedForMessageFormat
+                | C::PolicyViolation
+        )
+    )
 }
 
 #[async_trait]

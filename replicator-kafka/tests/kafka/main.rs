@@ -136,7 +136,9 @@ fn by_id(records: &[KafkaRecord]) -> HashMap<String, Vec<&KafkaRecord>> {
 /// Checks that the records of each key are in source order: within a
 /// partition by offset, revisions of one stream increase.
 fn assert_order_per_key(records: &[KafkaRecord]) {
-    let mut last: HashMap<(String, Option<Vec<u8>>), (i32, i64, u64, String)> = HashMap::new();
+    /// (topic, key) → (partition, offset, revision, stream) of its last record.
+    type Last = HashMap<(String, Option<Vec<u8>>), (i32, i64, u64, String)>;
+    let mut last = Last::new();
     for r in records {
         let revision: u64 = r.header(headers::REVISION).unwrap().parse().unwrap();
         let stream = r.header(headers::STREAM).unwrap();
