@@ -719,3 +719,66 @@ fn the_tcp_reader_is_configured_with_its_page_size() {
     assert_eq!(c.reader.protocol, super::ReaderProtocol::Grpc);
     assert_eq!(c.reader.page_size.get(), 1024);
 }
+
+#[test]
+fn the_csharp_kafka_sink_configuration_loads_as_written() {
+    // The example of the C# tool's docs (sinks.mdx), key spellings as there.
+    let c = load(
+        "
+replicator:
+  reader:
+    connectionString: esdb+discover://admin:changeit@xyz.mesb.eventstore.cloud
+    protocol: grpc
+  sink:
+    connectionString: bootstrap.servers=localhost:9092;sasl.password=hush
+    protocol: kafka
+    partitionCount: 10
+    router: ./config/route.js
+",
+    )
+    .unwrap();
+    assert_eq!(c.sink.protocol, super::SinkProtocol::Kafka);
+    assert_eq!(c.sink.writers(), 1);
+    let kafka = c.sink.kafka.as_ref().unwrap();
+    assert_eq!(
+        kafka.router.as_deref(),
+        Some(Path::new("./config/route.js"))
+    );
+    assert_eq!(kafka.deletes, super::DeleteMode::Skip);
+    assert!(kafka.metadata_headers.is_empty());
+    assert_eq!(
+        c.sink.connection_string.to_string(),
+        "bootstrap.servers=localhost:9092;sasl.password=***"
+    );
+
+    let c = load_env(
+        "
+replicator:
+  reader:
+    connectionString: esdb://a
+  sink:
+    connectionString: bootstrap.servers=k:9092
+    protocol: Kafka
+    deletes: tombstone
+    metadataHeaders: [tenant, correlationId]
+",
+        &[],
+    )
+    .unwrap();
+    let kafka = c.sink.kafka.unwrap();
+    assert_eq!(kafka.deletes, super::DeleteMode::Tombstone);
+    assert_eq!(kafka.metadata_headers, ["tenant", "correlationId"]);
+    let c = load_env(
+        MINIMAL,
+        &[
+            ("REPLICATOR_SINK_PROTOCOL", "kafka"),
+            (
+                "REPLICATOR_SINK_CONNECTIONSTRING",
+                "bootstrap.servers=k:9092",
+            ),
+            ("REPLICATOR_SINK_METADATAHEADERS", "a, b"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.sink.kafka.unwrap().metadata_headers, ["a", "b"]);
+}

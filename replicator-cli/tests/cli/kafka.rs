@@ -162,7 +162,7 @@ async fn the_csharp_kafka_configuration_runs_unchanged_into_a_topic_per_category
     let o = run_async(&w, &["run"]).await;
     assert_ok(&o);
 
-    let records = read_topics(&broker, &categories);
+    let records = read_topics(&broker, &categories, written.len());
     assert_eq!(assert_all_there(&records, &written), 0, "no duplicates");
     assert!(records.iter().all(|r| r.value.is_some()));
     assert_first_copies_in_order(&records);
@@ -176,18 +176,34 @@ async fn the_csharp_kafka_configuration_runs_unchanged_into_a_topic_per_category
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_csharp_router_file_as_documented_routes_every_event() {
+async fn the_csharp_router_file_as_documented_routes_every_event_a_filter_lets_through() {
     let broker = bootstrap();
     let source = EsdbServer::start().await.unwrap();
     let source_client = client(&source.connection_string());
     let categories = categories();
     let written = append(&source_client, &categories, 0).await;
+    // Left out by the filter, in front of the sink as for any target.
+    let ignored: Vec<eventstore::EventData> = (0..20)
+        .map(|i| eventstore::EventData::json("Ignored", &serde_json::json!({ "i": i })).unwrap())
+        .collect();
+    source_client
+        .append_to_stream(
+            format!("{}-1", categories[1]).as_str(),
+            &Default::default(),
+            ignored,
+        )
+        .await
+        .unwrap();
     let topic = unique("myTopic");
     let w = workdir(&csharp_config(
         &source.connection_string(),
         &broker,
         "    router: ./config/route.js\n",
     ));
+    let config = w.path("config/appsettings.yaml");
+    let yaml = std::fs::read_to_string(&config).unwrap()
+        + "  filters:\n    - type: eventType\n      exclude: ^Ignored$\n";
+    std::fs::write(&config, yaml).unwrap();
     // The example of the C# tool's docs, with a topic of this test's own.
     std::fs::write(
         w.path("config/route.js"),
@@ -200,9 +216,13 @@ async fn the_csharp_router_file_as_documented_routes_every_event() {
     let o = run_async(&w, &["run"]).await;
     assert_ok(&o);
 
-    let records = read_topics(&broker, std::slice::from_ref(&topic));
-    assert_eq!(records.len(), written.len());
+    let records = read_topics(&broker, std::slice::from_ref(&topic), written.len());
     let ids = by_id(&records);
+    assert_eq!(
+        records.len(),
+        written.len(),
+        "every event once, none of the filtered"
+    );
     for (id, stream) in &written {
         let r = ids[&id.to_string()][0];
         assert_eq!(r.topic, topic);
@@ -281,7 +301,7 @@ async fn a_frozen_broker_turns_readiness_red_naming_it_and_the_copy_resumes_with
     .await;
     run.stop().await;
 
-    let records = read_topics(&broker.bootstrap(), &categories);
+    let records = read_topics(&broker.bootstrap(), &categories, all.len());
     let duplicates = assert_all_there(&records, &all);
     assert_eq!(
         duplicates, 0,
@@ -327,7 +347,7 @@ async fn sigkill_while_the_broker_is_frozen_then_a_restart_loses_nothing_and_dup
     .await;
     run.stop().await;
 
-    let records = read_topics(&broker.bootstrap(), &categories);
+    let records = read_topics(&broker.bootstrap(), &categories, all.len());
     let duplicates = assert_all_there(&records, &all);
     println!(
         "duplicates after SIGKILL with {STEP} records unacknowledged past the checkpoint: \

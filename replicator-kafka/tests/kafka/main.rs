@@ -174,7 +174,7 @@ async fn a_workload_of_several_categories_lands_in_its_topics_once_with_keys_hea
     config.metadata_headers = vec!["tenant".into()];
     replicate(source, KafkaSink::new(config).unwrap()).await;
 
-    let records = read_topics(&broker, &categories);
+    let records = read_topics(&broker, &categories, EVENTS);
     assert_eq!(
         records.len(),
         EVENTS,
@@ -265,7 +265,7 @@ async fn a_router_file_chooses_the_topic_and_key() {
 
     let mut topics = categories.clone();
     topics.push(routed.clone());
-    let records = read_topics(&broker, &topics);
+    let records = read_topics(&broker, &topics, EVENTS);
     assert_eq!(records.len(), EVENTS);
     let ids = by_id(&records);
     for event in &user {
@@ -300,7 +300,7 @@ async fn deleted_streams_become_null_value_records_when_asked() {
     config.deletes = DeleteMode::Tombstone;
     replicate(source, KafkaSink::new(config).unwrap()).await;
 
-    let mut records = read_topics(&broker, std::slice::from_ref(&category));
+    let mut records = read_topics(&broker, std::slice::from_ref(&category), 3);
     // In order per key (the partitions of an auto-created topic are the broker's choice).
     records.sort_by_key(|r| (r.key.clone(), r.offset));
     let shown: Vec<(Option<String>, bool)> = records
@@ -368,7 +368,7 @@ async fn a_frozen_broker_fails_the_write_naming_it_and_the_retry_lands_each_reco
     .await
     .expect("the retried write did not succeed within 120 s of the thaw");
 
-    let records = read_topics(&broker.bootstrap(), std::slice::from_ref(&category));
+    let records = read_topics(&broker.bootstrap(), std::slice::from_ref(&category), 400);
     let ids = by_id(&records);
     for event in first.iter().chain(&second) {
         let n = ids.get(&event.id.to_string()).map_or(0, Vec::len);

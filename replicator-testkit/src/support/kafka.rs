@@ -210,27 +210,38 @@ if command == "create":
     admin.create_topics([NewTopic(t, p, 1) for t, p in args])
     admin.close()
 elif command == "read":
+    import time
+    topics, at_least = args
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
                              request_timeout_ms=20000)
     partitions = []
-    for topic in args:
+    for topic in topics:
         found = consumer.partitions_for_topic(topic)
         if not found:
             continue
         partitions += [TopicPartition(topic, p) for p in sorted(found)]
+    # tansu 0.6.0 answers ListOffsets(latest) with offsets below what a
+    # partition holds, so the end offsets are a lower bound only: read until
+    # they are passed, at least `at_least` records are read and a fetch of
+    # every partition brings nothing more (everything was written before).
+    seen = 0
     if partitions:
         consumer.assign(partitions)
         consumer.seek_to_beginning(*partitions)
         end = consumer.end_offsets(partitions)
-        left = {tp for tp in partitions if end[tp] > 0}
-        while left:
-            for tp, messages in consumer.poll(timeout_ms=1000).items():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            batch = consumer.poll(timeout_ms=1000)
+            for tp, messages in batch.items():
                 for m in messages:
+                    seen += 1
                     print(json.dumps({"topic": m.topic, "partition": m.partition,
                         "offset": m.offset, "key": b64(m.key), "value": b64(m.value),
                         "timestamp": m.timestamp,
                         "headers": [[k, b64(v)] for k, v in (m.headers or [])]}))
-            left = {tp for tp in left if consumer.position(tp) < end[tp]}
+            passed = all(consumer.position(tp) >= end[tp] for tp in partitions)
+            if not batch and passed and seen >= at_least:
+                break
     consumer.close()
 "#;
 
@@ -256,14 +267,17 @@ pub fn create_topics(bootstrap: &str, topics: &[(&str, u32)]) {
     python("create", bootstrap, &serde_json::json!(topics));
 }
 
-/// Every record of `topics` from the start to the end they have now, read
-/// by kafka-python (topics that do not exist are left out), in partition
-/// order then offset order.
+/// Every record of `topics` (written before the call), read by kafka-python
+/// (topics that do not exist are left out), in partition order then offset
+/// order. It reads until the partitions' end offsets are passed, at least
+/// `at_least` records are read (or two minutes went by: the caller then finds
+/// records missing) and one more fetch brings nothing: tansu 0.6.0 reports
+/// end offsets below what a partition holds.
 ///
 /// # Panics
 /// When the consumer fails.
-pub fn read_topics(bootstrap: &str, topics: &[String]) -> Vec<KafkaRecord> {
-    let out = python("read", bootstrap, &serde_json::json!(topics));
+pub fn read_topics(bootstrap: &str, topics: &[String], at_least: usize) -> Vec<KafkaRecord> {
+    let out = python("read", bootstrap, &serde_json::json!([topics, at_least]));
     let decode = |v: &serde_json::Value| -> Option<Vec<u8>> {
         v.as_str().map(|s| {
             base64::engine::general_purpose::STANDARD
