@@ -288,6 +288,10 @@ fn build_kafka_sink(config: &Config, kafka: &KafkaConfig) -> anyhow::Result<Kafk
         deletes: kafka.deletes,
         metadata_headers: kafka.metadata_headers.clone(),
         request_timeout: config.call_timeout / 2,
+        // Five call deadlines, at least 30 s, without any acknowledgement
+        // while records wait: the producer is stuck (a broker back without
+        // its state), not riding out an outage.
+        stall_limit: (config.call_timeout * 5).max(Duration::from_secs(30)),
         ..KafkaSinkConfig::new(config.sink.connection_string.clone())
     })
     .context("cannot create the Kafka sink (replicator.sink)")

@@ -27,7 +27,11 @@
 //!   is not sent again while the producer still has it queued: a retried
 //!   batch waits for those deliveries, so a broker outage adds no duplicates.
 //!   A crash replays what was processed after the stored checkpoint (the
-//!   pipeline's replay window); those records are sent again.
+//!   pipeline's replay window); those records are sent again. A producer that
+//!   has had nothing acknowledged for [`KafkaSinkConfig::stall_limit`] while
+//!   records wait (a broker that came back without the producer's state, as
+//!   an in-memory broker restarted) is replaced by a new one, and what it
+//!   held is sent again.
 //!
 //! ```no_run
 //! use replicator_kafka::{KafkaSink, KafkaSinkConfig};
@@ -49,7 +53,7 @@ use async_trait::async_trait;
 use futures::future::{FutureExt as _, Shared};
 use futures::stream::{self, StreamExt as _, TryStreamExt as _};
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::ClientContext;
@@ -101,6 +105,11 @@ pub struct KafkaSinkConfig {
     /// fails as transient (naming the broker); keep it below the pipeline's
     /// call deadline.
     pub request_timeout: Duration,
+    /// How long the producer may go without any acknowledgement while
+    /// records wait before it is replaced by a new one (its records are sent
+    /// again). Long enough to outlast an ordinary outage, which the producer
+    /// rides out without duplicates.
+    pub stall_limit: Duration,
 }
 
 impl KafkaSinkConfig {
@@ -113,6 +122,7 @@ impl KafkaSinkConfig {
             deletes: DeleteMode::Skip,
             metadata_headers: Vec::new(),
             request_timeout: Duration::from_secs(10),
+            stall_limit: Duration::from_secs(60),
         }
     }
 }
@@ -202,13 +212,12 @@ struct Context {
 impl ClientContext for Context {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
         match level {
-            RDKafkaLogLevel::Emerg
-            | RDKafkaLogLevel::Alert
-            | RDKafkaLogLevel::Critical
-            | RDKafkaLogLevel::Error => {
+            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical => {
                 tracing::error!(target: "replicator::kafka", brokers = %self.brokers, facility = fac, "{log_message}")
             }
-            RDKafkaLogLevel::Warning => {
+            // librdkafka's errors are mostly a broker it cannot reach, which
+            // the target's health reports (and logs) already.
+            RDKafkaLogLevel::Error | RDKafkaLogLevel::Warning => {
                 tracing::warn!(target: "replicator::kafka", brokers = %self.brokers, facility = fac, "{log_message}")
             }
             RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
@@ -234,7 +243,13 @@ type RecordId = (Position, Uuid);
 
 /// The Kafka sink. See the [crate docs](crate).
 pub struct KafkaSink {
-    producer: FutureProducer<Context>,
+    /// The current producer; replaced after a stall.
+    producer: std::sync::RwLock<FutureProducer<Context>>,
+    /// What a new producer is made from.
+    client: ClientConfig,
+    /// When a record was last acknowledged, or nothing was waiting.
+    progress: Mutex<tokio::time::Instant>,
+    stall_limit: Duration,
     brokers: String,
     router: Option<Arc<JsRouter>>,
     deletes: DeleteMode,
@@ -287,15 +302,14 @@ impl KafkaSink {
             client.set(key, value);
         }
         let scrubber = replicator_core::secret::Scrubber::of([&config.connection_string]);
-        let producer: FutureProducer<Context> = client
-            .create_with_context(Context {
-                brokers: brokers.clone(),
-            })
-            .map_err(|e| KafkaSinkError::Producer {
-                message: scrubber.scrub(&e.to_string()),
-            })?;
+        let producer = create(&client, &brokers).map_err(|e| KafkaSinkError::Producer {
+            message: scrubber.scrub(&e.to_string()),
+        })?;
         Ok(KafkaSink {
-            producer,
+            producer: std::sync::RwLock::new(producer),
+            client,
+            progress: Mutex::new(tokio::time::Instant::now()),
+            stall_limit: config.stall_limit,
             brokers,
             router: config.router,
             deletes: config.deletes,
@@ -368,7 +382,7 @@ impl KafkaSink {
             record = record.timestamp(i64::try_from(created.as_millis()).unwrap_or(i64::MAX));
         }
         loop {
-            match self.producer.send_result(record) {
+            match self.producer().send_result(record) {
                 Ok(delivery) => {
                     let delivery: Pin<Box<dyn Future<Output = _> + Send>> =
                         Box::pin(delivery.map(|outcome| match outcome {
@@ -402,11 +416,70 @@ impl KafkaSink {
         }
     }
 
+    fn producer(&self) -> FutureProducer<Context> {
+        self.producer
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn progressed(&self) {
+        *self
+            .progress
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = tokio::time::Instant::now();
+    }
+
+    /// After a timed-out write: when nothing was acknowledged for the stall
+    /// limit, a new producer replaces the current one and the records it
+    /// held are forgotten, so that the retries send them again.
+    fn replace_if_stalled(&self) {
+        let since = self
+            .progress
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .elapsed();
+        if since < self.stall_limit {
+            return;
+        }
+        let fresh = match create(&self.client, &self.brokers) {
+            Ok(fresh) => fresh,
+            Err(error) => {
+                tracing::warn!(brokers = %self.brokers, %error, "Cannot create a new Kafka producer");
+                return;
+            }
+        };
+        let old = std::mem::replace(
+            &mut *self
+                .producer
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+            fresh,
+        );
+        let held = std::mem::take(&mut *self.pending()).len();
+        self.progressed();
+        tracing::warn!(
+            brokers = %self.brokers,
+            stalled = ?since,
+            held,
+            "Kafka producer had nothing acknowledged for the stall limit; replaced by a new \
+             one, which sends the records it held again (a consumer may see them twice)"
+        );
+        // Dropping a producer purges its queue and waits up to 500 ms.
+        tokio::task::spawn_blocking(move || drop(old));
+    }
+
     fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<RecordId, Delivery>> {
         self.pending
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+}
+
+fn create(client: &ClientConfig, brokers: &str) -> KafkaResult<FutureProducer<Context>> {
+    client.create_with_context(Context {
+        brokers: brokers.to_owned(),
+    })
 }
 
 fn to_owned_headers(headers: &[(String, Vec<u8>)]) -> OwnedHeaders {
@@ -448,6 +521,10 @@ impl Sink for KafkaSink {
     async fn write(&self, batch: &[Event]) -> Result<WriteAck, SinkError> {
         // Taken at the first poll, in the writer's batch order.
         let turn = self.turn.lock().await;
+        if self.pending().is_empty() {
+            // Nothing waits: a quiet spell is no stall.
+            self.progressed();
+        }
         let concurrency = self.router.as_ref().map_or(1, |r| r.concurrency());
         let plans: Vec<_> = batch.iter().map(|e| self.plan(e)).collect();
         let planned: Vec<Planned<'_>> = stream::iter(plans)
@@ -477,7 +554,10 @@ impl Sink for KafkaSink {
         for (p, delivery) in planned.iter().zip(waits) {
             let id = (p.event.position, p.event.id);
             match tokio::time::timeout_at(deadline, delivery).await {
-                Ok(Ok(())) => acknowledged += 1,
+                Ok(Ok(())) => {
+                    acknowledged += 1;
+                    self.progressed();
+                }
                 Ok(Err(error)) => {
                     // Sent again on the retry.
                     self.pending().remove(&id);
@@ -515,6 +595,9 @@ impl Sink for KafkaSink {
             }
             Some(error) => {
                 tracing::debug!(acknowledged, of = planned.len(), %error, "Kafka write incomplete");
+                if acknowledged < planned.len() {
+                    self.replace_if_stalled();
+                }
                 Err(error)
             }
         }
@@ -531,7 +614,7 @@ impl Sink for KafkaSink {
     }
 
     async fn check(&self) -> Result<(), SinkError> {
-        let producer = self.producer.clone();
+        let producer = self.producer();
         let timeout = self.request_timeout;
         let brokers = self.brokers.clone();
         tokio::task::spawn_blocking(move || {

@@ -111,8 +111,9 @@ fn assert_all_there(records: &[KafkaRecord], written: &[(uuid::Uuid, String)]) -
 }
 
 /// Each key's records: the first copy of each event comes in revision
-/// order (a replayed event may come again later, never before its
-/// predecessors' first copies).
+/// order, one revision after the other from the first the topic holds (a
+/// replayed event may come again later, never before its predecessors'
+/// first copies).
 fn assert_first_copies_in_order(records: &[KafkaRecord]) {
     let mut seen: HashMap<(String, Option<Vec<u8>>), u64> = HashMap::new();
     let mut ids = std::collections::HashSet::new();
@@ -122,7 +123,9 @@ fn assert_first_copies_in_order(records: &[KafkaRecord]) {
             continue;
         }
         let revision: u64 = r.header(headers::REVISION).unwrap().parse().unwrap();
-        let next = seen.entry((r.topic.clone(), r.key.clone())).or_default();
+        let next = seen
+            .entry((r.topic.clone(), r.key.clone()))
+            .or_insert(revision);
         assert_eq!(
             revision,
             *next,
@@ -357,5 +360,52 @@ async fn sigkill_while_the_broker_is_frozen_then_a_restart_loses_nothing_and_dup
         duplicates <= STEP,
         "at most the records after the stored checkpoint come twice: {duplicates}"
     );
+    assert_first_copies_in_order(&records);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_broker_turns_readiness_red_naming_it_and_the_copy_resumes_when_one_returns() {
+    let broker = TansuBroker::start().await;
+    let bootstrap = broker.bootstrap();
+    let source = EsdbServer::start().await.unwrap();
+    let source_client = client(&source.connection_string());
+    let categories = categories();
+    append(&source_client, &categories, 0).await;
+    let w = workdir(&outage_config(&source.connection_string(), &bootstrap));
+    let run = Running::start(&w, &[]).await;
+    wait_copied(&run, STEP).await;
+
+    // Gone, records and all (tansu keeps them in memory), then more to copy.
+    let port = broker.kill();
+    let after = append(&source_client, &categories, STEP).await;
+    let s = run
+        .wait_status("not ready, the target failing", STALL, |s| {
+            s["ready"] == false && s["components"]["target"]["healthy"] == false
+        })
+        .await;
+    assert!(
+        s["problems"].to_string().contains("target failing"),
+        "{s:#}"
+    );
+    assert!(
+        s["components"]["target"]["error"]
+            .to_string()
+            .contains(&bootstrap),
+        "the target's error names the broker: {s:#}"
+    );
+    assert_eq!(run.json("/health/live").await.0, 200);
+
+    // A broker at the same address: the records the producer held go there.
+    let broker = TansuBroker::start_on(port).await;
+    let s = run
+        .wait_status("caught up and ready on the new broker", STALL * 2, |s| {
+            s["caught_up"] == true && s["ready"] == true && s["in_flight"] == 0
+        })
+        .await;
+    println!("restarts after the broker came back: {}", s["restarts"]);
+    run.stop().await;
+    let records = read_topics(&broker.bootstrap(), &categories, after.len());
+    let duplicates = assert_all_there(&records, &after);
+    println!("duplicates on the new broker: {duplicates}");
     assert_first_copies_in_order(&records);
 }

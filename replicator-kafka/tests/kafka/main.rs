@@ -412,3 +412,57 @@ async fn bad_connection_strings_and_topics_are_errors_naming_what_is_wrong() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_back_without_the_producers_state_gets_the_records_from_a_new_producer() {
+    let broker = TansuBroker::start().await;
+    let category = unique("reborn");
+    let mut config = sink(&broker.bootstrap());
+    config.request_timeout = Duration::from_secs(1);
+    config.stall_limit = Duration::from_secs(4);
+    let sink = KafkaSink::new(config).unwrap();
+    let batch = |from: u64| -> Vec<Event> {
+        (from..from + 50)
+            .map(|i| {
+                Event::new(
+                    format!("{category}-{}", i % 5),
+                    "E",
+                    format!(r#"{{"i":{i}}}"#),
+                )
+                .with_revision(i / 5)
+                .with_position(Position::at(i * 10 + 10))
+            })
+            .collect()
+    };
+    let first = batch(0);
+    // The first write also creates the topic: it may take more than a second.
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while sink.write(&first).await.is_err() {}
+    })
+    .await
+    .expect("the first write did not succeed within 60 s");
+    // Killed, then a new empty broker at the same address: the idempotent
+    // producer's id means nothing there, and it would wait forever.
+    let port = broker.kill();
+    let second = batch(50);
+    assert!(sink.write(&second).await.unwrap_err().is_transient());
+    let broker = TansuBroker::start_on(port).await;
+    tokio::time::timeout(Duration::from_secs(120), async {
+        while let Err(e) = sink.write(&second).await {
+            assert!(e.is_transient(), "{e}");
+        }
+    })
+    .await
+    .expect("the records did not reach the new broker within 120 s");
+    let records = read_topics(&broker.bootstrap(), std::slice::from_ref(&category), 50);
+    let ids = by_id(&records);
+    for event in &second {
+        assert_eq!(
+            ids.get(&event.id.to_string()).map_or(0, Vec::len),
+            1,
+            "{}",
+            event.id
+        );
+    }
+    assert_order_per_key(&records);
+}

@@ -77,8 +77,24 @@ impl TansuBroker {
     /// # Panics
     /// Without `TANSU_BIN`, or when it does not listen within 60 s.
     pub async fn start() -> TansuBroker {
+        TansuBroker::start_on(free_port()).await
+    }
+
+    /// Kills it (SIGKILL), as a crashed host; returns its port for
+    /// [`TansuBroker::start_on`]. Its records are gone with it (in memory).
+    pub fn kill(mut self) -> u16 {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.port
+    }
+
+    /// Starts a new, empty broker on `port` (one from [`free_port`], e.g. a
+    /// killed broker's).
+    ///
+    /// # Panics
+    /// Without `TANSU_BIN`, or when it does not listen within 60 s.
+    pub async fn start_on(port: u16) -> TansuBroker {
         let bin = env_file("TANSU_BIN");
-        let port = free_port();
         let url = format!("tcp://127.0.0.1:{port}");
         let log = tempfile_log();
         let child = Command::new(&bin)
