@@ -69,6 +69,8 @@ pub fn unique(prefix: &str) -> String {
 pub struct TansuBroker {
     child: Child,
     port: u16,
+    /// Its log (stderr), removed when it is dropped.
+    log: PathBuf,
 }
 
 impl TansuBroker {
@@ -96,7 +98,9 @@ impl TansuBroker {
     pub async fn start_on(port: u16) -> TansuBroker {
         let bin = env_file("TANSU_BIN");
         let url = format!("tcp://127.0.0.1:{port}");
-        let log = tempfile_log();
+        let log =
+            std::env::temp_dir().join(format!("tansu-test-{}-{port}.log", std::process::id()));
+        let stderr = std::fs::File::create(&log).map_or_else(|_| Stdio::null(), Stdio::from);
         let child = Command::new(&bin)
             .args([
                 "broker",
@@ -109,10 +113,10 @@ impl TansuBroker {
             ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(log)
+            .stderr(stderr)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        let mut broker = TansuBroker { child, port };
+        let mut broker = TansuBroker { child, port, log };
         let pid = broker.child.id();
         super::wait_for(
             "the tansu broker listening",
@@ -162,19 +166,11 @@ impl TansuBroker {
 
 impl Drop for TansuBroker {
     fn drop(&mut self) {
-        // A frozen process ignores SIGKILL's siblings but not SIGKILL itself.
+        // SIGKILL ends even a frozen (SIGSTOPped) broker.
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
     }
-}
-
-fn tempfile_log() -> Stdio {
-    let path = std::env::temp_dir().join(format!(
-        "tansu-test-{}-{}.log",
-        std::process::id(),
-        free_port()
-    ));
-    std::fs::File::create(path).map_or_else(|_| Stdio::null(), Stdio::from)
 }
 
 /// One record as kafka-python read it.
