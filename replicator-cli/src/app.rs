@@ -8,7 +8,8 @@ use anyhow::Context as _;
 use replicator_checkpoint::{chaser, seed_if_empty, FileCheckpointStore, MongoCheckpointStore};
 use replicator_core::secret::ConnectionString;
 use replicator_core::{
-    CheckpointStore, Partitioner, Pipeline, PipelineConfig, PipelineError, RunSummary, Transform,
+    CheckpointStore, Partitioner, Pipeline, PipelineConfig, PipelineError, RunSummary, Sink,
+    Transform,
 };
 use replicator_esdb::cluster::SourceClient;
 use replicator_esdb::tcp::TcpSource;
@@ -16,16 +17,18 @@ use replicator_esdb::{
     EsdbReader, EsdbReaderConfig, EsdbSink, EsdbSinkConfig, RevisionMode, ScavengeFilter,
     TcpReader, TcpReaderConfig, WriteOrder,
 };
+use replicator_kafka::{KafkaSink, KafkaSinkConfig};
 use replicator_transform::filter::Filter;
 use replicator_transform::http::HttpTransform;
-use replicator_transform::js::{JsPartitioner, JsTransform};
+use replicator_transform::js::{JsPartitioner, JsRouter, JsTransform};
 use replicator_transform::original::OriginalMetadata;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::{
-    CheckpointConfig, Config, ReaderProtocol, SeederConfig, StoreConfig, TransformConfig,
+    CheckpointConfig, Config, KafkaConfig, ReaderProtocol, SeederConfig, SinkProtocol, StoreConfig,
+    TransformConfig,
 };
 use crate::status::{Status, StatusServer};
 use crate::time;
@@ -69,6 +72,12 @@ pub(crate) async fn open_store(
 /// # Errors
 /// When a connection string does not parse (named, password hidden).
 pub fn clients(config: &Config) -> anyhow::Result<(SourceClient, eventstore::Client)> {
+    if config.sink.protocol == SinkProtocol::Kafka {
+        anyhow::bail!(
+            "this command reads the target cluster, and replicator.sink.protocol is kafka: it \
+             compares and maps EventStoreDB/KurrentDB targets only"
+        );
+    }
     let client = |key: &str, connection_string: &ConnectionString| {
         replicator_esdb::cluster::client(connection_string)
             .with_context(|| format!("no client for replicator.{key}.connectionString"))
@@ -237,27 +246,63 @@ fn build_pipeline(
     Ok(builder.build())
 }
 
-/// Builds the sink: as many writers as `sink.partitionCount` with stream
-/// order, one with source order; target revisions follow the source's
-/// unless one of `stages` renames streams or leaves out events.
+/// Builds the sink: Kafka for `sink.protocol: kafka`; otherwise the
+/// EventStoreDB sink with as many writers as `sink.partitionCount` with
+/// stream order, one with source order, and target revisions following the
+/// source's unless one of `stages` renames streams or leaves out events.
 ///
 /// # Errors
-/// When the connection string cannot be parsed.
-fn build_sink(config: &Config, stages: &Stages) -> anyhow::Result<EsdbSink> {
-    Ok(EsdbSink::new(EsdbSinkConfig {
-        connection_string: config.sink.connection_string.clone(),
-        partition_count: config.sink.partition_count(),
-        // Target revisions follow source revisions unless a transform
-        // renames streams or leaves out events from the middle of one.
-        revisions: if stages.transforms.iter().all(|t| t.keeps_revisions()) {
-            RevisionMode::FromSource
-        } else {
-            RevisionMode::Tracked
-        },
-        order: config.sink.order,
+/// When the connection string cannot be parsed, or the router not loaded.
+fn build_sink(config: &Config, stages: &Stages) -> anyhow::Result<Arc<dyn Sink>> {
+    if let Some(kafka) = &config.sink.kafka {
+        return Ok(Arc::new(build_kafka_sink(config, kafka)?));
+    }
+    Ok(Arc::new(
+        EsdbSink::new(EsdbSinkConfig {
+            connection_string: config.sink.connection_string.clone(),
+            partition_count: config.sink.partition_count(),
+            // Target revisions follow source revisions unless a transform
+            // renames streams or leaves out events from the middle of one.
+            revisions: if stages.transforms.iter().all(|t| t.keeps_revisions()) {
+                RevisionMode::FromSource
+            } else {
+                RevisionMode::Tracked
+            },
+            order: config.sink.order,
+        })
+        .context("cannot create the sink (replicator.sink)")?
+        .with_request_timeout(config.call_timeout / 2),
+    ))
+}
+
+/// The Kafka sink, with its router loaded; a write waits half the call
+/// deadline for the broker's acknowledgements, so that it fails naming the
+/// broker before the pipeline gives up on the call.
+///
+/// # Errors
+/// A connection string librdkafka refuses, a router that does not load.
+fn build_kafka_sink(config: &Config, kafka: &KafkaConfig) -> anyhow::Result<KafkaSink> {
+    let router = match &kafka.router {
+        Some(path) => Some(Arc::new(
+            JsRouter::from_file(path)
+                .and_then(|r| r.with_in_flight(4))
+                .context("replicator.sink.router")?
+                .with_time_limit(config.call_timeout / 2),
+        )),
+        None => None,
+    };
+    KafkaSink::new(KafkaSinkConfig {
+        router,
+        deletes: kafka.deletes,
+        metadata_headers: kafka.metadata_headers.clone(),
+        request_timeout: config.call_timeout / 2,
+        // Five call deadlines, at least 30 s, without any acknowledgement
+        // while records wait: the producer is stuck (a broker back without
+        // its state), not riding out an outage.
+        stall_limit: (config.call_timeout * 5).max(Duration::from_secs(30)),
+        ..KafkaSinkConfig::new(config.sink.connection_string.clone())
     })
-    .context("cannot create the sink (replicator.sink)")?
-    .with_request_timeout(config.call_timeout / 2))
+    .context("cannot create the Kafka sink (replicator.sink)")
 }
 
 /// `replicator run`: replicates until the source is caught up (with
@@ -285,7 +330,15 @@ pub async fn replicate(config: &Config, cancel: CancellationToken) -> anyhow::Re
         partitioner = ?config.sink.partitioner,
         "Starting replicator"
     );
-    if config.sink.order == WriteOrder::Source
+    if config.sink.protocol == SinkProtocol::Kafka {
+        if config.sink.partition_count.is_some() {
+            info!(
+                "Kafka: one ordered writer with many records in flight keeps each key's order, \
+                 so sink.partitionCount is not used (Kafka partitions are the topics'; the \
+                 record key chooses one)"
+            );
+        }
+    } else if config.sink.order == WriteOrder::Source
         && (config.sink.partition_count.is_some() || config.sink.partitioner.is_some())
     {
         info!(

@@ -38,7 +38,7 @@
 //!    string cannot be parsed with confidence. When it holds an `@`, the whole
 //!    user info before its last `@` is hidden (`***@host:2113`). Otherwise,
 //!    when it holds a `:` that is not followed by a port (digits ending the
-//!    string or followed by `/`, `?` or `,`), everything after that `:` is
+//!    string or followed by `/`, `?`, `,` or `;`), everything after that `:` is
 //!    hidden (`garbage:***`).
 //! 3. **Query parameters** (after the first `?`) whose name holds `pass`,
 //!    `pwd`, `secret`, `token`, `key`, `sig` or `credential` (any case) have
@@ -48,6 +48,10 @@
 //!    the form of a v5 source): the password of a `DefaultUserCredentials`
 //!    setting (the whole value when it has no `:`) is hidden, whatever the case
 //!    and spacing of the key.
+//! 5. **librdkafka settings** (`bootstrap.servers=host:9092;sasl.password=…`,
+//!    the Kafka sink's form): the value of a `key=value` setting whose key is
+//!    a dotted name (letters, digits, `.`, `_`, `-`) holding one of the words
+//!    of rule 3 is hidden (`sasl.password=***`).
 //!
 //! The secrets a [`Scrubber`] looks for in free text are the hidden parts,
 //! as written and percent-decoded, and for rule 2 the part after the user
@@ -330,8 +334,8 @@ fn hidden_parts(text: &str) -> Vec<Hidden> {
         let digits = after
             .find(|c: char| !c.is_ascii_digit())
             .unwrap_or(after.len());
-        let is_port =
-            digits > 0 && (digits == after.len() || after[digits..].starts_with(['/', '?', ',']));
+        let is_port = digits > 0
+            && (digits == after.len() || after[digits..].starts_with(['/', '?', ',', ';']));
         if !is_port && !after.is_empty() {
             parts.push(Hidden {
                 range: colon + 1..text.len(),
@@ -376,6 +380,10 @@ fn settings_parts(text: &str, mut parts: Vec<Hidden>) -> Vec<Hidden> {
                 .filter(|c| !c.is_whitespace())
                 .flat_map(char::to_lowercase)
                 .collect();
+            let dotted = !key.is_empty()
+                && key
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
             if key == "defaultusercredentials" {
                 let value_start = start + key_len(setting, value);
                 let secret = match value.find(':') {
@@ -388,6 +396,15 @@ fn settings_parts(text: &str, mut parts: Vec<Hidden>) -> Vec<Hidden> {
                         user_info: false,
                     });
                 }
+            } else if dotted
+                && SECRET_PARAMETERS.iter().any(|s| key.contains(s))
+                && !value.trim().is_empty()
+            {
+                let value_start = start + key_len(setting, value);
+                parts.push(Hidden {
+                    range: value_start..start + setting.trim_end().len(),
+                    user_info: false,
+                });
             }
         }
         start += setting.len() + 1;
@@ -447,6 +464,23 @@ fn percent_decode(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn librdkafka_secret_settings_are_hidden() {
+        let kafka = "bootstrap.servers=k1:9092,k2:9092;sasl.username=u;sasl.password=pss;acks=all";
+        assert_eq!(
+            shown(kafka),
+            "bootstrap.servers=k1:9092,k2:9092;sasl.username=u;sasl.password=***;acks=all"
+        );
+        assert_eq!(
+            shown("bootstrap.servers=k:9092;ssl.key.password=pw"),
+            "bootstrap.servers=k:9092;ssl.key.password=***"
+        );
+        assert_eq!(
+            shown("bootstrap.servers=k:9092"),
+            "bootstrap.servers=k:9092"
+        );
+    }
+
     #[test]
     fn dotnet_default_user_credentials_are_hidden() {
         let text = ConnectionString::from(

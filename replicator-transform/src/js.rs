@@ -38,6 +38,18 @@
 //! key; anything else (and metadata, deletes and non-JSON events, which are
 //! not given to the script) means the default key, the stream name.
 //!
+//! # The router
+//! The Kafka sink's `sink.router`: the script defines `route`, which is given
+//! `(stream, eventType, data, metadata)` when it declares two or more
+//! parameters (as the C# tool's documentation shows it) and otherwise one
+//! object with `Stream`, `EventType`, `Data`, `Meta` and their camelCase
+//! aliases (as the C# tool's code calls it). It returns `{topic,
+//! partitionKey}`; `null`, `undefined` or a non-object means the default
+//! route (as in the C# tool), and so do events whose data or metadata is not
+//! JSON (not given to the script). A missing `partitionKey` means the stream
+//! name; a blank or non-string `topic`, or a non-string key, is a permanent
+//! error.
+//!
 //! # Concurrency
 //! QuickJS runtimes cannot move between threads, so each engine lives on its
 //! own thread and calls reach it through a channel. The transform runs
@@ -226,8 +238,8 @@ impl Transform for JsTransform {
                 metadata: metadata.map(Bytes::from).unwrap_or_default(),
                 ..event
             }),
-            Ok(Outcome::Key(_)) => Err(TransformError::permanent(
-                "the JavaScript transform got a partition key (a bug)",
+            Ok(Outcome::Key(_) | Outcome::Route(_)) => Err(TransformError::permanent(
+                "the JavaScript transform got a partition key or route (a bug)",
             )),
             Err(message) => Err(TransformError::permanent(format!(
                 "{}: {message}",
@@ -283,6 +295,84 @@ impl Partitioner for JsPartitioner {
             Ok(_) => Ok(None),
             Err(message) => Err(TransformError::permanent(format!(
                 "partitioner {}: {message}",
+                self.path.display()
+            ))),
+        }
+    }
+}
+
+/// Where the Kafka sink's router sends an event: [`JsRouter::route`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// The topic.
+    pub topic: String,
+    /// The record key; `None` when the script gave none (the sink then uses
+    /// the stream name).
+    pub key: Option<String>,
+}
+
+/// The C# tool's Kafka `sink.router`: a script's `route(...)` gives each
+/// event's topic and key. See the [module docs](self).
+pub struct JsRouter {
+    pool: Pool,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for JsRouter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JsRouter")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl JsRouter {
+    /// Loads the script in one engine.
+    ///
+    /// # Errors
+    /// [`JsError`] naming the file: unreadable, a syntax error (with its line),
+    /// an error thrown while loading, or no `route` function.
+    pub fn from_file(path: &Path) -> Result<JsRouter, JsError> {
+        Ok(JsRouter {
+            pool: Pool::start(path, Entry::Route, DEFAULT_TIME_LIMIT)?,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Runs `n` engines (at least 1, at most [`MAX_ENGINES`]), so that a
+    /// batch's events are routed `n` at a time.
+    ///
+    /// # Errors
+    /// [`JsError`] if an engine cannot be started.
+    pub fn with_in_flight(mut self, n: usize) -> Result<JsRouter, JsError> {
+        self.pool.grow_to(n.clamp(1, MAX_ENGINES))?;
+        Ok(self)
+    }
+
+    /// How long one call may run before it is stopped (a permanent error).
+    #[must_use]
+    pub fn with_time_limit(self, limit: Duration) -> JsRouter {
+        self.pool.set_time_limit(limit);
+        self
+    }
+
+    /// How many engines route at once.
+    pub fn concurrency(&self) -> usize {
+        self.pool.size()
+    }
+
+    /// The script's route for `event`, or `None` for the default route (the
+    /// script returned none, or the event is not JSON).
+    ///
+    /// # Errors
+    /// A permanent [`TransformError`] naming the file: the script threw, ran
+    /// too long, or returned a route without a topic.
+    pub async fn route(&self, event: &Event) -> Result<Option<Route>, TransformError> {
+        match self.pool.call(input_of(event)).await {
+            Ok(Outcome::Route(Some((topic, key)))) => Ok(Some(Route { topic, key })),
+            Ok(_) => Ok(None),
+            Err(message) => Err(TransformError::permanent(format!(
+                "router {}: {message}",
                 self.path.display()
             ))),
         }

@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use replicator_core::secret::ConnectionString;
 use replicator_esdb::WriteOrder;
+pub use replicator_kafka::DeleteMode;
 pub use replicator_transform::filter::FilterKind;
 use serde_json::Value;
 
@@ -218,10 +219,39 @@ pub enum ReaderProtocol {
     Tcp,
 }
 
-/// The target cluster.
+/// `sink.protocol`: what the target is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SinkProtocol {
+    /// `grpc` (the default): an EventStoreDB 20+ or KurrentDB cluster.
+    #[default]
+    Grpc,
+    /// `kafka`: Kafka topics (`replicator-kafka`).
+    Kafka,
+}
+
+/// The Kafka sink's settings (`sink.protocol: kafka`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KafkaConfig {
+    /// `sink.router`: a JavaScript file whose `route` gives each event's
+    /// topic and key; `None`: the stream's category and name.
+    pub router: Option<PathBuf>,
+    /// `sink.deletes`: `skip` (the default, as the C# tool) or `tombstone`
+    /// (a null-value record per deleted stream).
+    pub deletes: DeleteMode,
+    /// `sink.metadataHeaders`: top-level keys of JSON metadata also sent as
+    /// headers of their own.
+    pub metadata_headers: Vec<String>,
+}
+
+/// The target.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SinkConfig {
-    /// `sink.connectionString` (printed without its password).
+    /// `sink.protocol`.
+    pub protocol: SinkProtocol,
+    /// The Kafka sink's settings; `None` unless the protocol is `kafka`.
+    pub kafka: Option<KafkaConfig>,
+    /// `sink.connectionString` (printed without its password): an `esdb://`
+    /// URL, or for Kafka librdkafka settings `bootstrap.servers=…;key=value`.
     pub connection_string: ConnectionString,
     /// `sink.partitionCount` as given; see [`SinkConfig::partition_count`].
     pub partition_count: Option<NonZeroUsize>,
@@ -244,9 +274,12 @@ impl SinkConfig {
             .map_or(DEFAULT_PARTITION_COUNT, NonZeroUsize::get)
     }
 
-    /// How many writers write at once: one with source order,
+    /// How many writers write at once: one with source order or Kafka,
     /// [`SinkConfig::partition_count`] with stream order.
     pub fn writers(&self) -> usize {
+        if self.protocol == SinkProtocol::Kafka {
+            return 1;
+        }
         match self.order {
             WriteOrder::Source => 1,
             WriteOrder::Stream => self.partition_count(),

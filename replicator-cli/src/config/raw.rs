@@ -72,7 +72,7 @@ pub(super) struct Reader {
 pub(super) struct Sink {
     /// The target cluster's connection string.
     pub connection_string: Option<String>,
-    /// `grpc` (or absent); `tcp` and `kafka` are unsupported.
+    /// `grpc` (or absent) or `kafka`; `tcp` is unsupported.
     pub protocol: Option<String>,
     /// How many appends may be in flight at once (stream order).
     pub partition_count: Option<u64>,
@@ -84,6 +84,12 @@ pub(super) struct Sink {
     pub buffer_size: Option<u64>,
     /// The C# tool's OAuth settings (unsupported).
     pub auth: Option<Value>,
+    /// Kafka: the JavaScript file whose `route` gives topic and key.
+    pub router: Option<String>,
+    /// Ours, Kafka: `skip` (the default) or `tombstone`.
+    pub deletes: Option<String>,
+    /// Ours, Kafka: top-level metadata keys sent as headers.
+    pub metadata_headers: Option<Value>,
 }
 
 /// `replicator.transform`.

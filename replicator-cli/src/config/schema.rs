@@ -36,6 +36,11 @@ const SINK: &[(&str, Node)] = &[
     ("partitioner", Node::Str),
     ("bufferSize", Node::Int),
     ("auth", Node::Any),
+    // The Kafka sink: the C# tool's route script, and ours: what a deleted
+    // stream becomes, and metadata keys sent as headers.
+    ("router", Node::Str),
+    ("deletes", Node::Str),
+    ("metadataHeaders", Node::Any),
 ];
 const TRANSFORM: &[(&str, Node)] = &[
     ("type", Node::Str),

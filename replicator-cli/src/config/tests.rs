@@ -223,8 +223,16 @@ fn each_unsupported_key_is_an_error_naming_it() {
          "replicator.reader.protocol", "udp"),
         ("  reader:\n    connectionString: ConnectTo=tcp://a:1113\n    protocol: tcp\n    pageSize: 5000\n  sink:\n    connectionString: esdb://b\n",
          "replicator.reader.pageSize", "4096"),
+        ("  reader:\n    connectionString: esdb://a\n  sink:\n    connectionString: esdb://b\n    protocol: amqp\n",
+         "replicator.sink.protocol", "amqp"),
         ("  reader:\n    connectionString: esdb://a\n  sink:\n    connectionString: esdb://b\n    protocol: kafka\n",
-         "replicator.sink.protocol", "kafka"),
+         "replicator.sink.connectionString", "key=value"),
+        ("  reader:\n    connectionString: esdb://a\n  sink:\n    connectionString: bootstrap.servers=k:9092\n    protocol: kafka\n    order: stream\n",
+         "replicator.sink.order", "kafka"),
+        ("  reader:\n    connectionString: esdb://a\n  sink:\n    connectionString: bootstrap.servers=k:9092\n    protocol: kafka\n    deletes: purge\n",
+         "replicator.sink.deletes", "tombstone"),
+        ("  reader:\n    connectionString: esdb://a\n  sink:\n    connectionString: esdb://b\n    router: r.js\n",
+         "replicator.sink.router", "kafka"),
         ("  reader:\n    connectionString: esdb://a\n  sink:\n    connectionString: esdb://b\n    protocol: tcp\n",
          "replicator.sink.protocol", "tcp"),
         ("  reader:\n    connectionString: esdb://a\n    auth:\n      type: oauthClientCredentials\n  sink:\n    connectionString: esdb://b\n",
@@ -443,7 +451,7 @@ fn environment_errors_name_the_variable() {
 
 #[test]
 fn an_unsupported_value_from_the_environment_names_the_variable() {
-    let err = load_env(MINIMAL, &[("REPLICATOR_SINK_PROTOCOL", "kafka")]).unwrap_err();
+    let err = load_env(MINIMAL, &[("REPLICATOR_SINK_PROTOCOL", "amqp")]).unwrap_err();
     let msg = err.to_string();
     assert!(msg.contains("replicator.sink.protocol"), "{msg}");
     assert!(msg.contains("REPLICATOR_SINK_PROTOCOL"), "{msg}");
@@ -718,4 +726,67 @@ fn the_tcp_reader_is_configured_with_its_page_size() {
     let c = load(MINIMAL).unwrap();
     assert_eq!(c.reader.protocol, super::ReaderProtocol::Grpc);
     assert_eq!(c.reader.page_size.get(), 1024);
+}
+
+#[test]
+fn the_csharp_kafka_sink_configuration_loads_as_written() {
+    // The example of the C# tool's docs (sinks.mdx), key spellings as there.
+    let c = load(
+        "
+replicator:
+  reader:
+    connectionString: esdb+discover://admin:changeit@xyz.mesb.eventstore.cloud
+    protocol: grpc
+  sink:
+    connectionString: bootstrap.servers=localhost:9092;sasl.password=hush
+    protocol: kafka
+    partitionCount: 10
+    router: ./config/route.js
+",
+    )
+    .unwrap();
+    assert_eq!(c.sink.protocol, super::SinkProtocol::Kafka);
+    assert_eq!(c.sink.writers(), 1);
+    let kafka = c.sink.kafka.as_ref().unwrap();
+    assert_eq!(
+        kafka.router.as_deref(),
+        Some(Path::new("./config/route.js"))
+    );
+    assert_eq!(kafka.deletes, super::DeleteMode::Skip);
+    assert!(kafka.metadata_headers.is_empty());
+    assert_eq!(
+        c.sink.connection_string.to_string(),
+        "bootstrap.servers=localhost:9092;sasl.password=***"
+    );
+
+    let c = load_env(
+        "
+replicator:
+  reader:
+    connectionString: esdb://a
+  sink:
+    connectionString: bootstrap.servers=k:9092
+    protocol: Kafka
+    deletes: tombstone
+    metadataHeaders: [tenant, correlationId]
+",
+        &[],
+    )
+    .unwrap();
+    let kafka = c.sink.kafka.unwrap();
+    assert_eq!(kafka.deletes, super::DeleteMode::Tombstone);
+    assert_eq!(kafka.metadata_headers, ["tenant", "correlationId"]);
+    let c = load_env(
+        MINIMAL,
+        &[
+            ("REPLICATOR_SINK_PROTOCOL", "kafka"),
+            (
+                "REPLICATOR_SINK_CONNECTIONSTRING",
+                "bootstrap.servers=k:9092",
+            ),
+            ("REPLICATOR_SINK_METADATAHEADERS", "a, b"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.sink.kafka.unwrap().metadata_headers, ["a", "b"]);
 }

@@ -9,8 +9,9 @@ use serde_json::Value;
 
 use super::raw;
 use super::{
-    CheckpointConfig, Config, ConfigError, FilterConfig, FilterKind, HttpConfig, ReaderConfig,
-    ReaderProtocol, SeederConfig, SinkConfig, StoreConfig, TransformConfig, DEFAULT_HTTP_LISTEN,
+    CheckpointConfig, Config, ConfigError, DeleteMode, FilterConfig, FilterKind, HttpConfig,
+    KafkaConfig, ReaderConfig, ReaderProtocol, SeederConfig, SinkConfig, SinkProtocol, StoreConfig,
+    TransformConfig, DEFAULT_HTTP_LISTEN,
 };
 use replicator_core::secret::ConnectionString;
 use replicator_esdb::WriteOrder;
@@ -114,50 +115,7 @@ fn validate(r: raw::Replicator) -> Result<Config, ConfigError> {
         ));
     }
 
-    let sink = r.sink.unwrap_or_default();
-    if let Some(p) = is_grpc(sink.protocol.as_deref()) {
-        return Err(ConfigError::key(
-            "replicator.sink.protocol",
-            format!(
-                "{p:?} is not supported: only `grpc` (EventStoreDB/KurrentDB) is; \
-                 the TCP and Kafka writers are not"
-            ),
-        ));
-    }
-    if is_set(&sink.auth) {
-        return Err(ConfigError::key(
-            "replicator.sink.auth",
-            "not supported: put the credentials in sink.connectionString (user:password@host)",
-        ));
-    }
-    let sink = SinkConfig {
-        connection_string: required(sink.connection_string, "replicator.sink.connectionString")?
-            .into(),
-        partition_count: match sink.partition_count {
-            None => None,
-            v => Some(positive_usize(v, 1, "replicator.sink.partitionCount")?),
-        },
-        order: match sink.order.as_deref().map(str::trim) {
-            None | Some("") => WriteOrder::Source,
-            Some(v) if v.eq_ignore_ascii_case("source") => WriteOrder::Source,
-            Some(v) if v.eq_ignore_ascii_case("stream") => WriteOrder::Stream,
-            Some(v) => {
-                return Err(ConfigError::key(
-                    "replicator.sink.order",
-                    format!(
-                        "{v:?} is not an order: `source` (the default: the target's $all in \
-                         the source's order) or `stream` (only each stream's order, written \
-                         by partitionCount concurrent writers)"
-                    ),
-                ))
-            }
-        },
-        buffer_size: positive_usize(sink.buffer_size, 1000, "replicator.sink.bufferSize")?,
-        partitioner: sink
-            .partitioner
-            .filter(|p| !p.trim().is_empty())
-            .map(PathBuf::from),
-    };
+    let sink = validate_sink(r.sink.unwrap_or_default())?;
 
     let filters = validate_filters(r.filters.unwrap_or_default())?;
     let transform = validate_transform(r.transform.unwrap_or_default())?;
@@ -186,6 +144,157 @@ fn validate(r: raw::Replicator) -> Result<Config, ConfigError> {
         filters,
         scavenge: r.scavenge.unwrap_or(false),
         transform,
+    })
+}
+
+fn validate_sink(sink: raw::Sink) -> Result<SinkConfig, ConfigError> {
+    let protocol = match is_grpc(sink.protocol.as_deref()).map(str::trim) {
+        None => SinkProtocol::Grpc,
+        Some(p) if p.eq_ignore_ascii_case("kafka") => SinkProtocol::Kafka,
+        Some(p) => {
+            return Err(ConfigError::key(
+                "replicator.sink.protocol",
+                format!(
+                    "{p:?} is not supported: use grpc (the default: EventStoreDB/KurrentDB) \
+                     or kafka; the TCP writer is not supported"
+                ),
+            ))
+        }
+    };
+    if is_set(&sink.auth) {
+        return Err(ConfigError::key(
+            "replicator.sink.auth",
+            "not supported: put the credentials in sink.connectionString (user:password@host)",
+        ));
+    }
+    let connection_string = required(sink.connection_string, "replicator.sink.connectionString")?;
+    let router = sink
+        .router
+        .filter(|p| !p.trim().is_empty())
+        .map(PathBuf::from);
+    let kafka = match protocol {
+        SinkProtocol::Grpc => {
+            for (set, key) in [
+                (router.is_some(), "replicator.sink.router"),
+                (sink.deletes.is_some(), "replicator.sink.deletes"),
+                (
+                    is_set(&sink.metadata_headers),
+                    "replicator.sink.metadataHeaders",
+                ),
+            ] {
+                if set {
+                    return Err(ConfigError::key(
+                        key,
+                        "only applies to sink.protocol kafka, but the protocol is grpc",
+                    ));
+                }
+            }
+            None
+        }
+        SinkProtocol::Kafka => {
+            replicator_kafka::parse_settings(&connection_string).map_err(|e| {
+                ConfigError::key(
+                    "replicator.sink.connectionString",
+                    format!(
+                        "{} (for sink.protocol kafka: librdkafka settings as key=value pairs \
+                         separated by `;`, e.g. bootstrap.servers=kafka:9092;linger.ms=10)",
+                        error_chain(&e).trim_start_matches("sink.connectionString: ")
+                    ),
+                )
+            })?;
+            if sink.order.as_deref().is_some_and(|o| !o.trim().is_empty()) {
+                return Err(ConfigError::key(
+                    "replicator.sink.order",
+                    "does not apply to sink.protocol kafka: the Kafka sink keeps the source's \
+                     order per record key through one writer",
+                ));
+            }
+            if sink
+                .partitioner
+                .as_deref()
+                .is_some_and(|p| !p.trim().is_empty())
+            {
+                return Err(ConfigError::key(
+                    "replicator.sink.partitioner",
+                    "does not apply to sink.protocol kafka: use sink.router to choose each \
+                     event's topic and key",
+                ));
+            }
+            let deletes = match sink.deletes.as_deref().map(str::trim) {
+                None | Some("") => DeleteMode::Skip,
+                Some(d) if d.eq_ignore_ascii_case("skip") => DeleteMode::Skip,
+                Some(d) if d.eq_ignore_ascii_case("tombstone") => DeleteMode::Tombstone,
+                Some(d) => {
+                    return Err(ConfigError::key(
+                        "replicator.sink.deletes",
+                        format!(
+                            "{d:?} is not a choice: skip (the default: deleted streams send \
+                             nothing) or tombstone (a null-value record per deleted stream)"
+                        ),
+                    ))
+                }
+            };
+            let metadata_headers = match sink.metadata_headers {
+                None | Some(Value::Null) => Vec::new(),
+                Some(Value::String(s)) => s
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|k| !k.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+                Some(Value::Array(keys)) => keys
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, k)| match k {
+                        Value::String(k) if !k.trim().is_empty() => Ok(k),
+                        other => Err(ConfigError::key(
+                            format!("replicator.sink.metadataHeaders[{i}]"),
+                            format!("{other} is not a metadata key (a non-empty string)"),
+                        )),
+                    })
+                    .collect::<Result<_, _>>()?,
+                Some(other) => {
+                    return Err(ConfigError::key(
+                        "replicator.sink.metadataHeaders",
+                        format!("{other} is not a list of metadata keys"),
+                    ))
+                }
+            };
+            Some(KafkaConfig {
+                router: router.clone(),
+                deletes,
+                metadata_headers,
+            })
+        }
+    };
+    Ok(SinkConfig {
+        protocol,
+        kafka,
+        connection_string: connection_string.into(),
+        partition_count: match sink.partition_count {
+            None => None,
+            v => Some(positive_usize(v, 1, "replicator.sink.partitionCount")?),
+        },
+        order: match sink.order.as_deref().map(str::trim) {
+            None | Some("") => WriteOrder::Source,
+            Some(v) if v.eq_ignore_ascii_case("source") => WriteOrder::Source,
+            Some(v) if v.eq_ignore_ascii_case("stream") => WriteOrder::Stream,
+            Some(v) => {
+                return Err(ConfigError::key(
+                    "replicator.sink.order",
+                    format!(
+                        "{v:?} is not an order: `source` (the default: the target's $all in \
+                         the source's order) or `stream` (only each stream's order, written \
+                         by partitionCount concurrent writers)"
+                    ),
+                ))
+            }
+        },
+        buffer_size: positive_usize(sink.buffer_size, 1000, "replicator.sink.bufferSize")?,
+        partitioner: sink
+            .partitioner
+            .filter(|p| !p.trim().is_empty())
+            .map(PathBuf::from),
     })
 }
 

@@ -3,7 +3,7 @@
 //! `run` against in-process servers (here, and killed mid-copy in
 //! [`restart`], following the source live in [`live`], through its status
 //! server in [`status`], through outages of the source, the target and the
-//! checkpoint store in [`outages`]), and `demo`.
+//! checkpoint store in [`outages`], into Kafka in [`kafka`]), and `demo`.
 //!
 //! The `run` tests replicate between real clusters instead when
 //! `ESDB_SOURCE_URL` and/or `ESDB_TARGET_URL` hold connection strings (see
@@ -16,6 +16,7 @@
 mod demo;
 mod deploy;
 mod filters;
+mod kafka;
 mod live;
 mod map_position;
 mod order;
@@ -213,7 +214,7 @@ fn run_rejects_an_unknown_key_by_its_full_path() {
 #[test]
 fn an_unsupported_value_from_the_environment_names_the_variable() {
     let w = Workdir::with_config("");
-    let o = w.run(&["run"], &[("REPLICATOR_SINK_PROTOCOL", "kafka")]);
+    let o = w.run(&["run"], &[("REPLICATOR_SINK_PROTOCOL", "amqp")]);
     assert_fails_naming(
         &o,
         &["replicator.sink.protocol", "REPLICATOR_SINK_PROTOCOL"],

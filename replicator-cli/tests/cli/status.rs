@@ -126,6 +126,12 @@ impl Running {
         }
     }
 
+    /// Kills it with SIGKILL, as a crash or an OOM kill would, and waits
+    /// for it to be gone.
+    pub(crate) async fn kill(mut self) {
+        self.child.kill().await.unwrap();
+    }
+
     /// Sends SIGTERM and expects a clean exit.
     pub(crate) async fn stop(mut self) {
         let pid = self.child.id().unwrap().to_string();

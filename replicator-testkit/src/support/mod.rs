@@ -1,8 +1,9 @@
 //! What the workspace's tests share beyond the server: waiting for a
 //! condition, a client from a connection string, the end of `$all`, a v5
 //! transaction over the TCP service ([`TcpTransaction`]), the independent
-//! TCP client ([`node`]), and (with the `mongo` feature) a MongoDB-protocol
-//! server of a test's own.
+//! TCP client ([`node`]), (with the `mongo` feature) a MongoDB-protocol
+//! server of a test's own, and a Kafka-protocol broker and an independent
+//! consumer ([`kafka`]).
 //!
 //! Every wait here is bounded: a condition not met by its deadline fails the
 //! test naming what it waited for, so a stall fails instead of hanging, and
@@ -22,6 +23,7 @@
 //! # }
 //! ```
 
+pub mod kafka;
 #[cfg(feature = "mongo")]
 pub mod mongo;
 pub mod node;

@@ -48,6 +48,7 @@ const CALLERS: &str = r#"
 (function (g) {
   const userTransform = typeof transform === "function" ? transform : undefined;
   const userPartition = typeof partition === "function" ? partition : undefined;
+  const userRoute = typeof route === "function" ? route : undefined;
   // 0: not JSON (the event passes unchanged); 1: dropped; a string: what is
   // wrong with the result; an array: [stream, eventType, data, meta|null].
   g.__replicator_transform = function (stream, eventType, data, meta, created) {
@@ -91,6 +92,33 @@ const CALLERS: &str = r#"
     });
     return typeof r === "string" ? r : null;
   };
+  // The Kafka sink's router. 0: not JSON (the default route); null: the
+  // default route; a string: what is wrong with the result; an array:
+  // [topic, partitionKey|null]. The C# tool's docs declare
+  // route(stream, eventType, data, metadata) while its code passes one
+  // object, so a function declaring two or more parameters gets the four
+  // values and any other the object.
+  g.__replicator_route = function (stream, eventType, data, meta) {
+    let d, m = null;
+    try {
+      d = JSON.parse(data);
+      if (meta !== null && meta !== undefined) m = JSON.parse(meta);
+    } catch (e) {
+      return 0;
+    }
+    const r = userRoute.length >= 2
+      ? userRoute(stream, eventType, d, m)
+      : userRoute({
+          Stream: stream, EventType: eventType, Data: d, Meta: m,
+          stream: stream, eventType: eventType, data: d, meta: m,
+        });
+    if (r === null || r === undefined || typeof r !== "object") return null;
+    const t = r.topic !== undefined ? r.topic : r.Topic;
+    const k = r.partitionKey !== undefined ? r.partitionKey : r.PartitionKey;
+    if (typeof t !== "string" || t.trim() === "") return "route() returned no topic (it must be a non-blank string; got " + JSON.stringify(t) + ")";
+    if (k !== undefined && k !== null && typeof k !== "string") return "route() returned a partitionKey that is not a string (got " + JSON.stringify(k) + ")";
+    return [t, k === undefined ? null : k];
+  };
 })(globalThis);
 "#;
 
@@ -99,6 +127,7 @@ const CALLERS: &str = r#"
 pub(crate) enum Entry {
     Transform,
     Partition,
+    Route,
 }
 
 impl Entry {
@@ -106,6 +135,7 @@ impl Entry {
         match self {
             Entry::Transform => "transform",
             Entry::Partition => "partition",
+            Entry::Route => "route",
         }
     }
 
@@ -113,6 +143,7 @@ impl Entry {
         match self {
             Entry::Transform => "__replicator_transform",
             Entry::Partition => "__replicator_partition",
+            Entry::Route => "__replicator_route",
         }
     }
 }
@@ -142,6 +173,9 @@ pub(crate) enum Outcome {
     },
     /// `partition` returned a string (`Some`) or something else (`None`).
     Key(Option<String>),
+    /// `route` returned a topic and maybe a key (`Some`), or no route
+    /// (`None`: the default one).
+    Route(Option<(String, Option<String>)>),
 }
 
 /// A QuickJS runtime with the script loaded. Lives on one thread.
@@ -273,7 +307,7 @@ impl Engine {
                         created,
                     ))
                 }
-                Entry::Partition => caller.call((
+                Entry::Partition | Entry::Route => caller.call((
                     input.stream.as_str(),
                     input.event_type.as_str(),
                     data,
@@ -307,6 +341,17 @@ fn read_outcome(entry: Entry, value: &Value<'_>) -> Result<Outcome, String> {
         Entry::Partition => Ok(Outcome::Key(
             value.as_string().and_then(|s| s.to_string().ok()),
         )),
+        Entry::Route => {
+            if let Some(problem) = value.as_string() {
+                return Err(problem.to_string().map_err(|e| e.to_string())?);
+            }
+            let Some(array) = value.as_array() else {
+                return Ok(Outcome::Route(None));
+            };
+            let topic: String = array.get(0).map_err(|e| e.to_string())?;
+            let key: Option<String> = array.get(1).map_err(|e| e.to_string())?;
+            Ok(Outcome::Route(Some((topic, key))))
+        }
         Entry::Transform => {
             if value.as_int() == Some(1) {
                 return Ok(Outcome::Dropped);

@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 use replicator_core::{ChangeKind, ContentType, Partitioner, SkipReason, Transform};
-use replicator_transform::js::{JsError, JsPartitioner, JsTransform};
+use replicator_transform::js::{JsError, JsPartitioner, JsRouter, JsTransform, Route};
 
 use crate::support::{capture_log, captured_log, event, script};
 
@@ -422,5 +422,83 @@ async fn the_partitioner_works_from_inside_the_runtime_and_reports_script_errors
         err.message().contains("TypeError") && err.message().contains("line 2"),
         "{}",
         err.message()
+    );
+}
+
+#[tokio::test]
+async fn the_router_takes_the_documented_four_arguments_or_one_object() {
+    // The C# tool's docs declare four parameters; its code passes one object.
+    let four = script(
+        "route4.js",
+        r#"
+function route(stream, eventType, data, meta) {
+  if (eventType === "Default") return null;
+  if (eventType === "NoKey") return { topic: "t-" + data.n };
+  return { topic: "all-" + stream.split("-")[0], partitionKey: meta.tenant };
+}"#,
+    );
+    let r = JsRouter::from_file(&four.path).unwrap();
+    let route = |topic: &str, key: Option<&str>| {
+        Some(Route {
+            topic: topic.into(),
+            key: key.map(Into::into),
+        })
+    };
+    let e = event(
+        "orders-1",
+        0,
+        "Placed",
+        r#"{"n":1}"#,
+        r#"{"tenant":"acme"}"#,
+    );
+    assert_eq!(
+        r.route(&e).await.unwrap(),
+        route("all-orders", Some("acme"))
+    );
+    let e = event("orders-1", 1, "NoKey", r#"{"n":2}"#, "");
+    assert_eq!(r.route(&e).await.unwrap(), route("t-2", None));
+    let e = event("orders-1", 2, "Default", "{}", "");
+    assert_eq!(r.route(&e).await.unwrap(), None);
+    // Not JSON: the script cannot see it, so the default route.
+    let e = event("orders-1", 3, "Placed", "not json", "");
+    assert_eq!(r.route(&e).await.unwrap(), None);
+
+    let one = script(
+        "route1.js",
+        "function route(e) { return { topic: e.EventType, partitionKey: e.Stream + '/' + e.data.n }; }",
+    );
+    let r = JsRouter::from_file(&one.path).unwrap();
+    let e = event("orders-1", 0, "Placed", r#"{"n":7}"#, "");
+    assert_eq!(
+        r.route(&e).await.unwrap(),
+        route("Placed", Some("orders-1/7"))
+    );
+}
+
+#[tokio::test]
+async fn a_route_without_a_topic_is_an_error_naming_the_file() {
+    let s = script(
+        "bad-route.js",
+        "function route(e) { return { partitionKey: 'k' }; }",
+    );
+    let r = JsRouter::from_file(&s.path).unwrap();
+    let err = r.route(&event("s-1", 0, "T", "{}", "")).await.unwrap_err();
+    assert!(!err.is_transient());
+    assert!(
+        err.message().contains("bad-route.js") && err.message().contains("no topic"),
+        "{}",
+        err.message()
+    );
+    let none = script("no-route.js", "function partition(e) { return 'x'; }");
+    let err = JsRouter::from_file(&none.path).err().unwrap();
+    assert!(
+        matches!(
+            err,
+            JsError::NoFunction {
+                function: "route",
+                ..
+            }
+        ),
+        "{err}"
     );
 }
