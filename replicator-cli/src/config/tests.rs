@@ -193,7 +193,10 @@ fn the_stream_store_is_kept_in_the_target() {
     // The target's connection string, as an environment variable sets it.
     let c = load_env(
         &with("  checkpoint:\n    type: Stream\n    instanceId: blue\n"),
-        &[("REPLICATOR_SINK_CONNECTIONSTRING", "esdb://admin:pw@elsewhere:2113")],
+        &[(
+            "REPLICATOR_SINK_CONNECTIONSTRING",
+            "esdb://admin:pw@elsewhere:2113",
+        )],
     )
     .unwrap();
     assert_eq!(
@@ -210,12 +213,16 @@ fn the_stream_store_is_kept_in_the_target() {
 
 #[test]
 fn the_stream_store_takes_no_path_nor_database() {
-    let (key, msg) = key_err(&with("  checkpoint:\n    type: stream\n    path: ./checkpoint\n"));
+    let (key, msg) = key_err(&with(
+        "  checkpoint:\n    type: stream\n    path: ./checkpoint\n",
+    ));
     assert_eq!(key, "replicator.checkpoint.path");
     assert!(msg.contains("sink.connectionString"), "{msg}");
     let (key, _) = key_err(&with("  checkpoint:\n    type: stream\n    database: x\n"));
     assert_eq!(key, "replicator.checkpoint.database");
-    let (key, _) = key_err(&with("  checkpoint:\n    type: stream\n    instanceId: ' '\n"));
+    let (key, _) = key_err(&with(
+        "  checkpoint:\n    type: stream\n    instanceId: ' '\n",
+    ));
     assert_eq!(key, "replicator.checkpoint.instanceId");
     let (key, msg) = key_err(&with("  checkpoint:\n    type: volume\n"));
     assert_eq!(key, "replicator.checkpoint.type");

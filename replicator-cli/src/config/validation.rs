@@ -169,7 +169,8 @@ fn validate(r: raw::Replicator) -> Result<Config, ConfigError> {
     let filters = validate_filters(r.filters.unwrap_or_default())?;
     let transform = validate_transform(r.transform.unwrap_or_default())?;
 
-    let checkpoint = validate_checkpoint(r.checkpoint.unwrap_or_default(), &sink.connection_string)?;
+    let checkpoint =
+        validate_checkpoint(r.checkpoint.unwrap_or_default(), &sink.connection_string)?;
     let http = validate_http(r.http.unwrap_or_default())?;
 
     Ok(Config {
@@ -342,7 +343,11 @@ fn validate_checkpoint(
     let kind = c.kind.as_deref().unwrap_or("file");
     let store = if kind.eq_ignore_ascii_case("file") {
         for (set, key, applies) in [
-            (c.database.is_some(), "replicator.checkpoint.database", "mongo"),
+            (
+                c.database.is_some(),
+                "replicator.checkpoint.database",
+                "mongo",
+            ),
             (
                 c.instance_id.is_some(),
                 "replicator.checkpoint.instanceId",
