@@ -1,8 +1,9 @@
 //! The checkpoint kept in a stream of the target (`checkpoint.type: stream`)
 //! against the in-process server: the store contract
 //! ([`check_store`]), one writer per stream, never backwards, `$maxCount`,
-//! the start-up check, and a frozen or stopped target as a transient error
-//! within the request deadline.
+//! the start-up check, a frozen or stopped target as a transient error
+//! within the request deadline, and a reader of the target as a source
+//! skipping the checkpoint stream.
 
 use std::time::{Duration, SystemTime};
 
@@ -194,5 +195,53 @@ async fn a_frozen_or_stopped_target_is_a_transient_error_within_the_deadline() {
     assert_eq!(
         store.load().await.unwrap().unwrap().source,
         Position::at(4_000)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_of_the_target_as_a_source_skips_the_checkpoint_stream() {
+    use futures::StreamExt as _;
+    use replicator_core::{ChangeKind, Reader as _, StartFrom};
+    use replicator_esdb::{EsdbReader, EsdbReaderConfig};
+
+    let server = EsdbServer::start().await.unwrap();
+    let store = store(&server, "next-hop");
+    store.store(&at(1_000)).await.unwrap();
+    client(&server.connection_string())
+        .append_to_stream(
+            "orders-1",
+            &Default::default(),
+            eventstore::EventData::binary("Placed", vec![1].into()),
+        )
+        .await
+        .unwrap();
+    store.store(&at(2_000)).await.unwrap();
+
+    let mut reader = EsdbReader::new(EsdbReaderConfig {
+        run_continuously: false,
+        ..EsdbReaderConfig::new(server.connection_string())
+    })
+    .unwrap();
+    let records: Vec<_> = reader
+        .read(StartFrom::Beginning)
+        .await
+        .unwrap()
+        .map(|record| record.unwrap())
+        .collect()
+        .await;
+    let copied: Vec<_> = records
+        .iter()
+        .filter(|r| !matches!(r.kind, ChangeKind::Skip(_)))
+        .map(|r| r.stream.as_str())
+        .collect();
+    assert_eq!(copied, ["orders-1"], "{records:#?}");
+    // The checkpoint events and their metadata were read, and skipped.
+    assert!(
+        records
+            .iter()
+            .filter(|r| r.stream.contains(CHECKPOINT_STREAM_PREFIX))
+            .count()
+            >= 3,
+        "{records:#?}"
     );
 }
