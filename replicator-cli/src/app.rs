@@ -15,7 +15,7 @@ use replicator_esdb::cluster::SourceClient;
 use replicator_esdb::tcp::TcpSource;
 use replicator_esdb::{
     EsdbReader, EsdbReaderConfig, EsdbSink, EsdbSinkConfig, RevisionMode, ScavengeFilter,
-    TcpReader, TcpReaderConfig, WriteOrder,
+    StreamCheckpointStore, TcpReader, TcpReaderConfig, WriteOrder,
 };
 use replicator_kafka::{KafkaSink, KafkaSinkConfig};
 use replicator_transform::filter::Filter;
@@ -42,16 +42,41 @@ pub fn load_config(path: &Path) -> anyhow::Result<Config> {
     Config::load(path).with_context(|| format!("cannot load the configuration {}", path.display()))
 }
 
-/// Opens the configured checkpoint store. The MongoDB store connects and reads
-/// its document now, so bad credentials surface at start-up.
+/// Opens the configured checkpoint store for a one-shot command: as
+/// [`open_store_within`] with the default call deadline.
 ///
 /// # Errors
-/// When the MongoDB store cannot be reached or used.
+/// As [`open_store_within`].
 pub(crate) async fn open_store(
     config: &CheckpointConfig,
 ) -> anyhow::Result<Arc<dyn CheckpointStore>> {
+    open_store_within(config, DEFAULT_CALL_TIMEOUT).await
+}
+
+/// `callTimeoutInSeconds`' default, for commands that open a store alone.
+const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Opens the configured checkpoint store. The MongoDB store connects and reads
+/// its document now, so bad credentials surface at start-up. Each request of
+/// the stream store gets half of `call_timeout`, as the sink's do.
+///
+/// # Errors
+/// When the MongoDB store cannot be reached or used, or the target's
+/// connection string does not parse for the stream store.
+pub(crate) async fn open_store_within(
+    config: &CheckpointConfig,
+    call_timeout: Duration,
+) -> anyhow::Result<Arc<dyn CheckpointStore>> {
     Ok(match &config.store {
         StoreConfig::File { path } => Arc::new(FileCheckpointStore::new(path)),
+        StoreConfig::Stream {
+            connection_string,
+            instance_id,
+        } => Arc::new(
+            StreamCheckpointStore::new(connection_string.clone(), instance_id)
+                .with_context(|| format!("cannot open the checkpoint store ({})", config.store))?
+                .with_request_timeout(call_timeout / 2),
+        ),
         StoreConfig::Mongo {
             connection_string,
             database,
@@ -372,7 +397,7 @@ async fn run_pipelines(
     progress: &watch::Sender<replicator_core::Progress>,
     status: &Status,
 ) -> anyhow::Result<RunSummary> {
-    let store = open_store(&config.checkpoint).await?;
+    let store = open_store_within(&config.checkpoint, config.call_timeout).await?;
     seed(&*store, config.checkpoint.seeder.as_ref()).await?;
     loop {
         let stages = build_stages(config)?;

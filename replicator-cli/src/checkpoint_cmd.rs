@@ -36,7 +36,7 @@ fn csharp_file(store: &StoreConfig) -> bool {
         StoreConfig::File { path } => std::fs::read(path)
             .map(|b| !String::from_utf8_lossy(&b).trim_start().starts_with('{'))
             .unwrap_or(false),
-        StoreConfig::Mongo { .. } => false,
+        StoreConfig::Mongo { .. } | StoreConfig::Stream { .. } => false,
     }
 }
 
@@ -137,6 +137,14 @@ pub async fn seed(config: &Config, chaser_path: &Path, force: bool) -> anyhow::R
     let store = open_store(&config.checkpoint).await?;
     let what = format!("{}", config.checkpoint.store);
     if force {
+        if matches!(config.checkpoint.store, StoreConfig::Stream { .. }) {
+            // The stream store refuses to move a checkpoint it reads
+            // backwards; a delete first says that this one is meant to.
+            store
+                .delete()
+                .await
+                .with_context(|| format!("cannot replace the checkpoint ({what})"))?;
+        }
         store
             .store(&Checkpoint::seeded(position))
             .await

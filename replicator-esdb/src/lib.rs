@@ -16,6 +16,8 @@
 //! - [`ScavengeFilter`] leaves out the events a scavenge of the source would
 //!   remove (`replicator.scavenge: true`), from the source's stream metadata
 //!   read once ahead and kept current.
+//! - [`StreamCheckpointStore`] keeps the checkpoint in a stream of the
+//!   target cluster (`checkpoint.type: stream`), one per instance id.
 //! - [`cluster`] is how each of them, and the CLI's commands, reach a
 //!   cluster: a client from a connection string, the head of `$all`, our
 //!   positions to and from the client's, and [`cluster::ClusterRead`], the
@@ -39,6 +41,7 @@
 //! ```
 #![warn(missing_docs)]
 
+mod checkpoint;
 mod classify;
 pub mod cluster;
 mod connection;
@@ -53,6 +56,10 @@ pub mod tcp;
 pub mod verify;
 mod wire;
 
+pub use checkpoint::{
+    StreamCheckpointStore, CHECKPOINT_EVENT_TYPE, CHECKPOINT_MAX_COUNT, CHECKPOINT_STREAM_PREFIX,
+    DELETED_EVENT_TYPE,
+};
 pub use classify::{
     classify, to_event, LINK_EVENT_TYPE, METADATA_EVENT_TYPE, SOFT_DELETE_TRUNCATE_BEFORE,
     TOMBSTONE_EVENT_TYPE,

@@ -19,6 +19,15 @@
 //!   without anonymous stream access (not checked against every server version).
 //!   `ServerFeatures` and `Gossip` need no credentials (clients call them to
 //!   connect).
+//! - **Bearer tokens** (KurrentDB's OAuth authentication): with
+//!   [`ServerOptions::bearer_tokens`](crate::ServerOptions::bearer_tokens), an
+//!   `authorization: Bearer <token>` header names the user its token was
+//!   accepted for ([`BearerTokens::accept`]); a token never accepted or since
+//!   revoked ([`BearerTokens::revoke`], how a test expires one mid-run) is
+//!   `Unauthenticated`, as the real server's HTTP authentication layer answers
+//!   a token it cannot validate (expired, bad signature). The server checks no
+//!   token's content: which tokens are valid is the test's decision. Without
+//!   `bearer_tokens` (and with users), a Bearer header is `Unauthenticated` too.
 //! - **Answers**: a wrong password or unknown user (or a malformed header) is
 //!   `Unauthenticated` (what gRPC clients see of the real server's refusal in its
 //!   HTTP authentication layer; the message is ours); a call the user may not make is `PermissionDenied`,
@@ -63,6 +72,53 @@ impl User {
     }
 }
 
+/// The bearer tokens a server accepts, each for a user. Cheap to clone: every
+/// clone is the same set, so a test keeps one to accept and revoke tokens while
+/// the server runs. `Debug` shows how many there are, never a token.
+#[derive(Clone, Default)]
+pub struct BearerTokens {
+    tokens: std::sync::Arc<std::sync::RwLock<std::collections::HashMap<String, User>>>,
+}
+
+impl std::fmt::Debug for BearerTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BearerTokens")
+            .field("accepted", &self.read().len())
+            .finish()
+    }
+}
+
+impl BearerTokens {
+    /// No token accepted yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Accepts `token` from now on as `user` (its password is not used).
+    pub fn accept(&self, token: &str, user: User) -> &Self {
+        self.write().insert(token.to_owned(), user);
+        self
+    }
+
+    /// Refuses `token` from now on (`Unauthenticated`), as an expired one.
+    pub fn revoke(&self, token: &str) -> &Self {
+        self.write().remove(token);
+        self
+    }
+
+    fn user(&self, token: &str) -> Option<User> {
+        self.read().get(token).cloned()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, std::collections::HashMap<String, User>> {
+        self.tokens.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, std::collections::HashMap<String, User>> {
+        self.tokens.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// Who makes a call.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Principal {
@@ -88,13 +144,30 @@ pub(crate) fn principal(
     users: Option<&[User]>,
     authorization: Option<&[u8]>,
 ) -> Result<Principal, Refusal> {
-    let Some(users) = users else {
+    principal_with(users, None, authorization)
+}
+
+/// [`principal`], with the bearer `tokens` the server accepts (`None`: no
+/// token is; authentication is on when either `users` or `tokens` is set).
+pub(crate) fn principal_with(
+    users: Option<&[User]>,
+    tokens: Option<&BearerTokens>,
+    authorization: Option<&[u8]>,
+) -> Result<Principal, Refusal> {
+    if users.is_none() && tokens.is_none() {
         return Ok(Principal::Unrestricted);
-    };
+    }
     let Some(header) = authorization else {
         return Ok(Principal::Anonymous);
     };
     let header = std::str::from_utf8(header).map_err(|_| Refusal::Unauthenticated)?;
+    if let Some(token) = header.strip_prefix("Bearer ") {
+        return tokens
+            .and_then(|tokens| tokens.user(token.trim()))
+            .map(|user| Principal::User { admin: user.admin })
+            .ok_or(Refusal::Unauthenticated);
+    }
+    let users = users.unwrap_or_default();
     let encoded = header
         .strip_prefix("Basic ")
         .ok_or(Refusal::Unauthenticated)?;
@@ -265,6 +338,35 @@ mod tests {
             principal(None, Some(b"Basic !!")).ok(),
             Some(Principal::Unrestricted)
         );
+    }
+
+    #[test]
+    fn bearer_tokens_are_accepted_until_revoked() {
+        let tokens = BearerTokens::new();
+        tokens.accept("t0k3n-a", User::admin());
+        tokens.accept("t0k3n-b", User::new("ops", ""));
+        let p = |users: Option<&[User]>, h: &str| {
+            principal_with(users, Some(&tokens), Some(h.as_bytes())).ok()
+        };
+        assert_eq!(
+            p(None, "Bearer t0k3n-a"),
+            Some(Principal::User { admin: true })
+        );
+        assert_eq!(
+            p(None, "Bearer t0k3n-b"),
+            Some(Principal::User { admin: false })
+        );
+        assert_eq!(p(None, "Bearer other"), None);
+        // Tokens only: a basic header names no known user.
+        assert_eq!(p(None, &basic_authorization("admin", "changeit")), None);
+        let users = users();
+        assert_eq!(
+            p(Some(&users), &basic_authorization("admin", "changeit")),
+            Some(Principal::User { admin: true })
+        );
+        tokens.revoke("t0k3n-a");
+        assert_eq!(p(None, "Bearer t0k3n-a"), None);
+        assert!(!format!("{tokens:?}").contains("t0k3n"), "{tokens:?}");
     }
 
     #[test]

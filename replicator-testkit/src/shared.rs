@@ -40,6 +40,11 @@ pub struct ServerOptions {
     /// rules (see [`crate::security`]); `None`: every call is allowed. The TCP
     /// service applies the same users and rules.
     pub users: Option<Vec<crate::security::User>>,
+    /// Also accept `authorization: Bearer <token>` with these tokens (see
+    /// [`crate::security::BearerTokens`]: a test keeps a clone to revoke one
+    /// mid-run); `None`: a Bearer header is refused when authentication is on.
+    /// gRPC only (the v5 TCP protocol has no tokens).
+    pub bearer_tokens: Option<crate::security::BearerTokens>,
     /// Also serve the legacy TCP protocol of EventStoreDB v5 (the .NET
     /// `EventStore.ClientAPI`, `node-eventstore-client`) on this port, over the
     /// same store: `Some(0)` picks a free port, `None` (the default) serves gRPC

@@ -319,6 +319,15 @@ pub enum StoreConfig {
         /// `checkpoint.instanceId`.
         instance_id: String,
     },
+    /// `type: stream`: the `$replicator-checkpoint-<instanceId>` stream of the
+    /// target.
+    Stream {
+        /// The target's: `sink.connectionString` (printed without its
+        /// password).
+        connection_string: ConnectionString,
+        /// `checkpoint.instanceId`.
+        instance_id: String,
+    },
 }
 
 /// `checkpoint.seeder`.
@@ -342,6 +351,14 @@ impl fmt::Display for StoreConfig {
             } => write!(
                 f,
                 "mongo {connection_string}, database {database}, collection checkpoint, instance {instance_id}",
+            ),
+            StoreConfig::Stream {
+                connection_string,
+                instance_id,
+            } => write!(
+                f,
+                "stream {}{instance_id} on the target {connection_string}",
+                replicator_esdb::CHECKPOINT_STREAM_PREFIX
             ),
         }
     }

@@ -124,7 +124,7 @@ pub(super) struct Filter {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub(super) struct Checkpoint {
-    /// `file` or `mongo`.
+    /// `file`, `mongo` or `stream`.
     #[serde(rename = "type")]
     pub kind: Option<String>,
     /// The file, or the MongoDB connection string.
@@ -136,7 +136,7 @@ pub(super) struct Checkpoint {
     pub checkpoint_interval_in_seconds: Option<u64>,
     /// MongoDB database.
     pub database: Option<String>,
-    /// MongoDB document id.
+    /// MongoDB document id, or the name of the target stream.
     pub instance_id: Option<String>,
     /// Where a first checkpoint comes from.
     pub seeder: Option<Seeder>,

@@ -181,6 +181,55 @@ fn mongo_only_keys_are_rejected_for_the_file_store() {
 }
 
 #[test]
+fn the_stream_store_is_kept_in_the_target() {
+    let c = load(&with("  checkpoint:\n    type: stream\n")).unwrap();
+    assert_eq!(
+        c.checkpoint.store,
+        StoreConfig::Stream {
+            connection_string: c.sink.connection_string.clone(),
+            instance_id: "default".into(),
+        }
+    );
+    // The target's connection string, as an environment variable sets it.
+    let c = load_env(
+        &with("  checkpoint:\n    type: Stream\n    instanceId: blue\n"),
+        &[(
+            "REPLICATOR_SINK_CONNECTIONSTRING",
+            "esdb://admin:pw@elsewhere:2113",
+        )],
+    )
+    .unwrap();
+    assert_eq!(
+        c.checkpoint.store,
+        StoreConfig::Stream {
+            connection_string: "esdb://admin:pw@elsewhere:2113".into(),
+            instance_id: "blue".into(),
+        }
+    );
+    let shown = c.checkpoint.store.to_string();
+    assert!(shown.contains("$replicator-checkpoint-blue"), "{shown}");
+    assert!(!shown.contains("pw@"), "{shown}");
+}
+
+#[test]
+fn the_stream_store_takes_no_path_nor_database() {
+    let (key, msg) = key_err(&with(
+        "  checkpoint:\n    type: stream\n    path: ./checkpoint\n",
+    ));
+    assert_eq!(key, "replicator.checkpoint.path");
+    assert!(msg.contains("sink.connectionString"), "{msg}");
+    let (key, _) = key_err(&with("  checkpoint:\n    type: stream\n    database: x\n"));
+    assert_eq!(key, "replicator.checkpoint.database");
+    let (key, _) = key_err(&with(
+        "  checkpoint:\n    type: stream\n    instanceId: ' '\n",
+    ));
+    assert_eq!(key, "replicator.checkpoint.instanceId");
+    let (key, msg) = key_err(&with("  checkpoint:\n    type: volume\n"));
+    assert_eq!(key, "replicator.checkpoint.type");
+    assert!(msg.contains("file, mongo or stream"), "{msg}");
+}
+
+#[test]
 fn keys_match_case_insensitively_like_dotnet() {
     let c = load(
         "Replicator:\n  Reader:\n    ConnectionString: esdb://a\n  SINK:\n    connectionstring: esdb://b\n    PartitionCount: 3\n",
@@ -231,6 +280,8 @@ fn each_unsupported_key_is_an_error_naming_it() {
          "replicator.sink.order", "kafka"),
         ("  reader:\n    connectionString: esdb://a\n  sink:\n    connectionString: bootstrap.servers=k:9092\n    protocol: kafka\n    deletes: purge\n",
          "replicator.sink.deletes", "tombstone"),
+        ("  reader:\n    connectionString: esdb://a\n  sink:\n    connectionString: bootstrap.servers=k:9092\n    protocol: kafka\n  checkpoint:\n    type: stream\n",
+         "replicator.checkpoint.type", "kafka"),
         ("  reader:\n    connectionString: esdb://a\n  sink:\n    connectionString: esdb://b\n    router: r.js\n",
          "replicator.sink.router", "kafka"),
         ("  reader:\n    connectionString: esdb://a\n  sink:\n    connectionString: esdb://b\n    protocol: tcp\n",

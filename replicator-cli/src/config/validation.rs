@@ -120,7 +120,17 @@ fn validate(r: raw::Replicator) -> Result<Config, ConfigError> {
     let filters = validate_filters(r.filters.unwrap_or_default())?;
     let transform = validate_transform(r.transform.unwrap_or_default())?;
 
-    let checkpoint = validate_checkpoint(r.checkpoint.unwrap_or_default())?;
+    let checkpoint =
+        validate_checkpoint(r.checkpoint.unwrap_or_default(), &sink.connection_string)?;
+    if sink.protocol == SinkProtocol::Kafka
+        && matches!(checkpoint.store, StoreConfig::Stream { .. })
+    {
+        return Err(ConfigError::key(
+            "replicator.checkpoint.type",
+            "stream keeps the checkpoint in the target cluster, and replicator.sink.protocol \
+             is kafka: use file or mongo",
+        ));
+    }
     let http = validate_http(r.http.unwrap_or_default())?;
 
     Ok(Config {
@@ -435,17 +445,30 @@ fn validate_http(h: raw::Http) -> Result<HttpConfig, ConfigError> {
     })
 }
 
-fn validate_checkpoint(c: raw::Checkpoint) -> Result<CheckpointConfig, ConfigError> {
+/// `target` is the sink's connection string: `type: stream` keeps the
+/// checkpoint there.
+fn validate_checkpoint(
+    c: raw::Checkpoint,
+    target: &ConnectionString,
+) -> Result<CheckpointConfig, ConfigError> {
     let kind = c.kind.as_deref().unwrap_or("file");
     let store = if kind.eq_ignore_ascii_case("file") {
-        for (set, key) in [
-            (c.database.is_some(), "replicator.checkpoint.database"),
-            (c.instance_id.is_some(), "replicator.checkpoint.instanceId"),
+        for (set, key, applies) in [
+            (
+                c.database.is_some(),
+                "replicator.checkpoint.database",
+                "mongo",
+            ),
+            (
+                c.instance_id.is_some(),
+                "replicator.checkpoint.instanceId",
+                "mongo or stream",
+            ),
         ] {
             if set {
                 return Err(ConfigError::key(
                     key,
-                    "only applies to checkpoint.type mongo, but the type is file",
+                    format!("only applies to checkpoint.type {applies}, but the type is file"),
                 ));
             }
         }
@@ -477,10 +500,28 @@ fn validate_checkpoint(c: raw::Checkpoint) -> Result<CheckpointConfig, ConfigErr
             database: non_empty(c.database, "replicator", "replicator.checkpoint.database")?,
             instance_id: non_empty(c.instance_id, "default", "replicator.checkpoint.instanceId")?,
         }
+    } else if kind.eq_ignore_ascii_case("stream") {
+        if c.path.as_deref().is_some_and(|p| !p.trim().is_empty()) {
+            return Err(ConfigError::key(
+                "replicator.checkpoint.path",
+                "does not apply to checkpoint.type stream: the checkpoint is kept in a stream \
+                 of the target (replicator.sink.connectionString); remove the path",
+            ));
+        }
+        if c.database.is_some() {
+            return Err(ConfigError::key(
+                "replicator.checkpoint.database",
+                "only applies to checkpoint.type mongo, but the type is stream",
+            ));
+        }
+        StoreConfig::Stream {
+            connection_string: target.clone(),
+            instance_id: non_empty(c.instance_id, "default", "replicator.checkpoint.instanceId")?,
+        }
     } else {
         return Err(ConfigError::key(
             "replicator.checkpoint.type",
-            format!("{kind:?} is not a checkpoint store: use file or mongo"),
+            format!("{kind:?} is not a checkpoint store: use file, mongo or stream"),
         ));
     };
 

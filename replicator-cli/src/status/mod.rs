@@ -296,6 +296,9 @@ impl Settings {
         let store_url = match &config.checkpoint.store {
             StoreConfig::Mongo {
                 connection_string, ..
+            }
+            | StoreConfig::Stream {
+                connection_string, ..
             } => Some(connection_string),
             StoreConfig::File { .. } => None,
         };

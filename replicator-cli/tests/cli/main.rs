@@ -13,6 +13,7 @@
 //! always uses its own in-process servers, by design.
 
 #[cfg(feature = "demo")]
+mod checkpoint_stream;
 mod demo;
 mod deploy;
 mod filters;

@@ -33,6 +33,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use replicator_core::CheckpointStore as _;
 use replicator_esdb::verify::{verify, VerifyOptions};
 use replicator_testkit::support::mongo::SecantusServer;
 use replicator_testkit::support::{client, last_position};
@@ -516,6 +517,74 @@ async fn a_stopped_target_is_reported_and_the_copy_resumes_when_it_returns() {
     run.stop().await;
     assert_identical(&c.source_client, &c.target_client, EVENTS).await;
     println!("took {:.1?}", started.elapsed());
+}
+
+/// The checkpoint kept in the target (`checkpoint.type: stream`), and the
+/// target frozen: what the run goes on processing (here records of a source
+/// system stream, skipped and checkpointed, so no target write is pending)
+/// cannot be checkpointed, and the `checkpoint` component, naming its
+/// stream, turns readiness 503; thawed, the checkpoint catches up. No file
+/// is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_target_holding_the_checkpoint_is_reported_as_the_checkpoint_failing() {
+    let c = Servers::start().await;
+    write_events(&c.source_client, SMALL).await;
+    let w = c.workdir("    type: stream\n    instanceId: frozen\n");
+    let run = Running::start(&w, &[]).await;
+    let before = wait_copied(&run, SMALL).await;
+    let stored = before["checkpoint"]["position"].clone();
+
+    let faults = c.target.faults();
+    faults.pause();
+    let frozen = Instant::now();
+    c.source_client
+        .append_to_stream("$skipped-by-the-copy", &Default::default(), events(0..10))
+        .await
+        .unwrap();
+    let body = wait_unready(&run, "checkpoint", frozen, unready_within()).await;
+    let error = body["components"]["checkpoint"]["error"].to_string();
+    assert!(error.contains("$replicator-checkpoint-frozen"), "{body:#}");
+    assert!(
+        error.contains("127.0.0.1"),
+        "the cluster should be named: {body:#}"
+    );
+    let s = hold_unready(
+        &run,
+        "checkpoint",
+        "checkpoint stores retried while the target is frozen",
+        |s| attempts(s, "checkpoint") >= 2,
+    )
+    .await;
+    assert_eq!(s["checkpoint"]["position"], stored, "{s:#}");
+    assert_eq!(written(&s), SMALL, "{s:#}");
+
+    faults.resume();
+    wait_ready(&run, "the target thawed", back_within()).await;
+    let s = run
+        .wait_status(
+            "the checkpoint stored at the processed position",
+            STALL,
+            |s| {
+                s["checkpoint"]["position"] == s["processed"]
+                    && s["checkpoint"]["unstored"] == 0
+                    && s["checkpoint"]["position"] != stored
+            },
+        )
+        .await;
+    assert_eq!(s["components"]["checkpoint"]["healthy"], true, "{s:#}");
+    run.stop().await;
+
+    let end = last_position(&c.source_client).await.unwrap();
+    let checkpoint =
+        replicator_esdb::StreamCheckpointStore::new(c.target.connection_string(), "frozen")
+            .unwrap()
+            .load()
+            .await
+            .unwrap()
+            .expect("a checkpoint in the target");
+    assert_eq!(checkpoint.source, end);
+    assert!(!w.path("checkpoint").exists(), "no checkpoint file");
+    assert_identical(&c.source_client, &c.target_client, SMALL).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

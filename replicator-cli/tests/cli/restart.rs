@@ -20,12 +20,17 @@
 //!
 //! The target must be in-process (its gate is); the source may be a real
 //! cluster (`ESDB_SOURCE_URL`).
+//!
+//! With `checkpoint.type: stream` the checkpoint is itself a write to the
+//! target, through the same gate: a kill may land before, during or after a
+//! checkpoint append too, and the run keeps no file.
 
 use std::time::Duration;
 
 use replicator_checkpoint::FileCheckpointStore;
 use replicator_core::{Checkpoint, CheckpointStore as _, Position};
 use replicator_esdb::verify::{verify, VerifyOptions};
+use replicator_esdb::StreamCheckpointStore;
 use replicator_testkit::support::{client, last_position};
 use replicator_testkit::workload::{self, Rng, WorkloadSpec};
 
@@ -44,11 +49,26 @@ const MORE_WRITES: (u64, u64) = (20, 120);
 /// misses it.
 const RUN_DEADLINE: Duration = Duration::from_secs(300);
 
-async fn stored(w: &Workdir) -> Option<Checkpoint> {
-    FileCheckpointStore::new(w.path("checkpoint"))
-        .load()
-        .await
-        .expect("the checkpoint file must stay readable after any kill")
+/// Where the runs keep their checkpoint.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Store {
+    /// `./checkpoint` in the working directory.
+    File,
+    /// `$replicator-checkpoint-default` in the target.
+    Stream,
+}
+
+async fn stored(c: &Clusters, w: &Workdir, store: Store) -> Option<Checkpoint> {
+    match store {
+        Store::File => FileCheckpointStore::new(w.path("checkpoint")).load().await,
+        Store::Stream => {
+            StreamCheckpointStore::new(c.target.connection_string(), "default")
+                .unwrap()
+                .load()
+                .await
+        }
+    }
+    .expect("the checkpoint must stay readable after any kill")
 }
 
 fn show(p: Option<Position>) -> String {
@@ -81,7 +101,7 @@ async fn streams_left(c: &Clusters) -> u64 {
 /// Replicates `events` generated events with `checkpoint_after`, killing
 /// [`KILLS`] runs mid-copy at points drawn from `seed`, then checks the
 /// target and the checkpoint.
-async fn replicate_through_kills(events: usize, checkpoint_after: u64, seed: u64) {
+async fn replicate_through_kills(events: usize, checkpoint_after: u64, seed: u64, store: Store) {
     let c = Clusters::start().await;
     let spec = WorkloadSpec {
         streams: Some(STREAMS),
@@ -89,8 +109,12 @@ async fn replicate_through_kills(events: usize, checkpoint_after: u64, seed: u64
     };
     workload::generate(&c.source_client, &spec).await.unwrap();
     let end = c.source_end_position().await;
+    let kind = match store {
+        Store::File => "file",
+        Store::Stream => "stream",
+    };
     let w = c.workdir(&format!(
-        "  runContinuously: false\n  restartOnFailure: false\n  checkpoint:\n    checkpointAfter: {checkpoint_after}\n"
+        "  runContinuously: false\n  restartOnFailure: false\n  checkpoint:\n    type: {kind}\n    checkpointAfter: {checkpoint_after}\n"
     ));
 
     let faults = c.target.faults();
@@ -141,7 +165,7 @@ async fn replicate_through_kills(events: usize, checkpoint_after: u64, seed: u64
              {}, checkpoint {}",
             if drop { "dropped" } else { "kept" },
             show(last_position(&target_client(&c)).await),
-            show(stored(&w).await.map(|c| c.source))
+            show(stored(&c, &w, store).await.map(|c| c.source))
         ));
     }
 
@@ -167,7 +191,7 @@ async fn replicate_through_kills(events: usize, checkpoint_after: u64, seed: u64
         .unwrap();
     assert!(report.is_identical(), "{history:#?}\n{report}");
     assert!(report.source_events > events as u64 / 2, "{report}");
-    let last = stored(&w)
+    let last = stored(&c, &w, store)
         .await
         .expect("no checkpoint after a completed run");
     assert_eq!(
@@ -175,6 +199,12 @@ async fn replicate_through_kills(events: usize, checkpoint_after: u64, seed: u64
         "the checkpoint must end at the source's last record: {history:#?}"
     );
     assert!(last.target.is_some(), "{last:?}");
+    if store == Store::Stream {
+        assert!(
+            !w.path("checkpoint").exists(),
+            "a run with the checkpoint in the target writes no checkpoint file"
+        );
+    }
     eprintln!(
         "checkpointAfter {checkpoint_after}: {history:#?}\ntarget ends at {}\n{report}",
         show(last_position(&target).await)
@@ -183,10 +213,15 @@ async fn replicate_through_kills(events: usize, checkpoint_after: u64, seed: u64
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_copy_loses_and_duplicates_nothing_checkpointing_every_event() {
-    replicate_through_kills(6_000, 1, 0x5EED_0001).await;
+    replicate_through_kills(6_000, 1, 0x5EED_0001, Store::File).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_copy_loses_and_duplicates_nothing_checkpointing_every_1000() {
-    replicate_through_kills(6_000, 1_000, 0x5EED_1000).await;
+    replicate_through_kills(6_000, 1_000, 0x5EED_1000, Store::File).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_copy_with_the_checkpoint_in_the_target_loses_and_duplicates_nothing() {
+    replicate_through_kills(6_000, 1, 0x5EED_5713, Store::Stream).await;
 }

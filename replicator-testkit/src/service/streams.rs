@@ -69,8 +69,16 @@ impl StreamsService {
     /// credentials.
     fn principal(&self, metadata: &MetadataMap) -> Result<Principal, Status> {
         let header = metadata.get("authorization").map(|v| v.as_bytes());
-        security::principal(self.shared.options.users.as_deref(), header)
-            .map_err(|_| Status::unauthenticated("Bad credentials: unknown user or wrong password"))
+        security::principal_with(
+            self.shared.options.users.as_deref(),
+            self.shared.options.bearer_tokens.as_ref(),
+            header,
+        )
+        .map_err(|_| {
+            Status::unauthenticated(
+                "Bad credentials: unknown user, wrong password or a token not accepted",
+            )
+        })
     }
 
     pub(super) fn max_append_size(&self) -> usize {

@@ -182,3 +182,109 @@ async fn an_ordinary_user_keeps_to_user_streams() {
         Err(Error::AccessDenied)
     ));
 }
+
+/// A read of `stream` with `authorization: Bearer <token>`, on a raw gRPC
+/// channel (the `eventstore` client sends only Basic credentials): the status
+/// code of the call, `Ok` when the read was served.
+async fn read_with_token(server: &EsdbServer, token: &str, stream: &str) -> tonic::Code {
+    use replicator_testkit::proto::shared::StreamIdentifier;
+    use replicator_testkit::proto::streams::read_req::options::{
+        self, stream_options::RevisionOption, CountOption, StreamOption,
+    };
+    use replicator_testkit::proto::streams::{read_req, streams_client::StreamsClient, ReadReq};
+
+    let channel =
+        tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{}", server.port()))
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect");
+    let mut request = tonic::Request::new(ReadReq {
+        options: Some(read_req::Options {
+            stream_option: Some(StreamOption::Stream(options::StreamOptions {
+                stream_identifier: Some(StreamIdentifier {
+                    stream_name: stream.as_bytes().to_vec().into(),
+                }),
+                revision_option: Some(RevisionOption::Start(())),
+            })),
+            read_direction: options::ReadDirection::Forwards as i32,
+            resolve_links: false,
+            count_option: Some(CountOption::Count(10)),
+            filter_option: Some(options::FilterOption::NoFilter(())),
+            uuid_option: Some(options::UuidOption {
+                content: Some(options::uuid_option::Content::String(())),
+            }),
+            control_option: Some(options::ControlOption { compatibility: 1 }),
+        }),
+    });
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("header"),
+    );
+    match StreamsClient::new(channel).read(request).await {
+        Err(status) => status.code(),
+        Ok(replies) => {
+            let mut replies = replies.into_inner();
+            loop {
+                match replies.message().await {
+                    Ok(Some(_)) => continue,
+                    Ok(None) => return tonic::Code::Ok,
+                    Err(status) => return status.code(),
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn bearer_tokens_are_checked_as_the_server_checks_them_and_can_be_revoked() {
+    use replicator_testkit::security::BearerTokens;
+
+    let tokens = BearerTokens::new();
+    tokens
+        .accept("admin-token", User::admin())
+        .accept("ops-token", User::new("ops", ""));
+    let server = EsdbServer::start_with(ServerOptions {
+        users: Some(vec![User::admin()]),
+        bearer_tokens: Some(tokens.clone()),
+        ..ServerOptions::default()
+    })
+    .await
+    .expect("server");
+
+    assert_eq!(
+        read_with_token(&server, "admin-token", "$secrets").await,
+        tonic::Code::Ok
+    );
+    assert_eq!(
+        read_with_token(&server, "ops-token", "orders").await,
+        tonic::Code::Ok
+    );
+    assert_eq!(
+        read_with_token(&server, "ops-token", "$secrets").await,
+        tonic::Code::PermissionDenied
+    );
+    assert_eq!(
+        read_with_token(&server, "never-issued", "orders").await,
+        tonic::Code::Unauthenticated
+    );
+    // Revoked mid-run, as an expired token: refused from the next call on.
+    tokens.revoke("ops-token");
+    assert_eq!(
+        read_with_token(&server, "ops-token", "orders").await,
+        tonic::Code::Unauthenticated
+    );
+    // Basic credentials work beside the tokens.
+    let client = support::client(&format!(
+        "esdb://admin:changeit@127.0.0.1:{}?tls=false",
+        server.port()
+    ));
+    client
+        .append_to_stream(
+            "orders",
+            &AppendToStreamOptions::default(),
+            json_event("Placed", 1),
+        )
+        .await
+        .expect("basic credentials still accepted");
+}
