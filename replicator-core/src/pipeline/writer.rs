@@ -1,6 +1,7 @@
 //! Partition writers: batch what their queue holds and write it through the
 //! sink, retrying transient failures and hung calls.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -176,6 +177,11 @@ impl Writer {
     /// the writes in flight are let finish, then the failed batches are
     /// written again one at a time, in order, before the pipeline goes on.
     async fn run_pipelined(self, mut queue: mpsc::Receiver<Parcel>, depth: usize) {
+        // Set by a write that fails, as it completes: an earlier write's
+        // result may still be awaited in order, and a batch started now
+        // would pass the failed one (the sink has ended its call; this one
+        // would go on a new call) before it is written again.
+        let failed = Arc::new(AtomicBool::new(false));
         let mut carry: Option<Parcel> = None;
         let mut building: Option<Batch> = None;
         let mut in_flight: FuturesOrdered<BoxFuture<'static, Written>> = FuturesOrdered::new();
@@ -189,9 +195,12 @@ impl Writer {
             let full = building
                 .as_ref()
                 .is_some_and(|b| b.events.len() >= self.config.max_batch_events || carry.is_some());
-            if in_flight.len() < depth && (full || (in_flight.is_empty() && building.is_some())) {
+            if in_flight.len() < depth
+                && !failed.load(Ordering::SeqCst)
+                && (full || (in_flight.is_empty() && building.is_some()))
+            {
                 if let Some(batch) = building.take() {
-                    let mut write = self.start(batch);
+                    let mut write = self.start(batch, &failed);
                     // Started now, in batch order: the sink fixes the
                     // batch's place during this first poll.
                     let write: BoxFuture<'static, Written> = match futures::poll!(&mut write) {
@@ -227,6 +236,7 @@ impl Writer {
                     if !self.recover(batch, error, &mut in_flight).await {
                         return;
                     }
+                    failed.store(false, Ordering::SeqCst);
                 }
                 Err(None) => unreachable!("polled only while writes are in flight"),
             }
@@ -311,15 +321,19 @@ impl Writer {
 
     /// One attempt at writing `batch`, with the call deadline, as a future
     /// that owns what it needs.
-    fn start(&self, batch: Batch) -> BoxFuture<'static, Written> {
+    fn start(&self, batch: Batch, failed: &Arc<AtomicBool>) -> BoxFuture<'static, Written> {
         let sink = Arc::clone(&self.sink);
         let call_timeout = self.config.call_timeout;
+        let failed = Arc::clone(failed);
         Box::pin(async move {
             let started = Instant::now();
             let outcome = match timeout(call_timeout, sink.write(&batch.events)).await {
                 Ok(outcome) => outcome,
                 Err(_) => Err(timed_out(&batch.events, call_timeout)),
             };
+            if outcome.is_err() {
+                failed.store(true, Ordering::SeqCst);
+            }
             (batch, outcome, started.elapsed())
         })
     }
