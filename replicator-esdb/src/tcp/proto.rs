@@ -4,6 +4,11 @@
 //! fields are always written: the .NET server's protobuf-net refuses a
 //! message without them. Enums are read as plain `int32`.
 
+use replicator_core::Position;
+use uuid::Uuid;
+
+use super::connection::TcpError;
+
 /// `EventRecord`.
 #[derive(Clone, PartialEq, prost::Message)]
 pub(crate) struct EventRecord {
@@ -192,4 +197,35 @@ pub(crate) struct SubscribeToStream {
     pub event_stream_id: String,
     #[prost(bool, required, tag = "2")]
     pub resolve_link_tos: bool,
+}
+
+/// A position the node sent; negative parts are not positions of records.
+pub(crate) fn position(commit: i64, prepare: i64) -> Result<Position, TcpError> {
+    match (u64::try_from(commit), u64::try_from(prepare)) {
+        (Ok(commit), Ok(prepare)) => Ok(Position { commit, prepare }),
+        _ => Err(TcpError::Protocol(format!(
+            "the position C:{commit}/P:{prepare}"
+        ))),
+    }
+}
+
+/// A part of a position as the wire carries it: positions beyond
+/// `i64::MAX` do not exist on a node, so it is clamped.
+pub(crate) fn as_wire(part: u64) -> i64 {
+    i64::try_from(part).unwrap_or(i64::MAX)
+}
+
+impl EventRecord {
+    /// The event id, from .NET GUID byte order (docs/tcp-protocol.md §4.9).
+    pub(crate) fn id(&self) -> Result<Uuid, TcpError> {
+        Uuid::from_slice_le(&self.event_id).map_err(|_| {
+            TcpError::Protocol(format!("an event id of {} bytes", self.event_id.len()))
+        })
+    }
+
+    /// The event number as a revision (never negative for a record).
+    pub(crate) fn revision(&self) -> Result<u64, TcpError> {
+        u64::try_from(self.event_number)
+            .map_err(|_| TcpError::Protocol(format!("the event number {}", self.event_number)))
+    }
 }

@@ -17,10 +17,11 @@ use replicator_core::{
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
-use uuid::Uuid;
 
 use super::connection::{command, Connection, TcpError};
-use super::proto::{read_all_result, EventRecord, ReadAllEvents, ReadAllEventsCompleted};
+use super::proto::{
+    as_wire, position, read_all_result, EventRecord, ReadAllEvents, ReadAllEventsCompleted,
+};
 use super::settings::TcpSettings;
 use crate::classify::classify;
 
@@ -421,29 +422,11 @@ fn check_result(page: &ReadAllEventsCompleted, connection: &Connection) -> Resul
     }
 }
 
-/// A position the node sent; negative parts are not positions of records.
-fn position(commit: i64, prepare: i64) -> Result<Position, TcpError> {
-    match (u64::try_from(commit), u64::try_from(prepare)) {
-        (Ok(commit), Ok(prepare)) => Ok(Position { commit, prepare }),
-        _ => Err(TcpError::Protocol(format!(
-            "the position C:{commit}/P:{prepare}"
-        ))),
-    }
-}
-
-/// Positions beyond `i64::MAX` do not exist on a node; clamped.
-fn as_wire(part: u64) -> i64 {
-    i64::try_from(part).unwrap_or(i64::MAX)
-}
-
 /// A record of a `$all` page as an [`Event`], classified as the gRPC reader
 /// classifies it.
 fn to_event(record: EventRecord, position: Position) -> Result<Event, TcpError> {
-    let id = Uuid::from_slice_le(&record.event_id).map_err(|_| {
-        TcpError::Protocol(format!("an event id of {} bytes", record.event_id.len()))
-    })?;
-    let revision = u64::try_from(record.event_number)
-        .map_err(|_| TcpError::Protocol(format!("the event number {}", record.event_number)))?;
+    let id = record.id()?;
+    let revision = record.revision()?;
     let kind = classify(&record.event_stream_id, &record.event_type, &record.data);
     Ok(Event {
         id,

@@ -14,12 +14,11 @@ use futures::StreamExt as _;
 use prost::Message as _;
 use replicator_core::secret::ConnectionString;
 use replicator_core::{ErrorKind, Position};
-use uuid::Uuid;
 
 use super::connection::{command, Connection, Frame, TcpError};
 use super::proto::{
-    read_all_result, read_stream_result, EventRecord, ReadAllEvents, ReadAllEventsCompleted,
-    ReadStreamEvents, ReadStreamEventsCompleted,
+    as_wire, position, read_all_result, read_stream_result, EventRecord, ReadAllEvents,
+    ReadAllEventsCompleted, ReadStreamEvents, ReadStreamEventsCompleted,
 };
 use super::settings::{SettingsError, TcpSettings};
 use crate::cluster::{AllFrom, ClusterRead, Direction, ReadError, Record, Records, StreamFrom};
@@ -372,7 +371,7 @@ impl TcpSource {
         page: &mut PageSize,
     ) -> Result<Vec<(Position, Record)>, ReadError> {
         let mut found = Vec::new();
-        let mut cursor = (wire(at.commit), 0);
+        let mut cursor = (as_wire(at.commit), 0);
         loop {
             let read = self.all_page(cursor, page.now, Direction::Forwards).await;
             let read = match read {
@@ -451,10 +450,10 @@ impl ClusterRead for TcpSource {
             }
             (AllFrom::End, Direction::Backwards) => (Some((-1, -1)), None),
             (AllFrom::Position(p), Direction::Forwards) => {
-                (Some((wire(p.commit), wire(p.prepare))), None)
+                (Some((as_wire(p.commit), as_wire(p.prepare))), None)
             }
             (AllFrom::Position(p), Direction::Backwards) => {
-                (Some((wire(p.commit), wire(p.prepare))), Some(p))
+                (Some((as_wire(p.commit), as_wire(p.prepare))), Some(p))
             }
         };
         let read = AllRead {
@@ -508,29 +507,11 @@ fn all_bytes(page: &ReadAllEventsCompleted) -> usize {
         .sum()
 }
 
-/// A position the node sent; negative parts are not positions of records.
-fn position(commit: i64, prepare: i64) -> Result<Position, TcpError> {
-    match (u64::try_from(commit), u64::try_from(prepare)) {
-        (Ok(commit), Ok(prepare)) => Ok(Position { commit, prepare }),
-        _ => Err(TcpError::Protocol(format!(
-            "the position C:{commit}/P:{prepare}"
-        ))),
-    }
-}
-
-/// Positions beyond `i64::MAX` do not exist on a node; clamped.
-fn wire(part: u64) -> i64 {
-    i64::try_from(part).unwrap_or(i64::MAX)
-}
-
 /// A record as the node sent it: the id from .NET GUID byte order (§4.9),
 /// JSON when `data_content_type` is 1.
 fn record_of(record: EventRecord, position: Option<Position>) -> Result<Record, TcpError> {
-    let id = Uuid::from_slice_le(&record.event_id).map_err(|_| {
-        TcpError::Protocol(format!("an event id of {} bytes", record.event_id.len()))
-    })?;
-    let revision = u64::try_from(record.event_number)
-        .map_err(|_| TcpError::Protocol(format!("the event number {}", record.event_number)))?;
+    let id = record.id()?;
+    let revision = record.revision()?;
     Ok(Record {
         stream: record.event_stream_id,
         revision,
