@@ -10,6 +10,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::future::{BoxFuture, FutureExt as _};
 use futures::stream::BoxStream;
 use futures::StreamExt as _;
 use replicator_core::{ErrorKind, Position};
@@ -187,11 +188,29 @@ fn grpc_record(event: &eventstore::ResolvedEvent) -> Record {
     }
 }
 
-/// A gRPC read, opened at the first poll.
-enum GrpcRead<O> {
-    Opening(O),
-    // Boxed: the unfold state moves at each record.
-    Reading(Box<eventstore::ReadStream>),
+/// The records of a gRPC read opened by `open` at the first poll, each
+/// turned into an item by `item`: the one way both reads stream.
+fn grpc_records<'a, T: Send + 'a>(
+    open: BoxFuture<'a, Result<eventstore::ReadStream, eventstore::Error>>,
+    item: fn(&eventstore::ResolvedEvent) -> T,
+) -> Records<'a, T> {
+    futures::stream::once(open)
+        .flat_map(move |opened| match opened {
+            Err(error) => futures::stream::once(async move { Err(error.into()) }).boxed(),
+            // Boxed: the unfold state moves at each record.
+            Ok(reader) => {
+                futures::stream::unfold(Some(Box::new(reader)), move |reader| async move {
+                    let mut reader = reader?;
+                    match reader.next().await {
+                        Ok(Some(event)) => Some((Ok(item(&event)), Some(reader))),
+                        Ok(None) => None,
+                        Err(error) => Some((Err(error.into()), None)),
+                    }
+                })
+                .boxed()
+            }
+        })
+        .boxed()
 }
 
 impl ClusterRead for eventstore::Client {
@@ -215,23 +234,10 @@ impl ClusterRead for eventstore::Client {
         if direction == Direction::Backwards {
             options = options.backwards();
         }
-        futures::stream::unfold(Some(GrpcRead::Opening(options)), move |state| async move {
-            let mut reader = match state? {
-                GrpcRead::Reading(reader) => reader,
-                GrpcRead::Opening(options) => {
-                    match eventstore::Client::read_stream(self, stream, &options).await {
-                        Ok(reader) => Box::new(reader),
-                        Err(error) => return Some((Err(error.into()), None)),
-                    }
-                }
-            };
-            match reader.next().await {
-                Ok(Some(event)) => Some((Ok(grpc_record(&event)), Some(GrpcRead::Reading(reader)))),
-                Ok(None) => None,
-                Err(error) => Some((Err(error.into()), None)),
-            }
-        })
-        .boxed()
+        grpc_records(
+            async move { eventstore::Client::read_stream(self, stream, &options).await }.boxed(),
+            grpc_record,
+        )
     }
 
     fn all_records(
@@ -253,27 +259,10 @@ impl ClusterRead for eventstore::Client {
         if direction == Direction::Backwards {
             options = options.backwards();
         }
-        futures::stream::unfold(Some(GrpcRead::Opening(options)), move |state| async move {
-            let mut reader = match state? {
-                GrpcRead::Reading(reader) => reader,
-                GrpcRead::Opening(options) => {
-                    match eventstore::Client::read_all(self, &options).await {
-                        Ok(reader) => Box::new(reader),
-                        Err(error) => return Some((Err(error.into()), None)),
-                    }
-                }
-            };
-            match reader.next().await {
-                Ok(Some(event)) => {
-                    let record = grpc_record(&event);
-                    let position = Position::of(&event);
-                    Some((Ok((position, record)), Some(GrpcRead::Reading(reader))))
-                }
-                Ok(None) => None,
-                Err(error) => Some((Err(error.into()), None)),
-            }
-        })
-        .boxed()
+        grpc_records(
+            async move { eventstore::Client::read_all(self, &options).await }.boxed(),
+            |event| (Position::of(event), grpc_record(event)),
+        )
     }
 }
 
