@@ -229,3 +229,26 @@ impl EventRecord {
             .map_err(|_| TcpError::Protocol(format!("the event number {}", self.event_number)))
     }
 }
+
+/// A JSON record of stream `s` at revision 3 whose id, in .NET GUID byte
+/// order, is 3cd53ad8-54d3-4f4a-b116-1f09957af330: what the readers' tests
+/// decode.
+#[cfg(test)]
+pub(crate) fn sample_record() -> EventRecord {
+    let wire = [
+        0xd8, 0x3a, 0xd5, 0x3c, 0xd3, 0x54, 0x4a, 0x4f, 0xb1, 0x16, 0x1f, 0x09, 0x95, 0x7a, 0xf3,
+        0x30,
+    ];
+    EventRecord {
+        event_stream_id: "s".into(),
+        event_number: 3,
+        event_id: bytes::Bytes::copy_from_slice(&wire),
+        event_type: "T".into(),
+        data_content_type: 1,
+        metadata_content_type: 1,
+        data: bytes::Bytes::from_static(b"{}"),
+        metadata: None,
+        created: None,
+        created_epoch: None,
+    }
+}

@@ -566,22 +566,7 @@ mod tests {
 
     #[test]
     fn ids_are_read_in_dotnet_order() {
-        let wire = [
-            0xd8, 0x3a, 0xd5, 0x3c, 0xd3, 0x54, 0x4a, 0x4f, 0xb1, 0x16, 0x1f, 0x09, 0x95, 0x7a,
-            0xf3, 0x30,
-        ];
-        let record = EventRecord {
-            event_stream_id: "s".into(),
-            event_number: 3,
-            event_id: bytes::Bytes::copy_from_slice(&wire),
-            event_type: "T".into(),
-            data_content_type: 1,
-            metadata_content_type: 1,
-            data: bytes::Bytes::from_static(b"{}"),
-            metadata: None,
-            created: None,
-            created_epoch: None,
-        };
+        let record = crate::tcp::proto::sample_record();
         let event = to_event(record, Position::at(7)).unwrap();
         assert_eq!(event.id.to_string(), "3cd53ad8-54d3-4f4a-b116-1f09957af330");
         assert_eq!(event.content_type, ContentType::Json);

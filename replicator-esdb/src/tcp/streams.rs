@@ -556,22 +556,7 @@ mod tests {
 
     #[test]
     fn records_take_dotnet_ids_and_json_from_the_content_type() {
-        let wire = [
-            0xd8, 0x3a, 0xd5, 0x3c, 0xd3, 0x54, 0x4a, 0x4f, 0xb1, 0x16, 0x1f, 0x09, 0x95, 0x7a,
-            0xf3, 0x30,
-        ];
-        let record = EventRecord {
-            event_stream_id: "s".into(),
-            event_number: 3,
-            event_id: bytes::Bytes::copy_from_slice(&wire),
-            event_type: "T".into(),
-            data_content_type: 1,
-            metadata_content_type: 1,
-            data: bytes::Bytes::from_static(b"{}"),
-            metadata: None,
-            created: None,
-            created_epoch: None,
-        };
+        let record = crate::tcp::proto::sample_record();
         let record = record_of(record, None).unwrap();
         assert_eq!(
             record.id.to_string(),
