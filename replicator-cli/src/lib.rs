@@ -40,5 +40,6 @@ pub mod demo;
 pub mod map_position_cmd;
 pub mod report;
 pub mod status;
+pub mod subscriptions_cmd;
 mod time;
 pub mod verify_cmd;

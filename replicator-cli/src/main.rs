@@ -11,7 +11,9 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 #[cfg(feature = "demo")]
 use replicator_cli::demo;
-use replicator_cli::{app, checkpoint_cmd, config, map_position_cmd, report, status, verify_cmd};
+use replicator_cli::{
+    app, checkpoint_cmd, config, map_position_cmd, report, status, subscriptions_cmd, verify_cmd,
+};
 
 /// Replicates an EventStoreDB / KurrentDB cluster's `$all` into another cluster.
 #[derive(Debug, Parser)]
@@ -70,6 +72,10 @@ enum Command {
     /// Map consumers' source $all positions (or, with --stream, stream
     /// revisions) to where they resume on the target, losing nothing.
     MapPosition(map_position_cmd::Args),
+    /// Re-create the source's persistent subscription groups on the target,
+    /// each starting where its consumers stopped: a dry run printing the plan
+    /// unless --apply.
+    Subscriptions(subscriptions_cmd::Args),
     /// Inspect or change the stored checkpoint.
     #[command(subcommand)]
     Checkpoint(CheckpointCommand),
@@ -148,6 +154,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             ),
             Command::Verify(args) => Ok(verify_cmd::run(args).await),
             Command::MapPosition(args) => Ok(map_position_cmd::run(args).await),
+            Command::Subscriptions(args) => Ok(subscriptions_cmd::run(args).await),
             Command::Status { url, json, live } => status::show(&url, json, live).await,
             Command::Checkpoint(CheckpointCommand::Show(args)) => {
                 let config = app::load_config(&args.config)?;

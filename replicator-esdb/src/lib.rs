@@ -24,6 +24,8 @@
 //!   stream and `$all` reads that [`verify`], [`position_map`] and the
 //!   scavenge filter make over gRPC or, for a v5 source, over TCP
 //!   ([`tcp::TcpSource`]).
+//! - [`subscriptions`] re-creates the source's persistent subscription
+//!   groups on the target, each starting where its consumers stopped.
 //!
 //! Every request either makes has a deadline (10 s by default), so a hung
 //! server is noticed and retried, never waited on forever.
@@ -52,6 +54,7 @@ mod reader;
 mod retention;
 mod scavenge;
 mod sink;
+pub mod subscriptions;
 pub mod tcp;
 pub mod verify;
 mod wire;
