@@ -71,10 +71,10 @@ async fn subscriptions(args: &Args) -> anyhow::Result<bool> {
     }
     let (source, target) = app::clients(&config)?;
     let timeout = config.call_timeout;
-    let source_admin = SubscriptionAdmin::connect(&config.reader.connection_string, "source", timeout)
-        .await?;
-    let target_admin = SubscriptionAdmin::connect(&config.sink.connection_string, "target", timeout)
-        .await?;
+    let source_admin =
+        SubscriptionAdmin::connect(&config.reader.connection_string, "source", timeout).await?;
+    let target_admin =
+        SubscriptionAdmin::connect(&config.sink.connection_string, "target", timeout).await?;
     let source_groups = with_filters(&source, source_admin.groups().await?, timeout).await?;
     let target_groups = with_filters(&target, target_admin.groups().await?, timeout).await?;
     let options = PlanOptions {
@@ -88,7 +88,10 @@ async fn subscriptions(args: &Args) -> anyhow::Result<bool> {
     let mut all_done = true;
     let mut failed = 0usize;
     for group_plan in &plans {
-        all_done &= !matches!(group_plan.step, Step::Differs { .. } | Step::NotReplicatedYet);
+        all_done &= !matches!(
+            group_plan.step,
+            Step::Differs { .. } | Step::NotReplicatedYet
+        );
         let outcome = if args.apply {
             Some(apply(&target_admin, group_plan).await)
         } else {
@@ -100,7 +103,10 @@ async fn subscriptions(args: &Args) -> anyhow::Result<bool> {
         println!("{}", show(group_plan, outcome.as_ref(), args.json));
     }
     if failed > 0 {
-        bail!("{failed} of {} groups could not be created on the target", plans.len());
+        bail!(
+            "{failed} of {} groups could not be created on the target",
+            plans.len()
+        );
     }
     Ok(all_done)
 }
@@ -110,7 +116,10 @@ async fn with_filters<C: replicator_esdb::cluster::ClusterRead>(
     mut groups: Vec<Group>,
     timeout: std::time::Duration,
 ) -> anyhow::Result<Vec<Group>> {
-    if groups.iter().any(|g| g.source == replicator_esdb::subscriptions::GroupSource::All) {
+    if groups
+        .iter()
+        .any(|g| g.source == replicator_esdb::subscriptions::GroupSource::All)
+    {
         let filters = read_filters(cluster, timeout).await?;
         for group in &mut groups {
             group.filter = filters.of(group)?;
@@ -159,7 +168,10 @@ fn heading(plans: &[GroupPlan], apply: bool) -> String {
     } else {
         "dry run: nothing changed on the target; --apply creates the missing groups"
     };
-    format!("{} persistent subscription groups on the source ({mode}):", plans.len())
+    format!(
+        "{} persistent subscription groups on the source ({mode}):",
+        plans.len()
+    )
 }
 
 fn step_name(step: &Step) -> &'static str {

@@ -484,3 +484,86 @@ async fn with_source_order_a_consumer_resumes_exactly_at_100_random_positions_of
         stdout(&o)
     );
 }
+
+/// A stream of links that each cluster's own projections write (`$ce-…`):
+/// its links have ids of their own on each side and need not be at the same
+/// revisions, so a revision maps to the target link to the same event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revision_of_a_link_stream_maps_to_the_target_link_to_the_same_event() {
+    let c = Clusters::start().await;
+    for (stream, n) in [("orders-1", 3u8), ("orders-2", 3)] {
+        for i in 0..n {
+            c.source_client
+                .append_to_stream(
+                    stream,
+                    &AppendToStreamOptions::default(),
+                    EventData::binary("Placed", vec![i].into()),
+                )
+                .await
+                .unwrap();
+        }
+    }
+    let link = |data: &str| EventData::binary("$>", data.as_bytes().to_vec().into());
+    // The source's category projection linked the events in one order…
+    let source_links = [
+        "0@orders-1",
+        "0@orders-2",
+        "1@orders-1",
+        "1@orders-2",
+        "2@orders-1",
+    ];
+    for data in source_links {
+        c.source_client
+            .append_to_stream("$ce-orders", &AppendToStreamOptions::default(), link(data))
+            .await
+            .unwrap();
+    }
+    let w = c.workdir("  runContinuously: false\n");
+    assert_ok(&run_async(&w, &["run"]).await);
+    // …the target's (started later, say) in another, with one link more.
+    let target_links = [
+        "0@orders-2",
+        "0@orders-1",
+        "1@orders-2",
+        "1@orders-1",
+        "2@orders-2",
+        "2@orders-1",
+    ];
+    for data in target_links {
+        c.target_client
+            .append_to_stream("$ce-orders", &AppendToStreamOptions::default(), link(data))
+            .await
+            .unwrap();
+    }
+    let o = run_async(
+        &w,
+        &[
+            "map-position",
+            "--json",
+            "--stream",
+            "$ce-orders",
+            "0",
+            "3",
+            "4",
+        ],
+    )
+    .await;
+    assert_ok(&o);
+    let lines: Vec<Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let targets: Vec<&Value> = lines.iter().map(|l| &l["target_revision"]).collect();
+    // Source 0 (0@orders-1) is target 1; 3 (1@orders-2) is 2; 4 (2@orders-1) is 5.
+    assert_eq!(
+        targets,
+        [&Value::from(1), &Value::from(2), &Value::from(5)],
+        "{}",
+        stdout(&o)
+    );
+    assert!(
+        lines[2]["note"].as_str().unwrap().contains("2@orders-1"),
+        "{}",
+        lines[2]
+    );
+}

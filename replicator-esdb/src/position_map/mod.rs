@@ -72,6 +72,12 @@
 //! stream was renumbered (a scavenged source, filtered events). Each stream
 //! keeps its order in both write orders, so this is exact in both.
 //!
+//! A stream of links that each cluster's own projections write (`$ce-…`,
+//! `$et-…`; links are not replicated) has link records of its own on each
+//! side, at revisions that need not match. A link maps to the target link to
+//! the same event: the event it points to (`k@stream`) is found on the
+//! target by id, then the link with that data in the target's stream.
+//!
 //! # Where it lives
 //! This file holds the public API: the options, the mappings and
 //! [`map_position`], which walks back from the position on the source

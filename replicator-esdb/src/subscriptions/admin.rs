@@ -113,13 +113,14 @@ impl SubscriptionAdmin {
         side: &'static str,
         timeout: Duration,
     ) -> Result<Self, AdminError> {
-        let settings = settings(connection_string).map_err(|source| AdminError::Connect { side, source })?;
-        let channel = WireChannel::connect(&settings, None).await.map_err(|error| {
-            AdminError::Channel {
+        let settings =
+            settings(connection_string).map_err(|source| AdminError::Connect { side, source })?;
+        let channel = WireChannel::connect(&settings, None)
+            .await
+            .map_err(|error| AdminError::Channel {
                 side,
                 message: crate::connection::describe(&error),
-            }
-        })?;
+            })?;
         Ok(SubscriptionAdmin {
             channel,
             side,
@@ -139,7 +140,11 @@ impl SubscriptionAdmin {
             }),
         };
         let answer: ListResp = self
-            .unary("listing the persistent subscription groups".to_owned(), "List", request)
+            .unary(
+                "listing the persistent subscription groups".to_owned(),
+                "List",
+                request,
+            )
             .await?;
         let mut groups = answer
             .subscriptions
@@ -196,7 +201,13 @@ impl SubscriptionAdmin {
         };
         let operation = format!("deleting group {source}::{name}");
         let _: Done = self
-            .unary(operation, "Delete", DeleteReq { options: Some(options) })
+            .unary(
+                operation,
+                "Delete",
+                DeleteReq {
+                    options: Some(options),
+                },
+            )
             .await?;
         Ok(())
     }
@@ -346,13 +357,14 @@ fn group_of(side: &'static str, info: &SubscriptionInfo) -> Result<Group, AdminE
         GroupSource::Stream(info.event_source.clone())
     };
     let id = format!("{}::{}", info.event_source, info.group_name);
-    let unreadable = |field: &'static str, value: &str, expected: &'static str| AdminError::Unreadable {
-        side,
-        group: id.clone(),
-        field,
-        value: value.to_owned(),
-        expected,
-    };
+    let unreadable =
+        |field: &'static str, value: &str, expected: &'static str| AdminError::Unreadable {
+            side,
+            group: id.clone(),
+            field,
+            value: value.to_owned(),
+            expected,
+        };
     let start = match (&source, info.start_from.trim()) {
         (GroupSource::Stream(_), "-1") | (GroupSource::All, "C:-1/P:-1") => Start::End,
         (GroupSource::Stream(_), "0" | "") | (GroupSource::All, "C:0/P:0" | "") => Start::Beginning,
@@ -427,21 +439,43 @@ mod tests {
     #[test]
     fn the_servers_start_and_checkpoint_texts_are_read_for_both_kinds_of_group() {
         let g = group_of("source", &info("orders", "-1", "41")).unwrap();
-        assert_eq!((g.start, g.checkpoint), (Start::End, Some(GroupPosition::Revision(41))));
+        assert_eq!(
+            (g.start, g.checkpoint),
+            (Start::End, Some(GroupPosition::Revision(41)))
+        );
         let g = group_of("source", &info("orders", "7", "")).unwrap();
-        assert_eq!((g.start, g.checkpoint), (Start::At(GroupPosition::Revision(7)), None));
+        assert_eq!(
+            (g.start, g.checkpoint),
+            (Start::At(GroupPosition::Revision(7)), None)
+        );
         let g = group_of("source", &info("$all", "C:0/P:0", "C:120/P:110")).unwrap();
-        let p = Position { commit: 120, prepare: 110 };
-        assert_eq!((g.start, g.checkpoint), (Start::Beginning, Some(GroupPosition::Position(p))));
+        let p = Position {
+            commit: 120,
+            prepare: 110,
+        };
+        assert_eq!(
+            (g.start, g.checkpoint),
+            (Start::Beginning, Some(GroupPosition::Position(p)))
+        );
         assert_eq!(g.id(), "$all::g");
     }
 
     #[test]
     fn an_unreadable_report_names_the_side_group_and_field() {
-        let error = group_of("source", &info("$all", "12", "")).unwrap_err().to_string();
-        assert!(error.contains("source: group $all::g: start_from \"12\""), "{error}");
-        let error = group_of("target", &info("s", "0", "x")).unwrap_err().to_string();
-        assert!(error.contains("target: group s::g: last_checkpointed_event_position"), "{error}");
+        let error = group_of("source", &info("$all", "12", ""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("source: group $all::g: start_from \"12\""),
+            "{error}"
+        );
+        let error = group_of("target", &info("s", "0", "x"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("target: group s::g: last_checkpointed_event_position"),
+            "{error}"
+        );
     }
 
     #[test]

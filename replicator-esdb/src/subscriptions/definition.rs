@@ -123,7 +123,11 @@ impl Filters {
         let expression = match dto.kind.to_ascii_lowercase().as_str() {
             "regex" => FilterExpression::Regex(dto.data.clone()),
             "prefix" => FilterExpression::Prefixes(
-                dto.data.split(',').filter(|p| !p.is_empty()).map(str::to_owned).collect(),
+                dto.data
+                    .split(',')
+                    .filter(|p| !p.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
             ),
             _ => return Err(unsupported()),
         };
@@ -140,7 +144,8 @@ pub async fn read_filters<C: ClusterRead>(
     cluster: &C,
     timeout: std::time::Duration,
 ) -> Result<Filters, FilterError> {
-    let mut records = cluster.stream_records(CONFIG_STREAM, StreamFrom::End, Direction::Backwards, 1);
+    let mut records =
+        cluster.stream_records(CONFIG_STREAM, StreamFrom::End, Direction::Backwards, 1);
     match next_within(timeout, &mut records).await {
         Ok(Some(record)) => Filters::parse(&record.data),
         Ok(None) | Err(ReadError::NotFound) => Ok(Filters::default()),
@@ -186,7 +191,10 @@ mod tests {
             {"Stream":"$all","Group":"rx","Filter":{"Context":"StreamId","Type":"Regex","Data":"^acc-"}},
             {"Stream":"s","Group":"g"}]}"#;
         let filters = Filters::parse(text).unwrap();
-        let prefixes = filters.of(&group(GroupSource::All, "orders")).unwrap().unwrap();
+        let prefixes = filters
+            .of(&group(GroupSource::All, "orders"))
+            .unwrap()
+            .unwrap();
         assert_eq!(prefixes.by, FilterBy::EventType);
         assert_eq!(
             prefixes.expression,
@@ -195,13 +203,24 @@ mod tests {
         assert_eq!(filters.of(&group(GroupSource::All, "all")).unwrap(), None);
         let regex = filters.of(&group(GroupSource::All, "rx")).unwrap().unwrap();
         assert_eq!(regex.expression, FilterExpression::Regex("^acc-".into()));
-        assert_eq!(filters.of(&group(GroupSource::Stream("s".into()), "g")).unwrap(), None);
+        assert_eq!(
+            filters
+                .of(&group(GroupSource::Stream("s".into()), "g"))
+                .unwrap(),
+            None
+        );
     }
 
     #[test]
     fn an_all_group_missing_from_the_record_is_an_error_not_an_unfiltered_group() {
         let filters = Filters::parse(br#"{"Entries":[]}"#).unwrap();
-        let error = filters.of(&group(GroupSource::All, "x")).unwrap_err().to_string();
-        assert!(error.contains("$all::x is not in $persistentSubscriptionConfig"), "{error}");
+        let error = filters
+            .of(&group(GroupSource::All, "x"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("$all::x is not in $persistentSubscriptionConfig"),
+            "{error}"
+        );
     }
 }

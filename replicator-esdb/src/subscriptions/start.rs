@@ -121,9 +121,21 @@ fn differences(target: &Group, source: &Group) -> Vec<String> {
             out.push(format!("{name}: {t} → {s}"));
         }
     };
-    compare("resolveLinks", t.resolve_links.to_string(), s.resolve_links.to_string());
-    compare("extraStatistics", t.extra_statistics.to_string(), s.extra_statistics.to_string());
-    compare("maxRetryCount", t.max_retry_count.to_string(), s.max_retry_count.to_string());
+    compare(
+        "resolveLinks",
+        t.resolve_links.to_string(),
+        s.resolve_links.to_string(),
+    );
+    compare(
+        "extraStatistics",
+        t.extra_statistics.to_string(),
+        s.extra_statistics.to_string(),
+    );
+    compare(
+        "maxRetryCount",
+        t.max_retry_count.to_string(),
+        s.max_retry_count.to_string(),
+    );
     compare(
         "minCheckPointCount",
         t.min_checkpoint_count.to_string(),
@@ -139,21 +151,41 @@ fn differences(target: &Group, source: &Group) -> Vec<String> {
         t.max_subscriber_count.to_string(),
         s.max_subscriber_count.to_string(),
     );
-    compare("liveBufferSize", t.live_buffer_size.to_string(), s.live_buffer_size.to_string());
-    compare("readBatchSize", t.read_batch_size.to_string(), s.read_batch_size.to_string());
+    compare(
+        "liveBufferSize",
+        t.live_buffer_size.to_string(),
+        s.live_buffer_size.to_string(),
+    );
+    compare(
+        "readBatchSize",
+        t.read_batch_size.to_string(),
+        s.read_batch_size.to_string(),
+    );
     compare(
         "historyBufferSize",
         t.history_buffer_size.to_string(),
         s.history_buffer_size.to_string(),
     );
-    compare("messageTimeoutMs", t.message_timeout_ms.to_string(), s.message_timeout_ms.to_string());
+    compare(
+        "messageTimeoutMs",
+        t.message_timeout_ms.to_string(),
+        s.message_timeout_ms.to_string(),
+    );
     compare(
         "checkPointAfterMs",
         t.checkpoint_after_ms.to_string(),
         s.checkpoint_after_ms.to_string(),
     );
-    compare("consumerStrategy", t.consumer_strategy.clone(), s.consumer_strategy.clone());
-    let filter = |g: &Group| g.filter.as_ref().map_or("none".to_owned(), ToString::to_string);
+    compare(
+        "consumerStrategy",
+        t.consumer_strategy.clone(),
+        s.consumer_strategy.clone(),
+    );
+    let filter = |g: &Group| {
+        g.filter
+            .as_ref()
+            .map_or("none".to_owned(), ToString::to_string)
+    };
     compare("filter", filter(target), filter(source));
     out
 }
@@ -173,7 +205,10 @@ pub async fn target_start<S: ClusterRead, T: ClusterRead>(
     let after = match (group.checkpoint, group.start) {
         (Some(checkpoint), _) => checkpoint,
         (None, Start::Beginning) => {
-            return Ok(ready(Start::Beginning, "no checkpoint yet: from the start, as configured"));
+            return Ok(ready(
+                Start::Beginning,
+                "no checkpoint yet: from the start, as configured",
+            ));
         }
         (None, Start::End) => {
             return Ok(ready(
@@ -183,18 +218,23 @@ pub async fn target_start<S: ClusterRead, T: ClusterRead>(
             ));
         }
         (None, Start::At(GroupPosition::Revision(0))) => {
-            return Ok(ready(Start::Beginning, "no checkpoint yet: configured from revision 0"));
+            return Ok(ready(
+                Start::Beginning,
+                "no checkpoint yet: configured from revision 0",
+            ));
         }
         (None, Start::At(GroupPosition::Revision(n))) => GroupPosition::Revision(n - 1),
-        (None, Start::At(GroupPosition::Position(p))) => match record_before(source, p, options).await? {
-            Some(before) => GroupPosition::Position(before),
-            None => {
-                return Ok(ready(
-                    Start::Beginning,
-                    "no checkpoint yet: configured from the first record",
-                ))
+        (None, Start::At(GroupPosition::Position(p))) => {
+            match record_before(source, p, options).await? {
+                Some(before) => GroupPosition::Position(before),
+                None => {
+                    return Ok(ready(
+                        Start::Beginning,
+                        "no checkpoint yet: configured from the first record",
+                    ))
+                }
             }
-        },
+        }
     };
     match (&group.source, after) {
         (super::GroupSource::Stream(stream), GroupPosition::Revision(revision)) => {
@@ -210,9 +250,9 @@ pub async fn target_start<S: ClusterRead, T: ClusterRead>(
         (_, GroupPosition::Position(position)) => {
             let mapping = map_position(source, target, position, options).await?;
             match (mapping.resume, mapping.target) {
-                (Resume::NotReplicatedYet, _) => Ok(TargetStart::NotReplicatedYet {
-                    note: mapping.note,
-                }),
+                (Resume::NotReplicatedYet, _) => {
+                    Ok(TargetStart::NotReplicatedYet { note: mapping.note })
+                }
                 (Resume::After, Some(t)) => Ok(match record_after(target, t, options).await? {
                     Some(next) => ready(
                         Start::At(GroupPosition::Position(next)),
@@ -230,9 +270,10 @@ pub async fn target_start<S: ClusterRead, T: ClusterRead>(
             }
         }
         // A stream group's report holds revisions only (see `admin.rs`).
-        (super::GroupSource::All, GroupPosition::Revision(_)) => {
-            Ok(ready(Start::Beginning, "a revision for a $all group: from the start"))
-        }
+        (super::GroupSource::All, GroupPosition::Revision(_)) => Ok(ready(
+            Start::Beginning,
+            "a revision for a $all group: from the start",
+        )),
     }
 }
 
@@ -251,7 +292,11 @@ async fn record_before<S: ClusterRead>(
 ) -> Result<Option<Position>, VerifyError> {
     let mut records = source.all_records(AllFrom::Position(position), Direction::Backwards, 2);
     loop {
-        let next = settle(SOURCE, || "reading $all".to_owned(), next_within(options.request_timeout, &mut records).await)?;
+        let next = settle(
+            SOURCE,
+            || "reading $all".to_owned(),
+            next_within(options.request_timeout, &mut records).await,
+        )?;
         match next {
             Some((p, _)) if p >= position => continue,
             other => return Ok(other.map(|(p, _)| p)),
@@ -267,7 +312,11 @@ async fn record_after<T: ClusterRead>(
 ) -> Result<Option<Position>, VerifyError> {
     let mut records = target.all_records(AllFrom::Position(position), Direction::Forwards, 2);
     loop {
-        let next = settle(TARGET, || "reading $all".to_owned(), next_within(options.request_timeout, &mut records).await)?;
+        let next = settle(
+            TARGET,
+            || "reading $all".to_owned(),
+            next_within(options.request_timeout, &mut records).await,
+        )?;
         match next {
             Some((p, _)) if p <= position => continue,
             other => return Ok(other.map(|(p, _)| p)),
