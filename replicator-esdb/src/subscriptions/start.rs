@@ -225,7 +225,7 @@ pub async fn target_start<S: ClusterRead, T: ClusterRead>(
         }
         (None, Start::At(GroupPosition::Revision(n))) => GroupPosition::Revision(n - 1),
         (None, Start::At(GroupPosition::Position(p))) => {
-            match record_before(source, p, options).await? {
+            match neighbour(source, SOURCE, p, Direction::Backwards, options).await? {
                 Some(before) => GroupPosition::Position(before),
                 None => {
                     return Ok(ready(
@@ -253,19 +253,21 @@ pub async fn target_start<S: ClusterRead, T: ClusterRead>(
                 (Resume::NotReplicatedYet, _) => {
                     Ok(TargetStart::NotReplicatedYet { note: mapping.note })
                 }
-                (Resume::After, Some(t)) => Ok(match record_after(target, t, options).await? {
-                    Some(next) => ready(
-                        Start::At(GroupPosition::Position(next)),
-                        &format!("the record after target {t} (source {position})"),
-                    ),
-                    None => ready(
-                        Start::End,
-                        &format!(
-                            "source {position} is target {t}, the last record of the target's \
-                             $all: from its end"
+                (Resume::After, Some(t)) => Ok(
+                    match neighbour(target, TARGET, t, Direction::Forwards, options).await? {
+                        Some(next) => ready(
+                            Start::At(GroupPosition::Position(next)),
+                            &format!("the record after target {t} (source {position})"),
                         ),
-                    ),
-                }),
+                        None => ready(
+                            Start::End,
+                            &format!(
+                                "source {position} is target {t}, the last record of the target's \
+                             $all: from its end"
+                            ),
+                        ),
+                    },
+                ),
                 _ => Ok(ready(Start::Beginning, &mapping.note)),
             }
         }
@@ -284,41 +286,22 @@ fn ready(start: Start, note: &str) -> TargetStart {
     }
 }
 
-/// The position of the source record before `position`.
-async fn record_before<S: ClusterRead>(
-    source: &S,
+/// The position of the record next to `position` in `direction`: the one
+/// before it (backwards) or after it (forwards).
+async fn neighbour<C: ClusterRead>(
+    cluster: &C,
+    side: &'static str,
     position: Position,
+    direction: Direction,
     options: &MapOptions,
 ) -> Result<Option<Position>, VerifyError> {
-    let mut records = source.all_records(AllFrom::Position(position), Direction::Backwards, 2);
+    let mut records = cluster.all_records(AllFrom::Position(position), direction, 2);
     loop {
-        let next = settle(
-            SOURCE,
-            || "reading $all".to_owned(),
-            next_within(options.request_timeout, &mut records).await,
-        )?;
+        let next = next_within(options.request_timeout, &mut records).await;
+        let next = settle(side, || "reading $all".to_owned(), next)?;
         match next {
-            Some((p, _)) if p >= position => continue,
-            other => return Ok(other.map(|(p, _)| p)),
-        }
-    }
-}
-
-/// The position of the target record after `position`.
-async fn record_after<T: ClusterRead>(
-    target: &T,
-    position: Position,
-    options: &MapOptions,
-) -> Result<Option<Position>, VerifyError> {
-    let mut records = target.all_records(AllFrom::Position(position), Direction::Forwards, 2);
-    loop {
-        let next = settle(
-            TARGET,
-            || "reading $all".to_owned(),
-            next_within(options.request_timeout, &mut records).await,
-        )?;
-        match next {
-            Some((p, _)) if p <= position => continue,
+            // A forward read starts at `position` itself.
+            Some((p, _)) if p == position => continue,
             other => return Ok(other.map(|(p, _)| p)),
         }
     }
