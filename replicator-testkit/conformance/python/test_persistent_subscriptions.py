@@ -326,3 +326,40 @@ def test_round_robin_shares_events_between_consumers(client, prefix):
     a.stop()
     b.stop()
     client.delete_subscription(group, stream)
+
+
+@pytest.mark.parametrize("strategy", ["Pinned", "PinnedByCorrelation", "DispatchToSingle"])
+def test_every_strategy_delivers(client, prefix, strategy):
+    stream, group = f"{prefix}{strategy.lower()}", group_name()
+    ids = append(client, stream, 3)
+    client.create_subscription_to_stream(group, stream, consumer_strategy=strategy)
+    assert client.get_subscription_info(group, stream).consumer_strategy == strategy
+    sub = client.read_subscription_to_stream(group, stream)
+    assert [e.id for e in take(sub, 3, f"the events through {strategy}")] == ids
+    sub.stop()
+    client.delete_subscription(group, stream)
+
+
+def test_links_are_resolved_and_acknowledged_by_the_link(client, prefix):
+    stream, links, group = f"{prefix}linked", f"{prefix}links", group_name()
+    (target,) = append(client, stream, 1)
+    client.append_to_stream(
+        links,
+        current_version=StreamState.ANY,
+        events=[NewEvent(type="$>", data=f"0@{stream}".encode(), content_type="application/octet-stream")],
+    )
+    client.create_subscription_to_stream(
+        group, links, resolve_links=True, min_checkpoint_count=1, checkpoint_after=0.2
+    )
+    sub = client.read_subscription_to_stream(group, links)
+    (event,) = take(sub, 1, "the resolved link")
+    assert (event.id, event.stream_name, event.stream_position) == (target, stream, 0)
+    assert event.link is not None and event.link.stream_name == links
+    assert event.ack_id == event.link.id
+    sub.ack(event)
+    eventually(
+        "the checkpoint at the link",
+        lambda: client.get_subscription_info(group, links).last_checkpointed_event_position == "0",
+    )
+    sub.stop()
+    client.delete_subscription(group, links)

@@ -14,6 +14,7 @@ mod errors_and_deletes;
 mod faults_and_connections;
 #[cfg(target_os = "linux")]
 mod memory;
+mod persistent;
 mod preload;
 mod reads_and_writes;
 mod security;

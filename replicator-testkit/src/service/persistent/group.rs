@@ -180,7 +180,9 @@ impl Group {
         let all = definition.source.is_all();
         let name = definition.source.name().to_owned();
         let checkpoint = last_event(store, &checkpoint_stream(&name, &definition.group))
-            .filter(|r| &*r.event_type == CHECKPOINT_TYPE || &*r.event_type == "SubscriptionCheckpoint")
+            .filter(|r| {
+                &*r.event_type == CHECKPOINT_TYPE || &*r.event_type == "SubscriptionCheckpoint"
+            })
             .and_then(|r| serde_json::from_slice::<String>(&r.data).ok())
             .and_then(|text| Pos::parse(&text, all));
         let cursor = match (checkpoint, &definition.source) {
@@ -224,7 +226,11 @@ impl Group {
     }
 
     pub(super) fn subscription_id(&self) -> String {
-        format!("{}::{}", self.definition.source.name(), self.definition.group)
+        format!(
+            "{}::{}",
+            self.definition.source.name(),
+            self.definition.group
+        )
     }
 
     pub(super) fn is_full(&self) -> bool {
@@ -454,13 +460,15 @@ impl Group {
                     Err(_) => (Vec::new(), 0),
                 },
                 Source::All(filter) => {
-                    let records = store.log_slice(usize::try_from(self.cursor).unwrap_or(usize::MAX), batch);
+                    let records =
+                        store.log_slice(usize::try_from(self.cursor).unwrap_or(usize::MAX), batch);
                     let n = records.len() as u64;
-                    // System events (`$`-typed: checkpoints, configuration,
-                    // links, metadata) are not delivered to `$all` groups.
+                    // Only the group's filter decides: the server reads `$all`
+                    // unfiltered (system events included) for a group without
+                    // one (`PersistentSubscriptionStreamReader.cs`); clients
+                    // exclude system events with a filter of their own.
                     let wanted = records
                         .into_iter()
-                        .filter(|r| !r.event_type.starts_with('$'))
                         .filter(|r| filter.as_ref().is_none_or(|f| f.matches(r)))
                         .collect();
                     (wanted, n)
@@ -675,12 +683,7 @@ impl Group {
         SubscriptionInfo {
             event_source: self.definition.source.name().to_owned(),
             group_name: self.definition.group.clone(),
-            status: if self.live && self.buffer.is_empty() {
-                "Live"
-            } else {
-                "Behind"
-            }
-            .to_owned(),
+            status: if self.live { "Live" } else { "Behind" }.to_owned(),
             connections,
             average_per_second: average,
             total_items: self.total_items,

@@ -197,7 +197,12 @@ impl PersistentService {
 /// The task of one group: pumps it when a consumer or the log changes and when
 /// a timer (message timeout, checkpoint) is due; ends when the group is retired
 /// or the server that held it is gone.
-async fn drive(shared: Arc<Shared>, cell: Weak<Cell>, wake: Arc<Notify>, retired: CancellationToken) {
+async fn drive(
+    shared: Arc<Shared>,
+    cell: Weak<Cell>,
+    wake: Arc<Notify>,
+    retired: CancellationToken,
+) {
     let mut appended = shared.appended.subscribe();
     loop {
         let Some(strong) = cell.upgrade() else { return };
@@ -212,7 +217,9 @@ async fn drive(shared: Arc<Shared>, cell: Weak<Cell>, wake: Arc<Notify>, retired
             group.next_deadline()
         });
         drop(strong);
-        let sleep = deadline.map_or(IDLE_TICK, |d| d.saturating_duration_since(now).min(IDLE_TICK));
+        let sleep = deadline.map_or(IDLE_TICK, |d| {
+            d.saturating_duration_since(now).min(IDLE_TICK)
+        });
         tokio::select! {
             changed = appended.changed() => if changed.is_err() { return },
             () = wake.notified() => {}
@@ -231,7 +238,10 @@ impl PersistentSubscriptions for PersistentService {
             .options
             .ok_or_else(|| Status::invalid_argument("create options are missing"))?;
         let definition = settings::from_create(options)?;
-        let (source, group) = (definition.source.name().to_owned(), definition.group.clone());
+        let (source, group) = (
+            definition.source.name().to_owned(),
+            definition.group.clone(),
+        );
         if matches!(&definition.source, Source::Stream(s) if s == "$all") {
             return Err(failed(
                 &group,
@@ -251,7 +261,9 @@ impl PersistentSubscriptions for PersistentService {
                 );
                 return Err(failed(&group, &source, &reason));
             }
-            if let Some(reason) = settings::invalid_start(definition.settings.start, store.end_position()) {
+            if let Some(reason) =
+                settings::invalid_start(definition.settings.start, store.end_position())
+            {
                 return Err(failed(&group, &source, &reason));
             }
             self.install(store, &mut groups, definition);
@@ -268,7 +280,10 @@ impl PersistentSubscriptions for PersistentService {
             .options
             .ok_or_else(|| Status::invalid_argument("update options are missing"))?;
         let mut definition = settings::from_update(options)?;
-        let (source, group) = (definition.source.name().to_owned(), definition.group.clone());
+        let (source, group) = (
+            definition.source.name().to_owned(),
+            definition.group.clone(),
+        );
         self.shared.write(|store| {
             let mut groups = self.lock_groups();
             let Some(old) = groups.get(&(source.clone(), group.clone())).cloned() else {
@@ -281,7 +296,9 @@ impl PersistentSubscriptions for PersistentService {
                 );
                 return Err(failed(&group, &source, &reason));
             }
-            if let Some(reason) = settings::invalid_start(definition.settings.start, store.end_position()) {
+            if let Some(reason) =
+                settings::invalid_start(definition.settings.start, store.end_position())
+            {
                 return Err(failed(&group, &source, &reason));
             }
             {
@@ -392,7 +409,14 @@ impl PersistentSubscriptions for PersistentService {
             };
             tx.try_send(Ok(confirmation))
                 .map_err(|_| Status::internal("the reply channel is full"))?;
-            g.connect(tx.clone(), slots, structured, from, username, connection_name)
+            g.connect(
+                tx.clone(),
+                slots,
+                structured,
+                from,
+                username,
+                connection_name,
+            )
         };
         cell.wake.notify_one();
         let shared = Arc::clone(&self.shared);
@@ -426,7 +450,10 @@ impl PersistentSubscriptions for PersistentService {
                 cell.wake.notify_one();
                 if stop {
                     let g = cell.lock();
-                    let (source, group) = (g.definition.source.name().to_owned(), g.definition.group.clone());
+                    let (source, group) = (
+                        g.definition.source.name().to_owned(),
+                        g.definition.group.clone(),
+                    );
                     drop(g);
                     let _ = tx.try_send(Err(dropped(&group, &source)));
                     break;
@@ -536,8 +563,10 @@ impl PersistentSubscriptions for PersistentService {
                 .values()
                 .map(|cell| {
                     let mut g = cell.lock();
-                    let (source, group) =
-                        (g.definition.source.name().to_owned(), g.definition.group.clone());
+                    let (source, group) = (
+                        g.definition.source.name().to_owned(),
+                        g.definition.group.clone(),
+                    );
                     g.drop_clients(&dropped(&group, &source));
                     g.definition.clone()
                 })
@@ -563,7 +592,11 @@ fn user_name(metadata: &MetadataMap) -> String {
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|h| h.strip_prefix("Basic "))
-        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b.trim()).ok())
+        .and_then(|b| {
+            base64::engine::general_purpose::STANDARD
+                .decode(b.trim())
+                .ok()
+        })
         .and_then(|d| String::from_utf8(d).ok())
         .and_then(|d| d.split_once(':').map(|(name, _)| name.to_owned()))
         .unwrap_or_default()
@@ -571,7 +604,11 @@ fn user_name(metadata: &MetadataMap) -> String {
 
 fn status_with(code: Code, message: String, exception: &str, group: &str, stream: &str) -> Status {
     let mut metadata = MetadataMap::new();
-    for (key, value) in [("exception", exception), ("stream-name", stream), ("group-name", group)] {
+    for (key, value) in [
+        ("exception", exception),
+        ("stream-name", stream),
+        ("group-name", group),
+    ] {
         // Values that cannot travel as headers (unicode names) are left out.
         if let Ok(value) = MetadataValue::try_from(value) {
             metadata.insert(key, value);

@@ -11,8 +11,12 @@ use crate::proto::persistent_subscriptions::{create_req, update_req};
 use crate::store::Record;
 
 /// The strategies the real server registers (`SystemConsumerStrategies`).
-pub(super) const STRATEGIES: [&str; 4] =
-    ["DispatchToSingle", "RoundRobin", "Pinned", "PinnedByCorrelation"];
+pub(super) const STRATEGIES: [&str; 4] = [
+    "DispatchToSingle",
+    "RoundRobin",
+    "Pinned",
+    "PinnedByCorrelation",
+];
 
 /// A position in a group's source: a stream revision, or a `$all` position.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -311,9 +315,7 @@ pub(super) fn from_create(options: create_req::Options) -> Result<Definition, St
                     let (on_stream, expression) = match f.filter {
                         Some(Filter::StreamIdentifier(e)) => (true, e),
                         Some(Filter::EventType(e)) => (false, e),
-                        None => {
-                            return Err(Status::invalid_argument("filter has no expression"))
-                        }
+                        None => return Err(Status::invalid_argument("filter has no expression")),
                     };
                     Some(
                         GroupFilter::new(on_stream, expression.regex, expression.prefix)
@@ -557,7 +559,10 @@ mod tests {
         assert!(invalid_start(log(100, 100), 100).is_none());
         for bad in [log(50, 60), log(101, 101), log(-1, 0)] {
             let reason = invalid_start(bad, 100).expect("refused");
-            assert!(reason.starts_with("Invalid Start From position"), "{reason}");
+            assert!(
+                reason.starts_with("Invalid Start From position"),
+                "{reason}"
+            );
         }
         assert!(invalid_start(Start::Revision(-1), 0).is_none());
     }
@@ -571,6 +576,13 @@ mod tests {
         assert_eq!(p.text(), "C:12/P:10");
         assert_eq!(Pos::parse("C:12/P:10", true), Some(p));
         assert_eq!(Pos::parse("42", false), Some(Pos::Revision(42)));
-        assert_eq!(Start::Log { commit: -1, prepare: -1 }.text(), "C:-1/P:-1");
+        assert_eq!(
+            Start::Log {
+                commit: -1,
+                prepare: -1
+            }
+            .text(),
+            "C:-1/P:-1"
+        );
     }
 }
