@@ -6,7 +6,7 @@
 //! (`-- --test-threads=1`) and leave out `faults_and_connections` and
 //! `wire_errors`, which need the in-process server (`security` always starts
 //! secure in-process servers of its own, `memory` `esdb-testkit` processes of its
-//! own, `preload` in-process servers of its own); see `replicator_testkit::cluster`
+//! own, `preload` and `persistent` in-process servers of their own); see `replicator_testkit::cluster`
 //! and the README.
 
 mod common;

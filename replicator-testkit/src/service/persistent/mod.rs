@@ -61,6 +61,21 @@ impl Cell {
     }
 }
 
+/// The groups of one serving run of the server. Dropped when the server stops
+/// serving (its routes go): then every group's task and consumer call ends, and
+/// a restart loads the groups again from the store.
+#[derive(Default)]
+struct Registry(Mutex<BTreeMap<Key, Arc<Cell>>>);
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let groups = self.0.get_mut().unwrap_or_else(|e| e.into_inner());
+        for cell in groups.values() {
+            cell.retired.cancel();
+        }
+    }
+}
+
 /// The `event_store.client.persistent_subscriptions.PersistentSubscriptions`
 /// service. Built when the server starts serving: it loads the groups from the
 /// configuration stream and their checkpoints, as the server does at start-up.
@@ -68,7 +83,7 @@ impl Cell {
 pub(crate) struct PersistentService {
     shared: Arc<Shared>,
     /// Locked after the store (never the other way round), before a group.
-    groups: Arc<Mutex<BTreeMap<Key, Arc<Cell>>>>,
+    groups: Arc<Registry>,
 }
 
 impl PersistentService {
@@ -98,6 +113,7 @@ impl PersistentService {
 
     fn lock_groups(&self) -> MutexGuard<'_, BTreeMap<Key, Arc<Cell>>> {
         self.groups
+            .0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
