@@ -555,7 +555,10 @@ impl Group {
         if n == 0 {
             return None;
         }
-        let free = |c: &Client| c.in_flight < c.slots;
+        // A slot, and room in its reply channel (one place kept for the error
+        // that may end the call): a consumer that stopped reading must not
+        // hold up the others once its messages timed out.
+        let free = |c: &Client| c.in_flight < c.slots && c.tx.capacity() > 1;
         match self.definition.settings.strategy.as_str() {
             "RoundRobin" => {
                 let found = (0..n)
@@ -751,4 +754,158 @@ fn fnv(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::settings::Settings;
+    use super::*;
+
+    fn definition(max_retry_count: i32) -> Definition {
+        Definition {
+            source: Source::Stream("orders".to_owned()),
+            group: "g".to_owned(),
+            settings: Settings {
+                resolve_links: false,
+                extra_statistics: false,
+                message_timeout_ms: 1_000,
+                max_retry_count,
+                min_checkpoint_count: 1,
+                // A checkpoint after every finished event, without the timer.
+                max_checkpoint_count: 1,
+                max_subscriber_count: 0,
+                live_buffer_size: 10,
+                read_batch_size: 2,
+                history_buffer_size: 10,
+                checkpoint_after_ms: 0,
+                strategy: "DispatchToSingle".to_owned(),
+                start: Start::Revision(0),
+            },
+        }
+    }
+
+    fn store_with(events: usize) -> (Store, Vec<Uuid>) {
+        let mut store = Store::default();
+        let proposed: Vec<Proposed> = (0..events)
+            .map(|n| Proposed {
+                id: Uuid::new_v4(),
+                event_type: "Happened".to_owned(),
+                content_type: JSON.to_owned(),
+                data: Bytes::from(format!("{{\"n\":{n}}}")),
+                custom_metadata: Bytes::new(),
+            })
+            .collect();
+        let ids = proposed.iter().map(|p| p.id).collect();
+        store.append("orders", Expected::Any, proposed);
+        (store, ids)
+    }
+
+    fn checkpoint(store: &Store) -> Option<String> {
+        last_event(store, &checkpoint_stream("orders", "g"))
+            .map(|r| serde_json::from_slice::<String>(&r.data).expect("a JSON string"))
+    }
+
+    fn connect(group: &mut Group, slots: usize) -> mpsc::Receiver<Result<ReadResp, Status>> {
+        let (tx, rx) = mpsc::channel(slots + 2);
+        group.connect(
+            tx,
+            slots,
+            false,
+            String::new(),
+            String::new(),
+            String::new(),
+        );
+        rx
+    }
+
+    fn received(rx: &mut mpsc::Receiver<Result<ReadResp, Status>>) -> Vec<(u64, i32)> {
+        let mut out = Vec::new();
+        while let Ok(Ok(reply)) = rx.try_recv() {
+            if let Some(read_resp::Content::Event(event)) = reply.content {
+                let revision = event.event.expect("an event").stream_revision;
+                let Some(read_resp::read_event::Count::RetryCount(retries)) = event.count else {
+                    panic!("no retry count");
+                };
+                out.push((revision, retries));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_checkpoint_is_the_event_before_the_lowest_unacknowledged_one() {
+        let (mut store, ids) = store_with(5);
+        let mut group = Group::load(&store, definition(10));
+        let mut rx = connect(&mut group, 10);
+        let now = Instant::now();
+        group.pump(&mut store, now);
+        assert_eq!(received(&mut rx).len(), 5);
+        group.answer(&mut store, Answer::Ack(vec![ids[0], ids[1], ids[3]]));
+        group.pump(&mut store, now);
+        assert_eq!(
+            checkpoint(&store).as_deref(),
+            Some("1"),
+            "revision 2 is still unacked"
+        );
+        group.answer(&mut store, Answer::Ack(vec![ids[2]]));
+        group.pump(&mut store, now);
+        assert_eq!(checkpoint(&store).as_deref(), Some("3"));
+        group.answer(&mut store, Answer::Ack(vec![ids[4]]));
+        group.pump(&mut store, now);
+        assert_eq!(
+            checkpoint(&store).as_deref(),
+            Some("4"),
+            "nothing outstanding: the last event"
+        );
+
+        // Loaded again, the group resumes after the checkpoint.
+        store.append(
+            "orders",
+            Expected::Any,
+            vec![Proposed {
+                id: Uuid::new_v4(),
+                event_type: "Happened".to_owned(),
+                content_type: JSON.to_owned(),
+                data: Bytes::from_static(b"{}"),
+                custom_metadata: Bytes::new(),
+            }],
+        );
+        let mut again = Group::load(&store, definition(10));
+        let mut rx = connect(&mut again, 10);
+        again.pump(&mut store, now);
+        assert_eq!(received(&mut rx), [(5, 0)]);
+    }
+
+    #[test]
+    fn a_timed_out_message_is_retried_then_parked_and_buffer_size_bounds_in_flight() {
+        let (mut store, _) = store_with(3);
+        let mut group = Group::load(&store, definition(1));
+        let mut rx = connect(&mut group, 2);
+        let start = Instant::now();
+        group.pump(&mut store, start);
+        assert_eq!(
+            received(&mut rx),
+            [(0, 0), (1, 0)],
+            "two slots: two in flight"
+        );
+        // Past the message timeout: both are sent again, retry count 1.
+        let later = start + Duration::from_millis(1_001);
+        group.pump(&mut store, later);
+        assert_eq!(received(&mut rx), [(0, 1), (1, 1)]);
+        // Again: retried once already (max 1), so parked; the third event goes out.
+        group.pump(&mut store, later + Duration::from_millis(1_001));
+        assert_eq!(received(&mut rx), [(2, 0)]);
+        let parked = parked_stream("orders", "g");
+        let links: Vec<String> = store
+            .stream_records(&parked, 0..10)
+            .iter()
+            .map(|r| String::from_utf8(r.data.to_vec()).expect("text"))
+            .collect();
+        assert_eq!(links, ["0@orders", "1@orders"]);
+        assert_eq!(
+            checkpoint(&store).as_deref(),
+            Some("1"),
+            "parked events count as finished"
+        );
+    }
 }
