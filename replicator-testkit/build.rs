@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/shared.proto",
         "proto/status.proto",
         "proto/streams.proto",
+        "proto/persistent.proto",
         "proto/serverfeatures.proto",
         "proto/gossip.proto",
         "proto/tcp.proto",

@@ -1,5 +1,6 @@
 //! Test kit for the replicator: an in-process EventStoreDB-protocol gRPC server that
-//! the real `eventstore` client talks to ([`EsdbServer`]), fault injection
+//! the real `eventstore` client talks to ([`EsdbServer`]; Streams, persistent
+//! subscriptions as `docs/persistent-subscriptions.md` describes them), fault injection
 //! ([`FaultHandle`]), a seeded workload generator ([`workload`]), and
 //! [`cluster::TestCluster`], which lets every test run against a real cluster instead
 //! when an environment variable names one, and what the workspace's tests share

@@ -9,6 +9,9 @@ pub mod event_store {
         pub mod streams {
             tonic::include_proto!("event_store.client.streams");
         }
+        pub mod persistent_subscriptions {
+            tonic::include_proto!("event_store.client.persistent_subscriptions");
+        }
         pub mod server_features {
             tonic::include_proto!("event_store.client.server_features");
         }
@@ -31,4 +34,4 @@ pub mod google {
 pub use event_store::client as shared;
 /// The legacy TCP protocol's messages, as the TCP service (`ServerOptions::tcp_port`) speaks them.
 pub use event_store::client::messages as tcp;
-pub use event_store::client::{gossip, server_features, streams};
+pub use event_store::client::{gossip, persistent_subscriptions, server_features, streams};

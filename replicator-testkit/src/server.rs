@@ -21,9 +21,10 @@ use crate::faults::{FaultHandle, FaultState};
 use crate::gossip::{ClusterView, GossipMember, NodeState, Role};
 use crate::listen::{self, Io};
 use crate::proto::gossip::gossip_server::GossipServer;
+use crate::proto::persistent_subscriptions::persistent_subscriptions_server::PersistentSubscriptionsServer;
 use crate::proto::server_features::server_features_server::ServerFeaturesServer;
 use crate::proto::streams::streams_server::StreamsServer;
-use crate::service::{FeaturesService, GossipService, StreamsService};
+use crate::service::{FeaturesService, GossipService, PersistentService, StreamsService};
 use crate::shared::{ServerOptions, Shared};
 use crate::store::{Expected, Proposed, Store, WriteOutcome, BINARY, JSON};
 
@@ -443,6 +444,11 @@ fn routes(shared: &Arc<Shared>) -> Routes {
             shared,
         ))))
         .add_service(GossipServer::new(GossipService::new(Arc::clone(shared))))
+        .add_service(
+            PersistentSubscriptionsServer::new(PersistentService::new(Arc::clone(shared)))
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        )
 }
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {

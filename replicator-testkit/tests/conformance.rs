@@ -16,35 +16,16 @@
 //! Without the client (or `node`) a test fails, naming what to run; it never
 //! skips.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 
 use replicator_testkit::security::{TestCertificates, User};
 use replicator_testkit::{EsdbServer, ServerOptions};
 
-fn python() -> PathBuf {
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/conformance-venv/bin/python");
-    let candidate: PathBuf = std::env::var_os("KURRENTDB_CLIENT_PYTHON").map_or(venv, Into::into);
-    let ok = Command::new(&candidate)
-        .args(["-c", "import kurrentdbclient, pytest"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        ok,
-        "{} cannot import kurrentdbclient and pytest: run scripts/test (it installs \
-         replicator-testkit/conformance/python/requirements.txt into target/conformance-venv), \
-         or set KURRENTDB_CLIENT_PYTHON to a python that has them",
-        candidate.display()
-    );
-    candidate
-}
-
 #[test]
 fn python_client_conformance_suite_passes() {
     let suite = Path::new(env!("CARGO_MANIFEST_DIR")).join("conformance/python");
-    let output = Command::new(python())
+    let output = Command::new(replicator_testkit::support::python::python())
         .args([
             "-m",
             "pytest",

@@ -37,7 +37,7 @@ impl ServerFeatures for FeaturesService {
             features: Vec::new(),
         };
         let streams = "event_store.client.streams.streams";
-        let methods = vec![
+        let mut methods = vec![
             method(streams, "read"),
             method(streams, "append"),
             method(streams, "delete"),
@@ -49,6 +49,27 @@ impl ServerFeatures for FeaturesService {
                 "getsupportedmethods",
             ),
         ];
+        // As the real server: every PersistentSubscriptions method with the
+        // features "stream" and "all" (`ServerFeatures.cs`).
+        methods.extend(
+            [
+                "create",
+                "update",
+                "delete",
+                "read",
+                "getinfo",
+                "replayparked",
+                "list",
+                "restartsubsystem",
+            ]
+            .map(|name| SupportedMethod {
+                features: vec!["stream".to_owned(), "all".to_owned()],
+                ..method(
+                    "event_store.client.persistent_subscriptions.persistentsubscriptions",
+                    name,
+                )
+            }),
+        );
         let version = self
             .shared
             .options

@@ -1,7 +1,8 @@
 //! What the workspace's tests share beyond the server: waiting for a
 //! condition, a client from a connection string, the end of `$all`, a v5
 //! transaction over the TCP service ([`TcpTransaction`]), the independent
-//! TCP client ([`node`]), (with the `mongo` feature) a MongoDB-protocol
+//! TCP client ([`node`]), the official Python client and its persistent
+//! subscription tool ([`python`]), (with the `mongo` feature) a MongoDB-protocol
 //! server of a test's own, and a Kafka-protocol broker and an independent
 //! consumer ([`kafka`]).
 //!
@@ -27,6 +28,7 @@ pub mod kafka;
 #[cfg(feature = "mongo")]
 pub mod mongo;
 pub mod node;
+pub mod python;
 mod tcp;
 
 pub use tcp::TcpTransaction;

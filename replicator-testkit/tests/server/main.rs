@@ -6,7 +6,7 @@
 //! (`-- --test-threads=1`) and leave out `faults_and_connections` and
 //! `wire_errors`, which need the in-process server (`security` always starts
 //! secure in-process servers of its own, `memory` `esdb-testkit` processes of its
-//! own, `preload` in-process servers of its own); see `replicator_testkit::cluster`
+//! own, `preload` and `persistent` in-process servers of their own); see `replicator_testkit::cluster`
 //! and the README.
 
 mod common;
@@ -14,6 +14,7 @@ mod errors_and_deletes;
 mod faults_and_connections;
 #[cfg(target_os = "linux")]
 mod memory;
+mod persistent;
 mod preload;
 mod reads_and_writes;
 mod security;
