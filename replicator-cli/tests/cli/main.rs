@@ -27,6 +27,7 @@ mod scavenge;
 mod secrets;
 mod security;
 mod status;
+mod subscriptions;
 mod tcp_source;
 mod transforms;
 mod verify;
