@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/streams.proto",
         "proto/serverfeatures.proto",
         "proto/gossip.proto",
+        "proto/projections.proto",
         "proto/tcp.proto",
     ];
     for file in files {

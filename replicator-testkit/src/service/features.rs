@@ -37,7 +37,7 @@ impl ServerFeatures for FeaturesService {
             features: Vec::new(),
         };
         let streams = "event_store.client.streams.streams";
-        let methods = vec![
+        let mut methods = vec![
             method(streams, "read"),
             method(streams, "append"),
             method(streams, "delete"),
@@ -49,6 +49,7 @@ impl ServerFeatures for FeaturesService {
                 "getsupportedmethods",
             ),
         ];
+        methods.extend(super::projections::supported_methods());
         let version = self
             .shared
             .options

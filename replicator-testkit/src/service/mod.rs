@@ -1,5 +1,5 @@
 //! The gRPC services: Streams (read, subscribe, append, batch append, delete,
-//! tombstone), ServerFeatures and Gossip, translating between the wire messages and
+//! tombstone), Projections (with its HTTP routes), ServerFeatures and Gossip, translating between the wire messages and
 //! [`crate::store::Store`].
 //!
 //! # How the real server answers failures
@@ -66,9 +66,11 @@ mod append;
 mod batch;
 mod convert;
 mod features;
+mod projections;
 mod read;
 mod status;
 mod streams;
 
 pub(crate) use features::{FeaturesService, GossipService};
+pub(crate) use projections::{http_answer, is_projection_path, ProjectionsService};
 pub(crate) use streams::StreamsService;
