@@ -11,7 +11,9 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 #[cfg(feature = "demo")]
 use replicator_cli::demo;
-use replicator_cli::{app, checkpoint_cmd, config, map_position_cmd, report, status, verify_cmd};
+use replicator_cli::{
+    app, checkpoint_cmd, config, map_position_cmd, projections_cmd, report, status, verify_cmd,
+};
 
 /// Replicates an EventStoreDB / KurrentDB cluster's `$all` into another cluster.
 #[derive(Debug, Parser)]
@@ -70,6 +72,11 @@ enum Command {
     /// Map consumers' source $all positions (or, with --stream, stream
     /// revisions) to where they resume on the target, losing nothing.
     MapPosition(map_position_cmd::Args),
+    /// Re-create the source's user projections on the target, stopped: a
+    /// dry run printing the plan unless --apply; --force updates those that
+    /// differ. Exit code 0 done, 1 something differs or failed, 2 could not
+    /// read.
+    Projections(projections_cmd::Args),
     /// Inspect or change the stored checkpoint.
     #[command(subcommand)]
     Checkpoint(CheckpointCommand),
@@ -148,6 +155,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             ),
             Command::Verify(args) => Ok(verify_cmd::run(args).await),
             Command::MapPosition(args) => Ok(map_position_cmd::run(args).await),
+            Command::Projections(args) => Ok(projections_cmd::run(args).await),
             Command::Status { url, json, live } => status::show(&url, json, live).await,
             Command::Checkpoint(CheckpointCommand::Show(args)) => {
                 let config = app::load_config(&args.config)?;

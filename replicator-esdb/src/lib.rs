@@ -25,6 +25,9 @@
 //!   scavenge filter make over gRPC or, for a v5 source, over TCP
 //!   ([`tcp::TcpSource`]).
 //!
+//! - [`projections`] plans and applies the re-creation of the source's user
+//!   projections on the target, stopped (`replicator projections`).
+//!
 //! Every request either makes has a deadline (10 s by default), so a hung
 //! server is noticed and retried, never waited on forever.
 //!
@@ -48,6 +51,7 @@ mod connection;
 mod encode;
 mod plan;
 pub mod position_map;
+pub mod projections;
 mod reader;
 mod retention;
 mod scavenge;
