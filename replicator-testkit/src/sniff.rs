@@ -94,7 +94,6 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncReadExt as _;
 
     #[tokio::test]
     async fn the_preface_means_http2_and_every_byte_is_kept() {
