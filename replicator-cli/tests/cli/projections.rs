@@ -12,7 +12,7 @@ use replicator_testkit::proto::projections::{
     create_req, disable_req, projections_client::ProjectionsClient, statistics_req,
     statistics_resp::Details, update_req, CreateReq, DisableReq, StatisticsReq, UpdateReq,
 };
-use replicator_testkit::security::{basic_authorization, User};
+use replicator_testkit::security::{basic_authorization, TestCertificates, User};
 use replicator_testkit::{EsdbServer, ServerOptions};
 use serde_json::Value;
 
@@ -307,4 +307,81 @@ async fn bad_target_credentials_are_named_with_the_side() {
     );
     assert!(!err.contains("nope-s3cret"), "no password in errors: {err}");
     assert!(statistics(&target, PLAIN).await.is_none());
+}
+
+/// Over TLS (a private CA in `tlsCaFile`), as production clusters serve:
+/// the definitions read over gRPC, the creation over the HTTP API on the
+/// same TLS port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn projections_are_created_over_tls() {
+    let certificates = TestCertificates::generate(&[]).expect("certificates");
+    let dir = tempfile::tempdir().unwrap();
+    let ca = certificates.write_ca(dir.path()).expect("CA file");
+    let secure = || ServerOptions {
+        users: Some(vec![User::admin()]),
+        tls: Some(certificates.clone()),
+        ..ServerOptions::default()
+    };
+    let source = EsdbServer::start_with(secure()).await.unwrap();
+    let target = EsdbServer::start_with(secure()).await.unwrap();
+    // The source's projection written as the server stores it (the test's
+    // gRPC client speaks no TLS): its registration and its definition.
+    let client = eventstore::Client::new(
+        source
+            .connection_string_with(Some(("admin", "changeit")), Some(&ca))
+            .parse()
+            .unwrap(),
+    )
+    .unwrap();
+    let state = serde_json::json!({
+        "HandlerType": "JS", "Query": PLAIN_QUERY, "Mode": 4, "Enabled": true,
+        "EmitEnabled": false, "TrackEmittedStreams": false, "CheckpointsDisabled": false,
+        "Epoch": 0, "Version": 0, "EngineVersion": 1,
+    });
+    client
+        .append_to_stream(
+            "$projections-$all",
+            &Default::default(),
+            eventstore::EventData::binary("$ProjectionCreated", PLAIN.as_bytes().to_vec().into()),
+        )
+        .await
+        .unwrap();
+    client
+        .append_to_stream(
+            format!("$projections-{PLAIN}"),
+            &Default::default(),
+            eventstore::EventData::json("$ProjectionUpdated", &state).unwrap(),
+        )
+        .await
+        .unwrap();
+    let url =
+        |server: &EsdbServer| server.connection_string_with(Some(("admin", "changeit")), Some(&ca));
+    let w = workdir(&url(&source), &url(&target));
+    let o = run_async(&w, &["projections", "--apply"]).await;
+    assert_ok(&o);
+    let out = stdout(&o);
+    let plain = row(&out, PLAIN);
+    assert!(
+        plain.contains("Running") && plain.contains("created (stopped)"),
+        "{out}"
+    );
+    // Read back through the target's own stream, over TLS.
+    let target_client = eventstore::Client::new(url(&target).parse().unwrap()).unwrap();
+    let mut read = target_client
+        .read_stream(
+            format!("$projections-{PLAIN}"),
+            &eventstore::ReadStreamOptions::default()
+                .position(eventstore::StreamPosition::End)
+                .backwards(),
+        )
+        .await
+        .unwrap();
+    let last = read
+        .next()
+        .await
+        .unwrap()
+        .expect("a definition on the target");
+    let stored: Value = last.get_original_event().as_json().unwrap();
+    assert_eq!(stored["Query"], PLAIN_QUERY);
+    assert_eq!(stored["Enabled"], false);
 }
