@@ -439,14 +439,17 @@ fn routes(shared: &Arc<Shared>) -> Routes {
     let streams = StreamsServer::new(StreamsService::new(Arc::clone(shared)))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
-    Routes::new(streams)
+    let routes = Routes::new(streams)
         .add_service(ServerFeaturesServer::new(FeaturesService::new(Arc::clone(
             shared,
         ))))
-        .add_service(GossipServer::new(GossipService::new(Arc::clone(shared))))
-        .add_service(ProjectionsServer::new(ProjectionsService::new(Arc::clone(
-            shared,
-        ))))
+        .add_service(GossipServer::new(GossipService::new(Arc::clone(shared))));
+    if shared.options.no_projections {
+        return routes;
+    }
+    routes.add_service(ProjectionsServer::new(ProjectionsService::new(Arc::clone(
+        shared,
+    ))))
 }
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {

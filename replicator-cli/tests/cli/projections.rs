@@ -385,3 +385,24 @@ async fn projections_are_created_over_tls() {
     assert_eq!(stored["Query"], PLAIN_QUERY);
     assert_eq!(stored["Enabled"], false);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_without_projections_is_named() {
+    let source = server().await;
+    create(&source, PLAIN, PLAIN_QUERY, false, false).await;
+    let target = EsdbServer::start_with(ServerOptions {
+        users: Some(vec![User::admin()]),
+        no_projections: true,
+        ..ServerOptions::default()
+    })
+    .await
+    .unwrap();
+    let w = workdir(&admin_url(&source), &admin_url(&target));
+    let o = run_async(&w, &["projections", "--apply"]).await;
+    assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("projection subsystem is not running on the target"),
+        "{err}"
+    );
+}

@@ -49,7 +49,9 @@ impl ServerFeatures for FeaturesService {
                 "getsupportedmethods",
             ),
         ];
-        methods.extend(super::projections::supported_methods());
+        if !self.shared.options.no_projections {
+            methods.extend(super::projections::supported_methods());
+        }
         let version = self
             .shared
             .options

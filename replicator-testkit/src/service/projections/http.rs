@@ -131,6 +131,9 @@ async fn body_of(body: Incoming) -> Result<Vec<u8>, Response<String>> {
 
 /// Answers one HTTP request to a projection route.
 pub(crate) async fn answer(shared: Arc<Shared>, request: Request<Incoming>) -> Response<String> {
+    if shared.options.no_projections {
+        return text(StatusCode::NOT_FOUND, "projections are not running");
+    }
     let header = request
         .headers()
         .get("authorization")

@@ -14,6 +14,9 @@
 //! `$by_event_type`, `$by_correlation_id`) exist, stopped, without being
 //! written to the store (a fresh server's `$all` stays empty, which the
 //! workspace's tests count on); enabling or changing one writes it.
+//! [`ServerOptions::no_projections`](crate::ServerOptions::no_projections)
+//! turns the whole service off, as a node with `--run-projections=None`
+//! (gRPC `Unimplemented`, the HTTP routes 404).
 //!
 //! # Facts it follows
 //!
