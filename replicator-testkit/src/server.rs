@@ -475,7 +475,12 @@ async fn serve_connection<S>(io: S, routes: Routes, shared: Arc<Shared>, token: 
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (http2, io) = match crate::sniff::sniff(io).await {
+    let sniffed = tokio::select! {
+        sniffed = crate::sniff::sniff(io) => sniffed,
+        // Stopped, or dropped by a fault, before the client said anything.
+        () = token.cancelled() => return,
+    };
+    let (http2, io) = match sniffed {
         Ok(sniffed) => sniffed,
         Err(error) => {
             debug!(%error, "Connection ended before its first request");
