@@ -406,3 +406,49 @@ async fn a_target_without_projections_is_named() {
         "{err}"
     );
 }
+
+/// A v5 source read over TCP: the definitions come from its
+/// `$projections-*` streams (v5 has no gRPC, so no statistics: the status
+/// column says whether the definition is enabled).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_v5_source_over_tcp_gives_its_definitions() {
+    let source = EsdbServer::start_with(ServerOptions {
+        users: Some(vec![User::admin()]),
+        tcp_port: Some(0),
+        ..ServerOptions::default()
+    })
+    .await
+    .unwrap();
+    create(&source, EMITTING, EMITTING_QUERY, true, false).await;
+    let target = server().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("config")).unwrap();
+    let yaml = format!(
+        "replicator:\n  reader:\n    connectionString: \"ConnectTo=tcp://admin:changeit@{}; \
+         UseSslConnection=false\"\n    protocol: tcp\n  sink:\n    connectionString: \"{}\"\n",
+        source.tcp_address().unwrap(),
+        admin_url(&target)
+    );
+    std::fs::write(dir.path().join("config/appsettings.yaml"), yaml).unwrap();
+    let w = Workdir { dir };
+    let o = run_async(&w, &["projections", "--apply"]).await;
+    assert_ok(&o);
+    let out = stdout(&o);
+    let emitting = row(&out, EMITTING);
+    assert!(
+        emitting.contains("enabled") && emitting.contains("created (stopped)"),
+        "{out}"
+    );
+    assert_eq!(
+        columns(emitting)[2..4],
+        ["yes", "no"],
+        "emit and track: {out}"
+    );
+    let config = http_config(&target, EMITTING).await.expect("created");
+    assert_eq!(config["query"], EMITTING_QUERY);
+    assert_eq!(config["emitEnabled"], true);
+    assert_eq!(
+        statistics(&target, EMITTING).await.unwrap().status,
+        "Stopped"
+    );
+}

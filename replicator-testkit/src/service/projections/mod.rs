@@ -30,7 +30,7 @@
 //!   continuous ones; `track_emitted_streams` without `emit_enabled` is
 //!   refused with `Unknown`, "EmitEnabled must be set to true to track emitted
 //!   streams." (the server throws `InvalidOperationException`); engine
-//!   version 0 (unspecified) and 1 are v1, 2 is v2 (which also refuses
+//!   version 0 (unspecified, or any value below) and 1 are v1, 2 is v2 (which also refuses
 //!   tracking); any other is `InvalidArgument`. **gRPC Create starts the
 //!   projection** (the server posts it `enabled: true`); only the HTTP API
 //!   creates one stopped.
@@ -249,8 +249,9 @@ impl ProjectionsService {
 /// The definition a create request asks for.
 fn requested(options: create_req::Options) -> Result<Definition, Failure> {
     use create_req::options::Mode as Wire;
+    // The server takes any value up to 0 as its default, v1.
     let engine_version = match options.engine_version {
-        0 | 1 => 1,
+        ..=1 => 1,
         2 => 2,
         other => {
             return Err(Failure::Invalid(format!(
