@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/persistent.proto",
         "proto/serverfeatures.proto",
         "proto/gossip.proto",
+        "proto/projections.proto",
         "proto/tcp.proto",
     ];
     for file in files {

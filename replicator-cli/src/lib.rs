@@ -38,6 +38,7 @@ pub mod config;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod map_position_cmd;
+pub mod projections_cmd;
 pub mod report;
 pub mod status;
 pub mod subscriptions_cmd;

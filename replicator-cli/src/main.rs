@@ -12,7 +12,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 #[cfg(feature = "demo")]
 use replicator_cli::demo;
 use replicator_cli::{
-    app, checkpoint_cmd, config, map_position_cmd, report, status, subscriptions_cmd, verify_cmd,
+    app, checkpoint_cmd, config, map_position_cmd, projections_cmd, report, status,
+    subscriptions_cmd, verify_cmd,
 };
 
 /// Replicates an EventStoreDB / KurrentDB cluster's `$all` into another cluster.
@@ -76,6 +77,11 @@ enum Command {
     /// each starting where its consumers stopped: a dry run printing the plan
     /// unless --apply.
     Subscriptions(subscriptions_cmd::Args),
+    /// Re-create the source's user projections on the target, stopped: a
+    /// dry run printing the plan unless --apply; --force updates those that
+    /// differ. Exit code 0 done, 1 something differs or failed, 2 could not
+    /// read.
+    Projections(projections_cmd::Args),
     /// Inspect or change the stored checkpoint.
     #[command(subcommand)]
     Checkpoint(CheckpointCommand),
@@ -155,6 +161,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Verify(args) => Ok(verify_cmd::run(args).await),
             Command::MapPosition(args) => Ok(map_position_cmd::run(args).await),
             Command::Subscriptions(args) => Ok(subscriptions_cmd::run(args).await),
+            Command::Projections(args) => Ok(projections_cmd::run(args).await),
             Command::Status { url, json, live } => status::show(&url, json, live).await,
             Command::Checkpoint(CheckpointCommand::Show(args)) => {
                 let config = app::load_config(&args.config)?;

@@ -27,6 +27,9 @@
 //! - [`subscriptions`] re-creates the source's persistent subscription
 //!   groups on the target, each starting where its consumers stopped.
 //!
+//! - [`projections`] plans and applies the re-creation of the source's user
+//!   projections on the target, stopped (`replicator projections`).
+//!
 //! Every request either makes has a deadline (10 s by default), so a hung
 //! server is noticed and retried, never waited on forever.
 //!
@@ -50,6 +53,7 @@ mod connection;
 mod encode;
 mod plan;
 pub mod position_map;
+pub mod projections;
 mod reader;
 mod retention;
 mod scavenge;

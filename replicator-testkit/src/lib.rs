@@ -31,6 +31,7 @@ pub mod security;
 mod server;
 mod service;
 mod shared;
+mod sniff;
 mod store;
 pub mod support;
 mod tcp;

@@ -18,6 +18,9 @@ pub mod event_store {
         pub mod gossip {
             tonic::include_proto!("event_store.client.gossip");
         }
+        pub mod projections {
+            tonic::include_proto!("event_store.client.projections");
+        }
         /// The legacy TCP protocol's messages (`proto/tcp.proto`, proto2).
         pub mod messages {
             tonic::include_proto!("event_store.client.messages");
@@ -34,4 +37,6 @@ pub mod google {
 pub use event_store::client as shared;
 /// The legacy TCP protocol's messages, as the TCP service (`ServerOptions::tcp_port`) speaks them.
 pub use event_store::client::messages as tcp;
-pub use event_store::client::{gossip, persistent_subscriptions, server_features, streams};
+pub use event_store::client::{
+    gossip, persistent_subscriptions, projections, server_features, streams,
+};

@@ -299,7 +299,8 @@ impl TestCertificates {
             .with_no_client_auth()
             .with_single_cert(chain, key)
             .map_err(|e| invalid(&e))?;
-        config.alpn_protocols = vec![b"h2".to_vec()];
+        // HTTP/1.1 too: the HTTP API shares the port (projection routes).
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(config)
     }
 }

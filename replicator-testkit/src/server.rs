@@ -22,9 +22,12 @@ use crate::gossip::{ClusterView, GossipMember, NodeState, Role};
 use crate::listen::{self, Io};
 use crate::proto::gossip::gossip_server::GossipServer;
 use crate::proto::persistent_subscriptions::persistent_subscriptions_server::PersistentSubscriptionsServer;
+use crate::proto::projections::projections_server::ProjectionsServer;
 use crate::proto::server_features::server_features_server::ServerFeaturesServer;
 use crate::proto::streams::streams_server::StreamsServer;
-use crate::service::{FeaturesService, GossipService, PersistentService, StreamsService};
+use crate::service::{
+    FeaturesService, GossipService, PersistentService, ProjectionsService, StreamsService,
+};
 use crate::shared::{ServerOptions, Shared};
 use crate::store::{Expected, Proposed, Store, WriteOutcome, BINARY, JSON};
 
@@ -439,7 +442,7 @@ fn routes(shared: &Arc<Shared>) -> Routes {
     let streams = StreamsServer::new(StreamsService::new(Arc::clone(shared)))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
-    Routes::new(streams)
+    let routes = Routes::new(streams)
         .add_service(ServerFeaturesServer::new(FeaturesService::new(Arc::clone(
             shared,
         ))))
@@ -448,19 +451,82 @@ fn routes(shared: &Arc<Shared>) -> Routes {
             PersistentSubscriptionsServer::new(PersistentService::new(Arc::clone(shared)))
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
-        )
+        );
+    if shared.options.no_projections {
+        return routes;
+    }
+    routes.add_service(ProjectionsServer::new(ProjectionsService::new(Arc::clone(
+        shared,
+    ))))
 }
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
     let routes = routes(&shared);
-    let serve = move |io: Box<dyn Io>, token| serve_connection(io, routes.clone(), token);
+    let shared_http = Arc::clone(&shared);
+    let serve = move |io: Box<dyn Io>, token| {
+        serve_connection(io, routes.clone(), Arc::clone(&shared_http), token)
+    };
     listen::accept_loop(listener, shared, stop, "gRPC", true, CLOSE_GRACE * 4, serve).await;
 }
 
-async fn serve_connection<S>(io: S, routes: Routes, token: CancellationToken)
+/// An HTTP API answer as the router's (a named function: a closure's error
+/// type would be inferred with a lifetime of its own).
+fn http_reply(
+    response: hyper::Response<String>,
+) -> Result<hyper::Response<tonic::body::BoxBody>, Box<dyn std::error::Error + Send + Sync>> {
+    Ok(response.map(tonic::body::boxed))
+}
+
+/// Serves one connection: gRPC over HTTP/2, and the HTTP API's projection
+/// routes over HTTP/1.1, on the same port as a real node serves both.
+async fn serve_connection<S>(io: S, routes: Routes, shared: Arc<Shared>, token: CancellationToken)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let sniffed = tokio::select! {
+        sniffed = crate::sniff::sniff(io) => sniffed,
+        // Stopped, or dropped by a fault, before the client said anything.
+        () = token.cancelled() => return,
+    };
+    let (http2, io) = match sniffed {
+        Ok(sniffed) => sniffed,
+        Err(error) => {
+            debug!(%error, "Connection ended before its first request");
+            return;
+        }
+    };
+    if !http2 {
+        let service =
+            hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                let shared = Arc::clone(&shared);
+                async move {
+                    let response = if crate::service::is_projection_path(request.uri().path()) {
+                        crate::service::http_answer(shared, request).await
+                    } else {
+                        hyper::Response::builder()
+                            .status(hyper::StatusCode::NOT_FOUND)
+                            .body(String::new())
+                            .expect("a valid response")
+                    };
+                    Ok::<_, std::convert::Infallible>(response)
+                }
+            });
+        let connection =
+            hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), service);
+        tokio::pin!(connection);
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(error) = result {
+                    debug!(%error, "HTTP/1.1 connection ended with an error");
+                }
+            }
+            () = token.cancelled() => {
+                connection.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(CLOSE_GRACE, connection.as_mut()).await;
+            }
+        }
+        return;
+    }
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     builder
         .initial_stream_window_size(Some(4 * 1024 * 1024))
@@ -468,10 +534,20 @@ where
         .max_frame_size(Some(1024 * 1024))
         .max_send_buf_size(4 * 1024 * 1024);
     // tonic's router takes tonic bodies; hyper hands over its own.
+    // The HTTP API's routes answer over HTTP/2 too (a client that chose `h2`
+    // by ALPN); everything else is gRPC.
     let service =
         hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-            let mut routes = routes.clone();
-            routes.call(request.map(tonic::body::boxed))
+            use futures::future::{Either, FutureExt as _};
+            // Either, not an async block awaiting the router: the router's
+            // future inside another defeats the compiler's Send proof.
+            if crate::service::is_projection_path(request.uri().path()) {
+                let answer = crate::service::http_answer(Arc::clone(&shared), request);
+                Either::Left(answer.map(http_reply))
+            } else {
+                let mut routes = routes.clone();
+                Either::Right(routes.call(request.map(tonic::body::boxed)))
+            }
         });
     let connection = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(connection);

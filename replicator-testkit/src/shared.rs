@@ -65,6 +65,10 @@ pub struct ServerOptions {
     /// says otherwise. The address is
     /// [`EsdbServer::gossip_address`](crate::EsdbServer::gossip_address).
     pub gossip_port: Option<u16>,
+    /// Serve no Projections service, as a node whose projection subsystem
+    /// is off (`--run-projections=None`): its gRPC calls are `Unimplemented`,
+    /// its HTTP routes 404, and `ServerFeatures` lists none of them.
+    pub no_projections: bool,
 }
 
 /// State shared by the services, the listener and the fault handle.

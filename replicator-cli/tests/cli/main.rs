@@ -3,7 +3,8 @@
 //! `run` against in-process servers (here, and killed mid-copy in
 //! [`restart`], following the source live in [`live`], through its status
 //! server in [`status`], through outages of the source, the target and the
-//! checkpoint store in [`outages`], into Kafka in [`kafka`]), and `demo`.
+//! checkpoint store in [`outages`], into Kafka in [`kafka`]), `projections`
+//! re-created stopped on the target ([`projections`]), and `demo`.
 //!
 //! The `run` tests replicate between real clusters instead when
 //! `ESDB_SOURCE_URL` and/or `ESDB_TARGET_URL` hold connection strings (see
@@ -22,6 +23,7 @@ mod live;
 mod map_position;
 mod order;
 mod outages;
+mod projections;
 mod restart;
 mod scavenge;
 mod secrets;

@@ -78,6 +78,20 @@ impl WireChannel {
         request_with(&self.headers, message)
     }
 
+    /// The chosen node's base URI (`http(s)://host:port`): where its HTTP API
+    /// answers too.
+    pub(crate) fn uri(&self) -> &Uri {
+        &self.uri
+    }
+
+    /// The connection string's credentials as an `authorization` value
+    /// (`Basic …`), for the node's HTTP API.
+    pub(crate) fn authorization(&self) -> Option<&str> {
+        self.headers
+            .get("authorization")
+            .and_then(|value| value.to_str().ok())
+    }
+
     /// A gRPC client on the channel, ready for a call.
     pub(crate) async fn grpc(&self) -> Result<tonic::client::Grpc<Http>, Status> {
         grpc_to(&self.http, self.uri.clone()).await
@@ -163,7 +177,11 @@ fn http_client(
     Ok(builder.build(connector))
 }
 
-fn tls_config(settings: &ClientSettings) -> Result<rustls::ClientConfig, eventstore::Error> {
+/// The TLS configuration the connection string asks for (CA file, client
+/// certificate, verification), without ALPN.
+pub(crate) fn tls_config(
+    settings: &ClientSettings,
+) -> Result<rustls::ClientConfig, eventstore::Error> {
     let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let bad = |what: &str, file: &str, e: &dyn std::fmt::Display| {
         eventstore::Error::InitializationError(format!("cannot read {what} `{file}`: {e}"))

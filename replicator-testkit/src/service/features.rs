@@ -70,6 +70,9 @@ impl ServerFeatures for FeaturesService {
                 )
             }),
         );
+        if !self.shared.options.no_projections {
+            methods.extend(super::projections::supported_methods());
+        }
         let version = self
             .shared
             .options

@@ -1,5 +1,5 @@
 //! The gRPC services: Streams (read, subscribe, append, batch append, delete,
-//! tombstone), PersistentSubscriptions (`persistent`), ServerFeatures and Gossip, translating between the wire messages and
+//! tombstone), PersistentSubscriptions (`persistent`), Projections (with its HTTP routes), ServerFeatures and Gossip, translating between the wire messages and
 //! [`crate::store::Store`].
 //!
 //! # How the real server answers failures
@@ -67,10 +67,12 @@ mod batch;
 mod convert;
 mod features;
 mod persistent;
+mod projections;
 mod read;
 mod status;
 mod streams;
 
 pub(crate) use features::{FeaturesService, GossipService};
 pub(crate) use persistent::PersistentService;
+pub(crate) use projections::{http_answer, is_projection_path, ProjectionsService};
 pub(crate) use streams::StreamsService;
