@@ -11,7 +11,7 @@ use replicator_core::{
     CheckpointStore, Partitioner, Pipeline, PipelineConfig, PipelineError, RunSummary, Sink,
     Transform,
 };
-use replicator_esdb::cluster::SourceClient;
+use replicator_esdb::cluster::{GrpcClient, SourceClient};
 use replicator_esdb::tcp::TcpSource;
 use replicator_esdb::{
     EsdbReader, EsdbReaderConfig, EsdbSink, EsdbSinkConfig, RevisionMode, ScavengeFilter,
@@ -96,7 +96,7 @@ pub(crate) async fn open_store_within(
 ///
 /// # Errors
 /// When a connection string does not parse (named, password hidden).
-pub fn clients(config: &Config) -> anyhow::Result<(SourceClient, eventstore::Client)> {
+pub fn clients(config: &Config) -> anyhow::Result<(SourceClient, GrpcClient)> {
     if config.sink.protocol == SinkProtocol::Kafka {
         anyhow::bail!(
             "this command reads the target cluster, and replicator.sink.protocol is kafka: it \

@@ -5,7 +5,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use eventstore::{Client, ClientSettings};
+use eventstore::ClientSettings;
+
+use crate::wire::client::GrpcClient as Client;
 use replicator_core::ErrorKind;
 
 /// Whether retrying an operation that failed with `error` can succeed.
@@ -102,8 +104,7 @@ fn is_transient_code(code: i32) -> bool {
 /// cannot recover by itself.
 pub(crate) struct ClientCell {
     settings: ClientSettings,
-    /// Shared, not cloned per call: a `Client` clone copies its settings
-    /// (strings, endpoints), which the sink would pay on every append.
+    /// Shared: every caller of a generation uses the same channel.
     current: Mutex<Option<(u64, Arc<Client>)>>,
 }
 

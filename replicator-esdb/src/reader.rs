@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use eventstore::{ClientSettings, Endpoint, ReadAllOptions, StreamPosition};
+use eventstore::{ClientSettings, Endpoint};
 use futures::StreamExt;
 use replicator_core::health::{short, Component, HealthReporter};
 use replicator_core::retry::Backoff;
@@ -18,10 +18,10 @@ use replicator_core::{
 use tokio::time::{Instant, Sleep};
 use tracing::{debug, info};
 
-use crate::classify::to_event;
-use crate::cluster::{self, head, within, ClientPosition as _};
+use crate::cluster::{self, head, within, AllFrom, Direction};
 use crate::connection::{describe, error_kind, ClientCell, REQUEST_TIMEOUT};
 use crate::wire::channel::WireChannel;
+use crate::wire::client::{GrpcClient, ReadOf};
 use crate::wire::read::{AllSubscription, ReadItem};
 
 /// Configuration of an [`EsdbReader`].
@@ -473,18 +473,14 @@ impl ReadState {
             ReadItem::FellBehind => {
                 debug!(position = %shown(self.last), "The subscription fell behind; catching up");
             }
-            ReadItem::Other => {}
+            ReadItem::Checkpoint(_) | ReadItem::StreamNotFound | ReadItem::Other => {}
         }
     }
 
     /// Moves out of [`Phase::CatchUp`]: reads from an inclusive start first,
     /// ends when there is nothing to read without `run_continuously`, and
     /// otherwise subscribes strictly after the last record handed on.
-    async fn catch_up(
-        &mut self,
-        client: &eventstore::Client,
-        generation: u64,
-    ) -> Result<(), Failure> {
+    async fn catch_up(&mut self, client: &GrpcClient, generation: u64) -> Result<(), Failure> {
         if self.last.is_none() && self.floor.is_some() {
             self.read_page(client).await?;
         }
@@ -556,34 +552,28 @@ impl ReadState {
 
     /// Reads one page after `last` (or from `floor`, or the start), with a
     /// deadline on the request and on each record.
-    async fn read_page(&mut self, client: &eventstore::Client) -> Result<(), Failure> {
+    async fn read_page(&mut self, client: &GrpcClient) -> Result<(), Failure> {
         let (from, requested) = match (self.last, self.floor) {
-            // `read_all` is inclusive: ask for one more, the record at `last`
-            // comes back and is dropped.
-            (Some(last), _) => (
-                StreamPosition::Position(last.to_client()),
-                self.page_size.saturating_add(1),
-            ),
-            (None, Some(floor)) => (StreamPosition::Position(floor.to_client()), self.page_size),
-            (None, None) => (StreamPosition::Start, self.page_size),
+            // A read of `$all` is inclusive: ask for one more, the record at
+            // `last` comes back and is dropped.
+            (Some(last), _) => (AllFrom::Position(last), self.page_size.saturating_add(1)),
+            (None, Some(floor)) => (AllFrom::Position(floor), self.page_size),
+            (None, None) => (AllFrom::Start, self.page_size),
         };
-        let options = ReadAllOptions::default()
-            .forwards()
-            .position(from)
-            .max_count(requested);
         let failure = || Failure::client("reading a page of the source's $all");
-        let mut stream = within(self.request_timeout, client.read_all(&options))
-            .await
-            .map_err(failure())?;
+        let mut stream = within(
+            self.request_timeout,
+            client.read(ReadOf::All(from), Direction::Forwards, requested, false),
+        )
+        .await
+        .map_err(failure())?;
         let mut received = 0;
-        while let Some(resolved) = within(self.request_timeout, stream.next())
+        while let Some(event) = within(self.request_timeout, stream.next())
             .await
             .map_err(failure())?
         {
             received += 1;
-            if let Some(record) = resolved.link.or(resolved.event) {
-                self.accept(to_event(record));
-            }
+            self.accept(event);
         }
         self.recovered();
         debug!(received, requested, last = %shown(self.last), "Read a page of $all");
@@ -598,7 +588,7 @@ impl ReadState {
     async fn live_start(
         last: Option<Position>,
         floor: Option<Position>,
-        client: &eventstore::Client,
+        client: &GrpcClient,
         timeout: Duration,
     ) -> Result<Option<Option<Position>>, eventstore::Error> {
         match (last, floor) {

@@ -42,7 +42,7 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use crate::status::{commit, Running};
-use crate::{run_async, stderr, Clusters, Workdir};
+use crate::{reads, run_async, stderr, Clusters, Workdir};
 
 /// User events in the source of the tests that stop a server mid-copy.
 const EVENTS: u64 = 24_000;
@@ -183,7 +183,9 @@ async fn assert_identical(source: &eventstore::Client, target: &eventstore::Clie
         compare_revisions: true,
         ..VerifyOptions::default()
     };
-    let report = verify(source, target, &options).await.unwrap();
+    let report = verify(&reads(source), &reads(target), &options)
+        .await
+        .unwrap();
     assert!(report.is_identical(), "{report}");
     assert_eq!(report.source_events, events, "{report}");
 }

@@ -12,7 +12,7 @@ use replicator_testkit::security::{TestCertificates, User};
 use replicator_testkit::{EsdbServer, ServerOptions};
 use tempfile::TempDir;
 
-use super::{assert_ok, command, stderr, stdout, Workdir};
+use super::{assert_ok, command, reads, stderr, stdout, Workdir};
 
 /// The password of every side's admin in these tests (distinctive, so a leak
 /// into the output is found).
@@ -132,9 +132,13 @@ async fn run_copies_a_workload_over_tls_with_private_cas_and_credentials() {
     let o = run_within(&w, Duration::from_secs(300)).await;
     assert_ok(&o);
     assert_no_password(&o);
-    let report = verify(&source_client, &target_client, &VerifyOptions::default())
-        .await
-        .expect("verify");
+    let report = verify(
+        &reads(&source_client),
+        &reads(&target_client),
+        &VerifyOptions::default(),
+    )
+    .await
+    .expect("verify");
     assert!(report.is_identical(), "{report}");
     assert!(report.source_events > 200, "{report:?}");
 }

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use eventstore::{AppendToStreamOptions, Client, EventData, ExpectedRevision};
+use eventstore::ExpectedRevision;
 use futures::{FutureExt, StreamExt};
 use replicator_core::health::short;
 use replicator_core::{ErrorKind, Event, Position, Sink, SinkError, WriteAck};
@@ -32,6 +32,7 @@ use crate::cluster::{self, within};
 use crate::connection::{describe, error_kind, needs_new_client, ClientCell, REQUEST_TIMEOUT};
 use crate::plan::plan;
 use crate::wire::append::BatchSession;
+use crate::wire::client::GrpcClient as Client;
 
 pub use config::{EsdbSinkConfig, RevisionMode, WriteOrder};
 
@@ -371,11 +372,9 @@ impl Sink for EsdbSink {
     /// deadline.
     async fn check(&self) -> Result<(), SinkError> {
         let (generation, client) = self.client()?;
-        let options = AppendToStreamOptions::default().expected_revision(ExpectedRevision::Any);
-        let nothing: Vec<EventData> = Vec::new();
         let result = within(
             self.request_timeout,
-            client.append_to_stream(WRITE_CHECK_STREAM, &options, nothing),
+            client.append(WRITE_CHECK_STREAM, ExpectedRevision::Any, Vec::new()),
         )
         .await;
         match result {

@@ -84,6 +84,25 @@ impl WireChannel {
     }
 }
 
+/// What a channel built from `settings` would fail on at once: TLS files
+/// that cannot be read.
+///
+/// # Errors
+/// [`eventstore::Error::InitializationError`], naming the file.
+pub(crate) fn check(settings: &ClientSettings) -> Result<(), eventstore::Error> {
+    tls_config(settings).map(drop)
+}
+
+/// The deadline the `eventstore` client puts on a request that is not a
+/// read (`grpc-timeout`, which only the server acts on): the connection
+/// string's `defaultDeadline`, else 10 s.
+pub(crate) fn server_deadline(settings: &ClientSettings) -> Duration {
+    match HiddenSettings::of(settings).default_deadline {
+        Some(ms) if ms < i64::MAX as u64 => Duration::from_millis(ms),
+        _ => Duration::from_secs(10),
+    }
+}
+
 fn request_with<T>(headers: &MetadataMap, message: T) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     *request.metadata_mut() = headers.clone();
@@ -105,6 +124,7 @@ async fn grpc_to(http: &Http, uri: Uri) -> Result<tonic::client::Grpc<Http>, Sta
 struct HiddenSettings {
     keep_alive_interval: Option<u64>,
     keep_alive_timeout: Option<u64>,
+    default_deadline: Option<u64>,
     connection_name: Option<String>,
     /// The connection string's credentials (their login and password have
     /// no accessor either; serialised as bytes).
