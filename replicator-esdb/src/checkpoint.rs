@@ -13,8 +13,11 @@ use replicator_core::{Checkpoint, CheckpointError, CheckpointStore, ErrorKind, P
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::{self, within, Direction, StreamFrom};
-use crate::connection::{describe, error_kind, needs_new_client, ClientCell, REQUEST_TIMEOUT};
+use crate::connection::{
+    describe, error_kind, is_refused_token, needs_new_client, ClientCell, REQUEST_TIMEOUT,
+};
 use crate::wire::client::{GrpcClient as Client, Proposed, ReadOf};
+use crate::wire::token::BearerToken;
 
 /// The name of an instance's checkpoint stream is this prefix and the
 /// instance id.
@@ -164,6 +167,16 @@ impl StreamCheckpointStore {
     /// Sets the deadline of each request (10 s by default).
     pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = timeout;
+        self
+    }
+
+    /// Authenticates every call with `token` (when given), `authorization:
+    /// Bearer`, instead of the connection string's credentials (the target's
+    /// token, as the sink's); a token file is read again whenever it
+    /// changes. Refused by [`CheckpointStore::check`], it is a permanent
+    /// error; refused later (expired), a transient one.
+    pub fn with_bearer_token(mut self, token: Option<BearerToken>) -> Self {
+        self.cell.set_token(token);
         self
     }
 
@@ -484,6 +497,12 @@ impl CheckpointStore for StreamCheckpointStore {
                 "the {} is tombstoned (hard-deleted): it can never be written again; choose \
                  another checkpoint.instanceId",
                 self.location
+            ))),
+            // Refused from the start: no renewal is on its way.
+            Err(error) if is_refused_token(&error) => Err(CheckpointError::permanent(format!(
+                "cannot write (an append of nothing) to the {}: {}",
+                self.location,
+                describe(&error)
             ))),
             Err(error) => Err(self.failed(generation, "write (an append of nothing) to", &error)),
         }

@@ -26,6 +26,7 @@ use crate::retention::{Catalog, Verdict};
 use crate::tcp::TcpSource;
 use crate::wire::client::GrpcClient;
 use crate::wire::read::ReadItem;
+use crate::wire::token::BearerToken;
 
 /// How long [`ScavengeFilter::apply`] waits for the start-up pass before
 /// answering with a transient "still reading" error (the pipeline retries it,
@@ -215,6 +216,24 @@ impl ScavengeFilter {
             }),
             pass: Mutex::new(None),
         }
+    }
+
+    /// Authenticates every gRPC call to the source with `token` (when given),
+    /// `authorization: Bearer`, instead of the connection string's
+    /// credentials (the reader's token); a token file is read again whenever
+    /// it changes. Call it right after [`ScavengeFilter::new`]: once the
+    /// pass has started it changes nothing.
+    #[must_use]
+    pub fn with_bearer_token(mut self, token: Option<BearerToken>) -> Self {
+        // Only before the pass started (it holds the other reference).
+        if let Some(Shared {
+            source: Source::Grpc(cell),
+            ..
+        }) = Arc::get_mut(&mut self.shared)
+        {
+            cell.set_token(token);
+        }
+        self
     }
 
     /// Sets the deadline of each request to the source (10 s by default, at

@@ -25,6 +25,7 @@ mod position;
 mod reads;
 
 pub use crate::wire::client::GrpcClient;
+pub use crate::wire::token::{BearerToken, TokenError};
 pub use connect::{client, client_from, settings, ConnectError};
 pub(crate) use deadline::within;
 pub use deadline::TimedOut;

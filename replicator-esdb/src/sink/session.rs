@@ -13,7 +13,6 @@ use crate::cluster::{within, ClientPosition as _};
 use crate::connection::error_kind;
 use crate::plan::PROBE_REVISION;
 use crate::wire::append::BatchSession;
-use crate::wire::channel::WireChannel;
 use crate::wire::client::{GrpcClient as Client, Proposed};
 
 impl EsdbSink {
@@ -112,7 +111,9 @@ impl EsdbSink {
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
         {
-            if *g == generation {
+            // An ended call (refused, cut) fails every request: a new one
+            // is opened instead, with the credentials of now.
+            if *g == generation && !batch.has_ended() {
                 return Some(batch.clone());
             }
         }
@@ -128,12 +129,7 @@ impl EsdbSink {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
-        let channel = match within(
-            self.request_timeout,
-            WireChannel::connect(self.client.settings(), leader),
-        )
-        .await
-        {
+        let channel = match within(self.request_timeout, self.client.connect_wire(leader)).await {
             Ok(channel) => channel,
             Err(error) => {
                 debug!(%error, "Cannot open a batch-append session");

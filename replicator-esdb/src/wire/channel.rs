@@ -22,6 +22,19 @@ use tonic::Status;
 use tracing::debug;
 
 use super::proto::{node_state, ClusterInfo, Empty};
+use super::token::BearerToken;
+
+/// Whether `error` is a bearer token the server refused (see
+/// [`WireChannel::error`]).
+pub(crate) fn is_refused_token(error: &eventstore::Error) -> bool {
+    matches!(
+        error,
+        eventstore::Error::Grpc {
+            code: tonic::Code::Unauthenticated,
+            ..
+        }
+    )
+}
 
 /// The HTTP/2 client every call goes through.
 pub(crate) type Http =
@@ -37,6 +50,8 @@ pub(crate) struct WireChannel {
     http: Http,
     uri: Uri,
     headers: MetadataMap,
+    /// Sent instead of the basic credentials, read afresh for each call.
+    token: Option<BearerToken>,
 }
 
 impl WireChannel {
@@ -69,13 +84,42 @@ impl WireChannel {
             uri: settings.to_uri(&endpoint),
             http,
             headers,
+            token: None,
         })
     }
 
-    /// A request carrying the connection's headers (credentials, leader
-    /// requirement, connection name).
+    /// The channel, its calls authenticated with `token` (when given)
+    /// instead of the connection string's credentials.
+    pub(crate) fn with_token(mut self, token: Option<BearerToken>) -> Self {
+        self.token = token;
+        self
+    }
+
+    /// A request carrying the connection's headers (credentials or bearer
+    /// token, leader requirement, connection name).
     pub(crate) fn request<T>(&self, message: T) -> tonic::Request<T> {
-        request_with(&self.headers, message)
+        let mut request = request_with(&self.headers, message);
+        if let Some(token) = &self.token {
+            token.authorize(request.metadata_mut());
+        }
+        request
+    }
+
+    /// The client's error for a call's failed `status`, as
+    /// [`eventstore::Error::from_grpc`] makes it, except that a refused
+    /// bearer token is not "access denied" (permanent) but an
+    /// `Unauthenticated` error saying so ([`is_refused_token`]): an expired
+    /// token is renewed while the run retries.
+    pub(crate) fn error(&self, status: Status) -> eventstore::Error {
+        match &self.token {
+            Some(token) if status.code() == tonic::Code::Unauthenticated => {
+                eventstore::Error::Grpc {
+                    code: tonic::Code::Unauthenticated,
+                    message: token.refusal(),
+                }
+            }
+            _ => eventstore::Error::from_grpc(status),
+        }
     }
 
     /// A gRPC client on the channel, ready for a call.

@@ -26,6 +26,7 @@ use super::proto::{
     UuidOption, WireUuid,
 };
 use super::read::{read_call, AllSubscription, ReadItem};
+use super::token::BearerToken;
 use crate::cluster::{AllFrom, Direction, StreamFrom};
 use crate::encode::json_text;
 
@@ -40,6 +41,7 @@ pub struct GrpcClient {
 
 struct Inner {
     settings: ClientSettings,
+    token: Option<BearerToken>,
     /// The `grpc-timeout` of requests other than reads.
     server_deadline: Duration,
     node: Mutex<Node>,
@@ -171,9 +173,20 @@ impl GrpcClient {
             inner: Box::new(Inner {
                 server_deadline: channel::server_deadline(&settings),
                 settings,
+                token: None,
                 node: Mutex::new(Node::default()),
             }),
         })
+    }
+
+    /// The client, its calls authenticated with `token` (when given) instead
+    /// of the connection string's credentials: `authorization: Bearer`, the
+    /// token file read again whenever it changes.
+    pub fn with_bearer_token(mut self, token: Option<BearerToken>) -> Self {
+        self.inner.token = token;
+        // A channel made before would carry the old credentials.
+        self.node().channel = None;
+        self
     }
 
     fn node(&self) -> std::sync::MutexGuard<'_, Node> {
@@ -189,7 +202,9 @@ impl GrpcClient {
             }
             node.leader.take()
         };
-        let channel = WireChannel::connect(&self.inner.settings, leader).await?;
+        let channel = WireChannel::connect(&self.inner.settings, leader)
+            .await?
+            .with_token(self.inner.token.clone());
         Ok(self.node().channel.get_or_insert(channel).clone())
     }
 
@@ -313,7 +328,7 @@ impl GrpcClient {
         .collect();
         let result = async {
             let channel = self.channel().await?;
-            let mut grpc = channel.grpc().await.map_err(eventstore::Error::from_grpc)?;
+            let mut grpc = channel.grpc().await.map_err(|s| channel.error(s))?;
             let mut request = channel.request(futures::stream::iter(requests));
             request.set_timeout(self.inner.server_deadline);
             let path =
@@ -321,7 +336,7 @@ impl GrpcClient {
             let codec = tonic::codec::ProstCodec::<AppendReq, AppendResp>::default();
             grpc.client_streaming(request, path, codec)
                 .await
-                .map_err(eventstore::Error::from_grpc)
+                .map_err(|s| channel.error(s))
         }
         .await;
         let answer = self.observed(result)?.into_inner();

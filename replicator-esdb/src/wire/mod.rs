@@ -23,4 +23,5 @@ pub(crate) mod channel;
 pub(crate) mod client;
 pub(crate) mod proto;
 pub(crate) mod read;
+pub(crate) mod token;
 pub(crate) mod tombstone;

@@ -152,11 +152,7 @@ pub(crate) async fn last_position(
         }),
     };
     let mut answers = read_call(channel, request, false).await?;
-    while let Some(item) = answers
-        .message()
-        .await
-        .map_err(eventstore::Error::from_grpc)?
-    {
+    while let Some(item) = answers.message().await.map_err(|s| channel.error(s))? {
         if let ReadItem::Event(event) = item {
             return Ok(Some(event.position));
         }
@@ -172,7 +168,7 @@ pub(crate) async fn read_call(
     request: ReadReq,
     requires_leader: bool,
 ) -> Result<tonic::Streaming<ReadItem>, eventstore::Error> {
-    let mut grpc = channel.grpc().await.map_err(eventstore::Error::from_grpc)?;
+    let mut grpc = channel.grpc().await.map_err(|s| channel.error(s))?;
     let path = http::uri::PathAndQuery::from_static("/event_store.client.streams.Streams/Read");
     let mut request = channel.request(request);
     if requires_leader {
@@ -184,7 +180,7 @@ pub(crate) async fn read_call(
     Ok(grpc
         .server_streaming(request, path, ReadCodec)
         .await
-        .map_err(eventstore::Error::from_grpc)?
+        .map_err(|s| channel.error(s))?
         .into_inner())
 }
 

@@ -21,7 +21,7 @@ pub(crate) async fn tombstone(
     stream: &str,
     server_deadline: Option<std::time::Duration>,
 ) -> Result<Option<Position>, eventstore::Error> {
-    let mut grpc = channel.grpc().await.map_err(eventstore::Error::from_grpc)?;
+    let mut grpc = channel.grpc().await.map_err(|s| channel.error(s))?;
     let mut request = channel.request(TombstoneReq {
         options: Some(TombstoneOptions {
             stream_identifier: Some(StreamIdentifier {
@@ -39,7 +39,7 @@ pub(crate) async fn tombstone(
     let answer = grpc
         .unary(request, path, codec)
         .await
-        .map_err(eventstore::Error::from_grpc)?
+        .map_err(|s| channel.error(s))?
         .into_inner();
     Ok(answer.position.map(Position::from))
 }
