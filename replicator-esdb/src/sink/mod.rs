@@ -419,10 +419,11 @@ impl Sink for EsdbSink {
                 };
                 if is_refused_token(&error) {
                     // Refused from the start: no renewal is on its way.
+                    // The message says it all (the client's text for the
+                    // status would add nothing but noise).
                     return Err(SinkError::permanent(format!(
                         "the target refused the sink's bearer token: {doing}"
-                    ))
-                    .with_source(error));
+                    )));
                 }
                 let message = format!(
                     "the target cannot be written (an empty append to `{WRITE_CHECK_STREAM}`, which \
@@ -453,11 +454,15 @@ fn sink_error(error: eventstore::Error, doing: &str, event: &Event) -> SinkError
         event.position,
         describe(&error)
     );
-    match error_kind(&error) {
+    let sink_error = match error_kind(&error) {
         ErrorKind::Transient => SinkError::transient(message),
         ErrorKind::Permanent => SinkError::permanent(message),
+    };
+    // A refused token's message is all there is to say.
+    if is_refused_token(&error) {
+        return sink_error;
     }
-    .with_source(error)
+    sink_error.with_source(error)
 }
 
 #[cfg(test)]
