@@ -307,7 +307,8 @@ async fn replicate_once(
             check_order: order == "source" || order == "tcp",
             ..VerifyOptions::default()
         };
-        let report = verify(&client(source_url)?, &client(&target_url)?, &options).await?;
+        let reads = |url: &str| replicator_esdb::cluster::client(&url.into());
+        let report = verify(&reads(source_url)?, &reads(&target_url)?, &options).await?;
         assert!(report.is_identical(), "replication not exact: {report}");
     }
     Ok((run, servers))

@@ -11,7 +11,7 @@ use replicator_core::{
     CheckpointStore, Partitioner, Pipeline, PipelineConfig, PipelineError, RunSummary, Sink,
     Transform,
 };
-use replicator_esdb::cluster::SourceClient;
+use replicator_esdb::cluster::{BearerToken, GrpcClient, SourceClient};
 use replicator_esdb::tcp::TcpSource;
 use replicator_esdb::{
     EsdbReader, EsdbReaderConfig, EsdbSink, EsdbSinkConfig, RevisionMode, ScavengeFilter,
@@ -28,7 +28,7 @@ use tracing::{error, info, warn};
 
 use crate::config::{
     CheckpointConfig, Config, KafkaConfig, ReaderProtocol, SeederConfig, SinkProtocol, StoreConfig,
-    TransformConfig,
+    TokenConfig, TransformConfig,
 };
 use crate::status::{Status, StatusServer};
 use crate::time;
@@ -71,11 +71,13 @@ pub(crate) async fn open_store_within(
         StoreConfig::File { path } => Arc::new(FileCheckpointStore::new(path)),
         StoreConfig::Stream {
             connection_string,
+            token,
             instance_id,
         } => Arc::new(
             StreamCheckpointStore::new(connection_string.clone(), instance_id)
                 .with_context(|| format!("cannot open the checkpoint store ({})", config.store))?
-                .with_request_timeout(call_timeout / 2),
+                .with_request_timeout(call_timeout / 2)
+                .with_bearer_token(bearer_token(token.as_ref(), "sink")?),
         ),
         StoreConfig::Mongo {
             connection_string,
@@ -89,6 +91,27 @@ pub(crate) async fn open_store_within(
     })
 }
 
+/// The bearer token `token` configures for `side` (`reader`, `sink`), read
+/// now when it is a file: a file that cannot be read, or holds no token, is
+/// an error naming the key and the file (never the token).
+///
+/// # Errors
+/// As [`BearerToken::from_file`] and [`BearerToken::new`].
+pub fn bearer_token(
+    token: Option<&TokenConfig>,
+    side: &str,
+) -> anyhow::Result<Option<BearerToken>> {
+    Ok(match token {
+        None => None,
+        Some(TokenConfig::Inline(token)) => {
+            Some(BearerToken::new(token).with_context(|| format!("replicator.{side}.token"))?)
+        }
+        Some(TokenConfig::File(path)) => Some(
+            BearerToken::from_file(path).with_context(|| format!("replicator.{side}.tokenFile"))?,
+        ),
+    })
+}
+
 /// Clients of the configured source and target, for the commands that read
 /// both clusters themselves (`verify`, `map-position`): the source over the
 /// protocol `reader.protocol` names (gRPC, or TCP for a v5 source), the
@@ -96,27 +119,39 @@ pub(crate) async fn open_store_within(
 ///
 /// # Errors
 /// When a connection string does not parse (named, password hidden).
-pub fn clients(config: &Config) -> anyhow::Result<(SourceClient, eventstore::Client)> {
+pub fn clients(config: &Config) -> anyhow::Result<(SourceClient, GrpcClient)> {
     if config.sink.protocol == SinkProtocol::Kafka {
         anyhow::bail!(
             "this command reads the target cluster, and replicator.sink.protocol is kafka: it \
              compares and maps EventStoreDB/KurrentDB targets only"
         );
     }
-    let client = |key: &str, connection_string: &ConnectionString| {
-        replicator_esdb::cluster::client(connection_string)
-            .with_context(|| format!("no client for replicator.{key}.connectionString"))
+    let client = |key: &str, connection_string: &ConnectionString, token: Option<&TokenConfig>| {
+        anyhow::Ok(
+            replicator_esdb::cluster::client(connection_string)
+                .with_context(|| format!("no client for replicator.{key}.connectionString"))?
+                .with_bearer_token(bearer_token(token, key)?),
+        )
     };
     let source = match config.reader.protocol {
-        ReaderProtocol::Grpc => {
-            SourceClient::Grpc(client("reader", &config.reader.connection_string)?)
-        }
+        ReaderProtocol::Grpc => SourceClient::Grpc(client(
+            "reader",
+            &config.reader.connection_string,
+            config.reader.token.as_ref(),
+        )?),
         ReaderProtocol::Tcp => SourceClient::Tcp(
             TcpSource::new(&config.reader.connection_string)
                 .context("no client for replicator.reader.connectionString")?,
         ),
     };
-    Ok((source, client("sink", &config.sink.connection_string)?))
+    Ok((
+        source,
+        client(
+            "sink",
+            &config.sink.connection_string,
+            config.sink.token.as_ref(),
+        )?,
+    ))
 }
 
 /// Seeds the store from the configured seeder when it holds no checkpoint.
@@ -162,8 +197,11 @@ fn build_stages(config: &Config) -> anyhow::Result<Stages> {
     }
     let scavenge = if config.scavenge {
         let connection_string = config.reader.connection_string.clone();
+        let token = bearer_token(config.reader.token.as_ref(), "reader")?;
         let filter = match config.reader.protocol {
-            ReaderProtocol::Grpc => ScavengeFilter::new(connection_string),
+            ReaderProtocol::Grpc => {
+                ScavengeFilter::new(connection_string).map(|filter| filter.with_bearer_token(token))
+            }
             ReaderProtocol::Tcp => ScavengeFilter::over_tcp(connection_string),
         };
         let filter = Arc::new(
@@ -236,7 +274,8 @@ fn build_pipeline(
             // Half the pipeline's call deadline per request: a call may make
             // several requests, and a hung one should fail with an error
             // saying which.
-            .with_request_timeout(config.call_timeout / 2);
+            .with_request_timeout(config.call_timeout / 2)
+            .with_bearer_token(bearer_token(config.reader.token.as_ref(), "reader")?);
             Pipeline::builder(reader, sink, store)
         }
         ReaderProtocol::Tcp => {
@@ -296,7 +335,8 @@ fn build_sink(config: &Config, stages: &Stages) -> anyhow::Result<Arc<dyn Sink>>
             order: config.sink.order,
         })
         .context("cannot create the sink (replicator.sink)")?
-        .with_request_timeout(config.call_timeout / 2),
+        .with_request_timeout(config.call_timeout / 2)
+        .with_bearer_token(bearer_token(config.sink.token.as_ref(), "sink")?),
     ))
 }
 

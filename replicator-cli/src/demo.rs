@@ -116,7 +116,15 @@ pub async fn run(args: Args, cancel: CancellationToken) -> anyhow::Result<ExitCo
     );
     let spec = workload::WorkloadSpec::new(args.seed, args.events.get());
     let started = Instant::now();
-    let written = workload::generate(&source_client, &spec)
+    // The testkit's generator writes through the `eventstore` client.
+    let writer = eventstore::Client::new(
+        source
+            .connection_string()
+            .parse()
+            .context("the source's connection string")?,
+    )
+    .context("cannot create a client")?;
+    let written = workload::generate(&writer, &spec)
         .await
         .context("cannot write the workload to the source")?;
     println!(
@@ -274,7 +282,7 @@ fn demo_config(
     Ok(config)
 }
 
-fn client(server: &EsdbServer) -> anyhow::Result<eventstore::Client> {
+fn client(server: &EsdbServer) -> anyhow::Result<cluster::GrpcClient> {
     cluster::client(&server.connection_string().into()).context("cannot create a client")
 }
 

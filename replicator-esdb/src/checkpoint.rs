@@ -6,17 +6,18 @@ use std::fmt;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use eventstore::{
-    AppendToStreamOptions, Client, CurrentRevision, EventData, ExpectedRevision, ReadStreamOptions,
-    StreamMetadataBuilder, StreamMetadataResult, StreamPosition,
-};
+use eventstore::{CurrentRevision, ExpectedRevision, StreamMetadataBuilder};
 use replicator_core::health::short;
 use replicator_core::secret::{ConnectionString, Scrubber};
 use replicator_core::{Checkpoint, CheckpointError, CheckpointStore, ErrorKind, Position};
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::{self, within};
-use crate::connection::{describe, error_kind, needs_new_client, ClientCell, REQUEST_TIMEOUT};
+use crate::cluster::{self, within, Direction, StreamFrom};
+use crate::connection::{
+    describe, error_kind, is_refused_token, needs_new_client, ClientCell, REQUEST_TIMEOUT,
+};
+use crate::wire::client::{GrpcClient as Client, Proposed, ReadOf};
+use crate::wire::token::BearerToken;
 
 /// The name of an instance's checkpoint stream is this prefix and the
 /// instance id.
@@ -169,6 +170,16 @@ impl StreamCheckpointStore {
         self
     }
 
+    /// Authenticates every call with `token` (when given), `authorization:
+    /// Bearer`, instead of the connection string's credentials (the target's
+    /// token, as the sink's); a token file is read again whenever it
+    /// changes. Refused by [`CheckpointStore::check`], it is a permanent
+    /// error; refused later (expired), a transient one.
+    pub fn with_bearer_token(mut self, token: Option<BearerToken>) -> Self {
+        self.cell.set_token(token);
+        self
+    }
+
     /// The stream the checkpoint is kept in.
     pub fn stream(&self) -> &str {
         &self.stream
@@ -269,17 +280,14 @@ impl StreamCheckpointStore {
     async fn read_last(&self) -> Result<Option<(u64, Stored)>, CheckpointError> {
         let doing = "read";
         let (generation, client) = self.client()?;
-        let options = ReadStreamOptions::default()
-            .position(StreamPosition::End)
-            .backwards()
-            .max_count(1)
-            .requires_leader(true);
         let outcome = async {
-            let mut reader = within(
-                self.request_timeout,
-                client.read_stream(self.stream.as_str(), &options),
-            )
-            .await?;
+            let read = client.read(
+                ReadOf::Stream(self.stream.as_str(), StreamFrom::End),
+                Direction::Backwards,
+                1,
+                true,
+            );
+            let mut reader = within(self.request_timeout, read).await?;
             within(self.request_timeout, reader.next()).await
         }
         .await;
@@ -295,9 +303,8 @@ impl StreamCheckpointStore {
             }
             Err(error) => return Err(self.failed(generation, doing, &error)),
         };
-        let recorded = event.get_original_event();
-        let stored = self.decode(recorded.revision, &recorded.event_type, &recorded.data)?;
-        Ok(Some((recorded.revision, stored)))
+        let stored = self.decode(event.revision, &event.event_type, &event.data)?;
+        Ok(Some((event.revision, stored)))
     }
 
     /// What this store knows of the stream, read when unknown.
@@ -316,26 +323,20 @@ impl StreamCheckpointStore {
             return Ok(());
         }
         let (generation, client) = self.client()?;
-        let read = ReadStreamOptions::default().requires_leader(true);
         let current = within(
             self.request_timeout,
-            client.get_stream_metadata(self.stream.as_str(), &read),
+            client.stream_metadata(self.stream.as_str(), true),
         )
         .await
         .map_err(|error| self.failed(generation, "read the metadata of", &error))?;
-        let set = matches!(&current, StreamMetadataResult::Success(m)
-            if m.metadata().max_count == Some(CHECKPOINT_MAX_COUNT));
+        let set = matches!(&current, Some(m) if m.max_count == Some(CHECKPOINT_MAX_COUNT));
         if !set {
             let metadata = StreamMetadataBuilder::new()
                 .max_count(CHECKPOINT_MAX_COUNT)
                 .build();
             within(
                 self.request_timeout,
-                client.set_stream_metadata(
-                    self.stream.as_str(),
-                    &AppendToStreamOptions::default().expected_revision(ExpectedRevision::Any),
-                    &metadata,
-                ),
+                client.set_stream_metadata(self.stream.as_str(), ExpectedRevision::Any, &metadata),
             )
             .await
             .map_err(|error| self.failed(generation, "set $maxCount on", &error))?;
@@ -350,7 +351,7 @@ impl StreamCheckpointStore {
         &self,
         state: &mut State,
         last: Last,
-        event: EventData,
+        event: Proposed,
         doing: &str,
     ) -> Result<(), CheckpointError> {
         let expected = match last.revision {
@@ -361,10 +362,9 @@ impl StreamCheckpointStore {
         // pipeline dropping this call, may leave it either way.
         state.last = None;
         let (generation, client) = self.client()?;
-        let options = AppendToStreamOptions::default().expected_revision(expected);
         match within(
             self.request_timeout,
-            client.append_to_stream(self.stream.as_str(), &options, event),
+            client.append(self.stream.as_str(), expected, vec![event]),
         )
         .await
         {
@@ -434,14 +434,12 @@ impl CheckpointStore for StreamCheckpointStore {
             taken_at: checkpoint.taken_at,
             seed: checkpoint.seed,
         };
-        let event = EventData::json(CHECKPOINT_EVENT_TYPE, &data)
-            .map_err(|error| {
-                CheckpointError::permanent(format!(
-                    "cannot encode the checkpoint for the {} ({error})",
-                    self.location
-                ))
-            })?
-            .id(uuid::Uuid::new_v4());
+        let event = Proposed::json(CHECKPOINT_EVENT_TYPE, &data).map_err(|error| {
+            CheckpointError::permanent(format!(
+                "cannot encode the checkpoint for the {} ({error})",
+                self.location
+            ))
+        })?;
         let mut state = self.state.lock().await;
         self.ensure_metadata(&mut state).await?;
         let last = self.known(&mut state).await?;
@@ -473,14 +471,13 @@ impl CheckpointStore for StreamCheckpointStore {
             }
             Some(read) => last_of(Some(read)),
         };
-        let marker = EventData::json(
+        let marker = Proposed::json(
             DELETED_EVENT_TYPE,
             &serde_json::json!({ "version": FORMAT_VERSION }),
         )
         .map_err(|error| {
             CheckpointError::permanent(format!("cannot encode a delete marker ({error})"))
-        })?
-        .id(uuid::Uuid::new_v4());
+        })?;
         self.append(&mut state, last, marker, "delete the checkpoint in")
             .await
     }
@@ -489,11 +486,9 @@ impl CheckpointStore for StreamCheckpointStore {
     /// stream, it writes nothing (see [`StreamCheckpointStore`]).
     async fn check(&self) -> Result<(), CheckpointError> {
         let (generation, client) = self.client()?;
-        let options = AppendToStreamOptions::default().expected_revision(ExpectedRevision::Any);
-        let nothing: Vec<EventData> = Vec::new();
         match within(
             self.request_timeout,
-            client.append_to_stream(self.stream.as_str(), &options, nothing),
+            client.append(self.stream.as_str(), ExpectedRevision::Any, Vec::new()),
         )
         .await
         {
@@ -502,6 +497,12 @@ impl CheckpointStore for StreamCheckpointStore {
                 "the {} is tombstoned (hard-deleted): it can never be written again; choose \
                  another checkpoint.instanceId",
                 self.location
+            ))),
+            // Refused from the start: no renewal is on its way.
+            Err(error) if is_refused_token(&error) => Err(CheckpointError::permanent(format!(
+                "cannot write (an append of nothing) to the {}: {}",
+                self.location,
+                describe(&error)
             ))),
             Err(error) => Err(self.failed(generation, "write (an append of nothing) to", &error)),
         }

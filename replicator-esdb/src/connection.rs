@@ -5,8 +5,14 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use eventstore::{Client, ClientSettings};
+use eventstore::ClientSettings;
+
+use crate::wire::channel::WireChannel;
+use crate::wire::client::GrpcClient as Client;
+use crate::wire::token::BearerToken;
 use replicator_core::ErrorKind;
+
+pub(crate) use crate::wire::channel::is_refused_token;
 
 /// Whether retrying an operation that failed with `error` can succeed.
 ///
@@ -16,6 +22,10 @@ use replicator_core::ErrorKind;
 pub(crate) fn error_kind(error: &eventstore::Error) -> ErrorKind {
     use eventstore::Error as E;
     match error {
+        // A bearer token refused once it was in use has expired: a renewed
+        // one is read from its file at the next call (start-up checks make
+        // a token refused from the start permanent).
+        error if is_refused_token(error) => ErrorKind::Transient,
         E::ServerError(_)
         | E::NotLeaderException(_)
         | E::ConnectionClosed
@@ -46,6 +56,11 @@ pub(crate) fn error_kind(error: &eventstore::Error) -> ErrorKind {
 /// Unavailable, message: "…", details: [], metadata: MetadataMap { … }`) to
 /// `Unavailable: …`.
 pub(crate) fn describe(error: &eventstore::Error) -> String {
+    if let eventstore::Error::Grpc { message, .. } = error {
+        if is_refused_token(error) {
+            return message.clone();
+        }
+    }
     let text = error.to_string();
     let Some(at) = text.find("status: ") else {
         return text;
@@ -102,8 +117,8 @@ fn is_transient_code(code: i32) -> bool {
 /// cannot recover by itself.
 pub(crate) struct ClientCell {
     settings: ClientSettings,
-    /// Shared, not cloned per call: a `Client` clone copies its settings
-    /// (strings, endpoints), which the sink would pay on every append.
+    token: Option<BearerToken>,
+    /// Shared: every caller of a generation uses the same channel.
     current: Mutex<Option<(u64, Arc<Client>)>>,
 }
 
@@ -111,13 +126,28 @@ impl ClientCell {
     pub(crate) fn new(settings: ClientSettings) -> Self {
         ClientCell {
             settings,
+            token: None,
             current: Mutex::new(None),
         }
     }
 
-    /// The settings every client is built from.
-    pub(crate) fn settings(&self) -> &ClientSettings {
-        &self.settings
+    /// Every client and channel made from now on authenticates with `token`
+    /// (when given) instead of the connection string's credentials.
+    pub(crate) fn set_token(&mut self, token: Option<BearerToken>) {
+        self.token = token;
+        *self.current.get_mut().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// A channel of its own (for a subscription or a batch-append session)
+    /// to `preferred` or the node the settings choose, with the cell's
+    /// credentials.
+    pub(crate) async fn connect_wire(
+        &self,
+        preferred: Option<eventstore::Endpoint>,
+    ) -> Result<WireChannel, eventstore::Error> {
+        Ok(WireChannel::connect(&self.settings, preferred)
+            .await?
+            .with_token(self.token.clone()))
     }
 
     /// The current client and its generation, building one if needed.
@@ -126,7 +156,8 @@ impl ClientCell {
         if let Some((generation, client)) = current.as_ref() {
             return Ok((*generation, client.clone()));
         }
-        let client = Arc::new(Client::new(self.settings.clone())?);
+        let client =
+            Arc::new(Client::new(self.settings.clone())?.with_bearer_token(self.token.clone()));
         let generation = next_generation();
         *current = Some((generation, client.clone()));
         Ok((generation, client))

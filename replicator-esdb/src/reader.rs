@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use eventstore::{ClientSettings, Endpoint, ReadAllOptions, StreamPosition};
+use eventstore::{ClientSettings, Endpoint};
 use futures::StreamExt;
 use replicator_core::health::{short, Component, HealthReporter};
 use replicator_core::retry::Backoff;
@@ -18,11 +18,12 @@ use replicator_core::{
 use tokio::time::{Instant, Sleep};
 use tracing::{debug, info};
 
-use crate::classify::to_event;
-use crate::cluster::{self, head, within, ClientPosition as _};
-use crate::connection::{describe, error_kind, ClientCell, REQUEST_TIMEOUT};
+use crate::cluster::{self, head, within, AllFrom, Direction};
+use crate::connection::{describe, error_kind, is_refused_token, ClientCell, REQUEST_TIMEOUT};
 use crate::wire::channel::WireChannel;
+use crate::wire::client::{GrpcClient, ReadOf};
 use crate::wire::read::{AllSubscription, ReadItem};
+use crate::wire::token::BearerToken;
 
 /// Configuration of an [`EsdbReader`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,6 +102,7 @@ impl EsdbReaderConfig {
 /// subscription's connection.
 pub struct EsdbReader {
     settings: ClientSettings,
+    token: Option<BearerToken>,
     config: EsdbReaderConfig,
     request_timeout: Duration,
     health: HealthReporter,
@@ -132,8 +134,9 @@ impl EsdbReader {
             ));
         }
         Ok(EsdbReader {
-            probe: Arc::new(EsdbHeadProbe::new(settings.clone(), REQUEST_TIMEOUT)),
+            probe: Arc::new(EsdbHeadProbe::new(settings.clone(), None, REQUEST_TIMEOUT)),
             settings,
+            token: None,
             config,
             request_timeout: REQUEST_TIMEOUT,
             health: HealthReporter::new(Component::Source),
@@ -147,6 +150,23 @@ impl EsdbReader {
         self.request_timeout = timeout.max(Duration::from_millis(1));
         self.probe = Arc::new(EsdbHeadProbe::new(
             self.settings.clone(),
+            self.token.clone(),
+            self.request_timeout,
+        ));
+        self
+    }
+
+    /// Authenticates every call to the source with `token` (when given),
+    /// `authorization: Bearer`, instead of the connection string's
+    /// credentials; a token file is read again whenever it changes. A token
+    /// refused at start-up is a permanent error; refused later (expired), the
+    /// source is reported unhealthy and the reader retries, with the file's
+    /// new token once it is there.
+    pub fn with_bearer_token(mut self, token: Option<BearerToken>) -> Self {
+        self.token = token;
+        self.probe = Arc::new(EsdbHeadProbe::new(
+            self.settings.clone(),
+            self.token.clone(),
             self.request_timeout,
         ));
         self
@@ -162,8 +182,10 @@ impl Reader for EsdbReader {
             StartFrom::At(position) => (None, Some(position)),
         };
         debug!(%from, "Reading the source $all");
+        let mut client = ClientCell::new(self.settings.clone());
+        client.set_token(self.token.clone());
         let state = ReadState {
-            client: ClientCell::new(self.settings.clone()),
+            client,
             wire: None,
             leader: None,
             page_size: self.config.page_size,
@@ -209,19 +231,29 @@ impl Reader for EsdbReader {
 struct EsdbHeadProbe {
     client: ClientCell,
     timeout: Duration,
+    /// Whether the source ever answered: a bearer token refused before is
+    /// refused from the start (permanent), after it has expired (transient).
+    answered: std::sync::atomic::AtomicBool,
 }
 
 impl EsdbHeadProbe {
-    fn new(settings: ClientSettings, timeout: Duration) -> Self {
+    fn new(settings: ClientSettings, token: Option<BearerToken>, timeout: Duration) -> Self {
+        let mut client = ClientCell::new(settings);
+        client.set_token(token);
         EsdbHeadProbe {
-            client: ClientCell::new(settings),
+            client,
             timeout,
+            answered: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
     async fn ask(&self) -> Result<Option<Position>, eventstore::Error> {
         let (generation, client) = self.client.get()?;
         let answer = within(self.timeout, head(&client)).await;
+        if answer.is_ok() {
+            self.answered
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         if let Err(error) = &answer {
             // Cheap (one connection per failed probe) and the only way out
             // of a client whose first connection failed.
@@ -247,9 +279,11 @@ impl HeadProbe for EsdbHeadProbe {
                     describe(&error)
                 ),
             };
+            let refused_from_the_start = is_refused_token(&error)
+                && !self.answered.load(std::sync::atomic::Ordering::Relaxed);
             match error_kind(&error) {
-                ErrorKind::Transient => ReaderError::transient(message),
-                ErrorKind::Permanent => ReaderError::permanent(message),
+                ErrorKind::Transient if !refused_from_the_start => ReaderError::transient(message),
+                _ => ReaderError::permanent(message),
             }
             .with_source(error)
         })
@@ -473,18 +507,14 @@ impl ReadState {
             ReadItem::FellBehind => {
                 debug!(position = %shown(self.last), "The subscription fell behind; catching up");
             }
-            ReadItem::Other => {}
+            ReadItem::Checkpoint(_) | ReadItem::StreamNotFound | ReadItem::Other => {}
         }
     }
 
     /// Moves out of [`Phase::CatchUp`]: reads from an inclusive start first,
     /// ends when there is nothing to read without `run_continuously`, and
     /// otherwise subscribes strictly after the last record handed on.
-    async fn catch_up(
-        &mut self,
-        client: &eventstore::Client,
-        generation: u64,
-    ) -> Result<(), Failure> {
+    async fn catch_up(&mut self, client: &GrpcClient, generation: u64) -> Result<(), Failure> {
         if self.last.is_none() && self.floor.is_some() {
             self.read_page(client).await?;
         }
@@ -528,7 +558,7 @@ impl ReadState {
             None => {
                 let channel = within(
                     self.request_timeout,
-                    WireChannel::connect(self.client.settings(), self.leader.take()),
+                    self.client.connect_wire(self.leader.take()),
                 )
                 .await
                 .map_err(Failure::client("connecting to the source"))?;
@@ -556,34 +586,28 @@ impl ReadState {
 
     /// Reads one page after `last` (or from `floor`, or the start), with a
     /// deadline on the request and on each record.
-    async fn read_page(&mut self, client: &eventstore::Client) -> Result<(), Failure> {
+    async fn read_page(&mut self, client: &GrpcClient) -> Result<(), Failure> {
         let (from, requested) = match (self.last, self.floor) {
-            // `read_all` is inclusive: ask for one more, the record at `last`
-            // comes back and is dropped.
-            (Some(last), _) => (
-                StreamPosition::Position(last.to_client()),
-                self.page_size.saturating_add(1),
-            ),
-            (None, Some(floor)) => (StreamPosition::Position(floor.to_client()), self.page_size),
-            (None, None) => (StreamPosition::Start, self.page_size),
+            // A read of `$all` is inclusive: ask for one more, the record at
+            // `last` comes back and is dropped.
+            (Some(last), _) => (AllFrom::Position(last), self.page_size.saturating_add(1)),
+            (None, Some(floor)) => (AllFrom::Position(floor), self.page_size),
+            (None, None) => (AllFrom::Start, self.page_size),
         };
-        let options = ReadAllOptions::default()
-            .forwards()
-            .position(from)
-            .max_count(requested);
         let failure = || Failure::client("reading a page of the source's $all");
-        let mut stream = within(self.request_timeout, client.read_all(&options))
-            .await
-            .map_err(failure())?;
+        let mut stream = within(
+            self.request_timeout,
+            client.read(ReadOf::All(from), Direction::Forwards, requested, false),
+        )
+        .await
+        .map_err(failure())?;
         let mut received = 0;
-        while let Some(resolved) = within(self.request_timeout, stream.next())
+        while let Some(event) = within(self.request_timeout, stream.next())
             .await
             .map_err(failure())?
         {
             received += 1;
-            if let Some(record) = resolved.link.or(resolved.event) {
-                self.accept(to_event(record));
-            }
+            self.accept(event);
         }
         self.recovered();
         debug!(received, requested, last = %shown(self.last), "Read a page of $all");
@@ -598,7 +622,7 @@ impl ReadState {
     async fn live_start(
         last: Option<Position>,
         floor: Option<Position>,
-        client: &eventstore::Client,
+        client: &GrpcClient,
         timeout: Duration,
     ) -> Result<Option<Option<Position>>, eventstore::Error> {
         match (last, floor) {

@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use eventstore::{StreamPosition, SubscribeToAllOptions, SubscriptionEvent, SubscriptionFilter};
 use replicator_core::retry::Backoff;
 use replicator_core::secret::ConnectionString;
 use replicator_core::{
@@ -20,12 +19,14 @@ use tracing::{debug, info, warn};
 
 use crate::classify::{METADATA_EVENT_TYPE, TOMBSTONE_EVENT_TYPE};
 use crate::cluster::{
-    self, head, next, next_within, within, AllFrom, ClientPosition as _, ClusterRead, Direction,
-    ReadError, StreamFrom,
+    self, head, next, next_within, within, AllFrom, ClusterRead, Direction, ReadError, StreamFrom,
 };
 use crate::connection::{ClientCell, REQUEST_TIMEOUT};
 use crate::retention::{Catalog, Verdict};
 use crate::tcp::TcpSource;
+use crate::wire::client::GrpcClient;
+use crate::wire::read::ReadItem;
+use crate::wire::token::BearerToken;
 
 /// How long [`ScavengeFilter::apply`] waits for the start-up pass before
 /// answering with a transient "still reading" error (the pipeline retries it,
@@ -215,6 +216,24 @@ impl ScavengeFilter {
             }),
             pass: Mutex::new(None),
         }
+    }
+
+    /// Authenticates every gRPC call to the source with `token` (when given),
+    /// `authorization: Bearer`, instead of the connection string's
+    /// credentials (the reader's token); a token file is read again whenever
+    /// it changes. Call it right after [`ScavengeFilter::new`]: once the
+    /// pass has started it changes nothing.
+    #[must_use]
+    pub fn with_bearer_token(mut self, token: Option<BearerToken>) -> Self {
+        // Only before the pass started (it holds the other reference).
+        if let Some(Shared {
+            source: Source::Grpc(cell),
+            ..
+        }) = Arc::get_mut(&mut self.shared)
+        {
+            cell.set_token(token);
+        }
+        self
     }
 
     /// Sets the deadline of each request to the source (10 s by default, at
@@ -546,7 +565,7 @@ impl Shared {
     /// filter and reads until the end of the pass.
     async fn grpc_pass_attempt(
         &self,
-        client: &eventstore::Client,
+        client: &GrpcClient,
         resume: &mut Option<Position>,
         records: &mut u64,
         end: &mut Option<Option<Position>>,
@@ -570,54 +589,45 @@ impl Shared {
         }
         // A checkpoint at least every 32 records searched (the servers'
         // default, stated so the quiet rule below holds).
-        let filter = SubscriptionFilter::on_event_type()
-            .regex(PASS_FILTER)
-            .max(32);
-        let from = match *resume {
-            Some(at) => StreamPosition::Position(at.to_client()),
-            None => StreamPosition::Start,
-        };
-        let options = SubscribeToAllOptions::default()
-            .position(from)
-            .filter(filter);
         debug!(?resume, %end, "Scavenge filter: reading the source's stream metadata");
-        let mut subscription = client.subscribe_to_all(&options).await;
         let reading = failed("reading the source's stream metadata and tombstones");
+        let mut subscription = within(
+            self.request_timeout,
+            client.subscribe_to_all_filtered(*resume, PASS_FILTER, 32),
+        )
+        .await
+        .map_err(reading)?;
         let mut confirmed = false;
         loop {
             // The subscription stays alive across iterations: a timed-out wait
             // drops only the `next` future, and the attempt then ends anyway.
-            let next =
-                match within(self.request_timeout, subscription.next_subscription_event()).await {
-                    Ok(next) => next,
-                    // Servers before 23.10 send no `caught_up`, and a filtered
-                    // subscription sends a checkpoint every window of records it
-                    // searched: one that stays quiet for a whole request timeout
-                    // after its confirmation is live, unless the server itself
-                    // is gone. Claim only what was seen: were it not live after
-                    // all, the records past it still update the catalog as they
-                    // pass through the pipeline.
-                    Err(eventstore::Error::DeadlineExceeded) if confirmed => {
-                        within(self.request_timeout, head(client))
-                            .await
-                            .map_err(failed("reading where the source's $all ends"))?;
-                        debug!(
-                            ?resume,
-                            "Scavenge filter: the metadata pass is quiet: caught up"
-                        );
-                        return Ok(*resume);
-                    }
-                    Err(error) => return Err(reading(error)),
-                };
+            let next = match within(self.request_timeout, subscription.next()).await {
+                Ok(next) => next,
+                // Servers before 23.10 send no `caught_up`, and a filtered
+                // subscription sends a checkpoint every window of records it
+                // searched: one that stays quiet for a whole request timeout
+                // after its confirmation is live, unless the server itself
+                // is gone. Claim only what was seen: were it not live after
+                // all, the records past it still update the catalog as they
+                // pass through the pipeline.
+                Err(eventstore::Error::DeadlineExceeded) if confirmed => {
+                    within(self.request_timeout, head(client))
+                        .await
+                        .map_err(failed("reading where the source's $all ends"))?;
+                    debug!(
+                        ?resume,
+                        "Scavenge filter: the metadata pass is quiet: caught up"
+                    );
+                    return Ok(*resume);
+                }
+                Err(error) => return Err(reading(error)),
+            };
             match next {
-                SubscriptionEvent::Confirmed(_) => confirmed = true,
-                SubscriptionEvent::EventAppeared(resolved) => {
-                    let Some(record) = resolved.event else {
-                        continue;
-                    };
-                    let position = Position::from_client(record.position);
+                ReadItem::Confirmed(_) => confirmed = true,
+                ReadItem::Event(record) => {
+                    let position = record.position;
                     *records += 1;
-                    self.learn(&record.stream_id, &record.event_type, &record.data);
+                    self.learn(&record.stream, &record.event_type, &record.data);
                     *resume = Some(position);
                     if position >= end {
                         return Ok(Some(position));
@@ -630,8 +640,7 @@ impl Shared {
                         });
                     }
                 }
-                SubscriptionEvent::Checkpoint(at) => {
-                    let at = Position::from_client(at);
+                ReadItem::Checkpoint(at) => {
                     if resume.is_none_or(|r| at > r) {
                         *resume = Some(at);
                     }
@@ -639,8 +648,8 @@ impl Shared {
                         return Ok(Some(at));
                     }
                 }
-                SubscriptionEvent::CaughtUp => return Ok(Some(resume.map_or(end, |r| r.max(end)))),
-                _ => {}
+                ReadItem::CaughtUp => return Ok(Some(resume.map_or(end, |r| r.max(end)))),
+                ReadItem::FellBehind | ReadItem::StreamNotFound | ReadItem::Other => {}
             }
         }
     }

@@ -206,6 +206,28 @@ pub struct ReaderConfig {
     /// (catch-up itself streams through one subscription); with TCP, the
     /// records of every `$all` page (at most 4096).
     pub page_size: NonZeroUsize,
+    /// `reader.token` or `reader.tokenFile` (gRPC only).
+    pub token: Option<TokenConfig>,
+}
+
+/// A bearer token (KurrentDB's OAuth authentication), sent as
+/// `authorization: Bearer` on every call of one side instead of the
+/// connection string's credentials. `Debug` never shows the token.
+#[derive(Clone, PartialEq, Eq)]
+pub enum TokenConfig {
+    /// `token`: the token itself.
+    Inline(String),
+    /// `tokenFile`: the file holding it, read again when it changes.
+    File(PathBuf),
+}
+
+impl fmt::Debug for TokenConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TokenConfig::Inline(_) => f.write_str("Inline(***)"),
+            TokenConfig::File(path) => f.debug_tuple("File").field(path).finish(),
+        }
+    }
 }
 
 /// `reader.protocol`: how the source is read.
@@ -253,6 +275,9 @@ pub struct SinkConfig {
     /// `sink.connectionString` (printed without its password): an `esdb://`
     /// URL, or for Kafka librdkafka settings `bootstrap.servers=…;key=value`.
     pub connection_string: ConnectionString,
+    /// `sink.token` or `sink.tokenFile` (gRPC only; the stream checkpoint
+    /// store uses it too).
+    pub token: Option<TokenConfig>,
     /// `sink.partitionCount` as given; see [`SinkConfig::partition_count`].
     pub partition_count: Option<NonZeroUsize>,
     /// `sink.order`: `source` (the default) keeps the source's `$all` order
@@ -325,6 +350,8 @@ pub enum StoreConfig {
         /// The target's: `sink.connectionString` (printed without its
         /// password).
         connection_string: ConnectionString,
+        /// The target's bearer token, if any (`sink.token`, `sink.tokenFile`).
+        token: Option<TokenConfig>,
         /// `checkpoint.instanceId`.
         instance_id: String,
     },
@@ -355,6 +382,7 @@ impl fmt::Display for StoreConfig {
             StoreConfig::Stream {
                 connection_string,
                 instance_id,
+                ..
             } => write!(
                 f,
                 "stream {}{instance_id} on the target {connection_string}",

@@ -64,6 +64,10 @@ pub(super) struct Reader {
     pub page_size: Option<u64>,
     /// The C# tool's OAuth settings (unsupported).
     pub auth: Option<Value>,
+    /// Ours: a bearer token for every call to the source.
+    pub token: Option<String>,
+    /// Ours: the file holding that token, read again when it changes.
+    pub token_file: Option<String>,
 }
 
 /// `replicator.sink`.
@@ -84,6 +88,10 @@ pub(super) struct Sink {
     pub buffer_size: Option<u64>,
     /// The C# tool's OAuth settings (unsupported).
     pub auth: Option<Value>,
+    /// Ours: a bearer token for every call to the target.
+    pub token: Option<String>,
+    /// Ours: the file holding that token, read again when it changes.
+    pub token_file: Option<String>,
     /// Kafka: the JavaScript file whose `route` gives topic and key.
     pub router: Option<String>,
     /// Ours, Kafka: `skip` (the default) or `tombstone`.

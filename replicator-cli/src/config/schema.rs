@@ -26,6 +26,9 @@ const READER: &[(&str, Node)] = &[
     ("protocol", Node::Str),
     ("pageSize", Node::Int),
     ("auth", Node::Any),
+    // Ours: a bearer token (KurrentDB's OAuth), or the file holding one.
+    ("token", Node::Str),
+    ("tokenFile", Node::Str),
 ];
 const SINK: &[(&str, Node)] = &[
     ("connectionString", Node::Str),
@@ -36,6 +39,8 @@ const SINK: &[(&str, Node)] = &[
     ("partitioner", Node::Str),
     ("bufferSize", Node::Int),
     ("auth", Node::Any),
+    ("token", Node::Str),
+    ("tokenFile", Node::Str),
     // The Kafka sink: the C# tool's route script, and ours: what a deleted
     // stream becomes, and metadata keys sent as headers.
     ("router", Node::Str),

@@ -186,6 +186,7 @@ fn the_stream_store_is_kept_in_the_target() {
     assert_eq!(
         c.checkpoint.store,
         StoreConfig::Stream {
+            token: None,
             connection_string: c.sink.connection_string.clone(),
             instance_id: "default".into(),
         }
@@ -202,6 +203,7 @@ fn the_stream_store_is_kept_in_the_target() {
     assert_eq!(
         c.checkpoint.store,
         StoreConfig::Stream {
+            token: None,
             connection_string: "esdb://admin:pw@elsewhere:2113".into(),
             instance_id: "blue".into(),
         }
@@ -840,4 +842,51 @@ replicator:
     )
     .unwrap();
     assert_eq!(c.sink.kafka.unwrap().metadata_headers, ["a", "b"]);
+}
+
+#[test]
+fn bearer_tokens_are_read_per_side_and_never_shown() {
+    let yaml = "
+replicator:
+  reader:
+    connectionString: esdb://source:2113
+    token: s3cr3t-reader-t0ken
+  sink:
+    connectionString: esdb://target:2113
+    tokenFile: /run/secrets/target-token
+  checkpoint:
+    type: stream
+";
+    let c = load(yaml).unwrap();
+    assert_eq!(
+        c.reader.token,
+        Some(TokenConfig::Inline("s3cr3t-reader-t0ken".into()))
+    );
+    let file = TokenConfig::File("/run/secrets/target-token".into());
+    assert_eq!(c.sink.token, Some(file.clone()));
+    // The stream checkpoint store writes to the target: with its token.
+    assert!(
+        matches!(&c.checkpoint.store, StoreConfig::Stream { token: Some(t), .. } if *t == file)
+    );
+    let shown = format!("{c:?}");
+    assert!(!shown.contains("s3cr3t"), "{shown}");
+    assert!(shown.contains("target-token"), "{shown}");
+
+    // From the environment, as every other key.
+    let c = load_env(MINIMAL, &[("REPLICATOR_SINK_TOKENFILE", "/run/secrets/t")]).unwrap();
+    assert_eq!(
+        c.sink.token,
+        Some(TokenConfig::File("/run/secrets/t".into()))
+    );
+
+    let (key, msg) = key_err(
+        "replicator:\n  reader:\n    connectionString: esdb://s:2113\n  sink:\n    connectionString: esdb://t:2113\n    token: a\n    tokenFile: /f\n",
+    );
+    assert_eq!(key, "replicator.sink.token");
+    assert!(msg.contains("not both"), "{msg}");
+    let (key, msg) = key_err(
+        "replicator:\n  reader:\n    connectionString: ConnectTo=tcp://h:1113\n    protocol: tcp\n    tokenFile: /f\n  sink:\n    connectionString: esdb://t:2113\n",
+    );
+    assert_eq!(key, "replicator.reader.token");
+    assert!(msg.contains("tcp"), "{msg}");
 }

@@ -11,7 +11,7 @@ use super::raw;
 use super::{
     CheckpointConfig, Config, ConfigError, DeleteMode, FilterConfig, FilterKind, HttpConfig,
     KafkaConfig, ReaderConfig, ReaderProtocol, SeederConfig, SinkConfig, SinkProtocol, StoreConfig,
-    TransformConfig, DEFAULT_HTTP_LISTEN,
+    TokenConfig, TransformConfig, DEFAULT_HTTP_LISTEN,
 };
 use replicator_core::secret::ConnectionString;
 use replicator_esdb::WriteOrder;
@@ -96,12 +96,20 @@ fn validate(r: raw::Replicator) -> Result<Config, ConfigError> {
             "not supported: put the credentials in reader.connectionString (user:password@host)",
         ));
     }
+    let token = validate_token(reader.token, reader.token_file, "replicator.reader")?;
+    if token.is_some() && protocol == ReaderProtocol::Tcp {
+        return Err(ConfigError::key(
+            "replicator.reader.token",
+            "bearer tokens are for gRPC; reader.protocol is tcp (v5 has no OAuth)",
+        ));
+    }
     let reader = ReaderConfig {
         connection_string: required(
             reader.connection_string,
             "replicator.reader.connectionString",
         )?
         .into(),
+        token,
         protocol,
         page_size: positive_usize(reader.page_size, 1024, "replicator.reader.pageSize")?,
     };
@@ -120,8 +128,11 @@ fn validate(r: raw::Replicator) -> Result<Config, ConfigError> {
     let filters = validate_filters(r.filters.unwrap_or_default())?;
     let transform = validate_transform(r.transform.unwrap_or_default())?;
 
-    let checkpoint =
-        validate_checkpoint(r.checkpoint.unwrap_or_default(), &sink.connection_string)?;
+    let checkpoint = validate_checkpoint(
+        r.checkpoint.unwrap_or_default(),
+        &sink.connection_string,
+        &sink.token,
+    )?;
     if sink.protocol == SinkProtocol::Kafka
         && matches!(checkpoint.store, StoreConfig::Stream { .. })
     {
@@ -178,6 +189,13 @@ fn validate_sink(sink: raw::Sink) -> Result<SinkConfig, ConfigError> {
         ));
     }
     let connection_string = required(sink.connection_string, "replicator.sink.connectionString")?;
+    let token = validate_token(sink.token, sink.token_file, "replicator.sink")?;
+    if token.is_some() && protocol == SinkProtocol::Kafka {
+        return Err(ConfigError::key(
+            "replicator.sink.token",
+            "bearer tokens are for an EventStoreDB/KurrentDB target; sink.protocol is kafka",
+        ));
+    }
     let router = sink
         .router
         .filter(|p| !p.trim().is_empty())
@@ -281,6 +299,7 @@ fn validate_sink(sink: raw::Sink) -> Result<SinkConfig, ConfigError> {
         protocol,
         kafka,
         connection_string: connection_string.into(),
+        token,
         partition_count: match sink.partition_count {
             None => None,
             v => Some(positive_usize(v, 1, "replicator.sink.partitionCount")?),
@@ -447,9 +466,29 @@ fn validate_http(h: raw::Http) -> Result<HttpConfig, ConfigError> {
 
 /// `target` is the sink's connection string: `type: stream` keeps the
 /// checkpoint there.
+/// `token` or `tokenFile` of `section` (one at most; blank is unset).
+fn validate_token(
+    token: Option<String>,
+    file: Option<String>,
+    section: &str,
+) -> Result<Option<TokenConfig>, ConfigError> {
+    let token = token.filter(|t| !t.trim().is_empty());
+    let file = file.filter(|f| !f.trim().is_empty());
+    match (token, file) {
+        (Some(_), Some(_)) => Err(ConfigError::key(
+            format!("{section}.token"),
+            format!("set either {section}.token or {section}.tokenFile, not both"),
+        )),
+        (Some(token), None) => Ok(Some(TokenConfig::Inline(token.trim().to_owned()))),
+        (None, Some(file)) => Ok(Some(TokenConfig::File(PathBuf::from(file.trim())))),
+        (None, None) => Ok(None),
+    }
+}
+
 fn validate_checkpoint(
     c: raw::Checkpoint,
     target: &ConnectionString,
+    target_token: &Option<TokenConfig>,
 ) -> Result<CheckpointConfig, ConfigError> {
     let kind = c.kind.as_deref().unwrap_or("file");
     let store = if kind.eq_ignore_ascii_case("file") {
@@ -516,6 +555,7 @@ fn validate_checkpoint(
         }
         StoreConfig::Stream {
             connection_string: target.clone(),
+            token: target_token.clone(),
             instance_id: non_empty(c.instance_id, "default", "replicator.checkpoint.instanceId")?,
         }
     } else {

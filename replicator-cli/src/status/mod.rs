@@ -302,7 +302,7 @@ impl Settings {
             } => Some(connection_string),
             StoreConfig::File { .. } => None,
         };
-        let scrubber = Scrubber::of(
+        let mut scrubber = Scrubber::of(
             [
                 &config.reader.connection_string,
                 &config.sink.connection_string,
@@ -311,6 +311,13 @@ impl Settings {
             .chain(store_url)
             .chain(transform_url),
         );
+        // Never printed by the replicator itself; hidden anyway, should a
+        // driver's message ever quote one.
+        for token in [&config.reader.token, &config.sink.token] {
+            if let Some(crate::config::TokenConfig::Inline(token)) = token {
+                scrubber.add(token.clone());
+            }
+        }
         Settings {
             unhealthy_after: config.http.unhealthy_after,
             live_bound: MIN_LIVE_BOUND.max(config.call_timeout * 3),

@@ -115,6 +115,12 @@ impl Workdir {
 
 /// The binary, run in `dir` (so the default `--config` and the default
 /// `./checkpoint` apply), without inherited REPLICATOR_* variables.
+/// The replicator's own gRPC client of the cluster `client` reaches, for
+/// `verify`.
+fn reads(client: &eventstore::Client) -> replicator_esdb::cluster::GrpcClient {
+    replicator_esdb::cluster::client_from(client.settings().clone()).expect("a client")
+}
+
 fn command(dir: &Path) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.current_dir(dir);
@@ -509,8 +515,8 @@ impl Clusters {
 
     async fn compare(&self) -> VerifyReport {
         verify(
-            &self.source_client,
-            &self.target_client,
+            &reads(&self.source_client),
+            &reads(&self.target_client),
             &VerifyOptions::default(),
         )
         .await

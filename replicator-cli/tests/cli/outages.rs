@@ -42,7 +42,7 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use crate::status::{commit, Running};
-use crate::{run_async, stderr, Clusters, Workdir};
+use crate::{reads, run_async, stderr, Clusters, Workdir};
 
 /// User events in the source of the tests that stop a server mid-copy.
 const EVENTS: u64 = 24_000;
@@ -183,7 +183,9 @@ async fn assert_identical(source: &eventstore::Client, target: &eventstore::Clie
         compare_revisions: true,
         ..VerifyOptions::default()
     };
-    let report = verify(source, target, &options).await.unwrap();
+    let report = verify(&reads(source), &reads(target), &options)
+        .await
+        .unwrap();
     assert!(report.is_identical(), "{report}");
     assert_eq!(report.source_events, events, "{report}");
 }
@@ -888,4 +890,136 @@ fn build_esdb_testkit(dir: &Path) {
         "cargo build --bin esdb-testkit failed:\n{}",
         String::from_utf8_lossy(&o.stderr)
     );
+}
+
+/// The target's bearer token (`sink.tokenFile`, KurrentDB's OAuth) revoked
+/// mid-run, as an expired one: the copy is held at the target's gate, the
+/// token revoked and the target's connections dropped, so the next calls
+/// start with a refused token. Readiness turns 503 naming the target, with
+/// the refusal and the file (never the token); a new token written to the
+/// file is picked up without a restart and the copy completes exactly. The
+/// checkpoint is kept in the target (`checkpoint.type: stream`): its store
+/// uses the same token. No token reaches the log, `/api/status`,
+/// `/health/ready`, `/metrics` or the status page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_token_revoked_mid_run_is_reported_and_a_new_one_in_the_file_is_used() {
+    use replicator_esdb::cluster::{self, BearerToken};
+    use replicator_testkit::security::{BearerTokens, User};
+    use replicator_testkit::ServerOptions;
+
+    const FIRST: &str = "t0ken-first-9f8e7d6c";
+    const SECOND: &str = "t0ken-second-5b4a3928";
+    let no_token = |what: &str, text: &str| {
+        for token in [FIRST, SECOND] {
+            assert!(!text.contains(token), "a token reached {what}:\n{text}");
+        }
+    };
+
+    let started = Instant::now();
+    let source = EsdbServer::start().await.unwrap();
+    let tokens = BearerTokens::new();
+    tokens.accept(FIRST, User::admin());
+    let target = EsdbServer::start_with(ServerOptions {
+        users: Some(vec![User::admin()]),
+        bearer_tokens: Some(tokens.clone()),
+        ..ServerOptions::default()
+    })
+    .await
+    .unwrap();
+    let source_client = client(&source.connection_string());
+    write_events(&source_client, EVENTS).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("config")).unwrap();
+    let token_file = dir.path().join("target-token");
+    std::fs::write(&token_file, format!("{FIRST}\n")).unwrap();
+    // No credentials in the target's connection string: the token is all.
+    let yaml = format!(
+        "replicator:\n  reader:\n    connectionString: \"{}\"\n  sink:\n    connectionString: \"{}\"\n    tokenFile: \"{}\"\n{}",
+        source.connection_string(),
+        target.connection_string(),
+        token_file.display(),
+        settings("    type: stream\n")
+    );
+    std::fs::write(dir.path().join("config/appsettings.yaml"), yaml).unwrap();
+    let w = Workdir { dir };
+    let gate = target.faults();
+    let run = start_held(&w, &gate).await;
+
+    // The token expires with a write held. The server checks a token as each
+    // call starts: the open calls' connections are dropped (the held writes
+    // with them, unwritten), so every call from now on starts refused.
+    tokens.revoke(FIRST);
+    let held = gate.held_writes();
+    gate.drop_connections();
+    let revoked = Instant::now();
+    gate.wait_for_dropped_writes(held).await;
+    gate.release_writes();
+    let body = wait_unready(&run, "target", revoked, unready_within()).await;
+    let error = body["components"]["target"]["error"].to_string();
+    assert!(error.contains("bearer token was refused"), "{body:#}");
+    assert!(
+        error.contains(&token_file.display().to_string()),
+        "the target's error should name the token file: {body:#}"
+    );
+    assert_eq!(body["components"]["source"]["healthy"], true, "{body:#}");
+    let s = hold_unready(
+        &run,
+        "target",
+        "writes retried while the target refuses the token",
+        |s| s["state"] == "retrying" && attempts(s, "target") >= 2,
+    )
+    .await;
+    assert!(written(&s) < EVENTS, "{s:#}");
+    no_token("/api/status", &s.to_string());
+    no_token("/health/ready", &body.to_string());
+
+    // A renewed token in the file, accepted by the target: picked up by the
+    // next attempt, no restart.
+    tokens.accept(SECOND, User::admin());
+    std::fs::write(&token_file, SECOND).unwrap();
+    wait_ready(&run, "a new token in the file", back_within()).await;
+    wait_complete(&run, EVENTS).await;
+    let (_, page) = run.get("/").await;
+    let (_, metrics) = run.get("/metrics").await;
+    let status = run.status().await.to_string();
+    let log = run.log();
+    run.stop().await;
+    for (what, text) in [
+        ("the status page", &page),
+        ("/metrics", &metrics),
+        ("/api/status", &status),
+        ("the log", &log),
+    ] {
+        no_token(what, text);
+    }
+    assert!(
+        log.contains("bearer token was refused"),
+        "the log should say why the target failed:\n{log}"
+    );
+    // The checkpoint in the target, read with the token of the file.
+    let shown = crate::command(w.dir.path())
+        .args(["checkpoint", "show"])
+        .output()
+        .unwrap();
+    assert!(shown.status.success(), "{}", stderr(&shown));
+    no_token(
+        "`checkpoint show`",
+        &format!("{}{}", crate::stdout(&shown), stderr(&shown)),
+    );
+
+    // The copy is exact (read with the new token, as the replicator did).
+    let target_reads = cluster::client(&target.connection_string().into())
+        .unwrap()
+        .with_bearer_token(Some(BearerToken::new(SECOND).unwrap()));
+    let options = VerifyOptions {
+        compare_revisions: true,
+        ..VerifyOptions::default()
+    };
+    let report = verify(&reads(&source_client), &target_reads, &options)
+        .await
+        .unwrap();
+    assert!(report.is_identical(), "{report}");
+    assert_eq!(report.source_events, EVENTS, "{report}");
+    println!("took {:.1?}", started.elapsed());
 }

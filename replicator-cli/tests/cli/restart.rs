@@ -34,7 +34,7 @@ use replicator_esdb::StreamCheckpointStore;
 use replicator_testkit::support::{client, last_position};
 use replicator_testkit::workload::{self, Rng, WorkloadSpec};
 
-use crate::{gate_spent_or_ended, spawn_run, Clusters, Workdir};
+use crate::{gate_spent_or_ended, reads, spawn_run, Clusters, Workdir};
 
 /// Runs killed per test; the run after them is left to finish.
 const KILLS: u64 = 6;
@@ -88,8 +88,8 @@ fn target_client(c: &Clusters) -> eventstore::Client {
 /// anyway. An order difference is no stream to write.)
 async fn streams_left(c: &Clusters) -> u64 {
     let report = verify(
-        &c.source_client,
-        &target_client(c),
+        &reads(&c.source_client),
+        &reads(&target_client(c)),
         &VerifyOptions::default(),
     )
     .await
@@ -186,9 +186,13 @@ async fn replicate_through_kills(events: usize, checkpoint_after: u64, seed: u64
     // Per stream, the target must hold the source's events, in order, each
     // once: a duplicate or a gap shows as a difference.
     let target = target_client(&c);
-    let report = verify(&c.source_client, &target, &VerifyOptions::default())
-        .await
-        .unwrap();
+    let report = verify(
+        &reads(&c.source_client),
+        &reads(&target),
+        &VerifyOptions::default(),
+    )
+    .await
+    .unwrap();
     assert!(report.is_identical(), "{history:#?}\n{report}");
     assert!(report.source_events > events as u64 / 2, "{report}");
     let last = stored(&c, &w, store)

@@ -12,7 +12,7 @@ use replicator_testkit::security::{TestCertificates, User};
 use replicator_testkit::{EsdbServer, ServerOptions};
 use tempfile::TempDir;
 
-use super::{assert_ok, command, stderr, stdout, Workdir};
+use super::{assert_ok, command, reads, stderr, stdout, Workdir};
 
 /// The password of every side's admin in these tests (distinctive, so a leak
 /// into the output is found).
@@ -132,9 +132,13 @@ async fn run_copies_a_workload_over_tls_with_private_cas_and_credentials() {
     let o = run_within(&w, Duration::from_secs(300)).await;
     assert_ok(&o);
     assert_no_password(&o);
-    let report = verify(&source_client, &target_client, &VerifyOptions::default())
-        .await
-        .expect("verify");
+    let report = verify(
+        &reads(&source_client),
+        &reads(&target_client),
+        &VerifyOptions::default(),
+    )
+    .await
+    .expect("verify");
     assert!(report.is_identical(), "{report}");
     assert!(report.source_events > 200, "{report:?}");
 }
@@ -190,4 +194,94 @@ async fn a_source_user_who_may_not_read_all_is_a_start_up_error() {
     );
     let o = run_within(&w, START_FAILURE_BOUND).await;
     assert_start_failure_naming(&o, "source", &["access denied", "permission"]);
+}
+
+/// Bearer tokens (`reader.tokenFile`, `sink.token`) on a TLS source and
+/// target that accept them: the copy runs with no credentials in either
+/// connection string. A target token refused from the start is a start-up
+/// error naming the target, the refusal and the token's file, within a
+/// bound; no token reaches the output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_tokens_authenticate_each_side_and_a_refused_one_is_a_start_up_error() {
+    use replicator_testkit::security::BearerTokens;
+
+    const SOURCE_TOKEN: &str = "s0urce-t0ken-7c1e";
+    const TARGET_TOKEN: &str = "target-t0ken-9a2f";
+    let secure = |tokens: &BearerTokens| {
+        let certificates = TestCertificates::generate(&[]).expect("certificates");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ca_file = certificates.write_ca(dir.path()).expect("CA file");
+        let options = ServerOptions {
+            tls: Some(certificates),
+            users: Some(vec![User {
+                password: ADMIN_PASSWORD.to_owned(),
+                ..User::admin()
+            }]),
+            bearer_tokens: Some(tokens.clone()),
+            ..ServerOptions::default()
+        };
+        (options, ca_file, dir)
+    };
+    let (source_tokens, target_tokens) = (BearerTokens::new(), BearerTokens::new());
+    source_tokens.accept(SOURCE_TOKEN, User::admin());
+    let (options, source_ca, _source_dir) = secure(&source_tokens);
+    let source = EsdbServer::start_with(options).await.expect("source");
+    let (options, target_ca, _target_dir) = secure(&target_tokens);
+    let target = EsdbServer::start_with(options).await.expect("target");
+    let source_url = source.connection_string_with(None, Some(&source_ca));
+    let target_url = target.connection_string_with(None, Some(&target_ca));
+    let admin = replicator_testkit::support::client(
+        &source.connection_string_with(Some(("admin", ADMIN_PASSWORD)), Some(&source_ca)),
+    );
+    let spec = replicator_testkit::workload::WorkloadSpec::new(5, 100);
+    replicator_testkit::workload::generate(&admin, &spec)
+        .await
+        .expect("workload");
+
+    let workdir = |target_token: &str| {
+        let w = workdir(&source_url, &target_url);
+        let token_file = w.dir.path().join("source-token");
+        std::fs::write(&token_file, SOURCE_TOKEN).unwrap();
+        let yaml = format!(
+            "replicator:\n  reader:\n    connectionString: \"{source_url}\"\n    tokenFile: \"{}\"\n  sink:\n    connectionString: \"{target_url}\"\n    token: \"{target_token}\"\n  runContinuously: false\n",
+            token_file.display()
+        );
+        std::fs::write(w.dir.path().join("config/appsettings.yaml"), yaml).unwrap();
+        w
+    };
+    let no_token = |o: &std::process::Output| {
+        for token in [SOURCE_TOKEN, TARGET_TOKEN] {
+            assert!(
+                !stdout(o).contains(token) && !stderr(o).contains(token),
+                "a token reached the output:\nstdout:\n{}\nstderr:\n{}",
+                stdout(o),
+                stderr(o)
+            );
+        }
+    };
+
+    // Not (yet) accepted by the target: a start-up error, no endless retry.
+    let o = run_within(&workdir(TARGET_TOKEN), START_FAILURE_BOUND).await;
+    assert_start_failure_naming(&o, "target", &["bearer token was refused"]);
+    no_token(&o);
+
+    target_tokens.accept(TARGET_TOKEN, User::admin());
+    let o = run_within(&workdir(TARGET_TOKEN), Duration::from_secs(300)).await;
+    assert_ok(&o);
+    no_token(&o);
+    let source_reads = replicator_esdb::cluster::client(&source_url.as_str().into())
+        .unwrap()
+        .with_bearer_token(Some(
+            replicator_esdb::cluster::BearerToken::new(SOURCE_TOKEN).unwrap(),
+        ));
+    let target_reads = replicator_esdb::cluster::client(&target_url.as_str().into())
+        .unwrap()
+        .with_bearer_token(Some(
+            replicator_esdb::cluster::BearerToken::new(TARGET_TOKEN).unwrap(),
+        ));
+    let report = verify(&source_reads, &target_reads, &VerifyOptions::default())
+        .await
+        .expect("verify");
+    assert!(report.is_identical(), "{report}");
+    assert!(report.source_events > 50, "{report:?}");
 }

@@ -41,9 +41,13 @@ async fn a_tcp_source_is_replicated_and_a_second_run_resumes_after_the_checkpoin
     let w = Workdir { dir };
 
     let compare = || async {
-        verify(&source_client, &target_client, &VerifyOptions::default())
-            .await
-            .unwrap()
+        verify(
+            &reads(&source_client),
+            &reads(&target_client),
+            &VerifyOptions::default(),
+        )
+        .await
+        .unwrap()
     };
     let o = run_async(&w, &["run"]).await;
     assert_ok(&o);
@@ -139,8 +143,8 @@ impl V5 {
     /// order; each transaction one write on the target as on the source.
     async fn assert_copied(&self, transactions: &[(String, Vec<uuid::Uuid>)]) {
         let report = verify(
-            &self.source_client,
-            &self.target_client,
+            &reads(&self.source_client),
+            &reads(&self.target_client),
             &VerifyOptions::default(),
         )
         .await
@@ -280,8 +284,8 @@ async fn a_csharp_checkpoint_inside_a_transaction_resumes_at_its_commit() {
 
     assert_ok(&run_async(&w, &["run"]).await);
     let report = verify(
-        &v5.source_client,
-        &v5.target_client,
+        &reads(&v5.source_client),
+        &reads(&v5.target_client),
         &VerifyOptions::default(),
     )
     .await

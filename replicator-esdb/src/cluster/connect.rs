@@ -1,6 +1,8 @@
 //! A connection string to a client.
 
-use eventstore::{Client, ClientSettings};
+use eventstore::ClientSettings;
+
+use crate::wire::client::GrpcClient;
 
 use replicator_core::secret::{ConnectionString, Scrubber};
 
@@ -44,13 +46,23 @@ pub fn settings(connection_string: &ConnectionString) -> Result<ClientSettings, 
 }
 
 /// A client of the cluster `connection_string` names. It connects on its
-/// first request, so this needs no server, but does need a tokio runtime.
+/// first request, so this needs no server (its requests need a tokio
+/// runtime).
 ///
 /// # Errors
 /// As [`settings`], or [`ConnectError::Client`] when the client cannot be
-/// created from them.
-pub fn client(connection_string: &ConnectionString) -> Result<Client, ConnectError> {
-    Client::new(settings(connection_string)?).map_err(ConnectError::Client)
+/// created from them (TLS files that cannot be read).
+pub fn client(connection_string: &ConnectionString) -> Result<GrpcClient, ConnectError> {
+    client_from(settings(connection_string)?)
+}
+
+/// A client from settings parsed already (by [`settings`], or an `eventstore`
+/// client's own).
+///
+/// # Errors
+/// [`ConnectError::Client`] when TLS files the settings name cannot be read.
+pub fn client_from(settings: ClientSettings) -> Result<GrpcClient, ConnectError> {
+    GrpcClient::new(settings).map_err(ConnectError::Client)
 }
 
 #[cfg(test)]

@@ -1,9 +1,9 @@
 //! The head of `$all`.
 
-use eventstore::{Client, ReadAllOptions, StreamPosition};
 use replicator_core::Position;
 
-use super::ClientPosition;
+use super::{AllFrom, Direction};
+use crate::wire::client::{GrpcClient, ReadOf};
 
 /// The position of the last record in `$all`, `None` when it is empty.
 ///
@@ -11,15 +11,9 @@ use super::ClientPosition;
 ///
 /// # Errors
 /// The client's, when the read fails.
-pub async fn head(client: &Client) -> Result<Option<Position>, eventstore::Error> {
-    let options = ReadAllOptions::default()
-        .backwards()
-        .position(StreamPosition::End)
-        .max_count(1);
-    let mut read = client.read_all(&options).await?;
-    Ok(read
-        .next()
-        .await?
-        .and_then(|resolved| resolved.link.or(resolved.event))
-        .map(|record| Position::from_client(record.position)))
+pub async fn head(client: &GrpcClient) -> Result<Option<Position>, eventstore::Error> {
+    let mut read = client
+        .read(ReadOf::All(AllFrom::End), Direction::Backwards, 1, false)
+        .await?;
+    Ok(read.next().await?.map(|record| record.position))
 }

@@ -1,8 +1,10 @@
 //! Access to a cluster, in one place: what every part of the crate (and the
-//! CLI) needs to talk to EventStoreDB through the `eventstore` client.
+//! CLI) needs to talk to EventStoreDB over gRPC.
 //!
-//! - [`client`] and [`settings`]: a connection string to a client, with a
-//!   [`ConnectError`] that never shows the password.
+//! - [`client`] and [`settings`]: a connection string to a [`GrpcClient`]
+//!   (the crate's own; the `eventstore` crate parses the connection string
+//!   and names the errors), with a [`ConnectError`] that never shows the
+//!   password.
 //! - [`head`]: the position of the last record in `$all`.
 //! - [`ClientPosition`]: our [`Position`](replicator_core::Position) to and
 //!   from the client's.
@@ -22,7 +24,9 @@ mod head;
 mod position;
 mod reads;
 
-pub use connect::{client, settings, ConnectError};
+pub use crate::wire::client::GrpcClient;
+pub use crate::wire::token::{BearerToken, TokenError};
+pub use connect::{client, client_from, settings, ConnectError};
 pub(crate) use deadline::within;
 pub use deadline::TimedOut;
 pub use head::head;

@@ -3,22 +3,22 @@
 //! so that each works with a source reached over gRPC or over the legacy v5
 //! TCP protocol (`reader.protocol: tcp`) alike.
 //!
-//! [`ClusterRead`] has two implementations: the gRPC [`eventstore::Client`]
-//! and the v5 [`TcpSource`]. [`SourceClient`] is either, chosen from the
+//! [`ClusterRead`] has two implementations: the gRPC [`GrpcClient`] and the
+//! v5 [`TcpSource`]. [`SourceClient`] is either, chosen from the
 //! configuration.
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::future::{BoxFuture, FutureExt as _};
 use futures::stream::BoxStream;
 use futures::StreamExt as _;
-use replicator_core::{ErrorKind, Position};
+use replicator_core::{ContentType, ErrorKind, Event, Position};
 use uuid::Uuid;
 
-use super::{ClientPosition as _, TimedOut};
+use super::TimedOut;
 use crate::connection::{describe, error_kind};
 use crate::tcp::{TcpError, TcpSource};
+use crate::wire::client::{GrpcClient, ReadOf};
 
 /// A record as stored: for a link, the link record itself (`$>`), never the
 /// event it points to (links are not resolved).
@@ -173,27 +173,33 @@ pub(crate) async fn next_within<T>(
     super::within(limit, next(records)).await
 }
 
-/// A record the gRPC client read: the original record (the link, for a link).
-fn grpc_record(event: &eventstore::ResolvedEvent) -> Record {
-    let record = event.get_original_event();
+/// A record a gRPC read returned (the link itself, for a link).
+fn grpc_record(event: &Event) -> Record {
     Record {
-        stream: record.stream_id.clone(),
-        revision: record.revision,
-        id: record.id,
-        event_type: record.event_type.clone(),
-        is_json: record.is_json,
-        data: record.data.clone(),
-        metadata: record.custom_metadata.clone(),
-        position: Some(Position::of(event)),
+        stream: event.stream.clone(),
+        revision: event.revision,
+        id: event.id,
+        event_type: event.event_type.clone(),
+        is_json: event.content_type == ContentType::Json,
+        data: event.data.clone(),
+        metadata: event.metadata.clone(),
+        position: Some(event.position),
     }
 }
 
-/// The records of a gRPC read opened by `open` at the first poll, each
-/// turned into an item by `item`: the one way both reads stream.
+/// The records of a gRPC read of `of`, opened at the first poll, each turned
+/// into an item by `item`: the one way both reads stream.
 fn grpc_records<'a, T: Send + 'a>(
-    open: BoxFuture<'a, Result<eventstore::ReadStream, eventstore::Error>>,
-    item: fn(&eventstore::ResolvedEvent) -> T,
+    client: &'a GrpcClient,
+    of: ReadOf<'a>,
+    direction: Direction,
+    max: usize,
+    item: fn(&Event) -> T,
 ) -> Records<'a, T> {
+    if max == 0 {
+        return futures::stream::empty().boxed();
+    }
+    let open = async move { client.read(of, direction, max, false).await };
     futures::stream::once(open)
         .flat_map(move |opened| match opened {
             Err(error) => futures::stream::once(async move { Err(error.into()) }).boxed(),
@@ -213,7 +219,7 @@ fn grpc_records<'a, T: Send + 'a>(
         .boxed()
 }
 
-impl ClusterRead for eventstore::Client {
+impl ClusterRead for GrpcClient {
     fn stream_records<'a>(
         &'a self,
         stream: &'a str,
@@ -221,21 +227,11 @@ impl ClusterRead for eventstore::Client {
         direction: Direction,
         max: usize,
     ) -> Records<'a, Record> {
-        if max == 0 {
-            return futures::stream::empty().boxed();
-        }
-        let mut options = eventstore::ReadStreamOptions::default()
-            .position(match from {
-                StreamFrom::Start => eventstore::StreamPosition::Start,
-                StreamFrom::End => eventstore::StreamPosition::End,
-                StreamFrom::Revision(r) => eventstore::StreamPosition::Position(r),
-            })
-            .max_count(max);
-        if direction == Direction::Backwards {
-            options = options.backwards();
-        }
         grpc_records(
-            async move { eventstore::Client::read_stream(self, stream, &options).await }.boxed(),
+            self,
+            ReadOf::Stream(stream, from),
+            direction,
+            max,
             grpc_record,
         )
     }
@@ -246,23 +242,9 @@ impl ClusterRead for eventstore::Client {
         direction: Direction,
         max: usize,
     ) -> Records<'_, (Position, Record)> {
-        if max == 0 {
-            return futures::stream::empty().boxed();
-        }
-        let mut options = eventstore::ReadAllOptions::default()
-            .position(match from {
-                AllFrom::Start => eventstore::StreamPosition::Start,
-                AllFrom::End => eventstore::StreamPosition::End,
-                AllFrom::Position(p) => eventstore::StreamPosition::Position(p.to_client()),
-            })
-            .max_count(max);
-        if direction == Direction::Backwards {
-            options = options.backwards();
-        }
-        grpc_records(
-            async move { eventstore::Client::read_all(self, &options).await }.boxed(),
-            |event| (Position::of(event), grpc_record(event)),
-        )
+        grpc_records(self, ReadOf::All(from), direction, max, |event| {
+            (event.position, grpc_record(event))
+        })
     }
 }
 
@@ -271,7 +253,7 @@ impl ClusterRead for eventstore::Client {
 /// source with.
 pub enum SourceClient {
     /// gRPC (v20+).
-    Grpc(eventstore::Client),
+    Grpc(GrpcClient),
     /// The legacy TCP protocol (v5).
     Tcp(TcpSource),
 }

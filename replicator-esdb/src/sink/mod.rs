@@ -22,16 +22,20 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use eventstore::{AppendToStreamOptions, Client, EventData, ExpectedRevision};
+use eventstore::ExpectedRevision;
 use futures::{FutureExt, StreamExt};
 use replicator_core::health::short;
 use replicator_core::{ErrorKind, Event, Position, Sink, SinkError, WriteAck};
 use tracing::debug;
 
 use crate::cluster::{self, within};
-use crate::connection::{describe, error_kind, needs_new_client, ClientCell, REQUEST_TIMEOUT};
+use crate::connection::{
+    describe, error_kind, is_refused_token, needs_new_client, ClientCell, REQUEST_TIMEOUT,
+};
 use crate::plan::plan;
 use crate::wire::append::BatchSession;
+use crate::wire::client::GrpcClient as Client;
+use crate::wire::token::BearerToken;
 
 pub use config::{EsdbSinkConfig, RevisionMode, WriteOrder};
 
@@ -271,11 +275,29 @@ impl EsdbSink {
         self
     }
 
+    /// Authenticates every call to the target with `token` (when given),
+    /// `authorization: Bearer`, instead of the connection string's
+    /// credentials; a token file is read again whenever it changes. A token
+    /// refused by [`Sink::check`] is a permanent error; refused later
+    /// (expired), writes fail as transient (the target reported unhealthy
+    /// while the pipeline retries), until the file holds a token the target
+    /// accepts.
+    pub fn with_bearer_token(mut self, token: Option<BearerToken>) -> Self {
+        self.client.set_token(token);
+        self
+    }
+
     /// Counts a failed operation and drops the client when it cannot recover
     /// by itself, or after several failures in a row.
     fn failed(&self, generation: u64, error: &eventstore::Error) {
         use std::sync::atomic::Ordering;
         let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if is_refused_token(error) {
+            // The batch-append call was opened with the same token: a
+            // server may refuse its next request only. The next write opens
+            // one with the token of then.
+            *self.batch.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
         if needs_new_client(error) || failures.is_multiple_of(CLIENT_REBUILD_AFTER) {
             debug!(failures, "Rebuilding the target client");
             self.client.discard(generation);
@@ -371,11 +393,9 @@ impl Sink for EsdbSink {
     /// deadline.
     async fn check(&self) -> Result<(), SinkError> {
         let (generation, client) = self.client()?;
-        let options = AppendToStreamOptions::default().expected_revision(ExpectedRevision::Any);
-        let nothing: Vec<EventData> = Vec::new();
         let result = within(
             self.request_timeout,
-            client.append_to_stream(WRITE_CHECK_STREAM, &options, nothing),
+            client.append(WRITE_CHECK_STREAM, ExpectedRevision::Any, Vec::new()),
         )
         .await;
         match result {
@@ -397,6 +417,14 @@ impl Sink for EsdbSink {
                     ),
                     _ => (describe(&error), ""),
                 };
+                if is_refused_token(&error) {
+                    // Refused from the start: no renewal is on its way.
+                    // The message says it all (the client's text for the
+                    // status would add nothing but noise).
+                    return Err(SinkError::permanent(format!(
+                        "the target refused the sink's bearer token: {doing}"
+                    )));
+                }
                 let message = format!(
                     "the target cannot be written (an empty append to `{WRITE_CHECK_STREAM}`, which \
                      writes nothing, failed): {doing}{hint}"
@@ -426,11 +454,15 @@ fn sink_error(error: eventstore::Error, doing: &str, event: &Event) -> SinkError
         event.position,
         describe(&error)
     );
-    match error_kind(&error) {
+    let sink_error = match error_kind(&error) {
         ErrorKind::Transient => SinkError::transient(message),
         ErrorKind::Permanent => SinkError::permanent(message),
+    };
+    // A refused token's message is all there is to say.
+    if is_refused_token(&error) {
+        return sink_error;
     }
-    .with_source(error)
+    sink_error.with_source(error)
 }
 
 #[cfg(test)]

@@ -36,7 +36,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use eventstore::{Client, ExpectedRevision};
+use eventstore::ExpectedRevision;
 use futures::{FutureExt, StreamExt};
 use replicator_core::{ErrorKind, Event, Position, SinkError, WriteAck};
 use tracing::{debug, warn};
@@ -49,6 +49,7 @@ use crate::plan::{
     replay_parts, sequence, Action, AppendRun, Done, Expected, Guess, Reply, Step, PROBE_REVISION,
 };
 use crate::wire::append::{BatchSession, PendingAppend};
+use crate::wire::client::GrpcClient as Client;
 use crate::wire::read::last_position;
 
 /// Streams [`OrderState::known`] holds at most (about 100 bytes each): a

@@ -4,19 +4,17 @@
 
 use std::time::Duration;
 
-use eventstore::{
-    Client, CurrentRevision, ExpectedRevision, ReadAllOptions, ReadStreamOptions, StreamPosition,
-    TombstoneStreamOptions,
-};
+use eventstore::{CurrentRevision, ExpectedRevision};
 use replicator_core::{ChangeKind, Event, Position, SinkError};
 use tracing::{debug, warn};
 
 use super::{sink_error, EsdbSink, RevisionMode};
-use crate::cluster::{within, ClientPosition as _};
+use crate::cluster::{within, AllFrom, Direction, StreamFrom};
 use crate::plan::{
     shift_truncate_before, Action, AppendRun, Divergence, Done, Expected, Guess, Note, Reply, Step,
     TargetRecord,
 };
+use crate::wire::client::{GrpcClient as Client, ReadOf};
 
 impl EsdbSink {
     pub(super) async fn write_stream_plan(
@@ -172,20 +170,12 @@ impl EsdbSink {
     ) -> Result<Reply, RunError<'e>> {
         match action {
             Action::Read { revision, count } => {
-                let options = ReadStreamOptions::default()
-                    .forwards()
-                    .position(StreamPosition::Position(revision))
-                    .max_count(count);
-                Box::pin(self.read_reply(client, stream, &options, run.current_event())).await
+                let read = (StreamFrom::Revision(revision), Direction::Forwards, count);
+                Box::pin(self.read_reply(client, stream, read, run.current_event())).await
             }
             Action::SearchTail => {
-                let options = ReadStreamOptions::default()
-                    .backwards()
-                    .position(StreamPosition::End)
-                    .max_count(self.search_depth);
-                match Box::pin(self.read_reply(client, stream, &options, run.current_event()))
-                    .await?
-                {
+                let read = (StreamFrom::End, Direction::Backwards, self.search_depth);
+                match Box::pin(self.read_reply(client, stream, read, run.current_event())).await? {
                     // Records hidden (soft-deleted, truncated by `$tb` or
                     // `$maxCount`): none readable although the stream has
                     // some, or none below the first readable one. `$all`
@@ -235,10 +225,10 @@ impl EsdbSink {
         &self,
         client: &Client,
         stream: &str,
-        options: &ReadStreamOptions,
+        read: (StreamFrom, Direction, usize),
         event: &'e Event,
     ) -> Result<Reply, RunError<'e>> {
-        match read_records(client, stream, options, self.request_timeout).await {
+        match read_records(client, stream, read, self.request_timeout).await {
             Ok(records) => Ok(Reply::Records(records)),
             Err(eventstore::Error::ResourceDeleted) => Ok(Reply::Deleted),
             Err(e) => Err(RunError::Client(e, event)),
@@ -248,17 +238,17 @@ impl EsdbSink {
     /// The records of `stream` among the target's last records in `$all`
     /// (as many as the search depth), hidden ones included.
     async fn search_all(&self, client: &Client, stream: &str) -> Result<Reply, eventstore::Error> {
-        let options = ReadAllOptions::default()
-            .backwards()
-            .position(StreamPosition::End)
-            .max_count(self.search_depth);
-        let mut reader = within(self.request_timeout, client.read_all(&options)).await?;
+        let read = client.read(
+            ReadOf::All(AllFrom::End),
+            Direction::Backwards,
+            self.search_depth,
+            false,
+        );
+        let mut reader = within(self.request_timeout, read).await?;
         let mut records = Vec::new();
-        while let Some(resolved) = within(self.request_timeout, reader.next()).await? {
-            if let Some(record) = resolved.event {
-                if record.stream_id == stream {
-                    records.push(target_record(record));
-                }
+        while let Some(record) = within(self.request_timeout, reader.next()).await? {
+            if record.stream == stream {
+                records.push(target_record(record));
             }
         }
         Ok(Reply::Records(records))
@@ -281,20 +271,11 @@ impl EsdbSink {
             Some(session) => {
                 within(
                     self.request_timeout,
-                    crate::wire::tombstone::tombstone(session.channel(), stream),
+                    crate::wire::tombstone::tombstone(session.channel(), stream, None),
                 )
                 .await
             }
-            None => {
-                let options =
-                    TombstoneStreamOptions::default().expected_revision(ExpectedRevision::Any);
-                within(
-                    self.request_timeout,
-                    client.tombstone_stream(stream, &options),
-                )
-                .await
-                .map(|position| position.map(Position::from_client))
-            }
+            None => within(self.request_timeout, client.tombstone(stream)).await,
         };
         match answer {
             Ok(position) => {
@@ -378,22 +359,19 @@ pub(super) fn log_note(stream: &str, event: &Event, note: Option<Note>, tracked:
 async fn read_records(
     client: &Client,
     stream: &str,
-    options: &ReadStreamOptions,
+    (from, direction, max): (StreamFrom, Direction, usize),
     timeout: Duration,
 ) -> Result<Vec<TargetRecord>, eventstore::Error> {
     let mut records = Vec::new();
-    let mut reader = match within(timeout, client.read_stream(stream, options)).await {
+    let read = client.read(ReadOf::Stream(stream, from), direction, max, false);
+    let mut reader = match within(timeout, read).await {
         Ok(reader) => reader,
         Err(eventstore::Error::ResourceNotFound) => return Ok(records),
         Err(e) => return Err(e),
     };
     loop {
         match within(timeout, reader.next()).await {
-            Ok(Some(resolved)) => {
-                if let Some(record) = resolved.event {
-                    records.push(target_record(record));
-                }
-            }
+            Ok(Some(record)) => records.push(target_record(record)),
             Ok(None) => return Ok(records),
             Err(eventstore::Error::ResourceNotFound) => return Ok(records),
             Err(e) => return Err(e),
@@ -402,12 +380,12 @@ async fn read_records(
 }
 
 /// A record read back from the target, as the plan compares it.
-fn target_record(record: eventstore::RecordedEvent) -> TargetRecord {
+fn target_record(record: Event) -> TargetRecord {
     TargetRecord {
         revision: record.revision,
         id: record.id,
         event_type: record.event_type,
         data: record.data,
-        position: Position::from_client(record.position),
+        position: record.position,
     }
 }

@@ -4,27 +4,24 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use eventstore::{AppendToStreamOptions, Client, EventData, ExpectedRevision};
+use eventstore::ExpectedRevision;
 use replicator_core::{ErrorKind, Event, Position};
 use tracing::{debug, warn};
 
 use super::EsdbSink;
 use crate::cluster::{within, ClientPosition as _};
 use crate::connection::error_kind;
-use crate::encode::to_event_data;
 use crate::plan::PROBE_REVISION;
 use crate::wire::append::BatchSession;
-use crate::wire::channel::WireChannel;
+use crate::wire::client::{GrpcClient as Client, Proposed};
 
 impl EsdbSink {
     /// Appends `events` to `stream` at `expected`.
     ///
     /// Goes through one batch-append session shared by every append of the
-    /// sink, on a channel of the sink's own ([`crate::wire`]): with the
-    /// `eventstore` 4.0.0 client each plain append waits about 40 ms for a
-    /// delayed ACK (the client does not set `TCP_NODELAY` and sends a request
-    /// in several writes), while requests on the open bidirectional
-    /// batch-append stream are answered at once. A batch-append
+    /// sink, on a channel of the sink's own ([`crate::wire`]): requests on the
+    /// open bidirectional batch-append stream are answered at once, and many
+    /// appends share one request stream. A batch-append
     /// error carries no details (and ends the session), so on any error the
     /// session is dropped and the append is made again as a plain append, whose
     /// wrong-expected-version reply the replay logic needs. Replaying an append
@@ -114,7 +111,9 @@ impl EsdbSink {
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
         {
-            if *g == generation {
+            // An ended call (refused, cut) fails every request: a new one
+            // is opened instead, with the credentials of now.
+            if *g == generation && !batch.has_ended() {
                 return Some(batch.clone());
             }
         }
@@ -130,12 +129,7 @@ impl EsdbSink {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
-        let channel = match within(
-            self.request_timeout,
-            WireChannel::connect(self.client.settings(), leader),
-        )
-        .await
-        {
+        let channel = match within(self.request_timeout, self.client.connect_wire(leader)).await {
             Ok(channel) => channel,
             Err(error) => {
                 debug!(%error, "Cannot open a batch-append session");
@@ -161,9 +155,8 @@ async fn append(
     expected: ExpectedRevision,
     events: &[&Event],
 ) -> Result<(Position, u64), eventstore::Error> {
-    let data: Vec<EventData> = events.iter().map(|e| to_event_data(e)).collect();
-    let options = AppendToStreamOptions::default().expected_revision(expected);
-    let result = client.append_to_stream(stream, &options, data).await?;
+    let data: Vec<Proposed> = events.iter().map(|e| Proposed::of(e)).collect();
+    let result = client.append(stream, expected, data).await?;
     Ok((
         Position::from_client(result.position),
         result.next_expected_version,

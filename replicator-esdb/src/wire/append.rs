@@ -102,6 +102,15 @@ impl BatchSession {
         }
     }
 
+    /// Whether the call has ended: every request sent on it fails.
+    pub(crate) fn has_ended(&self) -> bool {
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .ended
+            .is_some()
+    }
+
     /// The channel the session's call is on.
     pub(crate) fn channel(&self) -> &WireChannel {
         &self.channel
@@ -192,19 +201,15 @@ async fn run(
     request: tonic::Request<impl futures::Stream<Item = Bytes> + Send + 'static>,
     pending: &Mutex<Pending>,
 ) -> Result<(), eventstore::Error> {
-    let mut grpc = channel.grpc().await.map_err(eventstore::Error::from_grpc)?;
+    let mut grpc = channel.grpc().await.map_err(|s| channel.error(s))?;
     let path =
         http::uri::PathAndQuery::from_static("/event_store.client.streams.Streams/BatchAppend");
     let mut answers = grpc
         .streaming(request, path, AppendCodec)
         .await
-        .map_err(eventstore::Error::from_grpc)?
+        .map_err(|s| channel.error(s))?
         .into_inner();
-    while let Some(answer) = answers
-        .message()
-        .await
-        .map_err(eventstore::Error::from_grpc)?
-    {
+    while let Some(answer) = answers.message().await.map_err(|s| channel.error(s))? {
         let Some(correlation) = answer.correlation_id.as_ref().and_then(|id| id.to_uuid()) else {
             warn!("A batch-append answer without a correlation id: ignored");
             continue;

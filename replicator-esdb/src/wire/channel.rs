@@ -22,6 +22,19 @@ use tonic::Status;
 use tracing::debug;
 
 use super::proto::{node_state, ClusterInfo, Empty};
+use super::token::BearerToken;
+
+/// Whether `error` is a bearer token the server refused (see
+/// [`WireChannel::error`]).
+pub(crate) fn is_refused_token(error: &eventstore::Error) -> bool {
+    matches!(
+        error,
+        eventstore::Error::Grpc {
+            code: tonic::Code::Unauthenticated,
+            ..
+        }
+    )
+}
 
 /// The HTTP/2 client every call goes through.
 pub(crate) type Http =
@@ -37,6 +50,8 @@ pub(crate) struct WireChannel {
     http: Http,
     uri: Uri,
     headers: MetadataMap,
+    /// Sent instead of the basic credentials, read afresh for each call.
+    token: Option<BearerToken>,
 }
 
 impl WireChannel {
@@ -69,13 +84,42 @@ impl WireChannel {
             uri: settings.to_uri(&endpoint),
             http,
             headers,
+            token: None,
         })
     }
 
-    /// A request carrying the connection's headers (credentials, leader
-    /// requirement, connection name).
+    /// The channel, its calls authenticated with `token` (when given)
+    /// instead of the connection string's credentials.
+    pub(crate) fn with_token(mut self, token: Option<BearerToken>) -> Self {
+        self.token = token;
+        self
+    }
+
+    /// A request carrying the connection's headers (credentials or bearer
+    /// token, leader requirement, connection name).
     pub(crate) fn request<T>(&self, message: T) -> tonic::Request<T> {
-        request_with(&self.headers, message)
+        let mut request = request_with(&self.headers, message);
+        if let Some(token) = &self.token {
+            token.authorize(request.metadata_mut());
+        }
+        request
+    }
+
+    /// The client's error for a call's failed `status`, as
+    /// [`eventstore::Error::from_grpc`] makes it, except that a refused
+    /// bearer token is not "access denied" (permanent) but an
+    /// `Unauthenticated` error saying so ([`is_refused_token`]): an expired
+    /// token is renewed while the run retries.
+    pub(crate) fn error(&self, status: Status) -> eventstore::Error {
+        match &self.token {
+            Some(token) if status.code() == tonic::Code::Unauthenticated => {
+                eventstore::Error::Grpc {
+                    code: tonic::Code::Unauthenticated,
+                    message: token.refusal(),
+                }
+            }
+            _ => eventstore::Error::from_grpc(status),
+        }
     }
 
     /// The chosen node's base URI (`http(s)://host:port`): where its HTTP API
@@ -95,6 +139,25 @@ impl WireChannel {
     /// A gRPC client on the channel, ready for a call.
     pub(crate) async fn grpc(&self) -> Result<tonic::client::Grpc<Http>, Status> {
         grpc_to(&self.http, self.uri.clone()).await
+    }
+}
+
+/// What a channel built from `settings` would fail on at once: TLS files
+/// that cannot be read.
+///
+/// # Errors
+/// [`eventstore::Error::InitializationError`], naming the file.
+pub(crate) fn check(settings: &ClientSettings) -> Result<(), eventstore::Error> {
+    tls_config(settings).map(drop)
+}
+
+/// The deadline the `eventstore` client puts on a request that is not a
+/// read (`grpc-timeout`, which only the server acts on): the connection
+/// string's `defaultDeadline`, else 10 s.
+pub(crate) fn server_deadline(settings: &ClientSettings) -> Duration {
+    match HiddenSettings::of(settings).default_deadline {
+        Some(ms) if ms < i64::MAX as u64 => Duration::from_millis(ms),
+        _ => Duration::from_secs(10),
     }
 }
 
@@ -119,6 +182,7 @@ async fn grpc_to(http: &Http, uri: Uri) -> Result<tonic::client::Grpc<Http>, Sta
 struct HiddenSettings {
     keep_alive_interval: Option<u64>,
     keep_alive_timeout: Option<u64>,
+    default_deadline: Option<u64>,
     connection_name: Option<String>,
     /// The connection string's credentials (their login and password have
     /// no accessor either; serialised as bytes).

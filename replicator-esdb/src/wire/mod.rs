@@ -11,14 +11,17 @@
 //!   tombstones ([`tombstone::tombstone`]), which with source order the whole
 //!   pipeline waits for.
 //!
-//! Everything else (reads of pages and heads, plain appends, soft deletes,
-//! metadata, verification) stays on the client: rare calls, and the client's
-//! semantics are what the rest of the crate is written against. Errors are
-//! turned into the client's [`eventstore::Error`] with its own
-//! `Error::from_grpc`, so both paths are classified alike.
+//! Every other call (reads of pages, heads and streams, plain appends,
+//! tombstones, stream metadata, verification's reads) goes through
+//! [`client::GrpcClient`], on the same kind of channel: so every request of
+//! the replicator carries the channel's headers. Errors are the `eventstore`
+//! client's [`eventstore::Error`], made with its own `Error::from_grpc`, so
+//! that the rest of the crate classifies them as before.
 
 pub(crate) mod append;
 pub(crate) mod channel;
+pub(crate) mod client;
 pub(crate) mod proto;
 pub(crate) mod read;
+pub(crate) mod token;
 pub(crate) mod tombstone;

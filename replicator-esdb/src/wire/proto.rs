@@ -18,9 +18,12 @@ pub(crate) struct ReadReq {
     pub options: Option<ReadOptions>,
 }
 
-/// `ReadReq.Options`, for a subscription or a read of `$all`.
+/// `ReadReq.Options`, for a subscription or a read of `$all` or a stream.
 #[derive(Clone, PartialEq, prost::Message)]
 pub(crate) struct ReadOptions {
+    /// `stream = 1` of the `stream_option` oneof.
+    #[prost(message, optional, tag = "1")]
+    pub stream: Option<StreamOptions>,
     /// `all = 2` of the `stream_option` oneof.
     #[prost(message, optional, tag = "2")]
     pub all: Option<AllOptions>,
@@ -35,11 +38,57 @@ pub(crate) struct ReadOptions {
     /// `subscription = 6` of the `count_option` oneof.
     #[prost(message, optional, tag = "6")]
     pub subscription: Option<Empty>,
+    /// `filter = 7` of the `filter_option` oneof.
+    #[prost(message, optional, tag = "7")]
+    pub filter: Option<FilterOptions>,
     /// `no_filter = 8` of the `filter_option` oneof.
     #[prost(message, optional, tag = "8")]
     pub no_filter: Option<Empty>,
     #[prost(message, optional, tag = "9")]
     pub uuid_option: Option<UuidOption>,
+    /// Sent by the client on stream reads (`compatibility = 1`).
+    #[prost(message, optional, tag = "10")]
+    pub control_option: Option<ControlOption>,
+}
+
+/// `ReadReq.Options.StreamOptions`: the stream, and `revision = 2`,
+/// `start = 3` or `end = 4`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct StreamOptions {
+    #[prost(message, optional, tag = "1")]
+    pub stream_identifier: Option<StreamIdentifier>,
+    #[prost(uint64, optional, tag = "2")]
+    pub revision: Option<u64>,
+    #[prost(message, optional, tag = "3")]
+    pub start: Option<Empty>,
+    #[prost(message, optional, tag = "4")]
+    pub end: Option<Empty>,
+}
+
+/// `ReadReq.Options.FilterOptions`, on event types only (`event_type = 2`),
+/// with a checkpoint every `max = 3` records searched.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct FilterOptions {
+    #[prost(message, optional, tag = "2")]
+    pub event_type: Option<FilterExpression>,
+    #[prost(uint32, optional, tag = "3")]
+    pub max: Option<u32>,
+    #[prost(uint32, tag = "5")]
+    pub checkpoint_interval_multiplier: u32,
+}
+
+/// `FilterOptions.Expression` (a regular expression; no prefixes).
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct FilterExpression {
+    #[prost(string, tag = "1")]
+    pub regex: String,
+}
+
+/// `ReadReq.Options.ControlOption`.
+#[derive(Clone, Copy, PartialEq, prost::Message)]
+pub(crate) struct ControlOption {
+    #[prost(uint32, tag = "1")]
+    pub compatibility: u32,
 }
 
 /// `ReadReq.Options.AllOptions`: `position = 1`, `start = 2` or `end = 3`.
@@ -201,4 +250,84 @@ pub(crate) struct TombstoneOptions {
 pub(crate) struct TombstoneResp {
     #[prost(message, optional, tag = "1")]
     pub position: Option<AllPosition>,
+}
+
+/// `event_store.client.streams.AppendReq`: the options first, then one
+/// proposed message per event (`content` oneof).
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct AppendReq {
+    #[prost(message, optional, tag = "1")]
+    pub options: Option<AppendOptions>,
+    #[prost(message, optional, tag = "2")]
+    pub proposed_message: Option<ProposedMessage>,
+}
+
+/// `AppendReq.Options`: the stream and its expected revision, `revision = 2`,
+/// `no_stream = 3`, `any = 4` or `stream_exists = 5`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct AppendOptions {
+    #[prost(message, optional, tag = "1")]
+    pub stream_identifier: Option<StreamIdentifier>,
+    #[prost(uint64, optional, tag = "2")]
+    pub revision: Option<u64>,
+    #[prost(message, optional, tag = "3")]
+    pub no_stream: Option<Empty>,
+    #[prost(message, optional, tag = "4")]
+    pub any: Option<Empty>,
+    #[prost(message, optional, tag = "5")]
+    pub stream_exists: Option<Empty>,
+}
+
+/// `AppendReq.ProposedMessage`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct ProposedMessage {
+    #[prost(message, optional, tag = "1")]
+    pub id: Option<WireUuid>,
+    #[prost(map = "string, string", tag = "2")]
+    pub metadata: std::collections::HashMap<String, String>,
+    #[prost(bytes = "bytes", tag = "3")]
+    pub custom_metadata: bytes::Bytes,
+    #[prost(bytes = "bytes", tag = "4")]
+    pub data: bytes::Bytes,
+}
+
+/// `event_store.client.streams.AppendResp`: `success = 1` or
+/// `wrong_expected_version = 2`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct AppendResp {
+    #[prost(message, optional, tag = "1")]
+    pub success: Option<AppendSuccess>,
+    #[prost(message, optional, tag = "2")]
+    pub wrong_expected_version: Option<WrongExpectedVersion>,
+}
+
+/// `AppendResp.Success`: `current_revision = 1` or `no_stream = 2`,
+/// `position = 3` or `no_position = 4`.
+#[derive(Clone, Copy, PartialEq, prost::Message)]
+pub(crate) struct AppendSuccess {
+    #[prost(uint64, optional, tag = "1")]
+    pub current_revision: Option<u64>,
+    #[prost(message, optional, tag = "3")]
+    pub position: Option<AllPosition>,
+}
+
+/// `AppendResp.WrongExpectedVersion`: the stream's current revision
+/// (`current_revision = 6` or `current_no_stream = 7`, and the 20.6.0 forms
+/// `1`/`2` older servers send) and the expected one (`8` to `11`).
+#[derive(Clone, Copy, PartialEq, prost::Message)]
+pub(crate) struct WrongExpectedVersion {
+    #[prost(uint64, optional, tag = "1")]
+    pub current_revision_20_6_0: Option<u64>,
+    #[prost(uint64, optional, tag = "6")]
+    pub current_revision: Option<u64>,
+    #[prost(message, optional, tag = "7")]
+    pub current_no_stream: Option<Empty>,
+    #[prost(uint64, optional, tag = "8")]
+    pub expected_revision: Option<u64>,
+    #[prost(message, optional, tag = "9")]
+    pub expected_any: Option<Empty>,
+    #[prost(message, optional, tag = "10")]
+    pub expected_stream_exists: Option<Empty>,
+    #[prost(message, optional, tag = "11")]
+    pub expected_no_stream: Option<Empty>,
 }

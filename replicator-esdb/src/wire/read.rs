@@ -1,5 +1,6 @@
-//! The `$all` subscription, with its answers decoded straight into the
-//! pipeline's [`Event`].
+//! Reads and subscriptions (`Streams.Read`), with their answers decoded
+//! straight into the pipeline's [`Event`]: the `$all` subscription of the
+//! reader, and every other read of the crate ([`super::client`]).
 //!
 //! The `eventstore` client decodes every record into a message holding a
 //! `HashMap<String, String>` of system metadata, then into its own
@@ -17,7 +18,10 @@ use tonic::Status;
 use uuid::Uuid;
 
 use super::channel::WireChannel;
-use super::proto::{AllOptions, AllPosition, Empty, ReadOptions, ReadReq, UuidOption};
+use super::proto::{
+    AllOptions, AllPosition, Empty, FilterExpression, FilterOptions, ReadOptions, ReadReq,
+    UuidOption,
+};
 use crate::classify::classify;
 
 /// One answer of a `$all` subscription.
@@ -31,8 +35,12 @@ pub(crate) enum ReadItem {
     CaughtUp,
     /// The subscription fell behind and catches up from the log again.
     FellBehind,
-    /// Anything else (checkpoints of filtered reads, positions, a read event
-    /// without a record): nothing to hand on.
+    /// A filtered subscription searched `$all` up to here.
+    Checkpoint(Position),
+    /// The stream read does not exist (or is soft-deleted).
+    StreamNotFound,
+    /// Anything else (positions, a read event without a record): nothing to
+    /// hand on.
     Other,
 }
 
@@ -49,6 +57,17 @@ impl AllSubscription {
         channel: &WireChannel,
         after: Option<Position>,
     ) -> Result<Self, eventstore::Error> {
+        Self::start_filtered(channel, after, None).await
+    }
+
+    /// As [`AllSubscription::start`], with only the records whose event type
+    /// matches `filter` (a regular expression) and a
+    /// [`ReadItem::Checkpoint`] every `window` records searched.
+    pub(crate) async fn start_filtered(
+        channel: &WireChannel,
+        after: Option<Position>,
+        filter: Option<(&str, u32)>,
+    ) -> Result<Self, eventstore::Error> {
         let all = match after {
             Some(position) => AllOptions {
                 position: Some(AllPosition::from(position)),
@@ -61,23 +80,33 @@ impl AllSubscription {
                 end: None,
             },
         };
+        let filter = filter.map(|(regex, window)| FilterOptions {
+            event_type: Some(FilterExpression {
+                regex: regex.to_owned(),
+            }),
+            max: Some(window),
+            checkpoint_interval_multiplier: 1,
+        });
         let request = ReadReq {
             options: Some(ReadOptions {
+                stream: None,
                 all: Some(all),
                 read_direction: 0,
                 resolve_links: false,
                 count: None,
                 subscription: Some(Empty {}),
-                no_filter: Some(Empty {}),
+                no_filter: filter.is_none().then_some(Empty {}),
+                filter,
                 // Ids as text, as the client asks for them (asking for
                 // the structured form saved nothing measurable).
                 uuid_option: Some(UuidOption {
                     string: Some(Empty {}),
                 }),
+                control_option: None,
             }),
         };
         Ok(AllSubscription {
-            stream: read_call(channel, request).await?,
+            stream: read_call(channel, request, false).await?,
         })
     }
 
@@ -103,6 +132,7 @@ pub(crate) async fn last_position(
 ) -> Result<Option<Position>, eventstore::Error> {
     let request = ReadReq {
         options: Some(ReadOptions {
+            stream: None,
             all: Some(AllOptions {
                 position: None,
                 start: None,
@@ -113,18 +143,16 @@ pub(crate) async fn last_position(
             resolve_links: false,
             count: Some(1),
             subscription: None,
+            filter: None,
             no_filter: Some(Empty {}),
             uuid_option: Some(UuidOption {
                 string: Some(Empty {}),
             }),
+            control_option: None,
         }),
     };
-    let mut answers = read_call(channel, request).await?;
-    while let Some(item) = answers
-        .message()
-        .await
-        .map_err(eventstore::Error::from_grpc)?
-    {
+    let mut answers = read_call(channel, request, false).await?;
+    while let Some(item) = answers.message().await.map_err(|s| channel.error(s))? {
         if let ReadItem::Event(event) = item {
             return Ok(Some(event.position));
         }
@@ -133,16 +161,26 @@ pub(crate) async fn last_position(
 }
 
 /// Makes a `Streams.Read` call; returns once the server has answered it.
-async fn read_call(
+/// `requires_leader` asks a node other than the leader to refuse it (the
+/// channel asks that of every call when `nodePreference` is the leader).
+pub(crate) async fn read_call(
     channel: &WireChannel,
     request: ReadReq,
+    requires_leader: bool,
 ) -> Result<tonic::Streaming<ReadItem>, eventstore::Error> {
-    let mut grpc = channel.grpc().await.map_err(eventstore::Error::from_grpc)?;
+    let mut grpc = channel.grpc().await.map_err(|s| channel.error(s))?;
     let path = http::uri::PathAndQuery::from_static("/event_store.client.streams.Streams/Read");
+    let mut request = channel.request(request);
+    if requires_leader {
+        request.metadata_mut().insert(
+            "requires-leader",
+            tonic::metadata::MetadataValue::from_static("true"),
+        );
+    }
     Ok(grpc
-        .server_streaming(channel.request(request), path, ReadCodec)
+        .server_streaming(request, path, ReadCodec)
         .await
-        .map_err(eventstore::Error::from_grpc)?
+        .map_err(|s| channel.error(s))?
         .into_inner())
 }
 
@@ -186,9 +224,9 @@ impl Decoder for ReadRespDecoder {
         // The whole message as one `Bytes`: a split of tonic's buffer, not a
         // copy.
         let message = src.copy_to_bytes(src.remaining());
-        decode_read_resp(&message)
-            .map(Some)
-            .map_err(|problem| Status::internal(format!("a $all answer cannot be read: {problem}")))
+        decode_read_resp(&message).map(Some).map_err(|problem| {
+            Status::internal(format!("a read's answer cannot be read: {problem}"))
+        })
     }
 }
 
@@ -228,10 +266,28 @@ pub(crate) fn decode_read_resp(message: &Bytes) -> Result<ReadItem, &'static str
                 }
                 ReadItem::Confirmed(id)
             }
+            // checkpoint = 3: Checkpoint { commit_position = 1, prepare_position = 2 }
+            (3, Value::Len(range)) => {
+                let checkpoint = &message[range];
+                let mut at = Position {
+                    commit: 0,
+                    prepare: 0,
+                };
+                let mut inner = Fields::new(checkpoint);
+                while let Some(field) = inner.next()? {
+                    match field {
+                        (1, Value::Varint(v)) => at.commit = v,
+                        (2, Value::Varint(v)) => at.prepare = v,
+                        _ => {}
+                    }
+                }
+                ReadItem::Checkpoint(at)
+            }
+            (4, Value::Len(_)) => ReadItem::StreamNotFound,
             (8, Value::Len(_)) => ReadItem::CaughtUp,
             (9, Value::Len(_)) => ReadItem::FellBehind,
             // The rest of the `content` oneof: nothing to hand on.
-            (3..=7, _) => ReadItem::Other,
+            (5..=7, _) => ReadItem::Other,
             // A field this decoder does not know (a newer server's, outside
             // the oneof) leaves what was read before it alone: prost, and so
             // the client, ignores it too. Replacing the event would lose it.
@@ -660,7 +716,22 @@ mod tests {
             commit_position: 1,
             prepare_position: 1,
         }));
-        assert!(matches!(decode_read_resp(&checkpoint), Ok(ReadItem::Other)));
+        assert!(matches!(
+            decode_read_resp(&checkpoint),
+            Ok(ReadItem::Checkpoint(Position {
+                commit: 1,
+                prepare: 1
+            }))
+        ));
+        let not_found = encoded(read_resp::Content::StreamNotFound(
+            read_resp::StreamNotFound {
+                stream_identifier: None,
+            },
+        ));
+        assert!(matches!(
+            decode_read_resp(&not_found),
+            Ok(ReadItem::StreamNotFound)
+        ));
     }
 
     /// A `ReadResp` holding one event of `orders-1` with `data`.

@@ -12,15 +12,17 @@ use super::channel::WireChannel;
 use super::proto::{Empty, StreamIdentifier, TombstoneOptions, TombstoneReq, TombstoneResp};
 
 /// Tombstones `stream` whatever its revision; the position of the tombstone
-/// record when the server says. Errors are the client's
+/// record when the server says. `server_deadline`, when given, is sent for
+/// the server to act on (`grpc-timeout`). Errors are the client's
 /// ([`eventstore::Error::from_grpc`]): a stream already tombstoned is
 /// [`eventstore::Error::ResourceDeleted`].
 pub(crate) async fn tombstone(
     channel: &WireChannel,
     stream: &str,
+    server_deadline: Option<std::time::Duration>,
 ) -> Result<Option<Position>, eventstore::Error> {
-    let mut grpc = channel.grpc().await.map_err(eventstore::Error::from_grpc)?;
-    let request = channel.request(TombstoneReq {
+    let mut grpc = channel.grpc().await.map_err(|s| channel.error(s))?;
+    let mut request = channel.request(TombstoneReq {
         options: Some(TombstoneOptions {
             stream_identifier: Some(StreamIdentifier {
                 stream_name: stream.as_bytes().to_vec(),
@@ -28,13 +30,16 @@ pub(crate) async fn tombstone(
             any: Some(Empty {}),
         }),
     });
+    if let Some(deadline) = server_deadline {
+        request.set_timeout(deadline);
+    }
     let path =
         http::uri::PathAndQuery::from_static("/event_store.client.streams.Streams/Tombstone");
     let codec = tonic::codec::ProstCodec::<TombstoneReq, TombstoneResp>::default();
     let answer = grpc
         .unary(request, path, codec)
         .await
-        .map_err(eventstore::Error::from_grpc)?
+        .map_err(|s| channel.error(s))?
         .into_inner();
     Ok(answer.position.map(Position::from))
 }

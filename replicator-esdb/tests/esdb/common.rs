@@ -35,6 +35,12 @@ use replicator_esdb::{to_event_data, EsdbReader, EsdbReaderConfig, EsdbSink, Esd
 use replicator_testkit::cluster::TestCluster;
 pub use replicator_testkit::support::TcpTransaction;
 pub use replicator_testkit::support::{client, eventually};
+
+/// The replicator's own gRPC client of `connection_string`, for `verify` and
+/// `map_position`.
+pub fn reads(connection_string: &str) -> replicator_esdb::cluster::GrpcClient {
+    replicator_esdb::cluster::client(&connection_string.into()).expect("a client")
+}
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 

@@ -91,8 +91,8 @@ async fn the_testkit_workload_passes_verify() {
         ..VerifyOptions::default()
     };
     let report = verify(
-        &client(&source.connection_string()),
-        &client(&target.connection_string()),
+        &reads(&source.connection_string()),
+        &reads(&target.connection_string()),
         &options,
     )
     .await

@@ -1,6 +1,7 @@
 //! Integration tests of the EventStoreDB reader and sink against the
 //! in-process test server, through the real `eventstore` client.
 
+mod bearer;
 mod checkpoint_stream;
 mod common;
 mod connections;

@@ -86,13 +86,13 @@ async fn replicated_pair() -> (TestCluster, TestCluster, Vec<Uuid>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_over_tcp_reports_what_verify_over_grpc_reports() {
-    let (source, target, ids) = replicated_pair().await;
+    let (source, target_cluster, ids) = replicated_pair().await;
     let (grpc, tcp, target) = (
-        client(&source.connection_string()),
+        reads(&source.connection_string()),
         tcp(&source),
-        client(&target.connection_string()),
+        reads(&target_cluster.connection_string()),
     );
-    let records = all(&grpc).await;
+    let records = all(&client(&source.connection_string())).await;
     let in_transaction = records
         .iter()
         .find(|(_, _, id)| *id == ids[1])
@@ -119,10 +119,14 @@ async fn verify_over_tcp_reports_what_verify_over_grpc_reports() {
     let late: Vec<Uuid> = (0..2).map(|_| Uuid::new_v4()).collect();
     transaction_around_an_append(source.server(), "txn-late", "beside-late", &late).await;
     let extra = Uuid::new_v4();
-    append(&target, "txn", extra, "extra").await;
+    let (source_client, target_client) = (
+        client(&source.connection_string()),
+        client(&target_cluster.connection_string()),
+    );
+    append(&target_client, "txn", extra, "extra").await;
     let changed = Uuid::new_v4();
-    append(&grpc, "changed", changed, "on the source").await;
-    append(&target, "changed", changed, "on the target").await;
+    append(&source_client, "changed", changed, "on the source").await;
+    append(&target_client, "changed", changed, "on the target").await;
 
     let options = VerifyOptions {
         until: Until::End,
@@ -189,11 +193,11 @@ async fn verify_over_tcp_reports_what_verify_over_grpc_reports() {
 async fn map_position_over_tcp_answers_what_it_answers_over_grpc() {
     let (source, target, ids) = replicated_pair().await;
     let (grpc, tcp, target) = (
-        client(&source.connection_string()),
+        reads(&source.connection_string()),
         tcp(&source),
-        client(&target.connection_string()),
+        reads(&target.connection_string()),
     );
-    let records = all(&grpc).await;
+    let records = all(&client(&source.connection_string())).await;
     let mut mapped = 0;
     for order in [WriteOrder::Source, WriteOrder::Stream] {
         let options = MapOptions {
@@ -288,7 +292,7 @@ async fn a_source_user_who_may_not_read_all_is_an_error_naming_the_side_and_the_
     .expect("settings");
     let error = verify(
         &tcp,
-        &client(&target.connection_string()),
+        &reads(&target.connection_string()),
         &VerifyOptions::default(),
     )
     .await
@@ -302,7 +306,7 @@ async fn a_source_user_who_may_not_read_all_is_an_error_naming_the_side_and_the_
     assert!(!text.contains("secret"), "{text}");
     let error = map_position(
         &tcp,
-        &client(&target.connection_string()),
+        &reads(&target.connection_string()),
         Position::at(0),
         &MapOptions::default(),
     )

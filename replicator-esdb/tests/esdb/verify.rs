@@ -11,7 +11,7 @@ use replicator_core::Position;
 use replicator_esdb::verify::{verify, OrderedEvent, VerifyOptions};
 use uuid::Uuid;
 
-use crate::common::{client, populate, replicate, source, target};
+use crate::common::{client, populate, reads, replicate, source, target};
 
 async fn append(client: &Client, stream: &str, id: Uuid) {
     let event = EventData::binary("Tested", id.to_string().into_bytes().into()).id(id);
@@ -46,6 +46,10 @@ async fn the_first_pair_in_another_order_is_named_with_both_positions() {
         client(&source.connection_string()),
         client(&target.connection_string()),
     );
+    let (rs, rt) = (
+        reads(&source.connection_string()),
+        reads(&target.connection_string()),
+    );
     let [a1, a2, b1, b2, only_source, only_target] = [(); 6].map(|()| Uuid::new_v4());
     // The source: a1 b1 (a missing one) a2 b2. The target: (an extra one)
     // a1 b1 b2 a2. Each stream holds its events in the same order on both.
@@ -69,7 +73,7 @@ async fn the_first_pair_in_another_order_is_named_with_both_positions() {
     }
     let (at_source, at_target) = (positions(&s).await, positions(&t).await);
 
-    let report = verify(&s, &t, &VerifyOptions::default()).await.unwrap();
+    let report = verify(&rs, &rt, &VerifyOptions::default()).await.unwrap();
     assert!(report.order_checked);
     let order = report.order.as_ref().expect("an order difference");
     let event = |stream: &str, id: Uuid| OrderedEvent {
@@ -99,7 +103,7 @@ async fn the_first_pair_in_another_order_is_named_with_both_positions() {
         check_order: false,
         ..VerifyOptions::default()
     };
-    let report = verify(&s, &t, &options).await.unwrap();
+    let report = verify(&rs, &rt, &options).await.unwrap();
     assert!(!report.order_checked && report.order.is_none(), "{report}");
     assert!(report.to_string().contains("order not checked"), "{report}");
 
@@ -111,13 +115,13 @@ async fn the_first_pair_in_another_order_is_named_with_both_positions() {
         order_window: 1,
         ..VerifyOptions::default()
     };
-    let report = verify(&s, &t, &options).await.unwrap();
+    let report = verify(&rs, &rt, &options).await.unwrap();
     assert!(report.order_checked && report.order.is_none(), "{report}");
     let options = VerifyOptions {
         order_window: 2,
         ..options
     };
-    let report = verify(&s, &t, &options).await.unwrap();
+    let report = verify(&rs, &rt, &options).await.unwrap();
     assert!(report.order.is_some(), "{report}");
 }
 
@@ -128,8 +132,8 @@ async fn a_replication_in_source_order_keeps_the_order() {
     let store = MemoryCheckpointStore::new();
     replicate(&source, &target, &store, 100).await;
     let report = verify(
-        &client(&source.connection_string()),
-        &client(&target.connection_string()),
+        &reads(&source.connection_string()),
+        &reads(&target.connection_string()),
         &VerifyOptions::default(),
     )
     .await

@@ -16,7 +16,7 @@ use replicator_testkit::workload::{generate, WorkloadSpec, LARGE_EVENT_SIZE};
 use replicator_testkit::EsdbServer;
 use uuid::Uuid;
 
-use crate::common::{client, source};
+use crate::common::{client, reads, source};
 
 /// A fresh in-process server and its client.
 async fn in_process() -> (EsdbServer, Client) {
@@ -32,7 +32,8 @@ fn new_prefix() -> String {
 }
 
 /// `verify`, over the streams starting with `prefix`.
-async fn verify_prefix(prefix: &str, source: &Client, target: &Client) -> VerifyReport {
+async fn verify_prefix(prefix: &str, source: &str, target: &str) -> VerifyReport {
+    let (source, target) = (&reads(source), &reads(target));
     let options = VerifyOptions {
         stream_prefix: prefix.to_owned(),
         ..VerifyOptions::default()
@@ -98,7 +99,12 @@ async fn same_seed_gives_identical_servers_and_changes_are_reported() {
         )
     );
 
-    let report = verify_prefix(&prefix, &source, &target).await;
+    let report = verify_prefix(
+        &prefix,
+        &cluster.connection_string(),
+        &_b.connection_string(),
+    )
+    .await;
     assert!(report.is_identical(), "{report}");
     assert!(report.source_events > 0 && report.streams_compared > 10);
 
@@ -130,7 +136,12 @@ async fn same_seed_gives_identical_servers_and_changes_are_reported() {
     let _ = target
         .delete_stream(victim.as_str(), &DeleteStreamOptions::default())
         .await;
-    let report = verify_prefix(&prefix, &source, &target).await;
+    let report = verify_prefix(
+        &prefix,
+        &cluster.connection_string(),
+        &_b.connection_string(),
+    )
+    .await;
     assert!(!report.is_identical());
     assert!(
         differing_streams(&report).contains(&brand_new.as_str()),
@@ -165,7 +176,12 @@ async fn verify_checks_the_all_order_unless_told_not_to() {
     append(target.clone(), b.clone(), second).await;
     append(target.clone(), a.clone(), first).await;
 
-    let report = verify_prefix(&prefix, &source, &target).await;
+    let report = verify_prefix(
+        &prefix,
+        &cluster.connection_string(),
+        &_b.connection_string(),
+    )
+    .await;
     assert!(!report.is_identical(), "{report}");
     let order = report.order.as_ref().expect("an order difference");
     assert_eq!(
@@ -182,7 +198,13 @@ async fn verify_checks_the_all_order_unless_told_not_to() {
         check_order: false,
         ..VerifyOptions::default()
     };
-    let report = verify(&source, &target, &options).await.expect("verify");
+    let report = verify(
+        &reads(&cluster.connection_string()),
+        &reads(&_b.connection_string()),
+        &options,
+    )
+    .await
+    .expect("verify");
     assert!(report.is_identical(), "{report}");
 }
 
@@ -198,7 +220,12 @@ async fn different_seeds_differ() {
     generate(&target, &spec(&prefix, 2, 50))
         .await
         .expect("workload");
-    let report = verify_prefix(&prefix, &source, &target).await;
+    let report = verify_prefix(
+        &prefix,
+        &cluster.connection_string(),
+        &_b.connection_string(),
+    )
+    .await;
     assert!(!report.is_identical());
     // Other events (a different event id, or one side only) or another
     // deletion state.
