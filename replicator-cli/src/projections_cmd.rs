@@ -65,6 +65,8 @@ async fn plan_and_apply(args: &Args) -> anyhow::Result<Plan> {
     };
     let target_settings = cluster::settings(&config.sink.connection_string)
         .context("replicator.sink.connectionString")?;
+    let source_token = app::bearer_token(config.reader.token.as_ref(), "reader")?;
+    let target_token = app::bearer_token(config.sink.token.as_ref(), "sink")?;
     let options = ProjectionsOptions {
         force: args.force,
         request_timeout: config.call_timeout,
@@ -73,16 +75,18 @@ async fn plan_and_apply(args: &Args) -> anyhow::Result<Plan> {
         Side {
             reader: &source,
             settings: source_settings.as_ref(),
+            token: source_token.as_ref(),
         },
         Side {
             reader: &target,
             settings: Some(&target_settings),
+            token: target_token.as_ref(),
         },
         &options,
     )
     .await?;
     if args.apply {
-        projections::apply(&mut plan, &target_settings, &options).await?;
+        projections::apply(&mut plan, &target_settings, target_token.as_ref(), &options).await?;
     }
     if args.json {
         println!("{}", to_json(&plan, args));

@@ -71,10 +71,22 @@ async fn subscriptions(args: &Args) -> anyhow::Result<bool> {
     }
     let (source, target) = app::clients(&config)?;
     let timeout = config.call_timeout;
-    let source_admin =
-        SubscriptionAdmin::connect(&config.reader.connection_string, "source", timeout).await?;
-    let target_admin =
-        SubscriptionAdmin::connect(&config.sink.connection_string, "target", timeout).await?;
+    let source_token = app::bearer_token(config.reader.token.as_ref(), "reader")?;
+    let target_token = app::bearer_token(config.sink.token.as_ref(), "sink")?;
+    let source_admin = SubscriptionAdmin::connect(
+        &config.reader.connection_string,
+        source_token,
+        "source",
+        timeout,
+    )
+    .await?;
+    let target_admin = SubscriptionAdmin::connect(
+        &config.sink.connection_string,
+        target_token,
+        "target",
+        timeout,
+    )
+    .await?;
     let source_groups = with_filters(&source, source_admin.groups().await?, timeout).await?;
     let target_groups = with_filters(&target, target_admin.groups().await?, timeout).await?;
     let options = PlanOptions {

@@ -12,7 +12,7 @@ use replicator_testkit::security::{TestCertificates, User};
 use replicator_testkit::{EsdbServer, ServerOptions};
 use tempfile::TempDir;
 
-use super::{assert_ok, command, reads, stderr, stdout, Workdir};
+use super::{assert_ok, command, reads, run_async, stderr, stdout, Workdir};
 
 /// The password of every side's admin in these tests (distinctive, so a leak
 /// into the output is found).
@@ -284,4 +284,21 @@ async fn bearer_tokens_authenticate_each_side_and_a_refused_one_is_a_start_up_er
         .expect("verify");
     assert!(report.is_identical(), "{report}");
     assert!(report.source_events > 50, "{report:?}");
+
+    // The cutover commands carry the tokens too (the connection strings
+    // hold no credentials): each side's groups and projections are listed…
+    let w = workdir(TARGET_TOKEN);
+    for command in ["subscriptions", "projections"] {
+        let o = run_async(&w, &[command]).await;
+        assert_ok(&o);
+        no_token(&o);
+    }
+    // …and a refused token is an error naming the side, not an empty list.
+    target_tokens.revoke(TARGET_TOKEN);
+    for command in ["subscriptions", "projections"] {
+        let o = run_async(&w, &[command]).await;
+        assert_eq!(o.status.code(), Some(2), "{command}: {}", stderr(&o));
+        assert!(stderr(&o).contains("target"), "{command}: {}", stderr(&o));
+        no_token(&o);
+    }
 }

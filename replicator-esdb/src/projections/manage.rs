@@ -1,5 +1,6 @@
 //! The calls that need the projection subsystem itself: statistics and
-//! updates over gRPC (the `eventstore` client's `ProjectionClient`), and the
+//! updates over gRPC (on the crate's own channel, so a bearer token goes
+//! with them; the messages in `proto.rs`), and the
 //! creation of a **stopped** projection over the node's HTTP API, the only
 //! way to create one that never ran (gRPC Create always starts it).
 
@@ -7,11 +8,27 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use eventstore::ClientSettings;
-use futures::TryStreamExt as _;
+use http::uri::PathAndQuery;
+use tonic::codec::ProstCodec;
 
+use super::proto::{StatisticsReq, StatisticsResp, UpdateReq, UpdateResp};
 use super::{Definition, ProjectionsError, Statistics};
 use crate::cluster::within;
 use crate::wire::channel::{tls_config, WireChannel};
+use crate::wire::token::BearerToken;
+
+const SERVICE: &str = "/event_store.client.projections.Projections";
+
+/// A channel to the node `settings` leads to, its calls carrying `token`
+/// when given.
+async fn channel(
+    settings: &ClientSettings,
+    token: Option<&BearerToken>,
+) -> Result<WireChannel, eventstore::Error> {
+    Ok(WireChannel::connect(settings, None)
+        .await?
+        .with_token(token.cloned()))
+}
 
 /// Why a projection could not be created or updated: one line for the
 /// report (no password in it).
@@ -40,13 +57,26 @@ fn statistics_error(side: &'static str, error: eventstore::Error) -> Projections
 /// client's error.
 pub(super) async fn statistics(
     settings: &ClientSettings,
+    token: Option<&BearerToken>,
     side: &'static str,
     limit: Duration,
 ) -> Result<HashMap<String, Statistics>, ProjectionsError> {
-    let client = eventstore::ProjectionClient::new(settings.clone());
     let list = async {
-        let stream = client.list(&Default::default()).await?;
-        stream.try_collect::<Vec<_>>().await
+        let channel = channel(settings, token).await?;
+        let mut grpc = channel.grpc().await.map_err(|s| channel.error(s))?;
+        let path =
+            PathAndQuery::from_static("/event_store.client.projections.Projections/Statistics");
+        let codec = ProstCodec::<StatisticsReq, StatisticsResp>::default();
+        let mut answers = grpc
+            .server_streaming(channel.request(StatisticsReq::all()), path, codec)
+            .await
+            .map_err(|s| channel.error(s))?
+            .into_inner();
+        let mut all = Vec::new();
+        while let Some(answer) = answers.message().await.map_err(|s| channel.error(s))? {
+            all.extend(answer.details);
+        }
+        Ok::<_, eventstore::Error>(all)
     };
     let all = within(limit, list)
         .await
@@ -73,17 +103,23 @@ pub(super) async fn statistics(
 /// setting (gRPC Update: the projection keeps its run state).
 pub(super) async fn update(
     settings: &ClientSettings,
+    token: Option<&BearerToken>,
     definition: &Definition,
     limit: Duration,
 ) -> Result<(), Refusal> {
-    let client = eventstore::ProjectionClient::new(settings.clone());
-    let options = eventstore::UpdateProjectionOptions::default().emit(definition.emit_enabled);
-    within(
-        limit,
-        client.update(&definition.name, definition.query.clone(), &options),
-    )
-    .await
-    .map_err(|error| match error {
+    let call = async {
+        let channel = channel(settings, token).await?;
+        let mut grpc = channel.grpc().await.map_err(|s| channel.error(s))?;
+        let path = PathAndQuery::try_from(format!("{SERVICE}/Update"))
+            .map_err(|e| eventstore::Error::InitializationError(e.to_string()))?;
+        let codec = ProstCodec::<UpdateReq, UpdateResp>::default();
+        let request = UpdateReq::new(&definition.name, &definition.query, definition.emit_enabled);
+        grpc.unary(channel.request(request), path, codec)
+            .await
+            .map_err(|s| channel.error(s))?;
+        Ok::<_, eventstore::Error>(())
+    };
+    within(limit, call).await.map_err(|error| match error {
         eventstore::Error::AccessDenied => {
             "the target refused the update (access denied: updating a projection needs an \
              admin in replicator.sink.connectionString)"
@@ -112,9 +148,10 @@ impl HttpApi {
     /// TLS files that cannot be read, or no node chosen.
     pub(super) async fn connect(
         settings: &ClientSettings,
+        token: Option<&BearerToken>,
         limit: Duration,
     ) -> Result<HttpApi, eventstore::Error> {
-        let channel = within(limit, WireChannel::connect(settings, None)).await?;
+        let channel = within(limit, channel(settings, token)).await?;
         let base = reqwest::Url::parse(&channel.uri().to_string())
             .map_err(|e| eventstore::Error::InitializationError(e.to_string()))?;
         let client = reqwest::Client::builder()
@@ -125,7 +162,7 @@ impl HttpApi {
         Ok(HttpApi {
             client,
             base,
-            authorization: channel.authorization().map(str::to_owned),
+            authorization: channel.authorization(),
         })
     }
 

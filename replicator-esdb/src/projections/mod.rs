@@ -28,6 +28,7 @@
 //! second time. Start it on the target after the cutover.
 
 mod manage;
+mod proto;
 pub mod read;
 
 use std::collections::HashMap;
@@ -36,6 +37,7 @@ use std::time::Duration;
 use eventstore::ClientSettings;
 
 use crate::cluster::{ClusterRead, ReadError, SOURCE, TARGET};
+use crate::wire::token::BearerToken;
 
 /// `ProjectionMode`, as the server stores it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -231,6 +233,8 @@ pub struct Side<'a> {
     /// Its gRPC settings, for statistics and changes; `None` for a v5 TCP
     /// source (then no statistics).
     pub settings: Option<&'a ClientSettings>,
+    /// The bearer token its gRPC and HTTP calls carry, if configured.
+    pub token: Option<&'a BearerToken>,
 }
 
 /// How to plan and apply.
@@ -403,7 +407,7 @@ pub async fn plan(
     let limit = options.request_timeout;
     let definitions = read::definitions(source.reader, SOURCE, limit).await?;
     let source_statistics = match source.settings {
-        Some(settings) => manage::statistics(settings, SOURCE, limit).await?,
+        Some(settings) => manage::statistics(settings, source.token, SOURCE, limit).await?,
         None => HashMap::new(),
     };
     let on_target: HashMap<String, Definition> = read::definitions(target.reader, TARGET, limit)
@@ -412,7 +416,7 @@ pub async fn plan(
         .map(|d| (d.name.clone(), d))
         .collect();
     let target_statistics = match target.settings {
-        Some(settings) => manage::statistics(settings, TARGET, limit).await?,
+        Some(settings) => manage::statistics(settings, target.token, TARGET, limit).await?,
         None => HashMap::new(),
     };
     let mut definitions = definitions;
@@ -461,13 +465,14 @@ pub async fn plan(
 pub async fn apply(
     plan: &mut Plan,
     target: &ClientSettings,
+    token: Option<&BearerToken>,
     options: &ProjectionsOptions,
 ) -> Result<(), ProjectionsError> {
     let limit = options.request_timeout;
     let creates = plan.entries.iter().any(|e| e.action == Action::Create);
     let http = if creates {
         Some(
-            manage::HttpApi::connect(target, limit)
+            manage::HttpApi::connect(target, token, limit)
                 .await
                 .map_err(ProjectionsError::Http)?,
         )
@@ -480,7 +485,7 @@ pub async fn apply(
                 .create_stopped(&entry.definition)
                 .await
                 .map(|()| Outcome::Created),
-            (Action::Update { .. }, _) => manage::update(target, &entry.definition, limit)
+            (Action::Update { .. }, _) => manage::update(target, token, &entry.definition, limit)
                 .await
                 .map(|()| Outcome::Updated),
             _ => continue,

@@ -21,6 +21,7 @@ use super::{
 use crate::cluster::{settings, ConnectError};
 use crate::wire::channel::WireChannel;
 use crate::wire::proto::{AllPosition, Empty, StreamIdentifier};
+use crate::wire::token::BearerToken;
 
 const SERVICE: &str = "/event_store.client.persistent_subscriptions.PersistentSubscriptions";
 
@@ -110,6 +111,7 @@ impl SubscriptionAdmin {
     /// [`AdminError::Connect`] or [`AdminError::Channel`].
     pub async fn connect(
         connection_string: &ConnectionString,
+        token: Option<BearerToken>,
         side: &'static str,
         timeout: Duration,
     ) -> Result<Self, AdminError> {
@@ -120,7 +122,8 @@ impl SubscriptionAdmin {
             .map_err(|error| AdminError::Channel {
                 side,
                 message: crate::connection::describe(&error),
-            })?;
+            })?
+            .with_token(token);
         Ok(SubscriptionAdmin {
             channel,
             side,
@@ -234,13 +237,25 @@ impl SubscriptionAdmin {
         };
         match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok(answer)) => Ok(answer),
-            Ok(Err(status)) => Err(AdminError::Call {
-                side,
-                operation,
-                code: status.code(),
-                message: status.message().to_owned(),
-                hint: hint(status.code()),
-            }),
+            Ok(Err(status)) => {
+                let code = status.code();
+                let mut message = status.message().to_owned();
+                // A refused bearer token says so, naming its file.
+                if let eventstore::Error::Grpc {
+                    code: tonic::Code::Unauthenticated,
+                    message: refusal,
+                } = self.channel.error(status)
+                {
+                    message = refusal;
+                }
+                Err(AdminError::Call {
+                    side,
+                    operation,
+                    code,
+                    message,
+                    hint: hint(code),
+                })
+            }
             Err(_) => Err(AdminError::TimedOut {
                 side,
                 operation,

@@ -128,12 +128,18 @@ impl WireChannel {
         &self.uri
     }
 
-    /// The connection string's credentials as an `authorization` value
-    /// (`Basic …`), for the node's HTTP API.
-    pub(crate) fn authorization(&self) -> Option<&str> {
-        self.headers
+    /// The `authorization` value the channel's calls carry (the bearer
+    /// token as last read, else the connection string's `Basic …`
+    /// credentials), for the node's HTTP API.
+    pub(crate) fn authorization(&self) -> Option<String> {
+        let mut headers = self.headers.clone();
+        if let Some(token) = &self.token {
+            token.authorize(&mut headers);
+        }
+        headers
             .get("authorization")
             .and_then(|value| value.to_str().ok())
+            .map(str::to_owned)
     }
 
     /// A gRPC client on the channel, ready for a call.
