@@ -65,6 +65,28 @@ async fn append_json(
     ids
 }
 
+/// A loopback port that refuses connections for as long as this lives: bound
+/// but never listening, so no other server of a parallel test can take it
+/// (a port merely freed can be handed out again at once).
+struct ClosedPort {
+    _socket: tokio::net::TcpSocket,
+    port: u16,
+}
+
+impl ClosedPort {
+    fn new() -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+        socket
+            .bind("127.0.0.1:0".parse().expect("an address"))
+            .expect("a loopback port");
+        let port = socket.local_addr().expect("its address").port();
+        ClosedPort {
+            _socket: socket,
+            port,
+        }
+    }
+}
+
 const BIN: &str = env!("CARGO_BIN_EXE_replicator");
 
 /// A directory holding a config file, as a user's working directory would.

@@ -121,9 +121,8 @@ async fn a_source_that_cannot_be_read_during_the_scavenge_pass_turns_readiness_r
     // scavenge filter cannot read its metadata and retries. Readiness must
     // say so (not "ready" while nothing moves), liveness must not (the
     // process works; a restart would not help).
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = closed.local_addr().unwrap().port();
-    drop(closed);
+    let closed = crate::ClosedPort::new();
+    let port = closed.port;
     let c = Clusters::start().await;
     let w = c.workdir("  scavenge: true\n  http:\n    unhealthyAfterSeconds: 1\n");
     let config = w.path("config/appsettings.yaml");

@@ -67,15 +67,6 @@ fn workdir(source: &str, target: &str, extra: &str) -> Workdir {
     Workdir { dir }
 }
 
-/// A port nothing listens on.
-fn closed_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_reaches_the_log_the_status_server_or_the_json_outputs() {
     let source = EsdbServer::start().await.unwrap();
@@ -93,9 +84,10 @@ async fn no_secret_reaches_the_log_the_status_server_or_the_json_outputs() {
     let target_url = with_credentials(&target.connection_string(), "writer", TARGET_PASSWORD);
     // Nothing listens there: every POST fails and the transform's error (with
     // the URL in it) shows in the status.
+    let closed = crate::ClosedPort::new();
     let hook = format!(
         "http://hook:{HOOK_PASSWORD}@127.0.0.1:{}/t?token={HOOK_TOKEN}",
-        closed_port()
+        closed.port
     );
     let w = workdir(
         &source_url,
@@ -171,12 +163,13 @@ async fn output_within(w: &Workdir, args: &[&str], bound: Duration) -> String {
 async fn no_secret_reaches_a_start_up_error() {
     let server = EsdbServer::start().await.unwrap();
     let good = with_credentials(&server.connection_string(), "admin", SOURCE_PASSWORD);
+    let closed = crate::ClosedPort::new();
     let raw = format!(
         "esdb://admin:{RAW_PASSWORD}@127.0.0.1:{}?tls=false",
-        closed_port()
+        closed.port
     );
     let unreachable = with_credentials(
-        &format!("esdb://127.0.0.1:{}?tls=false", closed_port()),
+        &format!("esdb://127.0.0.1:{}?tls=false", closed.port),
         "writer",
         TARGET_PASSWORD,
     );
@@ -187,7 +180,7 @@ async fn no_secret_reaches_a_start_up_error() {
             let rest = rest.rsplit_once('@').map_or(rest, |(_, hosts)| hosts);
             Some(rest.split(['/', '?']).next()?.to_owned())
         })
-        .unwrap_or_else(|| format!("127.0.0.1:{}", closed_port()));
+        .unwrap_or_else(|| format!("127.0.0.1:{}", closed.port));
     let mongo = format!(
         "mongodb://ckpt:{MONGO_PASSWORD}@{mongo_host}/?serverSelectionTimeoutMS=1000&connectTimeoutMS=1000"
     );

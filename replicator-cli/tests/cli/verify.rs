@@ -221,12 +221,8 @@ async fn an_order_difference_is_exit_code_1_naming_the_pair_unless_sink_order_is
 
 #[test]
 fn a_source_it_cannot_reach_is_exit_code_2_naming_it() {
-    // A port nothing listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let closed = crate::ClosedPort::new();
+    let port = closed.port;
     let w = Workdir::with_config("  callTimeoutInSeconds: 4\n  scavenge: true\n");
     let yaml = std::fs::read_to_string(w.path("config/appsettings.yaml"))
         .unwrap()
