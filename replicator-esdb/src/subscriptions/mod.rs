@@ -17,9 +17,9 @@
 //! restart). The target group starts at the first target event after the
 //! checkpoint's event on the target:
 //! - a stream group at checkpoint revision `n`: the target revision of the
-//!   source's event `n` ([`position_map::map_revision`]) plus one;
+//!   source's event `n` ([`map_revision`](crate::position_map::map_revision)) plus one;
 //! - a `$all` group at checkpoint position `p`: the record after `p`'s
-//!   record on the target ([`position_map::map_position`], exact when the
+//!   record on the target ([`map_position`](crate::position_map::map_position), exact when the
 //!   target was written in source order), or the end of the target's `$all`
 //!   when `p`'s record is its last;
 //! - a group without a checkpoint: its configured start mapped the same way
@@ -38,7 +38,7 @@ mod proto;
 mod start;
 
 pub use admin::{AdminError, SubscriptionAdmin};
-pub use definition::{read_filters, FilterError, Filters};
+pub use definition::{read_filters, FilterError, Filters, CONFIG_STREAM};
 pub use start::{plan, target_start, GroupPlan, PlanOptions, Step, TargetStart};
 
 use replicator_core::Position;
