@@ -7,39 +7,18 @@
 //! the target holds the source's user events in the source's order: no
 //! inversion.
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::Path;
 
 use crate::{assert_ok, run_async, Clusters, Workdir};
 
 const EVENTS: usize = 1_200;
 const STREAMS: usize = 44;
 
-/// The Python with the pinned client; fails (never skips) without it.
-fn python() -> PathBuf {
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/conformance-venv/bin/python");
-    let candidate: PathBuf = std::env::var_os("KURRENTDB_CLIENT_PYTHON").map_or(venv, Into::into);
-    let ok = std::process::Command::new(&candidate)
-        .args(["-c", "import kurrentdbclient"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        ok,
-        "{} cannot import kurrentdbclient: run scripts/test (it installs \
-         replicator-testkit/conformance/python/requirements.txt into target/conformance-venv), \
-         or set KURRENTDB_CLIENT_PYTHON to a python that has it",
-        candidate.display()
-    );
-    candidate
-}
-
 /// Runs the independent client with `args`; its standard output.
 async fn independent_client(args: &[&str]) -> String {
     let script =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cli/python/independent_client.py");
-    let output = tokio::process::Command::new(python())
+    let output = tokio::process::Command::new(replicator_testkit::support::python::python())
         .arg(script)
         .args(args)
         .output()
