@@ -1,6 +1,7 @@
 //! EventStoreDB / KurrentDB [`Reader`](replicator_core::Reader) and
-//! [`Sink`](replicator_core::Sink) for replicator, on the `eventstore` gRPC
-//! client.
+//! [`Sink`](replicator_core::Sink) for replicator, every gRPC call on a channel
+//! of the crate's own (the `eventstore` crate parses connection strings and
+//! names errors).
 //!
 //! - [`EsdbReader`] reads the source `$all` (one catch-up subscription, then
 //!   live), classifies each record with [`classify()`] and survives source
