@@ -77,38 +77,19 @@ pub fn of(event: &Event, metadata_keys: &[String]) -> Vec<(String, Vec<u8>)> {
     headers
 }
 
-/// `time` as RFC 3339 UTC with milliseconds (what a consumer's date parser
-/// reads).
-fn rfc3339(time: std::time::SystemTime) -> String {
-    let millis = time
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis());
-    let seconds = i64::try_from(millis / 1000).unwrap_or(i64::MAX);
-    let ms = millis % 1000;
-    let days = seconds.div_euclid(86_400);
-    let rem = seconds.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (Howard
-/// Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = u32::try_from(doy - (153 * mp + 2) / 5 + 1).unwrap_or(1);
-    let m = u32::try_from(if mp < 10 { mp + 3 } else { mp - 9 }).unwrap_or(1);
-    (if m <= 2 { y + 1 } else { y }, m, d)
+/// `at` as RFC 3339 UTC with milliseconds (what a consumer's date parser
+/// reads; the calendar is the `time` crate's); a time before 1970 as
+/// 1970-01-01.
+fn rfc3339(at: std::time::SystemTime) -> String {
+    let since = at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let t = time::OffsetDateTime::UNIX_EPOCH
+        .checked_add(since.try_into().unwrap_or_default())
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let format = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    t.format(format)
+        .expect("a UTC time after 1970 with a four-digit year formats")
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@
 //! ```
 #![warn(missing_docs)]
 
+mod clock;
 pub mod cluster;
 mod error;
 mod faults;
