@@ -76,3 +76,23 @@ pub(crate) use features::{FeaturesService, GossipService};
 pub(crate) use persistent::PersistentService;
 pub(crate) use projections::{http_answer, is_projection_path, ProjectionsService};
 pub(crate) use streams::StreamsService;
+
+/// The caller of a gRPC request with `metadata` on a server with `options`
+/// (its users and bearer tokens), or `Unauthenticated` for credentials or a
+/// token it does not accept: what every gRPC service checks first.
+pub(crate) fn grpc_caller(
+    options: &crate::ServerOptions,
+    metadata: &tonic::metadata::MetadataMap,
+) -> Result<crate::security::Principal, tonic::Status> {
+    let header = metadata.get("authorization").map(|v| v.as_bytes());
+    crate::security::principal_with(
+        options.users.as_deref(),
+        options.bearer_tokens.as_ref(),
+        header,
+    )
+    .map_err(|_| {
+        tonic::Status::unauthenticated(
+            "Bad credentials: unknown user, wrong password or a token not accepted",
+        )
+    })
+}

@@ -68,17 +68,7 @@ impl StreamsService {
     /// The caller of `metadata`'s request, or `Unauthenticated` for wrong
     /// credentials.
     fn principal(&self, metadata: &MetadataMap) -> Result<Principal, Status> {
-        let header = metadata.get("authorization").map(|v| v.as_bytes());
-        security::principal_with(
-            self.shared.options.users.as_deref(),
-            self.shared.options.bearer_tokens.as_ref(),
-            header,
-        )
-        .map_err(|_| {
-            Status::unauthenticated(
-                "Bad credentials: unknown user, wrong password or a token not accepted",
-            )
-        })
+        super::grpc_caller(&self.shared.options, metadata)
     }
 
     pub(super) fn max_append_size(&self) -> usize {

@@ -180,17 +180,7 @@ impl PersistentService {
     }
 
     fn principal(&self, metadata: &MetadataMap) -> Result<Principal, Status> {
-        let header = metadata.get("authorization").map(|v| v.as_bytes());
-        security::principal_with(
-            self.shared.options.users.as_deref(),
-            self.shared.options.bearer_tokens.as_ref(),
-            header,
-        )
-        .map_err(|_| {
-            Status::unauthenticated(
-                "Bad credentials: unknown user, wrong password or a token not accepted",
-            )
-        })
+        super::grpc_caller(&self.shared.options, metadata)
     }
 
     /// Create, Update, Delete, ReplayParked and RestartSubsystem: `$admins`.
@@ -689,28 +679,7 @@ fn dropped(group: &str, stream: &str) -> Status {
 
 /// Now as `2026-12-08T00:41:53.123Z` (the server's `DateTime` in JSON).
 fn iso8601_now() -> String {
-    let since = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let secs = since.as_secs();
-    let (days, rest) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = i64::try_from(days).unwrap_or(0) + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rest / 3600,
-        rest % 3600 / 60,
-        rest % 60,
-        since.subsec_millis()
-    )
+    crate::clock::utc(std::time::SystemTime::now(), 3)
 }
 
 #[cfg(test)]

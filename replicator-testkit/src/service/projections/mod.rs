@@ -91,7 +91,7 @@ use crate::proto::projections::{
     UpdateReq, UpdateResp,
 };
 use crate::proto::server_features::SupportedMethod;
-use crate::security::{self, Principal};
+use crate::security::Principal;
 use crate::shared::Shared;
 use registry::{Definition, Failure, Mode};
 
@@ -209,16 +209,7 @@ impl ProjectionsService {
 
     /// The caller, checked for `need`.
     fn caller<T>(&self, request: &Request<T>, need: Need) -> Result<(), Status> {
-        let header = request
-            .metadata()
-            .get("authorization")
-            .map(|v| v.as_bytes());
-        let principal = security::principal_with(
-            self.shared.options.users.as_deref(),
-            self.shared.options.bearer_tokens.as_ref(),
-            header,
-        )
-        .map_err(|_| Status::unauthenticated("Bad credentials"))?;
+        let principal = super::grpc_caller(&self.shared.options, request.metadata())?;
         check(&principal, need)
     }
 
