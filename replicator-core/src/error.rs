@@ -186,3 +186,16 @@ pub enum PipelineError {
         in_flight: usize,
     },
 }
+
+/// An error with its causes, `a: b: c`: for progress, health and messages
+/// that show one line (a cause often says what the error does not).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

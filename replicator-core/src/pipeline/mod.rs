@@ -188,7 +188,7 @@ impl Pipeline {
         progress.send_modify(|p| {
             p.state = match &result {
                 Ok(_) => PipelineState::Stopped,
-                Err(e) => PipelineState::Failed(error_chain(e)),
+                Err(e) => PipelineState::Failed(crate::error::error_chain(e)),
             }
         });
         result
@@ -359,15 +359,3 @@ transient_or_not!(
     crate::error::SinkError,
     crate::error::CheckpointError
 );
-
-/// An error with its causes, `a: b: c`, for progress and health.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}

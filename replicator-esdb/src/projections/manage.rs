@@ -191,10 +191,12 @@ impl HttpApi {
         if let Some(authorization) = &self.authorization {
             request = request.header(reqwest::header::AUTHORIZATION, authorization);
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| format!("the target's HTTP API did not answer: {}", chain(&e)))?;
+        let response = request.send().await.map_err(|e| {
+            format!(
+                "the target's HTTP API did not answer: {}",
+                replicator_core::error::error_chain(&e)
+            )
+        })?;
         let status = response.status();
         if status.is_success() {
             return Ok(());
@@ -213,16 +215,4 @@ impl HttpApi {
             _ => format!("the target answered HTTP {status}: {}", body.trim()),
         })
     }
-}
-
-/// A reqwest error with its causes (a refused connection says so only there).
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
