@@ -105,18 +105,8 @@ async fn map_all(args: &Args) -> anyhow::Result<bool> {
     let config = app::load_config(&args.config)?;
     let inputs = inputs(args)?;
     let (source, target) = app::clients(&config)?;
-    let stored = app::open_store(&config.checkpoint)
-        .await?
-        .load()
-        .await
-        .with_context(|| format!("cannot read the checkpoint ({})", config.checkpoint.store))?;
     let order = args.order.map_or(config.sink.order, WriteOrder::from);
-    let options = MapOptions {
-        order,
-        window: args.window.max(1),
-        replicated_until: stored.as_ref().map(|c| c.source),
-        request_timeout: config.call_timeout,
-    };
+    let options = map_options(&config, order, args.window).await?;
     if let Some(stream) = &args.stream {
         for input in &inputs {
             let revision: u64 = input.trim().parse().with_context(|| {
@@ -156,6 +146,30 @@ async fn map_all(args: &Args) -> anyhow::Result<bool> {
         println!("{}", show(&mapping, args.json));
     }
     Ok(all_mapped)
+}
+
+/// How positions are mapped for `config`'s target written in `order`: with
+/// `window`, the call timeout, and the stored checkpoint as the end of what
+/// is replicated (`subscriptions` maps with the same).
+///
+/// # Errors
+/// When the checkpoint store cannot be opened or read.
+pub(crate) async fn map_options(
+    config: &crate::config::Config,
+    order: WriteOrder,
+    window: usize,
+) -> anyhow::Result<MapOptions> {
+    let stored = app::open_store(&config.checkpoint)
+        .await?
+        .load()
+        .await
+        .with_context(|| format!("cannot read the checkpoint ({})", config.checkpoint.store))?;
+    Ok(MapOptions {
+        order,
+        window: window.max(1),
+        replicated_until: stored.as_ref().map(|c| c.source),
+        request_timeout: config.call_timeout,
+    })
 }
 
 fn position_json(p: Option<Position>) -> serde_json::Value {

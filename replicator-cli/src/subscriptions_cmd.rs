@@ -6,16 +6,14 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Context as _};
-use replicator_core::CheckpointStore as _;
-use replicator_esdb::position_map::MapOptions;
+use anyhow::bail;
 use replicator_esdb::subscriptions::{
     plan, read_filters, Group, GroupPlan, PlanOptions, Step, SubscriptionAdmin, TargetStart,
 };
 use serde_json::json;
 
-use crate::app;
-use crate::config::{Config, ReaderProtocol};
+use crate::config::ReaderProtocol;
+use crate::{app, map_position_cmd};
 
 /// `replicator subscriptions` options.
 #[derive(Debug, clap::Args)]
@@ -90,7 +88,7 @@ async fn subscriptions(args: &Args) -> anyhow::Result<bool> {
     let source_groups = with_filters(&source, source_admin.groups().await?, timeout).await?;
     let target_groups = with_filters(&target, target_admin.groups().await?, timeout).await?;
     let options = PlanOptions {
-        map: map_options(&config, args.window).await?,
+        map: map_position_cmd::map_options(&config, config.sink.order, args.window).await?,
         force: args.force,
     };
     let plans = plan(&source, &target, source_groups, &target_groups, &options).await?;
@@ -138,20 +136,6 @@ async fn with_filters<C: replicator_esdb::cluster::ClusterRead>(
         }
     }
     Ok(groups)
-}
-
-async fn map_options(config: &Config, window: usize) -> anyhow::Result<MapOptions> {
-    let stored = app::open_store(&config.checkpoint)
-        .await?
-        .load()
-        .await
-        .with_context(|| format!("cannot read the checkpoint ({})", config.checkpoint.store))?;
-    Ok(MapOptions {
-        order: config.sink.order,
-        window: window.max(1),
-        replicated_until: stored.as_ref().map(|c| c.source),
-        request_timeout: config.call_timeout,
-    })
 }
 
 /// Creates (or with `Replace`, deletes and creates) the group on the target.
