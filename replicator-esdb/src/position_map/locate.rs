@@ -39,28 +39,45 @@ pub(super) async fn find_in_target_stream<T: ClusterRead>(
     id: Uuid,
     options: &MapOptions,
 ) -> Result<Option<(u64, Position)>, VerifyError> {
-    let timeout = options.request_timeout;
-    let operation = || format!("reading stream {stream:?}");
     for (from, direction, max) in [
         (StreamFrom::Revision(revision), Direction::Forwards, 1),
         (StreamFrom::End, Direction::Backwards, options.window.max(1)),
     ] {
-        let mut records = target.stream_records(stream, from, direction, max);
-        loop {
-            let next = match next_within(timeout, &mut records).await {
-                Err(ReadError::NotFound | ReadError::Deleted) => return Ok(None),
-                other => settle(TARGET, operation, other)?,
-            };
-            let Some(found) = next else { break };
-            if found.id == id {
-                // The target is read over gRPC, whose stream reads carry
-                // positions.
-                let Some(position) = found.position else {
-                    return Ok(None);
-                };
-                return Ok(Some((found.revision, position)));
-            }
+        let is_it = |found: &Record| found.id == id;
+        if let Some(found) =
+            first_record(target, TARGET, stream, from, direction, max, options, is_it).await?
+        {
+            // The target is read over gRPC, whose stream reads carry
+            // positions.
+            return Ok(found.position.map(|position| (found.revision, position)));
         }
     }
     Ok(None)
+}
+
+/// The first record of a read of `stream` that `wanted` accepts; `None`
+/// when none does or the stream does not exist.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn first_record<C: ClusterRead>(
+    cluster: &C,
+    side: &'static str,
+    stream: &str,
+    from: StreamFrom,
+    direction: Direction,
+    max: usize,
+    options: &MapOptions,
+    wanted: impl Fn(&Record) -> bool,
+) -> Result<Option<Record>, VerifyError> {
+    let mut records = cluster.stream_records(stream, from, direction, max);
+    loop {
+        let next = match next_within(options.request_timeout, &mut records).await {
+            Err(ReadError::NotFound | ReadError::Deleted) => return Ok(None),
+            other => settle(side, || format!("reading stream {stream:?}"), other)?,
+        };
+        match next {
+            Some(record) if wanted(&record) => return Ok(Some(record)),
+            Some(_) => {}
+            None => return Ok(None),
+        }
+    }
 }

@@ -1,6 +1,6 @@
 //! Stream revisions mapped to the target ([`map_revision`]).
 
-use super::locate::find_in_target_stream;
+use super::locate::{find_in_target_stream, first_record};
 use super::{appended, MapOptions, RevisionMapping};
 use crate::classify::LINK_EVENT_TYPE;
 use crate::cluster::{
@@ -150,31 +150,4 @@ async fn find_link_in_target<S: ClusterRead, T: ClusterRead>(
         }
     }
     Ok(None)
-}
-
-/// The first record of a read of `stream` that `wanted` accepts; `None`
-/// when none does or the stream does not exist.
-#[allow(clippy::too_many_arguments)]
-async fn first_record<C: ClusterRead>(
-    cluster: &C,
-    side: &'static str,
-    stream: &str,
-    from: StreamFrom,
-    direction: Direction,
-    max: usize,
-    options: &MapOptions,
-    wanted: impl Fn(&Record) -> bool,
-) -> Result<Option<Record>, VerifyError> {
-    let mut records = cluster.stream_records(stream, from, direction, max);
-    loop {
-        let next = match next_within(options.request_timeout, &mut records).await {
-            Err(ReadError::NotFound | ReadError::Deleted) => return Ok(None),
-            other => settle(side, || format!("reading stream {stream:?}"), other)?,
-        };
-        match next {
-            Some(record) if wanted(&record) => return Ok(Some(record)),
-            Some(_) => {}
-            None => return Ok(None),
-        }
-    }
 }
