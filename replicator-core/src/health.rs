@@ -189,7 +189,9 @@ impl HealthReporter {
         s.last_error = Some(message);
     }
 
-    /// An attempt succeeded. After a failure, logs at INFO how long it lasted.
+    /// An attempt succeeded. After a failure, logs at INFO how long it
+    /// lasted and its last error (what was wrong at the end, which need not
+    /// be what the first failure logged).
     pub fn success(&self) {
         let mut s = self.lock();
         if s.healthy {
@@ -200,6 +202,7 @@ impl HealthReporter {
             component = %self.component,
             lasted = %short(lasted),
             attempts = s.attempts,
+            last_error = %s.last_error.as_deref().unwrap_or_default(),
             "{} recovered",
             self.label
         );

@@ -993,6 +993,8 @@ async fn a_target_token_revoked_mid_run_is_reported_and_a_new_one_in_the_file_is
     ] {
         no_token(what, text);
     }
+    // The first failure logged may be the dropped connection; the recovery
+    // line names the last error, the refusal the status showed above.
     assert!(
         log.contains("bearer token was refused"),
         "the log should say why the target failed:\n{log}"
